@@ -1,0 +1,139 @@
+//! One profiling session: probes in, events collected until a stop condition, probes out.
+use std::{
+    future::Future,
+    io::{IsTerminal as _, Write as _},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
+
+use crate::{launch::Exit, probes::Probes, recorder::Recorder};
+
+/// How often the ring is drained when no record asked for a wakeup.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the status line and the maps are refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why collection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The target exited (run mode knows how).
+    TargetExited(Option<Exit>),
+    Interrupted,
+    DurationElapsed,
+}
+
+/// Drains the ring into the recorder until `stop` resolves, then drains what is left.
+pub async fn collect(
+    ring: RingBuf<MapData>,
+    recorder: &mut Recorder,
+    probes: &Probes,
+    pid: u32,
+    stop: impl Future<Output = Stop>,
+) -> Result<(Stop, RingBuf<MapData>)> {
+    let mut ring = AsyncFd::new(ring).context("cannot poll the ring buffer")?;
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut status = StatusLine::new();
+    recorder.refresh_maps(pid);
+    tokio::pin!(stop);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            reason = &mut stop => break reason,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), recorder);
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                drain(ring.get_mut(), recorder);
+                if status.due() {
+                    recorder.refresh_maps(pid);
+                    let lost = probes.counters().map(|c| c.total_lost()).unwrap_or(0);
+                    status.show(recorder, lost);
+                }
+            }
+        }
+    };
+    let mut ring = ring.into_inner();
+    drain(&mut ring, recorder);
+    status.clear();
+    Ok((reason, ring))
+}
+
+/// Reads what is queued in the ring now.
+pub fn drain(ring: &mut RingBuf<MapData>, recorder: &mut Recorder) {
+    while let Some(item) = ring.next() {
+        recorder.record(&item);
+    }
+}
+
+/// Resolves when the process exits (pidfd readability), for targets that are not our child.
+pub async fn process_exit(pid: u32) -> Result<()> {
+    // SAFETY: pidfd_open has no memory arguments; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_open");
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = AsyncFd::new(fd)?;
+    let _ready = fd.readable().await?;
+    let _ = fd.as_raw_fd();
+    Ok(())
+}
+
+/// A one-line progress display on stderr, only when stderr is a terminal.
+struct StatusLine {
+    enabled: bool,
+    last: Instant,
+    last_events: u64,
+    shown: bool,
+}
+
+impl StatusLine {
+    fn new() -> StatusLine {
+        StatusLine {
+            enabled: std::io::stderr().is_terminal(),
+            last: Instant::now(),
+            last_events: 0,
+            shown: false,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last.elapsed() >= STATUS_INTERVAL
+    }
+
+    fn show(&mut self, recorder: &Recorder, lost: u64) {
+        let elapsed = self.last.elapsed().as_secs_f64();
+        let rate = (recorder.events - self.last_events) as f64 / elapsed.max(1e-9);
+        self.last = Instant::now();
+        self.last_events = recorder.events;
+        if !self.enabled {
+            return;
+        }
+        let stats = recorder.heap.stats();
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(
+            stderr,
+            "\r\x1b[Kmemprof: {:.0} events/s | live {} in {} blocks | lost {}",
+            rate,
+            stats.live_bytes,
+            stats.live_blocks,
+            lost,
+        );
+        let _ = stderr.flush();
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+    }
+}

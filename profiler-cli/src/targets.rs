@@ -1,0 +1,254 @@
+//! Which object really provides each allocation function to the target, and where its probe
+//! goes.
+//!
+//! ld.so binds a symbol to the first object defining it in the global scope: the executable,
+//! then LD_PRELOAD libraries, then DT_NEEDED libraries breadth first. memprof walks the same
+//! order, so a program running under jemalloc or mimalloc by LD_PRELOAD (or linking its own
+//! allocator) is probed in that allocator, not in libc.
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use profiler_common::EventKind;
+
+use crate::{
+    elf::ElfObject,
+    prologue::{self, Placement},
+};
+
+/// How much code to decode at a function's entry.
+const PROLOGUE_BYTES: usize = 64;
+
+/// One uprobe (and its return probe) to attach.
+#[derive(Clone, Debug)]
+pub struct ProbeSite {
+    /// The function events from this site are reported as.
+    pub kind: EventKind,
+    /// Other probed functions at the same address (glibc's memalign is aligned_alloc); their
+    /// calls cannot be told apart and are reported under `kind`.
+    pub aliases: Vec<EventKind>,
+    /// The object as memprof opens it (under /proc/PID/root for a running target).
+    pub path: PathBuf,
+    /// The object's path as the target sees it.
+    pub module: PathBuf,
+    /// File offset of the probe (function entry + placement offset).
+    pub file_offset: u64,
+    pub placement: Placement,
+}
+
+/// The objects of a process in symbol lookup order.
+pub struct LookupOrder {
+    /// Paths as the target sees them.
+    pub objects: Vec<PathBuf>,
+    /// Prefix under which memprof can open those paths ("" for a child of ours).
+    pub root: PathBuf,
+}
+
+impl LookupOrder {
+    /// For a program we launched and stopped right after exec: the libraries are not mapped
+    /// yet, so ask its dynamic loader to list them (what `ldd` does; no program code runs).
+    pub fn for_new_process(pid: u32, env: &[(String, String)]) -> Result<LookupOrder> {
+        let exe = fs::read_link(format!("/proc/{pid}/exe"))
+            .with_context(|| format!("cannot read the executable of process {pid}"))?;
+        let object = ElfObject::read(&exe, &[])?;
+        let mut objects = vec![exe.clone()];
+        if let Some(interpreter) = object.interpreter {
+            let output = Command::new(&interpreter)
+                .arg("--list")
+                .arg(&exe)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .output()
+                .with_context(|| format!("cannot run the dynamic loader {interpreter}"))?;
+            if !output.status.success() {
+                bail!(
+                    "the dynamic loader could not list the libraries of {}: {}",
+                    exe.display(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+            objects.extend(parse_loader_list(&String::from_utf8_lossy(&output.stdout)));
+        }
+        Ok(LookupOrder { objects, root: PathBuf::new() })
+    }
+
+    /// For a running process: its mapped objects, ordered as ld.so searched them.
+    pub fn for_running_process(pid: u32) -> Result<LookupOrder> {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let exe = fs::read_link(format!("/proc/{pid}/exe"))
+            .with_context(|| format!("cannot read the executable of process {pid}"))?;
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+            .with_context(|| format!("cannot read the memory map of process {pid}"))?;
+        let mapped = mapped_objects(&maps);
+        let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let preloads = environ
+            .split(|b| *b == 0)
+            .filter_map(|entry| entry.strip_prefix(b"LD_PRELOAD="))
+            .flat_map(|value| {
+                String::from_utf8_lossy(value)
+                    .split([' ', ':'])
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>();
+        let objects = link_order(&exe, &preloads, &mapped, |path| {
+            ElfObject::read(&root.join(path.strip_prefix("/").unwrap_or(path)), &[]).ok()
+        });
+        Ok(LookupOrder { objects, root })
+    }
+
+    /// Where memprof opens an object the target knows by `path`.
+    pub fn open_path(&self, path: &Path) -> PathBuf {
+        if self.root.as_os_str().is_empty() {
+            path.to_owned()
+        } else {
+            self.root.join(path.strip_prefix("/").unwrap_or(path))
+        }
+    }
+
+    /// Finds the provider of every allocation function and places its probe.
+    pub fn probe_sites(&self) -> Result<Vec<ProbeSite>> {
+        let wanted: Vec<&str> = EventKind::ALL.iter().map(|k| k.symbol()).collect();
+        let mut objects = Vec::new();
+        for path in &self.objects {
+            // Objects that cannot be read (vdso, deleted files) provide nothing we can probe.
+            if let Ok(object) = ElfObject::read(&self.open_path(path), &wanted) {
+                objects.push((path, object));
+            }
+        }
+        let mut sites: Vec<ProbeSite> = Vec::new();
+        let mut by_address: HashMap<(usize, u64), usize> = HashMap::new();
+        for kind in EventKind::ALL {
+            let provider = objects
+                .iter()
+                .enumerate()
+                .find_map(|(i, (_, object))| object.function(kind.symbol()).map(|f| (i, f)));
+            let Some((index, (vaddr, _size))) = provider else { continue };
+            if let Some(&site) = by_address.get(&(index, vaddr)) {
+                sites[site].aliases.push(kind);
+                continue;
+            }
+            let (module, object) = &objects[index];
+            let code = object.code_at(vaddr, PROLOGUE_BYTES).unwrap_or_default();
+            let placement = prologue::place(code);
+            let Some(entry) = object.file_offset(vaddr) else { continue };
+            by_address.insert((index, vaddr), sites.len());
+            sites.push(ProbeSite {
+                kind,
+                aliases: Vec::new(),
+                path: object.path.clone(),
+                module: (*module).clone(),
+                file_offset: entry + placement.offset,
+                placement,
+            });
+        }
+        if !sites.iter().any(|s| s.kind == EventKind::Malloc) {
+            let exe = self.objects.first().map(|p| p.display().to_string()).unwrap_or_default();
+            bail!("no allocator found: neither {exe} nor the libraries it loads define malloc");
+        }
+        Ok(sites)
+    }
+}
+
+/// Parses `ld.so --list` output into library paths, in link-map order.
+fn parse_loader_list(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once(" => ") {
+                Some((_, rest)) => rest,
+                None => line,
+            };
+            let path = path.split(" (").next()?.trim();
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// File-backed mappings of a process, in address order, without duplicates.
+fn mapped_objects(maps: &str) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.starts_with('/'))
+        .filter(|path| seen.insert(path.to_string()))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// ld.so's global scope order: executable, preloads, then DT_NEEDED breadth first; objects
+/// mapped otherwise (dlopen) come last. Names are matched against the mapped paths by soname
+/// or file name.
+fn link_order(
+    exe: &Path,
+    preloads: &[String],
+    mapped: &[PathBuf],
+    read: impl Fn(&Path) -> Option<ElfObject>,
+) -> Vec<PathBuf> {
+    let find = |name: &str| -> Option<PathBuf> {
+        let file = Path::new(name).file_name()?;
+        mapped.iter().find(|p| p.as_path() == Path::new(name) || p.file_name() == Some(file)).cloned()
+    };
+    let mut order: Vec<PathBuf> = vec![exe.to_owned()];
+    let mut queue: VecDeque<PathBuf> = VecDeque::from([exe.to_owned()]);
+    for preload in preloads {
+        if let Some(path) = find(preload).filter(|p| !order.contains(p)) {
+            order.push(path.clone());
+            queue.push_back(path);
+        }
+    }
+    while let Some(path) = queue.pop_front() {
+        let Some(object) = read(&path) else { continue };
+        for name in &object.needed {
+            if let Some(dep) = find(name).filter(|p| !order.contains(p)) {
+                order.push(dep.clone());
+                queue.push_back(dep);
+            }
+        }
+    }
+    for path in mapped {
+        if !order.contains(path) {
+            order.push(path.clone());
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_list_keeps_order_and_skips_vdso() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                    \t/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (0x00007f01)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f02)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f03)\n";
+        assert_eq!(
+            parse_loader_list(text),
+            vec![
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn running_process_is_probed_in_libc() {
+        let order = LookupOrder::for_running_process(std::process::id()).unwrap();
+        let sites = order.probe_sites().unwrap();
+        let malloc = sites.iter().find(|s| s.kind == EventKind::Malloc).unwrap();
+        assert!(malloc.module.to_string_lossy().contains("libc.so"), "{malloc:?}");
+        let free = sites.iter().find(|s| s.kind == EventKind::Free).unwrap();
+        assert!(!free.placement.single_step, "free should be probed past its `test`");
+        // In Debian 12's glibc aligned_alloc and memalign are one function.
+        let aligned = sites.iter().find(|s| s.kind == EventKind::AlignedAlloc).unwrap();
+        assert!(aligned.aliases.contains(&EventKind::Memalign));
+    }
+}

@@ -1,0 +1,162 @@
+//! `memprof attach` on samples/c/waiter.c, which allocates only when told to on stdin.
+use std::io::Write;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::report::{
+    Name, assert_function, assert_nothing_lost, assert_section_total, assert_sites, num,
+};
+use crate::support::{
+    Build, DEADLINE, compile_c, line_channel, memprof, privileged, wait_deadline, wait_for_line,
+};
+
+/// The waiter, started and past its "ready" line: it has allocated nothing yet.
+struct Waiter {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+}
+
+impl Waiter {
+    fn start(dir: &std::path::Path, build: Build) -> Waiter {
+        let binary = compile_c(dir, "waiter", build);
+        let mut child = Command::new(&binary)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start waiter");
+        let stdin = child.stdin.take();
+        let stdout = line_channel(child.stdout.take().expect("piped stdout"));
+        wait_for_line(&stdout, "ready", "waiter");
+        Waiter {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Tells the waiter to allocate, and waits until it has.
+    fn allocate(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(b"go\n").expect("write to waiter");
+        stdin.flush().expect("flush waiter stdin");
+        wait_for_line(&self.stdout, "done", "waiter");
+    }
+
+    /// The waiter must have outlived the profiler, and exits 0 once its stdin closes.
+    fn finish(mut self) {
+        assert!(
+            self.child.try_wait().expect("poll waiter").is_none(),
+            "the waiter died while or after memprof was attached"
+        );
+        drop(self.stdin.take());
+        let status = wait_deadline(&mut self.child, DEADLINE, "waiter after EOF");
+        assert_eq!(status.code(), Some(0), "waiter exit status: {status}");
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // Only on a failed test: do not leave the target behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `memprof attach PID --output OUT [EXTRA...]` and waits for its "attached" line.
+fn attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> (Child, Receiver<String>) {
+    let mut child = Command::new(memprof())
+        .arg("attach")
+        .arg(pid.to_string())
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start memprof attach");
+    let stderr = line_channel(child.stderr.take().expect("piped stderr"));
+    wait_for_line(&stderr, "attached", "memprof attach");
+    (child, stderr)
+}
+
+/// What the waiter does between "go" and "done", and nothing else.
+fn assert_waiter_window(report: &Value) {
+    assert_nothing_lost(report);
+    assert_eq!(report["mode"], "attach");
+    // 5 x 4096 (attach_leak) + 100 x 128 (attach_churn).
+    assert_function(report, "malloc", 105, 5 * 4096 + 100 * 128);
+    assert_eq!(num(report, "summary.frees"), 100);
+    // Nothing allocated before the attach is freed inside the window.
+    assert_eq!(num(report, "summary.unknown_frees"), 0);
+    assert_eq!(num(report, "summary.live_blocks"), 5);
+    assert_sites(report, "leaks", Name::Exact("attach_leak"), 5, 20480);
+    assert_sites(report, "leaks", Name::Exact("attach_churn"), 0, 0);
+    assert_section_total(report, "leaks", 5, 20480);
+}
+
+fn attach_until_sigint(test: &str, build: Build) {
+    let Some(env) = privileged(test) else { return };
+    let mut waiter = Waiter::start(env.dir.path(), build);
+    let output = env.dir.path().join("out");
+    let (mut profiler, _stderr) = attach(waiter.child.id(), &output, &[]);
+    waiter.allocate();
+
+    let pid = Pid::from_raw(i32::try_from(profiler.id()).expect("pid fits i32"));
+    kill(pid, Signal::SIGINT).expect("SIGINT memprof");
+    let status = wait_deadline(&mut profiler, DEADLINE, "memprof attach after SIGINT");
+    assert!(status.success(), "memprof attach after SIGINT: {status}");
+
+    let report = read_report(&output);
+    assert_waiter_window(&report);
+    waiter.finish();
+}
+
+#[test]
+fn attach_sigint_fp() {
+    attach_until_sigint("attach_sigint_fp", Build::FramePointers);
+}
+
+#[test]
+fn attach_sigint_nofp() {
+    attach_until_sigint("attach_sigint_nofp", Build::NoFramePointers);
+}
+
+#[test]
+fn attach_duration_expires() {
+    let Some(env) = privileged("attach_duration_expires") else {
+        return;
+    };
+    let mut waiter = Waiter::start(env.dir.path(), Build::FramePointers);
+    let output = env.dir.path().join("out");
+    // Long enough for the waiter's few hundred calls after "attached", short for a test.
+    let (mut profiler, _stderr) = attach(waiter.child.id(), &output, &["--duration", "3"]);
+    waiter.allocate();
+    // It detaches on its own: no signal.
+    let status = wait_deadline(
+        &mut profiler,
+        Duration::from_secs(60),
+        "memprof attach --duration 3",
+    );
+    assert!(status.success(), "memprof attach --duration 3: {status}");
+
+    let report = read_report(&output);
+    assert_waiter_window(&report);
+    waiter.finish();
+}
+
+fn read_report(output: &std::path::Path) -> Value {
+    let path = output.join("report.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no {} after detach: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"))
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests: the real `memprof` binary, as root, on the deterministic targets in
+//! samples/ (compiled here at test time), asserting exact figures from report.json.
+//!
+//! Every expectation is derived in the header comment of its sample and was checked there
+//! with valgrind and with samples/c/count_calls.py (gdb breakpoints on the same addresses the
+//! probes use).
+//!
+//! These tests need root (eBPF and uprobes). Without it they fail, saying so, unless
+//! MEMPROF_SKIP_PRIVILEGED=1 is set; then each prints why it does nothing and passes.
+
+mod attach;
+mod c_targets;
+mod failures;
+mod report;
+mod rust_target;
+mod support;

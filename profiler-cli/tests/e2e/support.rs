@@ -1,0 +1,267 @@
+//! Building targets, running memprof with a deadline, and the root check.
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Longest a single memprof invocation may take before the test fails (and kills it).
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// One profiled run at a time: concurrent runs compete for 2 CPUs and for the ring, and a lost
+/// event would make the exact figures wrong for a reason unrelated to the test.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// What a privileged test holds while it runs; `None` means "skip, as asked".
+pub struct Privileged {
+    _serial: MutexGuard<'static, ()>,
+    pub dir: TempDir,
+}
+
+/// Checks for root and serialises the test. Panics without root unless
+/// MEMPROF_SKIP_PRIVILEGED=1, so that a CI misconfiguration can never pass silently.
+pub fn privileged(test: &str) -> Option<Privileged> {
+    // The owner of /proc/self is this process's effective uid.
+    let euid = std::fs::metadata("/proc/self")
+        .expect("stat /proc/self")
+        .uid();
+    if euid != 0 {
+        if std::env::var_os("MEMPROF_SKIP_PRIVILEGED").is_some_and(|v| v == "1") {
+            eprintln!(
+                "{test}: skipped: needs root for eBPF and uprobes (euid {euid}) and \
+                 MEMPROF_SKIP_PRIVILEGED=1 is set"
+            );
+            return None;
+        }
+        panic!(
+            "{test}: the end-to-end tests need root (eBPF programs and uprobes); running as \
+             euid {euid}. Run them as root, or set MEMPROF_SKIP_PRIVILEGED=1 to skip them."
+        );
+    }
+    let serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::Builder::new()
+        .prefix("memprof-e2e-")
+        .tempdir()
+        .expect("create temp dir");
+    Some(Privileged {
+        _serial: serial,
+        dir,
+    })
+}
+
+pub fn memprof() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_memprof"))
+}
+
+pub fn samples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples")
+}
+
+/// How a target is compiled: where the stack walk gets its frames from matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    FramePointers,
+    NoFramePointers,
+}
+
+impl Build {
+    fn suffix(self) -> &'static str {
+        match self {
+            Build::FramePointers => "fp",
+            Build::NoFramePointers => "nofp",
+        }
+    }
+}
+
+/// Compiles samples/c/NAME.c into DIR as the samples' headers say (-fno-builtin keeps every
+/// call the source makes).
+pub fn compile_c(dir: &Path, name: &str, build: Build) -> PathBuf {
+    let source = samples_dir().join("c").join(format!("{name}.c"));
+    let output = dir.join(format!("{name}.{}", build.suffix()));
+    let frame_flag = match build {
+        Build::FramePointers => "-fno-omit-frame-pointer",
+        Build::NoFramePointers => "-fomit-frame-pointer",
+    };
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-O2", "-g", "-fno-builtin", "-pthread", frame_flag, "-o"])
+        .arg(&output)
+        .arg(&source);
+    run_compiler(gcc, &source);
+    output
+}
+
+/// The static, libc-free noalloc target.
+pub fn compile_noalloc(dir: &Path) -> PathBuf {
+    let source = samples_dir().join("c/noalloc.c");
+    let output = dir.join("noalloc");
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-static", "-nostdlib", "-nostartfiles", "-O2", "-o"])
+        .arg(&output)
+        .arg(&source);
+    run_compiler(gcc, &source);
+    output
+}
+
+/// samples/src/bin/rust_leaks.rs, compiled directly with rustc so that the test controls
+/// frame pointers and does not need a second cargo build.
+pub fn compile_rust(dir: &Path, build: Build) -> PathBuf {
+    let source = samples_dir().join("src/bin/rust_leaks.rs");
+    let output = dir.join(format!("rust_leaks.{}", build.suffix()));
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let mut cmd = Command::new(rustc);
+    cmd.args(["--edition", "2024", "-C", "opt-level=2", "-g"]);
+    if build == Build::FramePointers {
+        cmd.args(["-C", "force-frame-pointers=yes"]);
+    }
+    cmd.arg("-o").arg(&output).arg(&source);
+    run_compiler(cmd, &source);
+    output
+}
+
+fn run_compiler(mut cmd: Command, source: &Path) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start compiler {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "compiling {} failed ({}):\n{}",
+        source.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A finished memprof invocation.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The report memprof wrote; panics with memprof's stderr when there is none.
+    pub fn report(&self, output: &Path) -> Value {
+        let path = output.join("report.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "no {} ({e}); memprof exited {} with stderr:\n{}",
+                path.display(),
+                self.status,
+                self.stderr
+            )
+        });
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()))
+    }
+}
+
+/// Runs a command to completion with piped output, killing it after DEADLINE.
+pub fn run_to_end(mut cmd: Command) -> Finished {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let status = wait_deadline(&mut child, DEADLINE, &format!("{cmd:?}"));
+    Finished {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// `memprof run --output OUT -- TARGET ARGS...`
+pub fn memprof_run(output: &Path, target: &Path, args: &[&str]) -> Finished {
+    let mut cmd = Command::new(memprof());
+    cmd.arg("run")
+        .arg("--output")
+        .arg(output)
+        .arg("--")
+        .arg(target)
+        .args(args);
+    run_to_end(cmd)
+}
+
+/// Runs TARGET under memprof, requires success, and returns the report.
+pub fn profile(dir: &Path, target: &Path, args: &[&str]) -> Value {
+    let output = dir.join("out");
+    let finished = memprof_run(&output, target, args);
+    assert!(
+        finished.status.success(),
+        "memprof run {} failed: {}\nstderr:\n{}",
+        target.display(),
+        finished.status,
+        finished.stderr
+    );
+    finished.report(&output)
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        // A read error only truncates what the assertion messages show.
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Waits for CHILD, killing it and failing the test after LIMIT.
+pub fn wait_deadline(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}; killed it");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lines of a pipe, delivered through a channel so that a test can wait with a timeout.
+pub fn line_channel(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing NEEDLE; returns every line seen so far (for messages).
+pub fn wait_for_line(lines: &Receiver<String>, needle: &str, what: &str) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("{what}: no line containing {needle:?} ({e:?}); saw {seen:#?}"),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Decoding ring-buffer records into [`Event`]s without copying or allocating.
+//!
+//! A record is an [`EventHeader`] (56 bytes, little-endian, `#[repr(C)]`) followed by
+//! `stack_depth` u64 return addresses, innermost first. Ring records are only 8-byte aligned by
+//! convention, and callers may hand over slices of a larger buffer, so every field is read with
+//! `from_le_bytes` at its offset rather than by casting a reference.
+
+use profiler_common::{
+    EVENT_HEADER_SIZE, EventHeader, EventKind, FLAG_STACK_MISSING, FLAG_STACK_TRUNCATED,
+};
+use std::mem::offset_of;
+
+/// One probed call, as the kernel side saw it. Field meanings per kind are documented on
+/// [`EventHeader`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub addr: u64,
+    pub size: u64,
+    pub old_addr: u64,
+    pub aux: u64,
+    /// `FLAG_STACK_*` bits.
+    pub flags: u32,
+}
+
+impl Event {
+    /// The probe cut the stack at its depth limit: the outermost frames are missing.
+    pub fn stack_truncated(&self) -> bool {
+        self.flags & FLAG_STACK_TRUNCATED != 0
+    }
+
+    /// The kernel could not read the user stack at all.
+    pub fn stack_missing(&self) -> bool {
+        self.flags & FLAG_STACK_MISSING != 0
+    }
+}
+
+/// Why a record could not be decoded. Any of these means the producer and this decoder
+/// disagree about the format (or the buffer was cut), never a property of the target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("short record: {len} bytes, the event header alone is {EVENT_HEADER_SIZE}")]
+    ShortRecord { len: usize },
+    #[error("unknown event kind {kind}")]
+    UnknownKind { kind: u32 },
+    #[error(
+        "stack depth {depth} exceeds record length: {len} bytes hold a header and {room} frames"
+    )]
+    StackTooDeep { depth: u32, len: usize, room: usize },
+}
+
+/// The return addresses of one record, innermost first, read lazily from the record bytes.
+#[derive(Clone, Debug)]
+pub struct Frames<'a> {
+    bytes: std::slice::ChunksExact<'a, u8>,
+}
+
+impl Frames<'_> {
+    /// Replaces `buf`'s contents with these frames; reusing `buf` keeps the hot path free of
+    /// allocations once it has grown to the deepest stack.
+    pub fn copy_into(self, buf: &mut Vec<u64>) {
+        buf.clear();
+        buf.extend(self);
+    }
+}
+
+impl Iterator for Frames<'_> {
+    type Item = u64;
+
+    #[inline]
+    fn next(&mut self) -> Option<u64> {
+        self.bytes
+            .next()
+            .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("chunks of 8")))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.bytes.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Frames<'_> {}
+
+#[inline]
+fn read_u32(record: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(record[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+#[inline]
+fn read_u64(record: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(record[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes one record. Bytes after the last frame are ignored (the ring pads records to 8).
+pub fn decode(record: &[u8]) -> Result<(Event, Frames<'_>), DecodeError> {
+    if record.len() < EVENT_HEADER_SIZE {
+        return Err(DecodeError::ShortRecord { len: record.len() });
+    }
+    let raw_kind = read_u32(record, offset_of!(EventHeader, kind));
+    let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind { kind: raw_kind })?;
+    let depth = read_u32(record, offset_of!(EventHeader, stack_depth));
+    let room = (record.len() - EVENT_HEADER_SIZE) / 8;
+    if depth as usize > room {
+        return Err(DecodeError::StackTooDeep {
+            depth,
+            len: record.len(),
+            room,
+        });
+    }
+    let event = Event {
+        kind,
+        tid: read_u32(record, offset_of!(EventHeader, tid)),
+        ts_ns: read_u64(record, offset_of!(EventHeader, ts_ns)),
+        addr: read_u64(record, offset_of!(EventHeader, addr)),
+        size: read_u64(record, offset_of!(EventHeader, size)),
+        old_addr: read_u64(record, offset_of!(EventHeader, old_addr)),
+        aux: read_u64(record, offset_of!(EventHeader, aux)),
+        flags: read_u32(record, offset_of!(EventHeader, flags)),
+    };
+    let stack_end = EVENT_HEADER_SIZE + depth as usize * 8;
+    let frames = Frames {
+        bytes: record[EVENT_HEADER_SIZE..stack_end].chunks_exact(8),
+    };
+    Ok((event, frames))
+}
+
+/// Serializes a header and frames the way the BPF program lays them out. The inverse of
+/// [`decode`]; used by tests and by tools that replay recordings.
+pub fn encode(header: &EventHeader, frames: &[u64], out: &mut Vec<u8>) {
+    out.extend_from_slice(&header.kind.to_le_bytes());
+    out.extend_from_slice(&header.tid.to_le_bytes());
+    out.extend_from_slice(&header.ts_ns.to_le_bytes());
+    out.extend_from_slice(&header.addr.to_le_bytes());
+    out.extend_from_slice(&header.size.to_le_bytes());
+    out.extend_from_slice(&header.old_addr.to_le_bytes());
+    out.extend_from_slice(&header.aux.to_le_bytes());
+    out.extend_from_slice(&header.stack_depth.to_le_bytes());
+    out.extend_from_slice(&header.flags.to_le_bytes());
+    for frame in frames {
+        out.extend_from_slice(&frame.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: EventKind, depth: u32) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            tid: 4242,
+            ts_ns: 1_000_000_007,
+            addr: 0x5555_0000_1230,
+            size: 48,
+            old_addr: 0x5555_0000_0ff0,
+            aux: 16,
+            stack_depth: depth,
+            flags: FLAG_STACK_TRUNCATED,
+        }
+    }
+
+    /// The hand-written encoder must agree with the in-memory `#[repr(C)]` layout the BPF side
+    /// writes, or the round trip below would prove nothing.
+    #[test]
+    fn encode_matches_repr_c_layout() {
+        let h = header(EventKind::Realloc, 0);
+        let mut bytes = Vec::new();
+        encode(&h, &[], &mut bytes);
+        // SAFETY: EventHeader is repr(C), Copy, with explicit padding-free u32/u64 fields.
+        let raw = unsafe {
+            std::slice::from_raw_parts((&h as *const EventHeader).cast::<u8>(), EVENT_HEADER_SIZE)
+        };
+        assert_eq!(bytes, raw);
+    }
+
+    #[test]
+    fn round_trip_with_frames() {
+        let frames = [0x401000, 0x401234, 0x7f00_dead_beef];
+        let mut bytes = Vec::new();
+        encode(&header(EventKind::Realloc, 3), &frames, &mut bytes);
+        let (event, decoded) = decode(&bytes).unwrap();
+        assert_eq!(
+            event,
+            Event {
+                kind: EventKind::Realloc,
+                tid: 4242,
+                ts_ns: 1_000_000_007,
+                addr: 0x5555_0000_1230,
+                size: 48,
+                old_addr: 0x5555_0000_0ff0,
+                aux: 16,
+                flags: FLAG_STACK_TRUNCATED,
+            }
+        );
+        assert!(event.stack_truncated());
+        assert!(!event.stack_missing());
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded.collect::<Vec<_>>(), frames);
+    }
+
+    #[test]
+    fn decodes_unaligned_records_and_ignores_padding() {
+        let mut bytes = vec![0xAA]; // shift everything by one byte
+        encode(&header(EventKind::Malloc, 2), &[7, 9], &mut bytes);
+        bytes.extend_from_slice(&[0; 8]); // ring padding
+        let (event, frames) = decode(&bytes[1..]).unwrap();
+        assert_eq!(event.kind, EventKind::Malloc);
+        let mut buf = vec![1, 2, 3, 4];
+        frames.copy_into(&mut buf);
+        assert_eq!(buf, [7, 9]);
+    }
+
+    #[test]
+    fn rejects_short_record() {
+        let mut bytes = Vec::new();
+        encode(&header(EventKind::Free, 0), &[], &mut bytes);
+        assert_eq!(
+            decode(&bytes[..55]).unwrap_err(),
+            DecodeError::ShortRecord { len: 55 }
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_kind() {
+        let mut bytes = Vec::new();
+        let mut h = header(EventKind::Free, 0);
+        h.kind = 14;
+        encode(&h, &[], &mut bytes);
+        assert_eq!(decode(&bytes).unwrap_err(), DecodeError::UnknownKind { kind: 14 });
+        h.kind = 0;
+        bytes.clear();
+        encode(&h, &[], &mut bytes);
+        assert_eq!(decode(&bytes).unwrap_err(), DecodeError::UnknownKind { kind: 0 });
+    }
+
+    #[test]
+    fn rejects_stack_deeper_than_record() {
+        let mut bytes = Vec::new();
+        encode(&header(EventKind::Malloc, 3), &[1, 2], &mut bytes);
+        bytes.extend_from_slice(&[0; 7]); // 7 bytes: not a whole frame
+        let err = decode(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::StackTooDeep {
+                depth: 3,
+                len: 56 + 16 + 7,
+                room: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "stack depth 3 exceeds record length: 79 bytes hold a header and 2 frames"
+        );
+    }
+}

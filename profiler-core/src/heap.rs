@@ -1,0 +1,443 @@
+//! The live heap, rebuilt from allocation events: which blocks are live, where they came from,
+//! and the running totals the report prints.
+//!
+//! malloc-family blocks and mmap regions are kept apart: regions are page-granular address
+//! ranges that can be partially unmapped, and glibc itself mmaps large blocks, so mixing them
+//! would count those bytes twice.
+
+use crate::event::Event;
+use crate::fasthash::FastHashMap;
+use crate::stacks::StackId;
+use profiler_common::{EventKind, KIND_SLOTS};
+use std::collections::BTreeMap;
+
+/// What mmap returns on failure: `(void *)-1`.
+pub const MAP_FAILED: u64 = u64::MAX;
+
+/// mmap lengths are rounded up to whole pages by the kernel; 4 KiB on every target we probe.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// At most this many double frees are kept with their details; `HeapStats::double_frees`
+/// still counts every one. A program that double-frees in a loop must not exhaust our memory.
+pub const MAX_DOUBLE_FREE_RECORDS: usize = 1024;
+
+/// How the target was observed, which decides what a free of an unknown pointer means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Launched under the profiler: every block was seen being allocated, so a free of a
+    /// pointer that was already freed is a real double free.
+    Run,
+    /// Attached to a running process: blocks from before the attach are unknown, so such
+    /// frees can only be counted as unknown.
+    Attach,
+}
+
+/// A live malloc-family block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// Bytes requested (not the allocator's usable size).
+    pub size: u64,
+    /// The function that returned it.
+    pub kind: EventKind,
+    pub tid: u32,
+    /// When it was allocated.
+    pub ts_ns: u64,
+    pub stack: Option<StackId>,
+}
+
+/// A block that was freed (or released by realloc) and whose address has not been handed out
+/// again. Kept only in [`Mode::Run`] to recognize double frees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreedBlock {
+    pub size: u64,
+    /// Where the block had been allocated.
+    pub stack: Option<StackId>,
+    pub free_ts_ns: u64,
+}
+
+/// A free of a pointer that had already been freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoubleFree {
+    pub addr: u64,
+    /// Size of the block when it was live.
+    pub size: u64,
+    /// Where the block had been allocated.
+    pub alloc_stack: Option<StackId>,
+    /// When the second free happened, and on which thread.
+    pub ts_ns: u64,
+    pub tid: u32,
+}
+
+/// A live mmap region `[start, end)`; the start is its key in [`HeapState::regions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// Exclusive end address.
+    pub end: u64,
+    /// Mmap or Mremap: the call that created this range.
+    pub kind: EventKind,
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub stack: Option<StackId>,
+}
+
+/// Calls to one probed function and the bytes they moved (see [`HeapStats::by_function`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    pub calls: u64,
+    pub bytes: u64,
+}
+
+/// mmap/munmap/mremap figures, kept apart from the malloc heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmapStats {
+    /// mmap calls, including failed ones.
+    pub calls: u64,
+    /// mmap calls that returned MAP_FAILED (or 0).
+    pub failed_calls: u64,
+    /// Page-rounded lengths of successful mmaps.
+    pub bytes: u64,
+    pub munmap_calls: u64,
+    /// munmaps that touched no tracked region (the allocator's own unmaps of regions mapped
+    /// before the probes saw them, or mappings from before an attach).
+    pub unknown_munmaps: u64,
+    pub live_regions: u64,
+    pub live_bytes: u64,
+    pub peak_bytes: u64,
+}
+
+/// Every running total. Exact counts of the events applied; see the field docs for which
+/// events each one counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapStats {
+    /// malloc-family calls, failed ones included.
+    pub allocations: u64,
+    /// malloc-family calls that returned NULL (realloc(p, 0) freeing p is not a failure).
+    pub failed_allocations: u64,
+    /// Frees of live blocks. Double and unknown frees are counted apart, not here.
+    pub frees: u64,
+    /// Requested bytes of successful malloc-family calls.
+    pub bytes_allocated: u64,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    /// Highest `live_bytes` after any event, and the block count and time when first reached.
+    pub peak_live_bytes: u64,
+    pub peak_live_blocks: u64,
+    /// None while the heap has never held a byte.
+    pub peak_ts_ns: Option<u64>,
+    /// Frees of pointers that were never seen allocated (and, in Run mode, not freed before).
+    pub unknown_frees: u64,
+    /// Run mode only: frees of pointers already freed and not allocated again since.
+    pub double_frees: u64,
+    /// realloc of a pointer that is not live (allocated before attach, or a lost event).
+    pub unknown_reallocs: u64,
+    /// Allocations returning an address that was still live: its free was lost.
+    pub overwritten_blocks: u64,
+    /// Indexed by `EventKind as usize` (slot 0 unused). `calls` counts every event of the kind.
+    /// `bytes`: allocators: requested bytes of successful calls; free: sizes of the live blocks
+    /// it released; mmap and mremap: page-rounded lengths mapped; munmap: tracked bytes removed.
+    pub by_function: [CallStats; KIND_SLOTS as usize],
+    pub mmap: MmapStats,
+}
+
+impl Default for HeapStats {
+    fn default() -> Self {
+        Self {
+            allocations: 0,
+            failed_allocations: 0,
+            frees: 0,
+            bytes_allocated: 0,
+            live_blocks: 0,
+            live_bytes: 0,
+            peak_live_bytes: 0,
+            peak_live_blocks: 0,
+            peak_ts_ns: None,
+            unknown_frees: 0,
+            double_frees: 0,
+            unknown_reallocs: 0,
+            overwritten_blocks: 0,
+            by_function: [CallStats::default(); KIND_SLOTS as usize],
+            mmap: MmapStats::default(),
+        }
+    }
+}
+
+/// The heap rebuilt from events, applied in the order the target made the calls.
+#[derive(Debug)]
+pub struct HeapState {
+    mode: Mode,
+    stats: HeapStats,
+    blocks: FastHashMap<u64, Block>,
+    freed: FastHashMap<u64, FreedBlock>,
+    double_free_records: Vec<DoubleFree>,
+    /// Non-overlapping live regions by start address.
+    regions: BTreeMap<u64, Region>,
+}
+
+fn page_round_up(len: u64) -> u64 {
+    len.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+impl HeapState {
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            stats: HeapStats::default(),
+            blocks: FastHashMap::default(),
+            freed: FastHashMap::default(),
+            double_free_records: Vec::new(),
+            regions: BTreeMap::new(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn stats(&self) -> &HeapStats {
+        &self.stats
+    }
+
+    /// Live malloc-family blocks by address, in no particular order.
+    pub fn blocks(&self) -> impl Iterator<Item = (u64, &Block)> {
+        self.blocks.iter().map(|(addr, block)| (*addr, block))
+    }
+
+    /// Live mmap regions by start address, ascending.
+    pub fn regions(&self) -> impl Iterator<Item = (u64, &Region)> {
+        self.regions.iter().map(|(start, region)| (*start, region))
+    }
+
+    /// The first [`MAX_DOUBLE_FREE_RECORDS`] double frees, in event order.
+    pub fn double_frees(&self) -> &[DoubleFree] {
+        &self.double_free_records
+    }
+
+    /// Applies one event. `stack` is where the call was made (ignored by free and munmap,
+    /// which create nothing that a report attributes).
+    pub fn apply(&mut self, event: &Event, stack: Option<StackId>) {
+        self.stats.by_function[event.kind as usize].calls += 1;
+        match event.kind {
+            EventKind::Free => self.free(event),
+            EventKind::Realloc | EventKind::Reallocarray => self.realloc(event, stack),
+            EventKind::Mmap => self.mmap(event, stack),
+            EventKind::Munmap => self.munmap(event),
+            EventKind::Mremap => self.mremap(event, stack),
+            EventKind::Malloc
+            | EventKind::Calloc
+            | EventKind::PosixMemalign
+            | EventKind::AlignedAlloc
+            | EventKind::Memalign
+            | EventKind::Valloc
+            | EventKind::Pvalloc => {
+                self.stats.allocations += 1;
+                self.allocate(event, stack);
+            }
+        }
+        self.update_peaks(event.ts_ns);
+    }
+
+    /// A fresh block (malloc, or realloc of NULL); the caller has counted the call.
+    fn allocate(&mut self, event: &Event, stack: Option<StackId>) {
+        if event.addr == 0 {
+            self.stats.failed_allocations += 1;
+            return;
+        }
+        self.stats.bytes_allocated += event.size;
+        self.stats.by_function[event.kind as usize].bytes += event.size;
+        let block = Block {
+            size: event.size,
+            kind: event.kind,
+            tid: event.tid,
+            ts_ns: event.ts_ns,
+            stack,
+        };
+        if let Some(missed) = self.blocks.insert(event.addr, block) {
+            // Its free never reached us: the only consistent repair is to forget it.
+            self.stats.overwritten_blocks += 1;
+            self.stats.live_blocks -= 1;
+            self.stats.live_bytes -= missed.size;
+        }
+        self.stats.live_blocks += 1;
+        self.stats.live_bytes += event.size;
+        if self.mode == Mode::Run {
+            self.freed.remove(&event.addr);
+        }
+    }
+
+    fn realloc(&mut self, event: &Event, stack: Option<StackId>) {
+        self.stats.allocations += 1;
+        if event.old_addr == 0 {
+            return self.allocate(event, stack);
+        }
+        if event.addr == 0 {
+            if event.size == 0 {
+                // realloc(p, 0): glibc frees p and returns NULL. Not a failure, not a free().
+                self.release_for_realloc(event);
+            } else {
+                // Failed: p stays valid and live.
+                self.stats.failed_allocations += 1;
+            }
+            return;
+        }
+        // Release first so that an in-place realloc (same address) is remove + insert.
+        self.release_for_realloc(event);
+        self.allocate(event, stack);
+    }
+
+    fn release_for_realloc(&mut self, event: &Event) {
+        match self.blocks.remove(&event.old_addr) {
+            Some(block) => {
+                self.stats.live_blocks -= 1;
+                self.stats.live_bytes -= block.size;
+                self.remember_freed(event.old_addr, &block, event.ts_ns);
+            }
+            None => self.stats.unknown_reallocs += 1,
+        }
+    }
+
+    fn free(&mut self, event: &Event) {
+        if let Some(block) = self.blocks.remove(&event.addr) {
+            self.stats.frees += 1;
+            self.stats.by_function[EventKind::Free as usize].bytes += block.size;
+            self.stats.live_blocks -= 1;
+            self.stats.live_bytes -= block.size;
+            self.remember_freed(event.addr, &block, event.ts_ns);
+        } else if let Some(freed) = self.freed.get(&event.addr) {
+            // `freed` is only filled in Run mode.
+            self.stats.double_frees += 1;
+            if self.double_free_records.len() < MAX_DOUBLE_FREE_RECORDS {
+                self.double_free_records.push(DoubleFree {
+                    addr: event.addr,
+                    size: freed.size,
+                    alloc_stack: freed.stack,
+                    ts_ns: event.ts_ns,
+                    tid: event.tid,
+                });
+            }
+        } else {
+            self.stats.unknown_frees += 1;
+        }
+    }
+
+    fn remember_freed(&mut self, addr: u64, block: &Block, ts_ns: u64) {
+        if self.mode == Mode::Run {
+            self.freed.insert(
+                addr,
+                FreedBlock {
+                    size: block.size,
+                    stack: block.stack,
+                    free_ts_ns: ts_ns,
+                },
+            );
+        }
+    }
+
+    fn mmap(&mut self, event: &Event, stack: Option<StackId>) {
+        self.stats.mmap.calls += 1;
+        if event.addr == MAP_FAILED || event.addr == 0 {
+            self.stats.mmap.failed_calls += 1;
+            return;
+        }
+        let len = self.map_region(event, event.addr, event.size, stack);
+        self.stats.mmap.bytes += len;
+        self.stats.by_function[EventKind::Mmap as usize].bytes += len;
+    }
+
+    fn munmap(&mut self, event: &Event) {
+        self.stats.mmap.munmap_calls += 1;
+        let end = event.addr.saturating_add(page_round_up(event.size));
+        let removed = self.unmap_range(event.addr, end);
+        if removed == 0 {
+            self.stats.mmap.unknown_munmaps += 1;
+        }
+        self.stats.by_function[EventKind::Munmap as usize].bytes += removed;
+    }
+
+    fn mremap(&mut self, event: &Event, stack: Option<StackId>) {
+        if event.addr == MAP_FAILED || event.addr == 0 {
+            return;
+        }
+        // aux = old size. The old range is gone even when the result is the same address.
+        let old_end = event.old_addr.saturating_add(page_round_up(event.aux));
+        self.unmap_range(event.old_addr, old_end);
+        let len = self.map_region(event, event.addr, event.size, stack);
+        self.stats.by_function[EventKind::Mremap as usize].bytes += len;
+    }
+
+    /// Tracks `[addr, addr + size rounded to pages)`, replacing whatever it overlaps (a
+    /// MAP_FIXED mapping replaces the old pages). Returns the region's length.
+    fn map_region(&mut self, event: &Event, addr: u64, size: u64, stack: Option<StackId>) -> u64 {
+        let end = addr.saturating_add(page_round_up(size));
+        if end == addr {
+            return 0;
+        }
+        self.unmap_range(addr, end);
+        self.regions.insert(
+            addr,
+            Region {
+                end,
+                kind: event.kind,
+                tid: event.tid,
+                ts_ns: event.ts_ns,
+                stack,
+            },
+        );
+        self.stats.mmap.live_regions += 1;
+        self.stats.mmap.live_bytes += end - addr;
+        end - addr
+    }
+
+    /// Removes `[start, end)` from the tracked regions, splitting regions it cuts through.
+    /// Returns how many tracked bytes were removed.
+    fn unmap_range(&mut self, start: u64, end: u64) -> u64 {
+        if start >= end {
+            return 0;
+        }
+        let mut removed = 0;
+        // Regions do not overlap, so walking down from the last one starting below `end`
+        // visits exactly the overlapping ones, and stops at the first that ends before `start`.
+        while let Some((&region_start, &region)) = self.regions.range(..end).next_back() {
+            if region.end <= start {
+                break;
+            }
+            self.regions.remove(&region_start);
+            self.stats.mmap.live_regions -= 1;
+            let cut_start = region_start.max(start);
+            let cut_end = region.end.min(end);
+            removed += cut_end - cut_start;
+            if region.end > end {
+                self.regions.insert(end, region);
+                self.stats.mmap.live_regions += 1;
+            }
+            if region_start < start {
+                self.regions.insert(
+                    region_start,
+                    Region {
+                        end: start,
+                        ..region
+                    },
+                );
+                self.stats.mmap.live_regions += 1;
+                // The left piece ends at `start`, so the next probe stops on it.
+            }
+        }
+        self.stats.mmap.live_bytes -= removed;
+        removed
+    }
+
+    fn update_peaks(&mut self, ts_ns: u64) {
+        let stats = &mut self.stats;
+        if stats.live_bytes > stats.peak_live_bytes {
+            stats.peak_live_bytes = stats.live_bytes;
+            stats.peak_live_blocks = stats.live_blocks;
+            stats.peak_ts_ns = Some(ts_ns);
+        }
+        if stats.mmap.live_bytes > stats.mmap.peak_bytes {
+            stats.mmap.peak_bytes = stats.mmap.live_bytes;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,555 @@
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+
+fn event(kind: EventKind, addr: u64, size: u64, old_addr: u64, aux: u64, ts_ns: u64) -> Event {
+    Event {
+        kind,
+        tid: 7,
+        ts_ns,
+        addr,
+        size,
+        old_addr,
+        aux,
+        flags: 0,
+    }
+}
+
+fn malloc(addr: u64, size: u64, ts: u64) -> Event {
+    event(EventKind::Malloc, addr, size, 0, 0, ts)
+}
+
+fn free(addr: u64, ts: u64) -> Event {
+    event(EventKind::Free, addr, 0, 0, 0, ts)
+}
+
+fn realloc(old: u64, addr: u64, size: u64, ts: u64) -> Event {
+    event(EventKind::Realloc, addr, size, old, 0, ts)
+}
+
+fn mmap(addr: u64, size: u64) -> Event {
+    event(EventKind::Mmap, addr, size, 0, 0, 0)
+}
+
+fn munmap(addr: u64, size: u64) -> Event {
+    event(EventKind::Munmap, addr, size, 0, 0, 0)
+}
+
+fn run(mode: Mode, events: &[Event]) -> HeapState {
+    let mut heap = HeapState::new(mode);
+    for (i, e) in events.iter().enumerate() {
+        heap.apply(e, Some(StackId(i as u32)));
+    }
+    heap
+}
+
+fn regions(heap: &HeapState) -> Vec<(u64, u64)> {
+    heap.regions().map(|(start, r)| (start, r.end)).collect()
+}
+
+#[test]
+fn malloc_free_counts_and_peak() {
+    let heap = run(
+        Mode::Run,
+        &[
+            malloc(0x10, 100, 1),
+            event(EventKind::Calloc, 0x20, 50, 0, 0, 2),
+            free(0x10, 3),
+            malloc(0x30, 120, 4),
+        ],
+    );
+    let s = heap.stats();
+    assert_eq!(s.allocations, 3);
+    assert_eq!(s.frees, 1);
+    assert_eq!(s.bytes_allocated, 270);
+    assert_eq!((s.live_blocks, s.live_bytes), (2, 170));
+    assert_eq!((s.peak_live_bytes, s.peak_live_blocks, s.peak_ts_ns), (170, 2, Some(4)));
+    assert_eq!(s.by_function[EventKind::Malloc as usize], CallStats { calls: 2, bytes: 220 });
+    assert_eq!(s.by_function[EventKind::Calloc as usize], CallStats { calls: 1, bytes: 50 });
+    assert_eq!(s.by_function[EventKind::Free as usize], CallStats { calls: 1, bytes: 100 });
+}
+
+#[test]
+fn peak_keeps_time_of_first_reach() {
+    let heap = run(
+        Mode::Run,
+        &[malloc(0x10, 100, 1), free(0x10, 2), malloc(0x20, 100, 3)],
+    );
+    assert_eq!(heap.stats().peak_ts_ns, Some(1));
+    assert_eq!(HeapState::new(Mode::Run).stats().peak_ts_ns, None);
+}
+
+#[test]
+fn failed_allocation_counts_a_call_but_no_bytes() {
+    let heap = run(Mode::Run, &[malloc(0, 1 << 40, 1)]);
+    let s = heap.stats();
+    assert_eq!((s.allocations, s.failed_allocations, s.bytes_allocated), (1, 1, 0));
+    assert_eq!(s.by_function[EventKind::Malloc as usize], CallStats { calls: 1, bytes: 0 });
+    assert_eq!(s.live_blocks, 0);
+}
+
+#[test]
+fn realloc_of_null_is_malloc() {
+    let heap = run(Mode::Run, &[realloc(0, 0x10, 64, 1)]);
+    let s = heap.stats();
+    assert_eq!((s.allocations, s.live_blocks, s.live_bytes, s.unknown_reallocs), (1, 1, 64, 0));
+    let (_, block) = heap.blocks().next().unwrap();
+    assert_eq!(block.kind, EventKind::Realloc);
+}
+
+#[test]
+fn realloc_to_zero_frees_without_being_a_free_or_a_failure() {
+    let heap = run(Mode::Run, &[malloc(0x10, 64, 1), realloc(0x10, 0, 0, 2)]);
+    let s = heap.stats();
+    assert_eq!((s.allocations, s.failed_allocations, s.frees), (2, 0, 0));
+    assert_eq!((s.live_blocks, s.live_bytes), (0, 0));
+    assert_eq!(s.by_function[EventKind::Free as usize].calls, 0);
+}
+
+#[test]
+fn failed_realloc_keeps_old_block() {
+    let heap = run(Mode::Run, &[malloc(0x10, 64, 1), realloc(0x10, 0, 1 << 40, 2)]);
+    let s = heap.stats();
+    assert_eq!((s.allocations, s.failed_allocations), (2, 1));
+    assert_eq!((s.live_blocks, s.live_bytes, s.bytes_allocated), (1, 64, 64));
+}
+
+#[test]
+fn realloc_moves_or_resizes_in_place() {
+    let moved = run(Mode::Run, &[malloc(0x10, 64, 1), realloc(0x10, 0x20, 100, 2)]);
+    let s = moved.stats();
+    assert_eq!((s.live_blocks, s.live_bytes, s.bytes_allocated), (1, 100, 164));
+    assert_eq!(moved.blocks().next().unwrap().0, 0x20);
+    assert_eq!(s.overwritten_blocks, 0);
+
+    let in_place = run(Mode::Run, &[malloc(0x10, 64, 1), realloc(0x10, 0x10, 32, 2)]);
+    let s = in_place.stats();
+    assert_eq!((s.live_blocks, s.live_bytes, s.overwritten_blocks), (1, 32, 0));
+    assert_eq!(s.peak_live_bytes, 64);
+    let (_, block) = in_place.blocks().next().unwrap();
+    assert_eq!((block.size, block.ts_ns, block.stack), (32, 2, Some(StackId(1))));
+}
+
+#[test]
+fn realloc_of_unknown_pointer_is_counted_and_tracks_the_result() {
+    let heap = run(Mode::Attach, &[realloc(0x10, 0x20, 8, 1)]);
+    let s = heap.stats();
+    assert_eq!((s.unknown_reallocs, s.live_blocks, s.live_bytes), (1, 1, 8));
+}
+
+#[test]
+fn double_free_in_run_mode_is_recorded_with_the_alloc_site() {
+    let heap = run(
+        Mode::Run,
+        &[malloc(0x10, 24, 1), free(0x10, 2), event(EventKind::Free, 0x10, 0, 0, 0, 3)],
+    );
+    let s = heap.stats();
+    assert_eq!((s.frees, s.double_frees, s.unknown_frees), (1, 1, 0));
+    assert_eq!(s.by_function[EventKind::Free as usize].calls, 2);
+    assert_eq!(
+        heap.double_frees(),
+        [DoubleFree {
+            addr: 0x10,
+            size: 24,
+            alloc_stack: Some(StackId(0)),
+            ts_ns: 3,
+            tid: 7
+        }]
+    );
+}
+
+#[test]
+fn the_same_sequence_in_attach_mode_is_an_unknown_free() {
+    let heap = run(Mode::Attach, &[malloc(0x10, 24, 1), free(0x10, 2), free(0x10, 3)]);
+    let s = heap.stats();
+    assert_eq!((s.frees, s.double_frees, s.unknown_frees), (1, 0, 1));
+    assert!(heap.double_frees().is_empty());
+}
+
+#[test]
+fn reuse_of_an_address_ends_its_freed_state() {
+    let heap = run(
+        Mode::Run,
+        &[malloc(0x10, 8, 1), free(0x10, 2), malloc(0x10, 8, 3), free(0x10, 4), free(0x20, 5)],
+    );
+    let s = heap.stats();
+    assert_eq!((s.frees, s.double_frees, s.unknown_frees), (2, 0, 1));
+}
+
+#[test]
+fn free_after_realloc_moved_the_block_is_a_double_free() {
+    let heap = run(
+        Mode::Run,
+        &[malloc(0x10, 8, 1), realloc(0x10, 0x20, 16, 2), free(0x10, 3)],
+    );
+    assert_eq!(heap.stats().double_frees, 1);
+    assert_eq!(heap.double_frees()[0].size, 8);
+}
+
+#[test]
+fn allocation_over_a_live_block_replaces_it() {
+    let heap = run(Mode::Run, &[malloc(0x10, 8, 1), malloc(0x10, 40, 2)]);
+    let s = heap.stats();
+    assert_eq!((s.overwritten_blocks, s.live_blocks, s.live_bytes), (1, 1, 40));
+    assert_eq!(s.bytes_allocated, 48);
+}
+
+#[test]
+fn double_free_records_are_capped_but_counted() {
+    let mut events = vec![malloc(0x10, 8, 0), free(0x10, 0)];
+    events.extend((0..MAX_DOUBLE_FREE_RECORDS + 5).map(|_| free(0x10, 1)));
+    let heap = run(Mode::Run, &events);
+    assert_eq!(heap.stats().double_frees, MAX_DOUBLE_FREE_RECORDS as u64 + 5);
+    assert_eq!(heap.double_frees().len(), MAX_DOUBLE_FREE_RECORDS);
+}
+
+#[test]
+fn mmap_failures_and_page_rounding() {
+    let heap = run(
+        Mode::Run,
+        &[mmap(MAP_FAILED, 4096), mmap(0, 4096), mmap(0x10_0000, 5000)],
+    );
+    let m = heap.stats().mmap;
+    assert_eq!((m.calls, m.failed_calls, m.bytes), (3, 2, 8192));
+    assert_eq!((m.live_regions, m.live_bytes, m.peak_bytes), (1, 8192, 8192));
+    assert_eq!(regions(&heap), [(0x10_0000, 0x10_2000)]);
+    // Regions are not heap blocks.
+    assert_eq!((heap.stats().live_blocks, heap.stats().live_bytes), (0, 0));
+}
+
+#[test]
+fn partial_munmap_splits_a_region() {
+    let heap = run(
+        Mode::Run,
+        &[mmap(0x10_0000, 4 * 4096), munmap(0x10_1000, 4096)],
+    );
+    assert_eq!(
+        regions(&heap),
+        [(0x10_0000, 0x10_1000), (0x10_2000, 0x10_4000)]
+    );
+    let m = heap.stats().mmap;
+    assert_eq!((m.live_regions, m.live_bytes, m.peak_bytes), (2, 3 * 4096, 4 * 4096));
+    assert_eq!((m.munmap_calls, m.unknown_munmaps), (1, 0));
+    assert_eq!(heap.stats().by_function[EventKind::Munmap as usize].bytes, 4096);
+}
+
+#[test]
+fn munmap_spanning_several_regions_and_untracked_munmap() {
+    let heap = run(
+        Mode::Run,
+        &[
+            mmap(0x10_0000, 2 * 4096),
+            mmap(0x10_3000, 2 * 4096),
+            munmap(0x10_1000, 3 * 4096),
+            munmap(0x90_0000, 4096),
+        ],
+    );
+    assert_eq!(
+        regions(&heap),
+        [(0x10_0000, 0x10_1000), (0x10_4000, 0x10_5000)]
+    );
+    let m = heap.stats().mmap;
+    assert_eq!((m.munmap_calls, m.unknown_munmaps, m.live_bytes), (2, 1, 2 * 4096));
+}
+
+#[test]
+fn fixed_mmap_replaces_the_pages_it_covers() {
+    let heap = run(
+        Mode::Run,
+        &[mmap(0x10_0000, 4 * 4096), mmap(0x10_1000, 4096)],
+    );
+    assert_eq!(
+        regions(&heap),
+        [
+            (0x10_0000, 0x10_1000),
+            (0x10_1000, 0x10_2000),
+            (0x10_2000, 0x10_4000)
+        ]
+    );
+    assert_eq!(heap.stats().mmap.live_bytes, 4 * 4096);
+}
+
+#[test]
+fn mremap_moves_a_region_and_ignores_failures() {
+    let heap = run(
+        Mode::Run,
+        &[
+            mmap(0x10_0000, 4096),
+            event(EventKind::Mremap, MAP_FAILED, 8192, 0x10_0000, 4096, 0),
+            event(EventKind::Mremap, 0x20_0000, 3 * 4096, 0x10_0000, 4096, 0),
+        ],
+    );
+    assert_eq!(regions(&heap), [(0x20_0000, 0x20_3000)]);
+    let s = heap.stats();
+    assert_eq!(s.by_function[EventKind::Mremap as usize], CallStats { calls: 2, bytes: 3 * 4096 });
+    assert_eq!((s.mmap.live_bytes, s.mmap.peak_bytes, s.mmap.calls), (3 * 4096, 3 * 4096, 1));
+}
+
+// ---- property test against a naive model ----
+
+const SLOTS: u64 = 12;
+const PAGES: u64 = 40;
+const HEAP_BASE: u64 = 0x5555_0000;
+const MAP_BASE: u64 = 0x7f00_0000_0000;
+
+fn slot_addr(slot: u64) -> u64 {
+    if slot == 0 { 0 } else { HEAP_BASE + slot * 16 }
+}
+
+fn page_addr(page: u64) -> u64 {
+    MAP_BASE + page * PAGE_SIZE
+}
+
+const ALLOCATORS: [EventKind; 7] = [
+    EventKind::Malloc,
+    EventKind::Calloc,
+    EventKind::PosixMemalign,
+    EventKind::AlignedAlloc,
+    EventKind::Memalign,
+    EventKind::Valloc,
+    EventKind::Pvalloc,
+];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc { kind: usize, slot: u64, size: u64 },
+    Realloc { array: bool, old: u64, new: u64, size: u64 },
+    Free { slot: u64 },
+    Mmap { page: u64, size: u64, failed: bool },
+    Munmap { page: u64, size: u64 },
+    Mremap { old: u64, old_size: u64, new: u64, size: u64, failed: bool },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let slot = 0..=SLOTS;
+    let page = 0..PAGES;
+    let map_len = 0..=6 * PAGE_SIZE;
+    prop_oneof![
+        4 => (0..ALLOCATORS.len(), slot.clone(), 0..200u64)
+            .prop_map(|(kind, slot, size)| Op::Alloc { kind, slot, size }),
+        3 => (any::<bool>(), slot.clone(), slot.clone(), prop_oneof![Just(0u64), 0..200u64])
+            .prop_map(|(array, old, new, size)| Op::Realloc { array, old, new, size }),
+        4 => (1..=SLOTS).prop_map(|slot| Op::Free { slot }),
+        2 => (page.clone(), map_len.clone(), proptest::bool::weighted(0.1))
+            .prop_map(|(page, size, failed)| Op::Mmap { page, size, failed }),
+        2 => (page.clone(), map_len.clone()).prop_map(|(page, size)| Op::Munmap { page, size }),
+        1 => (page.clone(), map_len.clone(), page, map_len, proptest::bool::weighted(0.1))
+            .prop_map(|(old, old_size, new, size, failed)| Op::Mremap { old, old_size, new, size, failed }),
+    ]
+}
+
+fn to_event(op: &Op, ts: u64) -> Event {
+    match *op {
+        Op::Alloc { kind, slot, size } => event(ALLOCATORS[kind], slot_addr(slot), size, 0, 0, ts),
+        Op::Realloc { array, old, new, size } => {
+            let kind = if array { EventKind::Reallocarray } else { EventKind::Realloc };
+            event(kind, slot_addr(new), size, slot_addr(old), 0, ts)
+        }
+        Op::Free { slot } => event(EventKind::Free, slot_addr(slot), 0, 0, 0, ts),
+        Op::Mmap { page, size, failed } => {
+            let addr = if failed { MAP_FAILED } else { page_addr(page) };
+            event(EventKind::Mmap, addr, size, 0, 0, ts)
+        }
+        Op::Munmap { page, size } => event(EventKind::Munmap, page_addr(page), size, 0, 0, ts),
+        Op::Mremap { old, old_size, new, size, failed } => {
+            let addr = if failed { MAP_FAILED } else { page_addr(new) };
+            event(EventKind::Mremap, addr, size, page_addr(old), old_size, ts)
+        }
+    }
+}
+
+/// The semantics restated as plainly as possible: blocks in a BTreeMap, mapped memory as a
+/// set of pages each labelled with the call that mapped it.
+struct Model {
+    mode: Mode,
+    live: BTreeMap<u64, u64>,
+    freed: BTreeSet<u64>,
+    pages: BTreeMap<u64, u64>,
+    next_region: u64,
+    stats: HeapStats,
+}
+
+impl Model {
+    fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            live: BTreeMap::new(),
+            freed: BTreeSet::new(),
+            pages: BTreeMap::new(),
+            next_region: 0,
+            stats: HeapStats::default(),
+        }
+    }
+
+    fn insert(&mut self, kind: EventKind, addr: u64, size: u64) {
+        self.stats.bytes_allocated += size;
+        self.stats.by_function[kind as usize].bytes += size;
+        if self.live.insert(addr, size).is_some() {
+            self.stats.overwritten_blocks += 1;
+        }
+        self.freed.remove(&addr);
+    }
+
+    fn release(&mut self, addr: u64) -> bool {
+        match self.live.remove(&addr) {
+            Some(_) => {
+                if self.mode == Mode::Run {
+                    self.freed.insert(addr);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn pages_of(start: u64, len: u64) -> std::ops::Range<u64> {
+        let first = start / PAGE_SIZE;
+        first..first + len.div_ceil(PAGE_SIZE)
+    }
+
+    fn unmap(&mut self, start: u64, len: u64) -> u64 {
+        let removed = Self::pages_of(start, len)
+            .filter(|p| self.pages.remove(p).is_some())
+            .count() as u64;
+        removed * PAGE_SIZE
+    }
+
+    fn map(&mut self, start: u64, len: u64) -> u64 {
+        self.next_region += 1;
+        let pages = Self::pages_of(start, len);
+        let count = pages.end - pages.start;
+        for p in pages {
+            self.pages.insert(p, self.next_region);
+        }
+        count * PAGE_SIZE
+    }
+
+    fn apply(&mut self, e: &Event) {
+        let s = &mut self.stats;
+        s.by_function[e.kind as usize].calls += 1;
+        match e.kind {
+            EventKind::Free => {
+                if let Some(&size) = self.live.get(&e.addr) {
+                    self.stats.frees += 1;
+                    self.stats.by_function[EventKind::Free as usize].bytes += size;
+                    self.release(e.addr);
+                } else if self.freed.contains(&e.addr) {
+                    self.stats.double_frees += 1;
+                } else {
+                    self.stats.unknown_frees += 1;
+                }
+            }
+            EventKind::Realloc | EventKind::Reallocarray => {
+                s.allocations += 1;
+                if e.old_addr == 0 {
+                    if e.addr == 0 {
+                        s.failed_allocations += 1;
+                    } else {
+                        self.insert(e.kind, e.addr, e.size);
+                    }
+                } else if e.addr == 0 && e.size == 0 {
+                    if !self.release(e.old_addr) {
+                        self.stats.unknown_reallocs += 1;
+                    }
+                } else if e.addr == 0 {
+                    s.failed_allocations += 1;
+                } else {
+                    if !self.release(e.old_addr) {
+                        self.stats.unknown_reallocs += 1;
+                    }
+                    self.insert(e.kind, e.addr, e.size);
+                }
+            }
+            EventKind::Mmap => {
+                s.mmap.calls += 1;
+                if e.addr == MAP_FAILED {
+                    s.mmap.failed_calls += 1;
+                } else {
+                    let len = self.map(e.addr, e.size);
+                    self.stats.mmap.bytes += len;
+                    self.stats.by_function[EventKind::Mmap as usize].bytes += len;
+                }
+            }
+            EventKind::Munmap => {
+                s.mmap.munmap_calls += 1;
+                let removed = self.unmap(e.addr, e.size);
+                if removed == 0 {
+                    self.stats.mmap.unknown_munmaps += 1;
+                }
+                self.stats.by_function[EventKind::Munmap as usize].bytes += removed;
+            }
+            EventKind::Mremap => {
+                if e.addr != MAP_FAILED {
+                    self.unmap(e.old_addr, e.aux);
+                    let len = self.map(e.addr, e.size);
+                    self.stats.by_function[EventKind::Mremap as usize].bytes += len;
+                }
+            }
+            _ => {
+                s.allocations += 1;
+                if e.addr == 0 {
+                    s.failed_allocations += 1;
+                } else {
+                    self.insert(e.kind, e.addr, e.size);
+                }
+            }
+        }
+        let s = &mut self.stats;
+        s.live_blocks = self.live.len() as u64;
+        s.live_bytes = self.live.values().sum();
+        if s.live_bytes > s.peak_live_bytes {
+            s.peak_live_bytes = s.live_bytes;
+            s.peak_live_blocks = s.live_blocks;
+            s.peak_ts_ns = Some(e.ts_ns);
+        }
+        s.mmap.live_bytes = self.pages.len() as u64 * PAGE_SIZE;
+        s.mmap.peak_bytes = s.mmap.peak_bytes.max(s.mmap.live_bytes);
+        let live_regions = self.regions().len() as u64;
+        self.stats.mmap.live_regions = live_regions;
+    }
+
+    /// Maximal runs of consecutive pages mapped by the same call.
+    fn regions(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        for (&page, &id) in &self.pages {
+            match runs.last_mut() {
+                Some((_, end, run_id)) if *end == page && *run_id == id => *end += 1,
+                _ => runs.push((page, page + 1, id)),
+            }
+        }
+        runs.into_iter()
+            .map(|(start, end, _)| (start * PAGE_SIZE, end * PAGE_SIZE))
+            .collect()
+    }
+}
+
+fn check_against_model(mode: Mode, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut heap = HeapState::new(mode);
+    let mut model = Model::new(mode);
+    for (i, op) in ops.iter().enumerate() {
+        let e = to_event(op, i as u64 + 1);
+        heap.apply(&e, None);
+        model.apply(&e);
+        prop_assert_eq!(heap.stats(), &model.stats, "after op {} {:?}", i, op);
+    }
+    let blocks: BTreeMap<u64, u64> = heap.blocks().map(|(a, b)| (a, b.size)).collect();
+    prop_assert_eq!(&blocks, &model.live);
+    prop_assert_eq!(regions(&heap), model.regions());
+    let records = model.stats.double_frees.min(MAX_DOUBLE_FREE_RECORDS as u64);
+    prop_assert_eq!(heap.double_frees().len() as u64, records);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn matches_naive_model_in_run_mode(ops in proptest::collection::vec(op(), 0..120)) {
+        check_against_model(Mode::Run, &ops)?;
+    }
+
+    #[test]
+    fn matches_naive_model_in_attach_mode(ops in proptest::collection::vec(op(), 0..120)) {
+        check_against_model(Mode::Attach, &ops)?;
+    }
+}

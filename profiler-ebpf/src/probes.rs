@@ -1,0 +1,277 @@
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
+};
+use profiler_common::{
+    DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord,
+    FLAG_STACK_MISSING, FLAG_STACK_TRUNCATED, MAX_STACK_DEPTH, counter,
+};
+
+// Load-time configuration (set by the collector through the object's .rodata).
+#[unsafe(no_mangle)]
+static TARGET_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
+#[unsafe(no_mangle)]
+static STACK_DEPTH: u32 = 0;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Calls entered but not yet returned, by pid_tgid.
+#[map]
+static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(1 << 16, 0);
+
+/// One record under construction per CPU (uprobe programs run with preemption disabled).
+#[map]
+static SCRATCH: PerCpuArray<EventRecord> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct InFlight {
+    /// Probed calls this thread is inside; only the outermost is reported.
+    depth: u32,
+    kind: u32,
+    size: u64,
+    old_addr: u64,
+    aux: u64,
+    /// posix_memalign's `void **memptr`, read at return.
+    out_ptr: u64,
+}
+
+#[inline(always)]
+fn target_thread() -> Option<u64> {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: a plain read of a global the loader sets; volatile keeps it from being folded.
+    let tgid = unsafe { read_volatile(&TARGET_TGID) };
+    ((id >> 32) as u32 == tgid).then_some(id)
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Remembers an allocation call's arguments until it returns.
+#[inline(always)]
+fn enter(kind: EventKind, size: u64, old_addr: u64, aux: u64, out_ptr: u64) {
+    let Some(id) = target_thread() else { return };
+    if let Some(call) = INFLIGHT.get_ptr_mut(id) {
+        // SAFETY: the entry belongs to this thread only.
+        unsafe { (*call).depth += 1 };
+        return;
+    }
+    let call = InFlight { depth: 1, kind: kind as u32, size, old_addr, aux, out_ptr };
+    if INFLIGHT.insert(id, call, 0).is_err() {
+        bump(counter::INFLIGHT_FULL);
+    }
+}
+
+/// True when this thread is inside a call that will be reported (its inner calls are not).
+#[inline(always)]
+fn nested(id: u64) -> bool {
+    // SAFETY: the value is only read for presence.
+    unsafe { INFLIGHT.get(id).is_some() }
+}
+
+/// Builds the record in the per-CPU scratch area and copies its used part to the ring.
+#[inline(always)]
+fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: bool) {
+    let Some(record) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch, not shared while this program runs.
+    let record = unsafe { &mut *record };
+    header.tid = id as u32;
+    header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    let mut stack_bytes = 0usize;
+    if with_stack {
+        // SAFETY: volatile read of a loader-set global.
+        let depth = (unsafe { read_volatile(&STACK_DEPTH) } as usize).min(MAX_STACK_DEPTH);
+        if depth > 0 {
+            let want = (depth * 8) as u32;
+            // SAFETY: the buffer holds MAX_STACK_DEPTH u64s and `want` never exceeds that.
+            let got = unsafe {
+                bpf_get_stack(
+                    ctx.as_ptr(),
+                    record.stack.as_mut_ptr().cast(),
+                    want,
+                    BPF_F_USER_STACK as u64,
+                )
+            };
+            if got < 0 {
+                header.flags |= FLAG_STACK_MISSING;
+                bump(counter::STACK_ERRORS);
+            } else {
+                stack_bytes = (got as usize).min(MAX_STACK_DEPTH * 8) & !7;
+                if stack_bytes == want as usize {
+                    header.flags |= FLAG_STACK_TRUNCATED;
+                }
+            }
+        }
+    }
+    header.stack_depth = (stack_bytes / 8) as u32;
+    record.header = header;
+
+    // SAFETY: volatile read of a loader-set global.
+    let wakeup_at = unsafe { read_volatile(&WAKEUP_BYTES) };
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_at {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    let len = EVENT_HEADER_SIZE + stack_bytes;
+    // SAFETY: `len` is at most size_of::<EventRecord>() and the record is initialised that far.
+    let bytes = unsafe { core::slice::from_raw_parts((record as *const EventRecord).cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
+        bump(counter::LOST_BASE + header.kind);
+    }
+}
+
+/// Reports an allocation call when its outermost instance returns.
+#[uretprobe]
+pub fn memprof_return(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = INFLIGHT.get_ptr_mut(id) else { return 0 };
+    // SAFETY: the entry belongs to this thread only.
+    let call = unsafe { &mut *call };
+    if call.depth > 1 {
+        call.depth -= 1;
+        return 0;
+    }
+    let call = *call;
+    let _ = INFLIGHT.remove(id);
+
+    let ret: u64 = ctx.ret();
+    let addr = if call.kind == EventKind::PosixMemalign as u32 {
+        // posix_memalign returns 0 on success and stores the block through memptr.
+        if ret as u32 == 0 {
+            // SAFETY: bpf_probe_read_user copes with any user address.
+            unsafe { bpf_probe_read_user(call.out_ptr as *const u64) }.unwrap_or(0)
+        } else {
+            0
+        }
+    } else {
+        ret
+    };
+    let header = EventHeader {
+        kind: call.kind,
+        addr,
+        size: call.size,
+        old_addr: call.old_addr,
+        aux: call.aux,
+        ..EventHeader::default()
+    };
+    emit(&ctx, id, header, true);
+    0
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::Malloc, arg(&ctx, 0), 0, 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
+    enter(EventKind::Calloc, size, 0, 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::Realloc, arg(&ctx, 1), arg(&ctx, 0), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
+    enter(EventKind::Reallocarray, size, arg(&ctx, 0), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::PosixMemalign, arg(&ctx, 2), 0, arg(&ctx, 1), arg(&ctx, 0));
+    0
+}
+
+#[uprobe]
+pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::AlignedAlloc, arg(&ctx, 1), 0, arg(&ctx, 0), 0);
+    0
+}
+
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::Memalign, arg(&ctx, 1), 0, arg(&ctx, 0), 0);
+    0
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::Valloc, arg(&ctx, 0), 0, 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::Pvalloc, arg(&ctx, 0), 0, 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    // aux = flags, so the collector can tell anonymous mappings from file mappings.
+    enter(EventKind::Mmap, arg(&ctx, 1), 0, arg(&ctx, 3), 0);
+    0
+}
+
+#[uprobe]
+pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::Mremap, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1), 0);
+    0
+}
+
+/// Reports a call that needs no result: free and munmap.
+#[inline(always)]
+fn release(ctx: &ProbeContext, kind: EventKind, addr: u64, size: u64) {
+    if addr == 0 {
+        return;
+    }
+    let Some(id) = target_thread() else { return };
+    if nested(id) {
+        return;
+    }
+    let header = EventHeader { kind: kind as u32, addr, size, ..EventHeader::default() };
+    emit(ctx, id, header, false);
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    release(&ctx, EventKind::Free, arg(&ctx, 0), 0);
+    0
+}
+
+#[uprobe]
+pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    release(&ctx, EventKind::Munmap, arg(&ctx, 0), arg(&ctx, 1));
+    0
+}

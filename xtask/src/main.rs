@@ -1,0 +1,82 @@
+//! memprof's developer tasks, run as `cargo xtask TASK`.
+//!
+//! - `setup` installs what building and testing needs (Debian packages, bpf-linker built on
+//!   LLVM 22, the nightly toolchain's rust-src) and checks the kernel and privileges.
+//! - `test` runs setup, then the build, clippy, the format check and every test.
+//! - `demo` runs setup, builds memprof and profiles the leaky C sample into memprof-out/.
+//! - `bench overhead` measures what memprof adds per malloc/free pair and its fixed cost.
+//!
+//! Every command xtask runs is echoed first (`$ cargo build --workspace`), and every thing setup
+//! finds or does is one line, so a CI log says what happened without reading this code.
+
+mod bench;
+mod demo;
+mod exec;
+mod host;
+mod samples;
+mod setup;
+mod suite;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "memprof's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (packages, bpf-linker, rust-src) and check kernel and privileges.
+    Setup,
+    /// Set up if needed, then build, clippy, format check and every test.
+    Test,
+    /// Set up if needed, build memprof, profile samples/c/leaks.c and write memprof-out/.
+    Demo,
+    /// Measure memprof's cost.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Added wall time per malloc/free pair and fixed start+stop cost (root only).
+    Overhead(OverheadArgs),
+}
+
+#[derive(Args)]
+struct OverheadArgs {
+    /// malloc/free pairs per run of the churn sample.
+    #[arg(long, default_value_t = 1_000_000)]
+    pairs: u64,
+    /// Runs of each measurement; the table shows medians.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::ensure()?.require_all(),
+        Task::Test => suite::run(),
+        Task::Demo => demo::run(),
+        Task::Bench {
+            bench: Bench::Overhead(args),
+        } => bench::overhead(args.pairs, args.runs),
+    }
+}
