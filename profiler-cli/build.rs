@@ -6,6 +6,10 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root_dir = format!("{manifest_dir}/../profiler-ebpf");
-    let package = Package { name: "profiler-ebpf", root_dir: &root_dir, ..Default::default() };
+    let package = Package {
+        name: "profiler-ebpf",
+        root_dir: &root_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], Toolchain::Custom("nightly"))
 }

@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use profiler_common::MAX_STACK_DEPTH;
 
 #[derive(Parser, Debug)]
-#[command(name = "memprof", version, about = "Heap profiler for Linux processes, built on eBPF uprobes")]
+#[command(
+    name = "memprof",
+    version,
+    about = "Heap profiler for Linux processes, built on eBPF uprobes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -54,7 +58,10 @@ pub struct CaptureArgs {
 impl CaptureArgs {
     pub fn ring_bytes(&self) -> anyhow::Result<u32> {
         if !self.ring_mib.is_power_of_two() || self.ring_mib > 1024 {
-            anyhow::bail!("--ring-mib must be a power of two no larger than 1024, not {}", self.ring_mib);
+            anyhow::bail!(
+                "--ring-mib must be a power of two no larger than 1024, not {}",
+                self.ring_mib
+            );
         }
         Ok(self.ring_mib << 20)
     }
@@ -63,8 +70,9 @@ impl CaptureArgs {
 pub fn duration(seconds: Option<f64>) -> anyhow::Result<Option<Duration>> {
     seconds
         .map(|s| {
-            Duration::try_from_secs_f64(s)
-                .map_err(|_| anyhow::anyhow!("--duration must be a positive number of seconds, not {s}"))
+            Duration::try_from_secs_f64(s).map_err(|_| {
+                anyhow::anyhow!("--duration must be a positive number of seconds, not {s}")
+            })
         })
         .transpose()
 }

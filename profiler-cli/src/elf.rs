@@ -24,6 +24,7 @@ struct Segment {
 /// One ELF object on disk, reduced to what probe placement needs.
 pub struct ElfObject {
     pub path: PathBuf,
+    /// DT_SONAME, the name other objects' DT_NEEDED entries use for this one.
     pub soname: Option<String>,
     pub needed: Vec<String>,
     pub interpreter: Option<String>,
@@ -133,7 +134,9 @@ fn dynamic_names(
         if tag != DT_NEEDED && tag != DT_SONAME {
             continue;
         }
-        let Ok(name) = entry.string(endian, strings) else { bail!("bad dynamic string") };
+        let Ok(name) = entry.string(endian, strings) else {
+            bail!("bad dynamic string")
+        };
         let name = String::from_utf8_lossy(name).into_owned();
         if tag == DT_NEEDED {
             needed.push(name);

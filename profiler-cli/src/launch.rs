@@ -1,11 +1,6 @@
 //! Starting a program stopped right after exec, so probes are in place before its first
 //! instruction (constructors that allocate before main included).
-use std::{
-    ffi::OsString,
-    io,
-    os::unix::process::CommandExt as _,
-    process::Command,
-};
+use std::{ffi::OsString, io, os::unix::process::CommandExt as _, process::Command};
 
 use anyhow::{Result, anyhow, bail};
 use nix::{
@@ -34,10 +29,77 @@ impl Exit {
     }
 }
 
+/// A child stopped right after exec, owned by the thread that traces it (ptrace requests are
+/// only accepted from the tracing thread, so spawning, resuming and reaping all happen there).
+pub struct Launched {
+    pub pid: Pid,
+    go: std::sync::mpsc::Sender<bool>,
+}
+
+impl Launched {
+    /// Lets the child run; `done` receives how it ended and the maps read as it exited.
+    pub fn resume(self) {
+        let _ = self.go.send(true);
+    }
+
+    /// Kills the never-resumed child and reaps it.
+    pub fn abandon(self) {
+        let _ = self.go.send(false);
+    }
+}
+
+/// How the child ended, and what `at_exit` produced while it was exiting.
+pub type Ended<T> = (Result<Exit>, Option<T>);
+
+/// Starts `command` stopped at exec on a dedicated tracer thread. Once resumed, `at_exit`
+/// runs while the exiting child still has its memory mapped, and the outcome is sent to
+/// `done`.
+pub fn launch<T: Send + 'static>(
+    command: Vec<OsString>,
+    at_exit: impl FnOnce(Pid) -> Option<T> + Send + 'static,
+    done: tokio::sync::oneshot::Sender<Ended<T>>,
+) -> Result<Launched> {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let pid = match spawn_stopped(&command) {
+            Ok(pid) => pid,
+            Err(error) => {
+                let _ = started_tx.send(Err(error));
+                return;
+            }
+        };
+        let _ = started_tx.send(Ok(pid));
+        if go_rx.recv() != Ok(true) {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = wait_exit(pid, |_| {});
+            return;
+        }
+        if let Err(error) = resume(pid) {
+            let _ = done.send((Err(error), None));
+            return;
+        }
+        let mut at_exit = Some(at_exit);
+        let mut produced = None;
+        let exit = wait_exit(pid, |pid| {
+            if let Some(at_exit) = at_exit.take() {
+                produced = at_exit(pid);
+            }
+        });
+        let _ = done.send((exit, produced));
+    });
+    let pid = started_rx
+        .recv()
+        .map_err(|_| anyhow!("the launcher thread died"))??;
+    Ok(Launched { pid, go })
+}
+
 /// Spawns `command` and returns its pid once it is stopped right after execve: only the
 /// executable and ld.so are mapped, nothing of it has run.
-pub fn spawn_stopped(command: &[OsString]) -> Result<Pid> {
-    let (program, args) = command.split_first().ok_or_else(|| anyhow!("no command given"))?;
+fn spawn_stopped(command: &[OsString]) -> Result<Pid> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| anyhow!("no command given"))?;
     let mut child = Command::new(program);
     child.args(args);
     // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe; the child then stops with SIGTRAP
@@ -56,23 +118,40 @@ pub fn spawn_stopped(command: &[OsString]) -> Result<Pid> {
     let pid = Pid::from_raw(child.id() as i32);
     match waitpid(pid, None)? {
         WaitStatus::Stopped(_, Signal::SIGTRAP) => Ok(pid),
-        WaitStatus::Exited(_, code) => bail!("the target exited with status {code} before it started"),
-        WaitStatus::Signaled(_, signal, _) => bail!("the target was killed by {signal} before it started"),
+        WaitStatus::Exited(_, code) => {
+            bail!("the target exited with status {code} before it started")
+        }
+        WaitStatus::Signaled(_, signal, _) => {
+            bail!("the target was killed by {signal} before it started")
+        }
         other => bail!("unexpected state of the target after exec: {other:?}"),
     }
 }
 
-/// Lets the stopped child run, no longer traced.
-pub fn resume(pid: Pid) -> Result<()> {
-    ptrace::detach(pid, None).map_err(|error| anyhow!("cannot resume the target: {error}"))
+/// Lets the stopped child run. It stays traced for one reason: to stop once more as it
+/// exits, while its memory map still exists, so the libraries its stacks point into are known
+/// even for a program that lives a few milliseconds. Signals it receives are passed on as is.
+fn resume(pid: Pid) -> Result<()> {
+    ptrace::setoptions(pid, ptrace::Options::PTRACE_O_TRACEEXIT)
+        .and_then(|()| ptrace::cont(pid, None))
+        .map_err(|error| anyhow!("cannot resume the target: {error}"))
 }
 
-/// Blocks until the child exits and returns how.
-pub fn wait_exit(pid: Pid) -> Result<Exit> {
+/// Blocks until the child exits and returns how; `at_exit` runs while the exiting child is
+/// stopped with its memory still mapped.
+fn wait_exit(pid: Pid, mut at_exit: impl FnMut(Pid)) -> Result<Exit> {
     loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(Exit::Code(code)),
             Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Exit::Signal(signal as i32)),
+            Ok(WaitStatus::PtraceEvent(_, _, event)) if event == libc::PTRACE_EVENT_EXIT => {
+                at_exit(pid);
+                let _ = ptrace::cont(pid, None);
+            }
+            // A signal on its way to the child: deliver it.
+            Ok(WaitStatus::Stopped(_, signal)) => {
+                let _ = ptrace::cont(pid, signal);
+            }
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(error) => bail!("cannot wait for the target: {error}"),
         }

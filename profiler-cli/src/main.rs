@@ -16,19 +16,18 @@ mod report;
 mod session;
 mod targets;
 
-use std::{ffi::OsString, io::Write as _, path::Path, process::ExitCode, time::Instant};
+use std::{ffi::OsString, io::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Parser as _;
 use nix::sys::signal::{Signal, kill};
-use profiler_core::heap::Mode;
+use profiler_core::{heap::Mode, maps::ProcessMaps};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{CaptureArgs, Cli, Command},
-    launch::Exit,
     probes::{ProbeConfig, Probes},
-    recorder::Recorder,
+    recorder::Collected,
     session::Stop,
     targets::{LookupOrder, ProbeSite},
 };
@@ -39,7 +38,11 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(error) => {
             // One line: the chain of causes, outermost first.
-            let message = error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            let message = error
+                .chain()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
             let _ = writeln!(std::io::stderr(), "memprof: error: {message}");
             ExitCode::FAILURE
         }
@@ -53,7 +56,11 @@ fn run(cli: Cli) -> Result<i32> {
         .context("cannot start the event loop")?;
     match cli.command {
         Command::Run { capture, command } => runtime.block_on(run_command(&capture, &command)),
-        Command::Attach { pid, duration, capture } => {
+        Command::Attach {
+            pid,
+            duration,
+            capture,
+        } => {
             let duration = cli::duration(duration)?;
             runtime.block_on(attach(&capture, pid, duration))
         }
@@ -61,91 +68,100 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn probe_config(capture: &CaptureArgs) -> Result<ProbeConfig> {
-    Ok(ProbeConfig { ring_bytes: capture.ring_bytes()?, stack_depth: capture.max_depth })
+    Ok(ProbeConfig {
+        ring_bytes: capture.ring_bytes()?,
+        stack_depth: capture.max_depth,
+    })
 }
 
 /// `memprof run -- CMD`: launch stopped at exec, probe, resume, collect until it exits.
 async fn run_command(capture: &CaptureArgs, command: &[OsString]) -> Result<i32> {
     privileges::check()?;
     let config = probe_config(capture)?;
-    let started = Instant::now();
-    let pid = launch::spawn_stopped(command)?;
-    let prepared = prepare(pid.as_raw() as u32, config, || {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let read_maps = |pid: nix::unistd::Pid| ProcessMaps::read(pid.as_raw() as u32).ok();
+    let child = launch::launch(command.to_vec(), read_maps, done_tx)?;
+    let pid = child.pid.as_raw() as u32;
+    let prepared = prepare(pid, config, || {
         let env: Vec<(String, String)> = std::env::vars().collect();
-        LookupOrder::for_new_process(pid.as_raw() as u32, &env)
+        LookupOrder::for_new_process(pid, &env)
     });
     let (mut probes, sites) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {
             // Never leave a stopped child behind.
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = launch::wait_exit(pid);
+            child.abandon();
             return Err(error);
         }
     };
-    let setup = started.elapsed();
     let ring = probes.take_ring()?;
-    let mut recorder = Recorder::new(Mode::Run);
+    let mut collected = Collected::new(Mode::Run);
     let start_ns = monotonic_ns();
 
     // The terminal sends Ctrl-C to the whole foreground group, so the child gets it directly;
     // memprof keeps collecting until the child is gone. SIGTERM sent to memprof is passed on.
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminations = signal(SignalKind::terminate())?;
-    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
-    launch::resume(pid)?;
-    std::thread::spawn(move || {
-        let _ = exit_tx.send(launch::wait_exit(pid));
-    });
-    let stop = async move {
-        tokio::pin!(exit_rx);
+    let child_pid = child.pid;
+    child.resume();
+    let mut ended = None;
+    let stop = async {
+        tokio::pin!(done_rx);
         loop {
             tokio::select! {
-                exit = &mut exit_rx => {
-                    return Stop::TargetExited(exit.ok().and_then(Result::ok));
+                outcome = &mut done_rx => {
+                    ended = outcome.ok();
+                    return Stop::TargetExited;
                 }
                 _ = interrupts.recv() => {}
-                _ = terminations.recv() => { let _ = kill(pid, Signal::SIGTERM); }
+                _ = terminations.recv() => { let _ = kill(child_pid, Signal::SIGTERM); }
             }
         }
     };
-    let (reason, mut ring) =
-        session::collect(ring, &mut recorder, &probes, pid.as_raw() as u32, stop).await?;
-    let stopping = Instant::now();
-    probes.detach();
-    session::drain(&mut ring, &mut recorder);
-    let exit = match reason {
-        Stop::TargetExited(exit) => exit,
-        _ => None,
-    };
+    let (_, mut ring) = session::collect(ring, &mut collected, &probes, pid, stop).await?;
+    let counters = probes.counters()?;
+    probes.detach_after_exit()?;
+    session::drain(&mut ring, &mut collected);
+    let (exit, maps_at_exit) = ended.context("lost track of the target")?;
+    let exit = exit?;
+    if let Some(maps) = maps_at_exit {
+        collected.maps.merge(maps);
+    }
     let meta = report::Meta {
         mode: Mode::Run,
-        command: command.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
-        pid: pid.as_raw() as u32,
-        exit,
+        command: command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        pid,
+        exit: Some(exit),
         start_ns,
         end_ns: monotonic_ns(),
         sites: &sites,
-        counters: probes.counters()?,
-        setup,
+        counters,
     };
-    report::finish(&recorder, &meta, capture, stopping)?;
-    Ok(exit.map_or(1, Exit::status))
+    report::finish(&collected, &meta, capture)?;
+    Ok(exit.status())
 }
 
 /// `memprof attach PID`: probe a running process, collect, detach and leave it running.
-async fn attach(capture: &CaptureArgs, pid: u32, duration: Option<std::time::Duration>) -> Result<i32> {
+async fn attach(
+    capture: &CaptureArgs,
+    pid: u32,
+    duration: Option<std::time::Duration>,
+) -> Result<i32> {
     check_attachable(pid)?;
     privileges::check()?;
     let config = probe_config(capture)?;
-    let started = Instant::now();
     let (mut probes, sites) = prepare(pid, config, || LookupOrder::for_running_process(pid))?;
-    let setup = started.elapsed();
     let ring = probes.take_ring()?;
-    let mut recorder = Recorder::new(Mode::Attach);
+    let mut collected = Collected::new(Mode::Attach);
     let start_ns = monotonic_ns();
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-    eprintln!("memprof: attached to {pid} ({}); Ctrl-C to stop", exe.display());
+    eprintln!(
+        "memprof: attached to {pid} ({}); Ctrl-C to stop",
+        exe.display()
+    );
 
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminations = signal(SignalKind::terminate())?;
@@ -160,14 +176,14 @@ async fn attach(capture: &CaptureArgs, pid: u32, duration: Option<std::time::Dur
             _ = interrupts.recv() => Stop::Interrupted,
             _ = terminations.recv() => Stop::Interrupted,
             _ = elapsed => Stop::DurationElapsed,
-            _ = session::process_exit(pid) => Stop::TargetExited(None),
+            _ = session::process_exit(pid) => Stop::TargetExited,
         }
     };
-    let (reason, mut ring) = session::collect(ring, &mut recorder, &probes, pid, stop).await?;
-    let stopping = Instant::now();
+    let (reason, mut ring) = session::collect(ring, &mut collected, &probes, pid, stop).await?;
     probes.detach();
-    session::drain(&mut ring, &mut recorder);
-    if reason == Stop::TargetExited(None) {
+    session::drain(&mut ring, &mut collected);
+    let counters = probes.counters()?;
+    if reason == Stop::TargetExited {
         eprintln!("memprof: process {pid} exited");
     }
     let meta = report::Meta {
@@ -178,10 +194,9 @@ async fn attach(capture: &CaptureArgs, pid: u32, duration: Option<std::time::Dur
         start_ns,
         end_ns: monotonic_ns(),
         sites: &sites,
-        counters: probes.counters()?,
-        setup,
+        counters,
     };
-    report::finish(&recorder, &meta, capture, stopping)?;
+    report::finish(&collected, &meta, capture)?;
     Ok(0)
 }
 
@@ -230,4 +245,3 @@ fn monotonic_ns() -> u64 {
         .expect("CLOCK_MONOTONIC is always available");
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
-

@@ -9,7 +9,9 @@ const CAP_BPF: u32 = 39;
 /// memprof needs to load BPF programs and open uprobe perf events.
 pub fn check() -> Result<()> {
     if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
-        bail!("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing)");
+        bail!(
+            "this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing)"
+        );
     }
     if nix::unistd::geteuid().is_root() {
         return Ok(());
@@ -24,6 +26,8 @@ pub fn check() -> Result<()> {
 
 fn effective_capabilities() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|line| line.strip_prefix("CapEff:"))?;
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
 }

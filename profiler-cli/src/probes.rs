@@ -10,7 +10,8 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
     },
 };
-use profiler_common::{COUNTERS_MAP, EventKind, KIND_SLOTS, RING_MAP, config, counter};
+use profiler_common::{COUNTERS_MAP, EventKind, RING_MAP, config, counter};
+use profiler_core::report::LostCounts;
 
 use crate::targets::ProbeSite;
 
@@ -24,21 +25,6 @@ pub struct ProbeConfig {
     pub ring_bytes: u32,
     /// User stack frames to capture per allocation (0 = none).
     pub stack_depth: u32,
-}
-
-/// Lost and failed records counted in the kernel.
-#[derive(Clone, Debug, Default)]
-pub struct KernelCounters {
-    /// Records dropped because the ring was full, by event kind discriminant.
-    pub lost_by_kind: [u64; KIND_SLOTS as usize],
-    pub inflight_full: u64,
-    pub stack_errors: u64,
-}
-
-impl KernelCounters {
-    pub fn total_lost(&self) -> u64 {
-        self.lost_by_kind.iter().sum()
-    }
 }
 
 /// Loaded programs and the ring they write to; attached links are held separately so that
@@ -61,7 +47,10 @@ impl Probes {
             .map_max_entries(RING_MAP, config.ring_bytes)
             .load(PROGRAMS)
             .map_err(|error| anyhow!("cannot load the eBPF programs: {error}{}", btf_hint()))?;
-        let mut probes = Probes { ebpf, links: Vec::new() };
+        let mut probes = Probes {
+            ebpf,
+            links: Vec::new(),
+        };
         for name in program_names() {
             let program: &mut UProbe = probes
                 .ebpf
@@ -98,7 +87,11 @@ impl Probes {
             .ok_or_else(|| anyhow!("eBPF program {name} missing"))?
             .try_into()?;
         let id = program
-            .attach(UProbeAttachLocation::AbsoluteOffset(site.file_offset), &site.path, scope)
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                &site.path,
+                scope,
+            )
             .with_context(|| {
                 format!(
                     "cannot attach a uprobe to {} in {} at offset {:#x}",
@@ -122,20 +115,52 @@ impl Probes {
         });
     }
 
+    /// Detaches without waiting: a forked child inherits every probe descriptor and closes
+    /// them once memprof has exited. Only for targets that are gone, where a probe can no
+    /// longer fire: the kernel's serialized ~80 ms per uprobe link is then paid off memprof's
+    /// critical path instead of delaying the report and the exit status.
+    pub fn detach_after_exit(self) -> Result<()> {
+        let (keep_open, exit_when_closed) = nix::unistd::pipe()?;
+        // SAFETY: the child only calls read(2) and _exit(2), both async-signal-safe.
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => {
+                drop(exit_when_closed);
+                let mut byte = [0u8; 1];
+                let _ = nix::unistd::read(&keep_open, &mut byte);
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { .. } => {
+                drop(keep_open);
+                // Our copies close quickly: the child still holds a reference to each.
+                let mut this = self;
+                this.links.clear();
+                drop(this);
+                // The write end stays open until memprof exits, which releases the child.
+                std::mem::forget(exit_when_closed);
+                Ok(())
+            }
+        }
+    }
+
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(RING_MAP).ok_or_else(|| anyhow!("ring buffer map missing"))?;
+        let map = self
+            .ebpf
+            .take_map(RING_MAP)
+            .ok_or_else(|| anyhow!("ring buffer map missing"))?;
         Ok(RingBuf::try_from(map)?)
     }
 
-    pub fn counters(&self) -> Result<KernelCounters> {
-        let map = self.ebpf.map(COUNTERS_MAP).ok_or_else(|| anyhow!("counters map missing"))?;
+    pub fn counters(&self) -> Result<LostCounts> {
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or_else(|| anyhow!("counters map missing"))?;
         let array = PerCpuArray::<_, u64>::try_from(map)?;
-        let sum = |index: u32| -> Result<u64> {
-            Ok(array.get(&index, 0)?.iter().sum())
-        };
-        let mut counters = KernelCounters::default();
+        let sum = |index: u32| -> Result<u64> { Ok(array.get(&index, 0)?.iter().sum()) };
+        let mut counters = LostCounts::default();
         for kind in EventKind::ALL {
-            counters.lost_by_kind[kind as usize] = sum(counter::LOST_BASE + kind as u32)?;
+            counters.by_kind[kind as usize] = sum(counter::LOST_BASE + kind as u32)?;
         }
         counters.inflight_full = sum(counter::INFLIGHT_FULL)?;
         counters.stack_errors = sum(counter::STACK_ERRORS)?;
@@ -168,7 +193,10 @@ fn entry_program(kind: EventKind) -> &'static str {
 }
 
 fn program_names() -> impl Iterator<Item = &'static str> {
-    EventKind::ALL.into_iter().map(entry_program).chain([RETURN_PROGRAM])
+    EventKind::ALL
+        .into_iter()
+        .map(entry_program)
+        .chain([RETURN_PROGRAM])
 }
 
 fn btf_hint() -> &'static str {

@@ -20,8 +20,14 @@ use iced_x86::{
 const MAX_INSTRUCTIONS: usize = 8;
 
 /// The integer argument registers of the SysV x86-64 ABI, which the probes read.
-const ARGUMENT_REGISTERS: [Register; 6] =
-    [Register::RDI, Register::RSI, Register::RDX, Register::RCX, Register::R8, Register::R9];
+const ARGUMENT_REGISTERS: [Register; 6] = [
+    Register::RDI,
+    Register::RSI,
+    Register::RDX,
+    Register::RCX,
+    Register::R8,
+    Register::R9,
+];
 
 /// Where a function's probe goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,13 +52,19 @@ pub fn place(code: &[u8]) -> Placement {
             break;
         }
         if is_emulated(&instruction) {
-            return Placement { offset: instruction.ip(), single_step: false };
+            return Placement {
+                offset: instruction.ip(),
+                single_step: false,
+            };
         }
         if !is_skippable(&instruction, &mut info) {
             break;
         }
     }
-    Placement { offset: 0, single_step: true }
+    Placement {
+        offset: 0,
+        single_step: true,
+    }
 }
 
 /// Instructions the x86 uprobe code emulates instead of single-stepping.
@@ -71,7 +83,9 @@ fn is_emulated(instruction: &Instruction) -> bool {
         ),
         _ if instruction.is_jcc_short_or_near() => true,
         // The one-byte nop, and the 5-byte nop the kernel optimizes into a call.
-        Mnemonic::Nop => instruction.len() == 1 || instruction.code() == Code::Nop_rm32 && instruction.len() == 5,
+        Mnemonic::Nop => {
+            instruction.len() == 1 || instruction.code() == Code::Nop_rm32 && instruction.len() == 5
+        }
         _ => false,
     }
 }
@@ -82,7 +96,10 @@ fn is_skippable(instruction: &Instruction, info: &mut InstructionInfoFactory) ->
         return true;
     }
     if instruction.flow_control() != FlowControl::Next
-        || matches!(instruction.mnemonic(), Mnemonic::Syscall | Mnemonic::Sysenter | Mnemonic::Int)
+        || matches!(
+            instruction.mnemonic(),
+            Mnemonic::Syscall | Mnemonic::Sysenter | Mnemonic::Int
+        )
     {
         return false;
     }
@@ -93,7 +110,11 @@ fn is_skippable(instruction: &Instruction, info: &mut InstructionInfoFactory) ->
             OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
         )
     };
-    if info.used_memory().iter().any(|memory| writes(memory.access())) {
+    if info
+        .used_memory()
+        .iter()
+        .any(|memory| writes(memory.access()))
+    {
         return false;
     }
     !info.used_registers().iter().any(|used| {
@@ -109,54 +130,104 @@ mod tests {
     #[test]
     fn push_at_entry_is_probed_in_place() {
         // push %r12; push %rbp (glibc malloc)
-        assert_eq!(place(&[0x41, 0x54, 0x55]), Placement { offset: 0, single_step: false });
+        assert_eq!(
+            place(&[0x41, 0x54, 0x55]),
+            Placement {
+                offset: 0,
+                single_step: false
+            }
+        );
     }
 
     #[test]
     fn test_then_je_probes_the_je() {
         // test %rdi,%rdi; je +0xbf (glibc free)
         let code = [0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00];
-        assert_eq!(place(&code), Placement { offset: 3, single_step: false });
+        assert_eq!(
+            place(&code),
+            Placement {
+                offset: 3,
+                single_step: false
+            }
+        );
     }
 
     #[test]
     fn flag_only_compare_of_memory_is_skipped() {
         // cmpb $0,0x140201(%rip); push %r12 (glibc posix_memalign)
         let code = [0x80, 0x3d, 0x01, 0x02, 0x14, 0x00, 0x00, 0x41, 0x54];
-        assert_eq!(place(&code), Placement { offset: 7, single_step: false });
+        assert_eq!(
+            place(&code),
+            Placement {
+                offset: 7,
+                single_step: false
+            }
+        );
     }
 
     #[test]
     fn scratch_register_moves_are_skipped() {
         // mov %ecx,%r10d; test $0xfff,%r9d; jne (glibc mmap)
-        let code = [0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0x00, 0x00, 0x75, 0x14];
-        assert_eq!(place(&code), Placement { offset: 10, single_step: false });
+        let code = [
+            0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0x00, 0x00, 0x75, 0x14,
+        ];
+        assert_eq!(
+            place(&code),
+            Placement {
+                offset: 10,
+                single_step: false
+            }
+        );
     }
 
     #[test]
     fn endbr64_is_skipped() {
         // endbr64; push %rbp
-        assert_eq!(place(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55]), Placement { offset: 4, single_step: false });
+        assert_eq!(
+            place(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
+            Placement {
+                offset: 4,
+                single_step: false
+            }
+        );
     }
 
     #[test]
     fn stack_pointer_change_keeps_the_entry() {
         // sub $0x58,%rsp; ... (glibc mremap)
         let code = [0x48, 0x83, 0xec, 0x58, 0x55];
-        assert_eq!(place(&code), Placement { offset: 0, single_step: true });
+        assert_eq!(
+            place(&code),
+            Placement {
+                offset: 0,
+                single_step: true
+            }
+        );
     }
 
     #[test]
     fn argument_register_write_keeps_the_entry() {
         // mov %rsi,%rdi; push %rbp: the probe would read a clobbered first argument.
         let code = [0x48, 0x89, 0xf7, 0x55];
-        assert_eq!(place(&code), Placement { offset: 0, single_step: true });
+        assert_eq!(
+            place(&code),
+            Placement {
+                offset: 0,
+                single_step: true
+            }
+        );
     }
 
     #[test]
     fn syscall_is_never_crossed() {
         // mov $0xb,%eax; syscall; ... (glibc munmap)
         let code = [0xb8, 0x0b, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x90];
-        assert_eq!(place(&code), Placement { offset: 0, single_step: true });
+        assert_eq!(
+            place(&code),
+            Placement {
+                offset: 0,
+                single_step: true
+            }
+        );
     }
 }

@@ -1,46 +1,43 @@
-//! Turns ring records into heap state: decode, intern the stack, apply.
-use profiler_core::{
-    event::decode,
-    heap::{HeapState, Mode},
-    stacks::StackTable,
-};
+//! The collector's state: profiler-core's recorder plus the target's memory maps, kept fresh
+//! enough to symbolize every stack after the target is gone.
+use profiler_core::{heap::Mode, maps::ProcessMaps, recorder::Recorder};
 
-/// Everything collected from one target.
-pub struct Recorder {
-    pub heap: HeapState,
-    pub stacks: StackTable,
-    /// Union of the target's memory maps seen so far (kept after it exits, to symbolize).
-    pub events: u64,
+pub struct Collected {
+    pub recorder: Recorder,
+    /// Union of the target's memory maps seen so far.
+    pub maps: ProcessMaps,
+    /// Records that did not decode (a format mismatch; never expected).
     pub malformed: u64,
-    frames: Vec<u64>,
-    /// Stacks already covered by `maps` (refreshing the maps is needed when new ones appear).
-    stacks_mapped: usize,
+    /// Number of interned stacks when the maps were last read.
+    stacks_at_last_read: usize,
 }
 
-impl Recorder {
-    pub fn new(mode: Mode) -> Recorder {
-        Recorder {
-            heap: HeapState::new(mode),
-            stacks: StackTable::new(),
-            events: 0,
+impl Collected {
+    pub fn new(mode: Mode) -> Collected {
+        Collected {
+            recorder: Recorder::new(mode),
+            maps: ProcessMaps::default(),
             malformed: 0,
-            frames: Vec::new(),
-            stacks_mapped: 0,
+            stacks_at_last_read: usize::MAX,
         }
     }
 
     pub fn record(&mut self, bytes: &[u8]) {
-        let Ok((event, frames)) = decode(bytes) else {
+        if self.recorder.ingest(bytes).is_err() {
             self.malformed += 1;
-            return;
-        };
-        self.events += 1;
-        let stack = (frames.len() > 0).then(|| {
-            frames.copy_into(&mut self.frames);
-            self.stacks.intern(&self.frames, event.stack_truncated())
-        });
-        self.heap.apply(&event, stack);
+        }
     }
 
-    pub fn refresh_maps(&mut self, _pid: u32) {}
+    /// Re-reads the target's maps when new stacks appeared since the last read: they may
+    /// point into libraries loaded since.
+    pub fn refresh_maps(&mut self, pid: u32) {
+        let stacks = self.recorder.stacks.len();
+        if stacks == self.stacks_at_last_read {
+            return;
+        }
+        if let Ok(maps) = ProcessMaps::read(pid) {
+            self.maps.merge(maps);
+            self.stacks_at_last_read = stacks;
+        }
+    }
 }

@@ -1,10 +1,21 @@
-use std::time::{Duration, Instant};
+//! The end of a session: symbolize, build the report, print the summary, write the files.
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
-use profiler_core::heap::Mode;
+use anyhow::{Context as _, Result};
+use profiler_core::{
+    heap::Mode,
+    output::write_outputs,
+    render::write_text,
+    report::{ExitStatus, LostCounts, ProbeInfo, ReportMeta, build_report},
+    symbolize::Symbolizer,
+};
 
-use crate::{cli::CaptureArgs, launch::Exit, probes::KernelCounters, recorder::Recorder, targets::ProbeSite};
+use crate::{cli::CaptureArgs, launch::Exit, recorder::Collected, targets::ProbeSite};
 
+/// What the session knows beyond the events.
 pub struct Meta<'a> {
     pub mode: Mode,
     pub command: Vec<String>,
@@ -13,13 +24,72 @@ pub struct Meta<'a> {
     pub start_ns: u64,
     pub end_ns: u64,
     pub sites: &'a [ProbeSite],
-    pub counters: KernelCounters,
-    pub setup: Duration,
+    pub counters: LostCounts,
 }
 
-pub fn finish(recorder: &Recorder, meta: &Meta<'_>, _capture: &CaptureArgs, stopping: Instant) -> Result<()> {
-    eprintln!("{:#?}", recorder.heap.stats());
-    for s in meta.sites { eprintln!("{:?} {:?} {} {:#x} {:?}", s.kind, s.aliases, s.module.display(), s.file_offset, s.placement); }
-    eprintln!("events {} malformed {} stacks {} counters {:?} setup {:?} stop {:?}", recorder.events, recorder.malformed, recorder.stacks.len(), meta.counters, meta.setup, stopping.elapsed());
+pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> Result<()> {
+    let started = Instant::now();
+    let mut symbolizer = Symbolizer::new(&collected.maps);
+    let report_meta = ReportMeta {
+        command: meta.command.clone(),
+        pid: meta.pid,
+        mode: meta.mode,
+        exit: meta.exit.map(|exit| match exit {
+            Exit::Code(code) => ExitStatus {
+                code: Some(code),
+                signal: None,
+            },
+            Exit::Signal(signal) => ExitStatus {
+                code: None,
+                signal: Some(signal),
+            },
+        }),
+        start_ns: meta.start_ns,
+        duration: Duration::from_nanos(meta.end_ns.saturating_sub(meta.start_ns)),
+        probes: meta.sites.iter().map(probe_info).collect(),
+        lost: meta.counters,
+    };
+    let report = build_report(
+        &collected.recorder.heap,
+        &collected.recorder.stacks,
+        &mut symbolizer,
+        &report_meta,
+    );
+    let title = format!("memprof: leaked bytes of {}", meta.command.join(" "));
+    let files = write_outputs(&capture.output, &report, &title)
+        .with_context(|| format!("cannot write the report into {}", capture.output.display()))?;
+
+    let mut stderr = std::io::stderr().lock();
+    write_text(&report, &mut stderr, capture.top)?;
+    if collected.malformed > 0 {
+        writeln!(
+            stderr,
+            "warning: {} records could not be decoded",
+            collected.malformed
+        )?;
+    }
+    for error in symbolizer.module_errors() {
+        writeln!(stderr, "warning: {error}")?;
+    }
+    writeln!(stderr, "report:     {}", files.json.display())?;
+    writeln!(stderr, "flamegraph: {}", files.flamegraph.display())?;
+    writeln!(stderr, "folded:     {}", files.folded.display())?;
+    if std::env::var_os("MEMPROF_TIMINGS").is_some() {
+        writeln!(stderr, "report written in {:?}", started.elapsed())?;
+    }
     Ok(())
+}
+
+fn probe_info(site: &ProbeSite) -> ProbeInfo {
+    ProbeInfo {
+        function: site.kind.symbol().to_owned(),
+        module: site.module.display().to_string(),
+        offset: site.file_offset,
+        single_step: site.placement.single_step,
+        aliases: site
+            .aliases
+            .iter()
+            .map(|kind| kind.symbol().to_owned())
+            .collect(),
+    }
 }

@@ -2,15 +2,18 @@
 use std::{
     future::Future,
     io::{IsTerminal as _, Write as _},
-    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
+    os::fd::{FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::MissedTickBehavior,
+};
 
-use crate::{launch::Exit, probes::Probes, recorder::Recorder};
+use crate::{probes::Probes, recorder::Collected};
 
 /// How often the ring is drained when no record asked for a wakeup.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -20,25 +23,27 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Why collection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
-    /// The target exited (run mode knows how).
-    TargetExited(Option<Exit>),
+    TargetExited,
     Interrupted,
     DurationElapsed,
 }
 
-/// Drains the ring into the recorder until `stop` resolves, then drains what is left.
+/// Drains the ring into `collected` until `stop` resolves, then drains what is left.
 pub async fn collect(
     ring: RingBuf<MapData>,
-    recorder: &mut Recorder,
+    collected: &mut Collected,
     probes: &Probes,
     pid: u32,
     stop: impl Future<Output = Stop>,
 ) -> Result<(Stop, RingBuf<MapData>)> {
-    let mut ring = AsyncFd::new(ring).context("cannot poll the ring buffer")?;
+    // SAFETY: the ring owns its descriptor and keeps it open for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("cannot poll the ring buffer")?;
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut status = StatusLine::new();
-    recorder.refresh_maps(pid);
+    collected.refresh_maps(pid);
     tokio::pin!(stop);
     let reason = loop {
         tokio::select! {
@@ -46,29 +51,29 @@ pub async fn collect(
             reason = &mut stop => break reason,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), recorder);
+                drain(guard.get_inner_mut(), collected);
                 guard.clear_ready();
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), recorder);
+                drain(ring.get_mut(), collected);
                 if status.due() {
-                    recorder.refresh_maps(pid);
-                    let lost = probes.counters().map(|c| c.total_lost()).unwrap_or(0);
-                    status.show(recorder, lost);
+                    collected.refresh_maps(pid);
+                    let lost = probes.counters().map(|c| c.total()).unwrap_or(0);
+                    status.show(collected, lost);
                 }
             }
         }
     };
     let mut ring = ring.into_inner();
-    drain(&mut ring, recorder);
+    drain(&mut ring, collected);
     status.clear();
     Ok((reason, ring))
 }
 
 /// Reads what is queued in the ring now.
-pub fn drain(ring: &mut RingBuf<MapData>, recorder: &mut Recorder) {
+pub fn drain(ring: &mut RingBuf<MapData>, collected: &mut Collected) {
     while let Some(item) = ring.next() {
-        recorder.record(&item);
+        collected.record(&item);
     }
 }
 
@@ -81,9 +86,10 @@ pub async fn process_exit(pid: u32) -> Result<()> {
     }
     // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let fd = AsyncFd::new(fd)?;
+    // SAFETY: the OwnedFd keeps the pidfd open for as long as the AsyncFd holds it.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
     let _ready = fd.readable().await?;
-    let _ = fd.as_raw_fd();
     Ok(())
 }
 
@@ -109,21 +115,21 @@ impl StatusLine {
         self.last.elapsed() >= STATUS_INTERVAL
     }
 
-    fn show(&mut self, recorder: &Recorder, lost: u64) {
+    fn show(&mut self, collected: &Collected, lost: u64) {
         let elapsed = self.last.elapsed().as_secs_f64();
-        let rate = (recorder.events - self.last_events) as f64 / elapsed.max(1e-9);
+        let rate = (collected.recorder.events() - self.last_events) as f64 / elapsed.max(1e-9);
         self.last = Instant::now();
-        self.last_events = recorder.events;
+        self.last_events = collected.recorder.events();
         if !self.enabled {
             return;
         }
-        let stats = recorder.heap.stats();
+        let stats = collected.recorder.heap.stats();
         let mut stderr = std::io::stderr().lock();
         let _ = write!(
             stderr,
             "\r\x1b[Kmemprof: {:.0} events/s | live {} in {} blocks | lost {}",
             rate,
-            stats.live_bytes,
+            profiler_core::render::human_bytes(stats.live_bytes),
             stats.live_blocks,
             lost,
         );

@@ -73,7 +73,10 @@ impl LookupOrder {
             }
             objects.extend(parse_loader_list(&String::from_utf8_lossy(&output.stdout)));
         }
-        Ok(LookupOrder { objects, root: PathBuf::new() })
+        Ok(LookupOrder {
+            objects,
+            root: PathBuf::new(),
+        })
     }
 
     /// For a running process: its mapped objects, ordered as ld.so searched them.
@@ -128,7 +131,9 @@ impl LookupOrder {
                 .iter()
                 .enumerate()
                 .find_map(|(i, (_, object))| object.function(kind.symbol()).map(|f| (i, f)));
-            let Some((index, (vaddr, _size))) = provider else { continue };
+            let Some((index, (vaddr, _size))) = provider else {
+                continue;
+            };
             if let Some(&site) = by_address.get(&(index, vaddr)) {
                 sites[site].aliases.push(kind);
                 continue;
@@ -136,7 +141,9 @@ impl LookupOrder {
             let (module, object) = &objects[index];
             let code = object.code_at(vaddr, PROLOGUE_BYTES).unwrap_or_default();
             let placement = prologue::place(code);
-            let Some(entry) = object.file_offset(vaddr) else { continue };
+            let Some(entry) = object.file_offset(vaddr) else {
+                continue;
+            };
             by_address.insert((index, vaddr), sites.len());
             sites.push(ProbeSite {
                 kind,
@@ -148,7 +155,11 @@ impl LookupOrder {
             });
         }
         if !sites.iter().any(|s| s.kind == EventKind::Malloc) {
-            let exe = self.objects.first().map(|p| p.display().to_string()).unwrap_or_default();
+            let exe = self
+                .objects
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             bail!("no allocator found: neither {exe} nor the libraries it loads define malloc");
         }
         Ok(sites)
@@ -182,17 +193,28 @@ fn mapped_objects(maps: &str) -> Vec<PathBuf> {
 }
 
 /// ld.so's global scope order: executable, preloads, then DT_NEEDED breadth first; objects
-/// mapped otherwise (dlopen) come last. Names are matched against the mapped paths by soname
-/// or file name.
+/// mapped otherwise (dlopen) come last. Names are matched against the mapped objects by
+/// soname or file name.
 fn link_order(
     exe: &Path,
     preloads: &[String],
     mapped: &[PathBuf],
     read: impl Fn(&Path) -> Option<ElfObject>,
 ) -> Vec<PathBuf> {
+    let objects: HashMap<&PathBuf, ElfObject> = mapped
+        .iter()
+        .filter_map(|path| Some((path, read(path)?)))
+        .collect();
     let find = |name: &str| -> Option<PathBuf> {
         let file = Path::new(name).file_name()?;
-        mapped.iter().find(|p| p.as_path() == Path::new(name) || p.file_name() == Some(file)).cloned()
+        mapped
+            .iter()
+            .find(|path| {
+                path.as_path() == Path::new(name)
+                    || path.file_name() == Some(file)
+                    || objects.get(path).and_then(|o| o.soname.as_deref()) == Some(name)
+            })
+            .cloned()
     };
     let mut order: Vec<PathBuf> = vec![exe.to_owned()];
     let mut queue: VecDeque<PathBuf> = VecDeque::from([exe.to_owned()]);
@@ -203,8 +225,11 @@ fn link_order(
         }
     }
     while let Some(path) = queue.pop_front() {
-        let Some(object) = read(&path) else { continue };
-        for name in &object.needed {
+        let needed = match objects.get(&path) {
+            Some(object) => object.needed.clone(),
+            None => read(&path).map(|o| o.needed).unwrap_or_default(),
+        };
+        for name in &needed {
             if let Some(dep) = find(name).filter(|p| !order.contains(p)) {
                 order.push(dep.clone());
                 queue.push_back(dep);
@@ -244,11 +269,20 @@ mod tests {
         let order = LookupOrder::for_running_process(std::process::id()).unwrap();
         let sites = order.probe_sites().unwrap();
         let malloc = sites.iter().find(|s| s.kind == EventKind::Malloc).unwrap();
-        assert!(malloc.module.to_string_lossy().contains("libc.so"), "{malloc:?}");
+        assert!(
+            malloc.module.to_string_lossy().contains("libc.so"),
+            "{malloc:?}"
+        );
         let free = sites.iter().find(|s| s.kind == EventKind::Free).unwrap();
-        assert!(!free.placement.single_step, "free should be probed past its `test`");
+        assert!(
+            !free.placement.single_step,
+            "free should be probed past its `test`"
+        );
         // In Debian 12's glibc aligned_alloc and memalign are one function.
-        let aligned = sites.iter().find(|s| s.kind == EventKind::AlignedAlloc).unwrap();
+        let aligned = sites
+            .iter()
+            .find(|s| s.kind == EventKind::AlignedAlloc)
+            .unwrap();
         assert!(aligned.aliases.contains(&EventKind::Memalign));
     }
 }

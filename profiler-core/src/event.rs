@@ -229,11 +229,17 @@ mod tests {
         let mut h = header(EventKind::Free, 0);
         h.kind = 14;
         encode(&h, &[], &mut bytes);
-        assert_eq!(decode(&bytes).unwrap_err(), DecodeError::UnknownKind { kind: 14 });
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            DecodeError::UnknownKind { kind: 14 }
+        );
         h.kind = 0;
         bytes.clear();
         encode(&h, &[], &mut bytes);
-        assert_eq!(decode(&bytes).unwrap_err(), DecodeError::UnknownKind { kind: 0 });
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            DecodeError::UnknownKind { kind: 0 }
+        );
     }
 
     #[test]

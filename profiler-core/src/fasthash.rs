@@ -100,7 +100,11 @@ mod tests {
                 hasher.write_u64(0x5555_0000_0000 + i * stride);
                 buckets.insert(hasher.finish() & 1023);
             }
-            assert!(buckets.len() > 580, "stride {stride}: {} buckets", buckets.len());
+            assert!(
+                buckets.len() > 580,
+                "stride {stride}: {} buckets",
+                buckets.len()
+            );
         }
     }
 

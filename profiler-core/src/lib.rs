@@ -1,8 +1,31 @@
-//! placeholder during development
+//! memprof's engine: everything that turns a stream of allocation events into a report,
+//! with no eBPF, no aya and no root, so all of it is tested with plain `cargo test`.
+//!
+//! The pipeline, in the order data flows through it:
+//!
+//! 1. [`event`] decodes one ring-buffer record (an `EventHeader` from `profiler-common` plus
+//!    its stack of return addresses) without copying or allocating.
+//! 2. [`stacks`] interns each stack once; blocks then carry a 4-byte [`stacks::StackId`].
+//! 3. [`heap`] applies events in order to rebuild the live heap: malloc-family blocks,
+//!    mmap regions, peaks, and the anomalies (unknown and double frees, lost-event symptoms).
+//!    [`recorder::Recorder`] runs steps 1-3 for one record: the hot path.
+//! 4. [`maps`] keeps the target's `/proc/PID/maps` snapshots merged over time, and
+//!    [`symbolize`] turns return addresses into function, file and line through them.
+//! 5. [`report`] groups what is still live by stack, symbolizes it, and produces the
+//!    serializable [`report::Report`] (the JSON schema).
+//! 6. [`render`] writes a report as terminal text, JSON, folded stacks or a flame graph, and
+//!    [`output`] writes the files of a session atomically.
+//!
+//! [`fasthash`] and [`demangle`] are small helpers for steps 2-4.
+
+pub mod demangle;
 pub mod event;
 pub mod fasthash;
 pub mod heap;
-pub mod stacks;
-pub mod demangle;
 pub mod maps;
+pub mod output;
+pub mod recorder;
+pub mod render;
+pub mod report;
+pub mod stacks;
 pub mod symbolize;

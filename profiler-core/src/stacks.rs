@@ -167,13 +167,16 @@ mod tests {
     fn survives_growth_with_many_stacks() {
         let mut table = StackTable::new();
         let ids: Vec<StackId> = (0..10_000u64)
-            .map(|i| table.intern(&[i, i * 3, 0x40_0000], i % 7 == 0))
+            .map(|i| table.intern(&[i, i * 3, 0x40_0000], i.is_multiple_of(7)))
             .collect();
         assert_eq!(table.len(), 10_000);
         for (i, id) in ids.iter().enumerate() {
             let i = i as u64;
             assert_eq!(table.get(*id), [i, i * 3, 0x40_0000]);
-            assert_eq!(table.intern(&[i, i * 3, 0x40_0000], i % 7 == 0), *id);
+            assert_eq!(
+                table.intern(&[i, i * 3, 0x40_0000], i.is_multiple_of(7)),
+                *id
+            );
         }
         assert_eq!(table.len(), 10_000);
     }

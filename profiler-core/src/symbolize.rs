@@ -102,7 +102,9 @@ impl Symbolizer {
 
     /// Modules that could not be loaded, with the reason (for a warning in the CLI).
     pub fn module_errors(&self) -> impl Iterator<Item = &ModuleError> {
-        self.modules.values().filter_map(|module| module.as_ref().err())
+        self.modules
+            .values()
+            .filter_map(|module| module.as_ref().err())
     }
 
     fn resolve(&mut self, address: u64) -> Frame {
@@ -249,14 +251,21 @@ fn function_symbols(file: &object::File<'_>) -> Vec<Symbol> {
     }
     // Among aliases at one address, prefer the largest; then by name for determinism.
     symbols.sort_by(|a, b| {
-        (a.start, std::cmp::Reverse(a.size), &a.name).cmp(&(b.start, std::cmp::Reverse(b.size), &b.name))
+        (a.start, std::cmp::Reverse(a.size), &a.name).cmp(&(
+            b.start,
+            std::cmp::Reverse(b.size),
+            &b.name,
+        ))
     });
     symbols.dedup_by_key(|s| s.start);
     symbols
 }
 
 /// Builds an addr2line context when the file carries DWARF; best effort.
-fn load_dwarf(file: &object::File<'_>, bytes: &Arc<[u8]>) -> Option<addr2line::Context<DwarfReader>> {
+fn load_dwarf(
+    file: &object::File<'_>,
+    bytes: &Arc<[u8]>,
+) -> Option<addr2line::Context<DwarfReader>> {
     file.section_by_name(".debug_info")?;
     let endian = if file.is_little_endian() {
         gimli::RunTimeEndian::Little
@@ -317,10 +326,15 @@ mod tests {
 
     #[test]
     fn unmapped_and_anonymous_addresses_are_unknown() {
-        let maps = ProcessMaps::parse("10000-20000 rw-p 0 00:00 0\n30000-31000 r-xp 0 00:00 0 [vdso]\n").unwrap();
+        let maps =
+            ProcessMaps::parse("10000-20000 rw-p 0 00:00 0\n30000-31000 r-xp 0 00:00 0 [vdso]\n")
+                .unwrap();
         let mut symbolizer = Symbolizer::new(&maps);
         let frame = symbolizer.symbolize(0x5000);
-        assert_eq!((frame.module.as_str(), frame.module_offset, frame.function), ("[unknown]", 0, None));
+        assert_eq!(
+            (frame.module.as_str(), frame.module_offset, frame.function),
+            ("[unknown]", 0, None)
+        );
         assert_eq!(symbolizer.symbolize(0x10010).module, "[unknown]");
         let vdso = symbolizer.symbolize(0x30010);
         assert_eq!((vdso.module.as_str(), vdso.module_offset), ("[vdso]", 0x10));
@@ -328,13 +342,21 @@ mod tests {
 
     #[test]
     fn unreadable_module_is_reported_once() {
-        let maps = ProcessMaps::parse("10000-20000 r-xp 0 00:00 1 /nonexistent/libgone.so\n").unwrap();
+        let maps =
+            ProcessMaps::parse("10000-20000 r-xp 0 00:00 1 /nonexistent/libgone.so\n").unwrap();
         let mut symbolizer = Symbolizer::new(&maps);
         let frame = symbolizer.symbolize(0x10100);
-        assert_eq!((frame.module.as_str(), frame.module_offset, frame.function), ("libgone.so", 0xff + 1, None));
+        assert_eq!(
+            (frame.module.as_str(), frame.module_offset, frame.function),
+            ("libgone.so", 0xff + 1, None)
+        );
         symbolizer.symbolize(0x10200);
         let errors: Vec<String> = symbolizer.module_errors().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("cannot read /nonexistent/libgone.so"), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with("cannot read /nonexistent/libgone.so"),
+            "{}",
+            errors[0]
+        );
     }
 }

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
-    DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord,
-    FLAG_STACK_MISSING, FLAG_STACK_TRUNCATED, MAX_STACK_DEPTH, counter,
+    DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord, FLAG_STACK_MISSING,
+    FLAG_STACK_TRUNCATED, MAX_STACK_DEPTH, counter,
 };
 
 // Load-time configuration (set by the collector through the object's .rodata).
@@ -73,7 +73,14 @@ fn enter(kind: EventKind, size: u64, old_addr: u64, aux: u64, out_ptr: u64) {
         unsafe { (*call).depth += 1 };
         return;
     }
-    let call = InFlight { depth: 1, kind: kind as u32, size, old_addr, aux, out_ptr };
+    let call = InFlight {
+        depth: 1,
+        kind: kind as u32,
+        size,
+        old_addr,
+        aux,
+        out_ptr,
+    };
     if INFLIGHT.insert(id, call, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
     }
@@ -89,7 +96,9 @@ fn nested(id: u64) -> bool {
 /// Builds the record in the per-CPU scratch area and copies its used part to the ring.
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: bool) {
-    let Some(record) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch, not shared while this program runs.
     let record = unsafe { &mut *record };
     header.tid = id as u32;
@@ -132,7 +141,8 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     };
     let len = EVENT_HEADER_SIZE + stack_bytes;
     // SAFETY: `len` is at most size_of::<EventRecord>() and the record is initialised that far.
-    let bytes = unsafe { core::slice::from_raw_parts((record as *const EventRecord).cast::<u8>(), len) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts((record as *const EventRecord).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         bump(counter::LOST_BASE + header.kind);
     }
@@ -142,7 +152,9 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
 #[uretprobe]
 pub fn memprof_return(ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = INFLIGHT.get_ptr_mut(id) else { return 0 };
+    let Some(call) = INFLIGHT.get_ptr_mut(id) else {
+        return 0;
+    };
     // SAFETY: the entry belongs to this thread only.
     let call = unsafe { &mut *call };
     if call.depth > 1 {
@@ -209,7 +221,13 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(EventKind::PosixMemalign, arg(&ctx, 2), 0, arg(&ctx, 1), arg(&ctx, 0));
+    enter(
+        EventKind::PosixMemalign,
+        arg(&ctx, 2),
+        0,
+        arg(&ctx, 1),
+        arg(&ctx, 0),
+    );
     0
 }
 
@@ -246,7 +264,13 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
-    enter(EventKind::Mremap, arg(&ctx, 2), arg(&ctx, 0), arg(&ctx, 1), 0);
+    enter(
+        EventKind::Mremap,
+        arg(&ctx, 2),
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        0,
+    );
     0
 }
 
@@ -260,7 +284,12 @@ fn release(ctx: &ProbeContext, kind: EventKind, addr: u64, size: u64) {
     if nested(id) {
         return;
     }
-    let header = EventHeader { kind: kind as u32, addr, size, ..EventHeader::default() };
+    let header = EventHeader {
+        kind: kind as u32,
+        addr,
+        size,
+        ..EventHeader::default()
+    };
     emit(ctx, id, header, false);
 }
 

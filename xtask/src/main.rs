@@ -23,7 +23,11 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "memprof's developer tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "memprof's developer tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,

@@ -12,7 +12,8 @@ use crate::report::{
     Name, assert_function, assert_nothing_lost, assert_section_total, assert_sites, num,
 };
 use crate::support::{
-    Build, DEADLINE, compile_c, line_channel, memprof, privileged, wait_deadline, wait_for_line,
+    Build, DEADLINE, compile_c, line_channel, memprof, privileged, rest_of, wait_deadline,
+    wait_for_line,
 };
 
 /// The waiter, started and past its "ready" line: it has allocated nothing yet.
@@ -108,13 +109,17 @@ fn attach_until_sigint(test: &str, build: Build) {
     let Some(env) = privileged(test) else { return };
     let mut waiter = Waiter::start(env.dir.path(), build);
     let output = env.dir.path().join("out");
-    let (mut profiler, _stderr) = attach(waiter.child.id(), &output, &[]);
+    let (mut profiler, stderr) = attach(waiter.child.id(), &output, &[]);
     waiter.allocate();
 
     let pid = Pid::from_raw(i32::try_from(profiler.id()).expect("pid fits i32"));
     kill(pid, Signal::SIGINT).expect("SIGINT memprof");
     let status = wait_deadline(&mut profiler, DEADLINE, "memprof attach after SIGINT");
-    assert!(status.success(), "memprof attach after SIGINT: {status}");
+    assert!(
+        status.success(),
+        "memprof attach after SIGINT: {status}; stderr:\n{}",
+        rest_of(&stderr)
+    );
 
     let report = read_report(&output);
     assert_waiter_window(&report);
@@ -139,7 +144,7 @@ fn attach_duration_expires() {
     let mut waiter = Waiter::start(env.dir.path(), Build::FramePointers);
     let output = env.dir.path().join("out");
     // Long enough for the waiter's few hundred calls after "attached", short for a test.
-    let (mut profiler, _stderr) = attach(waiter.child.id(), &output, &["--duration", "3"]);
+    let (mut profiler, stderr) = attach(waiter.child.id(), &output, &["--duration", "3"]);
     waiter.allocate();
     // It detaches on its own: no signal.
     let status = wait_deadline(
@@ -147,7 +152,11 @@ fn attach_duration_expires() {
         Duration::from_secs(60),
         "memprof attach --duration 3",
     );
-    assert!(status.success(), "memprof attach --duration 3: {status}");
+    assert!(
+        status.success(),
+        "memprof attach --duration 3: {status}; stderr:\n{}",
+        rest_of(&stderr)
+    );
 
     let report = read_report(&output);
     assert_waiter_window(&report);

@@ -265,3 +265,13 @@ pub fn wait_for_line(lines: &Receiver<String>, needle: &str, what: &str) -> Vec<
         }
     }
 }
+
+/// Everything still to come from a line channel once its process has exited, for messages.
+pub fn rest_of(lines: &Receiver<String>) -> String {
+    let mut text = String::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}

@@ -63,10 +63,31 @@ fn malloc_free_counts_and_peak() {
     assert_eq!(s.frees, 1);
     assert_eq!(s.bytes_allocated, 270);
     assert_eq!((s.live_blocks, s.live_bytes), (2, 170));
-    assert_eq!((s.peak_live_bytes, s.peak_live_blocks, s.peak_ts_ns), (170, 2, Some(4)));
-    assert_eq!(s.by_function[EventKind::Malloc as usize], CallStats { calls: 2, bytes: 220 });
-    assert_eq!(s.by_function[EventKind::Calloc as usize], CallStats { calls: 1, bytes: 50 });
-    assert_eq!(s.by_function[EventKind::Free as usize], CallStats { calls: 1, bytes: 100 });
+    assert_eq!(
+        (s.peak_live_bytes, s.peak_live_blocks, s.peak_ts_ns),
+        (170, 2, Some(4))
+    );
+    assert_eq!(
+        s.by_function[EventKind::Malloc as usize],
+        CallStats {
+            calls: 2,
+            bytes: 220
+        }
+    );
+    assert_eq!(
+        s.by_function[EventKind::Calloc as usize],
+        CallStats {
+            calls: 1,
+            bytes: 50
+        }
+    );
+    assert_eq!(
+        s.by_function[EventKind::Free as usize],
+        CallStats {
+            calls: 1,
+            bytes: 100
+        }
+    );
 }
 
 #[test]
@@ -83,8 +104,14 @@ fn peak_keeps_time_of_first_reach() {
 fn failed_allocation_counts_a_call_but_no_bytes() {
     let heap = run(Mode::Run, &[malloc(0, 1 << 40, 1)]);
     let s = heap.stats();
-    assert_eq!((s.allocations, s.failed_allocations, s.bytes_allocated), (1, 1, 0));
-    assert_eq!(s.by_function[EventKind::Malloc as usize], CallStats { calls: 1, bytes: 0 });
+    assert_eq!(
+        (s.allocations, s.failed_allocations, s.bytes_allocated),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        s.by_function[EventKind::Malloc as usize],
+        CallStats { calls: 1, bytes: 0 }
+    );
     assert_eq!(s.live_blocks, 0);
 }
 
@@ -92,7 +119,15 @@ fn failed_allocation_counts_a_call_but_no_bytes() {
 fn realloc_of_null_is_malloc() {
     let heap = run(Mode::Run, &[realloc(0, 0x10, 64, 1)]);
     let s = heap.stats();
-    assert_eq!((s.allocations, s.live_blocks, s.live_bytes, s.unknown_reallocs), (1, 1, 64, 0));
+    assert_eq!(
+        (
+            s.allocations,
+            s.live_blocks,
+            s.live_bytes,
+            s.unknown_reallocs
+        ),
+        (1, 1, 64, 0)
+    );
     let (_, block) = heap.blocks().next().unwrap();
     assert_eq!(block.kind, EventKind::Realloc);
 }
@@ -108,26 +143,47 @@ fn realloc_to_zero_frees_without_being_a_free_or_a_failure() {
 
 #[test]
 fn failed_realloc_keeps_old_block() {
-    let heap = run(Mode::Run, &[malloc(0x10, 64, 1), realloc(0x10, 0, 1 << 40, 2)]);
+    let heap = run(
+        Mode::Run,
+        &[malloc(0x10, 64, 1), realloc(0x10, 0, 1 << 40, 2)],
+    );
     let s = heap.stats();
     assert_eq!((s.allocations, s.failed_allocations), (2, 1));
-    assert_eq!((s.live_blocks, s.live_bytes, s.bytes_allocated), (1, 64, 64));
+    assert_eq!(
+        (s.live_blocks, s.live_bytes, s.bytes_allocated),
+        (1, 64, 64)
+    );
 }
 
 #[test]
 fn realloc_moves_or_resizes_in_place() {
-    let moved = run(Mode::Run, &[malloc(0x10, 64, 1), realloc(0x10, 0x20, 100, 2)]);
+    let moved = run(
+        Mode::Run,
+        &[malloc(0x10, 64, 1), realloc(0x10, 0x20, 100, 2)],
+    );
     let s = moved.stats();
-    assert_eq!((s.live_blocks, s.live_bytes, s.bytes_allocated), (1, 100, 164));
+    assert_eq!(
+        (s.live_blocks, s.live_bytes, s.bytes_allocated),
+        (1, 100, 164)
+    );
     assert_eq!(moved.blocks().next().unwrap().0, 0x20);
     assert_eq!(s.overwritten_blocks, 0);
 
-    let in_place = run(Mode::Run, &[malloc(0x10, 64, 1), realloc(0x10, 0x10, 32, 2)]);
+    let in_place = run(
+        Mode::Run,
+        &[malloc(0x10, 64, 1), realloc(0x10, 0x10, 32, 2)],
+    );
     let s = in_place.stats();
-    assert_eq!((s.live_blocks, s.live_bytes, s.overwritten_blocks), (1, 32, 0));
+    assert_eq!(
+        (s.live_blocks, s.live_bytes, s.overwritten_blocks),
+        (1, 32, 0)
+    );
     assert_eq!(s.peak_live_bytes, 64);
     let (_, block) = in_place.blocks().next().unwrap();
-    assert_eq!((block.size, block.ts_ns, block.stack), (32, 2, Some(StackId(1))));
+    assert_eq!(
+        (block.size, block.ts_ns, block.stack),
+        (32, 2, Some(StackId(1)))
+    );
 }
 
 #[test]
@@ -141,7 +197,11 @@ fn realloc_of_unknown_pointer_is_counted_and_tracks_the_result() {
 fn double_free_in_run_mode_is_recorded_with_the_alloc_site() {
     let heap = run(
         Mode::Run,
-        &[malloc(0x10, 24, 1), free(0x10, 2), event(EventKind::Free, 0x10, 0, 0, 0, 3)],
+        &[
+            malloc(0x10, 24, 1),
+            free(0x10, 2),
+            event(EventKind::Free, 0x10, 0, 0, 0, 3),
+        ],
     );
     let s = heap.stats();
     assert_eq!((s.frees, s.double_frees, s.unknown_frees), (1, 1, 0));
@@ -160,7 +220,10 @@ fn double_free_in_run_mode_is_recorded_with_the_alloc_site() {
 
 #[test]
 fn the_same_sequence_in_attach_mode_is_an_unknown_free() {
-    let heap = run(Mode::Attach, &[malloc(0x10, 24, 1), free(0x10, 2), free(0x10, 3)]);
+    let heap = run(
+        Mode::Attach,
+        &[malloc(0x10, 24, 1), free(0x10, 2), free(0x10, 3)],
+    );
     let s = heap.stats();
     assert_eq!((s.frees, s.double_frees, s.unknown_frees), (1, 0, 1));
     assert!(heap.double_frees().is_empty());
@@ -170,7 +233,13 @@ fn the_same_sequence_in_attach_mode_is_an_unknown_free() {
 fn reuse_of_an_address_ends_its_freed_state() {
     let heap = run(
         Mode::Run,
-        &[malloc(0x10, 8, 1), free(0x10, 2), malloc(0x10, 8, 3), free(0x10, 4), free(0x20, 5)],
+        &[
+            malloc(0x10, 8, 1),
+            free(0x10, 2),
+            malloc(0x10, 8, 3),
+            free(0x10, 4),
+            free(0x20, 5),
+        ],
     );
     let s = heap.stats();
     assert_eq!((s.frees, s.double_frees, s.unknown_frees), (2, 0, 1));
@@ -180,7 +249,11 @@ fn reuse_of_an_address_ends_its_freed_state() {
 fn free_after_realloc_moved_the_block_is_a_double_free() {
     let heap = run(
         Mode::Run,
-        &[malloc(0x10, 8, 1), realloc(0x10, 0x20, 16, 2), free(0x10, 3)],
+        &[
+            malloc(0x10, 8, 1),
+            realloc(0x10, 0x20, 16, 2),
+            free(0x10, 3),
+        ],
     );
     assert_eq!(heap.stats().double_frees, 1);
     assert_eq!(heap.double_frees()[0].size, 8);
@@ -190,7 +263,10 @@ fn free_after_realloc_moved_the_block_is_a_double_free() {
 fn allocation_over_a_live_block_replaces_it() {
     let heap = run(Mode::Run, &[malloc(0x10, 8, 1), malloc(0x10, 40, 2)]);
     let s = heap.stats();
-    assert_eq!((s.overwritten_blocks, s.live_blocks, s.live_bytes), (1, 1, 40));
+    assert_eq!(
+        (s.overwritten_blocks, s.live_blocks, s.live_bytes),
+        (1, 1, 40)
+    );
     assert_eq!(s.bytes_allocated, 48);
 }
 
@@ -199,7 +275,10 @@ fn double_free_records_are_capped_but_counted() {
     let mut events = vec![malloc(0x10, 8, 0), free(0x10, 0)];
     events.extend((0..MAX_DOUBLE_FREE_RECORDS + 5).map(|_| free(0x10, 1)));
     let heap = run(Mode::Run, &events);
-    assert_eq!(heap.stats().double_frees, MAX_DOUBLE_FREE_RECORDS as u64 + 5);
+    assert_eq!(
+        heap.stats().double_frees,
+        MAX_DOUBLE_FREE_RECORDS as u64 + 5
+    );
     assert_eq!(heap.double_frees().len(), MAX_DOUBLE_FREE_RECORDS);
 }
 
@@ -211,7 +290,10 @@ fn mmap_failures_and_page_rounding() {
     );
     let m = heap.stats().mmap;
     assert_eq!((m.calls, m.failed_calls, m.bytes), (3, 2, 8192));
-    assert_eq!((m.live_regions, m.live_bytes, m.peak_bytes), (1, 8192, 8192));
+    assert_eq!(
+        (m.live_regions, m.live_bytes, m.peak_bytes),
+        (1, 8192, 8192)
+    );
     assert_eq!(regions(&heap), [(0x10_0000, 0x10_2000)]);
     // Regions are not heap blocks.
     assert_eq!((heap.stats().live_blocks, heap.stats().live_bytes), (0, 0));
@@ -228,9 +310,15 @@ fn partial_munmap_splits_a_region() {
         [(0x10_0000, 0x10_1000), (0x10_2000, 0x10_4000)]
     );
     let m = heap.stats().mmap;
-    assert_eq!((m.live_regions, m.live_bytes, m.peak_bytes), (2, 3 * 4096, 4 * 4096));
+    assert_eq!(
+        (m.live_regions, m.live_bytes, m.peak_bytes),
+        (2, 3 * 4096, 4 * 4096)
+    );
     assert_eq!((m.munmap_calls, m.unknown_munmaps), (1, 0));
-    assert_eq!(heap.stats().by_function[EventKind::Munmap as usize].bytes, 4096);
+    assert_eq!(
+        heap.stats().by_function[EventKind::Munmap as usize].bytes,
+        4096
+    );
 }
 
 #[test]
@@ -249,7 +337,10 @@ fn munmap_spanning_several_regions_and_untracked_munmap() {
         [(0x10_0000, 0x10_1000), (0x10_4000, 0x10_5000)]
     );
     let m = heap.stats().mmap;
-    assert_eq!((m.munmap_calls, m.unknown_munmaps, m.live_bytes), (2, 1, 2 * 4096));
+    assert_eq!(
+        (m.munmap_calls, m.unknown_munmaps, m.live_bytes),
+        (2, 1, 2 * 4096)
+    );
 }
 
 #[test]
@@ -281,8 +372,17 @@ fn mremap_moves_a_region_and_ignores_failures() {
     );
     assert_eq!(regions(&heap), [(0x20_0000, 0x20_3000)]);
     let s = heap.stats();
-    assert_eq!(s.by_function[EventKind::Mremap as usize], CallStats { calls: 2, bytes: 3 * 4096 });
-    assert_eq!((s.mmap.live_bytes, s.mmap.peak_bytes, s.mmap.calls), (3 * 4096, 3 * 4096, 1));
+    assert_eq!(
+        s.by_function[EventKind::Mremap as usize],
+        CallStats {
+            calls: 2,
+            bytes: 3 * 4096
+        }
+    );
+    assert_eq!(
+        (s.mmap.live_bytes, s.mmap.peak_bytes, s.mmap.calls),
+        (3 * 4096, 3 * 4096, 1)
+    );
 }
 
 // ---- property test against a naive model ----
@@ -312,12 +412,36 @@ const ALLOCATORS: [EventKind; 7] = [
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { kind: usize, slot: u64, size: u64 },
-    Realloc { array: bool, old: u64, new: u64, size: u64 },
-    Free { slot: u64 },
-    Mmap { page: u64, size: u64, failed: bool },
-    Munmap { page: u64, size: u64 },
-    Mremap { old: u64, old_size: u64, new: u64, size: u64, failed: bool },
+    Alloc {
+        kind: usize,
+        slot: u64,
+        size: u64,
+    },
+    Realloc {
+        array: bool,
+        old: u64,
+        new: u64,
+        size: u64,
+    },
+    Free {
+        slot: u64,
+    },
+    Mmap {
+        page: u64,
+        size: u64,
+        failed: bool,
+    },
+    Munmap {
+        page: u64,
+        size: u64,
+    },
+    Mremap {
+        old: u64,
+        old_size: u64,
+        new: u64,
+        size: u64,
+        failed: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -341,8 +465,17 @@ fn op() -> impl Strategy<Value = Op> {
 fn to_event(op: &Op, ts: u64) -> Event {
     match *op {
         Op::Alloc { kind, slot, size } => event(ALLOCATORS[kind], slot_addr(slot), size, 0, 0, ts),
-        Op::Realloc { array, old, new, size } => {
-            let kind = if array { EventKind::Reallocarray } else { EventKind::Realloc };
+        Op::Realloc {
+            array,
+            old,
+            new,
+            size,
+        } => {
+            let kind = if array {
+                EventKind::Reallocarray
+            } else {
+                EventKind::Realloc
+            };
             event(kind, slot_addr(new), size, slot_addr(old), 0, ts)
         }
         Op::Free { slot } => event(EventKind::Free, slot_addr(slot), 0, 0, 0, ts),
@@ -351,7 +484,13 @@ fn to_event(op: &Op, ts: u64) -> Event {
             event(EventKind::Mmap, addr, size, 0, 0, ts)
         }
         Op::Munmap { page, size } => event(EventKind::Munmap, page_addr(page), size, 0, 0, ts),
-        Op::Mremap { old, old_size, new, size, failed } => {
+        Op::Mremap {
+            old,
+            old_size,
+            new,
+            size,
+            failed,
+        } => {
             let addr = if failed { MAP_FAILED } else { page_addr(new) };
             event(EventKind::Mremap, addr, size, page_addr(old), old_size, ts)
         }

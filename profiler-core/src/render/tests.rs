@@ -1,0 +1,265 @@
+use super::*;
+use crate::heap::Mode;
+use crate::report::*;
+
+fn frame(
+    function: Option<&str>,
+    file: Option<(&str, u32)>,
+    module: &str,
+    address: u64,
+) -> StackFrame {
+    StackFrame {
+        function: function.map(str::to_owned),
+        module: module.to_owned(),
+        address: format!("{address:#x}"),
+        offset: address - 0x400000,
+        file: file.map(|(name, _)| name.to_owned()),
+        line: file.map(|(_, line)| line),
+    }
+}
+
+fn site(blocks: u64, bytes: u64, stack: Vec<StackFrame>, truncated: bool) -> Site {
+    Site {
+        blocks,
+        bytes,
+        first_seen_secs: 0.25,
+        last_seen_secs: 1.5,
+        stack,
+        truncated,
+    }
+}
+
+fn report() -> Report {
+    let main = frame(Some("main"), Some(("leaky.c", 40)), "leaky", 0x401200);
+    let make_list = frame(Some("make_list"), Some(("leaky.c", 12)), "leaky", 0x401100);
+    let helper = frame(Some("helper<[u8; 4]>"), None, "leaky", 0x401050);
+    let unknown = frame(None, None, "[unknown]", 0x7fff0000);
+    Report {
+        memprof_version: "0.1.0".into(),
+        mode: Mode::Run,
+        target: Target {
+            command: vec!["./leaky".into(), "3".into()],
+            pid: 777,
+            exit: Some(ExitStatus {
+                code: Some(0),
+                signal: None,
+            }),
+            duration_secs: 2.0,
+        },
+        probes: vec![],
+        summary: Summary {
+            allocations: 1_234_567,
+            failed_allocations: 2,
+            frees: 1_234_000,
+            bytes_allocated: 3 << 20,
+            live_blocks: 567,
+            live_bytes: 1536,
+            peak_live_bytes: 1 << 20,
+            peak_live_blocks: 1000,
+            peak_time_secs: Some(0.75),
+            lost_events: 3,
+            unknown_frees: 3,
+            double_frees: 0,
+            unknown_reallocs: 0,
+            overwritten_blocks: 0,
+            by_function: KindMap(vec![(
+                "malloc".into(),
+                CallCount {
+                    calls: 1_234_567,
+                    bytes: 3 << 20,
+                },
+            )]),
+            mmap: MmapSummary {
+                calls: 0,
+                failed_calls: 0,
+                bytes: 0,
+                munmap_calls: 0,
+                unknown_munmaps: 0,
+                live_regions: 0,
+                live_bytes: 0,
+                peak_bytes: 0,
+            },
+        },
+        lost: Lost {
+            total: 3,
+            by_kind: KindMap(vec![("free".into(), 3)]),
+            stack_errors: 0,
+            inflight_full: 0,
+            uncertain: vec!["3 lost free events: live_bytes may be overstated".into()],
+        },
+        leaks: vec![
+            site(500, 1000, vec![make_list.clone(), main.clone()], false),
+            site(60, 500, vec![helper, make_list, main.clone()], true),
+            site(6, 30, vec![unknown, main], false),
+            site(1, 6, vec![], false),
+        ],
+        mappings: vec![],
+        double_frees: vec![],
+    }
+}
+
+fn render_text(report: &Report, top: usize) -> String {
+    let mut out = Vec::new();
+    write_text(report, &mut out, top).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn text_has_numbers_lost_block_and_top_sites() {
+    let text = render_text(&report(), 2);
+    for expected in [
+        "memprof 0.1.0 (run) pid 777: ./leaky 3",
+        "target exited with code 0, recorded 2.000 s",
+        "!!! LOST EVENTS: 3 events never reached memprof",
+        "  ring buffer full: free 3",
+        "  - 3 lost free events: live_bytes may be overstated",
+        "  allocations        1,234,567 (2 failed)",
+        "  frees              1,234,000",
+        "  bytes allocated    3.0 MiB (3,145,728 bytes)",
+        "  live at exit       1.5 KiB (1,536 bytes) in 567 blocks",
+        "  peak live          1.0 MiB (1,048,576 bytes) in 1,000 blocks at 0.750 s",
+        "  malloc               1,234,567 calls  3.0 MiB (3,145,728 bytes)",
+        "Leaks (live at exit): 1.5 KiB (1,536 bytes) in 567 blocks from 4 sites",
+        "  #1 1000 B in 500 blocks, allocated 0.250..1.500 s\n      make_list (leaky.c:12) in leaky\n      main (leaky.c:40) in leaky\n",
+        "  #2 500 B in 60 blocks, allocated 0.250..1.500 s (stack truncated)\n      helper<[u8; 4]> in leaky\n",
+        "  ... 2 more sites",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("#3"), "top 2 only:\n{text}");
+    assert!(
+        !text.contains("mmap:"),
+        "no mmap activity, no mmap section:\n{text}"
+    );
+}
+
+#[test]
+fn text_without_losses_has_no_lost_block() {
+    let mut report = report();
+    report.lost = Lost {
+        total: 0,
+        by_kind: KindMap::default(),
+        stack_errors: 0,
+        inflight_full: 0,
+        uncertain: vec![],
+    };
+    let text = render_text(&report, 10);
+    assert!(!text.contains("LOST"), "{text}");
+    assert!(text.contains("  #4 6 B in 1 blocks"), "{text}");
+    assert!(text.contains("      0x7fff0000\n"), "{text}");
+    assert!(text.contains("      [no stack]\n"), "{text}");
+}
+
+#[test]
+fn json_parses_back_with_documented_keys() {
+    let report = report();
+    let mut out = Vec::new();
+    write_json(&report, &mut out).unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let mut top = keys(&value);
+    top.sort();
+    assert_eq!(
+        top,
+        [
+            "double_frees",
+            "leaks",
+            "lost",
+            "mappings",
+            "memprof_version",
+            "mode",
+            "probes",
+            "summary",
+            "target"
+        ]
+    );
+    assert_eq!(value["mode"], "run");
+    assert_eq!(value["target"]["exit"]["code"], 0);
+    assert!(value["target"]["exit"]["signal"].is_null());
+    for key in [
+        "allocations",
+        "failed_allocations",
+        "frees",
+        "bytes_allocated",
+        "live_blocks",
+        "live_bytes",
+        "peak_live_bytes",
+        "peak_live_blocks",
+        "peak_time_secs",
+        "lost_events",
+        "unknown_frees",
+        "double_frees",
+        "unknown_reallocs",
+        "overwritten_blocks",
+        "by_function",
+        "mmap",
+    ] {
+        assert!(value["summary"].get(key).is_some(), "summary.{key}");
+    }
+    assert_eq!(
+        value["summary"]["by_function"]["malloc"]["calls"],
+        1_234_567
+    );
+    assert_eq!(value["lost"]["by_kind"]["free"], 3);
+    let leak = &value["leaks"][0];
+    assert_eq!(leak["stack"][0]["address"], "0x401100");
+    assert_eq!(leak["stack"][0]["offset"], 0x1100);
+    assert_eq!(leak["stack"][0]["line"], 12);
+    let mut frame_keys = keys(&leak["stack"][0]);
+    frame_keys.sort();
+    assert_eq!(
+        frame_keys,
+        ["address", "file", "function", "line", "module", "offset"]
+    );
+    let back: Report = serde_json::from_slice(&out).unwrap();
+    assert_eq!(back, report);
+}
+
+#[test]
+fn folded_lines_are_root_first_sorted_and_exact() {
+    let mut out = Vec::new();
+    write_leak_folded(&report(), &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "[no stack] 6\n\
+         [truncated];main;make_list;helper<[u8, 4]> 500\n\
+         main;0x7fff0000 30\n\
+         main;make_list 1000\n"
+    );
+}
+
+#[test]
+fn folded_lines_merge_identical_names() {
+    let mut report = report();
+    let twin = report.leaks[0].clone();
+    report.leaks.push(twin);
+    assert!(folded_lines(&report).contains(&"main;make_list 2000".to_owned()));
+}
+
+#[test]
+fn flamegraph_is_deterministic_svg_with_title() {
+    let render = || {
+        let mut out = Vec::new();
+        write_leak_flamegraph(&report(), "leaks of ./leaky <3>", &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let svg = render();
+    assert!(svg.starts_with("<?xml"), "{}", &svg[..100]);
+    assert!(svg.contains("leaks of ./leaky &lt;3&gt;"));
+    assert!(svg.contains("make_list"));
+    assert!(svg.contains("bytes"));
+    assert_eq!(svg, render());
+}
+
+#[test]
+fn flamegraph_without_leaks_is_still_an_svg() {
+    let mut report = report();
+    report.leaks.clear();
+    let mut out = Vec::new();
+    write_leak_flamegraph(&report, "a & b", &mut out).unwrap();
+    let svg = String::from_utf8(out).unwrap();
+    assert!(svg.starts_with("<?xml"));
+    assert!(svg.contains(">a &amp; b<"));
+    assert!(svg.contains("No leaked bytes."));
+}

@@ -1,0 +1,278 @@
+//! The terminal summary printed when a session ends.
+
+use super::numbers::{human_bytes, thousands};
+use crate::heap::Mode;
+use crate::report::{Report, Site, StackFrame};
+use std::io::{self, Write};
+
+/// Frames printed per site; the JSON and the flame graph have the whole stack.
+const FRAMES_SHOWN: usize = 6;
+
+/// Writes the summary, the top `top` leak and mapping sites, and any double frees.
+pub fn write_text(report: &Report, out: &mut impl Write, top: usize) -> io::Result<()> {
+    write_header(report, out)?;
+    write_lost(report, out)?;
+    write_heap(report, out)?;
+    write_calls(report, out)?;
+    write_sites(out, &leak_title(report), &report.leaks, top, "blocks")?;
+    write_mmap(report, out, top)?;
+    write_double_frees(report, out, top)
+}
+
+fn write_header(report: &Report, out: &mut impl Write) -> io::Result<()> {
+    let target = &report.target;
+    let mode = match report.mode {
+        Mode::Run => "run",
+        Mode::Attach => "attach",
+    };
+    writeln!(
+        out,
+        "memprof {} ({mode}) pid {}: {}",
+        report.memprof_version,
+        target.pid,
+        target.command.join(" ")
+    )?;
+    let ending = match target.exit {
+        Some(exit) => match (exit.code, exit.signal) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            (None, None) => "ended".to_owned(),
+        },
+        None => "still running".to_owned(),
+    };
+    writeln!(
+        out,
+        "target {ending}, recorded {:.3} s",
+        target.duration_secs
+    )?;
+    writeln!(out)
+}
+
+fn write_lost(report: &Report, out: &mut impl Write) -> io::Result<()> {
+    let lost = &report.lost;
+    if lost.total > 0 {
+        writeln!(
+            out,
+            "!!! LOST EVENTS: {} events never reached memprof; some figures below are uncertain !!!",
+            thousands(lost.total)
+        )?;
+        let by_kind: Vec<String> = lost
+            .by_kind
+            .iter()
+            .map(|(name, n)| format!("{name} {}", thousands(*n)))
+            .collect();
+        if !by_kind.is_empty() {
+            writeln!(out, "  ring buffer full: {}", by_kind.join(", "))?;
+        }
+        if lost.inflight_full > 0 {
+            writeln!(
+                out,
+                "  in-flight table full: {}",
+                thousands(lost.inflight_full)
+            )?;
+        }
+        for line in &lost.uncertain {
+            writeln!(out, "  - {line}")?;
+        }
+        writeln!(out)?;
+    }
+    if lost.stack_errors > 0 {
+        writeln!(
+            out,
+            "note: {} allocations were recorded without a stack (shown as [no stack])",
+            thousands(lost.stack_errors)
+        )?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn write_heap(report: &Report, out: &mut impl Write) -> io::Result<()> {
+    let s = &report.summary;
+    let end = match report.mode {
+        Mode::Run => "at exit",
+        Mode::Attach => "at detach",
+    };
+    writeln!(out, "Heap (malloc family)")?;
+    writeln!(
+        out,
+        "  allocations        {} ({} failed)",
+        thousands(s.allocations),
+        thousands(s.failed_allocations)
+    )?;
+    writeln!(out, "  frees              {}", thousands(s.frees))?;
+    writeln!(
+        out,
+        "  bytes allocated    {}",
+        human_bytes(s.bytes_allocated)
+    )?;
+    writeln!(
+        out,
+        "  live {end:<13} {} in {} blocks",
+        human_bytes(s.live_bytes),
+        thousands(s.live_blocks)
+    )?;
+    let peak_time = s
+        .peak_time_secs
+        .map(|t| format!(" at {t:.3} s"))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "  peak live          {} in {} blocks{peak_time}",
+        human_bytes(s.peak_live_bytes),
+        thousands(s.peak_live_blocks)
+    )?;
+    writeln!(
+        out,
+        "  unknown frees {}, double frees {}, unknown reallocs {}, overwritten blocks {}",
+        thousands(s.unknown_frees),
+        thousands(s.double_frees),
+        thousands(s.unknown_reallocs),
+        thousands(s.overwritten_blocks)
+    )?;
+    writeln!(out)
+}
+
+fn write_calls(report: &Report, out: &mut impl Write) -> io::Result<()> {
+    let by_function = &report.summary.by_function;
+    if by_function.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "Calls")?;
+    for (name, count) in by_function.iter() {
+        writeln!(
+            out,
+            "  {name:<15} {:>14} calls  {}",
+            thousands(count.calls),
+            human_bytes(count.bytes)
+        )?;
+    }
+    writeln!(out)
+}
+
+fn leak_title(report: &Report) -> String {
+    match (report.mode, report.target.exit.is_some()) {
+        (Mode::Run, true) => "Leaks (live at exit)".to_owned(),
+        (Mode::Run, false) => "Leaks (live when recording stopped)".to_owned(),
+        (Mode::Attach, _) => "Leaks (allocated while attached, live at detach)".to_owned(),
+    }
+}
+
+fn write_sites(
+    out: &mut impl Write,
+    title: &str,
+    sites: &[Site],
+    top: usize,
+    unit: &str,
+) -> io::Result<()> {
+    let bytes: u64 = sites.iter().map(|site| site.bytes).sum();
+    let count: u64 = sites.iter().map(|site| site.blocks).sum();
+    writeln!(
+        out,
+        "{title}: {} in {} {unit} from {} sites",
+        human_bytes(bytes),
+        thousands(count),
+        thousands(sites.len() as u64)
+    )?;
+    for (rank, site) in sites.iter().take(top).enumerate() {
+        writeln!(
+            out,
+            "  #{} {} in {} {unit}, allocated {:.3}..{:.3} s{}",
+            rank + 1,
+            human_bytes(site.bytes),
+            thousands(site.blocks),
+            site.first_seen_secs,
+            site.last_seen_secs,
+            if site.truncated {
+                " (stack truncated)"
+            } else {
+                ""
+            }
+        )?;
+        write_stack(out, &site.stack)?;
+    }
+    if sites.len() > top {
+        writeln!(
+            out,
+            "  ... {} more sites",
+            thousands((sites.len() - top) as u64)
+        )?;
+    }
+    writeln!(out)
+}
+
+fn write_stack(out: &mut impl Write, stack: &[StackFrame]) -> io::Result<()> {
+    if stack.is_empty() {
+        return writeln!(out, "      [no stack]");
+    }
+    for frame in stack.iter().take(FRAMES_SHOWN) {
+        writeln!(out, "      {}", frame_line(frame))?;
+    }
+    if stack.len() > FRAMES_SHOWN {
+        writeln!(out, "      ... {} more frames", stack.len() - FRAMES_SHOWN)?;
+    }
+    Ok(())
+}
+
+/// `function (file:line) in module`, leaving out what is unknown.
+fn frame_line(frame: &StackFrame) -> String {
+    let mut line = frame.display_name();
+    if let Some(file) = &frame.file {
+        match frame.line {
+            Some(number) => line.push_str(&format!(" ({file}:{number})")),
+            None => line.push_str(&format!(" ({file})")),
+        }
+    }
+    if frame.function.is_some() || frame.module != "[unknown]" {
+        line.push_str(" in ");
+        line.push_str(&frame.module);
+    }
+    line
+}
+
+fn write_mmap(report: &Report, out: &mut impl Write, top: usize) -> io::Result<()> {
+    let m = &report.summary.mmap;
+    if m.calls == 0 && m.munmap_calls == 0 && report.mappings.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "mmap: {} calls ({} failed) mapping {}; munmap: {} calls ({} of untracked memory)",
+        thousands(m.calls),
+        thousands(m.failed_calls),
+        human_bytes(m.bytes),
+        thousands(m.munmap_calls),
+        thousands(m.unknown_munmaps)
+    )?;
+    writeln!(
+        out,
+        "  live {} in {} regions, peak {}",
+        human_bytes(m.live_bytes),
+        thousands(m.live_regions),
+        human_bytes(m.peak_bytes)
+    )?;
+    if report.mappings.is_empty() {
+        return writeln!(out);
+    }
+    write_sites(out, "Live mappings", &report.mappings, top, "regions")
+}
+
+fn write_double_frees(report: &Report, out: &mut impl Write, top: usize) -> io::Result<()> {
+    let count = report.summary.double_frees;
+    if count == 0 {
+        return Ok(());
+    }
+    writeln!(out, "Double frees: {}", thousands(count))?;
+    for double in report.double_frees.iter().take(top) {
+        writeln!(
+            out,
+            "  {} ({}) freed again at {:.3} s by thread {}; allocated at:",
+            double.address,
+            human_bytes(double.size),
+            double.time_secs,
+            double.tid
+        )?;
+        write_stack(out, &double.alloc_stack)?;
+    }
+    Ok(())
+}
