@@ -132,7 +132,9 @@ fn spawn_stopped(command: &[OsString]) -> Result<Pid> {
 /// exits, while its memory map still exists, so the libraries its stacks point into are known
 /// even for a program that lives a few milliseconds. Signals it receives are passed on as is.
 fn resume(pid: Pid) -> Result<()> {
-    ptrace::setoptions(pid, ptrace::Options::PTRACE_O_TRACEEXIT)
+    // TRACEEXEC turns the SIGTRAP a traced execve would raise into an event we swallow.
+    let options = ptrace::Options::PTRACE_O_TRACEEXIT | ptrace::Options::PTRACE_O_TRACEEXEC;
+    ptrace::setoptions(pid, options)
         .and_then(|()| ptrace::cont(pid, None))
         .map_err(|error| anyhow!("cannot resume the target: {error}"))
 }
@@ -146,6 +148,11 @@ fn wait_exit(pid: Pid, mut at_exit: impl FnMut(Pid)) -> Result<Exit> {
             Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Exit::Signal(signal as i32)),
             Ok(WaitStatus::PtraceEvent(_, _, event)) if event == libc::PTRACE_EVENT_EXIT => {
                 at_exit(pid);
+                let _ = ptrace::cont(pid, None);
+            }
+            // The target exec'd another program (a wrapper script, say). Probes are attached by
+            // file, so the new image keeps being profiled where it uses the same allocator.
+            Ok(WaitStatus::PtraceEvent(_, _, _)) => {
                 let _ = ptrace::cont(pid, None);
             }
             // A signal on its way to the child: deliver it.

@@ -119,6 +119,7 @@ async fn run_command(capture: &CaptureArgs, command: &[OsString]) -> Result<i32>
         }
     };
     let (_, mut ring) = session::collect(ring, &mut collected, &probes, pid, stop).await?;
+    let end_ns = monotonic_ns();
     let counters = probes.counters()?;
     probes.detach_after_exit()?;
     session::drain(&mut ring, &mut collected);
@@ -136,7 +137,7 @@ async fn run_command(capture: &CaptureArgs, command: &[OsString]) -> Result<i32>
         pid,
         exit: Some(exit),
         start_ns,
-        end_ns: monotonic_ns(),
+        end_ns,
         sites: &sites,
         counters,
     };
@@ -180,6 +181,7 @@ async fn attach(
         }
     };
     let (reason, mut ring) = session::collect(ring, &mut collected, &probes, pid, stop).await?;
+    let end_ns = monotonic_ns();
     probes.detach();
     session::drain(&mut ring, &mut collected);
     let counters = probes.counters()?;
@@ -192,7 +194,7 @@ async fn attach(
         pid,
         exit: None,
         start_ns,
-        end_ns: monotonic_ns(),
+        end_ns,
         sites: &sites,
         counters,
     };

@@ -59,14 +59,24 @@ pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> 
     let files = write_outputs(&capture.output, &report, &title)
         .with_context(|| format!("cannot write the report into {}", capture.output.display()))?;
 
+    // The files are written; a closed stderr (`memprof ... 2>&1 | head`) must not turn the
+    // session into a failure, so the summary is best effort.
+    let _ = print_summary(&report, collected, &symbolizer, &files, capture.top, started);
+    Ok(())
+}
+
+fn print_summary(
+    report: &profiler_core::report::Report,
+    collected: &Collected,
+    symbolizer: &Symbolizer,
+    files: &profiler_core::output::OutputFiles,
+    top: usize,
+    started: Instant,
+) -> std::io::Result<()> {
     let mut stderr = std::io::stderr().lock();
-    write_text(&report, &mut stderr, capture.top)?;
+    write_text(report, &mut stderr, top)?;
     if collected.malformed > 0 {
-        writeln!(
-            stderr,
-            "warning: {} records could not be decoded",
-            collected.malformed
-        )?;
+        writeln!(stderr, "warning: {} records could not be decoded", collected.malformed)?;
     }
     for error in symbolizer.module_errors() {
         writeln!(stderr, "warning: {error}")?;
