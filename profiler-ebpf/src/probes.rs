@@ -188,6 +188,19 @@ pub fn memprof_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// `count * size` as calloc and reallocarray compute it; an overflowing product (which those
+/// functions refuse) saturates instead of wrapping, so it can never read as a size of 0.
+#[inline(always)]
+fn array_bytes(count: u64, size: u64) -> u64 {
+    let product = count.wrapping_mul(size);
+    // black_box keeps LLVM from folding the check into a 128-bit multiply, which BPF lacks.
+    if count != 0 && core::hint::black_box(product) / count != size {
+        u64::MAX
+    } else {
+        product
+    }
+}
+
 #[inline(always)]
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
@@ -201,7 +214,7 @@ pub fn malloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
+    let size = array_bytes(arg(&ctx, 0), arg(&ctx, 1));
     enter(EventKind::Calloc, size, 0, 0, 0);
     0
 }
@@ -214,7 +227,7 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    let size = arg(&ctx, 1).wrapping_mul(arg(&ctx, 2));
+    let size = array_bytes(arg(&ctx, 1), arg(&ctx, 2));
     enter(EventKind::Reallocarray, size, arg(&ctx, 0), 0, 0);
     0
 }

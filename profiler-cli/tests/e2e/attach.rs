@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::report::{
-    Name, assert_function, assert_nothing_lost, assert_section_total, assert_sites, num,
+    Name, assert_function, assert_nothing_lost, assert_num, assert_section_total, assert_sites,
 };
 use crate::support::{
     Build, DEADLINE, compile_c, line_channel, memprof, privileged, rest_of, wait_deadline,
@@ -96,10 +96,10 @@ fn assert_waiter_window(report: &Value) {
     assert_eq!(report["mode"], "attach");
     // 5 x 4096 (attach_leak) + 100 x 128 (attach_churn).
     assert_function(report, "malloc", 105, 5 * 4096 + 100 * 128);
-    assert_eq!(num(report, "summary.frees"), 100);
+    assert_num(report, "summary.frees", 100);
     // Nothing allocated before the attach is freed inside the window.
-    assert_eq!(num(report, "summary.unknown_frees"), 0);
-    assert_eq!(num(report, "summary.live_blocks"), 5);
+    assert_num(report, "summary.unknown_frees", 0);
+    assert_num(report, "summary.live_blocks", 5);
     assert_sites(report, "leaks", Name::Exact("attach_leak"), 5, 20480);
     assert_sites(report, "leaks", Name::Exact("attach_churn"), 0, 0);
     assert_section_total(report, "leaks", 5, 20480);

@@ -1,8 +1,8 @@
 //! `memprof run` on the C samples, in a frame-pointer and a no-frame-pointer build each.
 //! The figures come from each sample's header comment, where they are derived and checked.
 use crate::report::{
-    Name, assert_chain, assert_function, assert_nothing_lost, assert_section_total, assert_sites,
-    num,
+    Name, assert_chain, assert_function, assert_nothing_lost, assert_num, assert_section_total,
+    assert_sites,
 };
 use crate::support::{Build, compile_c, privileged, profile};
 
@@ -38,15 +38,15 @@ fn check_leaks(test: &str, build: Build) {
     assert_function(&report, "malloc", 1004, 68396);
     assert_function(&report, "calloc", 2, 640);
     assert_function(&report, "realloc", 0, 0);
-    assert_eq!(num(&report, "summary.allocations"), 1006);
-    assert_eq!(num(&report, "summary.bytes_allocated"), 69036);
+    assert_num(&report, "summary.allocations", 1006);
+    assert_num(&report, "summary.bytes_allocated", 69036);
     // Only churn frees, and libc frees nothing of its own in this program.
-    assert_eq!(num(&report, "summary.frees"), 1000);
-    assert_eq!(num(&report, "summary.unknown_frees"), 0);
-    assert_eq!(num(&report, "summary.double_frees"), 0);
-    assert_eq!(num(&report, "summary.failed_allocations"), 0);
-    assert_eq!(num(&report, "summary.live_blocks"), 6);
-    assert_eq!(num(&report, "summary.live_bytes"), 5036);
+    assert_num(&report, "summary.frees", 1000);
+    assert_num(&report, "summary.unknown_frees", 0);
+    assert_num(&report, "summary.double_frees", 0);
+    assert_num(&report, "summary.failed_allocations", 0);
+    assert_num(&report, "summary.live_blocks", 6);
+    assert_num(&report, "summary.live_bytes", 5036);
 
     assert_sites(&report, "leaks", Name::Exact("leak_small"), 3, 300);
     assert_sites(&report, "leaks", Name::Exact("leak_calloc"), 2, 640);
@@ -69,14 +69,14 @@ fn check_threads(test: &str, build: Build) {
     assert_function(&report, "malloc", 2000, 64000);
     // pthread_create: one 272-byte DTV per thread (ld.so calls libc's calloc).
     assert_function(&report, "calloc", 4, 1088);
-    assert_eq!(num(&report, "summary.frees"), 1996);
+    assert_num(&report, "summary.frees", 1996);
     // Thread exit frees each thread's tcache, which libc allocated without calling malloc.
-    assert_eq!(num(&report, "summary.unknown_frees"), 4);
+    assert_num(&report, "summary.unknown_frees", 4);
     // thread_leak takes the last cached chunk back, so glibc frees no freed pointer again.
-    assert_eq!(num(&report, "summary.double_frees"), 0);
+    assert_num(&report, "summary.double_frees", 0);
     // 4 leaked blocks of 32 plus the 4 DTVs kept in glibc's stack cache.
-    assert_eq!(num(&report, "summary.live_blocks"), 8);
-    assert_eq!(num(&report, "summary.live_bytes"), 128 + 1088);
+    assert_num(&report, "summary.live_blocks", 8);
+    assert_num(&report, "summary.live_bytes", 128 + 1088);
 
     assert_sites(&report, "leaks", Name::Exact("thread_leak"), 4, 128);
     assert_sites(&report, "leaks", Name::Exact("thread_churn"), 0, 0);
@@ -92,8 +92,8 @@ fn check_ctor(test: &str, build: Build) {
     // 777 from the constructor (before main: only seen if probes are in before ld.so runs
     // constructors) + 555 from main.
     assert_function(&report, "malloc", 2, 1332);
-    assert_eq!(num(&report, "summary.frees"), 0);
-    assert_eq!(num(&report, "summary.live_blocks"), 2);
+    assert_num(&report, "summary.frees", 0);
+    assert_num(&report, "summary.live_blocks", 2);
     assert_sites(&report, "leaks", Name::Exact("ctor_leak"), 1, 777);
     assert_sites(&report, "leaks", Name::Exact("main_leak"), 1, 555);
     assert_section_total(&report, "leaks", 2, 1332);
@@ -112,16 +112,16 @@ fn check_realloc_edge(test: &str, build: Build) {
     assert_function(&report, "realloc", 7, 5382);
     // 200 + 400; the overflowing reallocarray adds nothing.
     assert_function(&report, "reallocarray", 3, 600);
-    assert_eq!(num(&report, "summary.allocations"), 13);
-    assert_eq!(num(&report, "summary.failed_allocations"), 2);
-    assert_eq!(num(&report, "summary.bytes_allocated"), 6072);
+    assert_num(&report, "summary.allocations", 13);
+    assert_num(&report, "summary.failed_allocations", 2);
+    assert_num(&report, "summary.bytes_allocated", 6072);
     // One free() call; realloc(p, 0) frees as a realloc call.
-    assert_eq!(num(&report, "summary.frees"), 1);
-    assert_eq!(num(&report, "summary.unknown_frees"), 0);
-    assert_eq!(num(&report, "summary.unknown_reallocs"), 0);
-    assert_eq!(num(&report, "summary.double_frees"), 0);
-    assert_eq!(num(&report, "summary.live_blocks"), 3);
-    assert_eq!(num(&report, "summary.live_bytes"), 496);
+    assert_num(&report, "summary.frees", 1);
+    assert_num(&report, "summary.unknown_frees", 0);
+    assert_num(&report, "summary.unknown_reallocs", 0);
+    assert_num(&report, "summary.double_frees", 0);
+    assert_num(&report, "summary.live_blocks", 3);
+    assert_num(&report, "summary.live_bytes", 496);
 
     // A failed (or overflowing) call leaves the old block live.
     assert_sites(&report, "leaks", Name::Exact("array_grow"), 1, 400);
@@ -157,12 +157,12 @@ fn check_aligned(test: &str, build: Build) {
     assert_function(&report, "pvalloc", 2, 12288);
     // Every alignment is above 16, so glibc never relays to malloc.
     assert_function(&report, "malloc", 0, 0);
-    assert_eq!(num(&report, "summary.allocations"), 10);
-    assert_eq!(num(&report, "summary.bytes_allocated"), 19720);
-    assert_eq!(num(&report, "summary.frees"), 5);
-    assert_eq!(num(&report, "summary.unknown_frees"), 0);
-    assert_eq!(num(&report, "summary.live_blocks"), 5);
-    assert_eq!(num(&report, "summary.live_bytes"), 9848);
+    assert_num(&report, "summary.allocations", 10);
+    assert_num(&report, "summary.bytes_allocated", 19720);
+    assert_num(&report, "summary.frees", 5);
+    assert_num(&report, "summary.unknown_frees", 0);
+    assert_num(&report, "summary.live_blocks", 5);
+    assert_num(&report, "summary.live_bytes", 9848);
 
     assert_sites(&report, "leaks", Name::Exact("leak_posix_memalign"), 1, 100);
     assert_sites(&report, "leaks", Name::Exact("leak_aligned_alloc"), 1, 256);
@@ -180,18 +180,15 @@ fn check_mmap(test: &str, build: Build) {
     assert_nothing_lost(&report);
 
     // 4 + 8 + 2 + 3 pages mapped; c unmapped, 2 pages punched out of b, a grown to 16 pages.
-    assert_eq!(num(&report, "summary.mmap.calls"), 4);
-    assert_eq!(num(&report, "summary.mmap.bytes"), 69632);
-    assert_eq!(num(&report, "summary.mmap.munmap_calls"), 2);
-    assert_eq!(num(&report, "summary.mmap.unknown_munmaps"), 0);
+    assert_num(&report, "summary.mmap.calls", 4);
+    assert_num(&report, "summary.mmap.bytes", 69632);
+    assert_num(&report, "summary.mmap.munmap_calls", 2);
+    assert_num(&report, "summary.mmap.unknown_munmaps", 0);
     // a, the two halves of b, d.
-    assert_eq!(num(&report, "summary.mmap.live_regions"), 4);
-    assert_eq!(
-        num(&report, "summary.mmap.live_bytes"),
-        65536 + 24576 + 12288
-    );
+    assert_num(&report, "summary.mmap.live_regions", 4);
+    assert_num(&report, "summary.mmap.live_bytes", 65536 + 24576 + 12288);
     // The mremap raises the mapped total from 53248 to its maximum, 102400.
-    assert_eq!(num(&report, "summary.mmap.peak_bytes"), 102400);
+    assert_num(&report, "summary.mmap.peak_bytes", 102400);
 
     assert_sites(&report, "mappings", Name::Exact("grow_a"), 1, 65536);
     assert_sites(&report, "mappings", Name::Exact("map_b"), 2, 24576);
@@ -202,8 +199,8 @@ fn check_mmap(test: &str, build: Build) {
     assert_section_total(&report, "mappings", 4, 102400);
 
     // Mappings are not heap blocks.
-    assert_eq!(num(&report, "summary.allocations"), 0);
-    assert_eq!(num(&report, "summary.live_blocks"), 0);
+    assert_num(&report, "summary.allocations", 0);
+    assert_num(&report, "summary.live_blocks", 0);
     assert_section_total(&report, "leaks", 0, 0);
 }
 
@@ -217,7 +214,7 @@ fn churn_pairs() {
     assert_nothing_lost(&report);
     // 10000 pairs over 8 sizes summing to 2024: 1250 rounds.
     assert_function(&report, "malloc", 10000, 1250 * 2024);
-    assert_eq!(num(&report, "summary.frees"), 10000);
-    assert_eq!(num(&report, "summary.live_blocks"), 0);
+    assert_num(&report, "summary.frees", 10000);
+    assert_num(&report, "summary.live_blocks", 0);
     assert_section_total(&report, "leaks", 0, 0);
 }

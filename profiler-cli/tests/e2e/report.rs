@@ -13,6 +13,16 @@ pub fn num(report: &Value, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("report.json {path} is not an unsigned integer: {node}"))
 }
 
+/// Asserts the u64 at a dotted path, naming the path (and the summary) when it differs.
+pub fn assert_num(report: &Value, path: &str, expected: u64) {
+    assert_eq!(
+        num(report, path),
+        expected,
+        "{path}; summary = {}",
+        report["summary"]
+    );
+}
+
 /// summary.by_function.FUNC.FIELD; 0 when FUNC is absent (only functions with calls are listed).
 pub fn by_function(report: &Value, func: &str, field: &str) -> u64 {
     match report

@@ -174,7 +174,14 @@ pub fn run_to_end(mut cmd: Command) -> Finished {
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let status = wait_deadline(&mut child, DEADLINE, &format!("{cmd:?}"));
+    let Some(status) = wait_until(&mut child, DEADLINE) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{cmd:?} did not finish within {DEADLINE:?}; killed it. stderr:\n{}",
+            stderr.join().expect("stderr reader")
+        );
+    };
     Finished {
         status,
         stdout: stdout.join().expect("stdout reader"),
@@ -217,20 +224,27 @@ fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
     })
 }
 
-/// Waits for CHILD, killing it and failing the test after LIMIT.
-pub fn wait_deadline(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+/// Waits for CHILD for at most LIMIT; `None` when it is still running.
+fn wait_until(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait for child") {
-            return status;
+            return Some(status);
         }
         if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}; killed it");
+            return None;
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits for CHILD, killing it and failing the test after LIMIT.
+pub fn wait_deadline(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    wait_until(child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish within {limit:?}; killed it");
+    })
 }
 
 /// Lines of a pipe, delivered through a channel so that a test can wait with a timeout.
