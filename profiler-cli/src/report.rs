@@ -61,7 +61,14 @@ pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> 
 
     // The files are written; a closed stderr (`memprof ... 2>&1 | head`) must not turn the
     // session into a failure, so the summary is best effort.
-    let _ = print_summary(&report, collected, &symbolizer, &files, capture.top, started);
+    let _ = print_summary(
+        &report,
+        collected,
+        &symbolizer,
+        &files,
+        capture.top,
+        started,
+    );
     Ok(())
 }
 
@@ -76,7 +83,11 @@ fn print_summary(
     let mut stderr = std::io::stderr().lock();
     write_text(report, &mut stderr, top)?;
     if collected.malformed > 0 {
-        writeln!(stderr, "warning: {} records could not be decoded", collected.malformed)?;
+        writeln!(
+            stderr,
+            "warning: {} records could not be decoded",
+            collected.malformed
+        )?;
     }
     for error in symbolizer.module_errors() {
         writeln!(stderr, "warning: {error}")?;
