@@ -8,6 +8,7 @@
 mod cli;
 mod elf;
 mod launch;
+mod multi_link;
 mod privileges;
 mod probes;
 mod prologue;
@@ -120,9 +121,9 @@ async fn run_command(capture: &CaptureArgs, command: &[OsString]) -> Result<i32>
     };
     let (_, mut ring) = session::collect(ring, &mut collected, &probes, pid, stop).await?;
     let end_ns = monotonic_ns();
-    let counters = probes.counters()?;
-    probes.detach_after_exit()?;
+    probes.detach();
     session::drain(&mut ring, &mut collected);
+    let counters = probes.counters()?;
     let (exit, maps_at_exit) = ended.context("lost track of the target")?;
     let exit = exit?;
     if let Some(maps) = maps_at_exit {
