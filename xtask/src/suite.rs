@@ -36,7 +36,7 @@ pub fn run() -> Result<()> {
     section("build");
     exec::run(&mut cargo(&["build", "--workspace"]))?;
 
-    let steps: [(&str, Command); 3] = [
+    let steps: [(&str, Command); 2] = [
         (
             "clippy",
             cargo(&[
@@ -49,7 +49,6 @@ pub fn run() -> Result<()> {
             ]),
         ),
         ("fmt", cargo(&["fmt", "--all", "--check"])),
-        ("test", cargo(&["test", "--workspace"])),
     ];
     let mut failed = Vec::new();
     for (name, mut cmd) in steps {
@@ -60,9 +59,19 @@ pub fn run() -> Result<()> {
         }
     }
 
+    section("test");
+    let mut test = cargo(&["test", "--workspace"]);
+    let (status, counts) = run_tests(&mut test)?;
+    if !status.success() {
+        failed.push(format!("`{}` ({status})", exec::shown(&test)));
+    }
+
     if !privileged {
         println!("NOTE: {NOT_PRIVILEGED}");
     }
+    // One closing line for the whole workspace: the last binary cargo runs (a doc-test pass)
+    // often has no test of its own, which must not read as "nothing was tested".
+    println!("{} passed, {} failed", counts.passed, counts.failed);
     if failed.is_empty() {
         println!("xtask test: build, clippy, fmt and tests passed");
         Ok(())
@@ -71,6 +80,74 @@ pub fn run() -> Result<()> {
     }
 }
 
+/// Totals over every `test result:` line cargo test printed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestCounts {
+    /// Adds one `test result: ok. 25 passed; 0 failed; ...` line; other lines are ignored.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            let (Some(number), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(number) = number.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += number,
+                "failed" => self.failed += number,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs cargo test, echoing its output while counting the results.
+fn run_tests(cmd: &mut Command) -> Result<(std::process::ExitStatus, TestCounts)> {
+    use std::io::{BufRead as _, BufReader};
+    println!("$ {}", exec::shown(cmd));
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut counts = TestCounts::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            counts.add_line(&line);
+        }
+    }
+    Ok((child.wait()?, counts))
+}
+
 fn section(name: &str) {
     println!("== {name}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_are_summed() {
+        let mut counts = TestCounts::default();
+        counts.add_line("test result: ok. 25 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 8.99s");
+        counts.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out",
+        );
+        counts.add_line("running 5 tests");
+        assert_eq!(
+            counts,
+            TestCounts {
+                passed: 28,
+                failed: 2
+            }
+        );
+    }
 }
