@@ -100,18 +100,14 @@ impl LookupOrder {
             })
             .collect::<Vec<_>>();
         let objects = link_order(&exe, &preloads, &mapped, |path| {
-            ElfObject::read(&root.join(path.strip_prefix("/").unwrap_or(path)), &[]).ok()
+            ElfObject::read(&under(&root, path), &[]).ok()
         });
         Ok(LookupOrder { objects, root })
     }
 
     /// Where memprof opens an object the target knows by `path`.
     pub fn open_path(&self, path: &Path) -> PathBuf {
-        if self.root.as_os_str().is_empty() {
-            path.to_owned()
-        } else {
-            self.root.join(path.strip_prefix("/").unwrap_or(path))
-        }
+        under(&self.root, path)
     }
 
     /// Finds the provider of every allocation function and places its probe.
@@ -163,6 +159,15 @@ impl LookupOrder {
             bail!("no allocator found: neither {exe} nor the libraries it loads define malloc");
         }
         Ok(sites)
+    }
+}
+
+/// `path` as seen from inside `root` ("" = our own root).
+fn under(root: &Path, path: &Path) -> PathBuf {
+    if root.as_os_str().is_empty() {
+        path.to_owned()
+    } else {
+        root.join(path.strip_prefix("/").unwrap_or(path))
     }
 }
 
