@@ -56,6 +56,21 @@ pub struct FreedBlock {
     pub free_ts_ns: u64,
 }
 
+/// What one event did to the malloc-family heap, returned by [`HeapState::apply`] so that
+/// analyses can follow the heap without keeping a second copy of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// The block that stopped being live (a free, realloc's old block, or realloc(p, 0)),
+    /// with its address.
+    pub released: Option<(u64, Block)>,
+    /// The block that became live, with its address.
+    pub created: Option<(u64, Block)>,
+    /// A live block replaced by a new one at its address without a free (a lost-free symptom).
+    pub overwritten: Option<(u64, Block)>,
+    /// This event raised the malloc-family peak (`HeapStats::peak_live_bytes`).
+    pub new_peak: bool,
+}
+
 /// A free of a pointer that had already been freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DoubleFree {
@@ -213,13 +228,14 @@ impl HeapState {
         &self.double_free_records
     }
 
-    /// Applies one event. `stack` is where the call was made (ignored by free and munmap,
-    /// which create nothing that a report attributes).
-    pub fn apply(&mut self, event: &Event, stack: Option<StackId>) {
+    /// Applies one event and says what it did to the blocks. `stack` is where the call was
+    /// made (ignored by free and munmap, which create nothing that a report attributes).
+    pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {
         self.stats.by_function[event.kind as usize].calls += 1;
+        let mut effect = Effect::default();
         match event.kind {
-            EventKind::Free => self.free(event),
-            EventKind::Realloc | EventKind::Reallocarray => self.realloc(event, stack),
+            EventKind::Free => self.free(event, &mut effect),
+            EventKind::Realloc | EventKind::Reallocarray => self.realloc(event, stack, &mut effect),
             EventKind::Mmap => self.mmap(event, stack),
             EventKind::Munmap => self.munmap(event),
             EventKind::Mremap => self.mremap(event, stack),
@@ -231,14 +247,15 @@ impl HeapState {
             | EventKind::Valloc
             | EventKind::Pvalloc => {
                 self.stats.allocations += 1;
-                self.allocate(event, stack);
+                self.allocate(event, stack, &mut effect);
             }
         }
-        self.update_peaks(event.ts_ns);
+        effect.new_peak = self.update_peaks(event.ts_ns);
+        effect
     }
 
     /// A fresh block (malloc, or realloc of NULL); the caller has counted the call.
-    fn allocate(&mut self, event: &Event, stack: Option<StackId>) {
+    fn allocate(&mut self, event: &Event, stack: Option<StackId>, effect: &mut Effect) {
         if event.addr == 0 {
             self.stats.failed_allocations += 1;
             return;
@@ -257,7 +274,9 @@ impl HeapState {
             self.stats.overwritten_blocks += 1;
             self.stats.live_blocks -= 1;
             self.stats.live_bytes -= missed.size;
+            effect.overwritten = Some((event.addr, missed));
         }
+        effect.created = Some((event.addr, block));
         self.stats.live_blocks += 1;
         self.stats.live_bytes += event.size;
         if self.mode == Mode::Run {
@@ -265,15 +284,15 @@ impl HeapState {
         }
     }
 
-    fn realloc(&mut self, event: &Event, stack: Option<StackId>) {
+    fn realloc(&mut self, event: &Event, stack: Option<StackId>, effect: &mut Effect) {
         self.stats.allocations += 1;
         if event.old_addr == 0 {
-            return self.allocate(event, stack);
+            return self.allocate(event, stack, effect);
         }
         if event.addr == 0 {
             if event.size == 0 {
                 // realloc(p, 0): glibc frees p and returns NULL. Not a failure, not a free().
-                self.release_for_realloc(event);
+                self.release_for_realloc(event, effect);
             } else {
                 // Failed: p stays valid and live.
                 self.stats.failed_allocations += 1;
@@ -281,28 +300,30 @@ impl HeapState {
             return;
         }
         // Release first so that an in-place realloc (same address) is remove + insert.
-        self.release_for_realloc(event);
-        self.allocate(event, stack);
+        self.release_for_realloc(event, effect);
+        self.allocate(event, stack, effect);
     }
 
-    fn release_for_realloc(&mut self, event: &Event) {
+    fn release_for_realloc(&mut self, event: &Event, effect: &mut Effect) {
         match self.blocks.remove(&event.old_addr) {
             Some(block) => {
                 self.stats.live_blocks -= 1;
                 self.stats.live_bytes -= block.size;
                 self.remember_freed(event.old_addr, &block, event.ts_ns);
+                effect.released = Some((event.old_addr, block));
             }
             None => self.stats.unknown_reallocs += 1,
         }
     }
 
-    fn free(&mut self, event: &Event) {
+    fn free(&mut self, event: &Event, effect: &mut Effect) {
         if let Some(block) = self.blocks.remove(&event.addr) {
             self.stats.frees += 1;
             self.stats.by_function[EventKind::Free as usize].bytes += block.size;
             self.stats.live_blocks -= 1;
             self.stats.live_bytes -= block.size;
             self.remember_freed(event.addr, &block, event.ts_ns);
+            effect.released = Some((event.addr, block));
         } else if let Some(freed) = self.freed.get(&event.addr) {
             // `freed` is only filled in Run mode.
             self.stats.double_frees += 1;
@@ -426,16 +447,19 @@ impl HeapState {
         removed
     }
 
-    fn update_peaks(&mut self, ts_ns: u64) {
+    /// Returns whether the malloc-family peak rose.
+    fn update_peaks(&mut self, ts_ns: u64) -> bool {
         let stats = &mut self.stats;
+        if stats.mmap.live_bytes > stats.mmap.peak_bytes {
+            stats.mmap.peak_bytes = stats.mmap.live_bytes;
+        }
         if stats.live_bytes > stats.peak_live_bytes {
             stats.peak_live_bytes = stats.live_bytes;
             stats.peak_live_blocks = stats.live_blocks;
             stats.peak_ts_ns = Some(ts_ns);
+            return true;
         }
-        if stats.mmap.live_bytes > stats.mmap.peak_bytes {
-            stats.mmap.peak_bytes = stats.mmap.live_bytes;
-        }
+        false
     }
 }
 

@@ -692,3 +692,48 @@ proptest! {
         check_against_model(Mode::Attach, &ops)?;
     }
 }
+
+#[test]
+fn effects_name_the_blocks_each_event_touched() {
+    let mut heap = HeapState::new(Mode::Run);
+    let stack = Some(StackId(3));
+    let born = heap.apply(&malloc(0x10, 100, 1), stack);
+    let block = Block {
+        size: 100,
+        kind: EventKind::Malloc,
+        tid: 7,
+        ts_ns: 1,
+        stack,
+    };
+    assert_eq!(born.created, Some((0x10, block)));
+    assert_eq!(
+        (born.released, born.overwritten, born.new_peak),
+        (None, None, true)
+    );
+
+    let moved = heap.apply(&realloc(0x10, 0x40, 300, 2), Some(StackId(4)));
+    assert_eq!(moved.released, Some((0x10, block)));
+    assert_eq!(
+        moved.created.map(|(addr, b)| (addr, b.size)),
+        Some((0x40, 300))
+    );
+    assert!(moved.new_peak);
+
+    let replaced = heap.apply(&malloc(0x40, 8, 3), None);
+    assert_eq!(
+        replaced.overwritten.map(|(addr, b)| (addr, b.size)),
+        Some((0x40, 300))
+    );
+    assert!(!replaced.new_peak);
+
+    let gone = heap.apply(&free(0x40, 4), None);
+    assert_eq!(
+        gone.released.map(|(addr, b)| (addr, b.size)),
+        Some((0x40, 8))
+    );
+    assert_eq!(
+        heap.apply(&free(0x40, 5), None),
+        Effect::default(),
+        "double free changes nothing"
+    );
+}
