@@ -2,9 +2,12 @@
 //!
 //! Allocation-free once warmed up: frames are copied into a reused buffer, a known stack is
 //! found without allocating, and the heap's maps only grow (amortized) for new addresses.
+//!
+//! [`Recorder::apply`] is the part shared with offline replay of a recording: everything that
+//! follows an event once its stack is known.
 
-use crate::event::{DecodeError, decode};
-use crate::heap::{HeapState, Mode};
+use crate::event::{DecodeError, Event, decode};
+use crate::heap::{Effect, HeapState, Mode};
 use crate::stacks::{StackId, StackTable};
 
 /// The engine's state during a session: every stack seen and the live heap.
@@ -15,6 +18,16 @@ pub struct Recorder {
     /// Frames of the record being ingested; reused to avoid an allocation per event.
     scratch: Vec<u64>,
     events: u64,
+}
+
+/// One ingested record, for consumers that follow the stream (the recording writer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ingested {
+    pub event: Event,
+    pub stack: Option<StackId>,
+    /// `stack` was interned by this record (it was never seen before).
+    pub new_stack: bool,
+    pub effect: Effect,
 }
 
 impl Recorder {
@@ -28,7 +41,7 @@ impl Recorder {
     }
 
     /// Decodes and applies one ring record. A record that does not decode is not applied.
-    pub fn ingest(&mut self, record: &[u8]) -> Result<(), DecodeError> {
+    pub fn ingest(&mut self, record: &[u8]) -> Result<Ingested, DecodeError> {
         let (event, frames) = decode(record)?;
         // Only calls that create a block or region are ever attributed to a stack.
         let wants_stack = event.kind.is_malloc_family()
@@ -36,15 +49,27 @@ impl Recorder {
                 event.kind,
                 profiler_common::EventKind::Mmap | profiler_common::EventKind::Mremap
             );
+        let known_stacks = self.stacks.len();
         let stack: Option<StackId> = if wants_stack && frames.len() > 0 && !event.stack_missing() {
             frames.copy_into(&mut self.scratch);
             Some(self.stacks.intern(&self.scratch, event.stack_truncated()))
         } else {
             None
         };
-        self.heap.apply(&event, stack);
+        let effect = self.apply(&event, stack);
+        Ok(Ingested {
+            event,
+            stack,
+            new_stack: self.stacks.len() > known_stacks,
+            effect,
+        })
+    }
+
+    /// Applies one event whose stack is already interned in `self.stacks`.
+    pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {
+        let effect = self.heap.apply(event, stack);
         self.events += 1;
-        Ok(())
+        effect
     }
 
     /// Records applied so far.
