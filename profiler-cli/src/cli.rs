@@ -22,6 +22,10 @@ pub enum Command {
     Run {
         #[command(flatten)]
         capture: CaptureArgs,
+        /// Set a variable in the program's environment only, not memprof's (repeatable), e.g.
+        /// `--env LD_PRELOAD=/path/to/libmemprof_alloc.so` to profile another allocator.
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
         /// The program and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -36,6 +40,125 @@ pub enum Command {
         #[command(flatten)]
         capture: CaptureArgs,
     },
+    /// Run the same workload once per allocator (preloaded into it with LD_PRELOAD), each
+    /// under memprof, and compare them side by side: a table on stdout, DIR/compare.json,
+    /// DIR/compare.svg, and each run's memprof output in DIR/ALLOCATOR/.
+    Compare(CompareArgs),
+    /// Replay a recording (`recording.mprof`) offline: rebuild the heap and write the same
+    /// report files a live session writes, plus `profile.pb.gz` (pprof).
+    Report {
+        /// The recording, written by `memprof run` or `memprof attach`.
+        file: PathBuf,
+        /// What to produce: `all` writes every file and prints the summary; `text` prints the
+        /// summary on stdout; the others write only their files.
+        #[arg(long, value_enum, default_value_t = ReportFormat::All)]
+        format: ReportFormat,
+        /// Directory for the files.
+        #[arg(long, short, default_value = "memprof-out", value_name = "DIR")]
+        output: PathBuf,
+        /// Leak sites printed in the summary.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        top: usize,
+        /// Operations the target performed, for the per-operation figures [default: the
+        /// `--ops` given to the session that recorded the file, if any].
+        #[arg(long, value_name = "N")]
+        ops: Option<u64>,
+    },
+    /// Compare two recordings site by site (sites matched by symbolized stack): a table of
+    /// the changes, diff.json and a differential flame graph diff.svg.
+    Diff(DiffArgs),
+    /// Write a deterministic synthetic churn recording of N events (for `cargo xtask bench
+    /// report`).
+    #[command(hide = true)]
+    SynthesizeRecording {
+        #[arg(long)]
+        events: u64,
+        file: PathBuf,
+    },
+}
+
+/// `memprof compare`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Allocators to compare, comma-separated.
+    #[arg(
+        long = "allocator",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "glibc,jemalloc,mimalloc,tcmalloc,memprof"
+    )]
+    pub allocators: Vec<crate::compare::AllocatorName>,
+    /// Use this library for an allocator (repeatable), e.g. `memprof=/path/libmemprof_alloc.so`.
+    #[arg(long = "allocator-lib", value_name = "NAME=PATH", value_parser = parse_allocator_lib)]
+    pub allocator_libs: Vec<(crate::compare::AllocatorName, PathBuf)>,
+    /// Directory for compare.json, compare.svg and one subdirectory per allocator.
+    #[arg(long, short, default_value = "memprof-out/compare", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Runs per allocator (timings are medians; outputs go to DIR/ALLOCATOR/run-N).
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// A command run by /bin/sh (not profiled) once CMD prints `listening on ADDR`, with
+    /// `{addr}` replaced by ADDR; its `ops:`/`ops/s:` lines are the throughput. CMD gets
+    /// SIGTERM if it is still running 10 s after the load command ended.
+    #[arg(long, value_name = "CMD ARGS")]
+    pub load: Option<String>,
+    /// Operations the workload performs, when it does not print an `ops: N` line.
+    #[arg(long, value_name = "N")]
+    pub ops: Option<u64>,
+    /// The program and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `--allocator-lib NAME=PATH`.
+fn parse_allocator_lib(text: &str) -> Result<(crate::compare::AllocatorName, PathBuf), String> {
+    use clap::ValueEnum as _;
+    let (name, path) = text
+        .split_once('=')
+        .filter(|(_, path)| !path.is_empty())
+        .ok_or_else(|| format!("expected NAME=PATH, not {text:?}"))?;
+    let allocator = crate::compare::AllocatorName::from_str(name, true)
+        .map_err(|_| format!("unknown allocator {name:?}"))?;
+    Ok((allocator, PathBuf::from(path)))
+}
+
+/// `memprof diff`.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The first ("before") run: a recording, or an output directory holding recording.mprof.
+    pub a: PathBuf,
+    /// The second ("after") run, likewise.
+    pub b: PathBuf,
+    /// Directory for diff.json and diff.svg.
+    #[arg(long, short, default_value = "memprof-diff", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Sites printed in the table.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub top: usize,
+    /// What the differential flame graph weighs stacks by.
+    #[arg(long, value_enum, default_value_t = DiffFlame::AllocBytes)]
+    pub flame: DiffFlame,
+}
+
+/// `memprof diff --flame`: one of the four flame graphs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffFlame {
+    Leaks,
+    AllocBytes,
+    AllocCount,
+    Peak,
+}
+
+/// `memprof report --format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Flamegraph,
+    Folded,
+    Pprof,
+    All,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -47,15 +170,66 @@ pub struct CaptureArgs {
     #[arg(long, default_value_t = 64, value_name = "FRAMES",
           value_parser = clap::value_parser!(u32).range(0..=MAX_STACK_DEPTH as i64))]
     pub max_depth: u32,
+    /// How call stacks are captured: `dwarf` copies the user stack and unwinds it with the
+    /// binaries' .eh_frame (works without frame pointers); `fp` walks frame pointers in the
+    /// kernel (cheaper, but cut short in code built without them).
+    #[arg(long, value_enum, default_value_t = Unwind::Dwarf, value_name = "MODE")]
+    pub unwind: Unwind,
+    /// `--unwind dwarf`: bytes of user stack copied per allocation (a multiple of 8, at most
+    /// 16384); deeper stacks are cut and marked truncated.
+    #[arg(long, default_value_t = profiler_common::DEFAULT_STACK_BYTES, value_name = "BYTES")]
+    pub stack_bytes: u32,
+    /// Where to record the session for `memprof report` [default: DIR/recording.mprof].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_recording")]
+    pub recording: Option<PathBuf>,
+    /// Do not record the session.
+    #[arg(long)]
+    pub no_recording: bool,
     /// Ring buffer size in MiB (a power of two); larger rings lose fewer events under bursts.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub ring_mib: u32,
     /// Leak sites printed in the terminal summary.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
+    /// Operations the target performed (requests served, items processed...): the report
+    /// then gives allocations and bytes per operation.
+    #[arg(long, value_name = "N")]
+    pub ops: Option<u64>,
+}
+
+/// How call stacks are captured (`--unwind`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unwind {
+    /// Frame-pointer walk in the kernel.
+    Fp,
+    /// Stack copy unwound with DWARF call frame information.
+    Dwarf,
 }
 
 impl CaptureArgs {
+    /// The recording's path, None with `--no-recording`.
+    pub fn recording_path(&self) -> Option<PathBuf> {
+        if self.no_recording {
+            return None;
+        }
+        Some(
+            self.recording
+                .clone()
+                .unwrap_or_else(|| self.output.join("recording.mprof")),
+        )
+    }
+
+    pub fn stack_bytes(&self) -> anyhow::Result<u32> {
+        let max = profiler_common::MAX_STACK_BYTES as u32;
+        if self.stack_bytes == 0 || self.stack_bytes > max || !self.stack_bytes.is_multiple_of(8) {
+            anyhow::bail!(
+                "--stack-bytes must be a multiple of 8 between 8 and {max}, not {}",
+                self.stack_bytes
+            );
+        }
+        Ok(self.stack_bytes)
+    }
+
     pub fn ring_bytes(&self) -> anyhow::Result<u32> {
         if !self.ring_mib.is_power_of_two() || self.ring_mib > 1024 {
             anyhow::bail!(
@@ -75,4 +249,14 @@ pub fn duration(seconds: Option<f64>) -> anyhow::Result<Option<Duration>> {
             })
         })
         .transpose()
+}
+
+/// `--env KEY=VALUE`: a non-empty key without `=` or NUL.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !text.contains('\0') => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, not {text:?}")),
+    }
 }

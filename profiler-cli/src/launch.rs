@@ -56,13 +56,14 @@ pub type Ended<T> = (Result<Exit>, Option<T>);
 /// `done`.
 pub fn launch<T: Send + 'static>(
     command: Vec<OsString>,
+    env: Vec<(String, String)>,
     at_exit: impl FnOnce(Pid) -> Option<T> + Send + 'static,
     done: tokio::sync::oneshot::Sender<Ended<T>>,
 ) -> Result<Launched> {
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let pid = match spawn_stopped(&command) {
+        let pid = match spawn_stopped(&command, &env) {
             Ok(pid) => pid,
             Err(error) => {
                 let _ = started_tx.send(Err(error));
@@ -96,12 +97,13 @@ pub fn launch<T: Send + 'static>(
 
 /// Spawns `command` and returns its pid once it is stopped right after execve: only the
 /// executable and ld.so are mapped, nothing of it has run.
-fn spawn_stopped(command: &[OsString]) -> Result<Pid> {
+/// `env` is added to (or overrides) the child's inherited environment.
+fn spawn_stopped(command: &[OsString], env: &[(String, String)]) -> Result<Pid> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| anyhow!("no command given"))?;
     let mut child = Command::new(program);
-    child.args(args);
+    child.args(args).envs(env.iter().map(|(k, v)| (k, v)));
     // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe; the child then stops with SIGTRAP
     // at its execve, before ld.so runs.
     unsafe {
@@ -162,5 +164,32 @@ fn wait_exit(pid: Pid, mut at_exit: impl FnMut(Pid)) -> Result<Exit> {
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(error) => bail!("cannot wait for the target: {error}"),
         }
+    }
+}
+
+/// The peak resident set size of a process (`VmHWM` of /proc/PID/status), in bytes. Read in
+/// the exit hook: once the process is reaped the figure is gone.
+pub fn peak_rss(pid: Pid) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\tleaks\nVmPeak:\t    2680 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_hwm("Name:\tkthread\n"), None);
+        // Our own process has one.
+        assert!(peak_rss(Pid::this()).is_some_and(|bytes| bytes > 0));
     }
 }

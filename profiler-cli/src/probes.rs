@@ -24,6 +24,10 @@ pub struct ProbeConfig {
     pub ring_bytes: u32,
     /// User stack frames to capture per allocation (0 = none).
     pub stack_depth: u32,
+    /// `unwind_mode::*`: frame-pointer walk or stack copy.
+    pub unwind_mode: u32,
+    /// Bytes of user stack copied per allocation in DWARF mode.
+    pub stack_bytes: u32,
 }
 
 /// The loaded programs and their maps. Links are uprobe_multi links (one per program and
@@ -53,6 +57,8 @@ impl Probes {
             .override_global(config::TARGET_TGID, &tgid, true)
             .override_global(config::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(config::STACK_DEPTH, &stack_depth, true)
+            .override_global(config::UNWIND_MODE, &config.unwind_mode, true)
+            .override_global(config::STACK_BYTES, &config.stack_bytes, true)
             .map_max_entries(RING_MAP, config.ring_bytes)
             .load(PROGRAMS)
             .map_err(|error| anyhow!("cannot load the eBPF programs: {error}{}", btf_hint()))?;

@@ -1,6 +1,21 @@
 //! The collector's state: profiler-core's recorder plus the target's memory maps, kept fresh
-//! enough to symbolize every stack after the target is gone.
-use profiler_core::{heap::Mode, maps::ProcessMaps, recorder::Recorder};
+//! enough to symbolize every stack after the target is gone, and the target's modules for the
+//! DWARF unwinder.
+use profiler_common::EventKind;
+use profiler_core::{
+    allocator_code::{AllocatorCode, AllocatorModule},
+    heap::Mode,
+    maps::ProcessMaps,
+    recorder::Recorder,
+};
+
+use crate::targets::ProbeSite;
+
+use crate::recording::{BuildIds, RecordingSink};
+use crate::target_modules::{SharedMaps, TargetModules};
+
+/// How often the target's resident set size is sampled.
+const RSS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct Collected {
     pub recorder: Recorder,
@@ -10,6 +25,20 @@ pub struct Collected {
     pub malformed: u64,
     /// Number of interned stacks when the maps were last read.
     stacks_at_last_read: usize,
+    /// Executable mappings for unwinding stack snapshots (`--unwind dwarf`).
+    modules: TargetModules,
+    /// Where the session is being recorded (`--recording`), if it is.
+    pub recording: Option<RecordingSink>,
+    /// Build-ids of the mapped files, by path (recorded, and written into profile.pb.gz).
+    pub build_ids: BuildIds,
+    /// Wall clock when collection started, ns since the Unix epoch.
+    pub started_unix_ns: u64,
+    /// When the target's RSS was last sampled.
+    last_rss: Option<std::time::Instant>,
+    /// The target's peak resident set size (VmHWM), read as it exited (run mode).
+    pub peak_rss_bytes: Option<u64>,
+    /// What the probes cannot see (targets.rs), copied into the report.
+    pub warnings: Vec<String>,
 }
 
 impl Collected {
@@ -19,12 +48,49 @@ impl Collected {
             maps: ProcessMaps::default(),
             malformed: 0,
             stacks_at_last_read: usize::MAX,
+            modules: TargetModules::new(0),
+            recording: None,
+            build_ids: BuildIds::new(),
+            started_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            last_rss: None,
+            peak_rss_bytes: None,
+            warnings: Vec::new(),
         }
     }
 
+    /// Sets the process whose modules stack snapshots are unwound with, and the deepest stack
+    /// kept (`--max-depth`).
+    pub fn unwind_for(&mut self, pid: u32, max_depth: u32) {
+        self.modules = TargetModules::new(pid);
+        self.recorder.unwinder.set_max_depth(max_depth as usize);
+    }
+
+    /// Tells the recorder which files hold the allocator, to flag the calls it makes for
+    /// itself (its frees at thread exit, the arenas it maps inside free).
+    pub fn allocator_code(&mut self, pid: u32, sites: &[ProbeSite]) {
+        self.recorder.allocator = AllocatorCode::new(allocator_modules(pid, sites));
+        self.recorder.allocator.update(&self.maps);
+    }
+
+    /// Where the launcher leaves the maps it reads as the target exits (`run`).
+    pub fn watch_exit_maps(&mut self, maps: SharedMaps) {
+        self.modules.watch_exit_maps(maps);
+    }
+
     pub fn record(&mut self, bytes: &[u8]) {
-        if self.recorder.ingest(bytes).is_err() {
-            self.malformed += 1;
+        match self.recorder.ingest_with(bytes, &mut self.modules) {
+            Ok(ingested) => {
+                if let Some(sink) = &mut self.recording {
+                    sink.ingested(&ingested, &self.recorder.stacks);
+                }
+            }
+            Err(_) => self.malformed += 1,
+        }
+        if let Some(maps) = self.modules.take_fresh_maps() {
+            self.maps.merge(maps);
+            self.recorder.allocator.update(&self.maps);
         }
     }
 
@@ -36,8 +102,77 @@ impl Collected {
             return;
         }
         if let Ok(maps) = ProcessMaps::read(pid) {
-            self.maps.merge(maps);
+            self.merge_maps(maps);
             self.stacks_at_last_read = stacks;
         }
     }
+
+    /// Adds a maps snapshot (periodic, or read as the target exited) for symbolization and
+    /// for unwinding what is still queued.
+    pub fn merge_maps(&mut self, maps: ProcessMaps) {
+        if let Some(sink) = &mut self.recording {
+            sink.maps(&maps, &mut self.build_ids);
+        }
+        self.modules.merge(maps.clone());
+        self.maps.merge(maps);
+        self.recorder.allocator.update(&self.maps);
+    }
+
+    /// Called from the collector's timer: samples the target's RSS every 100 ms (for the
+    /// timeline and the recording) and writes the recording's pending chunk once a second.
+    pub fn tick(&mut self, pid: u32) {
+        let due = self
+            .last_rss
+            .is_none_or(|last| last.elapsed() >= RSS_INTERVAL);
+        if due {
+            self.last_rss = Some(std::time::Instant::now());
+            if let Some(bytes) = crate::recording::read_rss(pid) {
+                let ts_ns = crate::monotonic_ns();
+                self.recorder.analyses.observe_rss(ts_ns, bytes);
+                if let Some(sink) = &mut self.recording {
+                    sink.rss(ts_ns, bytes);
+                }
+            }
+        }
+        if let Some(sink) = &mut self.recording {
+            sink.flush_if_due();
+        }
+    }
+
+    /// Stacks the DWARF unwinder could not take to their root or a limit (counted with the
+    /// kernel's stack errors in the report).
+    pub fn unwind_errors(&self) -> u64 {
+        self.recorder.unwinder.stats.errors
+    }
+}
+
+/// The files that provide the probed allocation functions, named as the target's maps may
+/// name them, with the extent of `free` where they define it.
+fn allocator_modules(pid: u32, sites: &[ProbeSite]) -> Vec<AllocatorModule> {
+    let exe = std::fs::canonicalize(format!("/proc/{pid}/exe")).ok();
+    let mut modules: Vec<AllocatorModule> = Vec::new();
+    for site in sites
+        .iter()
+        .filter(|s| s.kind.is_malloc_family() || s.kind == EventKind::Free)
+    {
+        let canonical = std::fs::canonicalize(&site.path).ok();
+        let mut paths = vec![site.module.clone()];
+        paths.extend(canonical.clone());
+        let index = match modules.iter().position(|m| m.paths == paths) {
+            Some(index) => index,
+            None => {
+                modules.push(AllocatorModule {
+                    callers_are_internal: canonical.is_none() || canonical != exe,
+                    paths,
+                    free: None,
+                });
+                modules.len() - 1
+            }
+        };
+        if site.kind == EventKind::Free {
+            let entry = site.file_offset - site.placement.offset;
+            modules[index].free = Some(entry..entry + site.function_len);
+        }
+    }
+    modules
 }

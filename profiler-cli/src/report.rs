@@ -9,7 +9,7 @@ use profiler_core::{
     heap::Mode,
     output::write_outputs,
     render::write_text,
-    report::{ExitStatus, LostCounts, ProbeInfo, ReportMeta, build_report},
+    report::{ExitStatus, LostCounts, ProbeInfo, ReportMeta, build_report_with_sites},
     symbolize::Symbolizer,
 };
 
@@ -28,8 +28,8 @@ pub struct Meta<'a> {
 }
 
 pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> Result<()> {
-    let started = Instant::now();
-    let mut symbolizer = Symbolizer::new(&collected.maps);
+    // Through /proc/PID/ while the target lives (attach): its namespace, its deleted files.
+    let symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
     let report_meta = ReportMeta {
         command: meta.command.clone(),
         pid: meta.pid,
@@ -49,27 +49,64 @@ pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> 
         probes: meta.sites.iter().map(probe_info).collect(),
         lost: meta.counters,
     };
-    let report = build_report(
-        &collected.recorder.heap,
-        &collected.recorder.stacks,
-        &mut symbolizer,
+    finish_report(
+        collected,
+        symbolizer,
         &report_meta,
-    );
-    let title = format!("memprof: leaked bytes of {}", meta.command.join(" "));
-    let files = write_outputs(&capture.output, &report, &title)
-        .with_context(|| format!("cannot write the report into {}", capture.output.display()))?;
+        &capture.output,
+        capture.top,
+    )
+}
+
+/// Builds, writes and summarizes the report of `collected`: the end of a live session, and of
+/// `memprof report` replaying a recording (offline.rs).
+pub fn finish_report(
+    collected: &Collected,
+    mut symbolizer: Symbolizer,
+    report_meta: &ReportMeta,
+    output: &std::path::Path,
+    top: usize,
+) -> Result<()> {
+    let started = Instant::now();
+    let report = build(collected, &mut symbolizer, report_meta);
+    let files = write_outputs(output, &report)
+        .with_context(|| format!("cannot write the report into {}", output.display()))?;
+    let pprof = crate::pprof_file::write(output, collected, &mut symbolizer, report_meta)?;
 
     // The files are written; a closed stderr (`memprof ... 2>&1 | head`) must not turn the
     // session into a failure, so the summary is best effort.
-    let _ = print_summary(
-        &report,
-        collected,
-        &symbolizer,
-        &files,
-        capture.top,
-        started,
-    );
+    let _ = print_summary(&report, collected, &symbolizer, &files, top, started);
+    let _ = writeln!(std::io::stderr(), "pprof:      {}", pprof.display());
     Ok(())
+}
+
+/// The report of `collected`, analyses included (shared with `memprof report --format`).
+pub fn build(
+    collected: &Collected,
+    symbolizer: &mut Symbolizer,
+    report_meta: &ReportMeta,
+) -> profiler_core::report::Report {
+    let mut report = build_report_with_sites(
+        &collected.recorder.heap,
+        &collected.recorder.stacks,
+        &collected.recorder.sites,
+        symbolizer,
+        report_meta,
+    );
+    // Times are relative to the start, as in the rest of the report.
+    let analysis_options = profiler_core::analysis::AnalysisOptions {
+        start_ns: report_meta.start_ns,
+        end_ns: report_meta.start_ns + report_meta.duration.as_nanos() as u64,
+    };
+    profiler_core::analysis::attach(
+        &mut report,
+        &collected.recorder,
+        symbolizer,
+        &analysis_options,
+    );
+    report.target.peak_rss_bytes = collected.peak_rss_bytes;
+    report.warnings.clone_from(&collected.warnings);
+    report
 }
 
 fn print_summary(
@@ -92,16 +129,32 @@ fn print_summary(
     for error in symbolizer.module_errors() {
         writeln!(stderr, "warning: {error}")?;
     }
+    for warning in &report.warnings {
+        writeln!(stderr, "warning: {warning}")?;
+    }
     writeln!(stderr, "report:     {}", files.json.display())?;
-    writeln!(stderr, "flamegraph: {}", files.flamegraph.display())?;
-    writeln!(stderr, "folded:     {}", files.folded.display())?;
+    writeln!(stderr, "html:       {}", files.html.display())?;
+    writeln!(
+        stderr,
+        "charts:     {} {}",
+        files.timeline.display(),
+        files.sizes.display()
+    )?;
+    for flame in &files.flamegraphs {
+        writeln!(
+            stderr,
+            "flamegraph: {} ({})",
+            flame.svg.display(),
+            flame.folded.display()
+        )?;
+    }
     if std::env::var_os("MEMPROF_TIMINGS").is_some() {
         writeln!(stderr, "report written in {:?}", started.elapsed())?;
     }
     Ok(())
 }
 
-fn probe_info(site: &ProbeSite) -> ProbeInfo {
+pub fn probe_info(site: &ProbeSite) -> ProbeInfo {
     ProbeInfo {
         function: site.kind.symbol().to_owned(),
         module: site.module.display().to_string(),

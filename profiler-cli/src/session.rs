@@ -28,7 +28,8 @@ pub enum Stop {
     DurationElapsed,
 }
 
-/// Drains the ring into `collected` until `stop` resolves, then drains what is left.
+/// Drains the ring into `collected` until `stop` resolves. What is left in the ring is for the
+/// caller to drain (after merging the maps read as the target exited).
 pub async fn collect(
     ring: RingBuf<MapData>,
     collected: &mut Collected,
@@ -56,6 +57,7 @@ pub async fn collect(
             }
             _ = drain_tick.tick() => {
                 drain(ring.get_mut(), collected);
+                collected.tick(pid);
                 if status.due() {
                     collected.refresh_maps(pid);
                     let lost = probes.counters().map(|c| c.total()).unwrap_or(0);
@@ -64,8 +66,7 @@ pub async fn collect(
             }
         }
     };
-    let mut ring = ring.into_inner();
-    drain(&mut ring, collected);
+    let ring = ring.into_inner();
     status.clear();
     Ok((reason, ring))
 }

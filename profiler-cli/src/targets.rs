@@ -38,6 +38,8 @@ pub struct ProbeSite {
     /// File offset of the probe (function entry + placement offset).
     pub file_offset: u64,
     pub placement: Placement,
+    /// Bytes of the function from its entry (the ELF symbol's size): where its code ends.
+    pub function_len: u64,
 }
 
 /// The objects of a process in symbol lookup order.
@@ -54,25 +56,8 @@ impl LookupOrder {
     pub fn for_new_process(pid: u32, env: &[(String, String)]) -> Result<LookupOrder> {
         let exe = fs::read_link(format!("/proc/{pid}/exe"))
             .with_context(|| format!("cannot read the executable of process {pid}"))?;
-        let object = ElfObject::read(&exe, &[])?;
         let mut objects = vec![exe.clone()];
-        if let Some(interpreter) = object.interpreter {
-            let output = Command::new(&interpreter)
-                .arg("--list")
-                .arg(&exe)
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .output()
-                .with_context(|| format!("cannot run the dynamic loader {interpreter}"))?;
-            if !output.status.success() {
-                bail!(
-                    "the dynamic loader could not list the libraries of {}: {}",
-                    exe.display(),
-                    String::from_utf8_lossy(&output.stderr).trim()
-                );
-            }
-            objects.extend(parse_loader_list(&String::from_utf8_lossy(&output.stdout)));
-        }
+        objects.extend(libraries(&exe, env)?);
         Ok(LookupOrder {
             objects,
             root: PathBuf::new(),
@@ -111,8 +96,16 @@ impl LookupOrder {
     }
 
     /// Finds the provider of every allocation function and places its probe.
+    #[cfg(test)]
     pub fn probe_sites(&self) -> Result<Vec<ProbeSite>> {
-        let wanted: Vec<&str> = EventKind::ALL.iter().map(|k| k.symbol()).collect();
+        Ok(self.probe_plan()?.0)
+    }
+
+    /// The probe sites, and warnings about calls those probes cannot see (C++ operators the
+    /// allocator serves directly).
+    pub fn probe_plan(&self) -> Result<(Vec<ProbeSite>, Vec<String>)> {
+        let mut wanted: Vec<&str> = EventKind::ALL.iter().map(|k| k.symbol()).collect();
+        wanted.extend(CXX_OPERATORS.iter().map(|(name, _)| *name));
         let mut objects = Vec::new();
         for path in &self.objects {
             // Objects that cannot be read (vdso, deleted files) provide nothing we can probe.
@@ -127,7 +120,7 @@ impl LookupOrder {
                 .iter()
                 .enumerate()
                 .find_map(|(i, (_, object))| object.function(kind.symbol()).map(|f| (i, f)));
-            let Some((index, (vaddr, _size))) = provider else {
+            let Some((index, (vaddr, function_len))) = provider else {
                 continue;
             };
             if let Some(&site) = by_address.get(&(index, vaddr)) {
@@ -148,6 +141,7 @@ impl LookupOrder {
                 module: (*module).clone(),
                 file_offset: entry + placement.offset,
                 placement,
+                function_len,
             });
         }
         if !sites.iter().any(|s| s.kind == EventKind::Malloc) {
@@ -158,8 +152,99 @@ impl LookupOrder {
                 .unwrap_or_default();
             bail!("no allocator found: neither {exe} nor the libraries it loads define malloc");
         }
-        Ok(sites)
+        let warnings = cxx_bypass(&objects, &sites).into_iter().collect();
+        Ok((sites, warnings))
     }
+}
+
+/// C++ allocation operators, and the probed function their calls would have to go through.
+const CXX_OPERATORS: &[(&str, EventKind)] = &[
+    ("_Znwm", EventKind::Malloc),
+    ("_Znam", EventKind::Malloc),
+    ("_ZnwmRKSt9nothrow_t", EventKind::Malloc),
+    ("_ZnamRKSt9nothrow_t", EventKind::Malloc),
+    ("_ZdlPv", EventKind::Free),
+    ("_ZdaPv", EventKind::Free),
+    ("_ZdlPvm", EventKind::Free),
+    ("_ZdaPvm", EventKind::Free),
+];
+
+/// libstdc++'s `operator new` calls `malloc`, so memprof sees it. An allocator that defines the
+/// operators itself (tcmalloc, jemalloc, mimalloc) and comes first in the lookup order serves
+/// them directly: unless an operator shares the address of a probed function, its calls are
+/// invisible. That matters only when the program itself uses C++ (some object other than the
+/// allocator needs libstdc++).
+fn cxx_bypass(objects: &[(&PathBuf, ElfObject)], sites: &[ProbeSite]) -> Option<String> {
+    let uses_cxx = objects.iter().any(|(_, object)| {
+        object.needed.iter().any(|n| n.starts_with("libstdc++"))
+            && object.function("_Znwm").is_none()
+    });
+    if !uses_cxx {
+        return None;
+    }
+    let probed: HashSet<(&Path, u64)> = sites
+        .iter()
+        .map(|site| {
+            (
+                site.path.as_path(),
+                site.file_offset - site.placement.offset,
+            )
+        })
+        .collect();
+    let mut missed = Vec::new();
+    let mut server = None;
+    for (name, through) in CXX_OPERATORS {
+        let Some((module, object, vaddr)) = objects
+            .iter()
+            .find_map(|(module, object)| object.function(name).map(|(v, _)| (module, object, v)))
+        else {
+            continue;
+        };
+        // Served by libstdc++ (or the program): it goes through the probed function.
+        let allocator = sites.iter().find(|s| s.kind == *through);
+        if allocator.is_none_or(|site| site.path != object.path) {
+            continue;
+        }
+        let seen = object
+            .file_offset(vaddr)
+            .is_some_and(|offset| probed.contains(&(object.path.as_path(), offset)));
+        if !seen {
+            missed.push(*name);
+            server = Some(module.display().to_string());
+        }
+    }
+    let server = server?;
+    Some(format!(
+        "C++ operator new/delete ({}) are served by {server} directly, not through its \
+         malloc/free: memprof does not see those calls, so allocations, bytes and leaks made \
+         with new/delete are missing or wrong under this allocator",
+        missed.join(", ")
+    ))
+}
+
+/// The libraries ld.so would load for `exe` in the environment `env` (only that one), in
+/// lookup order, as `ld.so --list` says (none of the program's code runs); none for a static
+/// executable.
+pub fn libraries(exe: &Path, env: &[(String, String)]) -> Result<Vec<PathBuf>> {
+    let object = ElfObject::read(exe, &[])?;
+    let Some(interpreter) = object.interpreter else {
+        return Ok(Vec::new());
+    };
+    let output = Command::new(&interpreter)
+        .arg("--list")
+        .arg(exe)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .with_context(|| format!("cannot run the dynamic loader {interpreter}"))?;
+    if !output.status.success() {
+        bail!(
+            "the dynamic loader could not list the libraries of {}: {}",
+            exe.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(parse_loader_list(&String::from_utf8_lossy(&output.stdout)))
 }
 
 /// `path` as seen from inside `root` ("" = our own root).
@@ -267,6 +352,54 @@ mod tests {
                 PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
             ]
         );
+    }
+
+    /// A lookup order made of these system files (apt is a C++ program, true a C one).
+    fn order(objects: &[&str]) -> LookupOrder {
+        LookupOrder {
+            objects: objects.iter().map(PathBuf::from).collect(),
+            root: PathBuf::new(),
+        }
+    }
+
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu";
+
+    fn warnings(exe: &str, preload: Option<&str>) -> Vec<String> {
+        let mut objects = vec![exe.to_owned()];
+        objects.extend(preload.map(|name| format!("{LIB}/{name}")));
+        objects.push(format!("{LIB}/libstdc++.so.6"));
+        objects.push("/lib/x86_64-linux-gnu/libc.so.6".to_owned());
+        let objects: Vec<&str> = objects.iter().map(String::as_str).collect();
+        order(&objects).probe_plan().unwrap().1
+    }
+
+    #[test]
+    fn cxx_operators_served_by_the_allocator_are_flagged() {
+        // tcmalloc's operator new is its own code; its operator delete(void*) is `free`.
+        let tcmalloc = warnings("/usr/bin/apt", Some("libtcmalloc_minimal.so.4"));
+        assert_eq!(tcmalloc.len(), 1, "{tcmalloc:?}");
+        assert!(tcmalloc[0].contains("_Znwm"), "{tcmalloc:?}");
+        assert!(
+            tcmalloc[0].contains("libtcmalloc_minimal.so.4"),
+            "{tcmalloc:?}"
+        );
+        assert!(!tcmalloc[0].contains("_ZdlPv,"), "{tcmalloc:?}");
+        // jemalloc's operators are all distinct from malloc and free.
+        let jemalloc = warnings("/usr/bin/apt", Some("libjemalloc.so.2"));
+        assert!(
+            jemalloc[0].contains("_Znwm") && jemalloc[0].contains("_ZdlPv,"),
+            "{jemalloc:?}"
+        );
+        let mimalloc = warnings("/usr/bin/apt", Some("libmimalloc.so.2"));
+        assert!(mimalloc[0].contains("_Znwm"), "{mimalloc:?}");
+    }
+
+    #[test]
+    fn cxx_operators_are_fine_in_libstdcxx_or_without_cxx() {
+        // libstdc++'s operator new calls malloc.
+        assert!(warnings("/usr/bin/apt", None).is_empty());
+        // A C program: jemalloc pulls in libstdc++ itself, but nothing calls operator new.
+        assert!(warnings("/bin/true", Some("libjemalloc.so.2")).is_empty());
     }
 
     #[test]

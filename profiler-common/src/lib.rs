@@ -92,16 +92,65 @@ pub const MAX_STACK_DEPTH: usize = 127;
 pub const FLAG_STACK_TRUNCATED: u32 = 1 << 0;
 /// `EventHeader::flags`: the kernel could not read the user stack at all.
 pub const FLAG_STACK_MISSING: u32 = 1 << 1;
+/// `EventHeader::flags`: the record carries a [`StackSnapshot`] (registers and raw stack bytes,
+/// unwound in userspace) instead of `stack_depth` return addresses; `stack_depth` is then 0.
+pub const FLAG_STACK_SNAPSHOT: u32 = 1 << 2;
+/// `EventHeader::flags`, set by the collector (never by the probes) and kept in recordings:
+/// the call came from the allocator's own code (a free or munmap whose caller lies in the
+/// module providing malloc/free, or an mmap made inside `free`): the allocator managing its
+/// caches, arenas and stacks, not the program.
+pub const FLAG_ALLOCATOR_INTERNAL: u32 = 1 << 3;
 
-/// One ring-buffer record: this header, then `stack_depth` return addresses (u64, innermost first).
+/// How the probes capture user stacks, selected at load time (`UNWIND_MODE`).
+pub mod unwind_mode {
+    /// Frame-pointer walk in the kernel (`bpf_get_stack`): cheap, wrong without frame pointers.
+    pub const FRAME_POINTERS: u32 = 0;
+    /// Registers plus a copy of the stack, unwound with `.eh_frame` by the collector.
+    pub const DWARF: u32 = 1;
+}
+
+/// Largest user-stack copy per record, in bytes (`--stack-bytes` is at most this). The per-CPU
+/// scratch record must stay below the kernel's 32 KiB per-CPU value limit.
+pub const MAX_STACK_BYTES: usize = 16384;
+/// Default stack copy, as `perf record --call-graph dwarf`.
+pub const DEFAULT_STACK_BYTES: u32 = 8192;
+
+/// `StackSnapshot::flags`: the copy stopped at the byte limit (the stack goes on above it), as
+/// opposed to stopping at the first unreadable page (the top of the stack).
+pub const SNAPSHOT_CUT: u32 = 1 << 0;
+
+/// Follows the [`EventHeader`] of a record with [`FLAG_STACK_SNAPSHOT`]; `stack_bytes` bytes of
+/// user stack, copied from `sp` upward, follow it. Record: header (56) + snapshot (32) + bytes.
+///
+/// The registers are those at the probed function's return: `ip` is the return address into
+/// the caller (frame 0), `sp` the caller's stack pointer after the return, `bp` its `%rbp`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackSnapshot {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of stack that follow (at most [`MAX_STACK_BYTES`]).
+    pub stack_bytes: u32,
+    /// `SNAPSHOT_*` bits.
+    pub flags: u32,
+}
+
+pub const STACK_SNAPSHOT_SIZE: usize = core::mem::size_of::<StackSnapshot>();
+const _: () = assert!(STACK_SNAPSHOT_SIZE == 32);
+
+/// One ring-buffer record: this header, then either `stack_depth` return addresses (u64,
+/// innermost first), or, with [`FLAG_STACK_SNAPSHOT`], a [`StackSnapshot`] and its stack bytes.
 ///
 /// Field meaning per kind:
 /// - allocations: `addr` = returned pointer (0 = the call failed), `size` = bytes requested
 ///   (`nmemb * size` for calloc/reallocarray), `old_addr` = realloc's input pointer,
 ///   `aux` = requested alignment (posix_memalign, aligned_alloc, memalign).
-/// - free: `addr` = the pointer freed (never 0: free(NULL) is filtered in the kernel).
+/// - free: `addr` = the pointer freed (never 0: free(NULL) is filtered in the kernel),
+///   `aux` = the caller's return address (the word at `%rsp` on entry: the probe sits before
+///   anything moves `%rsp`), to tell the allocator freeing its own caches from the program.
 /// - mmap: `addr` = mapping (or MAP_FAILED), `size` = length, `aux` = flags.
-/// - munmap: `addr`, `size` = length.
+/// - munmap: `addr`, `size` = length, `aux` = the caller's return address, as for free.
 /// - mremap: `old_addr`, `aux` = old size, `size` = new size, `addr` = result.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,13 +171,26 @@ pub struct EventHeader {
 pub const EVENT_HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
 const _: () = assert!(EVENT_HEADER_SIZE == 56);
 
-/// A whole record as the BPF program assembles it before copying the used part to the ring.
+/// Slack after the largest payload of an [`EventRecord`]: the stack copy writes up to one page
+/// at a variable offset, and the verifier must see every such write inside the buffer.
+pub const RECORD_SLACK_BYTES: usize = 4096;
+
+/// Words in the body of an [`EventRecord`]: room for `MAX_STACK_DEPTH + 1` frames (the probe
+/// asks for one more to tell a cut stack from a complete one) or a snapshot and its bytes.
+pub const RECORD_BODY_WORDS: usize =
+    (STACK_SNAPSHOT_SIZE + MAX_STACK_BYTES + RECORD_SLACK_BYTES) / 8;
+const _: () = assert!(RECORD_BODY_WORDS > MAX_STACK_DEPTH);
+
+/// A whole record as the BPF program assembles it (per CPU) before copying the used part to
+/// the ring: the header, then the frames, or a [`StackSnapshot`] and the stack bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EventRecord {
     pub header: EventHeader,
-    pub stack: [u64; MAX_STACK_DEPTH],
+    pub body: [u64; RECORD_BODY_WORDS],
 }
+// Per-CPU map values are limited to 32 KiB.
+const _: () = assert!(core::mem::size_of::<EventRecord>() <= 32768);
 
 /// Indices into the `COUNTERS` per-CPU array (beyond the per-kind lost-event slots).
 pub mod counter {
@@ -150,6 +212,11 @@ pub mod config {
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     /// Name of the global holding the number of frames to copy (1..=MAX_STACK_DEPTH, 0 = none).
     pub const STACK_DEPTH: &str = "STACK_DEPTH";
+    /// Name of the global selecting how stacks are captured (`unwind_mode::*`).
+    pub const UNWIND_MODE: &str = "UNWIND_MODE";
+    /// Name of the global holding the bytes of user stack to copy in DWARF mode (a multiple of
+    /// 8, at most `MAX_STACK_BYTES`).
+    pub const STACK_BYTES: &str = "STACK_BYTES";
 }
 
 /// Name of the ring buffer map.

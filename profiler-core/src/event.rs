@@ -1,12 +1,15 @@
 //! Decoding ring-buffer records into [`Event`]s without copying or allocating.
 //!
 //! A record is an [`EventHeader`] (56 bytes, little-endian, `#[repr(C)]`) followed by
-//! `stack_depth` u64 return addresses, innermost first. Ring records are only 8-byte aligned by
+//! `stack_depth` u64 return addresses, innermost first (frame-pointer mode), or, when its flags
+//! have `FLAG_STACK_SNAPSHOT`, by a [`StackSnapshot`] (32 bytes: ip, sp, bp, byte count, flags)
+//! and that many bytes of user stack, for [`crate::unwind`] to turn into return addresses. Ring records are only 8-byte aligned by
 //! convention, and callers may hand over slices of a larger buffer, so every field is read with
 //! `from_le_bytes` at its offset rather than by casting a reference.
 
 use profiler_common::{
-    EVENT_HEADER_SIZE, EventHeader, EventKind, FLAG_STACK_MISSING, FLAG_STACK_TRUNCATED,
+    EVENT_HEADER_SIZE, EventHeader, EventKind, FLAG_STACK_MISSING, FLAG_STACK_SNAPSHOT,
+    FLAG_STACK_TRUNCATED, SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE, StackSnapshot,
 };
 use std::mem::offset_of;
 
@@ -50,6 +53,28 @@ pub enum DecodeError {
         "stack depth {depth} exceeds record length: {len} bytes hold a header and {room} frames"
     )]
     StackTooDeep { depth: u32, len: usize, room: usize },
+    #[error("stack snapshot of {stack_bytes} bytes exceeds record length {len}")]
+    SnapshotTooLong { stack_bytes: u32, len: usize },
+}
+
+/// The stack part of a record: return addresses walked by the kernel, or a snapshot to unwind.
+#[derive(Clone, Debug)]
+pub enum RecordStack<'a> {
+    Frames(Frames<'a>),
+    Snapshot(Snapshot<'a>),
+}
+
+/// Registers and a copy of the user stack at a probed function's return (DWARF mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot<'a> {
+    /// Return address into the caller: frame 0.
+    pub ip: u64,
+    /// The caller's stack pointer after the return: `stack[0]` is the byte at `sp`.
+    pub sp: u64,
+    pub bp: u64,
+    pub stack: &'a [u8],
+    /// The copy stopped at the byte limit: the stack goes on above `sp + stack.len()`.
+    pub cut: bool,
 }
 
 /// The return addresses of one record, innermost first, read lazily from the record bytes.
@@ -94,22 +119,13 @@ fn read_u64(record: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(record[offset..offset + 8].try_into().expect("8 bytes"))
 }
 
-/// Decodes one record. Bytes after the last frame are ignored (the ring pads records to 8).
-pub fn decode(record: &[u8]) -> Result<(Event, Frames<'_>), DecodeError> {
+/// Decodes one record. Bytes after the stack are ignored (the ring pads records to 8).
+pub fn decode(record: &[u8]) -> Result<(Event, RecordStack<'_>), DecodeError> {
     if record.len() < EVENT_HEADER_SIZE {
         return Err(DecodeError::ShortRecord { len: record.len() });
     }
     let raw_kind = read_u32(record, offset_of!(EventHeader, kind));
     let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind { kind: raw_kind })?;
-    let depth = read_u32(record, offset_of!(EventHeader, stack_depth));
-    let room = (record.len() - EVENT_HEADER_SIZE) / 8;
-    if depth as usize > room {
-        return Err(DecodeError::StackTooDeep {
-            depth,
-            len: record.len(),
-            room,
-        });
-    }
     let event = Event {
         kind,
         tid: read_u32(record, offset_of!(EventHeader, tid)),
@@ -120,11 +136,49 @@ pub fn decode(record: &[u8]) -> Result<(Event, Frames<'_>), DecodeError> {
         aux: read_u64(record, offset_of!(EventHeader, aux)),
         flags: read_u32(record, offset_of!(EventHeader, flags)),
     };
+    if event.flags & FLAG_STACK_SNAPSHOT != 0 {
+        return Ok((event, RecordStack::Snapshot(decode_snapshot(record)?)));
+    }
+    let depth = read_u32(record, offset_of!(EventHeader, stack_depth));
+    let room = (record.len() - EVENT_HEADER_SIZE) / 8;
+    if depth as usize > room {
+        return Err(DecodeError::StackTooDeep {
+            depth,
+            len: record.len(),
+            room,
+        });
+    }
     let stack_end = EVENT_HEADER_SIZE + depth as usize * 8;
     let frames = Frames {
         bytes: record[EVENT_HEADER_SIZE..stack_end].chunks_exact(8),
     };
-    Ok((event, frames))
+    Ok((event, RecordStack::Frames(frames)))
+}
+
+fn decode_snapshot(record: &[u8]) -> Result<Snapshot<'_>, DecodeError> {
+    let base = EVENT_HEADER_SIZE;
+    let stack_start = base + STACK_SNAPSHOT_SIZE;
+    if record.len() < stack_start {
+        return Err(DecodeError::SnapshotTooLong {
+            stack_bytes: 0,
+            len: record.len(),
+        });
+    }
+    let stack_bytes = read_u32(record, base + offset_of!(StackSnapshot, stack_bytes));
+    let stack_end = stack_start + stack_bytes as usize;
+    if stack_end > record.len() {
+        return Err(DecodeError::SnapshotTooLong {
+            stack_bytes,
+            len: record.len(),
+        });
+    }
+    Ok(Snapshot {
+        ip: read_u64(record, base + offset_of!(StackSnapshot, ip)),
+        sp: read_u64(record, base + offset_of!(StackSnapshot, sp)),
+        bp: read_u64(record, base + offset_of!(StackSnapshot, bp)),
+        stack: &record[stack_start..stack_end],
+        cut: read_u32(record, base + offset_of!(StackSnapshot, flags)) & SNAPSHOT_CUT != 0,
+    })
 }
 
 /// Serializes a header and frames the way the BPF program lays them out. The inverse of
@@ -142,6 +196,23 @@ pub fn encode(header: &EventHeader, frames: &[u64], out: &mut Vec<u8>) {
     for frame in frames {
         out.extend_from_slice(&frame.to_le_bytes());
     }
+}
+
+/// Serializes a header (which must have `FLAG_STACK_SNAPSHOT`), a snapshot and its stack
+/// bytes the way the BPF program lays them out. The inverse of [`decode`] for DWARF mode.
+pub fn encode_snapshot(
+    header: &EventHeader,
+    snapshot: &StackSnapshot,
+    stack: &[u8],
+    out: &mut Vec<u8>,
+) {
+    encode(header, &[], out);
+    out.extend_from_slice(&snapshot.ip.to_le_bytes());
+    out.extend_from_slice(&snapshot.sp.to_le_bytes());
+    out.extend_from_slice(&snapshot.bp.to_le_bytes());
+    out.extend_from_slice(&snapshot.stack_bytes.to_le_bytes());
+    out.extend_from_slice(&snapshot.flags.to_le_bytes());
+    out.extend_from_slice(stack);
 }
 
 #[cfg(test)]
@@ -181,7 +252,9 @@ mod tests {
         let frames = [0x401000, 0x401234, 0x7f00_dead_beef];
         let mut bytes = Vec::new();
         encode(&header(EventKind::Realloc, 3), &frames, &mut bytes);
-        let (event, decoded) = decode(&bytes).unwrap();
+        let (event, RecordStack::Frames(decoded)) = decode(&bytes).unwrap() else {
+            panic!("frames expected");
+        };
         assert_eq!(
             event,
             Event {
@@ -206,7 +279,9 @@ mod tests {
         let mut bytes = vec![0xAA]; // shift everything by one byte
         encode(&header(EventKind::Malloc, 2), &[7, 9], &mut bytes);
         bytes.extend_from_slice(&[0; 8]); // ring padding
-        let (event, frames) = decode(&bytes[1..]).unwrap();
+        let (event, RecordStack::Frames(frames)) = decode(&bytes[1..]).unwrap() else {
+            panic!("frames expected");
+        };
         assert_eq!(event.kind, EventKind::Malloc);
         let mut buf = vec![1, 2, 3, 4];
         frames.copy_into(&mut buf);
@@ -259,6 +334,72 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "stack depth 3 exceeds record length: 79 bytes hold a header and 2 frames"
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut h = header(EventKind::Malloc, 0);
+        h.flags = FLAG_STACK_SNAPSHOT;
+        let stack: Vec<u8> = (0..24).collect();
+        let snapshot = StackSnapshot {
+            ip: 0x401234,
+            sp: 0x7ffd_0000_1000,
+            bp: 0x7ffd_0000_1040,
+            stack_bytes: 24,
+            flags: SNAPSHOT_CUT,
+        };
+        let mut bytes = Vec::new();
+        encode_snapshot(&h, &snapshot, &stack, &mut bytes);
+        assert_eq!(bytes.len(), 56 + 32 + 24);
+        // SAFETY: StackSnapshot is repr(C) with padding-free u32/u64 fields.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                (&snapshot as *const StackSnapshot).cast::<u8>(),
+                STACK_SNAPSHOT_SIZE,
+            )
+        };
+        assert_eq!(&bytes[56..88], raw);
+        bytes.extend_from_slice(&[0; 8]); // ring padding
+        let (event, RecordStack::Snapshot(decoded)) = decode(&bytes).unwrap() else {
+            panic!("snapshot expected");
+        };
+        assert_eq!(event.kind, EventKind::Malloc);
+        assert_eq!(
+            decoded,
+            Snapshot {
+                ip: 0x401234,
+                sp: 0x7ffd_0000_1000,
+                bp: 0x7ffd_0000_1040,
+                stack: &stack,
+                cut: true,
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_snapshot_longer_than_record() {
+        let mut h = header(EventKind::Malloc, 0);
+        h.flags = FLAG_STACK_SNAPSHOT;
+        let snapshot = StackSnapshot {
+            stack_bytes: 64,
+            ..StackSnapshot::default()
+        };
+        let mut bytes = Vec::new();
+        encode_snapshot(&h, &snapshot, &[0; 16], &mut bytes);
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            DecodeError::SnapshotTooLong {
+                stack_bytes: 64,
+                len: 56 + 32 + 16
+            }
+        );
+        assert_eq!(
+            decode(&bytes[..60]).unwrap_err(),
+            DecodeError::SnapshotTooLong {
+                stack_bytes: 0,
+                len: 60
+            }
         );
     }
 }

@@ -8,7 +8,7 @@
 use crate::event::Event;
 use crate::fasthash::FastHashMap;
 use crate::stacks::StackId;
-use profiler_common::{EventKind, KIND_SLOTS};
+use profiler_common::{EventKind, FLAG_ALLOCATOR_INTERNAL, KIND_SLOTS};
 use std::collections::BTreeMap;
 
 /// What mmap returns on failure: `(void *)-1`.
@@ -106,16 +106,22 @@ pub struct CallStats {
 /// mmap/munmap/mremap figures, kept apart from the malloc heap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MmapStats {
-    /// mmap calls, including failed ones.
+    /// mmap calls, including failed ones and the allocator's own.
     pub calls: u64,
     /// mmap calls that returned MAP_FAILED (or 0).
     pub failed_calls: u64,
-    /// Page-rounded lengths of successful mmaps.
+    /// Page-rounded lengths of successful mmaps (tracked regions only).
     pub bytes: u64,
+    /// mmaps made inside the allocator's `free` (a new thread's arena): its own memory, not
+    /// tracked as regions, like the mmaps malloc makes (which nesting hides).
+    pub allocator_internal_mmaps: u64,
     pub munmap_calls: u64,
-    /// munmaps that touched no tracked region (the allocator's own unmaps of regions mapped
-    /// before the probes saw them, or mappings from before an attach).
+    /// munmaps that touched no tracked region (mappings from before an attach, or lost
+    /// events), the allocator's own excepted.
     pub unknown_munmaps: u64,
+    /// munmaps by the allocator's code that touched no tracked region (malloc's large blocks
+    /// and arena trims, unmapped from inside free).
+    pub allocator_internal_munmaps: u64,
     pub live_regions: u64,
     pub live_bytes: u64,
     pub peak_bytes: u64,
@@ -129,7 +135,7 @@ pub struct HeapStats {
     pub allocations: u64,
     /// malloc-family calls that returned NULL (realloc(p, 0) freeing p is not a failure).
     pub failed_allocations: u64,
-    /// Frees of live blocks. Double and unknown frees are counted apart, not here.
+    /// Frees of live blocks. Double, unknown and allocator-internal frees are counted apart.
     pub frees: u64,
     /// Requested bytes of successful malloc-family calls.
     pub bytes_allocated: u64,
@@ -144,6 +150,9 @@ pub struct HeapStats {
     pub unknown_frees: u64,
     /// Run mode only: frees of pointers already freed and not allocated again since.
     pub double_frees: u64,
+    /// Frees of pointers that were not live, made by the allocator's own code (glibc flushing
+    /// an exiting thread's tcache): never unknown or double frees of the program.
+    pub allocator_internal_frees: u64,
     /// realloc of a pointer that is not live (allocated before attach, or a lost event).
     pub unknown_reallocs: u64,
     /// Allocations returning an address that was still live: its free was lost.
@@ -169,6 +178,7 @@ impl Default for HeapStats {
             peak_ts_ns: None,
             unknown_frees: 0,
             double_frees: 0,
+            allocator_internal_frees: 0,
             unknown_reallocs: 0,
             overwritten_blocks: 0,
             by_function: [CallStats::default(); KIND_SLOTS as usize],
@@ -218,6 +228,11 @@ impl HeapState {
         self.blocks.iter().map(|(addr, block)| (*addr, block))
     }
 
+    /// `addr` is a live malloc-family block.
+    pub fn is_live(&self, addr: u64) -> bool {
+        self.blocks.contains_key(&addr)
+    }
+
     /// Live mmap regions by start address, ascending.
     pub fn regions(&self) -> impl Iterator<Item = (u64, &Region)> {
         self.regions.iter().map(|(start, region)| (*start, region))
@@ -255,6 +270,7 @@ impl HeapState {
     }
 
     /// A fresh block (malloc, or realloc of NULL); the caller has counted the call.
+    #[inline] // into `apply`, which then writes the Effect in place instead of copying it
     fn allocate(&mut self, event: &Event, stack: Option<StackId>, effect: &mut Effect) {
         if event.addr == 0 {
             self.stats.failed_allocations += 1;
@@ -284,6 +300,7 @@ impl HeapState {
         }
     }
 
+    #[inline] // into `apply`, which then writes the Effect in place instead of copying it
     fn realloc(&mut self, event: &Event, stack: Option<StackId>, effect: &mut Effect) {
         self.stats.allocations += 1;
         if event.old_addr == 0 {
@@ -304,6 +321,7 @@ impl HeapState {
         self.allocate(event, stack, effect);
     }
 
+    #[inline] // into `apply`, which then writes the Effect in place instead of copying it
     fn release_for_realloc(&mut self, event: &Event, effect: &mut Effect) {
         match self.blocks.remove(&event.old_addr) {
             Some(block) => {
@@ -316,6 +334,7 @@ impl HeapState {
         }
     }
 
+    #[inline] // into `apply`, which then writes the Effect in place instead of copying it
     fn free(&mut self, event: &Event, effect: &mut Effect) {
         if let Some(block) = self.blocks.remove(&event.addr) {
             self.stats.frees += 1;
@@ -324,6 +343,9 @@ impl HeapState {
             self.stats.live_bytes -= block.size;
             self.remember_freed(event.addr, &block, event.ts_ns);
             effect.released = Some((event.addr, block));
+        } else if event.flags & FLAG_ALLOCATOR_INTERNAL != 0 {
+            // The allocator handing back its own caches; what it frees was freed before.
+            self.stats.allocator_internal_frees += 1;
         } else if let Some(freed) = self.freed.get(&event.addr) {
             // `freed` is only filled in Run mode.
             self.stats.double_frees += 1;
@@ -360,6 +382,10 @@ impl HeapState {
             self.stats.mmap.failed_calls += 1;
             return;
         }
+        if event.flags & FLAG_ALLOCATOR_INTERNAL != 0 {
+            self.stats.mmap.allocator_internal_mmaps += 1;
+            return;
+        }
         let len = self.map_region(event, event.addr, event.size, stack);
         self.stats.mmap.bytes += len;
         self.stats.by_function[EventKind::Mmap as usize].bytes += len;
@@ -370,7 +396,11 @@ impl HeapState {
         let end = event.addr.saturating_add(page_round_up(event.size));
         let removed = self.unmap_range(event.addr, end);
         if removed == 0 {
-            self.stats.mmap.unknown_munmaps += 1;
+            if event.flags & FLAG_ALLOCATOR_INTERNAL != 0 {
+                self.stats.mmap.allocator_internal_munmaps += 1;
+            } else {
+                self.stats.mmap.unknown_munmaps += 1;
+            }
         }
         self.stats.by_function[EventKind::Munmap as usize].bytes += removed;
     }

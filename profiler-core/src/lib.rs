@@ -18,6 +18,8 @@
 //!
 //! [`fasthash`] and [`demangle`] are small helpers for steps 2-4.
 
+pub mod allocator_code;
+pub mod analysis;
 pub mod demangle;
 pub mod event;
 pub mod fasthash;
@@ -25,7 +27,10 @@ pub mod heap;
 pub mod maps;
 pub mod output;
 pub mod recorder;
+pub mod recording;
 pub mod render;
 pub mod report;
+pub mod sites;
 pub mod stacks;
 pub mod symbolize;
+pub mod unwind;

@@ -1,7 +1,10 @@
 //! Writes a session's files into an output directory, each atomically: written to a temporary
 //! file in the same directory, then renamed, so a reader never sees half a file.
 
-use crate::render::{write_json, write_leak_flamegraph, write_leak_folded};
+use crate::render::{
+    FlameKind, write_flamegraph, write_folded, write_html, write_json, write_sizes_svg,
+    write_timeline_svg,
+};
 use crate::report::Report;
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
@@ -11,7 +14,23 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputFiles {
     pub json: PathBuf,
+    /// The leaked-bytes flame graph and folded stacks (also in `flamegraphs`).
     pub flamegraph: PathBuf,
+    pub folded: PathBuf,
+    /// Every flame graph, in [`FlameKind::ALL`] order.
+    pub flamegraphs: Vec<FlameFiles>,
+    /// The heap over time and the size-class histogram.
+    pub timeline: PathBuf,
+    pub sizes: PathBuf,
+    /// Everything above in one self-contained page.
+    pub html: PathBuf,
+}
+
+/// The two files of one flame graph.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlameFiles {
+    pub kind: FlameKind,
+    pub svg: PathBuf,
     pub folded: PathBuf,
 }
 
@@ -23,24 +42,42 @@ pub enum OutputError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// Creates `dir` if needed and writes `report.json`, `leaks.svg` (titled `title`) and
-/// `leaks.folded` into it.
-pub fn write_outputs(dir: &Path, report: &Report, title: &str) -> Result<OutputFiles, OutputError> {
+/// Creates `dir` if needed and writes `report.json` and, for each [`FlameKind`], `STEM.svg`
+/// and `STEM.folded` into it (`leaks`, `alloc-bytes`, `alloc-count`, `peak`), then the charts
+/// `timeline.svg` and `sizes.svg` and the page that holds them all, `report.html`.
+pub fn write_outputs(dir: &Path, report: &Report) -> Result<OutputFiles, OutputError> {
     fs::create_dir_all(dir).map_err(|source| OutputError::CreateDir {
         path: dir.to_owned(),
         source,
     })?;
-    let files = OutputFiles {
-        json: dir.join("report.json"),
-        flamegraph: dir.join("leaks.svg"),
-        folded: dir.join("leaks.folded"),
-    };
-    write_atomically(&files.json, |out| write_json(report, out))?;
-    write_atomically(&files.flamegraph, |out| {
-        write_leak_flamegraph(report, title, out)
-    })?;
-    write_atomically(&files.folded, |out| write_leak_folded(report, out))?;
-    Ok(files)
+    let json = dir.join("report.json");
+    write_atomically(&json, |out| write_json(report, out))?;
+    let mut flamegraphs = Vec::with_capacity(FlameKind::ALL.len());
+    for kind in FlameKind::ALL {
+        let files = FlameFiles {
+            kind,
+            svg: dir.join(format!("{}.svg", kind.file_stem())),
+            folded: dir.join(format!("{}.folded", kind.file_stem())),
+        };
+        write_atomically(&files.svg, |out| write_flamegraph(report, kind, out))?;
+        write_atomically(&files.folded, |out| write_folded(report, kind, out))?;
+        flamegraphs.push(files);
+    }
+    let timeline = dir.join("timeline.svg");
+    write_atomically(&timeline, |out| write_timeline_svg(report, out))?;
+    let sizes = dir.join("sizes.svg");
+    write_atomically(&sizes, |out| write_sizes_svg(report, out))?;
+    let html = dir.join("report.html");
+    write_atomically(&html, |out| write_html(report, out))?;
+    Ok(OutputFiles {
+        json,
+        timeline,
+        sizes,
+        html,
+        flamegraph: flamegraphs[0].svg.clone(),
+        folded: flamegraphs[0].folded.clone(),
+        flamegraphs,
+    })
 }
 
 fn write_atomically(
@@ -101,10 +138,10 @@ mod tests {
     }
 
     #[test]
-    fn writes_three_files_and_no_temporaries() {
+    fn writes_every_file_and_no_temporaries() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("nested/out");
-        let files = write_outputs(&dir, &empty_report(), "title").unwrap();
+        let files = write_outputs(&dir, &empty_report()).unwrap();
         assert_eq!(files.json, dir.join("report.json"));
         let json: serde_json::Value =
             serde_json::from_slice(&fs::read(&files.json).unwrap()).unwrap();
@@ -120,7 +157,25 @@ mod tests {
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["leaks.folded", "leaks.svg", "report.json"]);
+        assert_eq!(
+            names,
+            [
+                "alloc-bytes.folded",
+                "alloc-bytes.svg",
+                "alloc-count.folded",
+                "alloc-count.svg",
+                "leaks.folded",
+                "leaks.svg",
+                "peak.folded",
+                "peak.svg",
+                "report.html",
+                "report.json",
+                "sizes.svg",
+                "timeline.svg"
+            ]
+        );
+        assert_eq!(files.flamegraphs.len(), 4);
+        assert_eq!(files.flamegraphs[0].svg, files.flamegraph);
     }
 
     #[test]
@@ -128,7 +183,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let blocker = root.path().join("file");
         fs::write(&blocker, b"").unwrap();
-        let err = write_outputs(&blocker.join("out"), &empty_report(), "t").unwrap_err();
+        let err = write_outputs(&blocker.join("out"), &empty_report()).unwrap_err();
         assert!(matches!(err, OutputError::CreateDir { .. }), "{err}");
         assert!(err.to_string().contains("file/out"), "{err}");
     }

@@ -6,15 +6,28 @@
 //! [`Recorder::apply`] is the part shared with offline replay of a recording: everything that
 //! follows an event once its stack is known.
 
-use crate::event::{DecodeError, Event, decode};
+use crate::allocator_code::AllocatorCode;
+use crate::analysis::Analyses;
+use crate::event::{DecodeError, Event, RecordStack, decode};
 use crate::heap::{Effect, HeapState, Mode};
+use crate::sites::SiteStats;
 use crate::stacks::{StackId, StackTable};
+use crate::unwind::{ModuleSource, NoModuleSource, StackUnwinder};
 
 /// The engine's state during a session: every stack seen and the live heap.
 #[derive(Debug)]
 pub struct Recorder {
     pub stacks: StackTable,
     pub heap: HeapState,
+    /// Per-stack allocation counts, live and at-peak figures.
+    pub sites: SiteStats,
+    /// The analyses of report.json's `analyses` section.
+    pub analyses: Analyses,
+    /// Turns stack snapshots (`--unwind dwarf`) into frames; holds the target's modules.
+    pub unwinder: StackUnwinder,
+    /// Where the allocator's code is, to flag the calls it makes for itself (live sessions;
+    /// empty in a replay, whose events carry the flag).
+    pub allocator: AllocatorCode,
     /// Frames of the record being ingested; reused to avoid an allocation per event.
     scratch: Vec<u64>,
     events: u64,
@@ -35,14 +48,29 @@ impl Recorder {
         Self {
             stacks: StackTable::new(),
             heap: HeapState::new(mode),
+            sites: SiteStats::new(),
+            analyses: Analyses::new(),
+            unwinder: StackUnwinder::default(),
+            allocator: AllocatorCode::default(),
             scratch: Vec::with_capacity(profiler_common::MAX_STACK_DEPTH),
             events: 0,
         }
     }
 
     /// Decodes and applies one ring record. A record that does not decode is not applied.
+    /// Stack snapshots are unwound with the modules `self.unwinder` already knows.
     pub fn ingest(&mut self, record: &[u8]) -> Result<Ingested, DecodeError> {
-        let (event, frames) = decode(record)?;
+        self.ingest_with(record, &mut NoModuleSource)
+    }
+
+    /// [`Recorder::ingest`], asking `modules` for the module of any address of a stack
+    /// snapshot that no known module covers (a library loaded since they were last read).
+    pub fn ingest_with(
+        &mut self,
+        record: &[u8],
+        modules: &mut dyn ModuleSource,
+    ) -> Result<Ingested, DecodeError> {
+        let (mut event, record_stack) = decode(record)?;
         // Only calls that create a block or region are ever attributed to a stack.
         let wants_stack = event.kind.is_malloc_family()
             || matches!(
@@ -50,12 +78,26 @@ impl Recorder {
                 profiler_common::EventKind::Mmap | profiler_common::EventKind::Mremap
             );
         let known_stacks = self.stacks.len();
-        let stack: Option<StackId> = if wants_stack && frames.len() > 0 && !event.stack_missing() {
-            frames.copy_into(&mut self.scratch);
-            Some(self.stacks.intern(&self.scratch, event.stack_truncated()))
-        } else {
-            None
+        let truncated = match record_stack {
+            _ if !wants_stack || event.stack_missing() => None,
+            RecordStack::Frames(frames) if frames.len() > 0 => {
+                frames.copy_into(&mut self.scratch);
+                Some(event.stack_truncated())
+            }
+            RecordStack::Frames(_) => None,
+            RecordStack::Snapshot(snapshot) => {
+                let outcome = self.unwinder.unwind(&snapshot, modules, &mut self.scratch);
+                (!self.scratch.is_empty()).then_some(outcome.truncated())
+            }
         };
+        let stack = truncated.map(|truncated| self.stacks.intern(&self.scratch, truncated));
+        let frames = if stack.is_some() {
+            &self.scratch[..]
+        } else {
+            &[]
+        };
+        self.allocator
+            .classify(&mut event, frames, &self.heap, modules);
         let effect = self.apply(&event, stack);
         Ok(Ingested {
             event,
@@ -65,9 +107,13 @@ impl Recorder {
         })
     }
 
-    /// Applies one event whose stack is already interned in `self.stacks`.
+    /// Applies one event whose stack is already interned in `self.stacks`. Inlined into
+    /// replay's loop, so that the effect is not copied out of a call it is never used after.
+    #[inline]
     pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {
         let effect = self.heap.apply(event, stack);
+        self.sites.observe(event, stack, &effect);
+        self.analyses.observe(event, stack, &effect);
         self.events += 1;
         effect
     }

@@ -3,12 +3,18 @@
 use crate::report::Report;
 use std::io::{self, Write};
 
+mod charts;
 mod flame;
+mod html;
 mod numbers;
+pub mod pprof;
 mod text;
+mod text_analyses;
 
-pub use flame::{folded_lines, write_leak_flamegraph, write_leak_folded};
-pub use numbers::{human_bytes, thousands};
+pub use charts::{sizes_svg, timeline_svg, write_sizes_svg, write_timeline_svg};
+pub use flame::{FlameKind, folded_lines, folded_lines_of, write_flamegraph, write_folded};
+pub use html::write_html;
+pub use numbers::{human_bytes, short_bytes, thousands};
 pub use text::write_text;
 
 /// The report as pretty-printed JSON (the schema is [`Report`]'s serde form), newline-ended.

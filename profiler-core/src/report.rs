@@ -5,8 +5,9 @@
 //! Stacks are innermost first: frame 0 is the function that called the allocator.
 
 use crate::heap::{HeapState, Mode};
+use crate::sites::{SiteCounts, SiteStats};
 use crate::stacks::{StackId, StackTable};
-use crate::symbolize::{Frame, Symbolizer};
+use crate::symbolize::{Frame, ModuleInfo, Symbolizer};
 use profiler_common::{EventKind, KIND_SLOTS};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -80,6 +81,66 @@ pub struct Report {
     /// Run mode only: frees of already-freed pointers, in order (at most 1024 kept; the
     /// summary counts all).
     pub double_frees: Vec<DoubleFreeSite>,
+    /// Every stack that allocated at least once (malloc family), with what it allocated, what
+    /// of it is live at the end and what was live at the global peak. Sorted by allocated
+    /// bytes desc, allocations desc, then first frame name.
+    #[serde(default)]
+    pub sites: Vec<AllocationSite>,
+    /// The object files the stacks were symbolized from, by path: with their build-id a
+    /// recording can be symbolized again later on the same machine.
+    #[serde(default)]
+    pub modules: Vec<ModuleFile>,
+    /// Timeline, leaks and growth, lifetimes, size classes, fragmentation, realloc chains and
+    /// per-operation costs (`analysis::attach`); absent from reports built without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analyses: Option<crate::analysis::AnalysesReport>,
+    /// Calls the probes cannot see, so figures that are wrong for a known reason (e.g. C++
+    /// operator new served by the allocator without going through malloc).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// What one allocation stack did over the whole session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllocationSite {
+    /// Successful malloc-family calls from this stack, and the bytes they requested.
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    /// Still live at the end (the leaks of this stack).
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    /// Live at the moment of the global peak (`summary.peak_time_secs`).
+    pub peak_live_blocks: u64,
+    pub peak_live_bytes: u64,
+    /// Time of the first and of the last allocation.
+    pub first_alloc_secs: f64,
+    pub last_alloc_secs: f64,
+    /// Innermost first.
+    pub stack: Vec<StackFrame>,
+    /// The probe cut the stack at its depth limit: outermost frames are missing.
+    pub truncated: bool,
+}
+
+/// An object file used for symbolization.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleFile {
+    /// Path as the target mapped it.
+    pub path: String,
+    /// GNU build-id as hex, null when the file has none.
+    pub build_id: Option<String>,
+    /// The separate debug file whose DWARF was used (found by build-id or .gnu_debuglink),
+    /// null when the object carries its own DWARF or none was found.
+    pub debug_file: Option<String>,
+}
+
+impl From<ModuleInfo> for ModuleFile {
+    fn from(info: ModuleInfo) -> Self {
+        ModuleFile {
+            path: info.path.display().to_string(),
+            build_id: info.build_id,
+            debug_file: info.debug_file.map(|path| path.display().to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,6 +152,10 @@ pub struct Target {
     pub exit: Option<ExitStatus>,
     /// Wall time of the recording.
     pub duration_secs: f64,
+    /// The target's peak resident set size (VmHWM of /proc/PID/status) read as it exited;
+    /// absent when unknown (attach, replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +204,10 @@ pub struct Summary {
     pub unknown_frees: u64,
     /// Run mode: frees of pointers already freed and not allocated again since.
     pub double_frees: u64,
+    /// Frees of pointers that were not live, made by the allocator's own code (glibc flushing
+    /// an exiting thread's tcache). Not the program's: neither unknown nor double frees.
+    #[serde(default)]
+    pub allocator_internal_frees: u64,
     /// reallocs of pointers that were not live.
     pub unknown_reallocs: u64,
     /// Allocations that returned a still-live address: the old block's free was lost.
@@ -163,11 +232,18 @@ pub struct MmapSummary {
     pub calls: u64,
     /// mmap calls that returned MAP_FAILED.
     pub failed_calls: u64,
-    /// Page-rounded bytes of successful mmaps.
+    /// Page-rounded bytes of successful mmaps (tracked regions only).
     pub bytes: u64,
+    /// mmaps made inside the allocator's free (a new thread's arena): not tracked as regions.
+    #[serde(default)]
+    pub allocator_internal_mmaps: u64,
     pub munmap_calls: u64,
-    /// munmaps of no tracked region (mappings from before the probes, the allocator's own).
+    /// munmaps of no tracked region (mappings from before the probes, lost events), the
+    /// allocator's own excepted.
     pub unknown_munmaps: u64,
+    /// munmaps of no tracked region by the allocator's code (its large blocks, arena trims).
+    #[serde(default)]
+    pub allocator_internal_munmaps: u64,
     pub live_regions: u64,
     pub live_bytes: u64,
     pub peak_bytes: u64,
@@ -213,6 +289,9 @@ pub struct StackFrame {
     pub offset: u64,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// A function inlined into the next (outer) frame: it has the same address.
+    #[serde(default)]
+    pub inlined: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -237,6 +316,7 @@ impl From<Frame> for StackFrame {
             offset: frame.module_offset,
             file: frame.file,
             line: frame.line,
+            inlined: frame.inlined,
         }
     }
 }
@@ -250,12 +330,64 @@ impl StackFrame {
             (None, module) => format!("{module}+{:#x}", self.offset),
         }
     }
+
+    /// Whether this frame belongs to the allocation machinery between the program's code and
+    /// the probed function: Rust's liballoc and `std::alloc` (`Vec::push`, `RawVec`,
+    /// `__rust_alloc`), C++'s `operator new` and standard allocators.
+    pub fn is_allocation_plumbing(&self) -> bool {
+        let Some(function) = self.function.as_deref() else {
+            return false;
+        };
+        const PREFIXES: [&str; 12] = [
+            "alloc::",
+            "<alloc::",
+            "core::alloc::",
+            "std::alloc::",
+            "<std::alloc::",
+            "__rust_alloc",
+            "__rust_realloc",
+            "__rdl_",
+            "__rg_",
+            "operator new",
+            "std::__new_allocator",
+            "__gnu_cxx::new_allocator",
+        ];
+        PREFIXES.iter().any(|prefix| function.starts_with(prefix))
+            || function.contains(" as alloc::")
+            || function.starts_with("std::allocator_traits")
+    }
+
+    /// The name shown in flame graphs: `function (file:line)` with the file's base name when
+    /// the source location is known, else [`StackFrame::display_name`].
+    pub fn located_name(&self) -> String {
+        let name = self.display_name();
+        match (&self.function, &self.file, self.line) {
+            (Some(_), Some(file), Some(line)) => {
+                let base = file.rsplit('/').next().unwrap_or(file);
+                format!("{name} ({base}:{line})")
+            }
+            _ => name,
+        }
+    }
 }
 
-/// Builds the report from the final heap state. Symbolizes only the stacks that appear in it.
+/// Builds the report from the final heap state, without per-site statistics (`sites` is
+/// empty). Symbolizes only the stacks that appear in it.
 pub fn build_report(
     heap: &HeapState,
     stacks: &StackTable,
+    symbolizer: &mut Symbolizer,
+    meta: &ReportMeta,
+) -> Report {
+    build_report_with_sites(heap, stacks, &SiteStats::default(), symbolizer, meta)
+}
+
+/// Builds the report from the final heap state and the per-site statistics of the same
+/// events (`Recorder::sites`). Symbolizes only the stacks that appear in it.
+pub fn build_report_with_sites(
+    heap: &HeapState,
+    stacks: &StackTable,
+    site_stats: &SiteStats,
     symbolizer: &mut Symbolizer,
     meta: &ReportMeta,
 ) -> Report {
@@ -267,7 +399,8 @@ pub fn build_report(
                 stacks
                     .get(id)
                     .iter()
-                    .map(|&addr| symbolizer.symbolize(addr).into())
+                    .flat_map(|&addr| symbolizer.frames(addr).to_vec())
+                    .map(StackFrame::from)
                     .collect()
             })
             .unwrap_or_default()
@@ -292,6 +425,7 @@ pub fn build_report(
             tid: double.tid,
         })
         .collect();
+    let sites = allocation_sites(site_stats, stacks, &mut symbolize_stack, secs);
 
     let by_function = EventKind::ALL
         .iter()
@@ -314,6 +448,7 @@ pub fn build_report(
             pid: meta.pid,
             exit: meta.exit,
             duration_secs: meta.duration.as_secs_f64(),
+            peak_rss_bytes: None,
         },
         probes: meta.probes.clone(),
         summary: Summary {
@@ -329,6 +464,7 @@ pub fn build_report(
             lost_events: meta.lost.total(),
             unknown_frees: stats.unknown_frees,
             double_frees: stats.double_frees,
+            allocator_internal_frees: stats.allocator_internal_frees,
             unknown_reallocs: stats.unknown_reallocs,
             overwritten_blocks: stats.overwritten_blocks,
             by_function: KindMap(by_function),
@@ -336,8 +472,10 @@ pub fn build_report(
                 calls: mmap.calls,
                 failed_calls: mmap.failed_calls,
                 bytes: mmap.bytes,
+                allocator_internal_mmaps: mmap.allocator_internal_mmaps,
                 munmap_calls: mmap.munmap_calls,
                 unknown_munmaps: mmap.unknown_munmaps,
+                allocator_internal_munmaps: mmap.allocator_internal_munmaps,
                 live_regions: mmap.live_regions,
                 live_bytes: mmap.live_bytes,
                 peak_bytes: mmap.peak_bytes,
@@ -347,7 +485,51 @@ pub fn build_report(
         leaks,
         mappings,
         double_frees,
+        sites,
+        modules: symbolizer
+            .modules()
+            .into_iter()
+            .map(ModuleFile::from)
+            .collect(),
+        analyses: None,
+        warnings: Vec::new(),
     }
+}
+
+/// Every site that allocated, symbolized, in report order.
+fn allocation_sites(
+    site_stats: &SiteStats,
+    stacks: &StackTable,
+    symbolize_stack: &mut impl FnMut(Option<StackId>) -> Vec<StackFrame>,
+    secs: impl Fn(u64) -> f64,
+) -> Vec<AllocationSite> {
+    let mut sites: Vec<(AllocationSite, &[u64])> = site_stats
+        .iter()
+        .map(|(id, counts): (StackId, SiteCounts)| {
+            let site = AllocationSite {
+                allocations: counts.allocations,
+                allocated_bytes: counts.allocated_bytes,
+                live_blocks: counts.live_blocks,
+                live_bytes: counts.live_bytes,
+                peak_live_blocks: counts.peak_live_blocks,
+                peak_live_bytes: counts.peak_live_bytes,
+                first_alloc_secs: secs(counts.first_ts_ns),
+                last_alloc_secs: secs(counts.last_ts_ns),
+                stack: symbolize_stack(Some(id)),
+                truncated: stacks.is_truncated(id),
+            };
+            (site, stacks.get(id))
+        })
+        .collect();
+    sites.sort_by(|(a, a_addrs), (b, b_addrs)| {
+        b.allocated_bytes
+            .cmp(&a.allocated_bytes)
+            .then(b.allocations.cmp(&a.allocations))
+            .then_with(|| frame_name(&a.stack).cmp(&frame_name(&b.stack)))
+            .then_with(|| a_addrs.cmp(b_addrs))
+            .then(a.truncated.cmp(&b.truncated))
+    });
+    sites.into_iter().map(|(site, _)| site).collect()
 }
 
 #[derive(Clone, Copy)]
@@ -405,10 +587,23 @@ fn group_sites(
 }
 
 fn first_frame_name(site: &Site) -> String {
-    site.stack
-        .first()
+    frame_name(&site.stack)
+}
+
+fn frame_name(stack: &[StackFrame]) -> String {
+    site_frame(stack)
         .map(StackFrame::display_name)
         .unwrap_or_default()
+}
+
+/// The frame a site is named after: the first one outside the allocation plumbing, so a leak
+/// through `Vec::push` or `new` is named after the code that pushed or called `new`. When
+/// every frame is plumbing, the innermost one.
+pub fn site_frame(stack: &[StackFrame]) -> Option<&StackFrame> {
+    stack
+        .iter()
+        .find(|frame| !frame.is_allocation_plumbing())
+        .or(stack.first())
 }
 
 #[cfg(test)]

@@ -3,15 +3,21 @@ use core::ptr::read_volatile;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
     DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord, FLAG_STACK_MISSING,
-    FLAG_STACK_TRUNCATED, MAX_STACK_DEPTH, counter,
+    FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, MAX_STACK_BYTES, MAX_STACK_DEPTH, SNAPSHOT_CUT,
+    STACK_SNAPSHOT_SIZE, StackSnapshot, counter, unwind_mode,
 };
+
+const PAGE: u64 = 4096;
 
 // Load-time configuration (set by the collector through the object's .rodata).
 #[unsafe(no_mangle)]
@@ -20,6 +26,10 @@ static TARGET_TGID: u32 = 0;
 static WAKEUP_BYTES: u64 = 0;
 #[unsafe(no_mangle)]
 static STACK_DEPTH: u32 = 0;
+#[unsafe(no_mangle)]
+static UNWIND_MODE: u32 = 0;
+#[unsafe(no_mangle)]
+static STACK_BYTES: u32 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -103,33 +113,17 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     let record = unsafe { &mut *record };
     header.tid = id as u32;
     header.ts_ns = unsafe { bpf_ktime_get_ns() };
-    let mut stack_bytes = 0usize;
-    if with_stack {
-        // SAFETY: volatile read of a loader-set global.
-        let depth = (unsafe { read_volatile(&STACK_DEPTH) } as usize).min(MAX_STACK_DEPTH);
-        if depth > 0 {
-            let want = (depth * 8) as u32;
-            // SAFETY: the buffer holds MAX_STACK_DEPTH u64s and `want` never exceeds that.
-            let got = unsafe {
-                bpf_get_stack(
-                    ctx.as_ptr(),
-                    record.stack.as_mut_ptr().cast(),
-                    want,
-                    BPF_F_USER_STACK as u64,
-                )
-            };
-            if got < 0 {
-                header.flags |= FLAG_STACK_MISSING;
-                bump(counter::STACK_ERRORS);
-            } else {
-                stack_bytes = (got as usize).min(MAX_STACK_DEPTH * 8) & !7;
-                if stack_bytes == want as usize {
-                    header.flags |= FLAG_STACK_TRUNCATED;
-                }
-            }
+    // SAFETY: volatile reads of loader-set globals.
+    let depth = (unsafe { read_volatile(&STACK_DEPTH) } as usize).min(MAX_STACK_DEPTH);
+    let mode = unsafe { read_volatile(&UNWIND_MODE) };
+    let mut body_bytes = 0usize;
+    if with_stack && depth > 0 {
+        if mode == unwind_mode::DWARF {
+            body_bytes = snapshot(ctx, record, &mut header);
+        } else {
+            body_bytes = frames(ctx, record, &mut header, depth);
         }
     }
-    header.stack_depth = (stack_bytes / 8) as u32;
     record.header = header;
 
     // SAFETY: volatile read of a loader-set global.
@@ -139,13 +133,116 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     } else {
         BPF_RB_NO_WAKEUP
     };
-    let len = EVENT_HEADER_SIZE + stack_bytes;
+    let len = EVENT_HEADER_SIZE + body_bytes;
     // SAFETY: `len` is at most size_of::<EventRecord>() and the record is initialised that far.
     let bytes =
         unsafe { core::slice::from_raw_parts((record as *const EventRecord).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         bump(counter::LOST_BASE + header.kind);
     }
+}
+
+/// Frame-pointer walk: up to `depth` return addresses into the record body; returns its bytes.
+/// One frame more than kept is asked for, so that only a stack really deeper than `depth` is
+/// flagged truncated.
+#[inline(always)]
+fn frames<C: EbpfContext>(
+    ctx: &C,
+    record: &mut EventRecord,
+    header: &mut EventHeader,
+    depth: usize,
+) -> usize {
+    let want = ((depth + 1) * 8) as u32;
+    // SAFETY: the body holds more than MAX_STACK_DEPTH + 1 u64s and `want` never exceeds that.
+    let got = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            record.body.as_mut_ptr().cast(),
+            want,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if got < 0 {
+        header.flags |= FLAG_STACK_MISSING;
+        bump(counter::STACK_ERRORS);
+        return 0;
+    }
+    let mut bytes = (got as usize).min((MAX_STACK_DEPTH + 1) * 8) & !7;
+    if bytes > depth * 8 {
+        header.flags |= FLAG_STACK_TRUNCATED;
+        bytes = depth * 8;
+    }
+    header.stack_depth = (bytes / 8) as u32;
+    bytes
+}
+
+/// DWARF mode: the user registers and a copy of the user stack from `sp` upward, for the
+/// collector to unwind. Copies page by page and stops at the first unreadable page (the top of
+/// the stack) or at `STACK_BYTES`. Returns the bytes of the record body used.
+#[inline(always)]
+fn snapshot<C: EbpfContext>(ctx: &C, record: &mut EventRecord, header: &mut EventHeader) -> usize {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: uprobe programs get the user registers as their context.
+    let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
+    // SAFETY: volatile read of a loader-set global.
+    let limit = (unsafe { read_volatile(&STACK_BYTES) } as u64).min(MAX_STACK_BYTES as u64) & !7;
+    let stack = record.body.as_mut_ptr().cast::<u8>();
+    let mut copied: u64 = 0;
+    let mut addr = sp;
+    // A copy of `limit` bytes spans at most limit / PAGE + 1 pages.
+    for _ in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {
+        if copied >= limit {
+            break;
+        }
+        let in_page = PAGE - (addr & (PAGE - 1));
+        let left = limit - copied;
+        let chunk = if left < in_page { left } else { in_page };
+        // The masks restate bounds that hold anyway (copied < limit <= MAX_STACK_BYTES, chunk
+        // <= PAGE) in a form the verifier can check against the buffer's slack.
+        let offset =
+            (STACK_SNAPSHOT_SIZE as u64 + (copied & (MAX_STACK_BYTES as u64 - 1))) as usize;
+        let chunk = chunk & (2 * PAGE - 1);
+        if chunk > PAGE {
+            break;
+        }
+        // SAFETY: offset + chunk stays inside the body (MAX_STACK_BYTES + a page of slack);
+        // the helper copes with any user address.
+        let failed = unsafe {
+            probe_read_user_raw(stack.add(offset).cast(), chunk as u32, addr as *const _)
+        } != 0;
+        if failed {
+            break;
+        }
+        copied += chunk;
+        addr += chunk;
+    }
+    if copied == 0 {
+        bump(counter::STACK_ERRORS);
+    }
+    let snapshot = StackSnapshot {
+        ip,
+        sp,
+        bp,
+        stack_bytes: copied as u32,
+        flags: if copied == limit { SNAPSHOT_CUT } else { 0 },
+    };
+    // SAFETY: the body starts 8-aligned and holds the snapshot header first.
+    unsafe {
+        record
+            .body
+            .as_mut_ptr()
+            .cast::<StackSnapshot>()
+            .write(snapshot)
+    };
+    header.flags |= FLAG_STACK_SNAPSHOT;
+    header.stack_depth = 0;
+    // Restated bound for the verifier (the record length must fit the scratch value).
+    let used = if copied > MAX_STACK_BYTES as u64 {
+        MAX_STACK_BYTES
+    } else {
+        copied as usize
+    };
+    STACK_SNAPSHOT_SIZE + used
 }
 
 /// Reports an allocation call when its outermost instance returns.
@@ -287,7 +384,9 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Reports a call that needs no result: free and munmap.
+/// Reports a call that needs no result: free and munmap. `aux` carries the caller's return
+/// address, still at the top of the stack (the probe runs before anything moves `%rsp`): the
+/// collector tells the allocator's own frees (thread exit flushing its cache) from the program's.
 #[inline(always)]
 fn release(ctx: &ProbeContext, kind: EventKind, addr: u64, size: u64) {
     if addr == 0 {
@@ -297,10 +396,15 @@ fn release(ctx: &ProbeContext, kind: EventKind, addr: u64, size: u64) {
     if nested(id) {
         return;
     }
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: uprobe programs get the user registers as their context; the read copes with
+    // any user address (0 if unreadable).
+    let caller = unsafe { bpf_probe_read_user((*regs).rsp as *const u64) }.unwrap_or(0);
     let header = EventHeader {
         kind: kind as u32,
         addr,
         size,
+        aux: caller,
         ..EventHeader::default()
     };
     emit(ctx, id, header, false);

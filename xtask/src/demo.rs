@@ -1,24 +1,54 @@
-//! `cargo xtask demo`: profile the leaky C sample and say where the report and flamegraph are.
+//! `cargo xtask demo`: profile the sample server under load and say where the report and
+//! flamegraph are.
+//!
+//! memprof launches `memprof-sample-server --leak-every 50`; once the server prints its
+//! address, `memprof-loadgen` sends a fixed, seeded load and then SHUTDOWN; the server exits
+//! cleanly (freeing its cache and queues), memprof writes memprof-out/, and the demo checks that
+//! the top leak site is the leak the server injected.
 
 use std::fs;
-use std::path::Path;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::samples::{self, relative_to};
 use crate::{exec, setup};
 
 const OUTPUT_DIR: &str = "memprof-out";
 
+/// The server's bug switch and the load: 40000 requests over 4 connections reconnecting every
+/// 500 requests, seed 42; every 50th PUT/PUSH of a connection leaks its payload.
+const SERVER_ARGS: &[&str] = &["--listen", "127.0.0.1:0", "--leak-every", "50"];
+const LOAD_ARGS: &[&str] = &[
+    "--seed",
+    "42",
+    "--connections",
+    "4",
+    "--requests",
+    "40000",
+    "--churn",
+    "500",
+    "--shutdown",
+];
+
+/// The function `--leak-every` leaks from, which the top leak site must name.
+const LEAKING_FUNCTION: &str = "memprof_sample_server::connection::leak_payload";
+
+/// Longest the server may take to start listening, and memprof to finish after the load.
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+const FINISH_LIMIT: Duration = Duration::from_secs(60);
+
 pub fn run() -> Result<()> {
     setup::ensure()?.require_all()?;
     println!("== build");
     let memprof = samples::build_memprof()?;
-    let leaks = samples::compile_c(
-        "leaks",
-        "leaks",
-        &["-O2", "-g", "-fno-omit-frame-pointer", "-fno-builtin"],
-    )?;
+    let (server, loadgen) = build_server_and_loadgen()?;
 
     println!("== profile");
     let root = samples::root()?;
@@ -26,44 +56,162 @@ pub fn run() -> Result<()> {
     profile
         .current_dir(&root)
         .args(["run", "--output", OUTPUT_DIR, "--"])
-        .arg(relative_to(&leaks, &root));
-    let status = exec::status(&mut profile)?;
+        .arg(relative_to(&server, &root))
+        .args(SERVER_ARGS)
+        .stdout(Stdio::piped());
+    println!("$ {} &", exec::shown(&profile));
+    let mut memprof_child = profile
+        .spawn()
+        .with_context(|| format!("could not start `{}`", exec::shown(&profile)))?;
+    let stdout = memprof_child
+        .stdout
+        .take()
+        .context("memprof's stdout is not piped")?;
+    let (lines, forwarder) = forward_lines(stdout);
+    let addr = match server_address(&lines) {
+        Ok(addr) => addr,
+        Err(err) => {
+            let _ = memprof_child.kill();
+            let _ = memprof_child.wait();
+            return Err(err);
+        }
+    };
+    // From here on the server's output (its exit summary) is printed as it comes.
+    drop(lines);
+
+    let mut load = exec::command(relative_to(&loadgen, &root));
+    load.current_dir(&root)
+        .arg("--addr")
+        .arg(addr.to_string())
+        .args(LOAD_ARGS);
+    // loadgen sends SHUTDOWN even when the load fails, so memprof finishes either way.
+    let load_status = exec::status(&mut load)?;
+    let status = wait_for(&mut memprof_child, FINISH_LIMIT)?;
+    let _ = forwarder.join();
+    ensure!(
+        load_status.success(),
+        "memprof-loadgen failed ({load_status})"
+    );
+    ensure!(status.success(), "memprof run failed ({status})");
 
     let out = root.join(OUTPUT_DIR);
     let report = out.join("report.json");
-    let svg = out.join("leaks.svg");
-    if !report.is_file() {
-        bail!("memprof ({status}) wrote no {}", report.display());
-    }
-    if !status.success() {
-        // memprof passes on the sample's exit status; the report is still complete.
-        println!("memprof exited with {status} (the sample's exit status)");
-    }
     println!("== done");
-    if let Some(line) = leak_summary(&report)? {
-        println!("{line}");
-    }
+    println!("{}", top_leak(&report)?);
     println!("report:     {}", report.display());
-    println!("flamegraph: {} (open it in a browser)", svg.display());
+    println!(
+        "flamegraph: {} (open it in a browser)",
+        out.join("leaks.svg").display()
+    );
     println!("folded:     {}", out.join("leaks.folded").display());
     Ok(())
 }
 
-/// "leaked: N bytes in M blocks from K sites", read back from report.json.
-fn leak_summary(report: &Path) -> Result<Option<String>> {
+/// Builds the sample server and load generator in release mode (no frame pointers: memprof
+/// unwinds with DWARF).
+fn build_server_and_loadgen() -> Result<(PathBuf, PathBuf)> {
+    exec::run(exec::cargo().current_dir(samples::root()?).args([
+        "build",
+        "--release",
+        "--package",
+        "memprof-sample-server",
+        "--package",
+        "memprof-loadgen",
+    ]))?;
+    let release = samples::target_dir()?.join("release");
+    let binaries = (
+        release.join("memprof-sample-server"),
+        release.join("memprof-loadgen"),
+    );
+    for binary in [&binaries.0, &binaries.1] {
+        ensure!(
+            binary.is_file(),
+            "cargo built the samples but {} does not exist",
+            binary.display()
+        );
+    }
+    Ok(binaries)
+}
+
+/// Waits for the server's `listening on ADDR` among memprof's stdout lines (the server's).
+fn server_address(lines: &Receiver<String>) -> Result<SocketAddr> {
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).map_err(|_| {
+            anyhow::anyhow!("the server did not print `listening on ADDR` within {STARTUP_LIMIT:?}")
+        })?;
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            println!("{line}");
+            return addr
+                .parse()
+                .with_context(|| format!("the server printed a bad address: {line:?}"));
+        }
+        println!("{line}");
+    }
+}
+
+/// Lines of `pipe`: sent through the channel while it is open, printed once it is dropped.
+/// The thread ends at the pipe's end of file.
+fn forward_lines(pipe: impl Read + Send + 'static) -> (Receiver<String>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let forwarder = thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Err(unsent) = tx.send(line) {
+                println!("{}", unsent.0);
+            }
+        }
+    });
+    (rx, forwarder)
+}
+
+/// Waits for `child`, killing it after `limit`.
+fn wait_for(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for memprof")? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("memprof did not finish within {limit:?} after the load; killed it");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// "top leak site: N bytes in M blocks, allocated in FUNCTION (FILE:LINE)", read back from
+/// report.json; an error unless that site's stack goes through the function that leaks.
+fn top_leak(report: &Path) -> Result<String> {
     let text =
         fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
-    let summary = &json["summary"];
-    let (Some(bytes), Some(blocks)) = (
-        summary["live_bytes"].as_u64(),
-        summary["live_blocks"].as_u64(),
-    ) else {
-        return Ok(None);
+    let top = json["leaks"]
+        .get(0)
+        .with_context(|| format!("{} lists no leak", report.display()))?;
+    let frames = top["stack"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let function = |frame: &serde_json::Value| frame["function"].as_str().unwrap_or("?").to_owned();
+    let summary = format!(
+        "top leak site: {} bytes in {} blocks",
+        top["bytes"], top["blocks"]
+    );
+    // The innermost frames may be std's allocation functions inlined into the caller.
+    let Some(leaking) = frames
+        .iter()
+        .find(|frame| function(frame) == LEAKING_FUNCTION)
+    else {
+        let innermost = frames.first().map_or("no stack".to_owned(), function);
+        bail!("{summary} at {innermost}, not the injected leak in {LEAKING_FUNCTION}");
     };
-    let sites = json["leaks"].as_array().map_or(0, Vec::len);
-    Ok(Some(format!(
-        "leaked at exit: {bytes} bytes in {blocks} blocks from {sites} call sites"
-    )))
+    let place = match (leaking["file"].as_str(), leaking["line"].as_u64()) {
+        (Some(file), Some(line)) => format!(" ({file}:{line})"),
+        _ => String::new(),
+    };
+    Ok(format!("{summary}, allocated in {LEAKING_FUNCTION}{place}"))
 }

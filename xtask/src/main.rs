@@ -3,13 +3,18 @@
 //! - `setup` installs what building and testing needs (Debian packages, bpf-linker built on
 //!   LLVM 22, the nightly toolchain's rust-src) and checks the kernel and privileges.
 //! - `test` runs setup, then the build, clippy, the format check and every test.
-//! - `demo` runs setup, builds memprof and profiles the leaky C sample into memprof-out/.
+//! - `demo` runs setup, builds memprof and profiles the sample server under load into
+//!   memprof-out/.
 //! - `bench overhead` measures what memprof adds per malloc/free pair and its fixed cost.
+//! - `bench report` times `memprof report` on synthetic recordings (events/s, peak RSS).
+//! - `bench alloc` compares memprof's own allocator with glibc, jemalloc, mimalloc, tcmalloc.
 //!
 //! Every command xtask runs is echoed first (`$ cargo build --workspace`), and every thing setup
 //! finds or does is one line, so a CI log says what happened without reading this code.
 
 mod bench;
+mod bench_alloc;
+mod bench_report;
 mod demo;
 mod exec;
 mod host;
@@ -39,7 +44,7 @@ enum Task {
     Setup,
     /// Set up if needed, then build, clippy, format check and every test.
     Test,
-    /// Set up if needed, build memprof, profile samples/c/leaks.c and write memprof-out/.
+    /// Set up if needed, build memprof, profile the sample server under load into memprof-out/.
     Demo,
     /// Measure memprof's cost.
     Bench {
@@ -52,6 +57,27 @@ enum Task {
 enum Bench {
     /// Added wall time per malloc/free pair and fixed start+stop cost (root only).
     Overhead(OverheadArgs),
+    /// memprof's own allocator against glibc, jemalloc, mimalloc and tcmalloc.
+    Alloc(AllocArgs),
+    /// `memprof report` replay speed and peak memory on synthetic recordings (no root).
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Events per synthetic recording, one run each (memory must not grow with them).
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000_000u64, 50_000_000])]
+    events: Vec<u64>,
+}
+
+#[derive(Args)]
+struct AllocArgs {
+    /// malloc/free pairs per thread per throughput run.
+    #[arg(long, default_value_t = 5_000_000)]
+    ops: u64,
+    /// Runs per allocator; the table shows medians.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 #[derive(Args)]
@@ -82,5 +108,11 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             bench: Bench::Overhead(args),
         } => bench::overhead(args.pairs, args.runs),
+        Task::Bench {
+            bench: Bench::Alloc(args),
+        } => bench_alloc::run(args.ops, args.runs),
+        Task::Bench {
+            bench: Bench::Report(args),
+        } => bench_report::run(&args.events),
     }
 }

@@ -23,6 +23,19 @@ const PACKAGES: &[&str] = &[
     "libc6-dev",
     "python3",
     "util-linux",
+    // `cargo xtask bench alloc` compares memprof's allocator with these (LD_PRELOAD).
+    "libjemalloc2",
+    "libmimalloc2.0",
+    "libtcmalloc-minimal4",
+    // `go tool pprof` loads profile.pb.gz in profiler-core's pprof test.
+    "golang-go",
+    // glibc's DWARF, found by build-id: libc frames get file:line (symbolize/debug_file.rs).
+    "libc6-dbg",
+    // The C++ sample (samples/cpp) and objcopy/objdump for the separate-debug-file tests.
+    "g++",
+    "binutils",
+    // A headless browser opens report.html in profiler-core's HTML test.
+    "chromium",
 ];
 
 /// The eBPF crate is built with this toolchain (profiler-cli's build.rs). It must stay on

@@ -4,7 +4,10 @@ use crate::report::{
     Name, assert_chain, assert_function, assert_nothing_lost, assert_num, assert_section_total,
     assert_sites,
 };
-use crate::support::{Build, compile_c, privileged, profile};
+use crate::support::{Build, compile_c, memprof, privileged, profile, run_to_end};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
 
 /// One test per build, so that a failure says which stack walk broke.
 macro_rules! both_builds {
@@ -53,10 +56,15 @@ fn check_leaks(test: &str, build: Build) {
     assert_sites(&report, "leaks", Name::Exact("d"), 1, 4096);
     assert_sites(&report, "leaks", Name::Exact("churn"), 0, 0);
     assert_section_total(&report, "leaks", 6, 5036);
-    if build == Build::FramePointers {
-        // Every frame of the chain keeps a frame pointer, so the walk sees all of them.
-        assert_chain(&report, "leaks", &["d", "c", "b", "a", "main"]);
-    }
+    // The default DWARF unwinding sees the whole chain with or without frame pointers, up to
+    // libc's entry code (which has none) and the program's root.
+    assert_chain(
+        &report,
+        "leaks",
+        &["d", "c", "b", "a", "main", "__libc_start_main", "_start"],
+    );
+    assert_num(&report, "lost.stack_errors", 0);
+    assert_no_truncated_stack(&report, "leaks");
 }
 
 fn check_threads(test: &str, build: Build) {
@@ -70,8 +78,10 @@ fn check_threads(test: &str, build: Build) {
     // pthread_create: one 272-byte DTV per thread (ld.so calls libc's calloc).
     assert_function(&report, "calloc", 4, 1088);
     assert_num(&report, "summary.frees", 1996);
-    // Thread exit frees each thread's tcache, which libc allocated without calling malloc.
-    assert_num(&report, "summary.unknown_frees", 4);
+    // Thread exit frees each thread's tcache, which libc allocated without calling malloc:
+    // the allocator's own frees, not unknown frees of the program.
+    assert_num(&report, "summary.unknown_frees", 0);
+    assert_num(&report, "summary.allocator_internal_frees", 4);
     // thread_leak takes the last cached chunk back, so glibc frees no freed pointer again.
     assert_num(&report, "summary.double_frees", 0);
     // 4 leaked blocks of 32 plus the 4 DTVs kept in glibc's stack cache.
@@ -79,6 +89,14 @@ fn check_threads(test: &str, build: Build) {
     assert_num(&report, "summary.live_bytes", 128 + 1088);
 
     assert_sites(&report, "leaks", Name::Exact("thread_leak"), 4, 128);
+    // A thread's stack ends in libc's thread start, unwound without frame pointers.
+    assert_chain(
+        &report,
+        "leaks",
+        &["thread_leak", "thread_main", "start_thread"],
+    );
+    assert_num(&report, "lost.stack_errors", 0);
+    assert_no_truncated_stack(&report, "leaks");
     assert_sites(&report, "leaks", Name::Exact("thread_churn"), 0, 0);
     assert_section_total(&report, "leaks", 8, 1216);
 }
@@ -96,6 +114,8 @@ fn check_ctor(test: &str, build: Build) {
     assert_num(&report, "summary.live_blocks", 2);
     assert_sites(&report, "leaks", Name::Exact("ctor_leak"), 1, 777);
     assert_sites(&report, "leaks", Name::Exact("main_leak"), 1, 555);
+    assert_chain(&report, "leaks", &["main_leak", "main"]);
+    assert_no_truncated_stack(&report, "leaks");
     assert_section_total(&report, "leaks", 2, 1332);
 }
 
@@ -127,6 +147,7 @@ fn check_realloc_edge(test: &str, build: Build) {
     assert_sites(&report, "leaks", Name::Exact("array_grow"), 1, 400);
     assert_sites(&report, "leaks", Name::Exact("failed_realloc"), 1, 64);
     assert_sites(&report, "leaks", Name::Exact("grow_leak"), 1, 32);
+    assert_chain(&report, "leaks", &["grow_leak", "main"]);
     assert_sites(&report, "leaks", Name::Exact("realloc_cycle"), 0, 0);
     assert_sites(&report, "leaks", Name::Exact("realloc_then_free"), 0, 0);
     assert_section_total(&report, "leaks", 3, 496);
@@ -193,6 +214,9 @@ fn check_mmap(test: &str, build: Build) {
     assert_sites(&report, "mappings", Name::Exact("grow_a"), 1, 65536);
     assert_sites(&report, "mappings", Name::Exact("map_b"), 2, 24576);
     assert_sites(&report, "mappings", Name::Exact("map_d"), 1, 12288);
+    // mmap and mremap returns carry stacks too.
+    assert_chain(&report, "mappings", &["map_d", "main"]);
+    assert_chain(&report, "mappings", &["grow_a", "main"]);
     // a moved to grow_a's site; c is gone.
     assert_sites(&report, "mappings", Name::Exact("map_a"), 0, 0);
     assert_sites(&report, "mappings", Name::Exact("map_c"), 0, 0);
@@ -217,4 +241,140 @@ fn churn_pairs() {
     assert_num(&report, "summary.frees", 10000);
     assert_num(&report, "summary.live_blocks", 0);
     assert_section_total(&report, "leaks", 0, 0);
+}
+
+/// No site of `section` is marked truncated.
+fn assert_no_truncated_stack(report: &Value, section: &str) {
+    let sites = report[section].as_array().expect("sites");
+    for site in sites {
+        assert_eq!(
+            site["truncated"], false,
+            "truncated stack in {section}: {site}"
+        );
+    }
+}
+
+/// `memprof run` with capture flags; requires success and returns the report.
+fn profile_with(dir: &Path, flags: &[&str], target: &Path) -> Value {
+    let output = dir.join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("run")
+        .arg("--output")
+        .arg(&output)
+        .args(flags)
+        .arg("--")
+        .arg(target);
+    let finished = run_to_end(cmd);
+    assert!(
+        finished.status.success(),
+        "memprof run {flags:?} failed: {}\nstderr:\n{}",
+        finished.status,
+        finished.stderr
+    );
+    finished.report(&output)
+}
+
+/// The stack (function names, innermost first) and truncation of the one leak site whose
+/// first frame is `function`.
+fn leak_stack(report: &Value, function: &str) -> (Vec<String>, bool) {
+    let sites: Vec<&Value> = report["leaks"]
+        .as_array()
+        .expect("leaks")
+        .iter()
+        .filter(|site| site["stack"][0]["function"] == function)
+        .collect();
+    assert_eq!(sites.len(), 1, "one {function} site in {}", report["leaks"]);
+    let names = sites[0]["stack"]
+        .as_array()
+        .expect("stack")
+        .iter()
+        .map(|frame| frame["function"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    (names, sites[0]["truncated"].as_bool().expect("truncated"))
+}
+
+#[test]
+fn frame_pointer_walk_on_request() {
+    let Some(env) = privileged("frame_pointer_walk_on_request") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "leaks", Build::FramePointers);
+    let report = profile_with(env.dir.path(), &["--unwind", "fp"], &target);
+    assert_nothing_lost(&report);
+    assert_sites(&report, "leaks", Name::Exact("d"), 1, 4096);
+    assert_chain(&report, "leaks", &["d", "c", "b", "a", "main"]);
+}
+
+#[test]
+fn frame_pointer_walk_keeps_the_immediate_caller_without_frame_pointers() {
+    let Some(env) = privileged("frame_pointer_walk_keeps_the_immediate_caller") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "leaks", Build::NoFramePointers);
+    let report = profile_with(env.dir.path(), &["--unwind", "fp"], &target);
+    assert_nothing_lost(&report);
+    // Frame 0 is the return address the probe sees, whatever the walk finds above it.
+    assert_sites(&report, "leaks", Name::Exact("d"), 1, 4096);
+    assert_sites(&report, "leaks", Name::Exact("leak_small"), 3, 300);
+}
+
+#[test]
+fn depth_limit_cuts_and_marks_stacks_in_both_modes() {
+    let Some(env) = privileged("depth_limit_cuts_and_marks_stacks_in_both_modes") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "leaks", Build::FramePointers);
+    let abc = vec!["d".to_owned(), "c".to_owned(), "b".to_owned()];
+    for mode in ["fp", "dwarf"] {
+        let report = profile_with(
+            env.dir.path(),
+            &["--unwind", mode, "--max-depth", "3"],
+            &target,
+        );
+        assert_eq!(
+            leak_stack(&report, "d"),
+            (abc.clone(), true),
+            "--unwind {mode}"
+        );
+    }
+    // A stack exactly as deep as the limit is whole, one frame less is cut.
+    let (whole, truncated) = leak_stack(&profile_with(env.dir.path(), &[], &target), "d");
+    assert!(!truncated && whole.len() > 5, "{whole:?}");
+    let depth = whole.len().to_string();
+    let report = profile_with(env.dir.path(), &["--max-depth", &depth], &target);
+    assert_eq!(leak_stack(&report, "d"), (whole.clone(), false));
+    let depth = (whole.len() - 1).to_string();
+    let report = profile_with(env.dir.path(), &["--max-depth", &depth], &target);
+    assert_eq!(
+        leak_stack(&report, "d"),
+        (whole[..whole.len() - 1].to_vec(), true)
+    );
+}
+
+#[test]
+fn stack_byte_limit_cuts_and_marks_stacks() {
+    let Some(env) = privileged("stack_byte_limit_cuts_and_marks_stacks") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "leaks", Build::NoFramePointers);
+    // 8 bytes hold no return address: only frame 0 (the probe's ip) is known.
+    let report = profile_with(env.dir.path(), &["--stack-bytes", "8"], &target);
+    assert_nothing_lost(&report);
+    let (stack, truncated) = leak_stack(&report, "d");
+    assert_eq!((stack, truncated), (vec!["d".to_owned()], true));
+    assert_num(&report, "lost.stack_errors", 0);
+}
+
+#[test]
+fn bad_stack_bytes_is_one_line_error() {
+    let out = Command::new(memprof())
+        .args(["run", "--stack-bytes", "12", "--", "/bin/true"])
+        .output()
+        .expect("run memprof");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "memprof: error: --stack-bytes must be a multiple of 8 between 8 and 16384, not 12"
+    );
 }

@@ -8,9 +8,17 @@
 //! These tests need root (eBPF and uprobes). Without it they fail, saying so, unless
 //! MEMPROF_SKIP_PRIVILEGED=1 is set; then each prints why it does nothing and passes.
 
+mod analyses;
 mod attach;
 mod c_targets;
+mod compare;
+mod diff;
 mod failures;
+mod own_alloc;
+mod recording;
 mod report;
 mod rust_target;
+mod server;
+mod stacks;
 mod support;
+mod threads_exit;

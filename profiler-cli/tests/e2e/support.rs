@@ -289,3 +289,86 @@ pub fn rest_of(lines: &Receiver<String>) -> String {
     }
     text
 }
+
+/// samples/c/stacks.c linked against samples/c/libstackdemo.c (built as libstackdemo.so in
+/// the same directory, found through an $ORIGIN rpath), both with BUILD's frame pointers.
+pub fn compile_stacks(dir: &Path, build: Build) -> PathBuf {
+    let out = dir.join(format!("stacks-{}", build.suffix()));
+    std::fs::create_dir_all(&out).expect("create the stacks build dir");
+    let frame_flag = match build {
+        Build::FramePointers => "-fno-omit-frame-pointer",
+        Build::NoFramePointers => "-fomit-frame-pointer",
+    };
+    let library = samples_dir().join("c/libstackdemo.c");
+    let mut gcc = Command::new("gcc");
+    gcc.args([
+        "-O2",
+        "-g",
+        "-fno-builtin",
+        "-shared",
+        "-fPIC",
+        frame_flag,
+        "-o",
+    ])
+    .arg(out.join("libstackdemo.so"))
+    .arg(&library);
+    run_compiler(gcc, &library);
+    let source = samples_dir().join("c/stacks.c");
+    let binary = out.join("stacks");
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-O2", "-g", "-fno-builtin", frame_flag, "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .arg("-L")
+        .arg(&out)
+        .args(["-lstackdemo", "-Wl,-rpath,$ORIGIN"]);
+    run_compiler(gcc, &source);
+    binary
+}
+
+/// samples/cpp/NAME.cpp with g++.
+pub fn compile_cpp(dir: &Path, name: &str, build: Build) -> PathBuf {
+    let source = samples_dir().join("cpp").join(format!("{name}.cpp"));
+    let output = dir.join(format!("{name}.{}", build.suffix()));
+    let frame_flag = match build {
+        Build::FramePointers => "-fno-omit-frame-pointer",
+        Build::NoFramePointers => "-fomit-frame-pointer",
+    };
+    let mut gxx = Command::new("g++");
+    gxx.args(["-O2", "-g", frame_flag, "-o"])
+        .arg(&output)
+        .arg(&source);
+    run_compiler(gxx, &source);
+    output
+}
+
+/// samples/src/bin/NAME.rs compiled directly with rustc, as [`compile_rust`] does.
+pub fn compile_rust_bin(dir: &Path, name: &str, build: Build) -> PathBuf {
+    let source = samples_dir().join(format!("src/bin/{name}.rs"));
+    let output = dir.join(format!("{name}.{}", build.suffix()));
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let mut cmd = Command::new(rustc);
+    cmd.args(["--edition", "2024", "-C", "opt-level=2", "-g"]);
+    if build == Build::FramePointers {
+        cmd.args(["-C", "force-frame-pointers=yes"]);
+    }
+    cmd.arg("-o").arg(&output).arg(&source);
+    run_compiler(cmd, &source);
+    output
+}
+
+/// The 1-based line of `source` (under samples/) holding the comment marker `@name`.
+pub fn marker_line(source: &str, name: &str) -> u32 {
+    let path = samples_dir().join(source);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let marker = format!("@{name} ");
+    let matches: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains(&marker) || line.ends_with(&format!("@{name}")))
+        .map(|(index, _)| index + 1)
+        .collect();
+    assert_eq!(matches.len(), 1, "marker @{name} in {}", path.display());
+    matches[0] as u32
+}

@@ -229,6 +229,106 @@ fn the_same_sequence_in_attach_mode_is_an_unknown_free() {
     assert!(heap.double_frees().is_empty());
 }
 
+fn internal(mut event: Event) -> Event {
+    event.flags |= FLAG_ALLOCATOR_INTERNAL;
+    event
+}
+
+#[test]
+fn allocator_frees_of_freed_or_unknown_pointers_are_counted_apart() {
+    // glibc's thread exit: the tcache's chunks (freed by the program) and the tcache itself
+    // (never returned by malloc) go through free again, from libc's code.
+    for mode in [Mode::Run, Mode::Attach] {
+        let heap = run(
+            mode,
+            &[
+                malloc(0x10, 24, 1),
+                free(0x10, 2),
+                internal(free(0x10, 3)),
+                internal(free(0x900, 4)),
+            ],
+        );
+        let s = heap.stats();
+        assert_eq!(
+            (
+                s.frees,
+                s.double_frees,
+                s.unknown_frees,
+                s.allocator_internal_frees
+            ),
+            (1, 0, 0, 2),
+            "{mode:?}"
+        );
+        assert!(heap.double_frees().is_empty());
+        assert_eq!(s.by_function[EventKind::Free as usize].calls, 3);
+    }
+}
+
+#[test]
+fn an_allocator_free_of_a_live_block_is_an_ordinary_free() {
+    // libc freeing what the program's calls into libc allocated (fclose's buffer).
+    let heap = run(Mode::Run, &[malloc(0x10, 24, 1), internal(free(0x10, 2))]);
+    let s = heap.stats();
+    assert_eq!(
+        (s.frees, s.allocator_internal_frees, s.live_blocks),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn a_program_double_free_after_allocator_frees_is_still_reported() {
+    let heap = run(
+        Mode::Run,
+        &[
+            malloc(0x10, 24, 1),
+            free(0x10, 2),
+            internal(free(0x10, 3)),
+            free(0x10, 4),
+        ],
+    );
+    let s = heap.stats();
+    assert_eq!((s.double_frees, s.allocator_internal_frees), (1, 1));
+    assert_eq!(heap.double_frees()[0].alloc_stack, Some(StackId(0)));
+    assert_eq!(heap.double_frees()[0].ts_ns, 4);
+}
+
+#[test]
+fn allocator_mmaps_are_not_regions_and_its_untracked_munmaps_not_unknown() {
+    let heap = run(
+        Mode::Run,
+        &[
+            // A thread's arena, mapped inside free, then trimmed and unmapped by libc.
+            internal(mmap(0x4000_0000, 64 << 20)),
+            internal(munmap(0x4000_0000, 4096)),
+            // A thread stack: mapped and unmapped by libc, tracked like any region.
+            mmap(0x10_0000, 4 * 4096),
+            internal(munmap(0x10_0000, 4 * 4096)),
+            // The program unmapping what nobody saw mapped.
+            munmap(0x90_0000, 4096),
+        ],
+    );
+    let m = heap.stats().mmap;
+    assert_eq!(
+        (
+            m.calls,
+            m.allocator_internal_mmaps,
+            m.bytes,
+            m.live_regions,
+            m.live_bytes
+        ),
+        (2, 1, 4 * 4096, 0, 0)
+    );
+    assert_eq!(
+        (
+            m.munmap_calls,
+            m.unknown_munmaps,
+            m.allocator_internal_munmaps
+        ),
+        (3, 1, 1)
+    );
+    assert_eq!(m.peak_bytes, 4 * 4096);
+}
+
 #[test]
 fn reuse_of_an_address_ends_its_freed_state() {
     let heap = run(

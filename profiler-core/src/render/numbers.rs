@@ -15,6 +15,14 @@ pub fn thousands(n: u64) -> String {
 
 /// `1536` -> `1.5 KiB (1,536 bytes)`; below 1 KiB the exact count alone: `512 B`.
 pub fn human_bytes(bytes: u64) -> String {
+    match short_bytes(bytes) {
+        short if bytes < 1024 => short,
+        short => format!("{short} ({} bytes)", thousands(bytes)),
+    }
+}
+
+/// `1536` -> `1.5 KiB`; below 1 KiB the exact count: `512 B`. For titles.
+pub fn short_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -25,7 +33,7 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    format!("{value:.1} {} ({} bytes)", UNITS[unit], thousands(bytes))
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]

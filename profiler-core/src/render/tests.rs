@@ -15,6 +15,7 @@ fn frame(
         offset: address - 0x400000,
         file: file.map(|(name, _)| name.to_owned()),
         line: file.map(|(_, line)| line),
+        inlined: false,
     }
 }
 
@@ -45,6 +46,7 @@ fn report() -> Report {
                 signal: None,
             }),
             duration_secs: 2.0,
+            peak_rss_bytes: None,
         },
         probes: vec![],
         summary: Summary {
@@ -60,6 +62,7 @@ fn report() -> Report {
             lost_events: 3,
             unknown_frees: 3,
             double_frees: 0,
+            allocator_internal_frees: 0,
             unknown_reallocs: 0,
             overwritten_blocks: 0,
             by_function: KindMap(vec![(
@@ -73,8 +76,10 @@ fn report() -> Report {
                 calls: 0,
                 failed_calls: 0,
                 bytes: 0,
+                allocator_internal_mmaps: 0,
                 munmap_calls: 0,
                 unknown_munmaps: 0,
+                allocator_internal_munmaps: 0,
                 live_regions: 0,
                 live_bytes: 0,
                 peak_bytes: 0,
@@ -95,6 +100,10 @@ fn report() -> Report {
         ],
         mappings: vec![],
         double_frees: vec![],
+        sites: vec![],
+        modules: vec![],
+        analyses: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -169,7 +178,9 @@ fn json_parses_back_with_documented_keys() {
             "mappings",
             "memprof_version",
             "mode",
+            "modules",
             "probes",
+            "sites",
             "summary",
             "target"
         ]
@@ -210,7 +221,9 @@ fn json_parses_back_with_documented_keys() {
     frame_keys.sort();
     assert_eq!(
         frame_keys,
-        ["address", "file", "function", "line", "module", "offset"]
+        [
+            "address", "file", "function", "inlined", "line", "module", "offset"
+        ]
     );
     let back: Report = serde_json::from_slice(&out).unwrap();
     assert_eq!(back, report);
@@ -219,13 +232,13 @@ fn json_parses_back_with_documented_keys() {
 #[test]
 fn folded_lines_are_root_first_sorted_and_exact() {
     let mut out = Vec::new();
-    write_leak_folded(&report(), &mut out).unwrap();
+    write_folded(&report(), FlameKind::Leaks, &mut out).unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "[no stack] 6\n\
-         [truncated];main;make_list;helper<[u8, 4]> 500\n\
-         main;0x7fff0000 30\n\
-         main;make_list 1000\n"
+         [truncated];main (leaky.c:40);make_list (leaky.c:12);helper<[u8, 4]> 500\n\
+         main (leaky.c:40);0x7fff0000 30\n\
+         main (leaky.c:40);make_list (leaky.c:12) 1000\n"
     );
 }
 
@@ -234,19 +247,24 @@ fn folded_lines_merge_identical_names() {
     let mut report = report();
     let twin = report.leaks[0].clone();
     report.leaks.push(twin);
-    assert!(folded_lines(&report).contains(&"main;make_list 2000".to_owned()));
+    assert!(
+        folded_lines(&report).contains(&"main (leaky.c:40);make_list (leaky.c:12) 2000".to_owned())
+    );
 }
 
 #[test]
 fn flamegraph_is_deterministic_svg_with_title() {
     let render = || {
         let mut out = Vec::new();
-        write_leak_flamegraph(&report(), "leaks of ./leaky <3>", &mut out).unwrap();
+        write_flamegraph(&report(), FlameKind::Leaks, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     };
     let svg = render();
     assert!(svg.starts_with("<?xml"), "{}", &svg[..100]);
-    assert!(svg.contains("leaks of ./leaky &lt;3&gt;"));
+    assert!(
+        svg.contains("memprof: leaked bytes of ./leaky 3 - 1.5 KiB in 567 blocks"),
+        "{svg}"
+    );
     assert!(svg.contains("make_list"));
     assert!(svg.contains("bytes"));
     assert_eq!(svg, render());
@@ -256,10 +274,14 @@ fn flamegraph_is_deterministic_svg_with_title() {
 fn flamegraph_without_leaks_is_still_an_svg() {
     let mut report = report();
     report.leaks.clear();
+    report.target.command = vec!["a".into(), "&".into(), "b".into()];
     let mut out = Vec::new();
-    write_leak_flamegraph(&report, "a & b", &mut out).unwrap();
+    write_flamegraph(&report, FlameKind::Leaks, &mut out).unwrap();
     let svg = String::from_utf8(out).unwrap();
     assert!(svg.starts_with("<?xml"));
-    assert!(svg.contains(">a &amp; b<"));
+    assert!(
+        svg.contains(">memprof: leaked bytes of a &amp; b - "),
+        "{svg}"
+    );
     assert!(svg.contains("No leaked bytes."));
 }

@@ -16,7 +16,8 @@ pub fn write_text(report: &Report, out: &mut impl Write, top: usize) -> io::Resu
     write_calls(report, out)?;
     write_sites(out, &leak_title(report), &report.leaks, top, "blocks")?;
     write_mmap(report, out, top)?;
-    write_double_frees(report, out, top)
+    write_double_frees(report, out, top)?;
+    super::text_analyses::write_analyses(report, out)
 }
 
 fn write_header(report: &Report, out: &mut impl Write) -> io::Result<()> {
@@ -130,6 +131,13 @@ fn write_heap(report: &Report, out: &mut impl Write) -> io::Result<()> {
         thousands(s.unknown_reallocs),
         thousands(s.overwritten_blocks)
     )?;
+    if s.allocator_internal_frees > 0 {
+        writeln!(
+            out,
+            "  allocator's own frees {} (caches flushed at thread exit; not the program's)",
+            thousands(s.allocator_internal_frees)
+        )?;
+    }
     writeln!(out)
 }
 
@@ -205,11 +213,21 @@ fn write_stack(out: &mut impl Write, stack: &[StackFrame]) -> io::Result<()> {
     if stack.is_empty() {
         return writeln!(out, "      [no stack]");
     }
-    for frame in stack.iter().take(FRAMES_SHOWN) {
+    // The allocator's own frames say nothing about who allocated: start at the site frame.
+    let plumbing = stack
+        .iter()
+        .take_while(|frame| frame.is_allocation_plumbing())
+        .count()
+        .min(stack.len() - 1);
+    if plumbing > 0 {
+        writeln!(out, "      ({plumbing} allocator frames above)")?;
+    }
+    let shown = &stack[plumbing..];
+    for frame in shown.iter().take(FRAMES_SHOWN) {
         writeln!(out, "      {}", frame_line(frame))?;
     }
-    if stack.len() > FRAMES_SHOWN {
-        writeln!(out, "      ... {} more frames", stack.len() - FRAMES_SHOWN)?;
+    if shown.len() > FRAMES_SHOWN {
+        writeln!(out, "      ... {} more frames", shown.len() - FRAMES_SHOWN)?;
     }
     Ok(())
 }
@@ -251,6 +269,14 @@ fn write_mmap(report: &Report, out: &mut impl Write, top: usize) -> io::Result<(
         thousands(m.live_regions),
         human_bytes(m.peak_bytes)
     )?;
+    if m.allocator_internal_mmaps + m.allocator_internal_munmaps > 0 {
+        writeln!(
+            out,
+            "  the allocator's own, not tracked: {} mmaps inside free, {} munmaps",
+            thousands(m.allocator_internal_mmaps),
+            thousands(m.allocator_internal_munmaps)
+        )?;
+    }
     if report.mappings.is_empty() {
         return writeln!(out);
     }

@@ -184,8 +184,115 @@ fn frame_display_names() {
         offset: 0x1234,
         file: None,
         line: None,
+        inlined: false,
     };
     assert_eq!(frame(Some("main"), "app").display_name(), "main");
     assert_eq!(frame(None, "libfoo.so").display_name(), "libfoo.so+0x1234");
     assert_eq!(frame(None, "[unknown]").display_name(), "0x7f00");
+    let located = StackFrame {
+        file: Some("/src/app/main.c".into()),
+        line: Some(12),
+        ..frame(Some("main"), "app")
+    };
+    assert_eq!(located.located_name(), "main (main.c:12)");
+    let no_function = StackFrame {
+        file: Some("/src/app/main.c".into()),
+        line: Some(12),
+        ..frame(None, "app")
+    };
+    assert_eq!(no_function.located_name(), "app+0x1234");
+}
+
+#[test]
+fn sites_list_every_allocating_stack_with_live_and_peak_figures() {
+    let (heap, stacks) = sample();
+    // The same events as `sample`, followed by the site statistics.
+    let mut sites = SiteStats::new();
+    let mut replay = HeapState::new(Mode::Run);
+    let a = StackId(0);
+    let b = StackId(1);
+    for (e, stack) in [
+        (event(EventKind::Malloc, 0x10, 100, 0, 100), Some(a)),
+        (event(EventKind::Calloc, 0x20, 200, 0, 300), Some(a)),
+        (event(EventKind::Malloc, 0x30, 300, 0, 200), Some(b)),
+        (event(EventKind::Malloc, 0x40, 7, 0, 400), None),
+        (event(EventKind::Malloc, 0x50, 1000, 0, 500), Some(a)),
+        (event(EventKind::Free, 0x50, 0, 0, 600), None),
+        (event(EventKind::Free, 0x50, 0, 0, 700), None),
+        (event(EventKind::Mmap, 0x7000_0000, 5000, 0, 800), Some(b)),
+    ] {
+        let effect = replay.apply(&e, stack);
+        sites.observe(&e, stack, &effect);
+    }
+    assert_eq!(replay.stats(), heap.stats());
+    let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
+    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    type Figures = (u64, u64, u64, u64, u64, u64, f64, f64, usize, bool);
+    let figures: Vec<Figures> = report
+        .sites
+        .iter()
+        .map(|s| {
+            (
+                s.allocations,
+                s.allocated_bytes,
+                s.live_blocks,
+                s.live_bytes,
+                s.peak_live_blocks,
+                s.peak_live_bytes,
+                s.first_alloc_secs,
+                s.last_alloc_secs,
+                s.stack.len(),
+                s.truncated,
+            )
+        })
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            (3, 1300, 2, 300, 3, 1300, 0.1, 0.5, 2, false),
+            (1, 300, 1, 300, 1, 300, 0.2, 0.2, 1, true),
+        ]
+    );
+    // No module could be opened (the maps are empty).
+    assert!(report.modules.is_empty());
+    // Without site statistics the list is empty.
+    let plain = build_report(&heap, &stacks, &mut symbolizer, &meta(Mode::Run));
+    assert!(plain.sites.is_empty());
+}
+
+#[test]
+fn sites_are_named_after_the_first_frame_outside_the_allocator() {
+    let frame = |function: &str| StackFrame {
+        function: Some(function.to_owned()),
+        module: "app".into(),
+        address: "0x1".into(),
+        offset: 1,
+        file: None,
+        line: None,
+        inlined: false,
+    };
+    let rust = [
+        frame("alloc::alloc::alloc"),
+        frame("alloc::raw_vec::RawVecInner<A>::try_allocate_in"),
+        frame("<alloc::vec::Vec<T,A> as core::clone::Clone>::clone"),
+        frame("<[u8] as alloc::borrow::ToOwned>::to_owned"),
+        frame("server::leak_payload"),
+        frame("server::handle"),
+    ];
+    assert_eq!(
+        crate::report::site_frame(&rust).and_then(|f| f.function.as_deref()),
+        Some("server::leak_payload")
+    );
+    let cpp = [frame("operator new(unsigned long)"), frame("shapes::make")];
+    assert_eq!(
+        crate::report::site_frame(&cpp).and_then(|f| f.function.as_deref()),
+        Some("shapes::make")
+    );
+    let only_plumbing = [frame("alloc::alloc::alloc")];
+    assert_eq!(
+        crate::report::site_frame(&only_plumbing).and_then(|f| f.function.as_deref()),
+        Some("alloc::alloc::alloc")
+    );
+    assert!(crate::report::site_frame(&[]).is_none());
+    assert!(!frame("allocate_buffer").is_allocation_plumbing());
 }

@@ -136,13 +136,20 @@ fn records_to_report_files() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let files = write_outputs(dir.path(), &report, "leaks of ./leaky").unwrap();
+    let files = write_outputs(dir.path(), &report).unwrap();
     let folded = std::fs::read_to_string(&files.folded).unwrap();
     let lines: Vec<&str> = folded.lines().collect();
     assert_eq!(lines.len(), 2, "{folded}");
     assert_eq!(lines[0], "[no stack] 3");
-    assert!(lines[1].contains("pipeline_outer_caller;"), "{folded}");
-    assert!(lines[1].ends_with("pipeline_leaky_caller 8192"), "{folded}");
+    assert!(
+        lines[1].contains("pipeline_outer_caller (pipeline.rs:"),
+        "{folded}"
+    );
+    assert!(
+        lines[1].contains("pipeline_leaky_caller (pipeline.rs:"),
+        "{folded}"
+    );
+    assert!(lines[1].ends_with(") 8192"), "{folded}");
     let svg = std::fs::read_to_string(&files.flamegraph).unwrap();
-    assert!(svg.contains("leaks of ./leaky"));
+    assert!(svg.contains("memprof: leaked bytes of ./leaky - 8.0 KiB in 3 blocks"));
 }

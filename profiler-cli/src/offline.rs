@@ -1,0 +1,311 @@
+//! `memprof report FILE`: replays a recording through the same recorder, report and renderers
+//! a live session uses, and writes the same files.
+//!
+//! Symbolization uses the recorded maps: each module is opened by its path and checked
+//! against its recorded build-id; a module that changed since (rebuilt, upgraded) is not
+//! trusted, and its frames are shown as `module+offset`.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufReader, BufWriter, Write as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use profiler_core::{
+    recording::{
+        MappingRecord, Reader, Replay, build_id, process_maps, replay, write_synthetic_churn,
+    },
+    render::{FlameKind, write_flamegraph, write_folded, write_json, write_text},
+    report::{LostCounts, ReportMeta},
+    symbolize::Symbolizer,
+};
+
+use crate::{cli::ReportFormat, pprof_file, recorder::Collected, report};
+
+/// Reads the recording at `file`, rebuilds the session and writes what `format` asks for.
+/// `ops` overrides the operation count the recording holds.
+pub fn report(
+    file: &Path,
+    format: ReportFormat,
+    output: &Path,
+    top: usize,
+    ops: Option<u64>,
+) -> Result<i32> {
+    let (mut collected, report_meta) = load(file)?;
+    if ops.is_some() {
+        collected.recorder.analyses.set_ops(ops);
+    }
+    let mut symbolizer = Symbolizer::new(&collected.maps);
+    if format == ReportFormat::All {
+        report::finish_report(&collected, symbolizer, &report_meta, output, top)?;
+        return Ok(0);
+    }
+    let report = report::build(&collected, &mut symbolizer, &report_meta);
+    if format == ReportFormat::Text {
+        let mut stdout = std::io::stdout().lock();
+        write_text(&report, &mut stdout, top)?;
+        stdout.flush()?;
+        return Ok(0);
+    }
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create output directory {}", output.display()))?;
+    let mut written = Vec::new();
+    match format {
+        ReportFormat::Json => {
+            let path = output.join("report.json");
+            write_file(&path, |out| write_json(&report, out))?;
+            written.push(path);
+        }
+        ReportFormat::Flamegraph | ReportFormat::Folded => {
+            for kind in FlameKind::ALL {
+                let stem = kind.file_stem();
+                if format == ReportFormat::Flamegraph {
+                    let path = output.join(format!("{stem}.svg"));
+                    write_file(&path, |out| write_flamegraph(&report, kind, out))?;
+                    written.push(path);
+                } else {
+                    let path = output.join(format!("{stem}.folded"));
+                    write_file(&path, |out| write_folded(&report, kind, out))?;
+                    written.push(path);
+                }
+            }
+        }
+        ReportFormat::Pprof => {
+            written.push(pprof_file::write(
+                output,
+                &collected,
+                &mut symbolizer,
+                &report_meta,
+            )?);
+        }
+        ReportFormat::All | ReportFormat::Text => unreachable!("handled above"),
+    }
+    for path in written {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(0)
+}
+
+/// Replays the recording at `file`: the rebuilt session and its report metadata (also used by
+/// `memprof diff`).
+pub fn load(file: &Path) -> Result<(Collected, ReportMeta)> {
+    let source = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let reader = Reader::new(BufReader::with_capacity(1 << 20, source))
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let mut collected = Collected::new(reader.header().mode);
+    let replay = replay(reader, &mut collected.recorder)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    if let Some(end) = &replay.early_end {
+        eprintln!(
+            "memprof: warning: {}: {end}; the report covers the {} events before it",
+            file.display(),
+            replay.events
+        );
+    }
+    let report_meta = session(&replay, &mut collected);
+    // As the live session did: the per-operation figures use the recorded `--ops`.
+    collected.recorder.analyses.set_ops(replay.header.ops);
+    Ok((collected, report_meta))
+}
+
+/// Fills `collected` with what the replay knows beyond the heap (maps, build-ids, clocks)
+/// and returns the report's metadata.
+fn session(replay: &Replay, collected: &mut Collected) -> ReportMeta {
+    let header = &replay.header;
+    let maps = checked_maps(&replay.maps);
+    collected.maps = process_maps(&maps);
+    collected.build_ids = replay
+        .maps
+        .iter()
+        .map(|m| (m.path.clone(), m.build_id.clone()))
+        .collect();
+    collected.started_unix_ns = header.start_unix_ns;
+    let end_ns = replay
+        .trailer
+        .as_ref()
+        .map_or(replay.last_ts_ns, |trailer| trailer.end_monotonic_ns);
+    if let Some(trailer) = &replay.trailer {
+        collected.malformed = trailer.malformed;
+        collected.peak_rss_bytes = trailer.peak_rss_bytes;
+        collected.warnings.clone_from(&trailer.warnings);
+    }
+    ReportMeta {
+        command: header.command.clone(),
+        pid: header.pid,
+        mode: header.mode,
+        exit: replay.trailer.as_ref().and_then(|trailer| trailer.exit),
+        start_ns: header.start_monotonic_ns,
+        duration: Duration::from_nanos(end_ns.saturating_sub(header.start_monotonic_ns)),
+        probes: replay
+            .trailer
+            .as_ref()
+            .map(|trailer| trailer.probes.clone())
+            .unwrap_or_default(),
+        lost: replay
+            .trailer
+            .as_ref()
+            .map(|trailer| LostCounts::from(&trailer.lost))
+            .unwrap_or_default(),
+    }
+}
+
+/// The recorded maps, with every module whose file on this machine no longer has the
+/// recorded build-id marked as replaced (the symbolizer then shows `module+offset`).
+fn checked_maps(recorded: &[MappingRecord]) -> Vec<MappingRecord> {
+    let mut current: BTreeMap<PathBuf, Option<String>> = BTreeMap::new();
+    let mut maps = recorded.to_vec();
+    for mapping in &mut maps {
+        let Some(expected) = &mapping.build_id else {
+            continue;
+        };
+        let first_check = !current.contains_key(&mapping.path);
+        let found = current
+            .entry(mapping.path.clone())
+            .or_insert_with(|| build_id(&mapping.path));
+        if found.as_ref() == Some(expected) {
+            continue;
+        }
+        if first_check {
+            eprintln!(
+                "memprof: warning: {} is not the file that was recorded (build-id {} now, {expected} \
+                 then): its frames are shown as module+offset",
+                mapping.path.display(),
+                found.as_deref().unwrap_or("missing"),
+            );
+        }
+        mapping.deleted = true;
+    }
+    maps
+}
+
+/// Writes one file atomically: a temporary file renamed into place.
+pub(crate) fn write_file(
+    path: &Path,
+    render: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let name = path.file_name().expect("output paths end in a file name");
+    let temp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut out = BufWriter::new(File::create(&temp)?);
+        render(&mut out)?;
+        out.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp); // best effort: the error below is what matters
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `memprof synthesize-recording`: a deterministic churn recording for the benchmark.
+pub fn synthesize(file: &Path, events: u64) -> Result<i32> {
+    let out = File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
+    let (out, _) = write_synthetic_churn(BufWriter::new(out), events)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    out.into_inner()
+        .map_err(std::io::IntoInnerError::into_error)
+        .and_then(|file| file.sync_all())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profiler_common::EventKind;
+    use profiler_core::{
+        event::Event,
+        maps::ProcessMaps,
+        recording::{Header, Trailer, Writer, synthetic_header},
+    };
+
+    /// A recording of eight 16-byte mallocs made with `--ops` = `ops`.
+    fn recording_with_ops(path: &Path, ops: Option<u64>) {
+        let header = Header {
+            ops,
+            ..synthetic_header()
+        };
+        let start = header.start_monotonic_ns;
+        let mut writer = Writer::create(File::create(path).unwrap(), &header).unwrap();
+        for i in 0..8 {
+            let malloc = Event {
+                kind: EventKind::Malloc,
+                tid: 1,
+                ts_ns: start + i * 1000,
+                addr: 0x1000 + i * 0x100,
+                size: 16,
+                old_addr: 0,
+                aux: 0,
+                flags: 0,
+            };
+            writer.event(&malloc, None, None).unwrap();
+        }
+        let trailer = Trailer {
+            end_monotonic_ns: start + 10_000,
+            exit: None,
+            lost: Default::default(),
+            malformed: 0,
+            probes: Vec::new(),
+            peak_rss_bytes: None,
+            warnings: Vec::new(),
+        };
+        writer.finish(&trailer).unwrap();
+    }
+
+    /// `analyses.per_operation` of `memprof report FILE --format json [--ops OPS]`.
+    fn per_operation(file: &Path, ops: Option<u64>) -> serde_json::Value {
+        let output = file.with_extension("out");
+        report(file, ReportFormat::Json, &output, 10, ops).unwrap();
+        let json = std::fs::read_to_string(output.join("report.json")).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+        report["analyses"]["per_operation"].clone()
+    }
+
+    #[test]
+    fn report_uses_the_recorded_ops_unless_given_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_ops = dir.path().join("ops.mprof");
+        recording_with_ops(&with_ops, Some(4));
+        let recorded = per_operation(&with_ops, None);
+        assert_eq!(recorded["ops"], 4);
+        assert_eq!(recorded["allocations_per_op"], 2.0);
+        assert_eq!(recorded["bytes_per_op"], 32.0);
+        let overridden = per_operation(&with_ops, Some(16));
+        assert_eq!(overridden["ops"], 16);
+        assert_eq!(overridden["allocations_per_op"], 0.5);
+        let without = dir.path().join("none.mprof");
+        recording_with_ops(&without, None);
+        assert!(per_operation(&without, None).is_null());
+        assert_eq!(per_operation(&without, Some(2))["allocations_per_op"], 4.0);
+    }
+
+    #[test]
+    fn a_module_with_another_build_id_is_marked_replaced() {
+        let exe = std::env::current_exe().unwrap();
+        let real = build_id(&exe).unwrap();
+        let record = |build_id: &str| MappingRecord {
+            start: 0x1000,
+            end: 0x2000,
+            perms: "r-xp".into(),
+            offset: 0,
+            path: exe.clone(),
+            deleted: false,
+            build_id: Some(build_id.into()),
+        };
+        let maps = checked_maps(&[record(&real)]);
+        assert!(!maps[0].deleted, "same build-id: trusted");
+        let maps = checked_maps(&[record("00ff")]);
+        assert!(maps[0].deleted, "other build-id: module+offset");
+        let rebuilt: ProcessMaps = process_maps(&maps);
+        assert!(rebuilt.find(0x1800).unwrap().deleted);
+    }
+}

@@ -1,0 +1,200 @@
+//! The `analyses` section of report.json on samples/c/analyses.c, whose header derives every
+//! expected figure (checked with valgrind: peak 13 allocs / 10 frees, mix 360 / 360).
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::{
+    Build, DEADLINE, compile_c, line_channel, memprof, privileged, rest_of, run_to_end,
+    wait_deadline, wait_for_line,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// `memprof run --output DIR/out [EXTRA...] -- analyses MODE`, required to succeed.
+fn run(dir: &std::path::Path, mode: &str, extra: &[&str]) -> (Value, String) {
+    let target = compile_c(dir, "analyses", Build::FramePointers);
+    let output = dir.join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("run")
+        .arg("--output")
+        .arg(&output)
+        .args(extra)
+        .arg("--")
+        .arg(&target)
+        .arg(mode);
+    let finished = run_to_end(cmd);
+    assert!(
+        finished.status.success(),
+        "memprof run analyses {mode}: {}\n{}",
+        finished.status,
+        finished.stderr
+    );
+    (finished.report(&output), finished.stderr)
+}
+
+/// The innermost function of analyses stack `id`.
+fn function(report: &Value, id: &Value) -> String {
+    let key = id.as_u64().expect("stack id").to_string();
+    report["analyses"]["stacks"][&key][0]["function"]
+        .as_str()
+        .unwrap_or("[none]")
+        .to_owned()
+}
+
+fn u(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a number: {value}"))
+}
+
+/// (usable, count) of every size class.
+fn classes(report: &Value) -> Vec<(u64, u64)> {
+    report["analyses"]["size_classes"]["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|class| (u(&class["usable"]), u(&class["count"])))
+        .collect()
+}
+
+#[test]
+fn analyses_known_peak() {
+    let Some(env) = privileged("analyses_known_peak") else {
+        return;
+    };
+    let (report, stderr) = run(env.dir.path(), "peak", &[]);
+    let analyses = &report["analyses"];
+    let peak = &analyses["timeline"]["peak"];
+    assert_eq!(
+        (u(&peak["live_bytes"]), u(&peak["live_blocks"])),
+        (10 * MIB, 10),
+        "{peak}"
+    );
+    let sites = peak["sites"].as_array().expect("sites at the peak");
+    assert_eq!(sites.len(), 1, "{sites:?}");
+    assert_eq!(function(&report, &sites[0]["stack_id"]), "peak_big");
+    assert_eq!(
+        (u(&sites[0]["live_bytes"]), u(&sites[0]["live_blocks"])),
+        (10 * MIB, 10)
+    );
+    let points = analyses["timeline"]["points"].as_array().expect("points");
+    let sum = |field: &str| points.iter().map(|p| u(&p[field])).sum::<u64>();
+    assert_eq!((sum("allocations"), sum("frees")), (13, 10));
+    assert_eq!(u(&points.last().unwrap()["live_bytes"]), 3 * MIB);
+    // glibc mmaps the first ten; free() raises its threshold, so the last three are in the heap.
+    assert_eq!(analyses["size_classes"]["allocator"], "glibc");
+    assert_eq!(classes(&report), vec![(1048584, 3), (1052656, 10)]);
+    assert_eq!(
+        u(&analyses["fragmentation"]["at_peak"]["mmapped_blocks"]),
+        10
+    );
+    let live = &analyses["leaks"]["live_at_end"];
+    assert_eq!((u(&live["blocks"]), u(&live["bytes"])), (3, 3 * MIB));
+    assert!(
+        stderr.contains("Peak: 10.0 MiB in 10 blocks"),
+        "summary:\n{stderr}"
+    );
+}
+
+#[test]
+fn analyses_short_lived_and_size_mix() {
+    let Some(env) = privileged("analyses_short_lived_and_size_mix") else {
+        return;
+    };
+    let (report, stderr) = run(env.dir.path(), "mix", &["--ops", "20"]);
+    let analyses = &report["analyses"];
+    let candidates = analyses["lifetimes"]["pool_candidates"]
+        .as_array()
+        .expect("pool candidates");
+    assert_eq!(candidates.len(), 1, "{candidates:?}");
+    let pool = &candidates[0];
+    assert_eq!(function(&report, &pool["stack_id"]), "short_lived");
+    assert_eq!((u(&pool["freed"]), u(&pool["short_lived"])), (200, 200));
+    assert_eq!(
+        pool["sizes"],
+        serde_json::json!([{"size": 64, "count": 200}])
+    );
+    let lifetimes: u64 = analyses["lifetimes"]["histogram"]
+        .as_array()
+        .expect("histogram")
+        .iter()
+        .map(|b| u(&b["count"]))
+        .sum();
+    assert_eq!(lifetimes, 360);
+    assert_eq!(
+        classes(&report),
+        vec![(24, 100), (72, 200), (104, 50), (1000, 10)]
+    );
+    let sizes = &analyses["size_classes"];
+    assert_eq!(
+        (u(&sizes["requested_bytes"]), u(&sizes["usable_bytes"])),
+        (30200, 2400 + 14400 + 5200 + 10000)
+    );
+    // 360 allocations and 30200 bytes over 20 operations.
+    let per_op = &analyses["per_operation"];
+    assert_eq!(per_op["allocations_per_op"].as_f64(), Some(18.0));
+    assert_eq!(per_op["bytes_per_op"].as_f64(), Some(1510.0));
+    assert!(stderr.contains("Short-lived sites"), "summary:\n{stderr}");
+    assert!(
+        stderr.contains("Per operation (20 ops): 18.00 allocations"),
+        "summary:\n{stderr}"
+    );
+}
+
+#[test]
+fn analyses_attach_finds_the_growing_cache() {
+    let Some(env) = privileged("analyses_attach_finds_the_growing_cache") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "analyses", Build::FramePointers);
+    let mut cache = Command::new(&target)
+        .arg("cache")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the cache");
+    let stdout = line_channel(cache.stdout.take().expect("piped stdout"));
+    wait_for_line(&stdout, "ready", "analyses cache");
+    let output = env.dir.path().join("out");
+    let mut profiler = Command::new(memprof())
+        .arg("attach")
+        .arg(cache.id().to_string())
+        .arg("--output")
+        .arg(&output)
+        .args(["--duration", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start memprof attach");
+    let stderr = line_channel(profiler.stderr.take().expect("piped stderr"));
+    let status = wait_deadline(&mut profiler, DEADLINE, "memprof attach --duration 2");
+    let _ = cache.kill();
+    let _ = cache.wait();
+    let summary = rest_of(&stderr);
+    assert!(status.success(), "memprof attach: {status}\n{summary}");
+    let text = std::fs::read_to_string(output.join("report.json")).expect("report.json");
+    let report: Value = serde_json::from_str(&text).expect("JSON report");
+    let growing = report["analyses"]["leaks"]["growing"]
+        .as_array()
+        .expect("growing sites");
+    assert_eq!(growing.len(), 1, "{growing:?}");
+    let site = &growing[0];
+    assert_eq!(function(&report, &site["stack_id"]), "cache_put");
+    let blocks = u(&site["live_blocks"]);
+    // One block per 20 ms over a 2 s window, less the time nanosleep oversleeps.
+    assert!((70..=101).contains(&blocks), "{site}");
+    assert_eq!(u(&site["live_bytes"]), blocks * 4096);
+    assert_eq!(site["monotonicity"].as_f64(), Some(1.0));
+    // The rate the cache really grew at: its blocks over the time between the first and last.
+    let span = site["last_seen_secs"].as_f64().unwrap() - site["first_seen_secs"].as_f64().unwrap();
+    let rate = (blocks - 1) as f64 * 4096.0 / span;
+    let slope = site["slope_bytes_per_sec"].as_f64().unwrap();
+    assert!(
+        (slope - rate).abs() < 0.1 * rate,
+        "slope {slope} B/s, measured rate {rate} B/s"
+    );
+    assert!(site["r2"].as_f64().unwrap() > 0.95, "{site}");
+    assert!(summary.contains("Growing sites"), "summary:\n{summary}");
+}

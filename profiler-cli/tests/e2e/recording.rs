@@ -1,0 +1,181 @@
+//! Recordings: `memprof run` writes one as it goes, `memprof report` replays it into the same
+//! files, and a recording cut short by SIGKILL is still readable up to its last chunk.
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::report::{assert_nothing_lost, num};
+use crate::support::{
+    Build, compile_c, memprof, memprof_run, privileged, run_to_end, wait_deadline,
+};
+
+fn report_json(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn memprof_report(args: &[&str], file: &Path, output: &Path) -> crate::support::Finished {
+    let mut cmd = Command::new(memprof());
+    cmd.arg("report")
+        .arg(file)
+        .arg("--output")
+        .arg(output)
+        .args(args);
+    run_to_end(cmd)
+}
+
+#[test]
+fn offline_report_equals_the_live_one() {
+    let Some(guard) = privileged("offline_report_equals_the_live_one") else {
+        return;
+    };
+    let dir = guard.dir.path();
+    let target = compile_c(dir, "leaks", Build::FramePointers);
+    let live_dir = dir.join("live");
+    let live = memprof_run(&live_dir, &target, &[]);
+    assert!(live.status.success(), "{}", live.stderr);
+    assert!(live.stderr.contains("recording:"), "{}", live.stderr);
+    let recording = live_dir.join("recording.mprof");
+    let offline_dir = dir.join("offline");
+    let offline = memprof_report(&[], &recording, &offline_dir);
+    assert!(offline.status.success(), "{}", offline.stderr);
+    assert!(!offline.stderr.contains("ends early"), "{}", offline.stderr);
+    let live_report = report_json(&live_dir);
+    assert_nothing_lost(&live_report);
+    // Everything, times and symbols included, is rebuilt from the recording alone.
+    assert_eq!(report_json(&offline_dir), live_report);
+    for file in ["leaks.folded", "alloc-bytes.folded", "peak.folded"] {
+        assert_eq!(
+            std::fs::read_to_string(live_dir.join(file)).unwrap(),
+            std::fs::read_to_string(offline_dir.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert!(offline_dir.join("profile.pb.gz").exists());
+    assert!(live_dir.join("profile.pb.gz").exists());
+
+    // --no-recording writes none; --recording puts it elsewhere.
+    let mut cmd = Command::new(memprof());
+    cmd.args(["run", "--no-recording", "--output"])
+        .arg(dir.join("none"))
+        .arg("--")
+        .arg(&target);
+    assert!(run_to_end(cmd).status.success());
+    assert!(!dir.join("none/recording.mprof").exists());
+    let elsewhere = dir.join("elsewhere.mprof");
+    let mut cmd = Command::new(memprof());
+    cmd.args(["run", "--recording"])
+        .arg(&elsewhere)
+        .arg("--output")
+        .arg(dir.join("some"))
+        .arg("--")
+        .arg(&target);
+    assert!(run_to_end(cmd).status.success());
+    assert!(elsewhere.exists());
+}
+
+#[test]
+fn a_killed_memprof_leaves_a_readable_recording() {
+    let Some(guard) = privileged("a_killed_memprof_leaves_a_readable_recording") else {
+        return;
+    };
+    let dir = guard.dir.path();
+    let target = compile_c(dir, "churn", Build::FramePointers);
+    let output = dir.join("out");
+    let recording = output.join("recording.mprof");
+    let mut child = Command::new(memprof())
+        .args(["run", "--output"])
+        .arg(&output)
+        .arg("--")
+        .arg(&target)
+        .arg("1000000000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a few complete chunks (a chunk is written each 64 Ki events or second).
+    let start = Instant::now();
+    while std::fs::metadata(&recording).map_or(0, |m| m.len()) < 200_000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the recording did not grow"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let target_pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .unwrap_or_default();
+    child.kill().unwrap(); // SIGKILL
+    wait_deadline(&mut child, Duration::from_secs(10), "killed memprof");
+    for pid in target_pid.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let offline_dir = dir.join("offline");
+    let offline = memprof_report(&[], &recording, &offline_dir);
+    assert!(offline.status.success(), "{}", offline.stderr);
+    assert!(
+        offline.stderr.contains("the recording ends early"),
+        "{}",
+        offline.stderr
+    );
+    let report = report_json(&offline_dir);
+    let allocations = num(&report, "summary.allocations");
+    assert!(allocations >= 10_000, "{allocations} allocations replayed");
+    // churn frees each block right after allocating it: at most the last one is live.
+    assert!(num(&report, "summary.frees") + 1 >= allocations);
+    assert!(report["target"]["exit"].is_null());
+}
+
+#[test]
+fn report_formats_and_bad_files() {
+    // No probes here: a synthetic recording, so no root needed.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("synthetic.mprof");
+    let status = Command::new(memprof())
+        .args(["synthesize-recording", "--events", "100000"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = dir.path().join("pprof");
+    let finished = memprof_report(&["--format", "pprof"], &file, &out);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["profile.pb.gz"]);
+    let finished = memprof_report(&["--format", "text"], &file, &dir.path().join("text"));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(finished.stdout.contains("malloc"), "{}", finished.stdout);
+    assert!(!dir.path().join("text").exists(), "text writes no files");
+
+    let garbage = dir.path().join("garbage.mprof");
+    std::fs::write(&garbage, b"this is not a recording").unwrap();
+    let finished = memprof_report(&[], &garbage, &dir.path().join("g"));
+    assert_eq!(finished.status.code(), Some(1));
+    assert_eq!(
+        finished.stderr,
+        format!(
+            "memprof: error: cannot read {}: not a memprof recording (bad magic) (at byte 0)\n",
+            garbage.display()
+        )
+    );
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    let corrupt = dir.path().join("corrupt.mprof");
+    std::fs::write(&corrupt, bytes).unwrap();
+    let finished = memprof_report(&[], &corrupt, &dir.path().join("c"));
+    assert_eq!(finished.status.code(), Some(1));
+    assert!(
+        finished
+            .stderr
+            .contains("corrupt chunk: checksum mismatch (at byte "),
+        "{}",
+        finished.stderr
+    );
+    assert_eq!(finished.stderr.lines().count(), 1, "{}", finished.stderr);
+}

@@ -1,0 +1,106 @@
+//! Threads that exit with freed chunks in their glibc tcache (samples/c/thread_exit.c): glibc
+//! hands those chunks, and the tcache itself, back through `free` from its own code. They are
+//! the allocator's frees, never double or unknown frees of the program; a real double free by
+//! the program is still reported, with the stack that allocated the block. Also checked on a
+//! replay of the recording (the classification is recorded with the events).
+use crate::report::{Name, assert_function, assert_nothing_lost, assert_num, assert_sites};
+use crate::support::{Build, compile_c, memprof, privileged, profile, run_to_end};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// 4 threads x (20 cached chunks + the tcache), from the sample's header comment.
+const TCACHE_FREES: u64 = 4 * 21;
+
+/// What both variants share: the threads' blocks, the DTVs, the leak, no anomaly.
+fn assert_thread_figures(report: &Value, extra_mallocs: u64, extra_bytes: u64) {
+    assert_nothing_lost(report);
+    assert_function(report, "malloc", 81 + extra_mallocs, 5000 + extra_bytes);
+    assert_function(report, "calloc", 4, 1088);
+    assert_num(report, "summary.frees", 80 + extra_mallocs);
+    assert_num(report, "summary.unknown_frees", 0);
+    assert_num(report, "summary.allocator_internal_frees", TCACHE_FREES);
+    // Nor do the analyses list the allocator's own frees as the program's odd frees.
+    let odd = report["analyses"]["reallocs"]["odd_frees"]
+        .as_array()
+        .expect("analyses.reallocs.odd_frees");
+    assert_eq!(
+        odd.len() as u64,
+        crate::report::num(report, "summary.double_frees"),
+        "odd frees: {odd:?}"
+    );
+    assert_num(report, "summary.live_blocks", 5);
+    assert_num(report, "summary.live_bytes", 200 + 1088);
+    assert_sites(report, "leaks", Name::Exact("main_leak"), 1, 200);
+    assert_sites(report, "leaks", Name::Exact("thread_work"), 0, 0);
+    // Every free event is one of the four kinds.
+    assert_function(
+        report,
+        "free",
+        80 + extra_mallocs + TCACHE_FREES + crate::report::num(report, "summary.double_frees"),
+        (4 * 5 * (16 + 32 + 64 + 128)) + extra_bytes,
+    );
+    // The threads' stacks stay in glibc's stack cache (mapped by pthread_create, tracked);
+    // their arenas are mapped inside malloc (nested, unseen).
+    assert_num(report, "summary.mmap.unknown_munmaps", 0);
+}
+
+fn replay(dir: &Path) -> Value {
+    let output = dir.join("replayed");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("report")
+        .arg("--output")
+        .arg(&output)
+        .arg(dir.join("out").join("recording.mprof"));
+    let finished = run_to_end(cmd);
+    assert!(
+        finished.status.success(),
+        "memprof report failed: {}\n{}",
+        finished.status,
+        finished.stderr
+    );
+    finished.report(&output)
+}
+
+#[test]
+fn thread_exit_frees_are_the_allocators_not_double_frees() {
+    let test = "thread_exit_frees_are_the_allocators_not_double_frees";
+    let Some(env) = privileged(test) else { return };
+    let target = compile_c(env.dir.path(), "thread_exit", Build::NoFramePointers);
+    let report = profile(env.dir.path(), &target, &[]);
+    assert_thread_figures(&report, 0, 0);
+    assert_num(&report, "summary.double_frees", 0);
+    assert_eq!(report["double_frees"].as_array().map(Vec::len), Some(0));
+
+    let replayed = replay(env.dir.path());
+    assert_eq!(replayed["summary"], report["summary"], "replay differs");
+}
+
+#[test]
+fn a_real_double_free_beside_thread_exit_is_still_reported() {
+    let test = "a_real_double_free_beside_thread_exit_is_still_reported";
+    let Some(env) = privileged(test) else { return };
+    let target = compile_c(env.dir.path(), "thread_exit", Build::NoFramePointers);
+    let report = profile(env.dir.path(), &target, &["double"]);
+    // double_free: 7 fillers + p + q, all 48 bytes, each freed once; p once more.
+    assert_thread_figures(&report, 9, 9 * 48);
+    assert_num(&report, "summary.double_frees", 1);
+    let doubles = report["double_frees"].as_array().expect("double_frees");
+    assert_eq!(doubles.len(), 1, "{doubles:?}");
+    assert_eq!(doubles[0]["size"], 48);
+    let stack: Vec<&str> = doubles[0]["alloc_stack"]
+        .as_array()
+        .expect("alloc_stack")
+        .iter()
+        .map(|frame| frame["function"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        stack.get(..3),
+        Some(&["double_victim", "double_free", "main"][..]),
+        "{stack:?}"
+    );
+
+    let replayed = replay(env.dir.path());
+    assert_eq!(replayed["summary"], report["summary"], "replay differs");
+    assert_eq!(replayed["double_frees"], report["double_frees"]);
+}

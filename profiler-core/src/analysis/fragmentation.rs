@@ -1,0 +1,170 @@
+//! External fragmentation of the heap's address ranges, at the peak and at the end.
+//!
+//! Live blocks are grouped by the 64 MiB-aligned window of the address space that holds them:
+//! glibc's secondary arenas are heaps aligned to HEAP_MAX_SIZE (64 MiB on 64-bit), and the main
+//! heap (brk) and the other allocators' regions sit in windows of their own. Blocks glibc
+//! mmapped one by one are left out (each is its own mapping). Within a range, the used span
+//! runs from the first block's footprint to the last one's; the free bytes are the gaps between
+//! footprints, and fragmentation = 1 - largest gap / free bytes (0 when nothing is free).
+//!
+//! The heap at the peak is rebuilt at the end, without replaying: the blocks live then are the
+//! blocks still live that were allocated by the peak, plus those allocated by the peak and
+//! released since (kept in [`PeakBlocks`], at most as many as were live at the peak).
+
+use super::allocator::{Allocator, GlibcMmap};
+use crate::heap::Effect;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// log2 of the window size that groups blocks into ranges.
+pub const RANGE_SHIFT: u32 = 26;
+/// Ranges listed per snapshot (the largest spans); the totals cover all of them.
+pub const RANGES_SHOWN: usize = 8;
+
+/// Blocks live at the latest peak and released since.
+#[derive(Debug, Default)]
+pub struct PeakBlocks {
+    peak_ts_ns: Option<u64>,
+    /// Blocks live at the peak: no more than that can be released after it. Events of one
+    /// nanosecond (or of CPUs whose clocks disagree) can make a later block look as old as
+    /// the peak; the cap keeps memory bounded even then.
+    peak_blocks: u64,
+    released: Vec<(u64, u64)>,
+    /// glibc's mmap threshold at the peak, to tell its mmapped blocks then.
+    glibc_at_peak: GlibcMmap,
+}
+
+impl PeakBlocks {
+    /// `live_blocks` is the number of live blocks after the event.
+    pub fn observe(&mut self, ts_ns: u64, live_blocks: u64, glibc: &GlibcMmap, effect: &Effect) {
+        if effect.new_peak {
+            // This event's releases happened before the peak it set.
+            self.peak_ts_ns = Some(ts_ns);
+            self.peak_blocks = live_blocks;
+            self.glibc_at_peak = *glibc;
+            self.released.clear();
+            return;
+        }
+        let Some(peak) = self.peak_ts_ns else { return };
+        for (addr, block) in super::ended_blocks(effect) {
+            if block.ts_ns <= peak && (self.released.len() as u64) < self.peak_blocks {
+                self.released.push((*addr, block.size));
+            }
+        }
+    }
+
+    pub fn peak_ts_ns(&self) -> Option<u64> {
+        self.peak_ts_ns
+    }
+
+    pub fn glibc_at_peak(&self) -> &GlibcMmap {
+        &self.glibc_at_peak
+    }
+
+    /// The blocks live at the peak, given the blocks live now as (address, size, alloc time).
+    pub fn at_peak(&self, live_now: impl Iterator<Item = (u64, u64, u64)>) -> Vec<(u64, u64)> {
+        let Some(peak) = self.peak_ts_ns else {
+            return Vec::new();
+        };
+        live_now
+            .filter(|&(_, _, ts)| ts <= peak)
+            .map(|(addr, size, _)| (addr, size))
+            .chain(self.released.iter().copied())
+            .collect()
+    }
+}
+
+/// One address range of a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangeFragmentation {
+    /// Used span [start, end) as `0x` hex: first to last block footprint.
+    pub start: String,
+    pub end: String,
+    pub blocks: u64,
+    /// Bytes of block footprints (usable size plus allocator header).
+    pub used_bytes: u64,
+    /// Bytes of gaps between footprints within the span.
+    pub free_bytes: u64,
+    pub largest_free_bytes: u64,
+    /// 1 - largest_free_bytes / free_bytes (0 when nothing is free).
+    pub fragmentation: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FragmentationSnapshot {
+    pub ranges: usize,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    /// Blocks glibc served with their own mapping, left out of the ranges.
+    pub mmapped_blocks: u64,
+    /// The largest spans first.
+    pub largest_ranges: Vec<RangeFragmentation>,
+}
+
+/// Computes a snapshot from (address, requested size) pairs; `glibc` tells which blocks glibc
+/// mmapped (its threshold at the time of the snapshot).
+pub fn snapshot(
+    blocks: &[(u64, u64)],
+    allocator: Allocator,
+    glibc: &GlibcMmap,
+) -> FragmentationSnapshot {
+    let header = allocator.header_bytes();
+    let mut mmapped_blocks = 0;
+    let mut ranges: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    for &(addr, size) in blocks {
+        let mmapped = allocator == Allocator::Glibc && glibc.is_mmapped(size);
+        if mmapped {
+            mmapped_blocks += 1;
+            continue;
+        }
+        let usable = allocator.usable_size(size, false).unwrap_or(size);
+        let start = addr.saturating_sub(header);
+        let end = addr.saturating_add(usable);
+        ranges
+            .entry(start >> RANGE_SHIFT)
+            .or_default()
+            .push((start, end));
+    }
+    let mut computed: Vec<RangeFragmentation> = ranges
+        .into_values()
+        .map(|mut footprints| {
+            footprints.sort_unstable();
+            let first = footprints[0].0;
+            let (mut used, mut free, mut largest, mut reached) = (0, 0, 0, first);
+            for &(start, end) in &footprints {
+                if start > reached {
+                    free += start - reached;
+                    largest = largest.max(start - reached);
+                }
+                // Overlaps (an allocator rule that does not fit) are counted once.
+                used += end.saturating_sub(start.max(reached));
+                reached = reached.max(end);
+            }
+            RangeFragmentation {
+                start: format!("{first:#x}"),
+                end: format!("{reached:#x}"),
+                blocks: footprints.len() as u64,
+                used_bytes: used,
+                free_bytes: free,
+                largest_free_bytes: largest,
+                fragmentation: if free == 0 {
+                    0.0
+                } else {
+                    1.0 - largest as f64 / free as f64
+                },
+            }
+        })
+        .collect();
+    let used_bytes = computed.iter().map(|r| r.used_bytes).sum();
+    let free_bytes = computed.iter().map(|r| r.free_bytes).sum();
+    let ranges = computed.len();
+    computed.sort_by_key(|r| std::cmp::Reverse(r.used_bytes + r.free_bytes));
+    computed.truncate(RANGES_SHOWN);
+    FragmentationSnapshot {
+        ranges,
+        used_bytes,
+        free_bytes,
+        mmapped_blocks,
+        largest_ranges: computed,
+    }
+}

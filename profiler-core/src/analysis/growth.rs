@@ -1,0 +1,153 @@
+//! Sites whose live bytes grow steadily: the unbounded cache and the growing buffer.
+//!
+//! Each site's live bytes form a step function of time. Its least-squares line over the
+//! window is computed exactly from three integrals (of y, t*y and y^2 dt), updated in O(1)
+//! when the site changes, so nothing is sampled and memory is a few words per site.
+
+use crate::heap::{Block, Effect};
+use crate::stacks::StackId;
+
+/// A site is reported as growing when its fit is at least this good...
+pub const MIN_R2: f64 = 0.8;
+/// ...and at least this fraction of its changes were increases.
+pub const MIN_MONOTONICITY: f64 = 0.9;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct SiteSeries {
+    live_bytes: u64,
+    /// Seconds since the origin of the last change.
+    last_secs: f64,
+    /// Integrals over [origin, last_secs] of y dt, t*y dt and y^2 dt.
+    int_y: f64,
+    int_ty: f64,
+    int_yy: f64,
+    rises: u64,
+    falls: u64,
+}
+
+impl SiteSeries {
+    /// Adds the constant segment [last_secs, t] at the current value.
+    fn advance(&mut self, t: f64) {
+        let t = t.max(self.last_secs);
+        let y = self.live_bytes as f64;
+        let (a, b) = (self.last_secs, t);
+        self.int_y += y * (b - a);
+        self.int_ty += y * (b * b - a * a) / 2.0;
+        self.int_yy += y * y * (b - a);
+        self.last_secs = t;
+    }
+}
+
+/// The least-squares line of one site over the window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fit {
+    pub stack: StackId,
+    pub slope_bytes_per_sec: f64,
+    /// Coefficient of determination of the line (1 = a perfect line).
+    pub r2: f64,
+    /// Fraction of the site's changes that increased its live bytes.
+    pub monotonicity: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Growth {
+    origin_ns: Option<u64>,
+    sites: Vec<SiteSeries>,
+}
+
+impl Growth {
+    /// Up to three blocks change (overwritten, released, created); blocks of one site add up
+    /// to one change (a realloc at one site is one change by the difference). Only stacks and
+    /// sizes are taken from the effect: copying its blocks around costs more than the fit.
+    pub fn observe(&mut self, ts_ns: u64, effect: &Effect) {
+        let origin = *self.origin_ns.get_or_insert(ts_ns);
+        let changes = [
+            site_delta(&effect.overwritten, false),
+            site_delta(&effect.released, false),
+            site_delta(&effect.created, true),
+        ];
+        let mut t = None;
+        for (index, &change) in changes.iter().enumerate() {
+            let Some((stack, _)) = change else { continue };
+            if changes[..index].iter().flatten().any(|&(s, _)| s == stack) {
+                continue; // counted with the first block of its site
+            }
+            let delta = changes[index..]
+                .iter()
+                .flatten()
+                .filter(|&&(s, _)| s == stack)
+                .map(|&(_, delta)| delta)
+                .sum();
+            let t = *t.get_or_insert_with(|| ts_ns.saturating_sub(origin) as f64 / 1e9);
+            self.change(stack, t, delta);
+        }
+    }
+
+    /// Site `id`'s live bytes change by `delta` at `t` seconds.
+    fn change(&mut self, id: StackId, t: f64, delta: i128) {
+        let index = id.0 as usize;
+        if index >= self.sites.len() {
+            self.sites.resize(index + 1, SiteSeries::default());
+        }
+        let site = &mut self.sites[index];
+        site.advance(t);
+        site.live_bytes = (i128::from(site.live_bytes) + delta).max(0) as u64;
+        match delta.signum() {
+            1 => site.rises += 1,
+            -1 => site.falls += 1,
+            _ => {}
+        }
+    }
+
+    /// Every site's line over [origin, end_ns], for sites that changed at least twice.
+    pub fn fits(&self, end_ns: u64) -> Vec<Fit> {
+        let Some(origin) = self.origin_ns else {
+            return Vec::new();
+        };
+        let window = end_ns.saturating_sub(origin) as f64 / 1e9;
+        if window <= 0.0 {
+            return Vec::new();
+        }
+        self.sites
+            .iter()
+            .enumerate()
+            .filter(|(_, site)| site.rises + site.falls >= 2)
+            .map(|(index, site)| {
+                let mut closed = *site;
+                closed.advance(window);
+                let w = window;
+                let mean_y = closed.int_y / w;
+                let var_t = w * w / 12.0;
+                let cov = closed.int_ty / w - (w / 2.0) * mean_y;
+                let var_y = (closed.int_yy / w - mean_y * mean_y).max(0.0);
+                let slope = cov / var_t;
+                let r2 = if var_y > 0.0 {
+                    (cov * cov / (var_t * var_y)).min(1.0)
+                } else {
+                    0.0
+                };
+                Fit {
+                    stack: StackId(index as u32),
+                    slope_bytes_per_sec: slope,
+                    r2,
+                    monotonicity: closed.rises as f64 / (closed.rises + closed.falls) as f64,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The site of a changed block and its signed size; None without a block or a stack.
+#[inline]
+fn site_delta(slot: &Option<(u64, Block)>, created: bool) -> Option<(StackId, i128)> {
+    let (_, block) = slot.as_ref()?;
+    let size = i128::from(block.size);
+    Some((block.stack?, if created { size } else { -size }))
+}
+
+impl Fit {
+    /// The rule for "grows steadily".
+    pub fn is_steady_growth(&self) -> bool {
+        self.slope_bytes_per_sec > 0.0 && self.r2 >= MIN_R2 && self.monotonicity >= MIN_MONOTONICITY
+    }
+}

@@ -1,0 +1,170 @@
+//! Realloc chains (one block reallocated again and again) and frees that released nothing.
+//!
+//! A chain follows a block through its reallocs, wherever they move it; it ends when the
+//! block is freed. Only blocks reallocated at least once are tracked (bounded by the live
+//! heap), and only the [`CHAINS_KEPT`] longest finished chains are kept.
+
+use crate::event::Event;
+use crate::fasthash::FastHashMap;
+use crate::heap::{Block, Effect};
+use crate::stacks::StackId;
+use profiler_common::EventKind;
+
+/// Chains with at least this many reallocs are reported.
+pub const MIN_CHAIN: u32 = 2;
+pub const CHAINS_KEPT: usize = 16;
+/// Frees of no live block kept with their details (all are counted).
+pub const ODD_FREES_KEPT: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// Reallocs applied to the block.
+    pub reallocs: u32,
+    pub first_size: u64,
+    pub final_size: u64,
+    /// Where the block was first allocated, and where it was last reallocated.
+    pub origin_stack: Option<StackId>,
+    pub last_stack: Option<StackId>,
+    pub first_ts_ns: u64,
+    /// Still live at the end.
+    pub live: bool,
+}
+
+/// A free (or realloc) of a pointer that was not live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OddFree {
+    pub kind: EventKind,
+    pub addr: u64,
+    pub tid: u32,
+    pub ts_ns: u64,
+}
+
+#[derive(Debug)]
+pub struct Reallocs {
+    pub reallocs: u64,
+    live: FastHashMap<u64, Chain>,
+    /// The longest finished chains, longest first.
+    finished: Vec<Chain>,
+    pub odd_frees: Vec<OddFree>,
+}
+
+impl Default for Reallocs {
+    fn default() -> Self {
+        Self {
+            reallocs: 0,
+            live: FastHashMap::default(),
+            finished: Vec::with_capacity(CHAINS_KEPT + 1),
+            odd_frees: Vec::with_capacity(ODD_FREES_KEPT),
+        }
+    }
+}
+
+impl Reallocs {
+    pub fn observe(&mut self, event: &Event, effect: &Effect) {
+        let kind = event.kind;
+        if let Some((addr, block)) = &effect.overwritten {
+            self.end(*addr, block);
+        }
+        let is_realloc = is_realloc(kind);
+        match (&effect.released, &effect.created) {
+            (Some((old, block)), Some((new, created))) if is_realloc => {
+                self.reallocs += 1;
+                let mut chain = self.take(*old, block).unwrap_or(Chain {
+                    reallocs: 0,
+                    first_size: block.size,
+                    final_size: block.size,
+                    origin_stack: block.stack,
+                    last_stack: block.stack,
+                    first_ts_ns: block.ts_ns,
+                    live: true,
+                });
+                chain.reallocs += 1;
+                chain.final_size = created.size;
+                chain.last_stack = created.stack;
+                self.live.insert(*new, chain);
+            }
+            (Some((old, block)), _) => self.end(*old, block),
+            (None, _) => {
+                // A failed realloc (NULL for a non-zero size) leaves its block live: not odd.
+                let failed = event.addr == 0 && event.size != 0;
+                // The allocator recycling its own caches (glibc's tcache at thread exit) is
+                // not the program's doing.
+                let internal = event.flags & profiler_common::FLAG_ALLOCATOR_INTERNAL != 0;
+                let odd_pointer = match kind {
+                    EventKind::Free if !internal => Some(event.addr),
+                    EventKind::Realloc | EventKind::Reallocarray if !failed => Some(event.old_addr),
+                    _ => None,
+                };
+                if let Some(pointer) = odd_pointer.filter(|&p| p != 0)
+                    && self.odd_frees.len() < ODD_FREES_KEPT
+                {
+                    self.odd_frees.push(OddFree {
+                        kind,
+                        addr: pointer,
+                        tid: event.tid,
+                        ts_ns: event.ts_ns,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The live block `block` at `addr` ended (freed, or overwritten).
+    fn end(&mut self, addr: u64, block: &Block) {
+        if let Some(mut chain) = self.take(addr, block) {
+            chain.live = false;
+            self.keep(chain);
+        }
+    }
+
+    /// Removes the chain of the live block `block` at `addr`, if it has one. A chain is only
+    /// ever keyed by the address of a block a realloc created (and removed when that block
+    /// stops being live), so any other block has none: most frees skip the lookup.
+    #[inline]
+    fn take(&mut self, addr: u64, block: &Block) -> Option<Chain> {
+        if !is_realloc(block.kind) {
+            return None;
+        }
+        self.live.remove(&addr)
+    }
+
+    fn keep(&mut self, chain: Chain) {
+        if chain.reallocs < MIN_CHAIN {
+            return;
+        }
+        let at = self.finished.partition_point(|kept| longer(kept, &chain));
+        if at < CHAINS_KEPT {
+            self.finished.insert(at, chain);
+            self.finished.truncate(CHAINS_KEPT);
+        }
+    }
+
+    /// The longest chains, finished or still live: longest first, then oldest.
+    pub fn longest(&self) -> Vec<Chain> {
+        let mut chains = self.finished.clone();
+        chains.extend(
+            self.live
+                .values()
+                .filter(|chain| chain.reallocs >= MIN_CHAIN)
+                .copied(),
+        );
+        chains.sort_by(|a, b| {
+            b.reallocs
+                .cmp(&a.reallocs)
+                .then(a.first_ts_ns.cmp(&b.first_ts_ns))
+                .then(a.first_size.cmp(&b.first_size))
+                .then(a.final_size.cmp(&b.final_size))
+        });
+        chains.truncate(CHAINS_KEPT);
+        chains
+    }
+}
+
+fn is_realloc(kind: EventKind) -> bool {
+    matches!(kind, EventKind::Realloc | EventKind::Reallocarray)
+}
+
+/// Ordering of kept chains: more reallocs first, then older.
+fn longer(a: &Chain, b: &Chain) -> bool {
+    (a.reallocs, std::cmp::Reverse(a.first_ts_ns)) >= (b.reallocs, std::cmp::Reverse(b.first_ts_ns))
+}

@@ -1,0 +1,386 @@
+//! Record encoding shared by the writer and the reader: tags, varints, and the delta state
+//! both sides keep in step.
+
+use crate::event::Event;
+use crate::stacks::StackId;
+use profiler_common::EventKind;
+
+pub const TAG_STACK: u8 = 0x00;
+pub const TAG_MAPS: u8 = 0x10;
+pub const TAG_RSS: u8 = 0x20;
+pub const TAG_TRAILER: u8 = 0x30;
+
+const EVENT_TID: u8 = 1 << 4;
+const EVENT_STACK: u8 = 1 << 5;
+const EVENT_EXTRAS: u8 = 1 << 6;
+const EVENT_SIZE: u8 = 1 << 7;
+
+/// Deepest stack a reader accepts: well above any unwinder's limit, low enough that a corrupt
+/// count cannot make it allocate much.
+const MAX_FRAMES: u64 = 1024;
+
+const EXTRA_OLD_ADDR: u8 = 1 << 0;
+const EXTRA_AUX: u8 = 1 << 1;
+const EXTRA_FLAGS: u8 = 1 << 2;
+
+/// What each side remembers between records: deltas are taken from it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeltaState {
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub addr: u64,
+}
+
+#[inline]
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+#[inline]
+fn zigzag(delta: u64) -> u64 {
+    let delta = delta as i64;
+    ((delta << 1) ^ (delta >> 63)) as u64
+}
+
+#[inline]
+fn unzigzag(value: u64) -> u64 {
+    ((value >> 1) as i64 ^ -((value & 1) as i64)) as u64
+}
+
+/// `value - base` (wrapping), zigzag-encoded.
+#[inline]
+pub fn put_delta(out: &mut Vec<u8>, value: u64, base: u64) {
+    put_varint(out, zigzag(value.wrapping_sub(base)));
+}
+
+/// Appends one event record.
+pub fn put_event(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event, stack: Option<StackId>) {
+    let mut tag = event.kind as u8;
+    let mut extras = 0u8;
+    if event.old_addr != 0 {
+        extras |= EXTRA_OLD_ADDR;
+    }
+    if event.aux != 0 {
+        extras |= EXTRA_AUX;
+    }
+    if event.flags != 0 {
+        extras |= EXTRA_FLAGS;
+    }
+    if event.tid != state.tid {
+        tag |= EVENT_TID;
+    }
+    if stack.is_some() {
+        tag |= EVENT_STACK;
+    }
+    if extras != 0 {
+        tag |= EVENT_EXTRAS;
+    }
+    if event.size != 0 {
+        tag |= EVENT_SIZE;
+    }
+    out.push(tag);
+    if event.tid != state.tid {
+        put_varint(out, u64::from(event.tid));
+    }
+    put_delta(out, event.ts_ns, state.ts_ns);
+    put_delta(out, event.addr, state.addr);
+    if event.size != 0 {
+        put_varint(out, event.size);
+    }
+    if extras != 0 {
+        out.push(extras);
+        if event.old_addr != 0 {
+            put_delta(out, event.old_addr, event.addr);
+        }
+        if event.aux != 0 {
+            put_varint(out, event.aux);
+        }
+        if event.flags != 0 {
+            put_varint(out, u64::from(event.flags));
+        }
+    }
+    if let Some(id) = stack {
+        put_varint(out, u64::from(id.0));
+    }
+    state.tid = event.tid;
+    state.ts_ns = event.ts_ns;
+    state.addr = event.addr;
+}
+
+/// Appends a stack definition: count, truncated, first frame, then deltas between frames
+/// (frames of one stack are mostly in the same few modules, so the deltas are short).
+pub fn put_stack(out: &mut Vec<u8>, frames: &[u64], truncated: bool) {
+    out.push(TAG_STACK);
+    put_varint(out, frames.len() as u64);
+    out.push(u8::from(truncated));
+    let mut previous = 0;
+    for &frame in frames {
+        put_delta(out, frame, previous);
+        previous = frame;
+    }
+}
+
+/// A tagged record holding a length-prefixed blob (JSON).
+pub fn put_blob(out: &mut Vec<u8>, tag: u8, blob: &[u8]) {
+    out.push(tag);
+    put_varint(out, blob.len() as u64);
+    out.extend_from_slice(blob);
+}
+
+pub fn put_rss(out: &mut Vec<u8>, state: &mut DeltaState, ts_ns: u64, bytes: u64) {
+    out.push(TAG_RSS);
+    put_delta(out, ts_ns, state.ts_ns);
+    put_varint(out, bytes);
+    state.ts_ns = ts_ns;
+}
+
+/// Longest LEB128 encoding of a u64.
+const MAX_VARINT_BYTES: usize = 10;
+
+/// Decodes one varint from the bytes `next` yields (at most [`MAX_VARINT_BYTES`] calls).
+#[inline(always)]
+fn varint_from(mut next: impl FnMut() -> DecodeResult<u8>) -> DecodeResult<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = next()?;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            if shift == 63 && byte > 1 {
+                return Err("varint overflows 64 bits");
+            }
+            return Ok(value);
+        }
+    }
+    Err("varint longer than 10 bytes")
+}
+
+/// Why a record did not decode; the reader adds where.
+pub type DecodeResult<T> = Result<T, &'static str>;
+
+/// Reads records from one chunk's decompressed bytes.
+pub struct Cursor<'a> {
+    pub bytes: &'a [u8],
+    pub pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    pub fn byte(&mut self) -> DecodeResult<u8> {
+        let byte = *self
+            .bytes
+            .get(self.pos)
+            .ok_or("record cut at the end of its chunk")?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    /// One LEB128 varint. Away from the end of the chunk it is read from a fixed window that
+    /// holds the longest varint, with no bounds check per byte; the one- and two-byte values
+    /// that make up most of a recording (deltas, sizes, stack ids) take the shortest path.
+    #[inline(always)]
+    pub fn varint(&mut self) -> DecodeResult<u64> {
+        let window = self
+            .bytes
+            .get(self.pos..)
+            .and_then(|rest| rest.first_chunk::<MAX_VARINT_BYTES>());
+        let Some(window) = window else {
+            return self.varint_near_end();
+        };
+        let (low, high) = (window[0], window[1]);
+        if low < 0x80 {
+            self.pos += 1;
+            return Ok(u64::from(low));
+        }
+        if high < 0x80 {
+            self.pos += 2;
+            return Ok(u64::from(low & 0x7f) | u64::from(high) << 7);
+        }
+        let mut read = 0;
+        let value = varint_from(|| {
+            let byte = window[read];
+            read += 1;
+            Ok(byte)
+        });
+        self.pos += read;
+        value
+    }
+
+    /// Byte by byte, so that a varint cut by the end of the chunk is reported as such.
+    #[cold]
+    fn varint_near_end(&mut self) -> DecodeResult<u64> {
+        varint_from(|| self.byte())
+    }
+
+    #[inline]
+    pub fn delta(&mut self, base: u64) -> DecodeResult<u64> {
+        Ok(base.wrapping_add(unzigzag(self.varint()?)))
+    }
+
+    pub fn u32(&mut self, what: &'static str) -> DecodeResult<u32> {
+        u32::try_from(self.varint()?).map_err(|_| what)
+    }
+
+    pub fn blob(&mut self) -> DecodeResult<&'a [u8]> {
+        let len = self.varint()?;
+        let available = (self.bytes.len() - self.pos) as u64;
+        if len > available {
+            return Err("blob longer than its chunk");
+        }
+        let blob = &self.bytes[self.pos..self.pos + len as usize];
+        self.pos += len as usize;
+        Ok(blob)
+    }
+
+    /// Decodes the body of an event whose tag is `tag` into `out` and returns its stack;
+    /// `stacks` is how many stacks are defined so far (an id beyond them is corruption).
+    /// `out` is written in place rather than returned: moving a decoded event through a few
+    /// return values costs more than decoding it.
+    #[inline]
+    pub fn event(
+        &mut self,
+        tag: u8,
+        state: &mut DeltaState,
+        stacks: u32,
+        out: &mut Event,
+    ) -> DecodeResult<Option<StackId>> {
+        let kind = EventKind::from_u32(u32::from(tag & 0x0f)).ok_or("unknown event kind")?;
+        if tag & EVENT_TID != 0 {
+            state.tid = self.u32("thread id above 32 bits")?;
+        }
+        state.ts_ns = self.delta(state.ts_ns)?;
+        state.addr = self.delta(state.addr)?;
+        let size = if tag & EVENT_SIZE != 0 {
+            self.varint()?
+        } else {
+            0
+        };
+        let (mut old_addr, mut aux, mut flags) = (0, 0, 0);
+        if tag & EVENT_EXTRAS != 0 {
+            let extras = self.byte()?;
+            if extras & !(EXTRA_OLD_ADDR | EXTRA_AUX | EXTRA_FLAGS) != 0 {
+                return Err("unknown event extras bits");
+            }
+            if extras & EXTRA_OLD_ADDR != 0 {
+                old_addr = self.delta(state.addr)?;
+            }
+            if extras & EXTRA_AUX != 0 {
+                aux = self.varint()?;
+            }
+            if extras & EXTRA_FLAGS != 0 {
+                flags = self.u32("event flags above 32 bits")?;
+            }
+        }
+        let stack = if tag & EVENT_STACK != 0 {
+            let id = self.u32("stack id above 32 bits")?;
+            if id >= stacks {
+                return Err("event names a stack not defined before it");
+            }
+            Some(StackId(id))
+        } else {
+            None
+        };
+        *out = Event {
+            kind,
+            tid: state.tid,
+            ts_ns: state.ts_ns,
+            addr: state.addr,
+            size,
+            old_addr,
+            aux,
+            flags,
+        };
+        Ok(stack)
+    }
+
+    /// Decodes a stack definition's body into `frames`; returns `truncated`.
+    pub fn stack(&mut self, frames: &mut Vec<u64>) -> DecodeResult<bool> {
+        let count = self.varint()?;
+        if count > MAX_FRAMES {
+            return Err("stack deeper than any memprof records");
+        }
+        let truncated = match self.byte()? {
+            0 => false,
+            1 => true,
+            _ => return Err("stack truncation flag is neither 0 nor 1"),
+        };
+        frames.clear();
+        let mut previous = 0;
+        for _ in 0..count {
+            previous = self.delta(previous)?;
+            frames.push(previous);
+        }
+        Ok(truncated)
+    }
+
+    pub fn rss(&mut self, state: &mut DeltaState) -> DecodeResult<(u64, u64)> {
+        state.ts_ns = self.delta(state.ts_ns)?;
+        Ok((state.ts_ns, self.varint()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for value in [0, 1, 127, 128, 16383, 16384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            let mut cursor = Cursor {
+                bytes: &out,
+                pos: 0,
+            };
+            assert_eq!(cursor.varint(), Ok(value));
+            assert_eq!(cursor.pos, out.len());
+        }
+        let mut out = Vec::new();
+        put_varint(&mut out, 300);
+        assert_eq!(out, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn deltas_round_trip_both_ways() {
+        for (value, base) in [(5, 10), (10, 5), (0, u64::MAX), (u64::MAX, 0), (1 << 63, 0)] {
+            let mut out = Vec::new();
+            put_delta(&mut out, value, base);
+            assert_eq!(
+                Cursor {
+                    bytes: &out,
+                    pos: 0
+                }
+                .delta(base),
+                Ok(value)
+            );
+        }
+        let mut out = Vec::new();
+        put_delta(&mut out, 9, 10);
+        assert_eq!(out, [1], "-1 zigzags to 1");
+    }
+
+    #[test]
+    fn rejects_overlong_varints() {
+        let bytes = [0xff; 11];
+        assert_eq!(
+            Cursor {
+                bytes: &bytes,
+                pos: 0
+            }
+            .varint(),
+            Err("varint longer than 10 bytes")
+        );
+        let bytes = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert_eq!(
+            Cursor {
+                bytes: &bytes,
+                pos: 0
+            }
+            .varint(),
+            Err("varint overflows 64 bits")
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Recordings: everything a session saw, in a file that `memprof report` replays offline
+//! through the same [`Recorder`](crate::recorder::Recorder) a live session uses.
+//!
+//! # Format (version 1)
+//!
+//! ```text
+//! magic      8 bytes   "MPROF\r\n\x1a" (a text-mode copy or a truncated header breaks it)
+//! version    u32 LE    FORMAT_VERSION
+//! length     u32 LE    of the header JSON
+//! crc32      u32 LE    of the header JSON
+//! header     JSON      Header: versions, kernel, target, mode, start clocks, maps + build-ids
+//! chunk*     compressed_len u32 LE | raw_len u32 LE | crc32 u32 LE of the compressed bytes |
+//!            zstd frame of raw_len bytes holding whole records
+//! ```
+//!
+//! A chunk is written with one `write()` when it holds [`CHUNK_EVENTS`] events or
+//! [`CHUNK_INTERVAL`] has passed, so a memprof killed at any point leaves a file readable up to
+//! its last complete chunk. The trailer record, alone in the last chunk, marks a complete file.
+//!
+//! Records start with a tag byte. Its low nibble is the [`EventKind`](profiler_common::EventKind)
+//! of an event (1..=13); nibble 0 marks the other records, told apart by the high nibble:
+//!
+//! | tag | record | body |
+//! |---|---|---|
+//! | `0x00` | new stack | frame count, truncated (byte), first frame, then zigzag deltas |
+//! | `0x10` | maps update | length + JSON list of [`MappingRecord`] (mappings seen later) |
+//! | `0x20` | RSS sample | zigzag ts delta, resident bytes |
+//! | `0x30` | trailer | length + JSON [`Trailer`] |
+//! | `0xK1`-`0xKd` | event | see below |
+//!
+//! Event tag bits: 4 = thread changed (tid follows), 5 = has a stack (id follows last),
+//! 6 = extras byte follows (bit 0 old_addr, bit 1 aux, bit 2 flags), 7 = size is not zero.
+//! Body: [tid] ts delta (zigzag, from the previous event or RSS sample), addr delta (zigzag,
+//! from the previous event), [size], [extras, [old_addr - addr zigzag], [aux], [flags]],
+//! [stack id]. Integers are LEB128 varints. free and munmap carry their caller in `aux`, and
+//! `flags` may hold the collector's `FLAG_ALLOCATOR_INTERNAL` (same layout: an older file
+//! simply has neither). Stacks are numbered in the order their
+//! definitions appear, which is the order the live recorder interned them, so a replay that
+//! interns them in that order gets the same [`StackId`](crate::stacks::StackId)s.
+
+mod buildid;
+mod codec;
+mod reader;
+mod replay;
+mod synthetic;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use crate::heap::Mode;
+use crate::maps::{Mapping, ProcessMaps};
+use crate::report::{ExitStatus, LostCounts, ProbeInfo};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use buildid::{build_id, hex};
+pub use reader::{ReadError, ReadErrorKind, Reader, Record};
+pub use replay::{Replay, replay};
+pub use synthetic::{synthetic_header, write_synthetic_churn};
+pub use writer::Writer;
+
+/// First bytes of every recording.
+pub const MAGIC: [u8; 8] = *b"MPROF\r\n\x1a";
+/// Bumped on any incompatible change of the layout above.
+pub const FORMAT_VERSION: u32 = 1;
+/// Events per chunk before it is written.
+pub const CHUNK_EVENTS: u32 = 64 * 1024;
+/// Longest a record stays in memory before its chunk is written.
+pub const CHUNK_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest chunk (compressed or not) a reader accepts, so a corrupt length cannot make it
+/// allocate gigabytes.
+pub const MAX_CHUNK_BYTES: u32 = 64 << 20;
+
+/// What the session knew when it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub memprof_version: String,
+    /// `uname -r` of the machine that recorded.
+    pub kernel: String,
+    pub command: Vec<String>,
+    pub pid: u32,
+    pub mode: Mode,
+    /// Wall clock at the start, nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// CLOCK_MONOTONIC at the start: the events' clock.
+    pub start_monotonic_ns: u64,
+    /// `/proc/PID/maps` at the start; later mappings come as maps records.
+    pub maps: Vec<MappingRecord>,
+    /// How stacks were captured, when the collector says.
+    pub unwinding: Option<Unwinding>,
+    /// Operations the target performed (`--ops`), for the report's per-operation figures.
+    /// Absent from recordings made before it was recorded.
+    #[serde(default)]
+    pub ops: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unwinding {
+    /// e.g. `frame-pointers` or `dwarf`.
+    pub mode: String,
+    /// Deepest stack recorded, in frames.
+    pub max_depth: u32,
+}
+
+/// One line of `/proc/PID/maps`, with the GNU build-id of the file when it has one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingRecord {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    pub path: PathBuf,
+    pub deleted: bool,
+    /// Lowercase hex.
+    pub build_id: Option<String>,
+}
+
+impl MappingRecord {
+    pub fn new(mapping: &Mapping, build_id: Option<String>) -> MappingRecord {
+        MappingRecord {
+            start: mapping.start,
+            end: mapping.end,
+            perms: mapping.perms.clone(),
+            offset: mapping.offset,
+            path: mapping.path.clone(),
+            deleted: mapping.deleted,
+            build_id,
+        }
+    }
+
+    pub fn mapping(&self) -> Mapping {
+        Mapping {
+            start: self.start,
+            end: self.end,
+            perms: self.perms.clone(),
+            offset: self.offset,
+            path: self.path.clone(),
+            deleted: self.deleted,
+        }
+    }
+}
+
+/// Builds a [`ProcessMaps`] from records, later ones replacing what they overlap (as
+/// [`ProcessMaps::merge`] does). Goes through the maps text: paths in `/proc/PID/maps` never
+/// hold a newline (the kernel escapes it).
+pub fn process_maps<'a>(records: impl IntoIterator<Item = &'a MappingRecord>) -> ProcessMaps {
+    let mut text = String::new();
+    for record in records {
+        let path = record.path.to_string_lossy();
+        if path.contains('\n') {
+            continue;
+        }
+        let deleted = if record.deleted { " (deleted)" } else { "" };
+        text.push_str(&format!(
+            "{:x}-{:x} {} {:x} 00:00 0 {path}{deleted}\n",
+            record.start, record.end, record.perms, record.offset
+        ));
+    }
+    // Records are validated when read, so every line parses; a bad one only loses that line.
+    text.lines()
+        .filter_map(|line| ProcessMaps::parse(line).ok())
+        .fold(ProcessMaps::default(), |mut maps, line| {
+            maps.merge(line);
+            maps
+        })
+}
+
+/// What the session knew when it ended; its presence marks a complete recording.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trailer {
+    pub end_monotonic_ns: u64,
+    /// How the target ended; null if it was still running.
+    pub exit: Option<ExitStatus>,
+    pub lost: LostRecord,
+    /// Ring records that did not decode.
+    pub malformed: u64,
+    pub probes: Vec<ProbeInfo>,
+    /// The target's peak resident set size as it exited (run mode), when known.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
+    /// Warnings the session printed that belong in the report.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// [`LostCounts`] in a serializable form.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostRecord {
+    /// Indexed by `EventKind as usize`.
+    pub by_kind: Vec<u64>,
+    pub stack_errors: u64,
+    pub inflight_full: u64,
+}
+
+impl From<&LostCounts> for LostRecord {
+    fn from(lost: &LostCounts) -> Self {
+        LostRecord {
+            by_kind: lost.by_kind.to_vec(),
+            stack_errors: lost.stack_errors,
+            inflight_full: lost.inflight_full,
+        }
+    }
+}
+
+impl From<&LostRecord> for LostCounts {
+    fn from(lost: &LostRecord) -> Self {
+        let mut counts = LostCounts {
+            stack_errors: lost.stack_errors,
+            inflight_full: lost.inflight_full,
+            ..LostCounts::default()
+        };
+        for (slot, value) in counts.by_kind.iter_mut().zip(&lost.by_kind) {
+            *slot = *value;
+        }
+        counts
+    }
+}

@@ -1,0 +1,369 @@
+//! Streams a recording back, one record at a time: memory holds one chunk, never the file.
+//!
+//! Anything wrong with the file is an error naming its byte offset; the reader never panics
+//! on bad input (the fuzz test in `tests.rs` holds it to that).
+
+use super::codec::{Cursor, DeltaState, TAG_MAPS, TAG_RSS, TAG_STACK, TAG_TRAILER};
+use super::{FORMAT_VERSION, Header, MAGIC, MAX_CHUNK_BYTES, MappingRecord, Trailer};
+use crate::event::Event;
+use crate::stacks::StackId;
+use profiler_common::EventKind;
+use std::io::{self, Read};
+
+/// One record of a recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A probed call; its stack (if any) was defined by an earlier [`Record::Stack`].
+    Event {
+        event: &'a Event,
+        stack: Option<StackId>,
+    },
+    /// The definition of the next stack id, before its first use.
+    Stack { frames: &'a [u64], truncated: bool },
+    /// Mappings seen after the header's snapshot.
+    Maps(Vec<MappingRecord>),
+    /// The target's resident set size.
+    Rss { ts_ns: u64, bytes: u64 },
+    /// The end of the session; always the last record.
+    Trailer(Box<Trailer>),
+}
+
+/// Where a recording is unreadable, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} (at byte {offset})")]
+pub struct ReadError {
+    /// Offset in the file of the header or chunk that is wrong.
+    pub offset: u64,
+    pub kind: ReadErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadErrorKind {
+    #[error("cannot read the recording: {0}")]
+    Io(#[from] io::Error),
+    #[error("not a memprof recording (bad magic)")]
+    BadMagic,
+    #[error("recording format version {0} is not supported (this memprof reads {FORMAT_VERSION})")]
+    Version(u32),
+    #[error("corrupt header: {0}")]
+    Header(String),
+    /// The file stops inside a chunk: the writer was killed while writing it, or the file
+    /// was cut.
+    #[error("the recording ends early: {what} cut after {available} of {needed} bytes")]
+    Truncated {
+        what: &'static str,
+        needed: u64,
+        available: u64,
+    },
+    /// The file stops after a complete chunk but before the trailer.
+    #[error(
+        "the recording ends early: no trailer after the last complete chunk (memprof was killed or crashed)"
+    )]
+    NoTrailer,
+    #[error("corrupt chunk: {0}")]
+    Chunk(String),
+    #[error("corrupt record {index} of the chunk: {reason}")]
+    Record { index: u64, reason: String },
+    #[error("data after the trailer")]
+    AfterTrailer,
+}
+
+impl ReadError {
+    /// The file is fine up to where it stops: everything before `offset` was read and can
+    /// be reported, with a warning.
+    pub fn is_early_end(&self) -> bool {
+        matches!(
+            self.kind,
+            ReadErrorKind::Truncated { .. } | ReadErrorKind::NoTrailer
+        )
+    }
+}
+
+/// A decoded record that does not borrow the reader (an event is in `event`, a stack's
+/// frames in `frames`).
+enum Decoded {
+    Event { stack: Option<StackId> },
+    Stack { truncated: bool },
+    Other(Record<'static>),
+}
+
+pub struct Reader<R: Read> {
+    source: R,
+    header: Header,
+    /// File offset of the next unread byte of `source`.
+    offset: u64,
+    /// File offset of the chunk in `records`.
+    chunk_offset: u64,
+    compressed: Vec<u8>,
+    records: Vec<u8>,
+    pos: usize,
+    records_in_chunk: u64,
+    decompressor: zstd::bulk::Decompressor<'static>,
+    state: DeltaState,
+    stacks: u32,
+    /// The last event decoded: records borrow it rather than carry a copy.
+    event: Event,
+    frames: Vec<u64>,
+    done: bool,
+    trailer_seen: bool,
+}
+
+impl<R: Read> Reader<R> {
+    /// Reads and checks the header.
+    pub fn new(mut source: R) -> Result<Reader<R>, ReadError> {
+        let at = |offset: u64| move |kind: ReadErrorKind| ReadError { offset, kind };
+        let mut prefix = [0u8; 20];
+        let got = read_full(&mut source, &mut prefix).map_err(|e| at(0)(e.into()))?;
+        if got < MAGIC.len() || prefix[..8] != MAGIC {
+            if got < MAGIC.len() && MAGIC.starts_with(&prefix[..got]) {
+                return Err(at(0)(truncated("header", 20, got)));
+            }
+            return Err(at(0)(ReadErrorKind::BadMagic));
+        }
+        if got < prefix.len() {
+            return Err(at(0)(truncated("header", 20, got)));
+        }
+        let version = u32::from_le_bytes(prefix[8..12].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(at(8)(ReadErrorKind::Version(version)));
+        }
+        let len = u32::from_le_bytes(prefix[12..16].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(prefix[16..20].try_into().expect("4 bytes"));
+        if len > MAX_CHUNK_BYTES {
+            return Err(at(12)(ReadErrorKind::Header(format!(
+                "header length {len} is implausible"
+            ))));
+        }
+        let mut json = Vec::new();
+        let got = (&mut source)
+            .take(u64::from(len))
+            .read_to_end(&mut json)
+            .map_err(|e| at(20)(e.into()))?;
+        if got < json.len() {
+            return Err(at(20)(truncated("header", u64::from(len), got)));
+        }
+        if crc32fast::hash(&json) != crc {
+            return Err(at(20)(ReadErrorKind::Header("checksum mismatch".into())));
+        }
+        let header: Header = serde_json::from_slice(&json)
+            .map_err(|e| at(20)(ReadErrorKind::Header(e.to_string())))?;
+        let decompressor = zstd::bulk::Decompressor::new().map_err(|e| at(20)(e.into()))?;
+        Ok(Reader {
+            source,
+            offset: 20 + u64::from(len),
+            chunk_offset: 20 + u64::from(len),
+            state: DeltaState {
+                ts_ns: header.start_monotonic_ns,
+                ..DeltaState::default()
+            },
+            header,
+            compressed: Vec::new(),
+            records: Vec::new(),
+            pos: 0,
+            records_in_chunk: 0,
+            decompressor,
+            stacks: 0,
+            event: Event {
+                kind: EventKind::Malloc,
+                tid: 0,
+                ts_ns: 0,
+                addr: 0,
+                size: 0,
+                old_addr: 0,
+                aux: 0,
+                flags: 0,
+            },
+            frames: Vec::new(),
+            done: false,
+            trailer_seen: false,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Bytes of the file consumed so far (header and whole chunks).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next record; `Ok(None)` after the trailer, at the end of a complete file.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "records borrow the reader's buffers, which Iterator cannot express"
+    )]
+    #[inline]
+    pub fn next(&mut self) -> Result<Option<Record<'_>>, ReadError> {
+        if self.done {
+            return Ok(None);
+        }
+        while self.pos >= self.records.len() {
+            if !self.next_chunk()? {
+                self.done = true;
+                return Ok(None);
+            }
+        }
+        match self.decode() {
+            Ok(Decoded::Event { stack }) => Ok(Some(Record::Event {
+                event: &self.event,
+                stack,
+            })),
+            Ok(Decoded::Stack { truncated }) => Ok(Some(Record::Stack {
+                frames: &self.frames,
+                truncated,
+            })),
+            Ok(Decoded::Other(record)) => Ok(Some(record)),
+            Err(reason) => Err(self.corrupt(reason)),
+        }
+    }
+
+    /// The error for a record of the current chunk that does not decode; reading stops.
+    #[cold]
+    fn corrupt(&mut self, reason: &'static str) -> ReadError {
+        self.done = true;
+        ReadError {
+            offset: self.chunk_offset,
+            kind: ReadErrorKind::Record {
+                index: self.records_in_chunk,
+                reason: reason.to_owned(),
+            },
+        }
+    }
+
+    /// Decodes the record at `pos`: events inline (nearly every record is one), the others
+    /// in [`Reader::decode_other`].
+    #[inline]
+    fn decode(&mut self) -> Result<Decoded, &'static str> {
+        let mut cursor = Cursor {
+            bytes: &self.records,
+            pos: self.pos,
+        };
+        let tag = cursor.byte()?;
+        if tag & 0x0f == 0 {
+            return self.decode_other(tag);
+        }
+        let stack = cursor.event(tag, &mut self.state, self.stacks, &mut self.event)?;
+        self.pos = cursor.pos;
+        self.records_in_chunk += 1;
+        Ok(Decoded::Event { stack })
+    }
+
+    /// Decodes a record that is not an event (its tag byte is `tag`).
+    fn decode_other(&mut self, tag: u8) -> Result<Decoded, &'static str> {
+        let mut cursor = Cursor {
+            bytes: &self.records,
+            pos: self.pos + 1,
+        };
+        let record = match tag {
+            TAG_STACK => {
+                let truncated = cursor.stack(&mut self.frames)?;
+                self.stacks = self.stacks.checked_add(1).ok_or("too many stacks")?;
+                self.pos = cursor.pos;
+                self.records_in_chunk += 1;
+                return Ok(Decoded::Stack { truncated });
+            }
+            TAG_MAPS => {
+                let maps = serde_json::from_slice(cursor.blob()?)
+                    .map_err(|_| "maps record is not a list of mappings")?;
+                Record::Maps(maps)
+            }
+            TAG_RSS => {
+                let (ts_ns, bytes) = cursor.rss(&mut self.state)?;
+                Record::Rss { ts_ns, bytes }
+            }
+            TAG_TRAILER => {
+                let trailer =
+                    serde_json::from_slice(cursor.blob()?).map_err(|_| "trailer is not valid")?;
+                if cursor.pos != self.records.len() {
+                    return Err("records after the trailer");
+                }
+                self.trailer_seen = true;
+                Record::Trailer(Box::new(trailer))
+            }
+            _ => return Err("unknown record tag"),
+        };
+        self.pos = cursor.pos;
+        self.records_in_chunk += 1;
+        Ok(Decoded::Other(record))
+    }
+
+    /// Loads the next chunk; false at a clean end of file after the trailer.
+    fn next_chunk(&mut self) -> Result<bool, ReadError> {
+        let offset = self.offset;
+        let fail = |kind| ReadError { offset, kind };
+        let mut prefix = [0u8; 12];
+        let got = read_full(&mut self.source, &mut prefix).map_err(|e| fail(e.into()))?;
+        if got == 0 {
+            if self.trailer_seen {
+                return Ok(false);
+            }
+            return Err(fail(ReadErrorKind::NoTrailer));
+        }
+        if self.trailer_seen {
+            return Err(fail(ReadErrorKind::AfterTrailer));
+        }
+        if got < prefix.len() {
+            return Err(fail(truncated("chunk header", 12, got)));
+        }
+        let compressed_len = u32::from_le_bytes(prefix[0..4].try_into().expect("4 bytes"));
+        let raw_len = u32::from_le_bytes(prefix[4..8].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(prefix[8..12].try_into().expect("4 bytes"));
+        if compressed_len > MAX_CHUNK_BYTES || raw_len > MAX_CHUNK_BYTES || raw_len == 0 {
+            return Err(fail(ReadErrorKind::Chunk(format!(
+                "implausible lengths: {compressed_len} compressed, {raw_len} raw"
+            ))));
+        }
+        // Grows the buffer only as far as the bytes actually present: a corrupt length in a
+        // short file costs no more memory than the file.
+        self.compressed.clear();
+        let got = (&mut self.source)
+            .take(u64::from(compressed_len))
+            .read_to_end(&mut self.compressed)
+            .map_err(|e| fail(e.into()))?;
+        if got < compressed_len as usize {
+            return Err(fail(truncated("chunk", u64::from(compressed_len), got)));
+        }
+        if crc32fast::hash(&self.compressed) != crc {
+            return Err(fail(ReadErrorKind::Chunk("checksum mismatch".into())));
+        }
+        self.records.clear();
+        self.records.reserve(raw_len as usize);
+        let written = self
+            .decompressor
+            .decompress_to_buffer(&self.compressed, &mut self.records)
+            .map_err(|e| fail(ReadErrorKind::Chunk(format!("cannot decompress: {e}"))))?;
+        if written != raw_len as usize {
+            return Err(fail(ReadErrorKind::Chunk(format!(
+                "decompressed to {written} bytes, the chunk header says {raw_len}"
+            ))));
+        }
+        self.chunk_offset = offset;
+        self.offset += 12 + u64::from(compressed_len);
+        self.pos = 0;
+        self.records_in_chunk = 0;
+        Ok(true)
+    }
+}
+
+fn truncated(what: &'static str, needed: u64, available: usize) -> ReadErrorKind {
+    ReadErrorKind::Truncated {
+        what,
+        needed,
+        available: available as u64,
+    }
+}
+
+/// Reads until `buf` is full or the source ends; returns how much was read.
+fn read_full(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

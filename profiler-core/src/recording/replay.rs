@@ -1,0 +1,82 @@
+//! Replays a recording through a [`Recorder`]: the offline twin of a live session.
+
+use super::reader::{ReadError, ReadErrorKind, Reader, Record};
+use super::{Header, MappingRecord, Trailer};
+use crate::recorder::Recorder;
+use std::io::Read;
+
+/// What a replay found besides the heap (which is in the recorder).
+#[derive(Debug)]
+pub struct Replay {
+    pub header: Header,
+    /// The header's maps, then every later update, in recording order.
+    pub maps: Vec<MappingRecord>,
+    /// RSS samples replayed (into `recorder.analyses`).
+    pub rss_samples: u64,
+    pub trailer: Option<Trailer>,
+    /// Why the recording stopped before its trailer (memprof was killed, or the file was
+    /// cut); everything before it was replayed.
+    pub early_end: Option<ReadError>,
+    /// Time of the last event or sample: the end of an unfinished recording.
+    pub last_ts_ns: u64,
+    pub events: u64,
+}
+
+/// Applies every event of `reader` to `recorder` (a fresh one), interning each stack definition as it comes
+/// (in recording order, so the ids match the recorded ones). A recording that stops early is
+/// not an error: [`Replay::early_end`] says where. Corruption is.
+pub fn replay<R: Read>(
+    mut reader: Reader<R>,
+    recorder: &mut Recorder,
+) -> Result<Replay, ReadError> {
+    let header = reader.header().clone();
+    let mut replay = Replay {
+        maps: header.maps.clone(),
+        last_ts_ns: header.start_monotonic_ns,
+        header,
+        rss_samples: 0,
+        trailer: None,
+        early_end: None,
+        events: 0,
+    };
+    loop {
+        let offset = reader.offset();
+        let record = match reader.next() {
+            Ok(Some(record)) => record,
+            Ok(None) => break,
+            Err(error) if error.is_early_end() => {
+                replay.early_end = Some(error);
+                break;
+            }
+            Err(error) => return Err(error),
+        };
+        match record {
+            Record::Event { event, stack } => {
+                recorder.apply(event, stack);
+                replay.last_ts_ns = replay.last_ts_ns.max(event.ts_ns);
+                replay.events += 1;
+            }
+            Record::Stack { frames, truncated } => {
+                let expected = recorder.stacks.len();
+                let id = recorder.stacks.intern(frames, truncated);
+                if id.0 as usize != expected {
+                    return Err(ReadError {
+                        offset,
+                        kind: ReadErrorKind::Chunk(format!(
+                            "stack {expected} repeats stack {}",
+                            id.0
+                        )),
+                    });
+                }
+            }
+            Record::Maps(maps) => replay.maps.extend(maps),
+            Record::Rss { ts_ns, bytes } => {
+                recorder.analyses.observe_rss(ts_ns, bytes);
+                replay.rss_samples += 1;
+                replay.last_ts_ns = replay.last_ts_ns.max(ts_ns);
+            }
+            Record::Trailer(trailer) => replay.trailer = Some(*trailer),
+        }
+    }
+    Ok(replay)
+}

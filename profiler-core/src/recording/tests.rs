@@ -1,0 +1,402 @@
+use super::*;
+use crate::event::Event;
+use crate::recorder::Recorder;
+use crate::stacks::StackId;
+use profiler_common::{EventKind, FLAG_STACK_TRUNCATED};
+use proptest::prelude::*;
+
+fn header() -> Header {
+    Header {
+        memprof_version: "0.1.0".into(),
+        kernel: "6.18.0".into(),
+        command: vec!["./prog".into(), "arg".into()],
+        pid: 77,
+        mode: Mode::Run,
+        start_unix_ns: 1_700_000_000_000_000_000,
+        start_monotonic_ns: 5_000,
+        maps: vec![MappingRecord {
+            start: 0x40_0000,
+            end: 0x40_2000,
+            perms: "r-xp".into(),
+            offset: 0x1000,
+            path: "/usr/bin/my prog".into(),
+            deleted: false,
+            build_id: Some("abcd".into()),
+        }],
+        unwinding: Some(Unwinding {
+            mode: "frame-pointers".into(),
+            max_depth: 64,
+        }),
+        ops: Some(1_000),
+    }
+}
+
+fn trailer() -> Trailer {
+    Trailer {
+        end_monotonic_ns: 9_000,
+        exit: Some(ExitStatus {
+            code: Some(3),
+            signal: None,
+        }),
+        lost: LostRecord {
+            by_kind: vec![0, 2, 0],
+            stack_errors: 1,
+            inflight_full: 0,
+        },
+        malformed: 0,
+        probes: vec![],
+        peak_rss_bytes: Some(4096),
+        warnings: vec!["a warning".into()],
+    }
+}
+
+fn event(kind: EventKind, tid: u32, ts_ns: u64, addr: u64, size: u64) -> Event {
+    Event {
+        kind,
+        tid,
+        ts_ns,
+        addr,
+        size,
+        old_addr: 0,
+        aux: 0,
+        flags: 0,
+    }
+}
+
+/// Every record kind and every optional field, including values at the edges of their types.
+fn write_sample() -> Vec<u8> {
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    writer
+        .event(
+            &event(EventKind::Malloc, 1, 6_000, 0x1000, 32),
+            Some(StackId(0)),
+            Some((&[0x40_1000, 0x40_0100], false)),
+        )
+        .unwrap();
+    writer.rss(6_500, 1 << 20);
+    let mut realloc = event(EventKind::Realloc, u32::MAX, 5_900, 0x2000, 64);
+    realloc.old_addr = 0x1000;
+    realloc.flags = FLAG_STACK_TRUNCATED;
+    writer
+        .event(&realloc, Some(StackId(1)), Some((&[u64::MAX, 0, 1], true)))
+        .unwrap();
+    writer.flush_chunk().unwrap();
+    writer
+        .maps(&[MappingRecord {
+            path: "".into(),
+            build_id: None,
+            ..header().maps[0].clone()
+        }])
+        .unwrap();
+    let mut memalign = event(EventKind::Memalign, 1, 7_000, u64::MAX, u64::MAX);
+    memalign.aux = 4096;
+    writer.event(&memalign, Some(StackId(0)), None).unwrap();
+    writer
+        .event(&event(EventKind::Free, 1, 7_001, 0x2000, 0), None, None)
+        .unwrap();
+    writer.finish(&trailer()).unwrap()
+}
+
+fn read_all(bytes: &[u8]) -> (Vec<String>, Option<ReadError>) {
+    let mut reader = match Reader::new(bytes) {
+        Ok(reader) => reader,
+        Err(error) => return (vec![], Some(error)),
+    };
+    let mut records = Vec::new();
+    loop {
+        match reader.next() {
+            Ok(Some(record)) => records.push(format!("{record:?}")),
+            Ok(None) => return (records, None),
+            Err(error) => return (records, Some(error)),
+        }
+    }
+}
+
+#[test]
+fn round_trips_every_record_and_field() {
+    let bytes = write_sample();
+    let mut reader = Reader::new(&bytes[..]).unwrap();
+    assert_eq!(*reader.header(), header());
+    let mut expect = |want: Record<'_>| assert_eq!(reader.next().unwrap().unwrap(), want);
+    expect(Record::Stack {
+        frames: &[0x40_1000, 0x40_0100],
+        truncated: false,
+    });
+    expect(Record::Event {
+        event: &event(EventKind::Malloc, 1, 6_000, 0x1000, 32),
+        stack: Some(StackId(0)),
+    });
+    expect(Record::Rss {
+        ts_ns: 6_500,
+        bytes: 1 << 20,
+    });
+    expect(Record::Stack {
+        frames: &[u64::MAX, 0, 1],
+        truncated: true,
+    });
+    let mut realloc = event(EventKind::Realloc, u32::MAX, 5_900, 0x2000, 64);
+    realloc.old_addr = 0x1000;
+    realloc.flags = FLAG_STACK_TRUNCATED;
+    expect(Record::Event {
+        event: &realloc,
+        stack: Some(StackId(1)),
+    });
+    let Some(Record::Maps(maps)) = reader.next().unwrap() else {
+        panic!("maps record expected")
+    };
+    assert_eq!(maps[0].path, std::path::Path::new(""));
+    let mut memalign = event(EventKind::Memalign, 1, 7_000, u64::MAX, u64::MAX);
+    memalign.aux = 4096;
+    let mut expect = |want: Record<'_>| assert_eq!(reader.next().unwrap().unwrap(), want);
+    expect(Record::Event {
+        event: &memalign,
+        stack: Some(StackId(0)),
+    });
+    expect(Record::Event {
+        event: &event(EventKind::Free, 1, 7_001, 0x2000, 0),
+        stack: None,
+    });
+    expect(Record::Trailer(Box::new(trailer())));
+    assert!(reader.next().unwrap().is_none());
+    assert_eq!(reader.offset(), bytes.len() as u64);
+}
+
+#[test]
+fn replay_rebuilds_the_live_recorder_exactly() {
+    let (bytes, live) = write_synthetic_churn(Vec::new(), 200_000).unwrap();
+    let mut offline = Recorder::new(Mode::Run);
+    let replayed = replay(Reader::new(&bytes[..]).unwrap(), &mut offline).unwrap();
+    assert!(replayed.early_end.is_none());
+    assert!(replayed.trailer.is_some());
+    assert_eq!(replayed.events, 200_000);
+    assert_eq!(offline.events(), live.events());
+    assert_eq!(offline.stacks.len(), live.stacks.len());
+    assert_eq!(offline.heap.stats(), live.heap.stats());
+    let blocks = |r: &Recorder| r.heap.blocks().map(|(a, b)| (a, *b)).collect::<Vec<_>>();
+    let mut offline_blocks = blocks(&offline);
+    let mut live_blocks = blocks(&live);
+    offline_blocks.sort_by_key(|(a, _)| *a);
+    live_blocks.sort_by_key(|(a, _)| *a);
+    assert_eq!(offline_blocks, live_blocks);
+    let sites = |r: &Recorder| r.sites.iter().collect::<Vec<_>>();
+    assert_eq!(sites(&offline), sites(&live));
+    for id in 0..live.stacks.len() as u32 {
+        assert_eq!(
+            offline.stacks.get(StackId(id)),
+            live.stacks.get(StackId(id))
+        );
+    }
+}
+
+/// The brief's budget is 10 bytes per event on churn; this synthetic churn (random sizes,
+/// sites, timings, a 1024-block live set) is harder to compress than samples/c/churn.c.
+#[test]
+fn churn_costs_under_ten_bytes_per_event() {
+    let events = 1_000_000;
+    let (bytes, _) = write_synthetic_churn(Vec::new(), events).unwrap();
+    let per_event = bytes.len() as f64 / events as f64;
+    assert!(per_event < 10.0, "{per_event:.2} bytes per event");
+}
+
+#[test]
+fn a_recording_cut_between_chunks_ends_early_without_a_trailer() {
+    let (bytes, _) = write_synthetic_churn(Vec::new(), 3 * u64::from(CHUNK_EVENTS)).unwrap();
+    let boundaries = chunk_boundaries(&bytes);
+    assert_eq!(
+        boundaries.len(),
+        4 + 1,
+        "header end + 3 event chunks + trailer chunk"
+    );
+    // Cut right after the second event chunk: two chunks replay, then "no trailer".
+    let cut = &bytes[..boundaries[2] as usize];
+    let mut recorder = Recorder::new(Mode::Run);
+    let replayed = replay(Reader::new(cut).unwrap(), &mut recorder).unwrap();
+    assert_eq!(replayed.events, 2 * u64::from(CHUNK_EVENTS));
+    let end = replayed.early_end.expect("the recording ends early");
+    assert!(matches!(end.kind, ReadErrorKind::NoTrailer));
+    assert_eq!(end.offset, boundaries[2]);
+    assert_eq!(
+        end.to_string(),
+        format!(
+            "the recording ends early: no trailer after the last complete chunk (memprof was \
+             killed or crashed) (at byte {})",
+            boundaries[2]
+        )
+    );
+    // Cut inside the third chunk: the same two chunks, then "chunk cut".
+    let cut = &bytes[..boundaries[2] as usize + 100];
+    let mut recorder = Recorder::new(Mode::Run);
+    let replayed = replay(Reader::new(cut).unwrap(), &mut recorder).unwrap();
+    assert_eq!(replayed.events, 2 * u64::from(CHUNK_EVENTS));
+    let end = replayed.early_end.unwrap();
+    assert!(
+        end.to_string()
+            .starts_with("the recording ends early: chunk cut after 88 of "),
+        "{end}"
+    );
+}
+
+#[test]
+fn corruption_is_one_error_with_its_offset() {
+    let bytes = write_sample();
+    let boundaries = chunk_boundaries(&bytes);
+    let mut flipped = bytes.clone();
+    flipped[boundaries[1] as usize + 20] ^= 0x40;
+    let (records, error) = read_all(&flipped);
+    assert_eq!(records.len(), 5, "the first chunk is whole");
+    let error = error.unwrap();
+    assert!(!error.is_early_end());
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "corrupt chunk: checksum mismatch (at byte {})",
+            boundaries[1]
+        )
+    );
+    let (_, error) = read_all(b"GIF89a and the rest");
+    assert_eq!(
+        error.unwrap().to_string(),
+        "not a memprof recording (bad magic) (at byte 0)"
+    );
+    let mut version = bytes.clone();
+    version[8] = 9;
+    let (_, error) = read_all(&version);
+    assert_eq!(
+        error.unwrap().to_string(),
+        "recording format version 9 is not supported (this memprof reads 1) (at byte 8)"
+    );
+}
+
+/// File offsets where each chunk starts (the first is the end of the header), and the end.
+fn chunk_boundaries(bytes: &[u8]) -> Vec<u64> {
+    let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let mut offsets = vec![20 + header_len as u64];
+    let mut at = 20 + header_len;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 12 + len;
+        offsets.push(at as u64);
+    }
+    offsets
+}
+
+/// Records per complete chunk of a valid recording, counted by reading it.
+fn records_per_chunk(bytes: &[u8]) -> Vec<(u64, usize)> {
+    let mut reader = Reader::new(bytes).unwrap();
+    let mut per_chunk: Vec<(u64, usize)> = Vec::new();
+    let mut current = reader.offset();
+    let mut count = 0;
+    while let Some(_record) = reader.next().unwrap() {
+        count += 1;
+        // offset() moves when a chunk is loaded: the record just read came from it.
+        if reader.offset() != current {
+            if count > 1 {
+                per_chunk.push((current, count - 1));
+            }
+            current = reader.offset();
+            count = 1;
+        }
+    }
+    per_chunk.push((current, count));
+    per_chunk
+}
+
+fn fuzz_input() -> Vec<u8> {
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    let mut recorder = Recorder::new(Mode::Run);
+    let mut record = Vec::new();
+    for i in 0..300u64 {
+        let header = profiler_common::EventHeader {
+            kind: if i % 2 == 0 { 1 } else { 10 },
+            tid: 1 + (i % 3) as u32,
+            ts_ns: 10_000 + i * 7,
+            addr: 0x1000 + (i / 2) * 16,
+            size: 8 * (i % 5),
+            stack_depth: if i % 2 == 0 { 2 } else { 0 },
+            ..Default::default()
+        };
+        record.clear();
+        crate::event::encode(&header, &[0x40_1000 + i % 7, 0x40_2000], &mut record);
+        let ingested = recorder.ingest(&record).unwrap();
+        writer.ingested(&ingested, &recorder.stacks).unwrap();
+        if i % 60 == 59 {
+            writer.flush_chunk().unwrap();
+        }
+    }
+    writer.finish(&trailer()).unwrap()
+}
+
+#[derive(Clone, Debug)]
+enum Damage {
+    Truncate(usize),
+    Flip(usize, u8),
+    Insert(usize, Vec<u8>),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever happens to the bytes, reading ends in Ok or an error (never a panic), and
+    /// every chunk that ends before the damage is read in full.
+    #[test]
+    fn damaged_recordings_never_panic_and_keep_whole_chunks(
+        damage in prop_oneof![
+            (0usize..4000).prop_map(Damage::Truncate),
+            (0usize..4000, 1u8..=255).prop_map(|(at, mask)| Damage::Flip(at, mask)),
+            (0usize..4000, proptest::collection::vec(any::<u8>(), 1..16))
+                .prop_map(|(at, bytes)| Damage::Insert(at, bytes)),
+        ]
+    ) {
+        let valid = fuzz_input();
+        let chunks = records_per_chunk(&valid);
+        let mut bytes = valid.clone();
+        let at = match &damage {
+            Damage::Truncate(at) => { let at = (*at).min(bytes.len()); bytes.truncate(at); at }
+            Damage::Flip(at, mask) => { let at = at % bytes.len(); bytes[at] ^= mask; at }
+            Damage::Insert(at, extra) => {
+                let at = (*at).min(bytes.len());
+                bytes.splice(at..at, extra.iter().copied());
+                at
+            }
+        };
+        let (records, error) = read_all(&bytes);
+        // Records in chunks that end at or before the damaged byte.
+        let boundaries = chunk_boundaries(&valid);
+        let intact: usize = chunks
+            .iter()
+            .zip(boundaries.iter().skip(1))
+            .filter(|(_, end)| **end as usize <= at)
+            .map(|((_, count), _)| count)
+            .sum();
+        if bytes != valid {
+            prop_assert!(records.len() >= intact, "{} records read, {intact} intact", records.len());
+        }
+        if error.is_none() {
+            // Nothing stopped the reader: the damage was undetectable only if it left the
+            // file as it was (e.g. a truncation at its very end).
+            prop_assert!(bytes == valid, "damage went unnoticed: {damage:?}");
+        }
+    }
+}
+
+/// Recordings from before `ops` was recorded have no such header field: they still read,
+/// with the operation count unknown.
+#[test]
+fn a_header_without_ops_reads_as_unknown_ops() {
+    let mut json = serde_json::to_value(header()).unwrap();
+    json.as_object_mut().unwrap().remove("ops").unwrap();
+    let json = serde_json::to_vec(&json).unwrap();
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend(FORMAT_VERSION.to_le_bytes());
+    bytes.extend((json.len() as u32).to_le_bytes());
+    bytes.extend(crc32fast::hash(&json).to_le_bytes());
+    bytes.extend(&json);
+    let reader = Reader::new(&bytes[..]).unwrap();
+    assert_eq!(
+        *reader.header(),
+        Header {
+            ops: None,
+            ..header()
+        }
+    );
+}

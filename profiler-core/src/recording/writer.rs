@@ -1,0 +1,169 @@
+//! Writes a recording as the session goes: records are encoded into a buffer, and each full
+//! (or old enough) buffer is compressed and written as one chunk with a single `write()`.
+
+use super::codec::{self, DeltaState, TAG_MAPS, TAG_TRAILER};
+use super::{CHUNK_EVENTS, CHUNK_INTERVAL, FORMAT_VERSION, Header, MAGIC, MappingRecord, Trailer};
+use crate::event::Event;
+use crate::recorder::Ingested;
+use crate::stacks::{StackId, StackTable};
+use std::io::{self, Write};
+use std::time::Instant;
+
+/// zstd level: 3 (its default) compresses churn to a few bytes per event at several hundred
+/// MB/s; higher levels gain little on this data and cost the collector CPU.
+const ZSTD_LEVEL: i32 = 3;
+/// A chunk is also written once its records take this many bytes (large maps updates).
+const CHUNK_BYTES: usize = 4 << 20;
+
+pub struct Writer<W: Write> {
+    out: W,
+    /// Encoded records of the chunk being built.
+    records: Vec<u8>,
+    /// Compressed chunk, with its 12-byte prefix, reused between chunks.
+    chunk: Vec<u8>,
+    compressor: zstd::bulk::Compressor<'static>,
+    state: DeltaState,
+    events_in_chunk: u32,
+    /// When the first record of the pending chunk was added.
+    pending_since: Option<Instant>,
+    bytes_written: u64,
+    events: u64,
+}
+
+impl<W: Write> Writer<W> {
+    /// Writes the header; the file is a valid (empty, unfinished) recording from here on.
+    pub fn create(mut out: W, header: &Header) -> io::Result<Writer<W>> {
+        let json = serde_json::to_vec(header)?;
+        let mut prefix = Vec::with_capacity(20 + json.len());
+        prefix.extend_from_slice(&MAGIC);
+        prefix.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        prefix.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        prefix.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+        prefix.extend_from_slice(&json);
+        out.write_all(&prefix)?;
+        Ok(Writer {
+            out,
+            records: Vec::with_capacity(1 << 20),
+            chunk: Vec::new(),
+            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+            state: DeltaState {
+                ts_ns: header.start_monotonic_ns,
+                ..DeltaState::default()
+            },
+            events_in_chunk: 0,
+            pending_since: None,
+            bytes_written: prefix.len() as u64,
+            events: 0,
+        })
+    }
+
+    /// Adds one event. `new_stack` holds the frames and truncation of `stack` when this event
+    /// is its first use (the recorder just interned it).
+    pub fn event(
+        &mut self,
+        event: &Event,
+        stack: Option<StackId>,
+        new_stack: Option<(&[u64], bool)>,
+    ) -> io::Result<()> {
+        self.started();
+        if let Some((frames, truncated)) = new_stack {
+            codec::put_stack(&mut self.records, frames, truncated);
+        }
+        codec::put_event(&mut self.records, &mut self.state, event, stack);
+        self.events += 1;
+        self.events_in_chunk += 1;
+        if self.events_in_chunk >= CHUNK_EVENTS || self.records.len() >= CHUNK_BYTES {
+            self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// Adds what the live recorder just ingested (with the stack's definition when the
+    /// recorder interned it for this record).
+    pub fn ingested(&mut self, ingested: &Ingested, stacks: &StackTable) -> io::Result<()> {
+        let new_stack = match ingested.stack {
+            Some(id) if ingested.new_stack => Some((stacks.get(id), stacks.is_truncated(id))),
+            _ => None,
+        };
+        self.event(&ingested.event, ingested.stack, new_stack)
+    }
+
+    /// Adds mappings seen after the header's snapshot.
+    pub fn maps(&mut self, mappings: &[MappingRecord]) -> io::Result<()> {
+        if mappings.is_empty() {
+            return Ok(());
+        }
+        self.started();
+        let json = serde_json::to_vec(mappings)?;
+        codec::put_blob(&mut self.records, TAG_MAPS, &json);
+        Ok(())
+    }
+
+    /// Adds a sample of the target's resident set size.
+    pub fn rss(&mut self, ts_ns: u64, bytes: u64) {
+        self.started();
+        codec::put_rss(&mut self.records, &mut self.state, ts_ns, bytes);
+    }
+
+    /// Writes the pending chunk if its first record is older than [`CHUNK_INTERVAL`]; the
+    /// collector calls this from its timer so an idle target's records still reach the disk.
+    pub fn flush_if_due(&mut self) -> io::Result<()> {
+        match self.pending_since {
+            Some(since) if since.elapsed() >= CHUNK_INTERVAL => self.flush_chunk(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the trailer (in a chunk of its own, after the pending one) and returns the
+    /// output.
+    pub fn finish(mut self, trailer: &Trailer) -> io::Result<W> {
+        self.flush_chunk()?;
+        let json = serde_json::to_vec(trailer)?;
+        codec::put_blob(&mut self.records, TAG_TRAILER, &json);
+        self.flush_chunk()?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    /// Bytes written so far (header and complete chunks).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Events added so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    fn started(&mut self) {
+        if self.pending_since.is_none() {
+            self.pending_since = Some(Instant::now());
+        }
+    }
+
+    /// Compresses the pending records and writes them as one chunk with one `write_all`
+    /// (one `write()` on a file), so a kill leaves either the whole chunk or a cut one that
+    /// the reader recognizes.
+    pub fn flush_chunk(&mut self) -> io::Result<()> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        let bound = zstd::zstd_safe::compress_bound(self.records.len());
+        self.chunk.clear();
+        self.chunk.resize(12 + bound, 0);
+        let compressed = self
+            .compressor
+            .compress_to_buffer(&self.records, &mut self.chunk[12..])?;
+        self.chunk.truncate(12 + compressed);
+        let crc = crc32fast::hash(&self.chunk[12..]);
+        self.chunk[0..4].copy_from_slice(&(compressed as u32).to_le_bytes());
+        self.chunk[4..8].copy_from_slice(&(self.records.len() as u32).to_le_bytes());
+        self.chunk[8..12].copy_from_slice(&crc.to_le_bytes());
+        self.out.write_all(&self.chunk)?;
+        self.bytes_written += self.chunk.len() as u64;
+        self.records.clear();
+        self.events_in_chunk = 0;
+        self.pending_since = None;
+        Ok(())
+    }
+}

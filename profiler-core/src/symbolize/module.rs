@@ -1,0 +1,246 @@
+//! One ELF object, parsed once: its load segments, function symbols and DWARF (its own or a
+//! separate debug file's), and the lookup of one address in it.
+
+use super::debug_file::{self, DebugFile};
+use super::{Frame, ModuleInfo};
+use crate::demangle::demangle;
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+use std::path::Path;
+use std::sync::Arc;
+
+/// DWARF sections share the file's bytes through an `Arc`: no copy per section.
+type DwarfReader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+
+/// A PT_LOAD segment: file bytes `[file_offset, file_offset + file_size)` live at `vaddr`.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    file_offset: u64,
+    file_size: u64,
+    vaddr: u64,
+}
+
+#[derive(Debug)]
+struct Symbol {
+    start: u64,
+    size: u64,
+    /// 0 global, 1 weak, 2 local: among aliases the exported name is the one people know
+    /// (glibc's `__strdup`, not its internal `__GI___strdup`).
+    rank: u8,
+    name: String,
+}
+
+/// What one ELF file offers for symbolization.
+pub(super) struct Module {
+    pub info: ModuleInfo,
+    segments: Vec<Segment>,
+    /// Sorted by start address.
+    symbols: Vec<Symbol>,
+    dwarf: Option<addr2line::Context<DwarfReader>>,
+}
+
+/// One level of a DWARF lookup: a function (inlined or not) and the line in it.
+struct SourceFrame {
+    function: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
+}
+
+impl Module {
+    /// Parses `bytes`, the object mapped from `path` (as the target names it), and finds its
+    /// separate debug file under `debug_root` when it carries no DWARF itself.
+    pub fn parse(bytes: Arc<[u8]>, path: &Path, debug_root: &Path) -> object::Result<Module> {
+        let file = object::File::parse(&*bytes)?;
+        let segments = file
+            .segments()
+            .map(|segment| {
+                let (file_offset, file_size) = segment.file_range();
+                Segment {
+                    file_offset,
+                    file_size,
+                    vaddr: segment.address(),
+                }
+            })
+            .collect();
+        let mut info = ModuleInfo {
+            path: path.to_path_buf(),
+            build_id: debug_file::build_id_hex(&file),
+            debug_file: None,
+        };
+        let own_dwarf = load_dwarf(&file, &bytes);
+        let separate = match own_dwarf {
+            Some(_) => None,
+            None => debug_file::find(&file, path, debug_root),
+        };
+        let separate = separate.and_then(|DebugFile { path, bytes }| {
+            let parsed = object::File::parse(&*bytes).ok()?;
+            let dwarf = load_dwarf(&parsed, &bytes);
+            let symbols = function_symbols(parsed.symbols());
+            Some((path, dwarf, symbols))
+        });
+        // .symtab of the object, else of its debug file (stripped objects keep only .dynsym).
+        let mut symbols = function_symbols(file.symbols());
+        let mut dwarf = own_dwarf;
+        if let Some((debug_path, debug_dwarf, debug_symbols)) = separate {
+            info.debug_file = Some(debug_path);
+            dwarf = debug_dwarf;
+            if symbols.is_empty() {
+                symbols = debug_symbols;
+            }
+        }
+        if symbols.is_empty() {
+            symbols = function_symbols(file.dynamic_symbols());
+        }
+        Ok(Module {
+            info,
+            segments,
+            symbols,
+            dwarf,
+        })
+    }
+
+    /// The virtual address the byte at `offset` in the file is loaded at.
+    pub fn vaddr_of(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| offset >= s.file_offset && offset - s.file_offset < s.file_size)
+            .map(|s| s.vaddr + (offset - s.file_offset))
+    }
+
+    /// The frames of the code at `vaddr`, innermost first: the functions inlined there, then
+    /// the real function. `base` carries the address and module fields every frame shares.
+    pub fn describe(&self, vaddr: u64, base: &Frame) -> Vec<Frame> {
+        let symbol = self.symbol_at(vaddr).map(|symbol| demangle(&symbol.name));
+        let mut source = self.source_frames(vaddr);
+        let Some(outermost) = source.pop() else {
+            return vec![Frame {
+                function: symbol,
+                ..base.clone()
+            }];
+        };
+        let mut frames: Vec<Frame> = source
+            .into_iter()
+            .map(|inlined| Frame {
+                function: inlined.function,
+                file: inlined.file,
+                line: inlined.line,
+                inlined: true,
+                ..base.clone()
+            })
+            .collect();
+        // The symbol names the real function more reliably than DWARF (`foo.cold` parts,
+        // and objects whose DWARF lacks linkage names).
+        frames.push(Frame {
+            function: symbol.or(outermost.function),
+            file: outermost.file,
+            line: outermost.line,
+            ..base.clone()
+        });
+        frames
+    }
+
+    fn source_frames(&self, vaddr: u64) -> Vec<SourceFrame> {
+        let mut found = Vec::new();
+        let Some(dwarf) = &self.dwarf else {
+            return found;
+        };
+        let Ok(mut frames) = dwarf.find_frames(vaddr).skip_all_loads() else {
+            return found;
+        };
+        while let Ok(Some(frame)) = frames.next() {
+            let function = frame
+                .function
+                .as_ref()
+                .and_then(|name| name.raw_name().ok())
+                .map(|raw| demangle(&raw));
+            let (file, line) = frame
+                .location
+                .map(|location| (location.file.map(str::to_owned), location.line))
+                .unwrap_or_default();
+            found.push(SourceFrame {
+                function,
+                file,
+                line,
+            });
+        }
+        found
+    }
+
+    fn symbol_at(&self, vaddr: u64) -> Option<&Symbol> {
+        let after = self.symbols.partition_point(|s| s.start <= vaddr);
+        // Usually the last symbol starting at or below vaddr covers it; look a few further
+        // back for an enclosing symbol in case a small one is nested inside a bigger one.
+        self.symbols[..after]
+            .iter()
+            .rev()
+            .take(4)
+            .find(|s| vaddr - s.start < s.size)
+    }
+}
+
+/// Sized function symbols of one table, sorted by address.
+fn function_symbols<'data>(symbols: impl Iterator<Item = impl ObjectSymbol<'data>>) -> Vec<Symbol> {
+    let mut symbols: Vec<Symbol> = symbols
+        .filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.size() > 0)
+        .filter_map(|s| {
+            let name = s.name().ok()?;
+            // Versioned definitions keep their version in .symtab: `foo@@GLIBC_2.34`.
+            let name = name.split_once('@').map_or(name, |(base, _)| base);
+            Some(Symbol {
+                start: s.address(),
+                size: s.size(),
+                // is_global() is true for weak symbols too.
+                rank: match (s.is_weak(), s.is_global()) {
+                    (true, _) => 1,
+                    (false, true) => 0,
+                    (false, false) => 2,
+                },
+                name: name.to_owned(),
+            })
+        })
+        .collect();
+    // Among aliases at one address, prefer the largest, then the most visible; then by name
+    // for determinism.
+    symbols.sort_by(|a, b| {
+        (a.start, std::cmp::Reverse(a.size), a.rank, &a.name).cmp(&(
+            b.start,
+            std::cmp::Reverse(b.size),
+            b.rank,
+            &b.name,
+        ))
+    });
+    symbols.dedup_by_key(|s| s.start);
+    symbols
+}
+
+/// Builds an addr2line context when the file carries DWARF; best effort.
+fn load_dwarf(
+    file: &object::File<'_>,
+    bytes: &Arc<[u8]>,
+) -> Option<addr2line::Context<DwarfReader>> {
+    file.section_by_name(".debug_info")?;
+    let endian = if file.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
+    let whole = DwarfReader::new(bytes.clone(), endian);
+    let load = |id: gimli::SectionId| -> Result<DwarfReader, gimli::Error> {
+        let Some(section) = file.section_by_name(id.name()) else {
+            return Ok(whole.range(0..0));
+        };
+        // Uncompressed sections are a range of the file; compressed ones get their own buffer.
+        if let Ok(compressed) = section.compressed_file_range()
+            && compressed.format == object::CompressionFormat::None
+        {
+            let start = compressed.offset as usize;
+            return Ok(whole.range(start..start + compressed.uncompressed_size as usize));
+        }
+        match section.uncompressed_data() {
+            Ok(data) => Ok(DwarfReader::new(Arc::from(&*data), endian)),
+            Err(_) => Ok(whole.range(0..0)),
+        }
+    };
+    let dwarf = gimli::Dwarf::load(load).ok()?;
+    addr2line::Context::from_dwarf(dwarf).ok()
+}

@@ -1,0 +1,285 @@
+//! DWARF unwinding of stack snapshots (`--unwind dwarf`).
+//!
+//! At each allocation's return the probe copies the user registers (ip, sp, bp) and the top of
+//! the user stack into the record ([`crate::event::Snapshot`]). This module turns such a
+//! snapshot into return addresses, innermost first, with mstange's `framehop` and the
+//! `.eh_frame` of the modules the target has mapped. It is a pure component: the collector
+//! hands it module images ([`ModuleImage`], read from the files) and their address ranges, and
+//! a [`ModuleSource`] it may ask for the module of an address it does not know (dlopen).
+//!
+//! Frames follow the frame-pointer convention: frame 0 is the snapshot's ip, the return
+//! address into the allocation's caller, and every frame is a return address (symbolized at
+//! `addr - 1`). So the first frame is unwound as a return address too: the registers are the
+//! caller's right after the call returned, which is exactly the state framehop reaches after
+//! unwinding a frame.
+//!
+//! Unwinding allocates nothing: framehop runs with `MustNotAllocateDuringUnwind`, frames go
+//! into the caller's buffer.
+
+mod image;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{Error as FrameError, FrameAddress, MustNotAllocateDuringUnwind, Unwinder};
+
+pub use image::{ImageError, ModuleImage};
+
+use crate::event::Snapshot;
+
+type Policy = MustNotAllocateDuringUnwind;
+
+/// Asked for the module of an address no known module covers, typically a library loaded
+/// after the last look at the target's maps.
+pub trait ModuleSource {
+    /// May add modules to `modules` (with [`ModuleSet::add`]); the lookup is retried after.
+    fn find_module(&mut self, pc: u64, modules: &mut ModuleSet);
+
+    /// The target's maps seen so far, read again first if none covers `pc`; None when this
+    /// source has no maps. Used to locate the allocator's code
+    /// ([`crate::allocator_code::AllocatorCode`]).
+    fn maps_covering(&mut self, _pc: u64) -> Option<&crate::maps::ProcessMaps> {
+        None
+    }
+}
+
+/// A source that knows nothing beyond the modules already added.
+pub struct NoModuleSource;
+
+impl ModuleSource for NoModuleSource {
+    fn find_module(&mut self, _pc: u64, _modules: &mut ModuleSet) {}
+}
+
+/// A module mapped in the target: where, and what file.
+#[derive(Clone, Debug)]
+pub struct LoadedModule {
+    pub range: Range<u64>,
+    pub bias: u64,
+    pub image: Arc<ModuleImage>,
+}
+
+/// The target's executable mappings the unwinder knows, and framehop's index of them.
+pub struct ModuleSet {
+    unwinder: UnwinderX86_64<Arc<[u8]>, Policy>,
+    by_start: BTreeMap<u64, LoadedModule>,
+}
+
+impl ModuleSet {
+    fn new() -> ModuleSet {
+        ModuleSet {
+            unwinder: UnwinderX86_64::new(),
+            by_start: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the mapping `range` of `image` loaded with `bias`; modules it overlaps (an unloaded
+    /// library whose addresses were reused) are removed first.
+    pub fn add(&mut self, range: Range<u64>, bias: u64, image: &Arc<ModuleImage>) {
+        let overlapping: Vec<u64> = self
+            .by_start
+            .range(..range.end)
+            .rev()
+            .take_while(|(_, m)| m.range.end > range.start)
+            .map(|(start, _)| *start)
+            .collect();
+        for start in overlapping {
+            self.by_start.remove(&start);
+            self.unwinder.remove_module(start);
+        }
+        let module = framehop::Module::new(
+            image.name.clone(),
+            range.clone(),
+            bias,
+            image.section_info(),
+        );
+        self.unwinder.add_module(module);
+        self.by_start.insert(
+            range.start,
+            LoadedModule {
+                range,
+                bias,
+                image: Arc::clone(image),
+            },
+        );
+    }
+
+    /// The module whose mapping contains `pc`.
+    pub fn find(&self, pc: u64) -> Option<&LoadedModule> {
+        self.by_start
+            .range(..=pc)
+            .next_back()
+            .map(|(_, m)| m)
+            .filter(|m| pc < m.range.end)
+    }
+
+    /// Every known module, by address.
+    pub fn iter(&self) -> impl Iterator<Item = &LoadedModule> {
+        self.by_start.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_start.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_start.is_empty()
+    }
+}
+
+/// How unwinding went, summed over every snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindStats {
+    /// Snapshots unwound.
+    pub stacks: u64,
+    /// Stacks that reached their root (a frame with no caller).
+    pub complete: u64,
+    /// Stacks cut because the copy of the stack ended (`--stack-bytes`).
+    pub cut_by_bytes: u64,
+    /// Stacks cut at the depth limit (`--max-depth`).
+    pub cut_by_depth: u64,
+    /// Stacks whose unwinding failed before reaching the root or a limit (bad or missing
+    /// call-frame information, a frame-pointer guess gone wrong).
+    pub errors: u64,
+}
+
+/// What became of one snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Unwound up to the root of the stack.
+    Complete,
+    /// Stopped at the depth limit with more frames above.
+    CutByDepth,
+    /// Stopped where the copied bytes ended.
+    CutByBytes,
+    /// Unwinding failed; the frames found before are kept.
+    Failed(FrameError),
+}
+
+impl Outcome {
+    /// The outermost frames are (or may be) missing.
+    pub fn truncated(self) -> bool {
+        self != Outcome::Complete
+    }
+}
+
+/// Unwinds snapshots against a set of modules.
+pub struct StackUnwinder {
+    pub modules: ModuleSet,
+    cache: CacheX86_64<Policy>,
+    max_depth: usize,
+    pub stats: UnwindStats,
+}
+
+impl Default for StackUnwinder {
+    fn default() -> Self {
+        Self::new(profiler_common::MAX_STACK_DEPTH)
+    }
+}
+
+impl std::fmt::Debug for StackUnwinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackUnwinder")
+            .field("modules", &self.modules.len())
+            .field("max_depth", &self.max_depth)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl StackUnwinder {
+    /// An unwinder that keeps at most `max_depth` frames per stack.
+    pub fn new(max_depth: usize) -> StackUnwinder {
+        StackUnwinder {
+            modules: ModuleSet::new(),
+            cache: CacheX86_64::new_in(),
+            max_depth,
+            stats: UnwindStats::default(),
+        }
+    }
+
+    pub fn set_max_depth(&mut self, max_depth: usize) {
+        self.max_depth = max_depth;
+    }
+
+    pub fn max_depth(&self) -> usize {
+        self.max_depth
+    }
+
+    /// Replaces `frames` with the return addresses of `snapshot`, innermost first, and says
+    /// whether the stack is whole. `source` is asked about addresses in no known module.
+    pub fn unwind(
+        &mut self,
+        snapshot: &Snapshot<'_>,
+        source: &mut dyn ModuleSource,
+        frames: &mut Vec<u64>,
+    ) -> Outcome {
+        frames.clear();
+        let outcome = self.walk(snapshot, source, frames);
+        self.stats.stacks += 1;
+        match outcome {
+            Outcome::Complete => self.stats.complete += 1,
+            Outcome::CutByDepth => self.stats.cut_by_depth += 1,
+            Outcome::CutByBytes => self.stats.cut_by_bytes += 1,
+            Outcome::Failed(_) => self.stats.errors += 1,
+        }
+        outcome
+    }
+
+    fn walk(
+        &mut self,
+        snapshot: &Snapshot<'_>,
+        source: &mut dyn ModuleSource,
+        frames: &mut Vec<u64>,
+    ) -> Outcome {
+        if self.max_depth == 0 {
+            return Outcome::CutByDepth;
+        }
+        let stack = snapshot.stack;
+        let stack_start = snapshot.sp;
+        let stack_end = snapshot.sp.saturating_add(stack.len() as u64);
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let offset = addr.checked_sub(stack_start).ok_or(())? as usize;
+            let bytes = stack
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
+            Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+        };
+        let mut regs = UnwindRegsX86_64::new(snapshot.ip, snapshot.sp, snapshot.bp);
+        let mut pc = snapshot.ip;
+        frames.push(pc);
+        loop {
+            // A return address is looked up at `pc - 1`, inside its call instruction.
+            let Some(address) = FrameAddress::from_return_address(pc) else {
+                return Outcome::Complete;
+            };
+            if self.modules.find(pc - 1).is_none() {
+                source.find_module(pc - 1, &mut self.modules);
+            }
+            let next = self.modules.unwinder.unwind_frame(
+                address,
+                &mut regs,
+                &mut self.cache,
+                &mut read_stack,
+            );
+            match next {
+                Ok(None) | Err(FrameError::ReturnAddressIsNull) => return Outcome::Complete,
+                Ok(Some(0)) => return Outcome::Complete,
+                Ok(Some(return_address)) => {
+                    if frames.len() == self.max_depth {
+                        return Outcome::CutByDepth;
+                    }
+                    frames.push(return_address);
+                    pc = return_address;
+                }
+                Err(FrameError::CouldNotReadStack(addr)) if snapshot.cut && addr >= stack_end => {
+                    return Outcome::CutByBytes;
+                }
+                Err(error) => return Outcome::Failed(error),
+            }
+        }
+    }
+}

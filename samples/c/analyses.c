@@ -1,0 +1,105 @@
+/* analyses.c -- known timelines, growth, lifetimes and sizes for memprof's analyses.
+ *
+ * Build: gcc -O2 -g -fno-builtin -fno-omit-frame-pointer analyses.c
+ * Run:   analyses MODE   (no stdio anywhere: the only allocations are the ones below)
+ *
+ * peak:  peak_big: 10 x malloc(1 MiB), each touched, 2 ms apart; all freed;
+ *        then peak_after: 3 x malloc(1 MiB), left live at exit.
+ *        Expected: peak 10 MiB (10485760 bytes) in 10 blocks, all from peak_big; the
+ *        peak_big blocks are mmapped by glibc (usable 1052656), the later three come from
+ *        the heap once free() raised the mmap threshold (usable 1048584).
+ * mix:   short_lived: 200 x (malloc(64); free), nothing else in between (pool candidate:
+ *        200 of 200 freed within 1 ms, size 64);
+ *        size_mix: 100 x malloc(24), 50 x malloc(100), 10 x malloc(1000), all freed 5 ms later.
+ *        glibc classes: 24 -> 24 (100), 64 -> 72 (200), 100 -> 104 (50), 1000 -> 1000 (10).
+ * cache: prints "ready", then every 20 ms cache_put: malloc(4096) kept forever (an
+ *        unbounded cache growing by 4096 bytes per 20 ms, ~200 KiB/s) until killed. */
+#include <stdlib.h>
+#include <time.h>
+
+#include "common.h"
+
+#define MIB (1024 * 1024)
+
+static void pause_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+NOIPA void *peak_big(void) {
+    char *p = malloc(MIB);
+    memset(p, 1, MIB);
+    return p;
+}
+
+NOIPA void *peak_after(void) {
+    char *p = malloc(MIB);
+    memset(p, 2, MIB);
+    return p;
+}
+
+static void peak(void) {
+    void *big[10];
+    for (int i = 0; i < 10; i++) {
+        big[i] = peak_big();
+        pause_ms(2);
+    }
+    for (int i = 0; i < 10; i++)
+        free(big[i]);
+    for (int i = 0; i < 3; i++)
+        sink = peak_after();
+}
+
+NOIPA void short_lived(void) {
+    for (int i = 0; i < 200; i++) {
+        void *p = malloc(64);
+        sink = p;
+        free(p);
+    }
+}
+
+NOIPA void *size_mix(size_t size) {
+    return malloc(size);
+}
+
+static void mix(void) {
+    static void *blocks[160];
+    short_lived();
+    int n = 0;
+    for (int i = 0; i < 100; i++)
+        blocks[n++] = size_mix(24);
+    for (int i = 0; i < 50; i++)
+        blocks[n++] = size_mix(100);
+    for (int i = 0; i < 10; i++)
+        blocks[n++] = size_mix(1000);
+    pause_ms(5); /* they live longer than 1 ms: not short-lived */
+    for (int i = 0; i < n; i++)
+        free(blocks[i]);
+}
+
+NOIPA void cache_put(void **slot) {
+    *slot = malloc(4096);
+}
+
+static void cache(void) {
+    static void *entries[100000];
+    say("ready\n");
+    for (int i = 0; i < 100000; i++) {
+        cache_put(&entries[i]);
+        pause_ms(20);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2)
+        return 2;
+    if (strcmp(argv[1], "peak") == 0)
+        peak();
+    else if (strcmp(argv[1], "mix") == 0)
+        mix();
+    else if (strcmp(argv[1], "cache") == 0)
+        cache();
+    else
+        return 2;
+    return 0;
+}

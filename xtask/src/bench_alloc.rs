@@ -1,0 +1,304 @@
+//! `cargo xtask bench alloc`: the project's allocator against glibc, jemalloc, mimalloc and
+//! tcmalloc, on two workloads:
+//!
+//! - samples/c/allocbench.c: single- and two-thread malloc/free throughput, and resident
+//!   memory after a fragmenting workload;
+//! - the sample server (release build, the allocator LD_PRELOADed) under the release load
+//!   generator with a fixed seed and request count: the loadgen's ops/s and the server's peak
+//!   RSS (VmHWM, read just before it is shut down).
+//!
+//! Runs are interleaved across allocators so that noise hits all alike; the table shows
+//! medians, with ratios of ours to the others.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Stdio};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{bench::median, exec, samples};
+
+struct Allocator {
+    name: &'static str,
+    /// None: glibc, nothing preloaded.
+    preload: Option<PathBuf>,
+}
+
+/// The measurements, per run, in table order: single-thread and two-thread pairs per second,
+/// VmRSS and VmHWM (KiB) after the fragmenting workload, the server's requests per second and
+/// its peak RSS (KiB).
+const COLUMNS: [&str; 6] = [
+    "1 thread op/s",
+    "2 threads op/s",
+    "frag RSS KiB",
+    "frag HWM KiB",
+    "server op/s",
+    "server HWM KiB",
+];
+
+/// Requests per server run (2-5 s on a 2-core VM), split over the loadgen's connections.
+const SERVER_REQUESTS: &str = "200000";
+const SERVER_SEED: &str = "7";
+
+const SYSTEM_LIBS: &str = "/usr/lib/x86_64-linux-gnu";
+
+/// The binaries the benchmark runs.
+struct Programs {
+    bench: PathBuf,
+    server: PathBuf,
+    loadgen: PathBuf,
+}
+
+pub fn run(ops: u64, runs: u32) -> Result<()> {
+    println!("== build");
+    let root = samples::root()?;
+    exec::run(exec::cargo().current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "memprof-alloc-preload",
+        "--package",
+        "memprof-sample-server",
+        "--package",
+        "memprof-loadgen",
+    ]))?;
+    let release = samples::target_dir()?.join("release");
+    let programs = Programs {
+        bench: samples::compile_c("allocbench", "allocbench", &["-O2", "-pthread"])?,
+        server: release.join("memprof-sample-server"),
+        loadgen: release.join("memprof-loadgen"),
+    };
+    let allocators = allocators(release.join("libmemprof_alloc.so"))?;
+
+    println!(
+        "== measure ({ops} pairs per thread; server: {SERVER_REQUESTS} requests, seed \
+         {SERVER_SEED}; {runs} runs, medians)"
+    );
+    let mut results: Vec<Vec<Vec<f64>>> = allocators
+        .iter()
+        .map(|_| vec![Vec::new(); COLUMNS.len()])
+        .collect();
+    for _ in 0..runs {
+        for (allocator, runs) in allocators.iter().zip(&mut results) {
+            for (column, value) in measure(&programs, allocator, ops)?.into_iter().enumerate() {
+                runs[column].push(value);
+            }
+        }
+    }
+
+    let medians: Vec<Vec<f64>> = results
+        .iter()
+        .map(|runs| runs.iter().map(|values| median(values)).collect())
+        .collect();
+    print!("{:<10}", "allocator");
+    COLUMNS.iter().for_each(|c| print!(" {c:>15}"));
+    println!();
+    for (allocator, m) in allocators.iter().zip(&medians) {
+        print!("{:<10}", allocator.name);
+        m.iter().for_each(|v| print!(" {v:>15.0}"));
+        println!();
+    }
+    let ours = medians.last().context("no allocators")?;
+    println!("memprof's allocator relative to (throughput: >1 is faster; memory: <1 is smaller):");
+    for (allocator, m) in allocators.iter().zip(&medians).take(allocators.len() - 1) {
+        print!("  vs {:<9}", allocator.name);
+        for (column, (o, t)) in COLUMNS.iter().zip(ours.iter().zip(m)) {
+            print!("  {} x{:.2}", short(column), o / t);
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// glibc (nothing preloaded), the system's other allocators, and ours last.
+fn allocators(ours: PathBuf) -> Result<Vec<Allocator>> {
+    let mut allocators = vec![Allocator {
+        name: "glibc",
+        preload: None,
+    }];
+    for (name, file) in [
+        ("jemalloc", "libjemalloc.so.2"),
+        ("mimalloc", "libmimalloc.so.2"),
+        ("tcmalloc", "libtcmalloc_minimal.so.4"),
+    ] {
+        let path = PathBuf::from(SYSTEM_LIBS).join(file);
+        if !path.is_file() {
+            bail!("{} is missing: run `cargo xtask setup`", path.display());
+        }
+        allocators.push(Allocator {
+            name,
+            preload: Some(path),
+        });
+    }
+    ensure!(ours.is_file(), "{} was not built", ours.display());
+    allocators.push(Allocator {
+        name: "memprof",
+        preload: Some(ours),
+    });
+    Ok(allocators)
+}
+
+/// A column's name without its unit, for the ratio lines.
+fn short(column: &str) -> &str {
+    column.trim_end_matches(" op/s").trim_end_matches(" KiB")
+}
+
+/// One run of every measurement under `allocator`, in [`COLUMNS`] order.
+fn measure(programs: &Programs, allocator: &Allocator, ops: u64) -> Result<Vec<f64>> {
+    let ops = ops.to_string();
+    let bench = &programs.bench;
+    let frag = one(bench, allocator, &["frag"])?;
+    let server = server_once(programs, allocator)?;
+    Ok(vec![
+        field(&one(bench, allocator, &["st", &ops])?, "ops_per_sec")?,
+        field(&one(bench, allocator, &["mt", &ops])?, "ops_per_sec")?,
+        field(&frag, "rss_kib")?,
+        field(&frag, "hwm_kib")?,
+        server.0,
+        server.1,
+    ])
+}
+
+/// One server run under `allocator`: the loadgen's ops/s and the server's peak RSS in KiB.
+fn server_once(programs: &Programs, allocator: &Allocator) -> Result<(f64, f64)> {
+    let mut cmd = exec::command(&programs.server);
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env_remove("LD_PRELOAD")
+        .stdout(Stdio::piped());
+    if let Some(preload) = &allocator.preload {
+        cmd.env("LD_PRELOAD", preload);
+    }
+    let mut server = cmd
+        .spawn()
+        .with_context(|| format!("could not start `{}`", exec::shown(&cmd)))?;
+    let (addr, mut rest) = match listening_address(&mut server) {
+        Ok(found) => found,
+        Err(err) => {
+            let _ = server.kill();
+            let _ = server.wait();
+            return Err(err.context(format!("the server under {}", allocator.name)));
+        }
+    };
+    let measured = load(programs, &addr, allocator).and_then(|ops| {
+        let hwm = status_kib(server.id(), "VmHWM:")?;
+        Ok((ops, hwm))
+    });
+    let shutdown = exec::output(exec::command(&programs.loadgen).args([
+        "--addr",
+        &addr,
+        "--requests",
+        "1",
+        "--shutdown",
+    ]));
+    if !shutdown.is_ok_and(|out| out.status.success()) {
+        let _ = server.kill();
+    }
+    let _ = std::io::copy(&mut rest, &mut std::io::sink());
+    let status = server.wait().context("waiting for the server")?;
+    let measured = measured?;
+    ensure!(
+        status.success(),
+        "the server under {} failed ({status})",
+        allocator.name
+    );
+    Ok(measured)
+}
+
+/// The address in the server's first line, `listening on ADDR`, and the rest of its stdout,
+/// which must stay open until it exits (it prints a summary then).
+fn listening_address(server: &mut Child) -> Result<(String, BufReader<ChildStdout>)> {
+    let stdout = server
+        .stdout
+        .take()
+        .context("the server's stdout is not piped")?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .context("reading the server's first line")?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_owned)
+        .with_context(|| format!("the server printed {line:?}, not its address"))?;
+    Ok((addr, reader))
+}
+
+/// Runs the fixed load against `addr`; returns the loadgen's ops/s.
+fn load(programs: &Programs, addr: &str, allocator: &Allocator) -> Result<f64> {
+    let out = exec::output(exec::command(&programs.loadgen).args([
+        "--addr",
+        addr,
+        "--requests",
+        SERVER_REQUESTS,
+        "--seed",
+        SERVER_SEED,
+    ]))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "memprof-loadgen against the server under {} failed: {}",
+        allocator.name,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    field(&stdout, "ops/s:")
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(pid: u32, name: &str) -> Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    field(&text, name).with_context(|| format!("in {path}"))
+}
+
+/// Runs the benchmark once under `allocator` and returns its output line.
+fn one(bench: &Path, allocator: &Allocator, args: &[&str]) -> Result<String> {
+    let mut cmd = exec::command(bench);
+    cmd.args(args).env_remove("LD_PRELOAD");
+    if let Some(preload) = &allocator.preload {
+        cmd.env("LD_PRELOAD", preload);
+    }
+    let output = exec::output(&mut cmd)?;
+    if !output.status.success() {
+        bail!(
+            "allocbench {} under {} failed: {}",
+            args.join(" "),
+            allocator.name,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The number after the word `name` in `text`.
+fn field(text: &str, name: &str) -> Result<f64> {
+    let mut words = text.split_whitespace();
+    words
+        .by_ref()
+        .find(|w| *w == name)
+        .and_then(|_| words.next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {name} in {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field;
+
+    #[test]
+    fn reads_fields_of_the_output_line() {
+        let line = "rss_kib 1234 hwm_kib 5678\n";
+        assert_eq!(field(line, "rss_kib").unwrap(), 1234.0);
+        assert_eq!(field(line, "hwm_kib").unwrap(), 5678.0);
+        assert!(field(line, "ops_per_sec").is_err());
+    }
+
+    #[test]
+    fn reads_loadgen_and_proc_status_fields() {
+        assert_eq!(
+            field("ops: 200000\nops/s: 41234.5\n", "ops/s:").unwrap(),
+            41234.5
+        );
+        let status = "VmPeak:\t  10000 kB\nVmHWM:\t    8488 kB\nVmRSS:\t    8400 kB\n";
+        assert_eq!(field(status, "VmHWM:").unwrap(), 8488.0);
+    }
+}
