@@ -18,6 +18,7 @@ use inferno::{differential, flamegraph};
 use profiler_core::{
     render::{FlameKind, folded_lines_of, short_bytes, thousands},
     report::Report,
+    session::build_report,
     symbolize::Symbolizer,
 };
 use serde::Serialize;
@@ -264,12 +265,10 @@ fn load(path: &Path) -> Result<(PathBuf, Report)> {
     } else {
         path.to_owned()
     };
-    let (collected, meta) = crate::offline::load(&file)?;
-    let mut symbolizer = Symbolizer::new(&collected.maps);
-    Ok((
-        file,
-        crate::report::build(&collected, &mut symbolizer, &meta),
-    ))
+    let replayed = crate::offline::load(&file)?;
+    let mut symbolizer = Symbolizer::new(&replayed.maps);
+    let report = build_report(&replayed.view(), &mut symbolizer, &replayed.meta);
+    Ok((file, report))
 }
 
 fn print_table(

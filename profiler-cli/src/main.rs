@@ -12,7 +12,6 @@ mod elf;
 mod launch;
 mod multi_link;
 mod offline;
-mod pprof_file;
 mod privileges;
 mod probes;
 mod prologue;

@@ -1,29 +1,26 @@
 //! `memprof report FILE`: replays a recording through the same recorder, report and renderers
-//! a live session uses, and writes the same files.
+//! a live session uses (profiler-core's `offline` and `session`), and writes the same files.
 //!
 //! Symbolization uses the recorded maps: each module is opened by its path and checked
 //! against its recorded build-id; a module that changed since (rebuilt, upgraded) is not
 //! trusted, and its frames are shown as `module+offset`.
 
 use std::{
-    collections::BTreeMap,
     fs::File,
     io::{BufReader, BufWriter, Write as _},
-    path::{Path, PathBuf},
-    time::Duration,
+    path::Path,
 };
 
 use anyhow::{Context as _, Result};
 use profiler_core::{
-    recording::{
-        MappingRecord, Reader, Replay, build_id, process_maps, replay, write_synthetic_churn,
-    },
+    offline::{ModuleFiles, Replayed},
+    recording::{Reader, write_synthetic_churn},
     render::{FlameKind, write_flamegraph, write_folded, write_json, write_text},
-    report::{LostCounts, ReportMeta},
+    session::{build_report, write_pprof_file},
     symbolize::Symbolizer,
 };
 
-use crate::{cli::ReportFormat, pprof_file, recorder::Collected, report};
+use crate::{cli::ReportFormat, report};
 
 /// Reads the recording at `file`, rebuilds the session and writes what `format` asks for.
 /// `ops` overrides the operation count the recording holds.
@@ -34,16 +31,27 @@ pub fn report(
     top: usize,
     ops: Option<u64>,
 ) -> Result<i32> {
-    let (mut collected, report_meta) = load(file)?;
+    let mut replayed = load(file)?;
     if ops.is_some() {
-        collected.recorder.analyses.set_ops(ops);
+        replayed.recorder.analyses.set_ops(ops);
     }
-    let mut symbolizer = Symbolizer::new(&collected.maps);
+    let mut symbolizer = Symbolizer::new(&replayed.maps);
+    let session = replayed.view();
+    let meta = &replayed.meta;
+    let build_id = |path: &Path| replayed.build_id(path);
     if format == ReportFormat::All {
-        report::finish_report(&collected, symbolizer, &report_meta, output, top)?;
+        report::finish_report(
+            &session,
+            replayed.malformed,
+            symbolizer,
+            meta,
+            build_id,
+            output,
+            top,
+        )?;
         return Ok(0);
     }
-    let report = report::build(&collected, &mut symbolizer, &report_meta);
+    let report = build_report(&session, &mut symbolizer, meta);
     if format == ReportFormat::Text {
         let mut stdout = std::io::stdout().lock();
         write_text(&report, &mut stdout, top)?;
@@ -74,11 +82,12 @@ pub fn report(
             }
         }
         ReportFormat::Pprof => {
-            written.push(pprof_file::write(
+            written.push(write_pprof_file(
                 output,
-                &collected,
+                &session,
                 &mut symbolizer,
-                &report_meta,
+                meta,
+                build_id,
             )?);
         }
         ReportFormat::All | ReportFormat::Text => unreachable!("handled above"),
@@ -89,96 +98,25 @@ pub fn report(
     Ok(0)
 }
 
-/// Replays the recording at `file`: the rebuilt session and its report metadata (also used by
-/// `memprof diff`).
-pub fn load(file: &Path) -> Result<(Collected, ReportMeta)> {
+/// Replays the recording at `file` (also used by `memprof diff`), saying on stderr where it
+/// stops early and which recorded files are not trusted for symbols.
+pub fn load(file: &Path) -> Result<Replayed> {
     let source = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let reader = Reader::new(BufReader::with_capacity(1 << 20, source))
         .with_context(|| format!("cannot read {}", file.display()))?;
-    let mut collected = Collected::new(reader.header().mode);
-    let replay = replay(reader, &mut collected.recorder)
+    let replayed = profiler_core::offline::load(reader, ModuleFiles::Host)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    if let Some(end) = &replay.early_end {
+    if let Some(end) = &replayed.early_end {
         eprintln!(
             "memprof: warning: {}: {end}; the report covers the {} events before it",
             file.display(),
-            replay.events
+            replayed.events
         );
     }
-    let report_meta = session(&replay, &mut collected);
-    // As the live session did: the per-operation figures use the recorded `--ops`.
-    collected.recorder.analyses.set_ops(replay.header.ops);
-    Ok((collected, report_meta))
-}
-
-/// Fills `collected` with what the replay knows beyond the heap (maps, build-ids, clocks)
-/// and returns the report's metadata.
-fn session(replay: &Replay, collected: &mut Collected) -> ReportMeta {
-    let header = &replay.header;
-    let maps = checked_maps(&replay.maps);
-    collected.maps = process_maps(&maps);
-    collected.build_ids = replay
-        .maps
-        .iter()
-        .map(|m| (m.path.clone(), m.build_id.clone()))
-        .collect();
-    collected.started_unix_ns = header.start_unix_ns;
-    let end_ns = replay
-        .trailer
-        .as_ref()
-        .map_or(replay.last_ts_ns, |trailer| trailer.end_monotonic_ns);
-    if let Some(trailer) = &replay.trailer {
-        collected.malformed = trailer.malformed;
-        collected.peak_rss_bytes = trailer.peak_rss_bytes;
-        collected.warnings.clone_from(&trailer.warnings);
+    for replaced in &replayed.replaced {
+        eprintln!("memprof: warning: {replaced}");
     }
-    ReportMeta {
-        command: header.command.clone(),
-        pid: header.pid,
-        mode: header.mode,
-        exit: replay.trailer.as_ref().and_then(|trailer| trailer.exit),
-        start_ns: header.start_monotonic_ns,
-        duration: Duration::from_nanos(end_ns.saturating_sub(header.start_monotonic_ns)),
-        probes: replay
-            .trailer
-            .as_ref()
-            .map(|trailer| trailer.probes.clone())
-            .unwrap_or_default(),
-        lost: replay
-            .trailer
-            .as_ref()
-            .map(|trailer| LostCounts::from(&trailer.lost))
-            .unwrap_or_default(),
-    }
-}
-
-/// The recorded maps, with every module whose file on this machine no longer has the
-/// recorded build-id marked as replaced (the symbolizer then shows `module+offset`).
-fn checked_maps(recorded: &[MappingRecord]) -> Vec<MappingRecord> {
-    let mut current: BTreeMap<PathBuf, Option<String>> = BTreeMap::new();
-    let mut maps = recorded.to_vec();
-    for mapping in &mut maps {
-        let Some(expected) = &mapping.build_id else {
-            continue;
-        };
-        let first_check = !current.contains_key(&mapping.path);
-        let found = current
-            .entry(mapping.path.clone())
-            .or_insert_with(|| build_id(&mapping.path));
-        if found.as_ref() == Some(expected) {
-            continue;
-        }
-        if first_check {
-            eprintln!(
-                "memprof: warning: {} is not the file that was recorded (build-id {} now, {expected} \
-                 then): its frames are shown as module+offset",
-                mapping.path.display(),
-                found.as_deref().unwrap_or("missing"),
-            );
-        }
-        mapping.deleted = true;
-    }
-    maps
+    Ok(replayed)
 }
 
 /// Writes one file atomically: a temporary file renamed into place.
@@ -224,7 +162,6 @@ mod tests {
     use profiler_common::EventKind;
     use profiler_core::{
         event::Event,
-        maps::ProcessMaps,
         recording::{Header, Trailer, Writer, synthetic_header},
     };
 
@@ -286,26 +223,5 @@ mod tests {
         recording_with_ops(&without, None);
         assert!(per_operation(&without, None).is_null());
         assert_eq!(per_operation(&without, Some(2))["allocations_per_op"], 4.0);
-    }
-
-    #[test]
-    fn a_module_with_another_build_id_is_marked_replaced() {
-        let exe = std::env::current_exe().unwrap();
-        let real = build_id(&exe).unwrap();
-        let record = |build_id: &str| MappingRecord {
-            start: 0x1000,
-            end: 0x2000,
-            perms: "r-xp".into(),
-            offset: 0,
-            path: exe.clone(),
-            deleted: false,
-            build_id: Some(build_id.into()),
-        };
-        let maps = checked_maps(&[record(&real)]);
-        assert!(!maps[0].deleted, "same build-id: trusted");
-        let maps = checked_maps(&[record("00ff")]);
-        assert!(maps[0].deleted, "other build-id: module+offset");
-        let rebuilt: ProcessMaps = process_maps(&maps);
-        assert!(rebuilt.find(0x1800).unwrap().deleted);
     }
 }

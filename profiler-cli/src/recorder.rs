@@ -60,6 +60,17 @@ impl Collected {
         }
     }
 
+    /// What the report needs of the session (profiler-core's session module).
+    pub fn view(&self) -> profiler_core::session::SessionView<'_> {
+        profiler_core::session::SessionView {
+            recorder: &self.recorder,
+            maps: &self.maps,
+            started_unix_ns: self.started_unix_ns,
+            peak_rss_bytes: self.peak_rss_bytes,
+            warnings: &self.warnings,
+        }
+    }
+
     /// Sets the process whose modules stack snapshots are unwound with, and the deepest stack
     /// kept (`--max-depth`).
     pub fn unwind_for(&mut self, pid: u32, max_depth: u32) {

@@ -7,9 +7,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use profiler_core::{
     heap::Mode,
-    output::write_outputs,
     render::write_text,
-    report::{ExitStatus, LostCounts, ProbeInfo, ReportMeta, build_report_with_sites},
+    report::{ExitStatus, LostCounts, ProbeInfo, ReportMeta},
+    session::{SessionView, write_all},
     symbolize::Symbolizer,
 };
 
@@ -49,69 +49,51 @@ pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> 
         probes: meta.sites.iter().map(probe_info).collect(),
         lost: meta.counters,
     };
+    let mut build_ids = collected.build_ids.clone();
     finish_report(
-        collected,
+        &collected.view(),
+        collected.malformed,
         symbolizer,
         &report_meta,
+        |path| crate::recording::lookup_build_id(&mut build_ids, path, meta.pid),
         &capture.output,
         capture.top,
     )
 }
 
-/// Builds, writes and summarizes the report of `collected`: the end of a live session, and of
-/// `memprof report` replaying a recording (offline.rs).
+/// Builds, writes and summarizes the report of `session`: the end of a live session, and of
+/// `memprof report` replaying a recording (offline.rs). `build_id` names the build-id of a
+/// mapped file for `profile.pb.gz`.
 pub fn finish_report(
-    collected: &Collected,
+    session: &SessionView<'_>,
+    malformed: u64,
     mut symbolizer: Symbolizer,
     report_meta: &ReportMeta,
+    build_id: impl FnMut(&std::path::Path) -> Option<String>,
     output: &std::path::Path,
     top: usize,
 ) -> Result<()> {
     let started = Instant::now();
-    let report = build(collected, &mut symbolizer, report_meta);
-    let files = write_outputs(output, &report)
+    let outputs = write_all(output, session, &mut symbolizer, report_meta, build_id)
         .with_context(|| format!("cannot write the report into {}", output.display()))?;
-    let pprof = crate::pprof_file::write(output, collected, &mut symbolizer, report_meta)?;
 
     // The files are written; a closed stderr (`memprof ... 2>&1 | head`) must not turn the
     // session into a failure, so the summary is best effort.
-    let _ = print_summary(&report, collected, &symbolizer, &files, top, started);
-    let _ = writeln!(std::io::stderr(), "pprof:      {}", pprof.display());
+    let _ = print_summary(
+        &outputs.report,
+        malformed,
+        &symbolizer,
+        &outputs.files,
+        top,
+        started,
+    );
+    let _ = writeln!(std::io::stderr(), "pprof:      {}", outputs.pprof.display());
     Ok(())
-}
-
-/// The report of `collected`, analyses included (shared with `memprof report --format`).
-pub fn build(
-    collected: &Collected,
-    symbolizer: &mut Symbolizer,
-    report_meta: &ReportMeta,
-) -> profiler_core::report::Report {
-    let mut report = build_report_with_sites(
-        &collected.recorder.heap,
-        &collected.recorder.stacks,
-        &collected.recorder.sites,
-        symbolizer,
-        report_meta,
-    );
-    // Times are relative to the start, as in the rest of the report.
-    let analysis_options = profiler_core::analysis::AnalysisOptions {
-        start_ns: report_meta.start_ns,
-        end_ns: report_meta.start_ns + report_meta.duration.as_nanos() as u64,
-    };
-    profiler_core::analysis::attach(
-        &mut report,
-        &collected.recorder,
-        symbolizer,
-        &analysis_options,
-    );
-    report.target.peak_rss_bytes = collected.peak_rss_bytes;
-    report.warnings.clone_from(&collected.warnings);
-    report
 }
 
 fn print_summary(
     report: &profiler_core::report::Report,
-    collected: &Collected,
+    malformed: u64,
     symbolizer: &Symbolizer,
     files: &profiler_core::output::OutputFiles,
     top: usize,
@@ -119,12 +101,8 @@ fn print_summary(
 ) -> std::io::Result<()> {
     let mut stderr = std::io::stderr().lock();
     write_text(report, &mut stderr, top)?;
-    if collected.malformed > 0 {
-        writeln!(
-            stderr,
-            "warning: {} records could not be decoded",
-            collected.malformed
-        )?;
+    if malformed > 0 {
+        writeln!(stderr, "warning: {malformed} records could not be decoded")?;
     }
     for error in symbolizer.module_errors() {
         writeln!(stderr, "warning: {error}")?;

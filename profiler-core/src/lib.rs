@@ -15,6 +15,8 @@
 //!    serializable [`report::Report`] (the JSON schema).
 //! 6. [`render`] writes a report as terminal text, JSON, folded stacks or a flame graph, and
 //!    [`output`] writes the files of a session atomically.
+//! 7. [`session`] ends a session, live or replayed: the report and every file built from it;
+//!    [`offline`] rebuilds a session from a recording (`memprof report`).
 //!
 //! [`fasthash`] and [`demangle`] are small helpers for steps 2-4.
 
@@ -25,11 +27,13 @@ pub mod event;
 pub mod fasthash;
 pub mod heap;
 pub mod maps;
+pub mod offline;
 pub mod output;
 pub mod recorder;
 pub mod recording;
 pub mod render;
 pub mod report;
+pub mod session;
 pub mod sites;
 pub mod stacks;
 pub mod symbolize;

@@ -80,7 +80,8 @@ pub fn write_outputs(dir: &Path, report: &Report) -> Result<OutputFiles, OutputE
     })
 }
 
-fn write_atomically(
+/// Writes `path` through a temporary file in its directory, renamed into place.
+pub(crate) fn write_atomically(
     path: &Path,
     render: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> Result<(), OutputError> {

@@ -4,8 +4,9 @@
 //! - samples/c/allocbench.c: single- and two-thread malloc/free throughput, and resident
 //!   memory after a fragmenting workload;
 //! - the sample server (release build, the allocator LD_PRELOADed) under the release load
-//!   generator with a fixed seed and request count: the loadgen's ops/s and the server's peak
-//!   RSS (VmHWM, read just before it is shut down).
+//!   generator with a fixed seed and request count: the loadgen's ops/s, the server's CPU time
+//!   (user + system; steadier than ops/s on a busy machine, where scheduling moves throughput)
+//!   and its peak RSS (VmHWM), read just before it is shut down.
 //!
 //! Runs are interleaved across allocators so that noise hits all alike; the table shows
 //! medians, with ratios of ours to the others.
@@ -24,14 +25,15 @@ struct Allocator {
 }
 
 /// The measurements, per run, in table order: single-thread and two-thread pairs per second,
-/// VmRSS and VmHWM (KiB) after the fragmenting workload, the server's requests per second and
-/// its peak RSS (KiB).
-const COLUMNS: [&str; 6] = [
+/// VmRSS and VmHWM (KiB) after the fragmenting workload, the server's requests per second, CPU
+/// time (ms) and peak RSS (KiB).
+const COLUMNS: [&str; 7] = [
     "1 thread op/s",
     "2 threads op/s",
     "frag RSS KiB",
     "frag HWM KiB",
     "server op/s",
+    "server CPU ms",
     "server HWM KiB",
 ];
 
@@ -98,7 +100,10 @@ pub fn run(ops: u64, runs: u32) -> Result<()> {
         println!();
     }
     let ours = medians.last().context("no allocators")?;
-    println!("memprof's allocator relative to (throughput: >1 is faster; memory: <1 is smaller):");
+    println!(
+        "memprof's allocator relative to (throughput: >1 is faster; CPU time and memory: <1 is \
+         less):"
+    );
     for (allocator, m) in allocators.iter().zip(&medians).take(allocators.len() - 1) {
         print!("  vs {:<9}", allocator.name);
         for (column, (o, t)) in COLUMNS.iter().zip(ours.iter().zip(m)) {
@@ -153,13 +158,21 @@ fn measure(programs: &Programs, allocator: &Allocator, ops: u64) -> Result<Vec<f
         field(&one(bench, allocator, &["mt", &ops])?, "ops_per_sec")?,
         field(&frag, "rss_kib")?,
         field(&frag, "hwm_kib")?,
-        server.0,
-        server.1,
+        server.ops,
+        server.cpu_ms,
+        server.hwm_kib,
     ])
 }
 
-/// One server run under `allocator`: the loadgen's ops/s and the server's peak RSS in KiB.
-fn server_once(programs: &Programs, allocator: &Allocator) -> Result<(f64, f64)> {
+/// What one server run measured.
+struct ServerRun {
+    ops: f64,
+    cpu_ms: f64,
+    hwm_kib: f64,
+}
+
+/// One server run under `allocator`.
+fn server_once(programs: &Programs, allocator: &Allocator) -> Result<ServerRun> {
     let mut cmd = exec::command(&programs.server);
     cmd.args(["--listen", "127.0.0.1:0"])
         .env_remove("LD_PRELOAD")
@@ -179,8 +192,11 @@ fn server_once(programs: &Programs, allocator: &Allocator) -> Result<(f64, f64)>
         }
     };
     let measured = load(programs, &addr, allocator).and_then(|ops| {
-        let hwm = status_kib(server.id(), "VmHWM:")?;
-        Ok((ops, hwm))
+        Ok(ServerRun {
+            ops,
+            cpu_ms: cpu_ms(server.id())?,
+            hwm_kib: status_kib(server.id(), "VmHWM:")?,
+        })
     });
     let shutdown = exec::output(exec::command(&programs.loadgen).args([
         "--addr",
@@ -250,6 +266,27 @@ fn status_kib(pid: u32, name: &str) -> Result<f64> {
     field(&text, name).with_context(|| format!("in {path}"))
 }
 
+/// The user and system CPU time of process `pid` so far, in milliseconds.
+fn cpu_ms(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(ticks > 0, "sysconf(_SC_CLK_TCK) failed");
+    stat_ticks(&text)
+        .map(|t| t as f64 * 1000.0 / ticks as f64)
+        .with_context(|| format!("no utime/stime in {path}"))
+}
+
+/// utime + stime (clock ticks) from a `/proc/PID/stat` line: fields 14 and 15, counted after
+/// the command name, which is in parentheses and may hold spaces.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Runs the benchmark once under `allocator` and returns its output line.
 fn one(bench: &Path, allocator: &Allocator, args: &[&str]) -> Result<String> {
     let mut cmd = exec::command(bench);
@@ -282,7 +319,14 @@ fn field(text: &str, name: &str) -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::field;
+    use super::{field, stat_ticks};
+
+    #[test]
+    fn reads_cpu_ticks_after_a_command_with_spaces() {
+        let stat = "4242 (memprof (x) y) S 1 4242 4242 0 -1 4194560 812 0 0 0 137 59 0 0 20 0 3";
+        assert_eq!(stat_ticks(stat), Some(196));
+        assert_eq!(stat_ticks("4242 (short) S 1"), None);
+    }
 
     #[test]
     fn reads_fields_of_the_output_line() {

@@ -151,7 +151,7 @@ pub fn svg(columns: &[Column]) -> String {
     type Metric = (&'static str, fn(&Column) -> Option<f64>, fn(f64) -> String);
     let bytes = |v: f64| short_bytes(v as u64);
     let count = |v: f64| thousands(v as u64);
-    let metrics: [Metric; 8] = [
+    let metrics: [Metric; 9] = [
         (
             "wall time (s), lower is better",
             |c| c.wall_secs(),
@@ -201,6 +201,17 @@ pub fn svg(columns: &[Column]) -> String {
             "peak RSS / peak live heap",
             |c| c.exact().then(|| c.overhead()).flatten(),
             |v| format!("{v:.1}x"),
+        ),
+        (
+            "internal fragmentation (usable - requested) / usable, lower is better",
+            |c| {
+                c.exact()
+                    .then(|| c.figures())
+                    .flatten()
+                    .and_then(|f| f.internal_fragmentation)
+                    .map(|ratio| ratio * 100.0)
+            },
+            |v| format!("{v:.1} %"),
         ),
         (
             "leaked bytes at exit",

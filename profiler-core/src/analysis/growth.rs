@@ -61,23 +61,25 @@ impl Growth {
     /// sizes are taken from the effect: copying its blocks around costs more than the fit.
     pub fn observe(&mut self, ts_ns: u64, effect: &Effect) {
         let origin = *self.origin_ns.get_or_insert(ts_ns);
-        let changes = [
+        let mut changes = [
             site_delta(&effect.overwritten, false),
             site_delta(&effect.released, false),
             site_delta(&effect.created, true),
         ];
         let mut t = None;
-        for (index, &change) in changes.iter().enumerate() {
-            let Some((stack, _)) = change else { continue };
-            if changes[..index].iter().flatten().any(|&(s, _)| s == stack) {
-                continue; // counted with the first block of its site
+        for index in 0..changes.len() {
+            let Some((stack, mut delta)) = changes[index] else {
+                continue;
+            };
+            // Later blocks of the same site join this change.
+            for later in &mut changes[index + 1..] {
+                if let Some((other, other_delta)) = *later
+                    && other == stack
+                {
+                    delta += other_delta;
+                    *later = None;
+                }
             }
-            let delta = changes[index..]
-                .iter()
-                .flatten()
-                .filter(|&&(s, _)| s == stack)
-                .map(|&(_, delta)| delta)
-                .sum();
             let t = *t.get_or_insert_with(|| ts_ns.saturating_sub(origin) as f64 / 1e9);
             self.change(stack, t, delta);
         }

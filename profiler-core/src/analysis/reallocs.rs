@@ -168,3 +168,49 @@ fn is_realloc(kind: EventKind) -> bool {
 fn longer(a: &Chain, b: &Chain) -> bool {
     (a.reallocs, std::cmp::Reverse(a.first_ts_ns)) >= (b.reallocs, std::cmp::Reverse(b.first_ts_ns))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::{HeapState, Mode};
+    use proptest::prelude::*;
+
+    const KINDS: [EventKind; 4] = [
+        EventKind::Malloc,
+        EventKind::Realloc,
+        EventKind::Reallocarray,
+        EventKind::Free,
+    ];
+
+    proptest! {
+        /// `Reallocs::take` skips the chain lookup for blocks no realloc created, which is
+        /// only right if every chain is keyed by a live block that a realloc created, whatever
+        /// the events (failed calls, unknown pointers, overwrites, in-place reallocs...).
+        #[test]
+        fn chains_are_keyed_by_live_blocks_a_realloc_created(
+            calls in prop::collection::vec((0..KINDS.len(), 0u64..6, 0u64..6, 0u64..3), 1..300)
+        ) {
+            let mut heap = HeapState::new(Mode::Run);
+            let mut reallocs = Reallocs::default();
+            for (ts_ns, (kind, addr, old, size)) in calls.into_iter().enumerate() {
+                let kind = KINDS[kind];
+                let event = Event {
+                    kind,
+                    tid: 1,
+                    ts_ns: ts_ns as u64,
+                    addr: addr * 16,
+                    size: size * 8,
+                    old_addr: if is_realloc(kind) { old * 16 } else { 0 },
+                    aux: 0,
+                    flags: 0,
+                };
+                let effect = heap.apply(&event, Some(StackId(kind as u32)));
+                reallocs.observe(&event, &effect);
+                for addr in reallocs.live.keys() {
+                    let kind = heap.blocks().find(|(a, _)| a == addr).map(|(_, b)| b.kind);
+                    prop_assert!(kind.is_some_and(is_realloc), "chain at {addr:#x}: {kind:?}");
+                }
+            }
+        }
+    }
+}

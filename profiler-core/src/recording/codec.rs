@@ -215,11 +215,12 @@ impl<'a> Cursor<'a> {
         varint_from(|| self.byte())
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn delta(&mut self, base: u64) -> DecodeResult<u64> {
         Ok(base.wrapping_add(unzigzag(self.varint()?)))
     }
 
+    #[inline(always)]
     pub fn u32(&mut self, what: &'static str) -> DecodeResult<u32> {
         u32::try_from(self.varint()?).map_err(|_| what)
     }

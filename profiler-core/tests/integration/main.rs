@@ -5,4 +5,5 @@ mod golden;
 mod hot_path;
 mod html;
 mod pipeline;
+mod recorded;
 mod separate_debug;

@@ -4,6 +4,10 @@
 //!
 //! Rust code in this library allocates through [`MemprofAlloc`] as well, so nothing here ever
 //! reaches another malloc (which would be this one again, or recursion).
+//!
+//! The exports are `extern "C-unwind"` (the same C calling convention): plain `extern "C"`
+//! would wrap each in an abort-on-unwind landing pad, and a landing pad keeps the standard
+//! library's panic machinery linked in (see build.rs). Nothing here panics in a release build.
 use core::ffi::c_void;
 
 use libc::{EINVAL, ENOMEM, c_int, size_t};
@@ -69,7 +73,11 @@ pub unsafe extern "C-unwind" fn realloc(p: *mut c_void, size: size_t) -> *mut c_
 /// # Safety
 /// As `realloc`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn reallocarray(p: *mut c_void, count: size_t, size: size_t) -> *mut c_void {
+pub unsafe extern "C-unwind" fn reallocarray(
+    p: *mut c_void,
+    count: size_t,
+    size: size_t,
+) -> *mut c_void {
     match count.checked_mul(size) {
         // SAFETY: forwarded from the caller.
         Some(total) => unsafe { realloc(p, total) },

@@ -2,6 +2,11 @@
 //! size and one state byte per block (1 = allocated), which is what makes a double free
 //! detectable: a block's byte is cleared by exactly one free.
 //!
+//! The header is half a page and a slab holds at most [`MAX_BLOCKS`] blocks (small classes
+//! leave the rest of their slab's address space unused, never resident), so that a class's
+//! first blocks share the header's page: a class in use costs one page, not two, before it
+//! grows.
+//!
 //! A block's index is found by a multiply and a shift (the header keeps the reciprocal of the
 //! block size), not a division: free and malloc both need it on their fast paths.
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -11,8 +16,9 @@ use crate::{
     region::{self, SLAB},
 };
 
-pub const HEADER: usize = 16 * 1024;
-const MAX_BLOCKS: usize = (SLAB - HEADER) / 16;
+pub const HEADER: usize = 2048;
+/// State bytes that fit in the header after its fixed fields.
+const MAX_BLOCKS: usize = HEADER - 32;
 /// `offset * magic >> SHIFT == offset / block` for every offset inside a slab (tested).
 const SHIFT: u32 = 40;
 
@@ -32,6 +38,12 @@ pub struct Slab {
 }
 
 const _: () = assert!(core::mem::size_of::<Slab>() <= HEADER);
+
+/// Blocks in a slab of `block`-byte blocks.
+pub const fn block_count(block: usize) -> usize {
+    let fit = (SLAB - HEADER) / block;
+    if fit < MAX_BLOCKS { fit } else { MAX_BLOCKS }
+}
 
 /// The reciprocal used for blocks of `block` bytes.
 pub const fn magic(block: usize) -> u64 {
@@ -55,7 +67,7 @@ impl Slab {
         unsafe {
             (*header).class = class as u32;
             (*header).block = block as u32;
-            (*header).blocks = ((SLAB - HEADER) / block) as u32;
+            (*header).blocks = block_count(block) as u32;
             (*header).carved = 0;
             (*header).magic = magic(block);
             (*header).scratch = 0;
@@ -65,7 +77,7 @@ impl Slab {
     /// The first block of a slab and one past its last.
     pub fn blocks_of(slab: *mut u8, block: usize) -> (usize, usize) {
         let first = slab as usize + HEADER;
-        (first, first + (SLAB - HEADER) / block * block)
+        (first, first + block_count(block) * block)
     }
 
     /// The slab holding block `p`.
@@ -154,6 +166,18 @@ pub unsafe fn of_block(p: *mut u8, class: usize) -> (&'static Slab, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_fit_the_slab_and_the_header_state_bytes() {
+        assert_eq!(core::mem::size_of::<Slab>(), HEADER);
+        assert_eq!(block_count(16), 2016);
+        assert_eq!(block_count(128), 2016);
+        assert_eq!(block_count(160), 1625);
+        assert_eq!(block_count(32768), 7);
+        for &block in CLASSES.iter() {
+            assert!(HEADER + block_count(block) * block <= SLAB, "block {block}");
+        }
+    }
 
     #[test]
     fn reciprocal_divides_exactly_across_a_slab() {

@@ -1,0 +1,224 @@
+//! Rebuilds a session from a recording (`memprof report`): the replayed [`Recorder`] plus
+//! what the report needs beyond the events (maps, clocks, the trailer's exit and counters).
+//!
+//! Symbols come from the files named in the recorded maps. A file is trusted only when it
+//! still has the recorded build-id; otherwise its mappings are marked replaced and the
+//! symbolizer shows their frames as `module+offset`, never opening them.
+
+use crate::maps::ProcessMaps;
+use crate::recorder::Recorder;
+use crate::recording::{MappingRecord, ReadError, Reader, Replay, build_id, process_maps, replay};
+use crate::report::{LostCounts, ReportMeta};
+use crate::session::SessionView;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Which files of this machine the symbolizer may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleFiles {
+    /// A recorded file whose path on this machine holds the recorded build-id.
+    Host,
+    /// None: every recorded file is treated as missing, so the report is the same on any
+    /// machine (frames are `module+offset`). For reproducible output such as golden tests.
+    Absent,
+}
+
+/// A recorded file that is not used for symbols.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplacedModule {
+    pub path: PathBuf,
+    /// The build-id of the file at that path now, if it exists and has one.
+    pub found: Option<String>,
+    pub recorded: String,
+}
+
+impl fmt::Display for ReplacedModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} is not the file that was recorded (build-id {} now, {} then): its frames are \
+             shown as module+offset",
+            self.path.display(),
+            self.found.as_deref().unwrap_or("missing"),
+            self.recorded
+        )
+    }
+}
+
+/// A session rebuilt from a recording.
+pub struct Replayed {
+    pub recorder: Recorder,
+    /// The recorded maps, replaced files marked `deleted` (the symbolizer skips them).
+    pub maps: ProcessMaps,
+    /// Recorded build-ids by path.
+    pub build_ids: BTreeMap<PathBuf, Option<String>>,
+    pub started_unix_ns: u64,
+    pub peak_rss_bytes: Option<u64>,
+    pub warnings: Vec<String>,
+    /// Records the live collector could not decode.
+    pub malformed: u64,
+    pub meta: ReportMeta,
+    /// Events replayed.
+    pub events: u64,
+    /// Why the recording stops before its trailer, if it does.
+    pub early_end: Option<ReadError>,
+    /// Recorded files not trusted for symbols, each once, in recording order.
+    pub replaced: Vec<ReplacedModule>,
+}
+
+impl Replayed {
+    pub fn view(&self) -> SessionView<'_> {
+        SessionView {
+            recorder: &self.recorder,
+            maps: &self.maps,
+            started_unix_ns: self.started_unix_ns,
+            peak_rss_bytes: self.peak_rss_bytes,
+            warnings: &self.warnings,
+        }
+    }
+
+    /// The recorded build-id of `path` (for the pprof mappings).
+    pub fn build_id(&self, path: &Path) -> Option<String> {
+        self.build_ids.get(path).cloned().flatten()
+    }
+}
+
+/// Replays `reader` into a fresh recorder and rebuilds the rest of the session. A recording
+/// that stops early is replayed up to where it stops ([`Replayed::early_end`]); corruption is
+/// an error.
+pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, ReadError> {
+    let mut recorder = Recorder::new(reader.header().mode);
+    let replay = replay(reader, &mut recorder)?;
+    // As the live session did: the per-operation figures use the recorded `--ops`.
+    recorder.analyses.set_ops(replay.header.ops);
+    let (maps, replaced) = match files {
+        ModuleFiles::Host => checked_maps(&replay.maps, build_id),
+        ModuleFiles::Absent => {
+            let (mut maps, replaced) = checked_maps(&replay.maps, |_| None);
+            // Files recorded without a build-id cannot be checked: not trusted either.
+            for mapping in &mut maps {
+                mapping.deleted = true;
+            }
+            (maps, replaced)
+        }
+    };
+    let trailer = replay.trailer.as_ref();
+    Ok(Replayed {
+        maps: process_maps(&maps),
+        build_ids: replay
+            .maps
+            .iter()
+            .map(|m| (m.path.clone(), m.build_id.clone()))
+            .collect(),
+        started_unix_ns: replay.header.start_unix_ns,
+        peak_rss_bytes: trailer.and_then(|t| t.peak_rss_bytes),
+        warnings: trailer.map(|t| t.warnings.clone()).unwrap_or_default(),
+        malformed: trailer.map_or(0, |t| t.malformed),
+        meta: report_meta(&replay),
+        events: replay.events,
+        early_end: replay.early_end,
+        replaced,
+        recorder,
+    })
+}
+
+fn report_meta(replay: &Replay) -> ReportMeta {
+    let header = &replay.header;
+    let trailer = replay.trailer.as_ref();
+    let end_ns = trailer.map_or(replay.last_ts_ns, |t| t.end_monotonic_ns);
+    ReportMeta {
+        command: header.command.clone(),
+        pid: header.pid,
+        mode: header.mode,
+        exit: trailer.and_then(|t| t.exit),
+        start_ns: header.start_monotonic_ns,
+        duration: Duration::from_nanos(end_ns.saturating_sub(header.start_monotonic_ns)),
+        probes: trailer.map(|t| t.probes.clone()).unwrap_or_default(),
+        lost: trailer
+            .map(|t| LostCounts::from(&t.lost))
+            .unwrap_or_default(),
+    }
+}
+
+/// The recorded maps, with every mapping of a file whose build-id (as `current` reads it
+/// now) is not the recorded one marked deleted, and those files listed once each.
+fn checked_maps(
+    recorded: &[MappingRecord],
+    mut current: impl FnMut(&Path) -> Option<String>,
+) -> (Vec<MappingRecord>, Vec<ReplacedModule>) {
+    let mut found: BTreeMap<PathBuf, Option<String>> = BTreeMap::new();
+    let mut replaced = Vec::new();
+    let mut maps = recorded.to_vec();
+    for mapping in &mut maps {
+        let Some(expected) = &mapping.build_id else {
+            continue;
+        };
+        let first_check = !found.contains_key(&mapping.path);
+        let now = found
+            .entry(mapping.path.clone())
+            .or_insert_with(|| current(&mapping.path));
+        if now.as_ref() == Some(expected) {
+            continue;
+        }
+        if first_check {
+            replaced.push(ReplacedModule {
+                path: mapping.path.clone(),
+                found: now.clone(),
+                recorded: expected.clone(),
+            });
+        }
+        mapping.deleted = true;
+    }
+    (maps, replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &Path, build_id: Option<&str>) -> MappingRecord {
+        MappingRecord {
+            start: 0x1000,
+            end: 0x2000,
+            perms: "r-xp".into(),
+            offset: 0,
+            path: path.to_owned(),
+            deleted: false,
+            build_id: build_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_module_with_another_build_id_is_marked_replaced() {
+        let exe = std::env::current_exe().unwrap();
+        let real = build_id(&exe).unwrap();
+        let (maps, replaced) = checked_maps(&[record(&exe, Some(&real))], build_id);
+        assert!(!maps[0].deleted, "same build-id: trusted");
+        assert!(replaced.is_empty());
+        let (maps, replaced) = checked_maps(&[record(&exe, Some("00ff"))], build_id);
+        assert!(maps[0].deleted, "other build-id: module+offset");
+        assert_eq!(replaced[0].found.as_deref(), Some(real.as_str()));
+        let rebuilt = process_maps(&maps);
+        assert!(rebuilt.find(0x1800).unwrap().deleted);
+    }
+
+    #[test]
+    fn a_missing_module_is_named_once() {
+        let path = Path::new("/nonexistent/libgone.so");
+        let mut second = record(path, Some("abcd"));
+        second.start = 0x2000;
+        second.end = 0x3000;
+        let (maps, replaced) = checked_maps(&[record(path, Some("abcd")), second], build_id);
+        assert!(maps.iter().all(|m| m.deleted));
+        assert_eq!(
+            replaced.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "/nonexistent/libgone.so is not the file that was recorded (build-id missing now, \
+              abcd then): its frames are shown as module+offset"
+            ]
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The end of a session, live or replayed from a recording: the report of what was collected,
+//! and every file memprof writes from it (the renderers' files and `profile.pb.gz`).
+//!
+//! The CLI's live collector and [`crate::offline`] both end here, so `memprof run` and
+//! `memprof report` write the same files from the same events.
+
+use crate::analysis::{self, AnalysisOptions};
+use crate::maps::ProcessMaps;
+use crate::output::{OutputError, OutputFiles, write_atomically, write_outputs};
+use crate::recorder::Recorder;
+use crate::render::pprof::{PprofLine, PprofMapping, PprofMeta, write_pprof};
+use crate::report::{Report, ReportMeta, build_report_with_sites};
+use crate::sites::SiteCounts;
+use crate::symbolize::Symbolizer;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Name of the pprof file in the output directory.
+pub const PPROF_FILE: &str = "profile.pb.gz";
+
+/// What a session collected, as the report needs it.
+#[derive(Clone, Copy)]
+pub struct SessionView<'a> {
+    pub recorder: &'a Recorder,
+    /// Union of the target's memory maps seen during the session.
+    pub maps: &'a ProcessMaps,
+    /// Wall clock when collection started, ns since the Unix epoch.
+    pub started_unix_ns: u64,
+    /// The target's peak resident set size, when it was read.
+    pub peak_rss_bytes: Option<u64>,
+    /// What the probes could not see, copied into the report.
+    pub warnings: &'a [String],
+}
+
+/// Everything [`write_all`] produced.
+pub struct AllOutputs {
+    pub report: Report,
+    pub files: OutputFiles,
+    pub pprof: PathBuf,
+}
+
+/// The report of `session`, analyses included.
+pub fn build_report(
+    session: &SessionView<'_>,
+    symbolizer: &mut Symbolizer,
+    meta: &ReportMeta,
+) -> Report {
+    let recorder = session.recorder;
+    let mut report = build_report_with_sites(
+        &recorder.heap,
+        &recorder.stacks,
+        &recorder.sites,
+        symbolizer,
+        meta,
+    );
+    // Times are relative to the start, as in the rest of the report.
+    let options = AnalysisOptions {
+        start_ns: meta.start_ns,
+        end_ns: meta.start_ns + meta.duration.as_nanos() as u64,
+    };
+    analysis::attach(&mut report, recorder, symbolizer, &options);
+    report.target.peak_rss_bytes = session.peak_rss_bytes;
+    report.warnings = session.warnings.to_vec();
+    report
+}
+
+/// Builds the report of `session` and writes all its files into `dir`: those of
+/// [`write_outputs`], then `profile.pb.gz`. `build_id` gives the build-id of a mapped file
+/// for the profile's mappings.
+pub fn write_all(
+    dir: &Path,
+    session: &SessionView<'_>,
+    symbolizer: &mut Symbolizer,
+    meta: &ReportMeta,
+    build_id: impl FnMut(&Path) -> Option<String>,
+) -> Result<AllOutputs, OutputError> {
+    let report = build_report(session, symbolizer, meta);
+    let files = write_outputs(dir, &report)?;
+    let pprof = write_pprof_file(dir, session, symbolizer, meta, build_id)?;
+    Ok(AllOutputs {
+        report,
+        files,
+        pprof,
+    })
+}
+
+/// Writes `dir/profile.pb.gz` atomically and returns its path.
+pub fn write_pprof_file(
+    dir: &Path,
+    session: &SessionView<'_>,
+    symbolizer: &mut Symbolizer,
+    meta: &ReportMeta,
+    build_id: impl FnMut(&Path) -> Option<String>,
+) -> Result<PathBuf, OutputError> {
+    let path = dir.join(PPROF_FILE);
+    write_atomically(&path, |out| {
+        write_session_pprof(session, symbolizer, meta, build_id, out)
+    })?;
+    Ok(path)
+}
+
+/// The session's per-site statistics as a gzipped pprof profile.
+pub fn write_session_pprof(
+    session: &SessionView<'_>,
+    symbolizer: &mut Symbolizer,
+    meta: &ReportMeta,
+    mut build_id: impl FnMut(&Path) -> Option<String>,
+    out: impl io::Write,
+) -> io::Result<()> {
+    let mappings = session
+        .maps
+        .iter()
+        .filter(|mapping| mapping.is_file())
+        .map(|mapping| PprofMapping {
+            start: mapping.start,
+            end: mapping.end,
+            offset: mapping.offset,
+            path: mapping.path.clone(),
+            build_id: build_id(&mapping.path),
+        })
+        .collect();
+    let pprof_meta = PprofMeta {
+        time_nanos: session.started_unix_ns,
+        duration_nanos: meta.duration.as_nanos() as u64,
+        mappings,
+    };
+    let stacks = &session.recorder.stacks;
+    let sites: Vec<(&[u64], SiteCounts)> = session
+        .recorder
+        .sites
+        .iter()
+        .map(|(id, counts)| (stacks.get(id), counts))
+        .collect();
+    let lines = |address: u64| -> Vec<PprofLine> {
+        symbolizer
+            .frames(address)
+            .iter()
+            .map(|frame| PprofLine {
+                function: frame.function.clone().unwrap_or_else(|| {
+                    if frame.module == "[unknown]" {
+                        format!("{:#x}", frame.address)
+                    } else {
+                        format!("{}+{:#x}", frame.module, frame.module_offset)
+                    }
+                }),
+                file: frame.file.clone(),
+                line: frame.line,
+            })
+            .collect()
+    };
+    write_pprof(sites, &pprof_meta, lines, out)
+}
