@@ -1,5 +1,5 @@
 //! libmemprof_alloc.so under real programs: C programs written for its edge cases, python3
-//! and sqlite3, each compared with its output under glibc.
+//! and sqlite3, each compared with its output under glibc; and the release build's footprint.
 //!
 //! The .so is the one cargo built for this test run (target/<profile>/libmemprof_alloc.so,
 //! next to the deps/ directory this test binary runs from).
@@ -155,4 +155,65 @@ select a % 7, count(*) from t group by a % 7 order by 1;
     );
     assert_eq!(String::from_utf8_lossy(&ours.stdout), expected);
     assert_eq!(stat(&stats_line(&ours), "invalid_frees"), 0);
+}
+
+/// Symbols of the standard library's panic and unwinding machinery: one of them in the release
+/// library means a panic path crept back in (a bounds check, an `unwrap`), and with it about
+/// 290 KiB of code resident in every process the library serves (see build.rs).
+const PANIC_MACHINERY: [&str; 5] = [
+    "panicking",
+    "rust_begin_unwind",
+    "rust_eh_personality",
+    "backtrace",
+    "_Unwind_Resume",
+];
+/// The release library's code is ~21 KiB; with the panic machinery it was ~310 KiB.
+const MAX_TEXT_BYTES: u64 = 64 * 1024;
+
+#[test]
+fn release_library_has_no_panic_machinery() {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(env!("CARGO"))
+        .current_dir(&workspace)
+        .args(["build", "--release", "-p", "memprof-alloc-preload"])
+        .output()
+        .expect("run cargo build --release");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let so = library()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/")
+        .join("release/libmemprof_alloc.so");
+    let data = std::fs::read(&so).unwrap_or_else(|e| panic!("{}: {e}", so.display()));
+    let file = object::File::parse(&*data).expect("an ELF file");
+
+    let names: Vec<String> = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter_map(|symbol| symbol.name().ok().map(str::to_owned))
+        .collect();
+    // The symbol table is there to be searched (strip = "debuginfo" keeps it).
+    assert!(
+        names.iter().any(|n| n == "malloc") && names.len() > 50,
+        "{} symbols",
+        names.len()
+    );
+    let panicky: Vec<&String> = names
+        .iter()
+        .filter(|n| PANIC_MACHINERY.iter().any(|p| n.contains(p)))
+        .collect();
+    assert!(panicky.is_empty(), "panic machinery linked in: {panicky:?}");
+
+    let text = file.section_by_name(".text").expect("a .text section");
+    assert!(
+        text.size() < MAX_TEXT_BYTES,
+        ".text is {} bytes, more than {MAX_TEXT_BYTES}",
+        text.size()
+    );
 }

@@ -9,7 +9,7 @@
 /// Mappings kept at most.
 pub const SLOTS: usize = 32;
 /// Bytes kept at most.
-pub const CAP_BYTES: usize = 512 << 10;
+pub const CAP_BYTES: usize = 1 << 20;
 /// Longer mappings are never kept: one of them would crowd out the common sizes.
 pub const MAX_KEPT: usize = CAP_BYTES / 4;
 
