@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use object::{
-    Object as _, ObjectSymbol as _, SymbolKind,
+    Object as _, ObjectSymbol as _, ObjectSymbolTable as _, RelocationTarget, SymbolKind,
     elf::{DT_NEEDED, DT_SONAME, PT_INTERP, PT_LOAD},
     read::elf::{Dyn as _, ElfFile64, ProgramHeader as _},
 };
@@ -114,6 +114,39 @@ impl ElfObject {
         let start = usize::try_from(vaddr - segment.vaddr + segment.offset).ok()?;
         let end = usize::try_from(segment.offset + segment.filesz).ok()?;
         self.data.get(start..end.min(start + len))
+    }
+
+    /// A function this object exports under any name (not only the wanted ones): what ld.so
+    /// binds a reference to `name` to, as (address, size). Reads the table on demand.
+    pub fn exported(&self, name: &str) -> Option<(u64, u64)> {
+        let elf = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
+        elf.dynamic_symbols()
+            .find(|s| {
+                s.kind() == SymbolKind::Text && s.is_definition() && s.name() == Ok(name)
+            })
+            .map(|s| (s.address(), s.size()))
+    }
+
+    /// The size of the function symbol starting at `vaddr`, if one does.
+    pub fn function_len_at(&self, vaddr: u64) -> Option<u64> {
+        let elf = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
+        elf.dynamic_symbols()
+            .chain(elf.symbols())
+            .find(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.address() == vaddr)
+            .map(|s| s.size())
+    }
+
+    /// The symbol the dynamic loader stores in the GOT slot at `slot` (a JUMP_SLOT or
+    /// GLOB_DAT relocation): where a `jmp *slot(%rip)` (a PLT stub) goes.
+    pub fn got_symbol(&self, slot: u64) -> Option<String> {
+        let elf = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
+        let table = elf.dynamic_symbol_table()?;
+        let (_, relocation) = elf.dynamic_relocations()?.find(|(at, _)| *at == slot)?;
+        let RelocationTarget::Symbol(index) = relocation.target() else {
+            return None;
+        };
+        let name = table.symbol_by_index(index).ok()?.name().ok()?;
+        Some(name.to_owned())
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::{
     fs::File,
-    io::{BufReader, BufWriter, Write as _},
+    io::{BufWriter, Write as _},
     path::Path,
 };
 
@@ -102,8 +102,9 @@ pub fn report(
 /// stops early and which recorded files are not trusted for symbols.
 pub fn load(file: &Path) -> Result<Replayed> {
     let source = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let reader = Reader::new(BufReader::with_capacity(1 << 20, source))
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    // Unbuffered: the reader reads each chunk whole into its own buffer, so a BufReader
+    // would only copy every chunk once more.
+    let reader = Reader::new(source).with_context(|| format!("cannot read {}", file.display()))?;
     let replayed = profiler_core::offline::load(reader, ModuleFiles::Host)
         .with_context(|| format!("cannot read {}", file.display()))?;
     if let Some(end) = &replayed.early_end {

@@ -88,13 +88,13 @@ impl Probes {
         }
         for site in sites {
             self.attach_program(
-                entry_program(site.kind),
+                entry_program(site),
                 &site.path,
                 &[site.file_offset],
                 pid,
                 false,
             )
-            .with_context(|| format!("cannot probe {}", site.kind.symbol()))?;
+            .with_context(|| format!("cannot probe {}", site.symbol))?;
         }
         Ok(())
     }
@@ -158,7 +158,17 @@ impl Drop for Probes {
     }
 }
 
-fn entry_program(kind: EventKind) -> &'static str {
+/// The aligned forms of operator new take the alignment as their second argument.
+const OPERATOR_NEW_ALIGNED: &str = "operator_new_aligned_enter";
+
+fn entry_program(site: &ProbeSite) -> &'static str {
+    if site.kind == EventKind::OperatorNew && site.takes_alignment() {
+        return OPERATOR_NEW_ALIGNED;
+    }
+    kind_program(site.kind)
+}
+
+fn kind_program(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Malloc => "malloc_enter",
         EventKind::Calloc => "calloc_enter",
@@ -173,14 +183,16 @@ fn entry_program(kind: EventKind) -> &'static str {
         EventKind::Mmap => "mmap_enter",
         EventKind::Munmap => "munmap_enter",
         EventKind::Mremap => "mremap_enter",
+        EventKind::OperatorNew => "operator_new_enter",
+        EventKind::OperatorDelete => "operator_delete_enter",
     }
 }
 
 fn program_names() -> impl Iterator<Item = &'static str> {
     EventKind::ALL
         .into_iter()
-        .map(entry_program)
-        .chain([RETURN_PROGRAM])
+        .map(kind_program)
+        .chain([OPERATOR_NEW_ALIGNED, RETURN_PROGRAM])
 }
 
 fn btf_hint() -> &'static str {

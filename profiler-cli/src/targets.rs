@@ -17,6 +17,7 @@ use profiler_common::EventKind;
 
 use crate::{
     elf::ElfObject,
+    operators,
     prologue::{self, Placement},
 };
 
@@ -28,6 +29,8 @@ const PROLOGUE_BYTES: usize = 64;
 pub struct ProbeSite {
     /// The function events from this site are reported as.
     pub kind: EventKind,
+    /// The symbol probed (`kind.symbol()`, or a C++ operator's mangled name).
+    pub symbol: &'static str,
     /// Other probed functions at the same address (glibc's memalign is aligned_alloc); their
     /// calls cannot be told apart and are reported under `kind`.
     pub aliases: Vec<EventKind>,
@@ -101,11 +104,10 @@ impl LookupOrder {
         Ok(self.probe_plan()?.0)
     }
 
-    /// The probe sites, and warnings about calls those probes cannot see (C++ operators the
-    /// allocator serves directly).
+    /// The probe sites, and warnings about calls those probes cannot see.
     pub fn probe_plan(&self) -> Result<(Vec<ProbeSite>, Vec<String>)> {
-        let mut wanted: Vec<&str> = EventKind::ALL.iter().map(|k| k.symbol()).collect();
-        wanted.extend(CXX_OPERATORS.iter().map(|(name, _)| *name));
+        let mut wanted: Vec<&str> = c_kinds().map(|k| k.symbol()).collect();
+        wanted.extend(operators::NAMES.iter().map(|op| op.name));
         let mut objects = Vec::new();
         for path in &self.objects {
             // Objects that cannot be read (vdso, deleted files) provide nothing we can probe.
@@ -115,7 +117,7 @@ impl LookupOrder {
         }
         let mut sites: Vec<ProbeSite> = Vec::new();
         let mut by_address: HashMap<(usize, u64), usize> = HashMap::new();
-        for kind in EventKind::ALL {
+        for kind in c_kinds() {
             let provider = objects
                 .iter()
                 .enumerate()
@@ -128,21 +130,12 @@ impl LookupOrder {
                 continue;
             }
             let (module, object) = &objects[index];
-            let code = object.code_at(vaddr, PROLOGUE_BYTES).unwrap_or_default();
-            let placement = prologue::place(code);
-            let Some(entry) = object.file_offset(vaddr) else {
+            let Some(site) = ProbeSite::at(kind, kind.symbol(), module, object, vaddr, function_len)
+            else {
                 continue;
             };
             by_address.insert((index, vaddr), sites.len());
-            sites.push(ProbeSite {
-                kind,
-                aliases: Vec::new(),
-                path: object.path.clone(),
-                module: (*module).clone(),
-                file_offset: entry + placement.offset,
-                placement,
-                function_len,
-            });
+            sites.push(site);
         }
         if !sites.iter().any(|s| s.kind == EventKind::Malloc) {
             let exe = self
@@ -152,74 +145,49 @@ impl LookupOrder {
                 .unwrap_or_default();
             bail!("no allocator found: neither {exe} nor the libraries it loads define malloc");
         }
-        let warnings = cxx_bypass(&objects, &sites).into_iter().collect();
+        let probed: HashSet<(usize, u64)> = by_address.into_keys().collect();
+        let (operator_sites, warnings) = operators::plan(&objects, &probed);
+        sites.extend(operator_sites);
         Ok((sites, warnings))
     }
 }
 
-/// C++ allocation operators, and the probed function their calls would have to go through.
-const CXX_OPERATORS: &[(&str, EventKind)] = &[
-    ("_Znwm", EventKind::Malloc),
-    ("_Znam", EventKind::Malloc),
-    ("_ZnwmRKSt9nothrow_t", EventKind::Malloc),
-    ("_ZnamRKSt9nothrow_t", EventKind::Malloc),
-    ("_ZdlPv", EventKind::Free),
-    ("_ZdaPv", EventKind::Free),
-    ("_ZdlPvm", EventKind::Free),
-    ("_ZdaPvm", EventKind::Free),
-];
+/// The kinds probed at a C function of their name (the C++ operators are planned apart).
+fn c_kinds() -> impl Iterator<Item = EventKind> {
+    EventKind::ALL
+        .into_iter()
+        .filter(|k| !matches!(k, EventKind::OperatorNew | EventKind::OperatorDelete))
+}
 
-/// libstdc++'s `operator new` calls `malloc`, so memprof sees it. An allocator that defines the
-/// operators itself (tcmalloc, jemalloc, mimalloc) and comes first in the lookup order serves
-/// them directly: unless an operator shares the address of a probed function, its calls are
-/// invisible. That matters only when the program itself uses C++ (some object other than the
-/// allocator needs libstdc++).
-fn cxx_bypass(objects: &[(&PathBuf, ElfObject)], sites: &[ProbeSite]) -> Option<String> {
-    let uses_cxx = objects.iter().any(|(_, object)| {
-        object.needed.iter().any(|n| n.starts_with("libstdc++"))
-            && object.function("_Znwm").is_none()
-    });
-    if !uses_cxx {
-        return None;
-    }
-    let probed: HashSet<(&Path, u64)> = sites
-        .iter()
-        .map(|site| {
-            (
-                site.path.as_path(),
-                site.file_offset - site.placement.offset,
-            )
+impl ProbeSite {
+    /// The probe of `kind` on the function at `vaddr` of `object`, placed past its prologue.
+    pub(crate) fn at(
+        kind: EventKind,
+        symbol: &'static str,
+        module: &Path,
+        object: &ElfObject,
+        vaddr: u64,
+        function_len: u64,
+    ) -> Option<ProbeSite> {
+        let code = object.code_at(vaddr, PROLOGUE_BYTES).unwrap_or_default();
+        let placement = prologue::place(code);
+        let entry = object.file_offset(vaddr)?;
+        Some(ProbeSite {
+            kind,
+            symbol,
+            aliases: Vec::new(),
+            path: object.path.clone(),
+            module: module.to_owned(),
+            file_offset: entry + placement.offset,
+            placement,
+            function_len,
         })
-        .collect();
-    let mut missed = Vec::new();
-    let mut server = None;
-    for (name, through) in CXX_OPERATORS {
-        let Some((module, object, vaddr)) = objects
-            .iter()
-            .find_map(|(module, object)| object.function(name).map(|(v, _)| (module, object, v)))
-        else {
-            continue;
-        };
-        // Served by libstdc++ (or the program): it goes through the probed function.
-        let allocator = sites.iter().find(|s| s.kind == *through);
-        if allocator.is_none_or(|site| site.path != object.path) {
-            continue;
-        }
-        let seen = object
-            .file_offset(vaddr)
-            .is_some_and(|offset| probed.contains(&(object.path.as_path(), offset)));
-        if !seen {
-            missed.push(*name);
-            server = Some(module.display().to_string());
-        }
     }
-    let server = server?;
-    Some(format!(
-        "C++ operator new/delete ({}) are served by {server} directly, not through its \
-         malloc/free: memprof does not see those calls, so allocations, bytes and leaks made \
-         with new/delete are missing or wrong under this allocator",
-        missed.join(", ")
-    ))
+
+    /// An aligned form of operator new: its second argument is the alignment.
+    pub fn takes_alignment(&self) -> bool {
+        self.kind == EventKind::OperatorNew && self.symbol.contains("St11align_val_t")
+    }
 }
 
 /// The libraries ld.so would load for `exe` in the environment `env` (only that one), in

@@ -21,11 +21,17 @@ pub enum EventKind {
     Mmap = 11,
     Munmap = 12,
     Mremap = 13,
+    /// C++ `operator new`/`new[]` (all variants) served by an allocator's own code, probed
+    /// only where it does not go through a probed `malloc`.
+    OperatorNew = 14,
+    /// C++ `operator delete`/`delete[]` (all variants), likewise; behaves as `free`.
+    /// The recording codec keeps kinds in 4 bits: 15 is the last kind it can hold.
+    OperatorDelete = 15,
 }
 
 impl EventKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Malloc,
         EventKind::Calloc,
         EventKind::Realloc,
@@ -39,6 +45,8 @@ impl EventKind {
         EventKind::Mmap,
         EventKind::Munmap,
         EventKind::Mremap,
+        EventKind::OperatorNew,
+        EventKind::OperatorDelete,
     ];
 
     pub const fn from_u32(value: u32) -> Option<EventKind> {
@@ -49,7 +57,8 @@ impl EventKind {
         }
     }
 
-    /// The C symbol this kind is probed at.
+    /// The C symbol this kind is probed at (for the C++ operators, probed at several mangled
+    /// symbols, their C++ name): the kind's name in reports.
     pub const fn symbol(self) -> &'static str {
         match self {
             EventKind::Malloc => "malloc",
@@ -65,6 +74,8 @@ impl EventKind {
             EventKind::Mmap => "mmap",
             EventKind::Munmap => "munmap",
             EventKind::Mremap => "mremap",
+            EventKind::OperatorNew => "operator new",
+            EventKind::OperatorDelete => "operator delete",
         }
     }
 
@@ -72,15 +83,30 @@ impl EventKind {
     pub const fn is_malloc_family(self) -> bool {
         !matches!(
             self,
-            EventKind::Free | EventKind::Mmap | EventKind::Munmap | EventKind::Mremap
+            EventKind::Free
+                | EventKind::OperatorDelete
+                | EventKind::Mmap
+                | EventKind::Munmap
+                | EventKind::Mremap
         )
+    }
+
+    /// Functions that release a block: `free` and C++ `operator delete`.
+    pub const fn is_free(self) -> bool {
+        matches!(self, EventKind::Free | EventKind::OperatorDelete)
     }
 
     /// Kinds whose result is only known when the function returns, so they need a uretprobe.
     pub const fn needs_return_probe(self) -> bool {
-        !matches!(self, EventKind::Free | EventKind::Munmap)
+        !matches!(
+            self,
+            EventKind::Free | EventKind::OperatorDelete | EventKind::Munmap
+        )
     }
 }
+
+// Recordings keep the kind in a 4-bit field (profiler-core's recording codec), 0 excluded.
+const _: () = assert!(EventKind::ALL.len() <= 15);
 
 /// Number of slots in per-kind counter arrays (index = discriminant; slot 0 is unused).
 pub const KIND_SLOTS: u32 = EventKind::ALL.len() as u32 + 1;
@@ -145,8 +171,9 @@ const _: () = assert!(STACK_SNAPSHOT_SIZE == 32);
 /// Field meaning per kind:
 /// - allocations: `addr` = returned pointer (0 = the call failed), `size` = bytes requested
 ///   (`nmemb * size` for calloc/reallocarray), `old_addr` = realloc's input pointer,
-///   `aux` = requested alignment (posix_memalign, aligned_alloc, memalign).
-/// - free: `addr` = the pointer freed (never 0: free(NULL) is filtered in the kernel),
+///   `aux` = requested alignment (posix_memalign, aligned_alloc, memalign, the aligned forms of
+///   operator new; 0 otherwise).
+/// - free and operator delete: `addr` = the pointer freed (never 0: free(NULL) is filtered in the kernel),
 ///   `aux` = the caller's return address (the word at `%rsp` on entry: the probe sits before
 ///   anything moves `%rsp`), to tell the allocator freeing its own caches from the program.
 /// - mmap: `addr` = mapping (or MAP_FAILED), `size` = length, `aux` = flags.
@@ -194,7 +221,7 @@ const _: () = assert!(core::mem::size_of::<EventRecord>() <= 32768);
 
 /// Indices into the `COUNTERS` per-CPU array (beyond the per-kind lost-event slots).
 pub mod counter {
-    /// Records dropped because the ring buffer was full, at index `kind` (1..=13).
+    /// Records dropped because the ring buffer was full, at index `kind` (1..=15).
     pub const LOST_BASE: u32 = 0;
     /// In-flight call table full: a call whose entry could not be remembered.
     pub const INFLIGHT_FULL: u32 = super::KIND_SLOTS;

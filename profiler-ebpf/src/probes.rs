@@ -365,6 +365,21 @@ pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `operator new(size_t)`, `new[]` and their nothrow forms (the second argument, if any, is
+/// the `nothrow_t` tag, not an alignment).
+#[uprobe]
+pub fn operator_new_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::OperatorNew, arg(&ctx, 0), 0, 0, 0);
+    0
+}
+
+/// `operator new(size_t, align_val_t)` and its `new[]`/nothrow forms: the alignment in `aux`.
+#[uprobe]
+pub fn operator_new_aligned_enter(ctx: ProbeContext) -> u32 {
+    enter(EventKind::OperatorNew, arg(&ctx, 0), 0, arg(&ctx, 1), 0);
+    0
+}
+
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     // aux = flags, so the collector can tell anonymous mappings from file mappings.
@@ -384,7 +399,7 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Reports a call that needs no result: free and munmap. `aux` carries the caller's return
+/// Reports a call that needs no result: free, operator delete and munmap. `aux` carries the caller's return
 /// address, still at the top of the stack (the probe runs before anything moves `%rsp`): the
 /// collector tells the allocator's own frees (thread exit flushing its cache) from the program's.
 #[inline(always)]
@@ -413,6 +428,14 @@ fn release(ctx: &ProbeContext, kind: EventKind, addr: u64, size: u64) {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     release(&ctx, EventKind::Free, arg(&ctx, 0), 0);
+    0
+}
+
+/// Every `operator delete`/`delete[]` form: the sized and aligned forms' extra arguments add
+/// nothing the allocation did not record.
+#[uprobe]
+pub fn operator_delete_enter(ctx: ProbeContext) -> u32 {
+    release(&ctx, EventKind::OperatorDelete, arg(&ctx, 0), 0);
     0
 }
 

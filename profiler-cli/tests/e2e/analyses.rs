@@ -183,8 +183,9 @@ fn analyses_attach_finds_the_growing_cache() {
     let site = &growing[0];
     assert_eq!(function(&report, &site["stack_id"]), "cache_put");
     let blocks = u(&site["live_blocks"]);
-    // One block per 20 ms over a 2 s window, less the time nanosleep oversleeps.
-    assert!((70..=101).contains(&blocks), "{site}");
+    // One block per 20 ms over a 2 s window, less the time nanosleep oversleeps, plus the few
+    // ms memprof takes to stop once the duration expires (more on a loaded machine).
+    assert!((70..=110).contains(&blocks), "{site}");
     assert_eq!(u(&site["live_bytes"]), blocks * 4096);
     assert_eq!(site["monotonicity"].as_f64(), Some(1.0));
     // The rate the cache really grew at: its blocks over the time between the first and last.

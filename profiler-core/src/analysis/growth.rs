@@ -61,6 +61,26 @@ impl Growth {
     /// sizes are taken from the effect: copying its blocks around costs more than the fit.
     pub fn observe(&mut self, ts_ns: u64, effect: &Effect) {
         let origin = *self.origin_ns.get_or_insert(ts_ns);
+        let secs = || ts_ns.saturating_sub(origin) as f64 / 1e9;
+        match (&effect.overwritten, &effect.released, &effect.created) {
+            // A malloc or a free, nearly every event: one block, nothing to merge.
+            (None, None, Some((_, block))) | (None, Some((_, block)), None) => {
+                if let Some(stack) = block.stack {
+                    let size = i128::from(block.size);
+                    let delta = if effect.created.is_some() {
+                        size
+                    } else {
+                        -size
+                    };
+                    self.change(stack, secs(), delta);
+                }
+            }
+            _ => self.observe_merged(secs, effect),
+        }
+    }
+
+    /// [`Growth::observe`] for events that change several blocks.
+    fn observe_merged(&mut self, secs: impl Fn() -> f64, effect: &Effect) {
         let mut changes = [
             site_delta(&effect.overwritten, false),
             site_delta(&effect.released, false),
@@ -80,7 +100,7 @@ impl Growth {
                     *later = None;
                 }
             }
-            let t = *t.get_or_insert_with(|| ts_ns.saturating_sub(origin) as f64 / 1e9);
+            let t = *t.get_or_insert_with(&secs);
             self.change(stack, t, delta);
         }
     }

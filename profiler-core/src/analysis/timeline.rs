@@ -169,7 +169,7 @@ impl Timeline {
 
     /// The bucket holding `ts_ns`, coarsening until it fits. Times before the origin (events
     /// of another CPU stamped a little earlier) go to the first bucket.
-    #[inline]
+    #[inline(always)]
     fn bucket_mut(&mut self, ts_ns: u64) -> &mut Bucket {
         let origin = *self.origin_ns.get_or_insert(ts_ns);
         let offset = ts_ns.saturating_sub(origin);
@@ -180,6 +180,7 @@ impl Timeline {
     }
 
     /// Makes the bucket holding `offset` (ns since the origin) the current one.
+    #[cold]
     fn locate(&mut self, offset: u64) {
         let mut index = offset / self.width_ns;
         while index >= TIMELINE_BUCKETS as u64 {

@@ -8,7 +8,8 @@
 //! version    u32 LE    FORMAT_VERSION
 //! length     u32 LE    of the header JSON
 //! crc32      u32 LE    of the header JSON
-//! header     JSON      Header: versions, kernel, target, mode, start clocks, maps + build-ids
+//! header     JSON      Header: versions, kernel, target, mode, start clocks, maps + build-ids,
+//!                      `--ops`
 //! chunk*     compressed_len u32 LE | raw_len u32 LE | crc32 u32 LE of the compressed bytes |
 //!            zstd frame of raw_len bytes holding whole records
 //! ```
