@@ -121,9 +121,7 @@ impl ElfObject {
     pub fn exported(&self, name: &str) -> Option<(u64, u64)> {
         let elf = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
         elf.dynamic_symbols()
-            .find(|s| {
-                s.kind() == SymbolKind::Text && s.is_definition() && s.name() == Ok(name)
-            })
+            .find(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.name() == Ok(name))
             .map(|s| (s.address(), s.size()))
     }
 

@@ -12,6 +12,7 @@ mod elf;
 mod launch;
 mod multi_link;
 mod offline;
+mod operators;
 mod privileges;
 mod probes;
 mod prologue;

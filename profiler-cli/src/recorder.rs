@@ -164,7 +164,7 @@ fn allocator_modules(pid: u32, sites: &[ProbeSite]) -> Vec<AllocatorModule> {
     let mut modules: Vec<AllocatorModule> = Vec::new();
     for site in sites
         .iter()
-        .filter(|s| s.kind.is_malloc_family() || s.kind == EventKind::Free)
+        .filter(|s| s.kind.is_malloc_family() || s.kind.is_free())
     {
         let canonical = std::fs::canonicalize(&site.path).ok();
         let mut paths = vec![site.module.clone()];

@@ -134,7 +134,7 @@ fn print_summary(
 
 pub fn probe_info(site: &ProbeSite) -> ProbeInfo {
     ProbeInfo {
-        function: site.kind.symbol().to_owned(),
+        function: site.symbol.to_owned(),
         module: site.module.display().to_string(),
         offset: site.file_offset,
         single_step: site.placement.single_step,

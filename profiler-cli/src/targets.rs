@@ -130,7 +130,8 @@ impl LookupOrder {
                 continue;
             }
             let (module, object) = &objects[index];
-            let Some(site) = ProbeSite::at(kind, kind.symbol(), module, object, vaddr, function_len)
+            let Some(site) =
+                ProbeSite::at(kind, kind.symbol(), module, object, vaddr, function_len)
             else {
                 continue;
             };
@@ -332,42 +333,108 @@ mod tests {
 
     const LIB: &str = "/usr/lib/x86_64-linux-gnu";
 
-    fn warnings(exe: &str, preload: Option<&str>) -> Vec<String> {
+    /// The plan for `exe` under `preload` (a file in LIB), with libstdc++ and libc after it.
+    fn plan(exe: &str, preload: Option<&str>) -> (Vec<ProbeSite>, Vec<String>) {
         let mut objects = vec![exe.to_owned()];
         objects.extend(preload.map(|name| format!("{LIB}/{name}")));
         objects.push(format!("{LIB}/libstdc++.so.6"));
         objects.push("/lib/x86_64-linux-gnu/libc.so.6".to_owned());
         let objects: Vec<&str> = objects.iter().map(String::as_str).collect();
-        order(&objects).probe_plan().unwrap().1
+        order(&objects).probe_plan().unwrap()
+    }
+
+    /// The operator probes of a plan: (symbol, kind), sorted.
+    fn operator_probes(sites: &[ProbeSite]) -> Vec<(&'static str, EventKind)> {
+        let mut probes: Vec<_> = sites
+            .iter()
+            .filter(|s| matches!(s.kind, EventKind::OperatorNew | EventKind::OperatorDelete))
+            .map(|s| (s.symbol, s.kind))
+            .collect();
+        probes.sort();
+        probes
+    }
+
+    use EventKind::{OperatorDelete as Delete, OperatorNew as New};
+
+    #[test]
+    fn libstdcxx_operators_are_left_to_malloc_and_free() {
+        // libstdc++'s operator new calls malloc: probing it would double the cost.
+        let (sites, warnings) = plan("/usr/bin/apt", None);
+        assert_eq!(operator_probes(&sites), vec![]);
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
-    fn cxx_operators_served_by_the_allocator_are_flagged() {
-        // tcmalloc's operator new is its own code; its operator delete(void*) is `free`.
-        let tcmalloc = warnings("/usr/bin/apt", Some("libtcmalloc_minimal.so.4"));
-        assert_eq!(tcmalloc.len(), 1, "{tcmalloc:?}");
-        assert!(tcmalloc[0].contains("_Znwm"), "{tcmalloc:?}");
-        assert!(
-            tcmalloc[0].contains("libtcmalloc_minimal.so.4"),
-            "{tcmalloc:?}"
+    fn tcmalloc_operators_are_probed_except_its_free() {
+        let (sites, warnings) = plan("/usr/bin/apt", Some("libtcmalloc_minimal.so.4"));
+        // `_Znam` is `_Znwm` and `_ZdlPv` is `free` (one probe per address); the other
+        // operators are code of their own.
+        assert_eq!(
+            operator_probes(&sites),
+            vec![
+                ("_ZdlPvRKSt9nothrow_t", Delete),
+                ("_ZdlPvSt11align_val_t", Delete),
+                ("_ZdlPvSt11align_val_tRKSt9nothrow_t", Delete),
+                ("_ZdlPvm", Delete),
+                ("_ZdlPvmSt11align_val_t", Delete),
+                ("_Znwm", New),
+                ("_ZnwmRKSt9nothrow_t", New),
+                ("_ZnwmSt11align_val_t", New),
+                ("_ZnwmSt11align_val_tRKSt9nothrow_t", New),
+            ]
         );
-        assert!(!tcmalloc[0].contains("_ZdlPv,"), "{tcmalloc:?}");
-        // jemalloc's operators are all distinct from malloc and free.
-        let jemalloc = warnings("/usr/bin/apt", Some("libjemalloc.so.2"));
-        assert!(
-            jemalloc[0].contains("_Znwm") && jemalloc[0].contains("_ZdlPv,"),
-            "{jemalloc:?}"
-        );
-        let mimalloc = warnings("/usr/bin/apt", Some("libmimalloc.so.2"));
-        assert!(mimalloc[0].contains("_Znwm"), "{mimalloc:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let free = sites.iter().find(|s| s.kind == EventKind::Free).unwrap();
+        let new = sites.iter().find(|s| s.symbol == "_Znwm").unwrap();
+        assert_eq!(new.path, free.path, "served by tcmalloc");
+        assert!(!new.takes_alignment());
+        let aligned = sites.iter().find(|s| s.symbol == "_ZnwmSt11align_val_t");
+        assert!(aligned.unwrap().takes_alignment());
     }
 
     #[test]
-    fn cxx_operators_are_fine_in_libstdcxx_or_without_cxx() {
-        // libstdc++'s operator new calls malloc.
-        assert!(warnings("/usr/bin/apt", None).is_empty());
-        // A C program: jemalloc pulls in libstdc++ itself, but nothing calls operator new.
-        assert!(warnings("/bin/true", Some("libjemalloc.so.2")).is_empty());
+    fn jemalloc_wrappers_of_probed_functions_are_not_probed() {
+        let (sites, warnings) = plan("/usr/bin/apt", Some("libjemalloc.so.2"));
+        // `_ZdlPv` and the unsized deletes are `jmp free@plt`, `_Znam` is `jmp _Znwm`: their
+        // calls are seen there. The sized deletes call sdallocx, not free.
+        assert_eq!(
+            operator_probes(&sites),
+            vec![
+                ("_ZdaPvm", Delete),
+                ("_ZdaPvmSt11align_val_t", Delete),
+                ("_ZdlPvm", Delete),
+                ("_ZdlPvmSt11align_val_t", Delete),
+                ("_ZnamSt11align_val_t", New),
+                ("_ZnamSt11align_val_tRKSt9nothrow_t", New),
+                ("_Znwm", New),
+                ("_ZnwmRKSt9nothrow_t", New),
+                ("_ZnwmSt11align_val_t", New),
+                ("_ZnwmSt11align_val_tRKSt9nothrow_t", New),
+            ]
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // A C program gets the same probes: a library it loads later may use C++.
+        let (c_sites, _) = plan("/bin/true", Some("libjemalloc.so.2"));
+        assert_eq!(operator_probes(&c_sites), operator_probes(&sites));
+    }
+
+    #[test]
+    fn mimalloc_deletes_all_reach_free() {
+        let (sites, warnings) = plan("/usr/bin/apt", Some("libmimalloc.so.2"));
+        // Every delete is `free` or forwards to it (the aligned sized one in three jumps:
+        // mi_free_size_aligned, mi_free_size, mi_free = free).
+        assert_eq!(
+            operator_probes(&sites),
+            vec![
+                ("_ZnamRKSt9nothrow_t", New),
+                ("_ZnamSt11align_val_tRKSt9nothrow_t", New),
+                ("_Znwm", New),
+                ("_ZnwmRKSt9nothrow_t", New),
+                ("_ZnwmSt11align_val_t", New),
+                ("_ZnwmSt11align_val_tRKSt9nothrow_t", New),
+            ]
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

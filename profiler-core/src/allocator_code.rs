@@ -119,7 +119,7 @@ impl AllocatorCode {
             return;
         }
         let internal = match event.kind {
-            EventKind::Free | EventKind::Munmap if event.aux != 0 => {
+            EventKind::Free | EventKind::OperatorDelete | EventKind::Munmap if event.aux != 0 => {
                 let suspect = event.kind == EventKind::Munmap || !heap.is_live(event.addr);
                 self.caller_is_internal(event.aux)
                     || (suspect

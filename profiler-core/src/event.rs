@@ -302,11 +302,11 @@ mod tests {
     fn rejects_unknown_kind() {
         let mut bytes = Vec::new();
         let mut h = header(EventKind::Free, 0);
-        h.kind = 14;
+        h.kind = 16;
         encode(&h, &[], &mut bytes);
         assert_eq!(
             decode(&bytes).unwrap_err(),
-            DecodeError::UnknownKind { kind: 14 }
+            DecodeError::UnknownKind { kind: 16 }
         );
         h.kind = 0;
         bytes.clear();

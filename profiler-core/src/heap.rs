@@ -261,7 +261,7 @@ impl HeapState {
         self.stats.by_function[event.kind as usize].calls += 1;
         let mut effect = Effect::default();
         match event.kind {
-            EventKind::Free => self.free(event, &mut effect),
+            EventKind::Free | EventKind::OperatorDelete => self.free(event, &mut effect),
             EventKind::Realloc | EventKind::Reallocarray => self.realloc(event, stack, &mut effect),
             EventKind::Mmap => self.mmap(event, stack),
             EventKind::Munmap => self.munmap(event),
@@ -272,7 +272,8 @@ impl HeapState {
             | EventKind::AlignedAlloc
             | EventKind::Memalign
             | EventKind::Valloc
-            | EventKind::Pvalloc => {
+            | EventKind::Pvalloc
+            | EventKind::OperatorNew => {
                 self.stats.allocations += 1;
                 self.allocate(event, stack, &mut effect);
             }
@@ -348,7 +349,7 @@ impl HeapState {
         let freed = match self.release(event.addr, event.ts_ns) {
             Ok(block) => {
                 self.stats.frees += 1;
-                self.stats.by_function[EventKind::Free as usize].bytes += block.size;
+                self.stats.by_function[event.kind as usize].bytes += block.size;
                 self.stats.live_blocks -= 1;
                 self.stats.live_bytes -= block.size;
                 effect.released = Some((event.addr, block));

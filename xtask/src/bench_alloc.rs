@@ -5,7 +5,8 @@
 //!   memory after a fragmenting workload;
 //! - the sample server (release build, the allocator LD_PRELOADed) under the release load
 //!   generator with a fixed seed and request count: the loadgen's ops/s, the server's CPU time
-//!   (user + system; steadier than ops/s on a busy machine, where scheduling moves throughput)
+//!   (user + system; steadier than ops/s on a busy machine, where scheduling moves throughput),
+//!   its minor page faults (each a first touch of a page the allocator had not kept resident)
 //!   and its peak RSS (VmHWM), read just before it is shut down.
 //!
 //! Runs are interleaved across allocators so that noise hits all alike; the table shows
@@ -26,14 +27,15 @@ struct Allocator {
 
 /// The measurements, per run, in table order: single-thread and two-thread pairs per second,
 /// VmRSS and VmHWM (KiB) after the fragmenting workload, the server's requests per second, CPU
-/// time (ms) and peak RSS (KiB).
-const COLUMNS: [&str; 7] = [
+/// time (ms), minor page faults and peak RSS (KiB).
+const COLUMNS: [&str; 8] = [
     "1 thread op/s",
     "2 threads op/s",
     "frag RSS KiB",
     "frag HWM KiB",
     "server op/s",
     "server CPU ms",
+    "server faults",
     "server HWM KiB",
 ];
 
@@ -160,6 +162,7 @@ fn measure(programs: &Programs, allocator: &Allocator, ops: u64) -> Result<Vec<f
         field(&frag, "hwm_kib")?,
         server.ops,
         server.cpu_ms,
+        server.faults,
         server.hwm_kib,
     ])
 }
@@ -168,6 +171,7 @@ fn measure(programs: &Programs, allocator: &Allocator, ops: u64) -> Result<Vec<f
 struct ServerRun {
     ops: f64,
     cpu_ms: f64,
+    faults: f64,
     hwm_kib: f64,
 }
 
@@ -192,9 +196,12 @@ fn server_once(programs: &Programs, allocator: &Allocator) -> Result<ServerRun> 
         }
     };
     let measured = load(programs, &addr, allocator).and_then(|ops| {
+        let stat = read_stat(server.id())?;
         Ok(ServerRun {
             ops,
-            cpu_ms: cpu_ms(server.id())?,
+            cpu_ms: cpu_ms(&stat)?,
+            faults: stat_field(&stat, MINFLT).with_context(|| format!("no minflt in {stat:?}"))?
+                as f64,
             hwm_kib: status_kib(server.id(), "VmHWM:")?,
         })
     });
@@ -266,25 +273,41 @@ fn status_kib(pid: u32, name: &str) -> Result<f64> {
     field(&text, name).with_context(|| format!("in {path}"))
 }
 
-/// The user and system CPU time of process `pid` so far, in milliseconds.
-fn cpu_ms(pid: u32) -> Result<f64> {
+/// `/proc/PID/stat` of process `pid`.
+fn read_stat(pid: u32) -> Result<String> {
     let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
+}
+
+/// The user and system CPU time in a `/proc/PID/stat` line, in milliseconds.
+fn cpu_ms(stat: &str) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     ensure!(ticks > 0, "sysconf(_SC_CLK_TCK) failed");
-    stat_ticks(&text)
+    stat_ticks(stat)
         .map(|t| t as f64 * 1000.0 / ticks as f64)
-        .with_context(|| format!("no utime/stime in {path}"))
+        .with_context(|| format!("no utime/stime in {stat:?}"))
 }
 
-/// utime + stime (clock ticks) from a `/proc/PID/stat` line: fields 14 and 15, counted after
-/// the command name, which is in parentheses and may hold spaces.
+/// `/proc/PID/stat` fields (1-based, as in proc(5)): minor faults, user and system time.
+const MINFLT: usize = 10;
+const UTIME: usize = 14;
+const STIME: usize = 15;
+
+/// Field `n` (1-based) of a `/proc/PID/stat` line, counted after the command name (field 2),
+/// which is in parentheses and may hold spaces.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime (clock ticks) from a `/proc/PID/stat` line.
 fn stat_ticks(stat: &str) -> Option<u64> {
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some(stat_field(stat, UTIME)? + stat_field(stat, STIME)?)
 }
 
 /// Runs the benchmark once under `allocator` and returns its output line.
@@ -319,13 +342,15 @@ fn field(text: &str, name: &str) -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{field, stat_ticks};
+    use super::{MINFLT, field, stat_field, stat_ticks};
 
     #[test]
-    fn reads_cpu_ticks_after_a_command_with_spaces() {
+    fn reads_cpu_ticks_and_faults_after_a_command_with_spaces() {
         let stat = "4242 (memprof (x) y) S 1 4242 4242 0 -1 4194560 812 0 0 0 137 59 0 0 20 0 3";
         assert_eq!(stat_ticks(stat), Some(196));
+        assert_eq!(stat_field(stat, MINFLT), Some(812));
         assert_eq!(stat_ticks("4242 (short) S 1"), None);
+        assert_eq!(stat_field("4242 (short) S 1", MINFLT), None);
     }
 
     #[test]

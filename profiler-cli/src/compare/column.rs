@@ -62,7 +62,8 @@ impl Column {
         None
     }
 
-    /// Figures are exact unless memprof warned about calls it cannot see or lost events.
+    /// Figures are exact unless memprof lost events or warned about calls it cannot see (C++
+    /// operators are probed where the allocator serves them: no warning for those).
     pub fn exact(&self) -> bool {
         self.figures()
             .is_some_and(|f| f.warnings.is_empty() && f.lost_events == 0)

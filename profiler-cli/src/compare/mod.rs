@@ -9,9 +9,10 @@
 //!
 //! Figures are the workload's: allocations made by libraries only the preloaded allocator
 //! brought in (its start-up) are counted apart, so a deterministic program shows the same
-//! counts under every allocator. Where memprof cannot count exactly under an allocator (C++
-//! operators it serves without going through malloc, lost events), the table says so instead
-//! of showing the numbers.
+//! counts under every allocator (a C++ program's operators included: memprof probes them where
+//! the allocator serves them itself). Where memprof cannot count exactly under an allocator
+//! (lost events, calls report.json's `warnings` names), the table says so instead of showing
+//! the numbers.
 mod allocators;
 mod column;
 mod figures;

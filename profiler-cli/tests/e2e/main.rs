@@ -12,6 +12,7 @@ mod analyses;
 mod attach;
 mod c_targets;
 mod compare;
+mod cxx_alloc;
 mod diff;
 mod failures;
 mod own_alloc;

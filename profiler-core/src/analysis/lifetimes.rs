@@ -101,7 +101,7 @@ impl Lifetimes {
         let Some((_, block)) = &effect.released else {
             return;
         };
-        if effect.created.is_some() && kind != EventKind::Free {
+        if effect.created.is_some() && !kind.is_free() {
             return;
         }
         let lifetime = ts_ns.saturating_sub(block.ts_ns);

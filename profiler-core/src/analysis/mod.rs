@@ -312,7 +312,9 @@ impl Analyses {
                 .odd_frees
                 .iter()
                 .map(|odd| {
-                    let double = (odd.kind == profiler_common::EventKind::Free)
+                    let double = odd
+                        .kind
+                        .is_free()
                         .then(|| doubles.get(&(odd.addr, odd.ts_ns)))
                         .flatten();
                     OddFreeReport {

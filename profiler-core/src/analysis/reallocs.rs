@@ -91,7 +91,7 @@ impl Reallocs {
                 // not the program's doing.
                 let internal = event.flags & profiler_common::FLAG_ALLOCATOR_INTERNAL != 0;
                 let odd_pointer = match kind {
-                    EventKind::Free if !internal => Some(event.addr),
+                    EventKind::Free | EventKind::OperatorDelete if !internal => Some(event.addr),
                     EventKind::Realloc | EventKind::Reallocarray if !failed => Some(event.old_addr),
                     _ => None,
                 };

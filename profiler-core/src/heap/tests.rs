@@ -48,6 +48,34 @@ fn regions(heap: &HeapState) -> Vec<(u64, u64)> {
 }
 
 #[test]
+fn cxx_operators_allocate_and_free_like_malloc_and_free() {
+    // A block from operator new may be released by free and the other way round (mimalloc's
+    // operator delete is its free); each call counts under its own function.
+    let heap = run(
+        Mode::Run,
+        &[
+            event(EventKind::OperatorNew, 0x10, 16, 0, 0, 1),
+            event(EventKind::OperatorNew, 0x40, 64, 0, 64, 2),
+            malloc(0x80, 8, 3),
+            event(EventKind::OperatorDelete, 0x10, 0, 0, 0, 4),
+            event(EventKind::OperatorDelete, 0x80, 0, 0, 0, 5),
+            free(0x40, 6),
+        ],
+    );
+    let s = heap.stats();
+    assert_eq!((s.allocations, s.frees, s.unknown_frees), (3, 3, 0));
+    assert_eq!(s.bytes_allocated, 88);
+    assert_eq!((s.live_blocks, s.live_bytes), (0, 0));
+    let calls = |kind: EventKind| {
+        let stats = s.by_function[kind as usize];
+        (stats.calls, stats.bytes)
+    };
+    assert_eq!(calls(EventKind::OperatorNew), (2, 80));
+    assert_eq!(calls(EventKind::OperatorDelete), (2, 24));
+    assert_eq!(calls(EventKind::Free), (1, 64));
+}
+
+#[test]
 fn malloc_free_counts_and_peak() {
     let heap = run(
         Mode::Run,

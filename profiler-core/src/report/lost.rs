@@ -13,7 +13,7 @@ pub(super) fn describe(counts: &LostCounts) -> Lost {
         .collect::<KindMap<u64>>();
 
     let mut uncertain = Vec::new();
-    let frees = lost(EventKind::Free);
+    let frees = lost(EventKind::Free) + lost(EventKind::OperatorDelete);
     if frees > 0 {
         uncertain.push(format!(
             "{frees} lost free events: their blocks still look live, so live_blocks, \

@@ -10,7 +10,7 @@ use crate::{
     cache,
     central::{CENTRAL, Chain, Free},
     classes::{CLASSES, MAX_SMALL, PAGE, class_index, in_range},
-    large, region, slab,
+    large, medium, region, slab,
     stats::{self, Pending},
 };
 
@@ -68,11 +68,13 @@ extern "C" fn before_fork() {
     cache::POOL_LOCK.lock();
     CENTRAL.lock_all();
     region::LOCK.lock();
+    medium::LOCK.lock();
     large::LOCK.lock();
 }
 
 extern "C" fn after_fork() {
     large::LOCK.unlock();
+    medium::LOCK.unlock();
     region::LOCK.unlock();
     CENTRAL.unlock_all();
     cache::POOL_LOCK.unlock();
@@ -135,9 +137,17 @@ fn small(class: usize) -> Option<*mut u8> {
     Some(block)
 }
 
+/// Whole pages: a medium run when the length and alignment allow (and the area has room),
+/// else a mapping of its own.
 fn page_path(size: usize, align: usize, zero: bool) -> Option<*mut u8> {
     let len = size.max(1).checked_add(PAGE - 1)? & !(PAGE - 1);
-    let p = large::alloc(len, align, zero);
+    let mut p = ptr::null_mut();
+    if len <= medium::MAX && align <= PAGE {
+        p = medium::alloc(len, zero);
+    }
+    if p.is_null() {
+        p = large::alloc(len, align);
+    }
     if p.is_null() {
         return None;
     }
@@ -153,7 +163,7 @@ pub fn calloc(count: usize, size: usize) -> *mut u8 {
         return ptr::null_mut();
     };
     ensure_init();
-    // Slab blocks may be reused; the page path zeroes what is not fresh.
+    // Slab blocks may be reused; the page path zeroes the pages that are not fresh.
     let zeroed_small = |class| {
         let p = small(class)?;
         // SAFETY: the block holds at least `total` bytes.
@@ -202,6 +212,11 @@ pub unsafe fn free(p: *mut u8) {
             unsafe { (*cache).push(class, at.start as *mut u8) };
         }
         record(cache, |s| s.freed(CLASSES[class]));
+    } else if medium::contains(p) {
+        match medium::free(p) {
+            Some(len) => record(cache::current(), |s| s.freed(len)),
+            None => stats::invalid_free(),
+        }
     } else if let Some(len) = large::free(p) {
         record(cache::current(), |s| s.freed(len));
     } else {
@@ -211,18 +226,25 @@ pub unsafe fn free(p: *mut u8) {
 
 /// Returns free memory to the kernel, as glibc's `malloc_trim`: the calling thread's cached
 /// blocks go back to the central lists, every slab whose blocks are all free there is
-/// released, and the spare large mappings are unmapped. Returns how many slabs were released.
+/// released, and the dirty pages of free medium runs are given back. Returns how many slabs
+/// were released.
 pub fn trim() -> usize {
     ensure_init();
     cache::drain_current();
-    large::trim();
+    medium::trim();
     (0..CLASSES.len()).map(|class| CENTRAL.trim(class)).sum()
 }
 
-/// Bytes of freed large mappings kept for reuse (at most 1 MiB; [`trim`] unmaps them).
-pub fn spare_large_bytes() -> usize {
-    large::spare_bytes()
+/// Bytes of freed medium runs still resident (at most [`MEDIUM_DIRTY_LIMIT`] plus the run
+/// that crossed it; [`trim`] gives them back).
+pub fn free_medium_dirty_bytes() -> usize {
+    medium::free_dirty_bytes()
 }
+
+/// Largest request served from page runs; longer ones get a mapping of their own.
+pub const MEDIUM_MAX: usize = medium::MAX;
+/// Dirty free bytes of medium runs kept before they are given back to the kernel.
+pub const MEDIUM_DIRTY_LIMIT: usize = medium::DIRTY_LIMIT;
 
 /// Slabs released to the kernel since the process started (by trims, explicit or automatic).
 pub fn released_slabs() -> usize {
@@ -239,6 +261,9 @@ pub fn usable_size(p: *const u8) -> usize {
             Some(at) => at.start + at.slab.block as usize - p as usize,
             None => 0,
         };
+    }
+    if medium::contains(p) {
+        return medium::size(p).unwrap_or(0);
     }
     large::size(p).unwrap_or(0)
 }
@@ -274,6 +299,18 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         if len == old {
             return p;
         }
+        if medium::contains(p) {
+            // In place when the run shrinks or the free run after it has room.
+            if len <= medium::MAX && medium::resize(p, len) {
+                record(cache::current(), |s| {
+                    s.freed(old);
+                    s.allocated(len);
+                });
+                return p;
+            }
+            // SAFETY: forwarded from the caller.
+            return unsafe { move_to(p, old, size) };
+        }
         let q = large::resize(p, old, len);
         if q.is_null() {
             stats::failed();
@@ -285,6 +322,15 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         }
         return q;
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { move_to(p, old, size) }
+}
+
+/// realloc by allocating, copying and freeing.
+///
+/// # Safety
+/// `p` is a live block of ours of `old` usable bytes.
+unsafe fn move_to(p: *mut u8, old: usize, size: usize) -> *mut u8 {
     let q = malloc(size);
     if !q.is_null() {
         // SAFETY: both blocks hold at least the bytes copied and do not overlap.

@@ -1,16 +1,11 @@
-//! The page path: requests above the largest class get their own mapping, page-rounded. A
-//! freed one is kept for reuse while the bounded set of spare mappings has room ([`spare`]),
-//! else unmapped. A table of live mappings (open addressing, itself mmap'd) gives their sizes
-//! and tells a double or foreign free of a large block from a valid one, without a header page
-//! in front of each block.
+//! Large blocks: requests above [`crate::medium::MAX`] (or with an alignment above a page, or
+//! when the medium area is full) get their own mapping, page-rounded, unmapped on free. A
+//! table of live mappings (open addressing, itself mmap'd) gives their sizes and tells a double
+//! or foreign free of a large block from a valid one, without a header page in front of each
+//! block.
 use core::ptr;
 
-use crate::{
-    classes::PAGE,
-    lock::SpinLock,
-    os,
-    spare::{self, Spares},
-};
+use crate::{classes::PAGE, lock::SpinLock, os};
 
 struct Table {
     /// (address, length) pairs; address 0 is empty, TOMBSTONE a removed entry.
@@ -33,13 +28,6 @@ static mut TABLE: Table = Table {
 fn table() -> &'static mut Table {
     // SAFETY: only called under LOCK.
     unsafe { &mut *ptr::addr_of_mut!(TABLE) }
-}
-
-static mut SPARES: Spares = Spares::new();
-
-fn spares() -> &'static mut Spares {
-    // SAFETY: only called under LOCK.
-    unsafe { &mut *ptr::addr_of_mut!(SPARES) }
 }
 
 #[inline]
@@ -130,11 +118,11 @@ impl Table {
     }
 }
 
-/// Maps `len` bytes (a multiple of PAGE) aligned to `align` (a power of two), zeroed if `zero`
-/// (fresh mappings are; reused ones are cleared); null on failure.
-pub fn alloc(len: usize, align: usize, zero: bool) -> *mut u8 {
+/// Maps `len` bytes (a multiple of PAGE, zeroed as every fresh mapping) aligned to `align` (a
+/// power of two); null on failure.
+pub fn alloc(len: usize, align: usize) -> *mut u8 {
     let p = if align <= PAGE {
-        reuse(len, zero).unwrap_or_else(|| os::map(len))
+        os::map(len)
     } else {
         let Some(padded) = len.checked_add(align) else {
             return ptr::null_mut();
@@ -169,59 +157,6 @@ pub fn alloc(len: usize, align: usize, zero: bool) -> *mut u8 {
     p
 }
 
-/// A spare mapping made exactly `len` bytes long (its tail unmapped, or extended by `mremap`,
-/// which adds zero pages); `None` when none is kept or it could not be extended.
-fn reuse(len: usize, zero: bool) -> Option<*mut u8> {
-    let (addr, kept) = LOCK.with(|| spares().take(len))?;
-    let p = addr as *mut u8;
-    if kept > len {
-        // SAFETY: the tail of a spare mapping, now ours alone.
-        unsafe { os::unmap((addr + len) as *mut u8, kept - len) };
-    }
-    let q = if kept < len {
-        // SAFETY: [p, p + kept) is a whole spare mapping, now ours alone.
-        let q = unsafe { os::remap(p, kept, len) };
-        if q.is_null() {
-            // SAFETY: as above; it stays unused.
-            unsafe { os::unmap(p, kept) };
-            return None;
-        }
-        q
-    } else {
-        p
-    };
-    if zero {
-        // SAFETY: the first `kept.min(len)` bytes are the old contents; the rest is zero.
-        unsafe { ptr::write_bytes(q, 0, kept.min(len)) };
-    }
-    Some(q)
-}
-
-/// Bytes of freed mappings kept for reuse.
-pub fn spare_bytes() -> usize {
-    LOCK.with(|| spares().bytes())
-}
-
-/// Unmaps every spare mapping (`malloc_trim`); returns how many bytes that gave back.
-pub fn trim() -> usize {
-    let mut gone = [(0, 0); spare::SLOTS];
-    let mut n = 0;
-    LOCK.with(|| {
-        spares().drain(|addr, len| {
-            if let Some(slot) = gone.get_mut(n) {
-                *slot = (addr, len);
-                n += 1;
-            }
-        })
-    });
-    let gone = gone.iter().take(n);
-    gone.clone().for_each(|&(addr, len)| {
-        // SAFETY: a spare mapping, taken out of the set: nobody uses it.
-        unsafe { os::unmap(addr as *mut u8, len) }
-    });
-    gone.map(|e| e.1).sum()
-}
-
 /// The length of the large block at `p`, if there is one.
 pub fn size(p: *const u8) -> Option<usize> {
     LOCK.with(|| {
@@ -230,20 +165,17 @@ pub fn size(p: *const u8) -> Option<usize> {
     })
 }
 
-/// Frees the large block at `p` (kept as a spare, or unmapped) and returns its length; `None`
-/// when `p` is not one.
+/// Unmaps the large block at `p` and returns its length; `None` when `p` is not one.
 pub fn free(p: *mut u8) -> Option<usize> {
-    let (len, kept) = LOCK.with(|| {
+    let len = LOCK.with(|| {
         let table = table();
         let i = table.find(p as usize)?;
         let len = table.slot(i).1;
         table.set(i, (TOMBSTONE, 0));
-        Some((len, spares().put(p as usize, len)))
+        Some(len)
     })?;
-    if !kept {
-        // SAFETY: the block was ours and is no longer in the table.
-        unsafe { os::unmap(p, len) };
-    }
+    // SAFETY: the block was ours and is no longer in the table.
+    unsafe { os::unmap(p, len) };
     Some(len)
 }
 

@@ -4,15 +4,17 @@
 //!   from per-thread caches ([`cache`]), which exchange batches with per-class central lists
 //!   ([`central`]); those carve blocks from 256 KiB slabs ([`slab`]) in one reserved region
 //!   ([`region`]).
-//! - Larger requests get their own page-rounded mapping ([`large`]); freed ones are kept for
-//!   reuse up to a bound ([`spare`]).
+//! - Requests up to 256 KiB above that get runs of whole pages from their own part of the
+//!   region ([`medium`]), kept as free runs that merge with their neighbours ([`runs`]); dirty
+//!   free pages go back to the kernel past a bound.
+//! - Larger requests get their own page-rounded mapping ([`large`]).
 //! - [`heap`] holds the malloc-style entry points; [`MemprofAlloc`] makes them Rust's global
 //!   allocator, and the `memprof-alloc-preload` crate exports them as the C API.
 //! - Explicit allocators on top: [`Pool`], [`Arena`], [`Bump`].
 //! - [`stats()`] reads the counters; `MEMPROF_ALLOC_STATS=1` prints them at exit.
 //! - A free of a block that is not allocated (double free) is counted and ignored.
-//! - Wholly free slabs go back to the kernel: automatically as central lists grow, or through
-//!   [`heap::trim`].
+//! - Wholly free slabs and dirty free page runs go back to the kernel: automatically as they
+//!   grow, or through [`heap::trim`].
 
 mod arena;
 mod bump;
@@ -22,11 +24,12 @@ pub mod classes;
 pub mod heap;
 mod large;
 mod lock;
+mod medium;
 mod os;
 mod pool;
 mod region;
+mod runs;
 mod slab;
-mod spare;
 mod stats;
 
 use core::alloc::{GlobalAlloc, Layout};

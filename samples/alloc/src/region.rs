@@ -4,6 +4,9 @@
 //!
 //! Slabs whose blocks are all free can be released ([`release_slab`]): their pages go back to
 //! the kernel and the slab is reused, for any class, before the region grows.
+//!
+//! The reservation's last quarter (at most [`MEDIUM_MAX_LEN`]) is not cut into slabs: it holds
+//! the page runs of the medium path ([`crate::medium`]).
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{lock::SpinLock, os, slab::Slab};
@@ -13,12 +16,17 @@ pub const SLAB: usize = 256 * 1024;
 const RESERVATIONS: [usize; 5] = [256 << 30, 64 << 30, 16 << 30, 4 << 30, 1 << 30];
 /// Reserved memory is made read-write this much at a time, to save mprotect calls.
 const COMMIT_STEP: usize = 16 * SLAB;
+/// The medium path's part of the reservation at most.
+const MEDIUM_MAX_LEN: usize = 16 << 30;
 
 static BASE: AtomicUsize = AtomicUsize::new(0);
 static LEN: AtomicUsize = AtomicUsize::new(0);
 /// Offset of the next unused slab; slabs below it are committed and initialised.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 static COMMITTED: AtomicUsize = AtomicUsize::new(0);
+/// The medium path's part: its start and length (0 without a reservation).
+static MEDIUM_START: AtomicUsize = AtomicUsize::new(0);
+static MEDIUM_LEN: AtomicUsize = AtomicUsize::new(0);
 /// Released slabs, linked through their headers' `scratch`; 0 ends the list.
 static RELEASED: AtomicUsize = AtomicUsize::new(0);
 /// Slabs released so far, for tests and statistics.
@@ -35,11 +43,23 @@ pub fn init() -> bool {
         }
         // Align the base to a slab; the slack at both ends stays reserved and unused.
         let base = (p as usize + SLAB - 1) & !(SLAB - 1);
+        let medium = (len / 4).min(MEDIUM_MAX_LEN);
         BASE.store(base, Ordering::Relaxed);
-        LEN.store(len, Ordering::Release);
+        MEDIUM_START.store(base + len - medium, Ordering::Relaxed);
+        MEDIUM_LEN.store(medium, Ordering::Relaxed);
+        LEN.store(len - medium, Ordering::Release);
         return true;
     }
     false
+}
+
+/// The medium path's part of the reservation, reserved and not yet committed: its start and
+/// length (0 when there is no reservation).
+pub fn medium_area() -> (usize, usize) {
+    (
+        MEDIUM_START.load(Ordering::Relaxed),
+        MEDIUM_LEN.load(Ordering::Relaxed),
+    )
 }
 
 /// Whether `p` points into a slab handed out so far.

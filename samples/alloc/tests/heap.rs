@@ -197,3 +197,102 @@ fn live_blocks_never_overlap() {
         assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:?}");
     }
 }
+
+#[test]
+fn medium_blocks_honour_page_and_smaller_alignments() {
+    for align in [32, 256, 4096] {
+        for size in [33_000, 100_000, 262_144] {
+            let p = heap::aligned(align, size);
+            assert_eq!(p as usize % align, 0, "align {align} size {size}");
+            assert_eq!(heap::usable_size(p), size.next_multiple_of(4096));
+            unsafe {
+                std::ptr::write_bytes(p, 9, size);
+                heap::free(p);
+            }
+        }
+    }
+}
+
+#[test]
+fn medium_blocks_across_threads() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 3000;
+    let size = |t: usize, i: usize| 32_769 + (i * 7919 + t * 104_729) % (256 * 1024 - 32_768);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..THREADS)
+        .map(|_| std::sync::mpsc::channel::<(usize, usize, u8)>())
+        .unzip();
+    let handles: Vec<_> = receivers
+        .into_iter()
+        .enumerate()
+        .map(|(t, rx)| {
+            let tx = senders[(t + 1) % THREADS].clone();
+            std::thread::spawn(move || {
+                let mut live: Vec<(usize, usize, u8)> = Vec::new();
+                for i in 0..ROUNDS {
+                    let len = size(t, i);
+                    let byte = (i % 251) as u8 + 1;
+                    let p = if i % 5 == 0 {
+                        heap::calloc(1, len)
+                    } else {
+                        heap::malloc(len)
+                    };
+                    assert!(!p.is_null());
+                    unsafe {
+                        if i % 5 == 0 {
+                            assert_eq!(*p.add(len - 1), 0, "calloc block not zero");
+                        }
+                        std::ptr::write_bytes(p, byte, len);
+                    }
+                    live.push((p as usize, len, byte));
+                    if i % 3 == 0 {
+                        // Some blocks are resized, in place or moved.
+                        let (p, len, byte) = live.swap_remove(i % live.len());
+                        let new = size(t, i + 1);
+                        let q = unsafe { heap::realloc(p as *mut u8, new) };
+                        unsafe {
+                            assert_eq!(*q.add(len.min(new) - 1), byte);
+                            std::ptr::write_bytes(q, byte, new);
+                        }
+                        live.push((q as usize, new, byte));
+                    }
+                    if live.len() > 16 {
+                        // Some are freed here, some by the next thread.
+                        let block = live.swap_remove(i % live.len());
+                        if i % 2 == 0 {
+                            tx.send(block).unwrap();
+                        } else {
+                            let (p, len, byte) = block;
+                            unsafe {
+                                assert_eq!(*(p as *const u8), byte);
+                                assert_eq!(*((p + len - 1) as *const u8), byte);
+                                heap::free(p as *mut u8);
+                            }
+                        }
+                    }
+                    while let Ok((p, len, byte)) = rx.try_recv() {
+                        unsafe {
+                            assert_eq!(*((p + len - 1) as *const u8), byte);
+                            heap::free(p as *mut u8);
+                        }
+                    }
+                }
+                drop(tx);
+                for (p, _, _) in live {
+                    unsafe { heap::free(p as *mut u8) };
+                }
+                rx
+            })
+        })
+        .collect();
+    drop(senders);
+    // Every receiver stays open until all threads are done sending.
+    let receivers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for rx in receivers {
+        for (p, len, byte) in rx.try_iter() {
+            unsafe {
+                assert_eq!(*((p + len - 1) as *const u8), byte);
+                heap::free(p as *mut u8);
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! Freed large mappings are kept for reuse, within their cap, and unmapped beyond it or by a
-//! trim: one test in this binary, so that the set of spare mappings is its own.
+//! Requests above 256 KiB (or aligned beyond a page) get a mapping of their own, unmapped on
+//! free; up to 256 KiB they are page runs, which stay mapped when freed. One test in this
+//! binary, so that the medium area holds only its blocks.
 use memprof_alloc::heap;
 
 const PAGE: usize = 4096;
@@ -11,54 +12,39 @@ fn mapped(p: *const u8) -> bool {
 }
 
 #[test]
-fn spare_mappings_are_reused_capped_and_trimmed() {
-    // Same length: the very mapping comes back, zeroed for calloc.
-    let p = heap::malloc(40000);
-    unsafe { p.write_bytes(0xAB, 40960) };
-    unsafe { heap::free(p) };
-    assert_eq!(heap::spare_large_bytes(), 40960);
-    let q = heap::calloc(1, 40000);
-    assert_eq!(q, p);
-    assert_eq!(heap::spare_large_bytes(), 0);
-    let bytes = unsafe { std::slice::from_raw_parts(q, 40960) };
-    assert!(bytes.iter().all(|&b| b == 0), "calloc returned old bytes");
+fn only_blocks_beyond_the_medium_limit_are_unmapped() {
+    assert_eq!(heap::MEDIUM_MAX, 256 * 1024);
+    let medium = heap::malloc(heap::MEDIUM_MAX);
+    let large = heap::malloc(heap::MEDIUM_MAX + 1);
+    assert_eq!(heap::usable_size(medium), 256 * 1024);
+    assert_eq!(heap::usable_size(large), 260 * 1024);
+    unsafe {
+        medium.write_bytes(1, heap::MEDIUM_MAX);
+        large.write_bytes(2, heap::MEDIUM_MAX + 1);
+        heap::free(medium);
+        heap::free(large);
+    }
+    assert!(mapped(medium), "a freed medium run stays mapped");
+    assert!(!mapped(large), "a freed large block is unmapped");
 
-    // Shorter: the same mapping, its tail unmapped, the usable size exact.
+    // Aligned beyond a page: its own mapping, whatever its size.
+    for align in [8192, 65536, 1 << 20] {
+        let p = heap::aligned(align, 50_000);
+        assert_eq!(p as usize % align, 0, "align {align}");
+        assert_eq!(heap::usable_size(p), 53248, "align {align}");
+        unsafe {
+            p.write_bytes(3, 50_000);
+            heap::free(p);
+        }
+        assert!(!mapped(p), "align {align}: still mapped");
+    }
+
+    // A large block shrunk by realloc stays a mapping of its own, resized in place or moved.
+    let p = heap::malloc(1 << 20);
+    unsafe { p.write_bytes(4, 1 << 20) };
+    let q = unsafe { heap::realloc(p, 100_000) };
+    assert_eq!(heap::usable_size(q), 102_400);
+    assert!((0..100_000).all(|i| unsafe { *q.add(i) } == 4));
     unsafe { heap::free(q) };
-    let s = heap::malloc(36000);
-    assert_eq!(s, p);
-    assert_eq!(heap::usable_size(s), 36864);
-    assert!(!mapped(unsafe { p.add(36864) }), "tail still mapped");
-
-    // Longer: extended (maybe moved), the old bytes kept, the usable size exact.
-    unsafe { s.write_bytes(7, 36864) };
-    unsafe { heap::free(s) };
-    let t = heap::malloc(50000);
-    assert_eq!(heap::usable_size(t), 53248);
-    assert_eq!(unsafe { *t.add(36863) }, 7);
-    assert_eq!(heap::spare_large_bytes(), 0);
-
-    // A trim unmaps the spares.
-    unsafe { heap::free(t) };
-    assert_eq!(heap::spare_large_bytes(), 53248);
-    heap::trim();
-    assert_eq!(heap::spare_large_bytes(), 0);
-    assert!(!mapped(t), "trimmed spare still mapped");
-
-    // The byte cap (1 MiB): five 200 KiB mappings are kept, the next three unmapped.
-    let blocks: Vec<*mut u8> = (0..8).map(|_| heap::malloc(200 * 1024)).collect();
-    for &b in &blocks {
-        unsafe { heap::free(b) };
-    }
-    assert_eq!(heap::spare_large_bytes(), 5 * 200 * 1024);
-    for (i, &b) in blocks.iter().enumerate() {
-        assert_eq!(mapped(b), i < 5, "block {i}");
-    }
-
-    // Longer than a quarter of the cap: never kept.
-    heap::trim();
-    let big = heap::malloc(300 * 1024);
-    unsafe { heap::free(big) };
-    assert_eq!(heap::spare_large_bytes(), 0);
-    assert!(!mapped(big));
+    assert!(!mapped(q));
 }
