@@ -138,7 +138,7 @@ impl Collected {
         if due {
             self.last_rss = Some(std::time::Instant::now());
             if let Some(bytes) = crate::recording::read_rss(pid) {
-                let ts_ns = crate::monotonic_ns();
+                let ts_ns = crate::capture::monotonic_ns();
                 self.recorder.analyses.observe_rss(ts_ns, bytes);
                 if let Some(sink) = &mut self.recording {
                     sink.rss(ts_ns, bytes);

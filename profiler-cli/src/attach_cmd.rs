@@ -1,0 +1,131 @@
+//! `memprof attach PID`: a running process's session; the target keeps running after it.
+use std::path::Path;
+
+use anyhow::{Result, anyhow, bail};
+use profiler_core::heap::Mode;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    capture::{monotonic_ns, prepare, probe_config, salvage},
+    cli::CaptureArgs,
+    privileges,
+    recorder::Collected,
+    recording, report, session,
+    session::Stop,
+    targets::LookupOrder,
+};
+
+/// `memprof attach PID`: probe a running process, collect, detach and leave it running.
+pub async fn attach(
+    capture: &CaptureArgs,
+    pid: u32,
+    duration: Option<std::time::Duration>,
+) -> Result<i32> {
+    check_attachable(pid)?;
+    privileges::check()?;
+    let config = probe_config(capture)?;
+    let (mut probes, sites, warnings) =
+        prepare(pid, config, || LookupOrder::for_running_process(pid))?;
+    let ring = probes.take_ring()?;
+    let mut collected = Collected::new(Mode::Attach);
+    collected.recorder.analyses.set_ops(capture.ops);
+    collected.unwind_for(pid, capture.max_depth);
+    collected.allocator_code(pid, &sites);
+    collected.warnings = warnings;
+    let start_ns = monotonic_ns();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let command_line = cmdline(pid).unwrap_or_else(|| vec![exe.display().to_string()]);
+    let session = recording::SessionStart {
+        command: command_line.clone(),
+        pid,
+        mode: Mode::Attach,
+        start_ns,
+    };
+    recording::start(&mut collected, capture, session)?;
+    // Handlers first: whoever reads "attached" may send SIGINT at once.
+    let mut interrupts = signal(SignalKind::interrupt())?;
+    let mut terminations = signal(SignalKind::terminate())?;
+    eprintln!(
+        "memprof: attached to {pid} ({}); Ctrl-C to stop",
+        exe.display()
+    );
+    let stop = async move {
+        let elapsed = async {
+            match duration {
+                Some(duration) => tokio::time::sleep(duration).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupts.recv() => Stop::Interrupted,
+            _ = terminations.recv() => Stop::Interrupted,
+            _ = elapsed => Stop::DurationElapsed,
+            _ = session::process_exit(pid) => Stop::TargetExited,
+        }
+    };
+    let collect_result = session::collect(ring, &mut collected, &probes, pid, stop).await;
+    let end_ns = monotonic_ns();
+    probes.detach();
+    let (reason, mut ring) = match collect_result {
+        Ok(collected_ring) => collected_ring,
+        Err(error) => {
+            let span = (start_ns, end_ns);
+            salvage(
+                &mut collected,
+                &probes,
+                Mode::Attach,
+                command_line,
+                pid,
+                span,
+                &sites,
+                capture,
+            );
+            return Err(error);
+        }
+    };
+    session::drain(&mut ring, &mut collected);
+    let mut counters = probes.counters()?;
+    counters.stack_errors += collected.unwind_errors();
+    if reason == Stop::TargetExited {
+        eprintln!("memprof: process {pid} exited");
+    }
+    let meta = report::Meta {
+        mode: Mode::Attach,
+        command: command_line,
+        pid,
+        exit: None,
+        start_ns,
+        end_ns,
+        sites: &sites,
+        counters,
+    };
+    recording::finish_session(&mut collected, &meta, capture)?;
+    Ok(0)
+}
+
+fn check_attachable(pid: u32) -> Result<()> {
+    let proc_dir = format!("/proc/{pid}");
+    if pid == 0 || !Path::new(&proc_dir).exists() {
+        bail!("no process with pid {pid}");
+    }
+    if pid == std::process::id() {
+        bail!("memprof cannot profile itself");
+    }
+    match std::fs::read_link(format!("{proc_dir}/exe")) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(anyhow!("not permitted to trace process {pid} (try sudo)"))
+        }
+        Err(_) => bail!("process {pid} has no user-space program to profile (a kernel thread?)"),
+    }
+}
+
+fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    (!args.is_empty()).then_some(args)
+}

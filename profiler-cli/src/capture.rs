@@ -1,0 +1,74 @@
+//! What `run` and `attach` share: the probe configuration, loading and attaching the probes,
+//! saving what was collected when the collection loop fails, and the probes' clock.
+use anyhow::Result;
+use profiler_core::heap::Mode;
+
+use crate::{
+    cli::{self, CaptureArgs},
+    probes::{ProbeConfig, Probes},
+    recorder::Collected,
+    recording, report,
+    targets::{LookupOrder, ProbeSite},
+};
+
+pub fn probe_config(capture: &CaptureArgs) -> Result<ProbeConfig> {
+    Ok(ProbeConfig {
+        ring_bytes: capture.ring_bytes()?,
+        stack_depth: capture.max_depth,
+        unwind_mode: match capture.unwind {
+            cli::Unwind::Fp => profiler_common::unwind_mode::FRAME_POINTERS,
+            cli::Unwind::Dwarf => profiler_common::unwind_mode::DWARF,
+        },
+        stack_bytes: capture.stack_bytes()?,
+    })
+}
+
+/// The collection loop failed: still write what was collected (report and recording) before
+/// the error is reported.
+#[expect(clippy::too_many_arguments, reason = "the pieces of a session's Meta")]
+pub fn salvage(
+    collected: &mut Collected,
+    probes: &Probes,
+    mode: Mode,
+    command: Vec<String>,
+    pid: u32,
+    (start_ns, end_ns): (u64, u64),
+    sites: &[ProbeSite],
+    capture: &CaptureArgs,
+) {
+    let mut counters = probes.counters().unwrap_or_default();
+    counters.stack_errors += collected.unwind_errors();
+    let meta = report::Meta {
+        mode,
+        command,
+        pid,
+        exit: None,
+        start_ns,
+        end_ns,
+        sites,
+        counters,
+    };
+    if let Err(error) = recording::finish_session(collected, &meta, capture) {
+        eprintln!("memprof: error: {error:#}");
+    }
+}
+
+/// Finds the probe sites, loads the programs and attaches them.
+/// Also returns warnings about calls the probes cannot see.
+pub fn prepare(
+    pid: u32,
+    config: ProbeConfig,
+    order: impl FnOnce() -> Result<LookupOrder>,
+) -> Result<(Probes, Vec<ProbeSite>, Vec<String>)> {
+    let (sites, warnings) = order()?.probe_plan()?;
+    let mut probes = Probes::load(pid, config)?;
+    probes.attach(pid, &sites)?;
+    Ok((probes, sites, warnings))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}

@@ -1,0 +1,152 @@
+//! `memprof run -- CMD`: the launched target's session.
+use std::ffi::OsString;
+
+use anyhow::{Context as _, Result};
+use nix::sys::signal::{Signal, kill};
+use profiler_core::{heap::Mode, maps::ProcessMaps};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    capture::{monotonic_ns, prepare, probe_config, salvage},
+    cli::CaptureArgs,
+    launch, privileges,
+    recorder::Collected,
+    recording, report, session,
+    session::Stop,
+    target_modules,
+    targets::LookupOrder,
+};
+
+/// `memprof run -- CMD`: launch stopped at exec, probe, resume, collect until it exits.
+pub async fn run_command(
+    capture: &CaptureArgs,
+    command: &[OsString],
+    child_env: &[(String, String)],
+) -> Result<i32> {
+    privileges::check()?;
+    let config = probe_config(capture)?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // While it exits: its maps (for symbolization) and its peak RSS.
+    // The maps also go straight to the unwinder: records drained after the target died may
+    // come from libraries mapped since the collector last read the maps.
+    let exit_maps = target_modules::SharedMaps::default();
+    let read_maps = {
+        let exit_maps = exit_maps.clone();
+        move |pid: nix::unistd::Pid| {
+            let maps = ProcessMaps::read(pid.as_raw() as u32).ok();
+            if let Ok(mut shared) = exit_maps.lock() {
+                shared.clone_from(&maps);
+            }
+            Some((maps, launch::peak_rss(pid)))
+        }
+    };
+    let child = launch::launch(command.to_vec(), child_env.to_vec(), read_maps, done_tx)?;
+    let pid = child.pid.as_raw() as u32;
+    let prepared = prepare(pid, config, || {
+        // The child's environment: ours with --env applied (an LD_PRELOAD there changes
+        // which library provides malloc).
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(key, _)| !child_env.iter().any(|(k, _)| k == key))
+            .collect();
+        env.extend(child_env.iter().cloned());
+        LookupOrder::for_new_process(pid, &env)
+    });
+    let (mut probes, sites, warnings) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            // Never leave a stopped child behind.
+            child.abandon();
+            return Err(error);
+        }
+    };
+    let ring = probes.take_ring()?;
+    let mut collected = Collected::new(Mode::Run);
+    collected.recorder.analyses.set_ops(capture.ops);
+    collected.unwind_for(pid, capture.max_depth);
+    collected.allocator_code(pid, &sites);
+    collected.watch_exit_maps(exit_maps);
+    collected.warnings = warnings;
+    let start_ns = monotonic_ns();
+    let command_line: Vec<String> = command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let session = recording::SessionStart {
+        command: command_line.clone(),
+        pid,
+        mode: Mode::Run,
+        start_ns,
+    };
+    if let Err(error) = recording::start(&mut collected, capture, session) {
+        child.abandon();
+        return Err(error);
+    }
+
+    // The terminal sends Ctrl-C to the whole foreground group, so the child gets it directly;
+    // memprof keeps collecting until the child is gone. SIGTERM sent to memprof is passed on.
+    let mut interrupts = signal(SignalKind::interrupt())?;
+    let mut terminations = signal(SignalKind::terminate())?;
+    let child_pid = child.pid;
+    child.resume();
+    let mut ended = None;
+    let stop = async {
+        tokio::pin!(done_rx);
+        loop {
+            tokio::select! {
+                outcome = &mut done_rx => {
+                    ended = outcome.ok();
+                    return Stop::TargetExited;
+                }
+                _ = interrupts.recv() => {}
+                _ = terminations.recv() => { let _ = kill(child_pid, Signal::SIGTERM); }
+            }
+        }
+    };
+    let collect_result = session::collect(ring, &mut collected, &probes, pid, stop).await;
+    let end_ns = monotonic_ns();
+    probes.detach();
+    let mut ring = match collect_result {
+        Ok((_, ring)) => ring,
+        Err(error) => {
+            let span = (start_ns, end_ns);
+            salvage(
+                &mut collected,
+                &probes,
+                Mode::Run,
+                command_line,
+                pid,
+                span,
+                &sites,
+                capture,
+            );
+            return Err(error);
+        }
+    };
+    let (exit, at_exit) = ended.context("lost track of the target")?;
+    let (maps_at_exit, peak_rss) = at_exit.unwrap_or_default();
+    collected.peak_rss_bytes = peak_rss;
+    // The exit maps first: what is still queued may have been allocated from libraries
+    // mapped since the last read, and the target is gone now.
+    if let Some(maps) = maps_at_exit {
+        collected.merge_maps(maps);
+    }
+    session::drain(&mut ring, &mut collected);
+    let mut counters = probes.counters()?;
+    counters.stack_errors += collected.unwind_errors();
+    let exit = exit?;
+    let meta = report::Meta {
+        mode: Mode::Run,
+        command: command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        pid,
+        exit: Some(exit),
+        start_ns,
+        end_ns,
+        sites: &sites,
+        counters,
+    };
+    recording::finish_session(&mut collected, &meta, capture)?;
+    Ok(exit.status())
+}
