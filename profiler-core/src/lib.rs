@@ -18,7 +18,7 @@
 //! 7. [`session`] ends a session, live or replayed: the report and every file built from it;
 //!    [`offline`] rebuilds a session from a recording (`memprof report`).
 //!
-//! [`fasthash`] and [`demangle`] are small helpers for steps 2-4.
+//! [`fasthash`], [`demangle`] and [`load_segments`] are small helpers for steps 2-4.
 
 pub mod allocator_code;
 pub mod analysis;
@@ -26,6 +26,7 @@ pub mod demangle;
 pub mod event;
 pub mod fasthash;
 pub mod heap;
+pub mod load_segments;
 pub mod maps;
 pub mod offline;
 pub mod output;

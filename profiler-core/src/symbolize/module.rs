@@ -5,20 +5,14 @@ use super::debug_file::{self, DebugFile};
 use super::{Frame, ModuleInfo};
 use crate::demangle::demangle;
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+use crate::load_segments::LoadSegments;
 use std::path::Path;
 use std::sync::Arc;
 
 /// DWARF sections share the file's bytes through an `Arc`: no copy per section.
 type DwarfReader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
-
-/// A PT_LOAD segment: file bytes `[file_offset, file_offset + file_size)` live at `vaddr`.
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    file_offset: u64,
-    file_size: u64,
-    vaddr: u64,
-}
 
 #[derive(Debug)]
 struct Symbol {
@@ -33,7 +27,7 @@ struct Symbol {
 /// What one ELF file offers for symbolization.
 pub(super) struct Module {
     pub info: ModuleInfo,
-    segments: Vec<Segment>,
+    segments: LoadSegments,
     /// Sorted by start address.
     symbols: Vec<Symbol>,
     dwarf: Option<addr2line::Context<DwarfReader>>,
@@ -51,17 +45,7 @@ impl Module {
     /// separate debug file under `debug_root` when it carries no DWARF itself.
     pub fn parse(bytes: Arc<[u8]>, path: &Path, debug_root: &Path) -> object::Result<Module> {
         let file = object::File::parse(&*bytes)?;
-        let segments = file
-            .segments()
-            .map(|segment| {
-                let (file_offset, file_size) = segment.file_range();
-                Segment {
-                    file_offset,
-                    file_size,
-                    vaddr: segment.address(),
-                }
-            })
-            .collect();
+        let segments = LoadSegments::of(&file);
         let mut info = ModuleInfo {
             path: path.to_path_buf(),
             build_id: debug_file::build_id_hex(&file),
@@ -101,10 +85,7 @@ impl Module {
 
     /// The virtual address the byte at `offset` in the file is loaded at.
     pub fn vaddr_of(&self, offset: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|s| offset >= s.file_offset && offset - s.file_offset < s.file_size)
-            .map(|s| s.vaddr + (offset - s.file_offset))
+        self.segments.vaddr_of(offset)
     }
 
     /// The frames of the code at `vaddr`, innermost first: the functions inlined there, then

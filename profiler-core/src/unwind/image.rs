@@ -8,7 +8,9 @@ use std::fs::File;
 use std::ops::Range;
 use std::sync::Arc;
 
-use object::{Object, ObjectSection, ObjectSegment, ReadCache, ReadRef};
+use object::{Object, ObjectSection, ReadCache, ReadRef};
+
+use crate::load_segments::LoadSegments;
 
 /// Why a module's unwind information could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -27,20 +29,12 @@ struct Section {
     data: Option<Arc<[u8]>>,
 }
 
-/// A `PT_LOAD` segment, to find where a mapping's file offset sits in the file's addresses.
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    file_offset: u64,
-    file_size: u64,
-    vaddr: u64,
-}
-
 /// The unwind sections and load segments of one ELF file.
 #[derive(Debug)]
 pub struct ModuleImage {
     pub name: String,
     sections: Vec<Section>,
-    segments: Vec<Segment>,
+    segments: LoadSegments,
 }
 
 /// Sections whose address framehop uses as a DWARF base (`.text`, `.got`) or reads.
@@ -96,17 +90,7 @@ impl ModuleImage {
                 data,
             });
         }
-        let segments = file
-            .segments()
-            .map(|segment| {
-                let (file_offset, file_size) = segment.file_range();
-                Segment {
-                    file_offset,
-                    file_size,
-                    vaddr: segment.address(),
-                }
-            })
-            .collect();
+        let segments = LoadSegments::of(&file);
         Ok(ModuleImage {
             name,
             sections,
@@ -123,22 +107,7 @@ impl ModuleImage {
     /// add to a file address (SVMA) to get the process address (AVMA). None when no load
     /// segment covers the offset.
     pub fn bias(&self, start: u64, offset: u64) -> Option<u64> {
-        // ld.so maps each segment from its page-aligned file offset, so that is the segment
-        // a mapping starts with; two segments may share a page (the end of one, the start of
-        // the next), so an exact match comes before a segment merely containing the offset.
-        let page_start = |s: &Segment| s.file_offset & !0xfff;
-        let segment = self
-            .segments
-            .iter()
-            .find(|s| page_start(s) == offset)
-            .or_else(|| {
-                self.segments
-                    .iter()
-                    .find(|s| page_start(s) <= offset && offset < s.file_offset + s.file_size)
-            })?;
-        // The byte at file offset `o` of this segment is at vaddr `o - file_offset + vaddr`.
-        let svma = (offset + segment.vaddr).checked_sub(segment.file_offset)?;
-        Some(start.wrapping_sub(svma))
+        self.segments.bias(start, offset)
     }
 
     /// The framehop view of this image.
