@@ -235,8 +235,8 @@ pub fn trim() -> usize {
     (0..CLASSES.len()).map(|class| CENTRAL.trim(class)).sum()
 }
 
-/// Bytes of freed medium runs still resident (at most [`MEDIUM_DIRTY_LIMIT`] plus the run
-/// that crossed it; [`trim`] gives them back).
+/// Bytes of freed medium runs that may still be resident (at most [`MEDIUM_DIRTY_LIMIT`];
+/// [`trim`] gives them back).
 pub fn free_medium_dirty_bytes() -> usize {
     medium::free_dirty_bytes()
 }

@@ -172,7 +172,7 @@ impl Runs {
         let start = if b < BINS - 1 {
             self.heads.get(b).copied()?
         } else {
-            self.shortest_long()?
+            self.shortest_long(len)?
         };
         let free = self.free_at(start)?;
         self.unlink(start, free);
@@ -180,13 +180,13 @@ impl Runs {
         Some(start)
     }
 
-    /// The shortest run of the last bin (all of them are longer than any exact bin's).
-    fn shortest_long(&self) -> Option<u32> {
+    /// The shortest run of the last bin at least `at_least` pages long.
+    fn shortest_long(&self, at_least: u32) -> Option<u32> {
         let mut page = self.heads.get(BINS - 1).copied()?;
         let mut best: Option<(u32, u32)> = None;
         while page != NIL {
             let len = self.get(page).tag >> LEN_SHIFT;
-            if best.is_none_or(|(_, l)| len < l) {
+            if len >= at_least && best.is_none_or(|(_, l)| len < l) {
                 best = Some((page, len));
             }
             page = self.get(page).next;
@@ -339,6 +339,97 @@ mod tests {
         runs
     }
 
+    /// Walks the tiling and the bins: runs tile every page, no two free runs are adjacent,
+    /// interior tags are clear, the bins hold exactly the free runs, and the dirty count adds
+    /// up. Returns (allocated pages, free pages).
+    fn check(r: &Runs) -> (u32, u32) {
+        let (mut page, mut used, mut free, mut dirty, mut free_runs) = (0, 0, 0, 0, 0);
+        let mut previous_free = false;
+        while page < r.pages {
+            let tag = r.get(page).tag;
+            assert_ne!(tag & START, 0, "no run starts at {page}");
+            let len = tag >> LEN_SHIFT;
+            assert!(len > 0 && page + len <= r.pages);
+            let end = r.get(page + len - 1).tag;
+            assert_ne!(end & END, 0, "run at {page} has no end tag");
+            assert_eq!(end >> LEN_SHIFT, len);
+            for inner in page + 1..page + len - 1 {
+                assert_eq!(r.get(inner).tag, 0, "tag inside the run at {page}");
+            }
+            let is_free = tag & FREE != 0;
+            assert!(!(is_free && previous_free), "adjacent free runs at {page}");
+            if is_free {
+                free += len;
+                free_runs += 1;
+                dirty += (page..page + len).filter(|&p| r.get(p).dirty != 0).count() as u32;
+            } else {
+                used += len;
+            }
+            previous_free = is_free;
+            page += len;
+        }
+        assert_eq!(dirty, r.free_dirty);
+        let mut binned = 0;
+        for b in 0..BINS {
+            assert_eq!(r.nonempty & (1 << b) != 0, r.heads[b] != NIL, "bin {b}");
+            let (mut run, mut prev) = (r.heads[b], NIL);
+            while run != NIL {
+                let len = r.free_at(run).expect("a binned run is free");
+                assert_eq!(bin(len), b);
+                assert_eq!(r.get(run).prev, prev);
+                binned += 1;
+                prev = run;
+                run = r.get(run).next;
+            }
+        }
+        assert_eq!(binned, free_runs);
+        (used, free)
+    }
+
+    #[test]
+    fn random_operations_keep_the_tiling_sound() {
+        let mut map = Vec::new();
+        let mut r = runs(&mut map, 4096);
+        let mut live: Vec<(u32, u32)> = Vec::new();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for step in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = 1 + (state >> 20) as u32 % 80;
+            match state % 7 {
+                0..=2 => {
+                    if let Some(page) = r.take(len, |_, _| {}) {
+                        live.push((page, len));
+                    }
+                }
+                3 | 4 if !live.is_empty() => {
+                    let (page, len) = live.swap_remove((state >> 40) as usize % live.len());
+                    assert_eq!(r.release(page), Some(len));
+                }
+                5 if !live.is_empty() => {
+                    let i = (state >> 40) as usize % live.len();
+                    if r.resize(live[i].0, len) {
+                        live[i].1 = len;
+                    }
+                }
+                _ => {
+                    r.purge((state >> 30) as u32 % 64, |_, _| {});
+                }
+            }
+            if step % 10 == 0 {
+                let (used, _) = check(&r);
+                assert_eq!(used, live.iter().map(|b| b.1).sum::<u32>(), "step {step}");
+            }
+        }
+        for (page, _) in live.drain(..) {
+            r.release(page);
+        }
+        // Everything merged back into one free run.
+        assert_eq!(check(&r), (0, 4096));
+        assert_eq!(r.take(4096, |_, _| {}), Some(0));
+    }
+
     fn take(runs: &mut Runs, len: u32) -> (u32, Vec<(u32, u32)>) {
         let mut dirty = Vec::new();
         let page = runs
@@ -424,6 +515,7 @@ mod tests {
         r.release(a);
         r.release(c);
         // Free: 100 at 0, 80 at 101, 218 at 182: the shortest fitting long run is taken.
+        assert_eq!(r.take(219, |_, _| {}), None);
         assert_eq!(take(&mut r, 70).0, 101);
         assert_eq!(take(&mut r, 90).0, 0);
         assert_eq!(take(&mut r, 200).0, 182);

@@ -41,7 +41,8 @@ fn dirty_free_runs_are_given_back_past_the_limit_and_on_trim() {
         unsafe { heap::free(p as *mut u8) };
         assert!(heap::free_medium_dirty_bytes() <= heap::MEDIUM_DIRTY_LIMIT);
     }
-    // Every 11th free crossed the 2 MiB limit and gave everything back: 9 blocks stay dirty.
+    // The freed blocks merge into one free run. Every 11th free crosses the 2 MiB limit and
+    // gives back the longest runs, here that one whole: 9 blocks stay dirty.
     assert_eq!(heap::free_medium_dirty_bytes(), 9 * BLOCK);
     assert_eq!(resident_pages(start, span), 9 * BLOCK / PAGE);
     let freed = rss_kib();
