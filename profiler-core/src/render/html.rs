@@ -210,7 +210,7 @@ impl Page {
         );
         self.html.push_str(
             "<table>\n<tr><th>bytes</th><th>blocks</th><th>first seen</th><th>last seen</th>\
-             <th>allocated at (innermost frame first)</th></tr>\n",
+             <th>allocated in (click for the stack, innermost frame first)</th></tr>\n",
         );
         for site in report.leaks.iter().take(MAX_LEAK_ROWS) {
             let _ = writeln!(
