@@ -12,7 +12,7 @@ use crate::{
     classes::{CLASS_COUNT, CLASSES, in_range},
     lock::SpinLock,
     region::{self, SLAB},
-    slab::Slab,
+    slab::{HEADER, STATE_LINE, Slab},
 };
 
 /// A free block: its first word links to the next one.
@@ -68,42 +68,52 @@ struct Class {
     trim_at: usize,
 }
 
+/// A class's lock and list on cache lines of their own, so that threads exchanging blocks of
+/// different classes do not contend for one line (all the locks used to share one). 128 bytes,
+/// as the adjacent-line prefetcher pairs lines.
+#[repr(C, align(128))]
+struct List {
+    lock: SpinLock,
+    class: UnsafeCell<Class>,
+}
+
 pub struct Central {
-    locks: [SpinLock; CLASS_COUNT],
-    classes: [UnsafeCell<Class>; CLASS_COUNT],
+    lists: [List; CLASS_COUNT],
 }
 
 // SAFETY: each class is only touched under its lock.
 unsafe impl Sync for Central {}
 
 pub static CENTRAL: Central = Central {
-    locks: [const { SpinLock::new() }; CLASS_COUNT],
-    classes: [const {
-        UnsafeCell::new(Class {
-            free: Chain::EMPTY,
-            carve: 0,
-            carve_end: 0,
-            trim_at: TRIM_FIRST,
-        })
+    lists: [const {
+        List {
+            lock: SpinLock::new(),
+            class: UnsafeCell::new(Class {
+                free: Chain::EMPTY,
+                carve: 0,
+                carve_end: 0,
+                trim_at: TRIM_FIRST,
+            }),
+        }
     }; CLASS_COUNT],
 };
 
 impl Central {
     pub fn lock_all(&self) {
-        self.locks.iter().for_each(SpinLock::lock);
+        self.lists.iter().for_each(|list| list.lock.lock());
     }
 
     pub fn unlock_all(&self) {
-        self.locks.iter().for_each(SpinLock::unlock);
+        self.lists.iter().for_each(|list| list.lock.unlock());
     }
 
     /// Up to `want` free blocks of `class`, or when the list is empty up to `want` never-used
     /// ones; nothing only when memory runs out.
     pub fn take(&self, class: usize, want: usize) -> Refill {
         let class = in_range(class);
-        self.locks[class].with(|| {
+        self.lists[class].lock.with(|| {
             // SAFETY: we hold the class lock.
-            let state = unsafe { &mut *self.classes[class].get() };
+            let state = unsafe { &mut *self.lists[class].class.get() };
             let mut out = Refill {
                 chain: Chain::EMPTY,
                 fresh: 0,
@@ -135,7 +145,18 @@ impl Central {
                 }
                 (state.carve, state.carve_end) = Slab::blocks_of(slab, block);
             }
-            let end = state.carve_end.min(state.carve + want * block);
+            // Up to the end of a state line when that at most doubles the range: the blocks
+            // of one line then go to one thread (see `slab::STATE_LINE`). Not for a single
+            // block: a thread without a cache takes exactly that one.
+            let first = region::slab_of(state.carve as *const u8) + HEADER;
+            let index = (state.carve - first) / block + want;
+            let rounded = index.next_multiple_of(STATE_LINE);
+            let index = if want > 1 && rounded - index <= want {
+                rounded
+            } else {
+                index
+            };
+            let end = state.carve_end.min(first + index * block);
             out.fresh = state.carve;
             out.fresh_end = end;
             // SAFETY: the carve slab is live; its counters change under this lock only.
@@ -151,9 +172,9 @@ impl Central {
         if chain.head.is_null() {
             return;
         }
-        self.locks[class].with(|| {
+        self.lists[class].lock.with(|| {
             // SAFETY: we hold the class lock; the chain's blocks are free and handed over.
-            let state = unsafe { &mut *self.classes[class].get() };
+            let state = unsafe { &mut *self.lists[class].class.get() };
             unsafe { (*chain.tail).next = state.free.head };
             if state.free.head.is_null() {
                 state.free.tail = chain.tail;
@@ -172,9 +193,9 @@ impl Central {
     /// many were released.
     pub fn trim(&self, class: usize) -> usize {
         let class = in_range(class);
-        self.locks[class].with(|| {
+        self.lists[class].lock.with(|| {
             // SAFETY: we hold the class lock.
-            let state = unsafe { &mut *self.classes[class].get() };
+            let state = unsafe { &mut *self.lists[class].class.get() };
             // SAFETY: as above.
             let released = unsafe { trim_class(state) };
             state.trim_at = (2 * state.free.count * CLASSES[class]).max(TRIM_FIRST);

@@ -9,7 +9,7 @@ use core::{
 use crate::{
     cache,
     central::{CENTRAL, Chain, Free},
-    classes::{CLASSES, MAX_SMALL, PAGE, class_index, in_range},
+    classes::{CLASSES, PAGE, SLAB_MAX, class_index, in_range, slab_class},
     large, medium, region, slab,
     stats::{self, Pending},
 };
@@ -102,7 +102,7 @@ fn record(cache: *mut cache::ThreadCache, f: impl FnOnce(&mut Pending)) {
 #[inline]
 pub fn malloc(size: usize) -> *mut u8 {
     ensure_init();
-    let p = match class_index(size) {
+    let p = match slab_class(size) {
         Some(class) => small(class).or_else(|| page_path(size, PAGE, false)),
         None => page_path(size, PAGE, false),
     };
@@ -170,7 +170,7 @@ pub fn calloc(count: usize, size: usize) -> *mut u8 {
         unsafe { ptr::write_bytes(p, 0, total) };
         Some(p)
     };
-    let p = match class_index(total) {
+    let p = match slab_class(total) {
         Some(class) => zeroed_small(class).or_else(|| page_path(total, PAGE, true)),
         None => page_path(total, PAGE, true),
     };
@@ -291,7 +291,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
         {
             return p;
         }
-    } else if old > 0 && size > MAX_SMALL {
+    } else if old > 0 && size > SLAB_MAX {
         let Some(len) = size.checked_add(PAGE - 1).map(|s| s & !(PAGE - 1)) else {
             stats::failed();
             return ptr::null_mut();
@@ -354,7 +354,7 @@ pub fn aligned(align: usize, size: usize) -> *mut u8 {
     ensure_init();
     if align <= PAGE
         && let Some(padded) = size.checked_add(align - MIN_ALIGN)
-        && padded <= MAX_SMALL
+        && padded <= SLAB_MAX
     {
         let p = malloc(padded);
         if p.is_null() {

@@ -1,12 +1,13 @@
 //! memprof's own allocator, one of the allocators memprof compares.
 //!
-//! - Small requests (up to 32768 bytes) are rounded up to a size class ([`classes`]) and served
+//! - Small requests (up to 14336 bytes) are rounded up to a size class ([`classes`]) and served
 //!   from per-thread caches ([`cache`]), which exchange batches with per-class central lists
 //!   ([`central`]); those carve blocks from 256 KiB slabs ([`slab`]) in one reserved region
 //!   ([`region`]).
-//! - Requests up to 256 KiB above that get runs of whole pages from their own part of the
-//!   region ([`medium`]), kept as free runs that merge with their neighbours ([`runs`]); dirty
-//!   free pages go back to the kernel past a bound.
+//! - Requests up to 256 KiB above that (the classes from 16384 to 32768 are whole pages) get
+//!   runs of whole pages from their own part of the region ([`medium`]), kept as free runs that
+//!   merge with their neighbours ([`runs`]); dirty free pages go back to the kernel past a
+//!   bound.
 //! - Larger requests get their own page-rounded mapping ([`large`]).
 //! - [`heap`] holds the malloc-style entry points; [`MemprofAlloc`] makes them Rust's global
 //!   allocator, and the `memprof-alloc-preload` crate exports them as the C API.

@@ -1,4 +1,5 @@
-//! The medium path: requests above the largest class up to [`MAX`] bytes get a run of whole
+//! The medium path: requests above the largest slab class up to [`MAX`] bytes (the classes
+//! above [`crate::classes::SLAB_MAX`] are whole pages, so those too) get a run of whole
 //! pages from their own part of the reserved region ([`region::medium_area`]), kept by
 //! [`Runs`] under one lock. Freed runs merge with free neighbours and are reused as they are,
 //! still resident: no system call and no page fault on the common path (an mmap per block

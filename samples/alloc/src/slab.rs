@@ -17,8 +17,14 @@ use crate::{
 };
 
 pub const HEADER: usize = 2048;
+/// The fixed fields' part of the header: a cache line of its own, read by every free, which
+/// the state bytes' stores (from whichever thread) must not keep invalidating.
+const FIXED: usize = 64;
 /// State bytes that fit in the header after its fixed fields.
-const MAX_BLOCKS: usize = HEADER - 32;
+const MAX_BLOCKS: usize = HEADER - FIXED;
+/// Blocks whose state bytes share one cache line: the central lists hand out fresh blocks in
+/// whole lines where they can, so that two threads do not write the same line.
+pub const STATE_LINE: usize = 64;
 /// `offset * magic >> SHIFT == offset / block` for every offset inside a slab (tested).
 const SHIFT: u32 = 40;
 
@@ -34,10 +40,12 @@ pub struct Slab {
     /// Scratch count of this slab's blocks on the central list while it is trimmed (under the
     /// class's lock), and the link of released slabs (under the region's lock).
     pub scratch: usize,
+    _fixed_end: [u8; FIXED - 32],
     state: [AtomicU8; MAX_BLOCKS],
 }
 
 const _: () = assert!(core::mem::size_of::<Slab>() <= HEADER);
+const _: () = assert!(core::mem::offset_of!(Slab, state) == FIXED);
 
 /// Blocks in a slab of `block`-byte blocks.
 pub const fn block_count(block: usize) -> usize {
@@ -170,8 +178,8 @@ mod tests {
     #[test]
     fn blocks_fit_the_slab_and_the_header_state_bytes() {
         assert_eq!(core::mem::size_of::<Slab>(), HEADER);
-        assert_eq!(block_count(16), 2016);
-        assert_eq!(block_count(128), 2016);
+        assert_eq!(block_count(16), 1984);
+        assert_eq!(block_count(128), 1984);
         assert_eq!(block_count(160), 1625);
         assert_eq!(block_count(32768), 7);
         for &block in CLASSES.iter() {

@@ -1,6 +1,7 @@
 //! A class in use costs as few pages as its blocks need: its first block shares a page with
-//! its slab's header. One test in this binary, so that every class's first slab is its own.
-use memprof_alloc::{CLASSES, heap};
+//! its slab's header. Only tests of fresh classes in this binary, so that every class's first
+//! slab is its own.
+use memprof_alloc::{CLASSES, classes::SLAB_MAX, heap};
 
 const PAGE: usize = 4096;
 /// Slabs are 256 KiB, aligned to their size (README, "Slabs").
@@ -17,7 +18,7 @@ fn resident_pages(start: usize, len: usize) -> usize {
 
 #[test]
 fn a_class_in_use_costs_only_the_pages_its_blocks_touch() {
-    for &class in CLASSES.iter() {
+    for &class in CLASSES.iter().filter(|&&c| c <= SLAB_MAX) {
         let p = heap::malloc(class);
         assert!(!p.is_null());
         unsafe { p.write_bytes(0x5A, class) };
@@ -34,6 +35,19 @@ fn a_class_in_use_costs_only_the_pages_its_blocks_touch() {
         if class <= 2048 {
             assert_eq!(expected, 1, "class {class} needs a second page");
         }
+        unsafe { heap::free(p) };
+    }
+}
+
+#[test]
+fn classes_above_the_slab_limit_are_page_runs_of_their_size() {
+    for &class in CLASSES.iter().filter(|&&c| c > SLAB_MAX) {
+        let p = heap::malloc(class - 100);
+        assert!(!p.is_null());
+        assert_eq!(p as usize % PAGE, 0, "class {class}");
+        assert_eq!(heap::usable_size(p), class);
+        unsafe { p.write_bytes(0x5A, class) };
+        assert_eq!(resident_pages(p as usize, class), class / PAGE);
         unsafe { heap::free(p) };
     }
 }
