@@ -99,7 +99,12 @@ impl Collected {
             }
             Err(_) => self.malformed += 1,
         }
+        // Maps the unwinder read for an unknown address (dlopen): recorded too, or an offline
+        // report could not symbolize a library unloaded before the next periodic read.
         if let Some(maps) = self.modules.take_fresh_maps() {
+            if let Some(sink) = &mut self.recording {
+                sink.maps(&maps, &mut self.build_ids);
+            }
             self.maps.merge(maps);
             self.recorder.allocator.update(&self.maps);
         }

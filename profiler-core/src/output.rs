@@ -36,9 +36,9 @@ pub struct FlameFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("cannot create output directory {path}: {source}")]
+    #[error("cannot create output directory {path}")]
     CreateDir { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
 }
 

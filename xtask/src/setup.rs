@@ -36,6 +36,8 @@ const PACKAGES: &[&str] = &[
     "binutils",
     // A headless browser opens report.html in profiler-core's HTML test.
     "chromium",
+    // memprof-alloc-preload's test runs sqlite3 under our allocator and under glibc.
+    "sqlite3",
 ];
 
 /// The eBPF crate is built with this toolchain (profiler-cli's build.rs). It must stay on
