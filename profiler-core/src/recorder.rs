@@ -71,12 +71,9 @@ impl Recorder {
         modules: &mut dyn ModuleSource,
     ) -> Result<Ingested, DecodeError> {
         let (mut event, record_stack) = decode(record)?;
-        // Only calls that create a block or region are ever attributed to a stack.
-        let wants_stack = event.kind.is_malloc_family()
-            || matches!(
-                event.kind,
-                profiler_common::EventKind::Mmap | profiler_common::EventKind::Mremap
-            );
+        // Only calls that create a block or region (those probed at return) are ever
+        // attributed to a stack.
+        let wants_stack = event.kind.needs_return_probe();
         let known_stacks = self.stacks.len();
         let truncated = match record_stack {
             _ if !wants_stack || event.stack_missing() => None,
