@@ -1,7 +1,7 @@
 //! `memprof attach PID`: a running process's session; the target keeps running after it.
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use profiler_core::heap::Mode;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -27,7 +27,9 @@ pub async fn attach(
     let (mut probes, sites, warnings) =
         prepare(pid, config, || LookupOrder::for_running_process(pid))?;
     let ring = probes.take_ring()?;
+    let loss_counters = probes.take_loss_counters()?;
     let mut collected = Collected::new(Mode::Attach);
+    collected.count_losses_with(loss_counters);
     collected.recorder.analyses.set_ops(capture.ops);
     collected.unwind_for(pid, capture.max_depth);
     collected.allocator_code(pid, &sites);
@@ -63,7 +65,7 @@ pub async fn attach(
             _ = session::process_exit(pid) => Stop::TargetExited,
         }
     };
-    let collect_result = session::collect(ring, &mut collected, &probes, pid, stop).await;
+    let collect_result = session::collect(ring, &mut collected, pid, stop).await;
     let end_ns = monotonic_ns();
     probes.detach();
     let (reason, mut ring) = match collect_result {
@@ -72,7 +74,6 @@ pub async fn attach(
             let span = (start_ns, end_ns);
             salvage(
                 &mut collected,
-                &probes,
                 Mode::Attach,
                 command_line,
                 pid,
@@ -84,8 +85,9 @@ pub async fn attach(
         }
     };
     session::drain(&mut ring, &mut collected);
-    let mut counters = probes.counters()?;
-    counters.stack_errors += collected.unwind_errors();
+    let counters = collected
+        .lost()
+        .context("cannot read the probes' loss counters")?;
     if reason == Stop::TargetExited {
         eprintln!("memprof: process {pid} exited");
     }

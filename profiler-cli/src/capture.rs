@@ -25,10 +25,8 @@ pub fn probe_config(capture: &CaptureArgs) -> Result<ProbeConfig> {
 
 /// The collection loop failed: still write what was collected (report and recording) before
 /// the error is reported.
-#[expect(clippy::too_many_arguments, reason = "the pieces of a session's Meta")]
 pub fn salvage(
     collected: &mut Collected,
-    probes: &Probes,
     mode: Mode,
     command: Vec<String>,
     pid: u32,
@@ -36,8 +34,7 @@ pub fn salvage(
     sites: &[ProbeSite],
     capture: &CaptureArgs,
 ) {
-    let mut counters = probes.counters().unwrap_or_default();
-    counters.stack_errors += collected.unwind_errors();
+    let counters = collected.lost().unwrap_or_default();
     let meta = report::Meta {
         mode,
         command,

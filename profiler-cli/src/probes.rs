@@ -135,13 +135,24 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
-    pub fn counters(&self) -> Result<LostCounts> {
+    /// The loss counters, for the collector to read while and after the probes run.
+    pub fn take_loss_counters(&mut self) -> Result<LossCounters> {
         let map = self
             .ebpf
-            .map(COUNTERS_MAP)
+            .take_map(COUNTERS_MAP)
             .ok_or_else(|| anyhow!("counters map missing"))?;
-        let array = PerCpuArray::<_, u64>::try_from(map)?;
-        let sum = |index: u32| -> Result<u64> { Ok(array.get(&index, 0)?.iter().sum()) };
+        Ok(LossCounters(PerCpuArray::try_from(map)?))
+    }
+}
+
+/// The per-CPU counters of what the probes could not deliver (a full ring, a full in-flight
+/// table, a stack the kernel could not read).
+pub struct LossCounters(PerCpuArray<MapData, u64>);
+
+impl LossCounters {
+    /// The counters summed over CPUs (one syscall per counter).
+    pub fn read(&self) -> Result<LostCounts> {
+        let sum = |index: u32| -> Result<u64> { Ok(self.0.get(&index, 0)?.iter().sum()) };
         let mut counters = LostCounts::default();
         for kind in EventKind::ALL {
             counters.by_kind[kind as usize] = sum(counter::LOST_BASE + kind as u32)?;

@@ -7,8 +7,10 @@ use profiler_core::{
     heap::Mode,
     maps::ProcessMaps,
     recorder::Recorder,
+    report::LostCounts,
 };
 
+use crate::probes::LossCounters;
 use crate::targets::ProbeSite;
 
 use crate::recording::{BuildIds, RecordingSink};
@@ -39,6 +41,8 @@ pub struct Collected {
     pub peak_rss_bytes: Option<u64>,
     /// What the probes cannot see (targets.rs), copied into the report.
     pub warnings: Vec<String>,
+    /// The probes' loss counters, once they are loaded.
+    loss_counters: Option<LossCounters>,
 }
 
 impl Collected {
@@ -57,7 +61,19 @@ impl Collected {
             last_rss: None,
             peak_rss_bytes: None,
             warnings: Vec::new(),
+            loss_counters: None,
         }
+    }
+
+    /// Where the probes count what they could not deliver.
+    pub fn count_losses_with(&mut self, counters: LossCounters) {
+        self.loss_counters = Some(counters);
+    }
+
+    /// What was lost so far: the probes' counters (None if they cannot be read) plus the
+    /// stacks the DWARF unwinder could not take to their root or a limit.
+    pub fn lost(&self) -> Option<LostCounts> {
+        losses(&self.loss_counters, self.unwind_errors())
     }
 
     /// What the report needs of the session (profiler-core's session module).
@@ -94,7 +110,11 @@ impl Collected {
         match self.recorder.ingest_with(bytes, &mut self.modules) {
             Ok(ingested) => {
                 if let Some(sink) = &mut self.recording {
-                    sink.ingested(&ingested, &self.recorder.stacks);
+                    let unwind_errors = self.recorder.unwinder.stats.errors;
+                    let counters = &self.loss_counters;
+                    sink.ingested(&ingested, &self.recorder.stacks, || {
+                        losses(counters, unwind_errors)
+                    });
                 }
             }
             Err(_) => self.malformed += 1,
@@ -150,16 +170,25 @@ impl Collected {
                 }
             }
         }
+        let unwind_errors = self.unwind_errors();
         if let Some(sink) = &mut self.recording {
-            sink.flush_if_due();
+            let counters = &self.loss_counters;
+            sink.flush_if_due(|| losses(counters, unwind_errors));
         }
     }
 
     /// Stacks the DWARF unwinder could not take to their root or a limit (counted with the
     /// kernel's stack errors in the report).
-    pub fn unwind_errors(&self) -> u64 {
+    fn unwind_errors(&self) -> u64 {
         self.recorder.unwinder.stats.errors
     }
+}
+
+/// The probes' counters with the unwinder's errors added to the stack errors.
+fn losses(counters: &Option<LossCounters>, unwind_errors: u64) -> Option<LostCounts> {
+    let mut lost = counters.as_ref()?.read().ok()?;
+    lost.stack_errors += unwind_errors;
+    Some(lost)
 }
 
 /// The files that provide the probed allocation functions, named as the target's maps may

@@ -15,6 +15,7 @@ use profiler_core::{
     maps::ProcessMaps,
     recorder::Ingested,
     recording::{MappingRecord, Trailer, Writer, build_id},
+    report::LostCounts,
     stacks::StackTable,
 };
 
@@ -53,8 +54,22 @@ impl RecordingSink {
         })
     }
 
-    pub fn ingested(&mut self, ingested: &Ingested, stacks: &StackTable) {
-        self.with_writer(|writer| writer.ingested(ingested, stacks));
+    /// Adds an ingested event. Before the event that completes a chunk, the loss counters
+    /// `lost` reads go in too, so every chunk ends with the losses up to its last event.
+    pub fn ingested(
+        &mut self,
+        ingested: &Ingested,
+        stacks: &StackTable,
+        lost: impl FnOnce() -> Option<LostCounts>,
+    ) {
+        self.with_writer(|writer| {
+            if writer.next_event_ends_chunk()
+                && let Some(lost) = lost()
+            {
+                writer.lost(&(&lost).into())?;
+            }
+            writer.ingested(ingested, stacks)
+        });
     }
 
     /// Records the mappings of `maps` not recorded yet, with their build-ids.
@@ -88,9 +103,18 @@ impl RecordingSink {
         });
     }
 
-    /// Writes the pending chunk if it is a second old.
-    pub fn flush_if_due(&mut self) {
-        self.with_writer(|writer| writer.flush_if_due());
+    /// Writes the pending chunk if it is a second old, with the loss counters `lost` reads
+    /// (only then: reading them costs a syscall per CPU).
+    pub fn flush_if_due(&mut self, lost: impl FnOnce() -> Option<LostCounts>) {
+        self.with_writer(|writer| {
+            if !writer.flush_due() {
+                return Ok(());
+            }
+            if let Some(lost) = lost() {
+                writer.lost(&(&lost).into())?;
+            }
+            writer.flush_chunk()
+        });
     }
 
     /// Writes the trailer. Returns how the recording ended: its size and events, or the

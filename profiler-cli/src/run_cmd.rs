@@ -60,7 +60,9 @@ pub async fn run_command(
         }
     };
     let ring = probes.take_ring()?;
+    let loss_counters = probes.take_loss_counters()?;
     let mut collected = Collected::new(Mode::Run);
+    collected.count_losses_with(loss_counters);
     collected.recorder.analyses.set_ops(capture.ops);
     collected.unwind_for(pid, capture.max_depth);
     collected.allocator_code(pid, &sites);
@@ -102,7 +104,7 @@ pub async fn run_command(
             }
         }
     };
-    let collect_result = session::collect(ring, &mut collected, &probes, pid, stop).await;
+    let collect_result = session::collect(ring, &mut collected, pid, stop).await;
     let end_ns = monotonic_ns();
     probes.detach();
     let mut ring = match collect_result {
@@ -111,7 +113,6 @@ pub async fn run_command(
             let span = (start_ns, end_ns);
             salvage(
                 &mut collected,
-                &probes,
                 Mode::Run,
                 command_line,
                 pid,
@@ -131,8 +132,9 @@ pub async fn run_command(
         collected.merge_maps(maps);
     }
     session::drain(&mut ring, &mut collected);
-    let mut counters = probes.counters()?;
-    counters.stack_errors += collected.unwind_errors();
+    let counters = collected
+        .lost()
+        .context("cannot read the probes' loss counters")?;
     let exit = exit?;
     let meta = report::Meta {
         mode: Mode::Run,

@@ -13,7 +13,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use crate::{probes::Probes, recorder::Collected};
+use crate::recorder::Collected;
 
 /// How often the ring is drained when no record asked for a wakeup.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -33,7 +33,6 @@ pub enum Stop {
 pub async fn collect(
     ring: RingBuf<MapData>,
     collected: &mut Collected,
-    probes: &Probes,
     pid: u32,
     stop: impl Future<Output = Stop>,
 ) -> Result<(Stop, RingBuf<MapData>)> {
@@ -60,7 +59,7 @@ pub async fn collect(
                 collected.tick(pid);
                 if status.due() {
                     collected.refresh_maps(pid);
-                    let lost = probes.counters().map(|c| c.total()).unwrap_or(0);
+                    let lost = collected.lost().map_or(0, |c| c.total());
                     status.show(collected, lost);
                 }
             }

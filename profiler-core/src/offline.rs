@@ -137,8 +137,11 @@ fn report_meta(replay: &Replay) -> ReportMeta {
         start_ns: header.start_monotonic_ns,
         duration: Duration::from_nanos(end_ns.saturating_sub(header.start_monotonic_ns)),
         probes: trailer.map(|t| t.probes.clone()).unwrap_or_default(),
+        // A recording without trailer has the counters of its last timer flush.
         lost: trailer
-            .map(|t| LostCounts::from(&t.lost))
+            .map(|t| &t.lost)
+            .or(replay.lost.as_ref())
+            .map(LostCounts::from)
             .unwrap_or_default(),
     }
 }

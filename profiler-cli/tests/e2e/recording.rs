@@ -123,8 +123,15 @@ fn a_killed_memprof_leaves_a_readable_recording() {
     let report = report_json(&offline_dir);
     let allocations = num(&report, "summary.allocations");
     assert!(allocations >= 10_000, "{allocations} allocations replayed");
-    // churn frees each block right after allocating it: at most the last one is live.
-    assert!(num(&report, "summary.frees") + 1 >= allocations);
+    // churn frees each block right after allocating it: at most the last one is live, unless
+    // the ring overflowed (a busy machine); the file's last chunk says how many were lost.
+    let frees = num(&report, "summary.frees");
+    let lost = num(&report, "summary.lost_events");
+    assert!(
+        frees <= allocations && allocations <= frees + 1 + lost,
+        "{allocations} allocations, {frees} frees, {lost} lost: {}",
+        report["lost"]
+    );
     assert!(report["target"]["exit"].is_null());
 }
 

@@ -9,6 +9,7 @@ pub const TAG_STACK: u8 = 0x00;
 pub const TAG_MAPS: u8 = 0x10;
 pub const TAG_RSS: u8 = 0x20;
 pub const TAG_TRAILER: u8 = 0x30;
+pub const TAG_LOST: u8 = 0x40;
 
 const EVENT_TID: u8 = 1 << 4;
 const EVENT_STACK: u8 = 1 << 5;

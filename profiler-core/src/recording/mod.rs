@@ -17,6 +17,8 @@
 //! A chunk is written with one `write()` when it holds [`CHUNK_EVENTS`] events or
 //! [`CHUNK_INTERVAL`] has passed, so a memprof killed at any point leaves a file readable up to
 //! its last complete chunk. The trailer record, alone in the last chunk, marks a complete file.
+//! The kernel's loss counters go into the chunk written by the collector's timer whenever they
+//! changed, so a file without trailer still says how many events were lost before it stops.
 //!
 //! Records start with a tag byte. Its low nibble is the [`EventKind`](profiler_common::EventKind)
 //! of an event (1..=13); nibble 0 marks the other records, told apart by the high nibble:
@@ -27,6 +29,7 @@
 //! | `0x10` | maps update | length + JSON list of [`MappingRecord`] (mappings seen later) |
 //! | `0x20` | RSS sample | zigzag ts delta, resident bytes |
 //! | `0x30` | trailer | length + JSON [`Trailer`] |
+//! | `0x40` | loss counters so far | length + JSON [`LostRecord`] (when they changed) |
 //! | `0xK1`-`0xKd` | event | see below |
 //!
 //! Event tag bits: 4 = thread changed (tid follows), 5 = has a stack (id follows last),
@@ -193,6 +196,13 @@ pub struct LostRecord {
     pub by_kind: Vec<u64>,
     pub stack_errors: u64,
     pub inflight_full: u64,
+}
+
+impl LostRecord {
+    /// Nothing lost (an empty `by_kind` counts as zeros).
+    pub fn is_zero(&self) -> bool {
+        self.stack_errors == 0 && self.inflight_full == 0 && self.by_kind.iter().all(|&n| n == 0)
+    }
 }
 
 impl From<&LostCounts> for LostRecord {

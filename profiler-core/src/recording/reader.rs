@@ -3,8 +3,8 @@
 //! Anything wrong with the file is an error naming its byte offset; the reader never panics
 //! on bad input (the fuzz test in `tests.rs` holds it to that).
 
-use super::codec::{Cursor, DeltaState, TAG_MAPS, TAG_RSS, TAG_STACK, TAG_TRAILER};
-use super::{FORMAT_VERSION, Header, MAGIC, MAX_CHUNK_BYTES, MappingRecord, Trailer};
+use super::codec::{Cursor, DeltaState, TAG_LOST, TAG_MAPS, TAG_RSS, TAG_STACK, TAG_TRAILER};
+use super::{FORMAT_VERSION, Header, LostRecord, MAGIC, MAX_CHUNK_BYTES, MappingRecord, Trailer};
 use crate::event::Event;
 use crate::stacks::StackId;
 use profiler_common::EventKind;
@@ -24,6 +24,8 @@ pub enum Record<'a> {
     Maps(Vec<MappingRecord>),
     /// The target's resident set size.
     Rss { ts_ns: u64, bytes: u64 },
+    /// The loss counters so far (each record supersedes the previous one).
+    Lost(LostRecord),
     /// The end of the session; always the last record.
     Trailer(Box<Trailer>),
 }
@@ -271,6 +273,11 @@ impl<R: Read> Reader<R> {
             TAG_RSS => {
                 let (ts_ns, bytes) = cursor.rss(&mut self.state)?;
                 Record::Rss { ts_ns, bytes }
+            }
+            TAG_LOST => {
+                let lost = serde_json::from_slice(cursor.blob()?)
+                    .map_err(|_| "loss counters record is not valid")?;
+                Record::Lost(lost)
             }
             TAG_TRAILER => {
                 let trailer =

@@ -1,7 +1,7 @@
 //! Replays a recording through a [`Recorder`]: the offline twin of a live session.
 
 use super::reader::{ReadError, ReadErrorKind, Reader, Record};
-use super::{Header, MappingRecord, Trailer};
+use super::{Header, LostRecord, MappingRecord, Trailer};
 use crate::recorder::Recorder;
 use std::io::Read;
 
@@ -14,6 +14,8 @@ pub struct Replay {
     /// RSS samples replayed (into `recorder.analyses`).
     pub rss_samples: u64,
     pub trailer: Option<Trailer>,
+    /// The last loss counters recorded before the trailer (the trailer's are final).
+    pub lost: Option<LostRecord>,
     /// Why the recording stopped before its trailer (memprof was killed, or the file was
     /// cut); everything before it was replayed.
     pub early_end: Option<ReadError>,
@@ -36,6 +38,7 @@ pub fn replay<R: Read>(
         header,
         rss_samples: 0,
         trailer: None,
+        lost: None,
         early_end: None,
         events: 0,
     };
@@ -75,6 +78,7 @@ pub fn replay<R: Read>(
                 replay.rss_samples += 1;
                 replay.last_ts_ns = replay.last_ts_ns.max(ts_ns);
             }
+            Record::Lost(lost) => replay.lost = Some(lost),
             Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
     }

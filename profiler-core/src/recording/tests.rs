@@ -88,6 +88,10 @@ fn write_sample() -> Vec<u8> {
             ..header().maps[0].clone()
         }])
         .unwrap();
+    // Zero losses are not recorded, nor a repeat of the last counters.
+    writer.lost(&LostRecord::default()).unwrap();
+    writer.lost(&lost_so_far()).unwrap();
+    writer.lost(&lost_so_far()).unwrap();
     let mut memalign = event(EventKind::Memalign, 1, 7_000, u64::MAX, u64::MAX);
     memalign.aux = 4096;
     writer.event(&memalign, Some(StackId(0)), None).unwrap();
@@ -95,6 +99,14 @@ fn write_sample() -> Vec<u8> {
         .event(&event(EventKind::Free, 1, 7_001, 0x2000, 0), None, None)
         .unwrap();
     writer.finish(&trailer()).unwrap()
+}
+
+fn lost_so_far() -> LostRecord {
+    LostRecord {
+        by_kind: vec![0, 1],
+        stack_errors: 0,
+        inflight_full: 2,
+    }
 }
 
 fn read_all(bytes: &[u8]) -> (Vec<String>, Option<ReadError>) {
@@ -145,6 +157,7 @@ fn round_trips_every_record_and_field() {
         panic!("maps record expected")
     };
     assert_eq!(maps[0].path, std::path::Path::new(""));
+    assert_eq!(reader.next().unwrap().unwrap(), Record::Lost(lost_so_far()));
     let mut memalign = event(EventKind::Memalign, 1, 7_000, u64::MAX, u64::MAX);
     memalign.aux = 4096;
     let mut expect = |want: Record<'_>| assert_eq!(reader.next().unwrap().unwrap(), want);
@@ -236,6 +249,45 @@ fn a_recording_cut_between_chunks_ends_early_without_a_trailer() {
     );
 }
 
+/// A memprof killed before its trailer leaves the loss counters of its last chunk: a report
+/// of the file says what was lost, rather than nothing.
+#[test]
+fn a_recording_without_trailer_keeps_its_last_loss_counters() {
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    let mut malloc = event(EventKind::Malloc, 1, 6_000, 0x1000, 32);
+    for lost in [1, 5] {
+        writer.event(&malloc, None, None).unwrap();
+        malloc.ts_ns += 1;
+        writer
+            .lost(&LostRecord {
+                by_kind: vec![0, lost],
+                ..LostRecord::default()
+            })
+            .unwrap();
+        writer.flush_chunk().unwrap();
+    }
+    writer.event(&malloc, None, None).unwrap();
+    writer.flush_chunk().unwrap();
+    let bytes = writer.finish(&trailer()).unwrap();
+    let boundaries = chunk_boundaries(&bytes);
+    let without_trailer = &bytes[..boundaries[boundaries.len() - 2] as usize];
+    let replayed = replay(
+        Reader::new(without_trailer).unwrap(),
+        &mut Recorder::new(Mode::Run),
+    )
+    .unwrap();
+    assert!(replayed.trailer.is_none());
+    assert_eq!(replayed.events, 3);
+    assert_eq!(replayed.lost.unwrap().by_kind, vec![0, 5]);
+    // With its trailer, the trailer's counters are the final ones.
+    let replayed = replay(
+        Reader::new(&bytes[..]).unwrap(),
+        &mut Recorder::new(Mode::Run),
+    )
+    .unwrap();
+    assert_eq!(replayed.trailer.unwrap().lost, trailer().lost);
+}
+
 #[test]
 fn corruption_is_one_error_with_its_offset() {
     let bytes = write_sample();
@@ -320,6 +372,12 @@ fn fuzz_input() -> Vec<u8> {
         let ingested = recorder.ingest(&record).unwrap();
         writer.ingested(&ingested, &recorder.stacks).unwrap();
         if i % 60 == 59 {
+            writer
+                .lost(&LostRecord {
+                    by_kind: vec![0, i],
+                    ..LostRecord::default()
+                })
+                .unwrap();
             writer.flush_chunk().unwrap();
         }
     }

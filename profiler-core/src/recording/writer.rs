@@ -1,8 +1,10 @@
 //! Writes a recording as the session goes: records are encoded into a buffer, and each full
 //! (or old enough) buffer is compressed and written as one chunk with a single `write()`.
 
-use super::codec::{self, DeltaState, TAG_MAPS, TAG_TRAILER};
-use super::{CHUNK_EVENTS, CHUNK_INTERVAL, FORMAT_VERSION, Header, MAGIC, MappingRecord, Trailer};
+use super::codec::{self, DeltaState, TAG_LOST, TAG_MAPS, TAG_TRAILER};
+use super::{
+    CHUNK_EVENTS, CHUNK_INTERVAL, FORMAT_VERSION, Header, LostRecord, MAGIC, MappingRecord, Trailer,
+};
 use crate::event::Event;
 use crate::recorder::Ingested;
 use crate::stacks::{StackId, StackTable};
@@ -28,6 +30,8 @@ pub struct Writer<W: Write> {
     pending_since: Option<Instant>,
     bytes_written: u64,
     events: u64,
+    /// The loss counters last recorded (none yet: all zero).
+    lost: LostRecord,
 }
 
 impl<W: Write> Writer<W> {
@@ -54,6 +58,7 @@ impl<W: Write> Writer<W> {
             pending_since: None,
             bytes_written: prefix.len() as u64,
             events: 0,
+            lost: LostRecord::default(),
         })
     }
 
@@ -105,13 +110,37 @@ impl<W: Write> Writer<W> {
         codec::put_rss(&mut self.records, &mut self.state, ts_ns, bytes);
     }
 
-    /// Writes the pending chunk if its first record is older than [`CHUNK_INTERVAL`]; the
-    /// collector calls this from its timer so an idle target's records still reach the disk.
-    pub fn flush_if_due(&mut self) -> io::Result<()> {
-        match self.pending_since {
-            Some(since) if since.elapsed() >= CHUNK_INTERVAL => self.flush_chunk(),
-            _ => Ok(()),
+    /// Adds the loss counters as they are now, if they changed since last recorded: a file
+    /// that ends without its trailer still says what was lost up to there.
+    pub fn lost(&mut self, lost: &LostRecord) -> io::Result<()> {
+        if *lost == self.lost || (lost.is_zero() && self.lost.is_zero()) {
+            return Ok(());
         }
+        self.started();
+        let json = serde_json::to_vec(lost)?;
+        codec::put_blob(&mut self.records, TAG_LOST, &json);
+        self.lost = lost.clone();
+        Ok(())
+    }
+
+    /// Whether the next event fills the pending chunk (it is written after that event).
+    pub fn next_event_ends_chunk(&self) -> bool {
+        self.events_in_chunk + 1 >= CHUNK_EVENTS
+    }
+
+    /// Whether the pending chunk's first record is older than [`CHUNK_INTERVAL`].
+    pub fn flush_due(&self) -> bool {
+        self.pending_since
+            .is_some_and(|since| since.elapsed() >= CHUNK_INTERVAL)
+    }
+
+    /// Writes the pending chunk if it is due ([`Writer::flush_due`]); the collector calls
+    /// this from its timer so an idle target's records still reach the disk.
+    pub fn flush_if_due(&mut self) -> io::Result<()> {
+        if self.flush_due() {
+            self.flush_chunk()?;
+        }
+        Ok(())
     }
 
     /// Writes the trailer (in a chunk of its own, after the pending one) and returns the
