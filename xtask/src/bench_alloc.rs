@@ -7,7 +7,11 @@
 //!   generator with a fixed seed and request count: the loadgen's ops/s, the server's CPU time
 //!   (user + system; steadier than ops/s on a busy machine, where scheduling moves throughput),
 //!   its minor page faults (each a first touch of a page the allocator had not kept resident)
-//!   and its peak RSS (VmHWM), read just before it is shut down.
+//!   and its peak RSS (VmHWM), read just before it is shut down;
+//! - the same server's allocation calls, recorded once by memprof (glibc, the same seeded
+//!   load) and replayed by samples/c/allocreplay.c under each allocator (server_trace.rs): the
+//!   allocator's own speed on the server's exact requests, which the live server cannot show
+//!   because loopback TCP takes most of its CPU time; and how far the replay raises the peak RSS.
 //!
 //! Runs are interleaved across allocators so that noise hits all alike; the table shows
 //! medians, with ratios of ours to the others.
@@ -17,7 +21,8 @@ use std::process::{Child, ChildStdout, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::{bench::median, exec, samples};
+use crate::host::Identity;
+use crate::{bench::median, exec, samples, server_trace, setup};
 
 struct Allocator {
     name: &'static str,
@@ -27,8 +32,9 @@ struct Allocator {
 
 /// The measurements, per run, in table order: single-thread and two-thread pairs per second,
 /// VmRSS and VmHWM (KiB) after the fragmenting workload, the server's requests per second, CPU
-/// time (ms), minor page faults and peak RSS (KiB).
-const COLUMNS: [&str; 8] = [
+/// time (ms), minor page faults and peak RSS (KiB), the replayed server trace's calls per second
+/// and the peak RSS it added (KiB).
+const COLUMNS: [&str; 10] = [
     "1 thread op/s",
     "2 threads op/s",
     "frag RSS KiB",
@@ -37,7 +43,12 @@ const COLUMNS: [&str; 8] = [
     "server CPU ms",
     "server faults",
     "server HWM KiB",
+    "replay op/s",
+    "replay peak KiB",
 ];
+
+/// Calls replayed per replay run: the trace is replayed as many times as it takes.
+const REPLAYED_CALLS: u64 = 5_000_000;
 
 /// Requests per server run (2-5 s on a 2-core VM), split over the loadgen's connections.
 const SERVER_REQUESTS: &str = "200000";
@@ -50,10 +61,19 @@ struct Programs {
     bench: PathBuf,
     server: PathBuf,
     loadgen: PathBuf,
+    replay: PathBuf,
 }
 
 pub fn run(ops: u64, runs: u32) -> Result<()> {
+    if !Identity::current()?.is_root() {
+        bail!(
+            "bench alloc runs only as root (memprof records the server's allocations with eBPF \
+             probes): rerun with sudo"
+        );
+    }
+    setup::ensure()?.require_all()?;
     println!("== build");
+    let memprof = samples::build_memprof()?;
     let root = samples::root()?;
     exec::run(exec::cargo().current_dir(&root).args([
         "build",
@@ -70,8 +90,26 @@ pub fn run(ops: u64, runs: u32) -> Result<()> {
         bench: samples::compile_c("allocbench", "allocbench", &["-O2", "-pthread"])?,
         server: release.join("memprof-sample-server"),
         loadgen: release.join("memprof-loadgen"),
+        replay: samples::compile_c("allocreplay", "allocreplay", &["-O2"])?,
     };
     let allocators = allocators(release.join("libmemprof_alloc.so"))?;
+
+    println!("== record the server's allocations (glibc, seed {SERVER_SEED})");
+    let scratch = samples::target_dir()?.join("bench/alloc");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let trace = server_trace::record(
+        &memprof,
+        &programs.server,
+        &programs.loadgen,
+        SERVER_SEED,
+        &scratch,
+    )?;
+    let repeat = REPLAYED_CALLS.div_ceil(trace.ops.max(1));
+    println!(
+        "{}: {} calls, replayed {repeat} times per run",
+        trace.path.display(),
+        trace.ops
+    );
 
     println!(
         "== measure ({ops} pairs per thread; server: {SERVER_REQUESTS} requests, seed \
@@ -81,9 +119,11 @@ pub fn run(ops: u64, runs: u32) -> Result<()> {
         .iter()
         .map(|_| vec![Vec::new(); COLUMNS.len()])
         .collect();
+    let replay = (trace.path.as_path(), repeat);
     for _ in 0..runs {
         for (allocator, runs) in allocators.iter().zip(&mut results) {
-            for (column, value) in measure(&programs, allocator, ops)?.into_iter().enumerate() {
+            let measured = measure(&programs, allocator, ops, replay)?;
+            for (column, value) in measured.into_iter().enumerate() {
                 runs[column].push(value);
             }
         }
@@ -150,11 +190,22 @@ fn short(column: &str) -> &str {
 }
 
 /// One run of every measurement under `allocator`, in [`COLUMNS`] order.
-fn measure(programs: &Programs, allocator: &Allocator, ops: u64) -> Result<Vec<f64>> {
+fn measure(
+    programs: &Programs,
+    allocator: &Allocator,
+    ops: u64,
+    (trace, repeat): (&Path, u64),
+) -> Result<Vec<f64>> {
     let ops = ops.to_string();
     let bench = &programs.bench;
     let frag = one(bench, allocator, &["frag"])?;
     let server = server_once(programs, allocator)?;
+    let trace = trace.to_string_lossy();
+    let replayed = one(
+        &programs.replay,
+        allocator,
+        &[trace.as_ref(), &repeat.to_string()],
+    )?;
     Ok(vec![
         field(&one(bench, allocator, &["st", &ops])?, "ops_per_sec")?,
         field(&one(bench, allocator, &["mt", &ops])?, "ops_per_sec")?,
@@ -164,6 +215,8 @@ fn measure(programs: &Programs, allocator: &Allocator, ops: u64) -> Result<Vec<f
         server.cpu_ms,
         server.faults,
         server.hwm_kib,
+        field(&replayed, "ops_per_sec")?,
+        field(&replayed, "peak_kib")?,
     ])
 }
 
@@ -320,7 +373,8 @@ fn one(bench: &Path, allocator: &Allocator, args: &[&str]) -> Result<String> {
     let output = exec::output(&mut cmd)?;
     if !output.status.success() {
         bail!(
-            "allocbench {} under {} failed: {}",
+            "{} {} under {} failed: {}",
+            bench.display(),
             args.join(" "),
             allocator.name,
             String::from_utf8_lossy(&output.stderr).trim()

@@ -134,7 +134,7 @@ fn build_server_and_loadgen() -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Waits for the server's `listening on ADDR` among memprof's stdout lines (the server's).
-fn server_address(lines: &Receiver<String>) -> Result<SocketAddr> {
+pub(crate) fn server_address(lines: &Receiver<String>) -> Result<SocketAddr> {
     let deadline = Instant::now() + STARTUP_LIMIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -153,7 +153,9 @@ fn server_address(lines: &Receiver<String>) -> Result<SocketAddr> {
 
 /// Lines of `pipe`: sent through the channel while it is open, printed once it is dropped.
 /// The thread ends at the pipe's end of file.
-fn forward_lines(pipe: impl Read + Send + 'static) -> (Receiver<String>, JoinHandle<()>) {
+pub(crate) fn forward_lines(
+    pipe: impl Read + Send + 'static,
+) -> (Receiver<String>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
     let forwarder = thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
@@ -167,7 +169,7 @@ fn forward_lines(pipe: impl Read + Send + 'static) -> (Receiver<String>, JoinHan
 }
 
 /// Waits for `child`, killing it after `limit`.
-fn wait_for(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+pub(crate) fn wait_for(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().context("waiting for memprof")? {

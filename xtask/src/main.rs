@@ -12,6 +12,7 @@
 //! Every command xtask runs is echoed first (`$ cargo build --workspace`), and every thing setup
 //! finds or does is one line, so a CI log says what happened without reading this code.
 
+mod alloc_trace;
 mod bench;
 mod bench_alloc;
 mod bench_report;
@@ -19,6 +20,7 @@ mod demo;
 mod exec;
 mod host;
 mod samples;
+mod server_trace;
 mod setup;
 mod suite;
 
