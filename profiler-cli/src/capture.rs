@@ -20,6 +20,7 @@ pub fn probe_config(capture: &CaptureArgs) -> Result<ProbeConfig> {
             cli::Unwind::Dwarf => profiler_common::unwind_mode::DWARF,
         },
         stack_bytes: capture.stack_bytes()?,
+        hold_threads: false,
     })
 }
 

@@ -1,16 +1,26 @@
 //! Starting a program stopped right after exec, so probes are in place before its first
 //! instruction (constructors that allocate before main included).
-use std::{ffi::OsString, io, os::unix::process::CommandExt as _, process::Command};
+//!
+//! While it runs, every thread of the target stays traced (`PTRACE_O_TRACECLONE`): to stop it
+//! once more as it exits (its maps are read then), and to hold a thread the probes ask to hold
+//! while the collector catches up (backpressure.rs).
+use std::{
+    collections::HashSet, ffi::OsString, io, os::unix::process::CommandExt as _, process::Command,
+    sync::Arc,
+};
 
 use anyhow::{Result, anyhow, bail};
 use nix::{
+    errno::Errno,
     sys::{
         ptrace,
         signal::Signal,
-        wait::{WaitStatus, waitpid},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
     },
     unistd::Pid,
 };
+
+use crate::backpressure::{Backpressure, HOLD_SIGNAL};
 
 /// How a target ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +63,13 @@ pub type Ended<T> = (Result<Exit>, Option<T>);
 
 /// Starts `command` stopped at exec on a dedicated tracer thread. Once resumed, `at_exit`
 /// runs while the exiting child still has its memory mapped, and the outcome is sent to
-/// `done`.
+/// `done`; threads the probes signal are held through `backpressure`.
 pub fn launch<T: Send + 'static>(
     command: Vec<OsString>,
     env: Vec<(String, String)>,
     at_exit: impl FnOnce(Pid) -> Option<T> + Send + 'static,
     done: tokio::sync::oneshot::Sender<Ended<T>>,
+    backpressure: Arc<Backpressure>,
 ) -> Result<Launched> {
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel();
@@ -73,7 +84,7 @@ pub fn launch<T: Send + 'static>(
         let _ = started_tx.send(Ok(pid));
         if go_rx.recv() != Ok(true) {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            let _ = wait_exit(pid, |_| {});
+            let _ = wait_exit(pid, &backpressure, |_| {});
             return;
         }
         if let Err(error) = resume(pid) {
@@ -82,7 +93,7 @@ pub fn launch<T: Send + 'static>(
         }
         let mut at_exit = Some(at_exit);
         let mut produced = None;
-        let exit = wait_exit(pid, |pid| {
+        let exit = wait_exit(pid, &backpressure, |pid| {
             if let Some(at_exit) = at_exit.take() {
                 produced = at_exit(pid);
             }
@@ -130,12 +141,15 @@ fn spawn_stopped(command: &[OsString], env: &[(String, String)]) -> Result<Pid> 
     }
 }
 
-/// Lets the stopped child run. It stays traced for one reason: to stop once more as it
-/// exits, while its memory map still exists, so the libraries its stacks point into are known
-/// even for a program that lives a few milliseconds. Signals it receives are passed on as is.
+/// Lets the stopped child run. It stays traced, with every thread it starts, for two reasons:
+/// to stop once more as it exits, while its memory map still exists, so the libraries its
+/// stacks point into are known even for a program that lives a few milliseconds; and to hold
+/// a thread the probes signal (backpressure.rs). Other signals are passed on as they are.
 fn resume(pid: Pid) -> Result<()> {
     // TRACEEXEC turns the SIGTRAP a traced execve would raise into an event we swallow.
-    let options = ptrace::Options::PTRACE_O_TRACEEXIT | ptrace::Options::PTRACE_O_TRACEEXEC;
+    let options = ptrace::Options::PTRACE_O_TRACEEXIT
+        | ptrace::Options::PTRACE_O_TRACEEXEC
+        | ptrace::Options::PTRACE_O_TRACECLONE;
     ptrace::setoptions(pid, options)
         .and_then(|()| ptrace::cont(pid, None))
         .map_err(|error| anyhow!("cannot resume the target: {error}"))
@@ -143,28 +157,53 @@ fn resume(pid: Pid) -> Result<()> {
 
 /// Blocks until the child exits and returns how; `at_exit` runs while the exiting child is
 /// stopped with its memory still mapped.
-fn wait_exit(pid: Pid, mut at_exit: impl FnMut(Pid)) -> Result<Exit> {
+fn wait_exit(pid: Pid, backpressure: &Backpressure, mut at_exit: impl FnMut(Pid)) -> Result<Exit> {
+    // Threads seen stopped: a new thread's first stop is the SIGSTOP it is attached with.
+    let mut started = HashSet::from([pid]);
     loop {
-        match waitpid(pid, None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(Exit::Code(code)),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Exit::Signal(signal as i32)),
-            Ok(WaitStatus::PtraceEvent(_, _, event)) if event == libc::PTRACE_EVENT_EXIT => {
-                at_exit(pid);
-                let _ = ptrace::cont(pid, None);
-            }
-            // The target exec'd another program (a wrapper script, say). Probes are attached by
-            // file, so the new image keeps being profiled where it uses the same allocator.
-            Ok(WaitStatus::PtraceEvent(_, _, _)) => {
-                let _ = ptrace::cont(pid, None);
-            }
-            // A signal on its way to the child: deliver it.
-            Ok(WaitStatus::Stopped(_, signal)) => {
-                let _ = ptrace::cont(pid, signal);
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+        let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(status) => status,
+            Err(Errno::EINTR) => continue,
             Err(error) => bail!("cannot wait for the target: {error}"),
+        };
+        match status {
+            WaitStatus::Exited(tid, code) if tid == pid => return Ok(Exit::Code(code)),
+            WaitStatus::Signaled(tid, signal, _) if tid == pid => {
+                return Ok(Exit::Signal(signal as i32));
+            }
+            WaitStatus::Exited(tid, _) | WaitStatus::Signaled(tid, _, _) => {
+                started.remove(&tid);
+            }
+            WaitStatus::PtraceEvent(tid, _, event) => {
+                if tid == pid && event == libc::PTRACE_EVENT_EXIT {
+                    at_exit(pid);
+                }
+                // Other events: a thread started (it stops on its own too), another thread
+                // exiting, or an exec (probes are attached by file, so a new image keeps being
+                // profiled where it uses the same allocator).
+                let _ = ptrace::cont(tid, None);
+            }
+            WaitStatus::Stopped(tid, Signal::SIGSTOP) if started.insert(tid) => {
+                let _ = ptrace::cont(tid, None);
+            }
+            WaitStatus::Stopped(tid, signal) if is_hold_request(tid, signal) => {
+                backpressure.hold();
+                let _ = ptrace::cont(tid, None);
+            }
+            // A signal on its way to the thread: deliver it.
+            WaitStatus::Stopped(tid, signal) => {
+                let _ = ptrace::cont(tid, signal);
+            }
+            _ => continue,
         }
     }
+}
+
+/// Whether a thread stopped by `signal` was signalled by a probe (`bpf_send_signal_thread`
+/// sends with `SI_KERNEL`; the kernel's own SIGCHLDs carry `CLD_*` codes).
+fn is_hold_request(tid: Pid, signal: Signal) -> bool {
+    signal as i32 == HOLD_SIGNAL as i32
+        && ptrace::getsiginfo(tid).is_ok_and(|info| info.si_code == libc::SI_KERNEL)
 }
 
 /// The peak resident set size of a process (`VmHWM` of /proc/PID/status), in bytes. Read in

@@ -11,6 +11,7 @@
 //! `recording`) until the target exits, the user interrupts or the duration ends; `report`
 //! turns the result into the terminal summary and the files.
 mod attach_cmd;
+mod backpressure;
 mod capture;
 mod cli;
 mod compare;

@@ -28,6 +28,8 @@ pub struct ProbeConfig {
     pub unwind_mode: u32,
     /// Bytes of user stack copied per allocation in DWARF mode.
     pub stack_bytes: u32,
+    /// Ask the tracer to hold a thread that allocates while half the ring is queued (run).
+    pub hold_threads: bool,
 }
 
 /// The loaded programs and their maps. Links are uprobe_multi links (one per program and
@@ -50,12 +52,18 @@ impl Probes {
         // Wake the collector early once a quarter of the ring is queued; otherwise it drains
         // on its timer.
         let wakeup_bytes = u64::from(config.ring_bytes / 4);
+        let hold_bytes = if config.hold_threads {
+            u64::from(config.ring_bytes / 2)
+        } else {
+            0
+        };
         let stack_depth = config.stack_depth;
         // aya creates the maps (the ring, the in-flight table, .rodata with the globals);
         // the programs are loaded for uprobe_multi by `multi_link` against those maps.
         let ebpf = EbpfLoader::new()
             .override_global(config::TARGET_TGID, &tgid, true)
             .override_global(config::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(config::HOLD_BYTES, &hold_bytes, true)
             .override_global(config::STACK_DEPTH, &stack_depth, true)
             .override_global(config::UNWIND_MODE, &config.unwind_mode, true)
             .override_global(config::STACK_BYTES, &config.stack_bytes, true)

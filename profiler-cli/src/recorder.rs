@@ -10,6 +10,9 @@ use profiler_core::{
     report::LostCounts,
 };
 
+use std::sync::Arc;
+
+use crate::backpressure::Backpressure;
 use crate::probes::LossCounters;
 use crate::targets::ProbeSite;
 
@@ -43,6 +46,8 @@ pub struct Collected {
     pub warnings: Vec<String>,
     /// The probes' loss counters, once they are loaded.
     loss_counters: Option<LossCounters>,
+    /// Told each time the ring has been read to its end (run: held threads may go on).
+    backpressure: Option<Arc<Backpressure>>,
 }
 
 impl Collected {
@@ -62,6 +67,30 @@ impl Collected {
             peak_rss_bytes: None,
             warnings: Vec::new(),
             loss_counters: None,
+            backpressure: None,
+        }
+    }
+
+    /// Where to say that the ring was drained (threads held by the tracer wait for it).
+    pub fn release_holds_with(&mut self, backpressure: Arc<Backpressure>) {
+        self.backpressure = Some(backpressure);
+    }
+
+    /// Resolves when a thread held by the tracer waits for a drain (never without one).
+    pub fn drain_wanted(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let backpressure = self.backpressure.clone();
+        async move {
+            match backpressure {
+                Some(backpressure) => backpressure.drain_wanted().await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// The collector read the ring to its end.
+    pub fn ring_drained(&self) {
+        if let Some(backpressure) = &self.backpressure {
+            backpressure.ring_drained();
         }
     }
 

@@ -7,9 +7,11 @@ use profiler_core::{heap::Mode, maps::ProcessMaps};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    backpressure::{self, Backpressure},
     capture::{monotonic_ns, prepare, probe_config, salvage},
     cli::CaptureArgs,
     launch, privileges,
+    probes::ProbeConfig,
     recorder::Collected,
     recording, report, session,
     session::Stop,
@@ -24,7 +26,10 @@ pub async fn run_command(
     child_env: &[(String, String)],
 ) -> Result<i32> {
     privileges::check()?;
-    let config = probe_config(capture)?;
+    let config = ProbeConfig {
+        hold_threads: true,
+        ..probe_config(capture)?
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // While it exits: its maps (for symbolization) and its peak RSS.
     // The maps also go straight to the unwinder: records drained after the target died may
@@ -40,7 +45,16 @@ pub async fn run_command(
             Some((maps, launch::peak_rss(pid)))
         }
     };
-    let child = launch::launch(command.to_vec(), child_env.to_vec(), read_maps, done_tx)?;
+    // Threads the probes signal when the ring is half full wait for the collector to drain it.
+    let backpressure = Backpressure::new();
+    let _release_holds = backpressure::CloseOnDrop(backpressure.clone());
+    let child = launch::launch(
+        command.to_vec(),
+        child_env.to_vec(),
+        read_maps,
+        done_tx,
+        backpressure.clone(),
+    )?;
     let pid = child.pid.as_raw() as u32;
     let prepared = prepare(pid, config, || {
         // The child's environment: ours with --env applied (an LD_PRELOAD there changes
@@ -63,6 +77,7 @@ pub async fn run_command(
     let loss_counters = probes.take_loss_counters()?;
     let mut collected = Collected::new(Mode::Run);
     collected.count_losses_with(loss_counters);
+    collected.release_holds_with(backpressure.clone());
     collected.recorder.analyses.set_ops(capture.ops);
     collected.unwind_for(pid, capture.max_depth);
     collected.allocator_code(pid, &sites);
@@ -132,6 +147,10 @@ pub async fn run_command(
         collected.merge_maps(maps);
     }
     session::drain(&mut ring, &mut collected);
+    backpressure.close();
+    if let Some(note) = holds_note(&backpressure) {
+        collected.warnings.push(note);
+    }
     let counters = collected
         .lost()
         .context("cannot read the probes' loss counters")?;
@@ -151,4 +170,17 @@ pub async fn run_command(
     };
     recording::finish_session(&mut collected, &meta, capture)?;
     Ok(exit.status())
+}
+
+/// What holding threads cost the target, when it happened: its timings include the pauses.
+fn holds_note(backpressure: &Backpressure) -> Option<String> {
+    let (holds, held) = backpressure.holds();
+    (holds > 0).then(|| {
+        format!(
+            "the target allocated faster than memprof could collect: its threads were held {holds} \
+             times ({:.3} s in all) until memprof caught up, so no event was lost, but times and \
+             rates include those pauses",
+            held.as_secs_f64()
+        )
+    })
 }

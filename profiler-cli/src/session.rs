@@ -45,10 +45,16 @@ pub async fn collect(
     let mut status = StatusLine::new();
     collected.refresh_maps(pid);
     tokio::pin!(stop);
+    let drain_wanted = collected.drain_wanted();
+    tokio::pin!(drain_wanted);
     let reason = loop {
         tokio::select! {
             biased;
             reason = &mut stop => break reason,
+            () = &mut drain_wanted => {
+                drain(ring.get_mut(), collected);
+                drain_wanted.set(collected.drain_wanted());
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), collected);
@@ -75,6 +81,7 @@ pub fn drain(ring: &mut RingBuf<MapData>, collected: &mut Collected) {
     while let Some(item) = ring.next() {
         collected.record(&item);
     }
+    collected.ring_drained();
 }
 
 /// Resolves when the process exits (pidfd readability), for targets that are not our child.

@@ -227,7 +227,9 @@ pub mod counter {
     pub const INFLIGHT_FULL: u32 = super::KIND_SLOTS;
     /// Allocations whose user stack could not be read.
     pub const STACK_ERRORS: u32 = super::KIND_SLOTS + 1;
-    pub const COUNT: u32 = super::KIND_SLOTS + 2;
+    /// Times a probe asked the tracer to hold its thread ([`super::HOLD_SIGNAL`]).
+    pub const HOLDS: u32 = super::KIND_SLOTS + 2;
+    pub const COUNT: u32 = super::KIND_SLOTS + 3;
 }
 
 /// Load-time configuration, written into the BPF object's `.rodata` before loading.
@@ -237,6 +239,9 @@ pub mod config {
     /// Name of the global holding the fill level (bytes queued) above which a record wakes the
     /// collector instead of waiting for its timer.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Name of the global holding the fill level (bytes queued) from which a probe sends its
+    /// thread [`super::HOLD_SIGNAL`] for the tracer to hold it (0: never, as in attach mode).
+    pub const HOLD_BYTES: &str = "HOLD_BYTES";
     /// Name of the global holding the number of frames to copy (1..=MAX_STACK_DEPTH, 0 = none).
     pub const STACK_DEPTH: &str = "STACK_DEPTH";
     /// Name of the global selecting how stacks are captured (`unwind_mode::*`).
@@ -245,6 +250,14 @@ pub mod config {
     /// 8, at most `MAX_STACK_BYTES`).
     pub const STACK_BYTES: &str = "STACK_BYTES";
 }
+
+/// The signal a probe sends its own thread when the ring is filling faster than the collector
+/// drains it. In `run`, memprof traces every thread of the target and holds the signalled
+/// thread, the signal suppressed, until the ring is drained: backpressure instead of lost
+/// events. SIGCHLD: ignored by default, so a thread that gets it with no tracer to take it
+/// (memprof died) is not harmed, and the kernel's own SIGCHLDs carry `CLD_*` codes, never the
+/// `SI_KERNEL` code of `bpf_send_signal_thread`, so the tracer tells ours apart.
+pub const HOLD_SIGNAL: u32 = 17;
 
 /// Name of the ring buffer map.
 pub const RING_MAP: &str = "EVENTS";

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_raw,
+        generated::{bpf_probe_read_user as probe_read_user_raw, bpf_send_signal_thread},
     },
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use profiler_common::{
     DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord, FLAG_STACK_MISSING,
-    FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, MAX_STACK_BYTES, MAX_STACK_DEPTH, SNAPSHOT_CUT,
-    STACK_SNAPSHOT_SIZE, StackSnapshot, counter, unwind_mode,
+    FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, HOLD_SIGNAL, MAX_STACK_BYTES, MAX_STACK_DEPTH,
+    SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE, StackSnapshot, counter, unwind_mode,
 };
 
 const PAGE: u64 = 4096;
@@ -30,6 +30,8 @@ static STACK_DEPTH: u32 = 0;
 static UNWIND_MODE: u32 = 0;
 #[unsafe(no_mangle)]
 static STACK_BYTES: u32 = 0;
+#[unsafe(no_mangle)]
+static HOLD_BYTES: u64 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -126,13 +128,22 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     }
     record.header = header;
 
-    // SAFETY: volatile read of a loader-set global.
-    let wakeup_at = unsafe { read_volatile(&WAKEUP_BYTES) };
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_at {
+    // SAFETY: volatile reads of loader-set globals.
+    let (wakeup_at, hold_at) =
+        unsafe { (read_volatile(&WAKEUP_BYTES), read_volatile(&HOLD_BYTES)) };
+    let queued = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if queued >= wakeup_at {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
+    // The collector is falling behind: this thread stops (held by the tracer) as it returns to
+    // user space, after this record, which still has room.
+    if hold_at != 0 && queued >= hold_at {
+        // SAFETY: signals the current thread, which belongs to the target (checked by callers).
+        unsafe { bpf_send_signal_thread(HOLD_SIGNAL) };
+        bump(counter::HOLDS);
+    }
     let len = EVENT_HEADER_SIZE + body_bytes;
     // SAFETY: `len` is at most size_of::<EventRecord>() and the record is initialised that far.
     let bytes =

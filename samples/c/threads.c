@@ -1,6 +1,7 @@
 /* threads.c -- allocations from 4 threads.
  *
  * Build: gcc -O2 -g -fno-builtin -pthread [-fno-omit-frame-pointer | -fomit-frame-pointer] threads.c
+ * Usage: threads [CHURN]   (CHURN malloc/free pairs per thread, default 499)
  *
  * Each thread: 499 x (malloc(32); free) in thread_churn, then 1 x malloc(32) in thread_leak.
  * Expected from the program's own calls, exact:
@@ -16,17 +17,19 @@
  *     and no already-freed pointer is freed again (no double free may be reported).
  *   - each new thread's arena and stack come from mmap/munmap inside libc.
  * So: malloc 2000 calls 64000 bytes, calloc 4 calls 1088 bytes, frees 1996, live 8 blocks.
- * Checked with count_calls.py and valgrind ("2,004 allocs ... 65,088 bytes allocated"). */
+ * Checked with count_calls.py and valgrind ("2,004 allocs ... 65,088 bytes allocated").
+ * With CHURN = N: malloc 4 * (N + 1) calls, frees 4 * N, the rest as above. */
 #include <pthread.h>
 #include <stdlib.h>
 
 #include "common.h"
 
 #define THREADS 4
-#define PER_THREAD 500
+
+static long churn = 499;
 
 NOIPA void thread_churn(void) {
-    for (int i = 0; i < PER_THREAD - 1; i++) {
+    for (long i = 0; i < churn; i++) {
         void *p = malloc(32);
         sink = p;
         free(p);
@@ -42,8 +45,10 @@ NOIPA void *thread_main(void *arg) {
     return arg;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     pthread_t threads[THREADS];
+    if (argc > 1)
+        churn = atol(argv[1]);
     for (int i = 0; i < THREADS; i++)
         if (pthread_create(&threads[i], NULL, thread_main, NULL) != 0)
             return 1;

@@ -10,6 +10,7 @@
 
 mod analyses;
 mod attach;
+mod backpressure;
 mod c_targets;
 mod compare;
 mod cxx_alloc;

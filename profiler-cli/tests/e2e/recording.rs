@@ -105,8 +105,12 @@ fn a_killed_memprof_leaves_a_readable_recording() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let target_pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
-        .unwrap_or_default();
+    // The target is the child of memprof's launcher thread, not of its main thread.
+    let target_pid: String = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .collect();
+    assert!(!target_pid.trim().is_empty(), "no child of memprof found");
     child.kill().unwrap(); // SIGKILL
     wait_deadline(&mut child, Duration::from_secs(10), "killed memprof");
     for pid in target_pid.split_whitespace() {

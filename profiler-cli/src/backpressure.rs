@@ -1,0 +1,148 @@
+//! Lossless `run`: backpressure from the ring to the target's threads.
+//!
+//! Once half the ring is queued, a probe sends its own thread [`HOLD_SIGNAL`] (SIGCHLD, from
+//! `bpf_send_signal_thread`), which stops it in a signal-delivery stop as it returns to user
+//! space. memprof traces every thread of a target it launched (launch.rs), so the tracer sees
+//! the stop, holds the thread until the collector has drained the ring once more, and resumes
+//! it with the signal suppressed: the program never sees it. A thread is held only while it
+//! allocates faster than memprof keeps up, so no event is dropped for a full ring.
+//!
+//! A hold never waits longer than [`MAX_HOLD`]: a collector that cannot drain (stuck, or gone)
+//! costs events, counted as lost, never a hung target.
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub use profiler_common::HOLD_SIGNAL;
+
+/// Longest a thread is held waiting for one drain.
+pub const MAX_HOLD: Duration = Duration::from_secs(1);
+
+/// What the collector and the tracer share.
+#[derive(Default)]
+pub struct Backpressure {
+    state: Mutex<State>,
+    drained: Condvar,
+    /// Wakes the collector for a held thread: the ring may have been drained just before the
+    /// hold began, and the next timer tick is up to 10 ms away.
+    wanted: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Times the collector found the ring empty.
+    drains: u64,
+    /// Collection is over: nothing will drain any more.
+    closed: bool,
+    /// Holds so far, and the time threads spent held.
+    holds: u64,
+    held: Duration,
+}
+
+impl Backpressure {
+    pub fn new() -> Arc<Backpressure> {
+        Arc::new(Backpressure::default())
+    }
+
+    /// The collector read the ring to its end.
+    pub fn ring_drained(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.drains += 1;
+        }
+        self.drained.notify_all();
+    }
+
+    /// Collection ended: threads are not held any more.
+    pub fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.closed = true;
+        }
+        self.drained.notify_all();
+    }
+
+    /// Called by the tracer with a thread stopped by [`HOLD_SIGNAL`]: returns once the
+    /// collector has drained the ring after this call, or after [`MAX_HOLD`], or at once
+    /// when collection is over.
+    pub fn hold(&self) {
+        let start = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let seen = state.drains;
+        self.wanted.notify_one();
+        while !state.closed && state.drains == seen {
+            let left = MAX_HOLD.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            state = match self.drained.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(_) => return,
+            };
+        }
+        state.holds += 1;
+        state.held += start.elapsed();
+    }
+
+    /// Resolves when a held thread waits for a drain.
+    pub async fn drain_wanted(&self) {
+        self.wanted.notified().await;
+    }
+
+    /// Holds so far, and the total time threads spent held.
+    pub fn holds(&self) -> (u64, Duration) {
+        self.state
+            .lock()
+            .map(|state| (state.holds, state.held))
+            .unwrap_or_default()
+    }
+}
+
+/// Closes `Backpressure` when the session ends, whichever way it ends.
+pub struct CloseOnDrop(pub Arc<Backpressure>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_ends_at_the_next_drain() {
+        let backpressure = Backpressure::new();
+        let tracer = {
+            let backpressure = backpressure.clone();
+            std::thread::spawn(move || backpressure.hold())
+        };
+        // The hold waits for a drain that happens after it began.
+        while !tracer.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+            backpressure.ring_drained();
+        }
+        tracer.join().unwrap();
+        let (holds, held) = backpressure.holds();
+        assert_eq!(holds, 1);
+        assert!(held < MAX_HOLD, "{held:?}");
+    }
+
+    #[test]
+    fn nothing_is_held_once_collection_is_over() {
+        let backpressure = Backpressure::new();
+        backpressure.close();
+        let start = Instant::now();
+        backpressure.hold();
+        assert!(start.elapsed() < MAX_HOLD / 2);
+    }
+
+    #[test]
+    fn a_hold_gives_up_without_a_drain() {
+        let backpressure = Backpressure::new();
+        let start = Instant::now();
+        backpressure.hold();
+        assert!(start.elapsed() >= MAX_HOLD);
+        assert_eq!(backpressure.holds().0, 1);
+    }
+}
