@@ -48,7 +48,7 @@ const COLUMNS: [&str; 10] = [
 ];
 
 /// Calls replayed per replay run: the trace is replayed as many times as it takes.
-const REPLAYED_CALLS: u64 = 5_000_000;
+const REPLAYED_CALLS: u64 = 25_000_000;
 
 /// Requests per server run (2-5 s on a 2-core VM), split over the loadgen's connections.
 const SERVER_REQUESTS: &str = "200000";

@@ -52,12 +52,53 @@ pub fn run() -> Result<()> {
 
     println!("== profile");
     let root = samples::root()?;
-    let mut profile = exec::command(relative_to(&memprof, &root));
+    profile_server(&ServerSession {
+        memprof: &memprof,
+        output: Path::new(OUTPUT_DIR),
+        server: &server,
+        server_args: SERVER_ARGS,
+        loadgen: &loadgen,
+        load_args: LOAD_ARGS,
+    })?;
+
+    let out = root.join(OUTPUT_DIR);
+    let report = out.join("report.json");
+    println!("== done");
+    println!("{}", top_leak(&report)?);
+    println!("report:     {}", report.display());
+    println!(
+        "flamegraph: {} (open it in a browser)",
+        out.join("leaks.svg").display()
+    );
+    println!("folded:     {}", out.join("leaks.folded").display());
+    Ok(())
+}
+
+/// The sample server profiled under a load: `memprof run --output OUTPUT -- SERVER ARGS`, then
+/// the load generator against the address the server prints. Paths are relative to the
+/// workspace root, where the commands run.
+pub struct ServerSession<'a> {
+    pub memprof: &'a Path,
+    pub output: &'a Path,
+    pub server: &'a Path,
+    pub server_args: &'a [&'a str],
+    pub loadgen: &'a Path,
+    /// Must end the server (`--shutdown`) so that memprof finishes.
+    pub load_args: &'a [&'a str],
+}
+
+/// Runs `session`: memprof writes its outputs, the server's output is printed as it comes.
+pub fn profile_server(session: &ServerSession) -> Result<()> {
+    let root = samples::root()?;
+    let mut profile = exec::command(relative_to(session.memprof, &root));
     profile
         .current_dir(&root)
-        .args(["run", "--output", OUTPUT_DIR, "--"])
-        .arg(relative_to(&server, &root))
-        .args(SERVER_ARGS)
+        .arg("run")
+        .arg("--output")
+        .arg(session.output)
+        .arg("--")
+        .arg(relative_to(session.server, &root))
+        .args(session.server_args)
         .stdout(Stdio::piped());
     println!("$ {} &", exec::shown(&profile));
     let mut memprof_child = profile
@@ -79,11 +120,11 @@ pub fn run() -> Result<()> {
     // From here on the server's output (its exit summary) is printed as it comes.
     drop(lines);
 
-    let mut load = exec::command(relative_to(&loadgen, &root));
+    let mut load = exec::command(relative_to(session.loadgen, &root));
     load.current_dir(&root)
         .arg("--addr")
         .arg(addr.to_string())
-        .args(LOAD_ARGS);
+        .args(session.load_args);
     // loadgen sends SHUTDOWN even when the load fails, so memprof finishes either way.
     let load_status = exec::status(&mut load)?;
     let status = wait_for(&mut memprof_child, FINISH_LIMIT)?;
@@ -93,17 +134,6 @@ pub fn run() -> Result<()> {
         "memprof-loadgen failed ({load_status})"
     );
     ensure!(status.success(), "memprof run failed ({status})");
-
-    let out = root.join(OUTPUT_DIR);
-    let report = out.join("report.json");
-    println!("== done");
-    println!("{}", top_leak(&report)?);
-    println!("report:     {}", report.display());
-    println!(
-        "flamegraph: {} (open it in a browser)",
-        out.join("leaks.svg").display()
-    );
-    println!("folded:     {}", out.join("leaks.folded").display());
     Ok(())
 }
 
@@ -134,7 +164,7 @@ fn build_server_and_loadgen() -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Waits for the server's `listening on ADDR` among memprof's stdout lines (the server's).
-pub(crate) fn server_address(lines: &Receiver<String>) -> Result<SocketAddr> {
+fn server_address(lines: &Receiver<String>) -> Result<SocketAddr> {
     let deadline = Instant::now() + STARTUP_LIMIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -153,9 +183,7 @@ pub(crate) fn server_address(lines: &Receiver<String>) -> Result<SocketAddr> {
 
 /// Lines of `pipe`: sent through the channel while it is open, printed once it is dropped.
 /// The thread ends at the pipe's end of file.
-pub(crate) fn forward_lines(
-    pipe: impl Read + Send + 'static,
-) -> (Receiver<String>, JoinHandle<()>) {
+fn forward_lines(pipe: impl Read + Send + 'static) -> (Receiver<String>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
     let forwarder = thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
@@ -169,7 +197,7 @@ pub(crate) fn forward_lines(
 }
 
 /// Waits for `child`, killing it after `limit`.
-pub(crate) fn wait_for(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+fn wait_for(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().context("waiting for memprof")? {

@@ -5,18 +5,15 @@
 //! CPU time.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::demo::{forward_lines, server_address, wait_for};
-use crate::{alloc_trace, exec};
+use crate::alloc_trace;
+use crate::demo::{ServerSession, profile_server};
 
 /// Requests of the recorded load (the live benchmark's seed; fewer requests, since memprof
 /// slows the server down).
 const RECORDED_REQUESTS: &str = "50000";
-const FINISH_LIMIT: Duration = Duration::from_secs(120);
 
 pub struct ServerTrace {
     pub path: PathBuf,
@@ -34,62 +31,27 @@ pub fn record(
     scratch: &Path,
 ) -> Result<ServerTrace> {
     let output = scratch.join("server-recording");
-    let mut profile = exec::command(memprof);
-    profile
-        .arg("run")
-        .arg("--output")
-        .arg(&output)
-        .args(["--", &server.to_string_lossy(), "--listen", "127.0.0.1:0"])
-        .env_remove("LD_PRELOAD")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    println!("$ {} &", exec::shown(&profile));
-    let mut child = profile
-        .spawn()
-        .with_context(|| format!("could not start `{}`", exec::shown(&profile)))?;
-    let stdout = child
-        .stdout
-        .take()
-        .context("memprof's stdout is not piped")?;
-    let (lines, forwarder) = forward_lines(stdout);
-    let addr = match server_address(&lines) {
-        Ok(addr) => addr,
-        Err(err) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(err);
-        }
-    };
-    drop(lines);
-    let load = exec::output(exec::command(loadgen).args([
-        "--addr",
-        &addr.to_string(),
-        "--requests",
-        RECORDED_REQUESTS,
-        "--seed",
-        seed,
-        "--shutdown",
-    ]));
-    let status = wait_for(&mut child, FINISH_LIMIT)?;
-    let _ = forwarder.join();
-    let load = load?;
-    ensure!(
-        load.status.success(),
-        "memprof-loadgen failed: {}",
-        String::from_utf8_lossy(&load.stderr).trim()
-    );
-    ensure!(
-        status.success(),
-        "memprof run of the server failed ({status})"
-    );
-    let recording = output.join("recording.mprof");
+    profile_server(&ServerSession {
+        memprof,
+        output: &output,
+        server,
+        server_args: &["--listen", "127.0.0.1:0"],
+        loadgen,
+        load_args: &[
+            "--requests",
+            RECORDED_REQUESTS,
+            "--seed",
+            seed,
+            "--shutdown",
+        ],
+    })?;
     let lost = lost_events(&output.join("report.json"))?;
     ensure!(
         lost == 0,
         "memprof lost {lost} events recording the server: the trace would not be the server's"
     );
     let path = scratch.join("server.trace");
-    let ops = alloc_trace::export(&recording, &path)?;
+    let ops = alloc_trace::export(&output.join("recording.mprof"), &path)?;
     Ok(ServerTrace { path, ops })
 }
 
