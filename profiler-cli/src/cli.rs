@@ -26,6 +26,10 @@ pub enum Command {
         /// `--env LD_PRELOAD=/path/to/libmemprof_alloc.so` to profile another allocator.
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<(String, String)>,
+        /// Take the operation count from the program's last `ops: N` line on stdout (which
+        /// memprof passes through: the program then writes to a pipe, not a terminal).
+        #[arg(long, conflicts_with = "ops")]
+        ops_from_output: bool,
         /// The program and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<OsString>,

@@ -5,7 +5,11 @@
 //! once more as it exits (its maps are read then), and to hold a thread the probes ask to hold
 //! while the collector catches up (backpressure.rs).
 use std::{
-    collections::HashSet, ffi::OsString, io, os::unix::process::CommandExt as _, process::Command,
+    collections::HashSet,
+    ffi::OsString,
+    io,
+    os::unix::process::CommandExt as _,
+    process::{ChildStdout, Command, Stdio},
     sync::Arc,
 };
 
@@ -43,7 +47,19 @@ impl Exit {
 /// only accepted from the tracing thread, so spawning, resuming and reaping all happen there).
 pub struct Launched {
     pub pid: Pid,
+    /// The child's stdout, when [`Target::capture_stdout`] asked for a pipe.
+    pub stdout: Option<ChildStdout>,
     go: std::sync::mpsc::Sender<bool>,
+}
+
+/// What to start.
+pub struct Target {
+    /// The program and its arguments.
+    pub command: Vec<OsString>,
+    /// Added to (or overriding) the child's inherited environment.
+    pub env: Vec<(String, String)>,
+    /// Give the child a pipe as stdout (read through [`Launched::stdout`]) instead of ours.
+    pub capture_stdout: bool,
 }
 
 impl Launched {
@@ -65,8 +81,7 @@ pub type Ended<T> = (Result<Exit>, Option<T>);
 /// runs while the exiting child still has its memory mapped, and the outcome is sent to
 /// `done`; threads the probes signal are held through `backpressure`.
 pub fn launch<T: Send + 'static>(
-    command: Vec<OsString>,
-    env: Vec<(String, String)>,
+    target: Target,
     at_exit: impl FnOnce(Pid) -> Option<T> + Send + 'static,
     done: tokio::sync::oneshot::Sender<Ended<T>>,
     backpressure: Arc<Backpressure>,
@@ -74,14 +89,14 @@ pub fn launch<T: Send + 'static>(
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let pid = match spawn_stopped(&command, &env) {
-            Ok(pid) => pid,
+        let (pid, stdout) = match spawn_stopped(&target) {
+            Ok(started) => started,
             Err(error) => {
                 let _ = started_tx.send(Err(error));
                 return;
             }
         };
-        let _ = started_tx.send(Ok(pid));
+        let _ = started_tx.send(Ok((pid, stdout)));
         if go_rx.recv() != Ok(true) {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = wait_exit(pid, &backpressure, |_| {});
@@ -100,27 +115,32 @@ pub fn launch<T: Send + 'static>(
         });
         let _ = done.send((exit, produced));
     });
-    let pid = started_rx
+    let (pid, stdout) = started_rx
         .recv()
         .map_err(|_| anyhow!("the launcher thread died"))??;
-    Ok(Launched { pid, go })
+    Ok(Launched { pid, stdout, go })
 }
 
-/// Spawns `command` and returns its pid once it is stopped right after execve: only the
-/// executable and ld.so are mapped, nothing of it has run.
-/// `env` is added to (or overrides) the child's inherited environment.
-fn spawn_stopped(command: &[OsString], env: &[(String, String)]) -> Result<Pid> {
-    let (program, args) = command
+/// Spawns `target` and returns its pid (and stdout pipe, if asked for) once it is stopped right
+/// after execve: only the executable and ld.so are mapped, nothing of it has run.
+fn spawn_stopped(target: &Target) -> Result<(Pid, Option<ChildStdout>)> {
+    let (program, args) = target
+        .command
         .split_first()
         .ok_or_else(|| anyhow!("no command given"))?;
     let mut child = Command::new(program);
-    child.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    child
+        .args(args)
+        .envs(target.env.iter().map(|(k, v)| (k, v)));
+    if target.capture_stdout {
+        child.stdout(Stdio::piped());
+    }
     // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe; the child then stops with SIGTRAP
     // at its execve, before ld.so runs.
     unsafe {
         child.pre_exec(|| ptrace::traceme().map_err(io::Error::from));
     }
-    let child = child.spawn().map_err(|error| {
+    let mut child = child.spawn().map_err(|error| {
         let program = program.to_string_lossy();
         match error.kind() {
             io::ErrorKind::NotFound => anyhow!("command not found: {program}"),
@@ -130,7 +150,7 @@ fn spawn_stopped(command: &[OsString], env: &[(String, String)]) -> Result<Pid> 
     })?;
     let pid = Pid::from_raw(child.id() as i32);
     match waitpid(pid, None)? {
-        WaitStatus::Stopped(_, Signal::SIGTRAP) => Ok(pid),
+        WaitStatus::Stopped(_, Signal::SIGTRAP) => Ok((pid, child.stdout.take())),
         WaitStatus::Exited(_, code) => {
             bail!("the target exited with status {code} before it started")
         }

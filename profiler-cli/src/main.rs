@@ -21,6 +21,7 @@ mod launch;
 mod multi_link;
 mod offline;
 mod operators;
+mod ops_output;
 mod privileges;
 mod probes;
 mod prologue;
@@ -83,8 +84,16 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Run {
             capture,
             env,
+            ops_from_output,
             command,
-        } => runtime.block_on(run_cmd::run_command(&capture, &command, &env)),
+        } => runtime.block_on(run_cmd::run_command(
+            &capture,
+            launch::Target {
+                command,
+                env,
+                capture_stdout: ops_from_output,
+            },
+        )),
         Command::Attach {
             pid,
             duration,

@@ -195,6 +195,7 @@ mod tests {
             probes: Vec::new(),
             peak_rss_bytes: None,
             warnings: Vec::new(),
+            ops: None,
         };
         writer.finish(&trailer).unwrap();
     }

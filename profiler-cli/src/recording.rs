@@ -251,6 +251,7 @@ pub fn finish_session(
             probes: meta.sites.iter().map(crate::report::probe_info).collect(),
             peak_rss_bytes: collected.peak_rss_bytes,
             warnings: collected.warnings.clone(),
+            ops: collected.recorder.analyses.ops(),
         };
         let path = sink.path.clone();
         match sink.finish(&trailer) {

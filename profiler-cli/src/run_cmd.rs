@@ -1,5 +1,4 @@
 //! `memprof run -- CMD`: the launched target's session.
-use std::ffi::OsString;
 
 use anyhow::{Context as _, Result};
 use nix::sys::signal::{Signal, kill};
@@ -10,7 +9,7 @@ use crate::{
     backpressure::{self, Backpressure},
     capture::{monotonic_ns, prepare, probe_config, salvage},
     cli::CaptureArgs,
-    launch, privileges,
+    launch, ops_output, privileges,
     probes::ProbeConfig,
     recorder::Collected,
     recording, report, session,
@@ -20,11 +19,9 @@ use crate::{
 };
 
 /// `memprof run -- CMD`: launch stopped at exec, probe, resume, collect until it exits.
-pub async fn run_command(
-    capture: &CaptureArgs,
-    command: &[OsString],
-    child_env: &[(String, String)],
-) -> Result<i32> {
+pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Result<i32> {
+    let command = target.command.clone();
+    let child_env = target.env.clone();
     privileges::check()?;
     let config = ProbeConfig {
         hold_threads: true,
@@ -48,13 +45,12 @@ pub async fn run_command(
     // Threads the probes signal when the ring is half full wait for the collector to drain it.
     let backpressure = Backpressure::new();
     let _release_holds = backpressure::CloseOnDrop(backpressure.clone());
-    let child = launch::launch(
-        command.to_vec(),
-        child_env.to_vec(),
-        read_maps,
-        done_tx,
-        backpressure.clone(),
-    )?;
+    let mut child = launch::launch(target, read_maps, done_tx, backpressure.clone())?;
+    // `--ops-from-output`: the target's stdout, passed through, holds its operation count.
+    let printed_ops = child
+        .stdout
+        .take()
+        .map(|stdout| ops_output::pass_through(stdout, std::io::stdout()));
     let pid = child.pid.as_raw() as u32;
     let prepared = prepare(pid, config, || {
         // The child's environment: ours with --env applied (an LD_PRELOAD there changes
@@ -150,6 +146,14 @@ pub async fn run_command(
     backpressure.close();
     if let Some(note) = holds_note(&backpressure) {
         collected.warnings.push(note);
+    }
+    if let Some(watcher) = printed_ops {
+        match ops_output::printed_count(watcher) {
+            Ok(ops) => collected.recorder.analyses.set_ops(Some(ops)),
+            Err(warning) => {
+                collected.warnings.push(warning);
+            }
+        }
     }
     let counters = collected
         .lost()

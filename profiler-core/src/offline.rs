@@ -92,8 +92,10 @@ impl Replayed {
 pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, ReadError> {
     let mut recorder = Recorder::new(reader.header().mode);
     let replay = replay(reader, &mut recorder)?;
-    // As the live session did: the per-operation figures use the recorded `--ops`.
-    recorder.analyses.set_ops(replay.header.ops);
+    // As the live session did: the per-operation figures use the recorded `--ops`, or the
+    // count the target printed (`--ops-from-output`, in the trailer).
+    let printed_ops = replay.trailer.as_ref().and_then(|t| t.ops);
+    recorder.analyses.set_ops(printed_ops.or(replay.header.ops));
     let (maps, replaced) = match files {
         ModuleFiles::Host => checked_maps(&replay.maps, build_id),
         ModuleFiles::Absent => {

@@ -213,7 +213,10 @@ pub fn parse_ops(lines: &[String]) -> (Option<u64>, Option<f64>) {
                 .map(|v| v.trim().to_owned())
         })
     };
-    let ops = last("ops:").and_then(|v| v.parse().ok());
+    let ops = lines
+        .iter()
+        .rev()
+        .find_map(|line| crate::ops_output::ops_in(line));
     let per_sec = last("ops/s:")
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| v.is_finite());

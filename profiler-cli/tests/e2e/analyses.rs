@@ -142,6 +142,36 @@ fn analyses_short_lived_and_size_mix() {
     );
 }
 
+/// The operation count can come from the target's own `ops: N` line, live and in the
+/// recording.
+#[test]
+fn per_operation_cost_from_the_count_the_target_prints() {
+    let Some(env) = privileged("per_operation_cost_from_the_count_the_target_prints") else {
+        return;
+    };
+    let (report, stderr) = run(env.dir.path(), "mix", &["--ops-from-output"]);
+    let per_op = &report["analyses"]["per_operation"];
+    assert_eq!(u(&per_op["ops"]), 20);
+    assert_eq!(per_op["allocations_per_op"].as_f64(), Some(18.0));
+    assert_eq!(per_op["bytes_per_op"].as_f64(), Some(1510.0));
+    assert!(
+        stderr.contains("Per operation (20 ops): 18.00 allocations"),
+        "summary:\n{stderr}"
+    );
+    let offline = env.dir.path().join("offline");
+    let replayed = run_to_end({
+        let mut cmd = Command::new(memprof());
+        cmd.arg("report")
+            .arg(env.dir.path().join("out/recording.mprof"))
+            .args(["--format", "json", "--output"])
+            .arg(&offline);
+        cmd
+    });
+    assert!(replayed.status.success(), "{}", replayed.stderr);
+    let replayed = replayed.report(&offline);
+    assert_eq!(replayed["analyses"]["per_operation"], *per_op);
+}
+
 #[test]
 fn analyses_attach_finds_the_growing_cache() {
     let Some(env) = privileged("analyses_attach_finds_the_growing_cache") else {

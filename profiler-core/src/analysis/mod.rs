@@ -100,6 +100,11 @@ impl Analyses {
         self.ops = ops;
     }
 
+    /// The number of operations the target performed, if known.
+    pub fn ops(&self) -> Option<u64> {
+        self.ops
+    }
+
     /// Follows one sample of the target's resident set size.
     pub fn observe_rss(&mut self, ts_ns: u64, rss_bytes: u64) {
         self.last_ns = self.last_ns.max(ts_ns);

@@ -187,6 +187,10 @@ pub struct Trailer {
     /// Warnings the session printed that belong in the report.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Operations the target performed, when known only at its end (`--ops-from-output`);
+    /// overrides the header's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<u64>,
 }
 
 /// [`LostCounts`] in a serializable form.

@@ -107,6 +107,7 @@ pub fn write_synthetic_churn<W: Write>(out: W, events: u64) -> io::Result<(W, Re
         probes: Vec::new(),
         peak_rss_bytes: None,
         warnings: Vec::new(),
+        ops: None,
     };
     Ok((writer.finish(&trailer)?, recorder))
 }

@@ -47,6 +47,7 @@ fn trailer() -> Trailer {
         probes: vec![],
         peak_rss_bytes: Some(4096),
         warnings: vec!["a warning".into()],
+        ops: None,
     }
 }
 
