@@ -7,3 +7,4 @@ mod html;
 mod pipeline;
 mod recorded;
 mod separate_debug;
+mod workloads;
