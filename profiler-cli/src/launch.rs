@@ -43,15 +43,6 @@ impl Exit {
     }
 }
 
-/// A child stopped right after exec, owned by the thread that traces it (ptrace requests are
-/// only accepted from the tracing thread, so spawning, resuming and reaping all happen there).
-pub struct Launched {
-    pub pid: Pid,
-    /// The child's stdout, when [`Target::capture_stdout`] asked for a pipe.
-    pub stdout: Option<ChildStdout>,
-    go: std::sync::mpsc::Sender<bool>,
-}
-
 /// What to start.
 pub struct Target {
     /// The program and its arguments.
@@ -60,6 +51,15 @@ pub struct Target {
     pub env: Vec<(String, String)>,
     /// Give the child a pipe as stdout (read through [`Launched::stdout`]) instead of ours.
     pub capture_stdout: bool,
+}
+
+/// A child stopped right after exec, owned by the thread that traces it (ptrace requests are
+/// only accepted from the tracing thread, so spawning, resuming and reaping all happen there).
+pub struct Launched {
+    pub pid: Pid,
+    /// The child's stdout, when [`Target::capture_stdout`] asked for a pipe.
+    pub stdout: Option<ChildStdout>,
+    go: std::sync::mpsc::Sender<bool>,
 }
 
 impl Launched {

@@ -83,6 +83,9 @@ pub struct DoubleFree {
     /// When the second free happened, and on which thread.
     pub ts_ns: u64,
     pub tid: u32,
+    /// The return address into the second free's caller (the free probe's `aux`; 0 if not
+    /// known): frees carry no stack, but their immediate caller names the culprit.
+    pub freed_from: u64,
 }
 
 /// A live mmap region `[start, end)`; the start is its key in [`HeapState::regions`].
@@ -370,6 +373,7 @@ impl HeapState {
                     alloc_stack: freed.stack,
                     ts_ns: event.ts_ns,
                     tid: event.tid,
+                    freed_from: event.aux,
                 });
             }
         } else {

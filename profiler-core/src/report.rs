@@ -305,6 +305,10 @@ pub struct DoubleFreeSite {
     /// When the second free happened, and on which thread.
     pub time_secs: f64,
     pub tid: u32,
+    /// The function that called free the second time (with the functions inlined into it at
+    /// that call, innermost first); empty if unknown. Frees carry no full stack.
+    #[serde(default)]
+    pub freed_from: Vec<StackFrame>,
 }
 
 impl From<Frame> for StackFrame {
@@ -393,6 +397,21 @@ pub fn build_report_with_sites(
 ) -> Report {
     let stats = heap.stats();
     let secs = |ts_ns: u64| ts_ns.saturating_sub(meta.start_ns) as f64 / 1e9;
+    // The functions that freed a block a second time (one frame each, inlined ones expanded).
+    let mut double_free_callers = heap
+        .double_frees()
+        .iter()
+        .map(|double| match double.freed_from {
+            0 => Vec::new(),
+            caller => symbolizer
+                .frames(caller)
+                .iter()
+                .cloned()
+                .map(StackFrame::from)
+                .collect(),
+        })
+        .collect::<Vec<_>>()
+        .into_iter();
     let mut symbolize_stack = |stack: Option<StackId>| -> Vec<StackFrame> {
         stack
             .map(|id| {
@@ -423,6 +442,7 @@ pub fn build_report_with_sites(
             alloc_stack: symbolize_stack(double.alloc_stack),
             time_secs: secs(double.ts_ns),
             tid: double.tid,
+            freed_from: double_free_callers.next().unwrap_or_default(),
         })
         .collect();
     let sites = allocation_sites(site_stats, stacks, &mut symbolize_stack, secs);

@@ -75,7 +75,7 @@ NOIPA void double_free(void) {
         free(fill[i]);
     free(p);
     free(q);
-    free(p);
+    free(p); /* @second-free (the double free, reported with this caller) */
     after_call++;
 }
 

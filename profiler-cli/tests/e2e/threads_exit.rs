@@ -1,10 +1,11 @@
 //! Threads that exit with freed chunks in their glibc tcache (samples/c/thread_exit.c): glibc
 //! hands those chunks, and the tcache itself, back through `free` from its own code. They are
 //! the allocator's frees, never double or unknown frees of the program; a real double free by
-//! the program is still reported, with the stack that allocated the block. Also checked on a
-//! replay of the recording (the classification is recorded with the events).
+//! the program is still reported, with the stack that allocated the block and the function that
+//! freed it again. Also checked on a replay of the recording (the classification is recorded
+//! with the events).
 use crate::report::{Name, assert_function, assert_nothing_lost, assert_num, assert_sites};
-use crate::support::{Build, compile_c, memprof, privileged, profile, run_to_end};
+use crate::support::{Build, compile_c, marker_line, memprof, privileged, profile, run_to_end};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -98,6 +99,20 @@ fn a_real_double_free_beside_thread_exit_is_still_reported() {
         stack.get(..3),
         Some(&["double_victim", "double_free", "main"][..]),
         "{stack:?}"
+    );
+    // Frees carry no stack, but the second free's caller is named, to the line.
+    let caller = &doubles[0]["freed_from"][0];
+    assert_eq!(caller["function"], "double_free", "{:#}", doubles[0]);
+    assert!(
+        caller["file"]
+            .as_str()
+            .is_some_and(|file| file.ends_with("thread_exit.c")),
+        "{caller}"
+    );
+    assert_eq!(
+        caller["line"],
+        marker_line("c/thread_exit.c", "second-free"),
+        "{caller}"
     );
 
     let replayed = replay(env.dir.path());

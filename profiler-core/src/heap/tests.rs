@@ -228,7 +228,8 @@ fn double_free_in_run_mode_is_recorded_with_the_alloc_site() {
         &[
             malloc(0x10, 24, 1),
             free(0x10, 2),
-            event(EventKind::Free, 0x10, 0, 0, 0, 3),
+            // The second free's caller returns to 0x401234.
+            event(EventKind::Free, 0x10, 0, 0, 0x40_1234, 3),
         ],
     );
     let s = heap.stats();
@@ -241,7 +242,8 @@ fn double_free_in_run_mode_is_recorded_with_the_alloc_site() {
             size: 24,
             alloc_stack: Some(StackId(0)),
             ts_ns: 3,
-            tid: 7
+            tid: 7,
+            freed_from: 0x40_1234,
         }]
     );
 }

@@ -290,9 +290,13 @@ fn write_double_frees(report: &Report, out: &mut impl Write, top: usize) -> io::
     }
     writeln!(out, "Double frees: {}", thousands(count))?;
     for double in report.double_frees.iter().take(top) {
+        let caller = match double.freed_from.first() {
+            Some(frame) => format!(" from {}", frame_line(frame)),
+            None => String::new(),
+        };
         writeln!(
             out,
-            "  {} ({}) freed again at {:.3} s by thread {}; allocated at:",
+            "  {} ({}) freed again at {:.3} s by thread {}{caller}; allocated at:",
             double.address,
             human_bytes(double.size),
             double.time_secs,
