@@ -189,7 +189,8 @@ pub struct CaptureArgs {
     /// Do not record the session.
     #[arg(long)]
     pub no_recording: bool,
-    /// Ring buffer size in MiB (a power of two); larger rings lose fewer events under bursts.
+    /// Ring buffer size in MiB (a power of two). In `run`, threads that allocate while half of it
+    /// is queued wait for memprof to drain it; in `attach`, larger rings lose fewer events.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub ring_mib: u32,
     /// Leak sites printed in the terminal summary.
