@@ -6,30 +6,46 @@ use profiler_core::heap::Mode;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    backpressure::{self, Backpressure},
     capture::{monotonic_ns, prepare, probe_config, salvage},
     cli::CaptureArgs,
     privileges,
+    probes::ProbeConfig,
     recorder::Collected,
-    recording, report, session,
+    recording, report, seize, session,
     session::Stop,
     targets::LookupOrder,
 };
 
-/// `memprof attach PID`: probe a running process, collect, detach and leave it running.
+/// `memprof attach PID`: probe a running process, collect, detach and leave it running. With
+/// `hold`, its threads are traced so that none of their events is lost (seize.rs).
 pub async fn attach(
     capture: &CaptureArgs,
     pid: u32,
     duration: Option<std::time::Duration>,
+    hold: bool,
 ) -> Result<i32> {
     check_attachable(pid)?;
     privileges::check()?;
-    let config = probe_config(capture)?;
+    let backpressure = Backpressure::new();
+    let _release_holds = backpressure::CloseOnDrop(backpressure.clone());
+    // Seized before the probes exist, so that no hold request reaches an untraced thread;
+    // dropped (every thread detached) after they are gone.
+    let seized = match hold {
+        true => Some(seize::seize(pid, backpressure.clone())?),
+        false => None,
+    };
+    let config = ProbeConfig {
+        hold_threads: hold,
+        ..probe_config(capture)?
+    };
     let (mut probes, sites, warnings) =
         prepare(pid, config, || LookupOrder::for_running_process(pid))?;
     let ring = probes.take_ring()?;
     let loss_counters = probes.take_loss_counters()?;
     let mut collected = Collected::new(Mode::Attach);
     collected.count_losses_with(loss_counters);
+    collected.release_holds_with(backpressure.clone());
     collected.recorder.analyses.set_ops(capture.ops);
     collected.unwind_for(pid, capture.max_depth);
     collected.allocator_code(pid, &sites);
@@ -85,6 +101,11 @@ pub async fn attach(
         }
     };
     session::drain(&mut ring, &mut collected);
+    backpressure.close();
+    drop(seized);
+    if let Some(note) = backpressure::holds_note(&backpressure) {
+        collected.warnings.push(note);
+    }
     let counters = collected
         .lost()
         .context("cannot read the probes' loss counters")?;

@@ -12,6 +12,9 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::sys::{ptrace, signal::Signal};
+use nix::unistd::Pid;
+
 pub use profiler_common::HOLD_SIGNAL;
 
 /// Longest a thread is held waiting for one drain.
@@ -95,6 +98,26 @@ impl Backpressure {
             .map(|state| (state.holds, state.held))
             .unwrap_or_default()
     }
+}
+
+/// Whether a thread in a ptrace signal-delivery stop by `signal` was signalled by a probe:
+/// `bpf_send_signal_thread` sends with `SI_KERNEL`; the kernel's own SIGCHLDs carry `CLD_*`.
+pub fn is_hold_request(tid: Pid, signal: Signal) -> bool {
+    signal as i32 == HOLD_SIGNAL as i32
+        && ptrace::getsiginfo(tid).is_ok_and(|info| info.si_code == libc::SI_KERNEL)
+}
+
+/// What holding threads cost the target, when it happened: its timings include the pauses.
+pub fn holds_note(backpressure: &Backpressure) -> Option<String> {
+    let (holds, held) = backpressure.holds();
+    (holds > 0).then(|| {
+        format!(
+            "the target allocated faster than memprof could collect: its threads were held {holds} \
+             times ({:.3} s in all) until memprof caught up, so no event was lost, but times and \
+             rates include those pauses",
+            held.as_secs_f64()
+        )
+    })
 }
 
 /// Closes `Backpressure` when the session ends, whichever way it ends.

@@ -41,6 +41,11 @@ pub enum Command {
         /// Stop after this many seconds (otherwise on Ctrl-C or when the target exits).
         #[arg(long, value_name = "SECONDS")]
         duration: Option<f64>,
+        /// Lose no event: trace the target's threads (ptrace) so that one allocating while half
+        /// the ring is queued waits for memprof, as in `run`. Every signal the target gets then
+        /// passes through memprof; the threads are detached at the end.
+        #[arg(long)]
+        hold: bool,
         #[command(flatten)]
         capture: CaptureArgs,
     },

@@ -24,7 +24,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::backpressure::{Backpressure, HOLD_SIGNAL};
+use crate::backpressure::{Backpressure, is_hold_request};
 
 /// How a target ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,13 +217,6 @@ fn wait_exit(pid: Pid, backpressure: &Backpressure, mut at_exit: impl FnMut(Pid)
             _ => continue,
         }
     }
-}
-
-/// Whether a thread stopped by `signal` was signalled by a probe (`bpf_send_signal_thread`
-/// sends with `SI_KERNEL`; the kernel's own SIGCHLDs carry `CLD_*` codes).
-fn is_hold_request(tid: Pid, signal: Signal) -> bool {
-    signal as i32 == HOLD_SIGNAL as i32
-        && ptrace::getsiginfo(tid).is_ok_and(|info| info.si_code == libc::SI_KERNEL)
 }
 
 /// The peak resident set size of a process (`VmHWM` of /proc/PID/status), in bytes. Read in

@@ -29,6 +29,7 @@ mod recorder;
 mod recording;
 mod report;
 mod run_cmd;
+mod seize;
 mod session;
 mod target_modules;
 mod targets;
@@ -97,10 +98,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Attach {
             pid,
             duration,
+            hold,
             capture,
         } => {
             let duration = cli::duration(duration)?;
-            runtime.block_on(attach_cmd::attach(&capture, pid, duration))
+            runtime.block_on(attach_cmd::attach(&capture, pid, duration, hold))
         }
     }
 }

@@ -144,7 +144,7 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     }
     session::drain(&mut ring, &mut collected);
     backpressure.close();
-    if let Some(note) = holds_note(&backpressure) {
+    if let Some(note) = backpressure::holds_note(&backpressure) {
         collected.warnings.push(note);
     }
     if let Some(watcher) = printed_ops {
@@ -174,17 +174,4 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     };
     recording::finish_session(&mut collected, &meta, capture)?;
     Ok(exit.status())
-}
-
-/// What holding threads cost the target, when it happened: its timings include the pauses.
-fn holds_note(backpressure: &Backpressure) -> Option<String> {
-    let (holds, held) = backpressure.holds();
-    (holds > 0).then(|| {
-        format!(
-            "the target allocated faster than memprof could collect: its threads were held {holds} \
-             times ({:.3} s in all) until memprof caught up, so no event was lost, but times and \
-             rates include those pauses",
-            held.as_secs_f64()
-        )
-    })
 }

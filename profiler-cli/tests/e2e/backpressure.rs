@@ -75,3 +75,108 @@ fn a_full_ring_holds_every_allocating_thread() {
     assert_num(&report, "summary.allocator_internal_frees", 4);
     assert_sites(&report, "leaks", Name::Exact("thread_leak"), 4, 128);
 }
+
+/// Every thread of `pid`: (TracerPid, state letter) from /proc.
+fn thread_states(pid: u32) -> Vec<(u32, char)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the target's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .map(|status| {
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let tracer = field("TracerPid:").parse().expect("TracerPid");
+            let state = field("State:").chars().next().expect("State");
+            (tracer, state)
+        })
+        .collect()
+}
+
+#[test]
+fn attach_hold_loses_nothing_and_detaches_cleanly() {
+    let Some(env) = privileged("attach_hold_loses_nothing_and_detaches_cleanly") else {
+        return;
+    };
+    // Two threads replacing blocks without pause, for far longer than the test.
+    let target = compile_c(env.dir.path(), "allocbench", Build::FramePointers);
+    let mut busy = Command::new(&target)
+        .args(["mt", "100000000000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = busy.id();
+    while thread_states(pid).len() < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = env.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("attach")
+        .arg(pid.to_string())
+        .args(["--hold", "--ring-mib", "1", "--duration", "2", "--output"])
+        .arg(&output);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let report = finished.report(&output);
+    assert_nothing_lost(&report);
+    assert_held(&report);
+    assert!(
+        report["summary"]["allocations"].as_u64().unwrap() > 10_000,
+        "{}",
+        report["summary"]
+    );
+    // Detached: no thread traced or stopped, and the target still at work.
+    let states = thread_states(pid);
+    assert_eq!(states.len(), 3, "{states:?}");
+    assert!(
+        states
+            .iter()
+            .all(|&(tracer, state)| tracer == 0 && state != 't' && state != 'T'),
+        "{states:?}"
+    );
+    assert!(busy.try_wait().unwrap().is_none(), "the target died");
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+}
+
+#[test]
+fn attach_hold_refuses_a_process_another_tracer_holds() {
+    let Some(env) = privileged("attach_hold_refuses_a_process_another_tracer_holds") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "churn", Build::FramePointers);
+    // This test traces it, as a debugger would: the target stops at its exec.
+    let mut traced = Command::new(&target);
+    // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut traced, || {
+            nix::sys::ptrace::traceme().map_err(std::io::Error::from)
+        });
+    }
+    let mut traced = traced.arg("1000").spawn().unwrap();
+    let pid = traced.id();
+    let mut cmd = Command::new(memprof());
+    cmd.arg("attach")
+        .arg(pid.to_string())
+        .args(["--hold", "--duration", "1", "--output"])
+        .arg(env.dir.path().join("out"));
+    let finished = run_to_end(cmd);
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains(&format!("--hold: cannot trace process {pid}")),
+        "{}",
+        finished.stderr
+    );
+    // Still traced by this thread: memprof left the other tracer alone.
+    let me = nix::unistd::gettid().as_raw() as u32;
+    let states = thread_states(pid);
+    assert!(states.iter().all(|&(tracer, _)| tracer == me), "{states:?}");
+    traced.kill().unwrap();
+    traced.wait().unwrap();
+}

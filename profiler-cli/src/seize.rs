@@ -1,0 +1,224 @@
+//! `attach --hold`: backpressure for a process memprof did not start. A tracer thread seizes
+//! every thread of the target (`PTRACE_SEIZE`, which does not stop them, with
+//! `PTRACE_O_TRACECLONE` for threads started later), holds a thread the probes signal until the
+//! collector has drained the ring (backpressure.rs), passes every other signal on, keeps
+//! job-control stops as they are (`PTRACE_LISTEN`), and at the end interrupts and detaches
+//! every thread, handing back any signal it was about to receive. If memprof dies instead, the
+//! kernel detaches the threads itself.
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::backpressure::{Backpressure, is_hold_request};
+
+/// How often the tracer looks for ptrace stops when none is pending.
+const POLL: Duration = Duration::from_millis(1);
+
+/// The tracer thread; dropping it detaches every thread (held ones are let go first).
+pub struct Seized {
+    stop: Arc<AtomicBool>,
+    tracer: Option<JoinHandle<()>>,
+}
+
+/// Seizes every thread of `pid`; an error (another tracer, no permission) leaves it untouched.
+pub fn seize(pid: u32, backpressure: Arc<Backpressure>) -> Result<Seized> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let tracer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut threads = match seize_all(Pid::from_raw(pid as i32)) {
+                Ok(threads) => {
+                    let _ = ready_tx.send(Ok(()));
+                    threads
+                }
+                Err((error, seized)) => {
+                    release(seized);
+                    let _ = ready_tx.send(Err(error));
+                    return;
+                }
+            };
+            trace(
+                Pid::from_raw(pid as i32),
+                &mut threads,
+                &backpressure,
+                &stop,
+            );
+            release(threads);
+        })
+    };
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow!("the tracer thread died"))??;
+    Ok(Seized {
+        stop,
+        tracer: Some(tracer),
+    })
+}
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(tracer) = self.tracer.take() {
+            let _ = tracer.join();
+        }
+    }
+}
+
+/// Seizes the threads listed in /proc/PID/task until a pass finds no new one (a thread not
+/// yet seized may start another; seized ones bring theirs along). On error, also returns the
+/// threads already seized, to be released.
+fn seize_all(pid: Pid) -> std::result::Result<HashSet<Pid>, (anyhow::Error, HashSet<Pid>)> {
+    let mut seized = HashSet::new();
+    loop {
+        let tasks = match list_threads(pid) {
+            Ok(tasks) => tasks,
+            Err(error) => return Err((error, seized)),
+        };
+        let fresh: Vec<Pid> = tasks.into_iter().filter(|t| !seized.contains(t)).collect();
+        if fresh.is_empty() {
+            return Ok(seized);
+        }
+        for tid in fresh {
+            match ptrace::seize(tid, ptrace::Options::PTRACE_O_TRACECLONE) {
+                Ok(()) => {
+                    seized.insert(tid);
+                }
+                // The thread exited in between.
+                Err(Errno::ESRCH) => {}
+                Err(Errno::EPERM) => {
+                    let error = anyhow!(
+                        "--hold: cannot trace process {pid} (is a debugger or strace attached?)"
+                    );
+                    return Err((error, seized));
+                }
+                Err(error) => {
+                    return Err((
+                        anyhow!("--hold: cannot trace thread {tid}: {error}"),
+                        seized,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn list_threads(pid: Pid) -> Result<Vec<Pid>> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = std::fs::read_dir(&dir).map_err(|error| anyhow!("cannot read {dir}: {error}"))?;
+    Ok(entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .map(Pid::from_raw)
+        .collect())
+}
+
+/// Handles the threads' ptrace stops until `stop` is set or the process is gone.
+fn trace(pid: Pid, threads: &mut HashSet<Pid>, backpressure: &Backpressure, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) && !threads.is_empty() {
+        let status = match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                thread::sleep(POLL);
+                continue;
+            }
+            Ok(status) => status,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return,
+        };
+        match status {
+            WaitStatus::Exited(tid, _) | WaitStatus::Signaled(tid, _, _) => {
+                threads.remove(&tid);
+                if tid == pid {
+                    threads.clear();
+                }
+            }
+            WaitStatus::Stopped(tid, signal) => resume(tid, signal, backpressure),
+            WaitStatus::PtraceEvent(tid, signal, event) => {
+                threads.insert(tid);
+                if event == libc::PTRACE_EVENT_CLONE
+                    && let Ok(new) = ptrace::getevent(tid)
+                {
+                    threads.insert(Pid::from_raw(new as i32));
+                }
+                event_stop(tid, signal, event);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A thread in a signal-delivery stop: held if a probe asked, else given its signal.
+fn resume(tid: Pid, signal: Signal, backpressure: &Backpressure) {
+    if is_hold_request(tid, signal) {
+        backpressure.hold();
+        let _ = ptrace::cont(tid, None);
+    } else {
+        let _ = ptrace::cont(tid, signal);
+    }
+}
+
+/// A group stop (SIGSTOP and co.) stays a stop until SIGCONT (`PTRACE_LISTEN`); other event
+/// stops (a new thread, a clone) just go on.
+fn event_stop(tid: Pid, signal: Signal, event: i32) {
+    let group_stop = event == libc::PTRACE_EVENT_STOP
+        && matches!(
+            signal,
+            Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+        );
+    if group_stop {
+        // SAFETY: PTRACE_LISTEN takes no memory arguments.
+        unsafe { libc::ptrace(libc::PTRACE_LISTEN, tid.as_raw(), 0, 0) };
+    } else {
+        let _ = ptrace::cont(tid, None);
+    }
+}
+
+/// Interrupts every thread, waits for each to stop, and detaches it with the signal it was
+/// about to receive (none for a probe's hold request or an event stop).
+fn release(mut threads: HashSet<Pid>) {
+    for &tid in &threads {
+        if ptrace::interrupt(tid) == Err(Errno::ESRCH) {
+            // Gone, or already stopped in a way that only waitpid reports: collected below.
+        }
+    }
+    let mut waited = 0;
+    while !threads.is_empty() && waited < 2000 {
+        let status = match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                thread::sleep(POLL);
+                waited += 1;
+                continue;
+            }
+            Ok(status) => status,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        };
+        let (tid, signal) = match status {
+            WaitStatus::Exited(tid, _) | WaitStatus::Signaled(tid, _, _) => {
+                threads.remove(&tid);
+                continue;
+            }
+            WaitStatus::Stopped(tid, signal) if !is_hold_request(tid, signal) => {
+                (tid, Some(signal))
+            }
+            WaitStatus::Stopped(tid, _) => (tid, None),
+            WaitStatus::PtraceEvent(tid, _, _) => (tid, None),
+            _ => continue,
+        };
+        let _ = ptrace::detach(tid, signal);
+        threads.remove(&tid);
+    }
+    // Threads that never reported a stop (they died unreaped): detaching is all that is left.
+    for tid in threads {
+        let _ = ptrace::detach(tid, None);
+    }
+}
