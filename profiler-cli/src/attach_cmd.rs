@@ -103,9 +103,7 @@ pub async fn attach(
     session::drain(&mut ring, &mut collected);
     backpressure.close();
     drop(seized);
-    if let Some(note) = backpressure::holds_note(&backpressure) {
-        collected.warnings.push(note);
-    }
+    collected.held = backpressure::held(&backpressure);
     let counters = collected
         .lost()
         .context("cannot read the probes' loss counters")?;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::{ptrace, signal::Signal};
 use nix::unistd::Pid;
+use profiler_core::report::Held;
 
 pub use profiler_common::HOLD_SIGNAL;
 
@@ -107,16 +108,12 @@ pub fn is_hold_request(tid: Pid, signal: Signal) -> bool {
         && ptrace::getsiginfo(tid).is_ok_and(|info| info.si_code == libc::SI_KERNEL)
 }
 
-/// What holding threads cost the target, when it happened: its timings include the pauses.
-pub fn holds_note(backpressure: &Backpressure) -> Option<String> {
-    let (holds, held) = backpressure.holds();
-    (holds > 0).then(|| {
-        format!(
-            "the target allocated faster than memprof could collect: its threads were held {holds} \
-             times ({:.3} s in all) until memprof caught up, so no event was lost, but times and \
-             rates include those pauses",
-            held.as_secs_f64()
-        )
+/// How much threads were held, if they ever were (the report's `target.held`).
+pub fn held(backpressure: &Backpressure) -> Option<Held> {
+    let (times, held) = backpressure.holds();
+    (times > 0).then_some(Held {
+        times,
+        secs: held.as_secs_f64(),
     })
 }
 

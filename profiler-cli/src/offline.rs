@@ -196,6 +196,7 @@ mod tests {
             peak_rss_bytes: None,
             warnings: Vec::new(),
             ops: None,
+            held: None,
         };
         writer.finish(&trailer).unwrap();
     }

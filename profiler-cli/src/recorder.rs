@@ -44,6 +44,8 @@ pub struct Collected {
     pub peak_rss_bytes: Option<u64>,
     /// What the probes cannot see (targets.rs), copied into the report.
     pub warnings: Vec<String>,
+    /// How much the target's threads were held (backpressure), once the session is over.
+    pub held: Option<profiler_core::report::Held>,
     /// The probes' loss counters, once they are loaded.
     loss_counters: Option<LossCounters>,
     /// Told each time the ring has been read to its end (run: held threads may go on).
@@ -66,6 +68,7 @@ impl Collected {
             last_rss: None,
             peak_rss_bytes: None,
             warnings: Vec::new(),
+            held: None,
             loss_counters: None,
             backpressure: None,
         }
@@ -112,6 +115,7 @@ impl Collected {
             maps: &self.maps,
             started_unix_ns: self.started_unix_ns,
             peak_rss_bytes: self.peak_rss_bytes,
+            held: self.held,
             warnings: &self.warnings,
         }
     }

@@ -252,6 +252,7 @@ pub fn finish_session(
             peak_rss_bytes: collected.peak_rss_bytes,
             warnings: collected.warnings.clone(),
             ops: collected.recorder.analyses.ops(),
+            held: collected.held,
         };
         let path = sink.path.clone();
         match sink.finish(&trailer) {

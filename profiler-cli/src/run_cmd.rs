@@ -144,9 +144,7 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     }
     session::drain(&mut ring, &mut collected);
     backpressure.close();
-    if let Some(note) = backpressure::holds_note(&backpressure) {
-        collected.warnings.push(note);
-    }
+    collected.held = backpressure::held(&backpressure);
     if let Some(watcher) = printed_ops {
         match ops_output::printed_count(watcher) {
             Ok(ops) => collected.recorder.analyses.set_ops(Some(ops)),

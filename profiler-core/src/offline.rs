@@ -58,6 +58,8 @@ pub struct Replayed {
     pub started_unix_ns: u64,
     pub peak_rss_bytes: Option<u64>,
     pub warnings: Vec<String>,
+    /// How much the target's threads were held (from the trailer).
+    pub held: Option<crate::report::Held>,
     /// Records the live collector could not decode.
     pub malformed: u64,
     pub meta: ReportMeta,
@@ -76,6 +78,7 @@ impl Replayed {
             maps: &self.maps,
             started_unix_ns: self.started_unix_ns,
             peak_rss_bytes: self.peak_rss_bytes,
+            held: self.held,
             warnings: &self.warnings,
         }
     }
@@ -118,6 +121,7 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
         started_unix_ns: replay.header.start_unix_ns,
         peak_rss_bytes: trailer.and_then(|t| t.peak_rss_bytes),
         warnings: trailer.map(|t| t.warnings.clone()).unwrap_or_default(),
+        held: trailer.and_then(|t| t.held),
         malformed: trailer.map_or(0, |t| t.malformed),
         meta: report_meta(&replay),
         events: replay.events,

@@ -156,6 +156,18 @@ pub struct Target {
     /// absent when unknown (attach, replay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<u64>,
+    /// How often, and how long in all, the target's threads were held while memprof caught up
+    /// (`run`, `attach --hold`); absent when they never were. Nothing was lost for it, but the
+    /// report's times and rates include the pauses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+}
+
+/// Threads held by memprof's backpressure.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    pub times: u64,
+    pub secs: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -469,6 +481,7 @@ pub fn build_report_with_sites(
             exit: meta.exit,
             duration_secs: meta.duration.as_secs_f64(),
             peak_rss_bytes: None,
+            held: None,
         },
         probes: meta.probes.clone(),
         summary: Summary {

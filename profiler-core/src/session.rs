@@ -28,6 +28,8 @@ pub struct SessionView<'a> {
     pub started_unix_ns: u64,
     /// The target's peak resident set size, when it was read.
     pub peak_rss_bytes: Option<u64>,
+    /// How much the target's threads were held, if at all.
+    pub held: Option<crate::report::Held>,
     /// What the probes could not see, copied into the report.
     pub warnings: &'a [String],
 }
@@ -60,6 +62,7 @@ pub fn build_report(
     };
     analysis::attach(&mut report, recorder, symbolizer, &options);
     report.target.peak_rss_bytes = session.peak_rss_bytes;
+    report.target.held = session.held;
     report.warnings = session.warnings.to_vec();
     report
 }

@@ -172,7 +172,7 @@ pub fn process_maps<'a>(records: impl IntoIterator<Item = &'a MappingRecord>) ->
 }
 
 /// What the session knew when it ended; its presence marks a complete recording.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trailer {
     pub end_monotonic_ns: u64,
     /// How the target ended; null if it was still running.
@@ -191,6 +191,9 @@ pub struct Trailer {
     /// overrides the header's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<u64>,
+    /// How much the target's threads were held while memprof caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<crate::report::Held>,
 }
 
 /// [`LostCounts`] in a serializable form.

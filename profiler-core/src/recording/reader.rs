@@ -11,7 +11,7 @@ use profiler_common::EventKind;
 use std::io::{self, Read};
 
 /// One record of a recording.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Record<'a> {
     /// A probed call; its stack (if any) was defined by an earlier [`Record::Stack`].
     Event {

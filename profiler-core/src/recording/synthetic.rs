@@ -108,6 +108,7 @@ pub fn write_synthetic_churn<W: Write>(out: W, events: u64) -> io::Result<(W, Re
         peak_rss_bytes: None,
         warnings: Vec::new(),
         ops: None,
+        held: None,
     };
     Ok((writer.finish(&trailer)?, recorder))
 }

@@ -48,6 +48,7 @@ fn trailer() -> Trailer {
         peak_rss_bytes: Some(4096),
         warnings: vec!["a warning".into()],
         ops: None,
+        held: None,
     }
 }
 

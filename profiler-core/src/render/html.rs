@@ -102,7 +102,7 @@ impl Page {
             ),
             None => "nothing was ever live".to_owned(),
         };
-        let rows: Vec<(&str, &str, String)> = vec![
+        let mut rows: Vec<(&str, &str, String)> = vec![
             ("command", "target", target.command.join(" ")),
             ("pid", "pid", target.pid.to_string()),
             ("mode", "mode", format!("{:?}", report.mode).to_lowercase()),
@@ -156,6 +156,20 @@ impl Page {
                 thousands(s.overwritten_blocks),
             ),
         ];
+        if let Some(held) = target.held {
+            rows.insert(
+                5,
+                (
+                    "held",
+                    "held while memprof caught up",
+                    format!(
+                        "{} times, {} in all (nothing lost; times include the pauses)",
+                        thousands(held.times),
+                        secs(held.secs)
+                    ),
+                ),
+            );
+        }
         self.html
             .push_str("<section id=\"summary\">\n<h2>Summary</h2>\n<table>\n");
         for (key, label, value) in rows {

@@ -47,6 +47,7 @@ fn report() -> Report {
             }),
             duration_secs: 2.0,
             peak_rss_bytes: None,
+            held: None,
         },
         probes: vec![],
         summary: Summary {
@@ -157,6 +158,29 @@ fn text_without_losses_has_no_lost_block() {
     assert!(text.contains("  #4 6 B in 1 blocks"), "{text}");
     assert!(text.contains("      0x7fff0000\n"), "{text}");
     assert!(text.contains("      [no stack]\n"), "{text}");
+}
+
+#[test]
+fn held_threads_are_stated_under_the_header_and_only_then() {
+    let mut report = report();
+    assert!(!render_text(&report, 10).contains("held"));
+    report.target.held = Some(crate::report::Held {
+        times: 1234,
+        secs: 0.5,
+    });
+    let text = render_text(&report, 10);
+    assert!(
+        text.contains(
+            "recorded 2.000 s\nits threads were held 1,234 times (0.500 s in all) while memprof \
+             caught up: no event was lost, but times and rates include those pauses\n"
+        ),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+    assert_eq!(
+        json["target"]["held"],
+        serde_json::json!({"times": 1234, "secs": 0.5})
+    );
 }
 
 #[test]

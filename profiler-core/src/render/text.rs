@@ -46,6 +46,15 @@ fn write_header(report: &Report, out: &mut impl Write) -> io::Result<()> {
         "target {ending}, recorded {:.3} s",
         target.duration_secs
     )?;
+    if let Some(held) = target.held {
+        writeln!(
+            out,
+            "its threads were held {} times ({:.3} s in all) while memprof caught up: no event \
+             was lost, but times and rates include those pauses",
+            thousands(held.times),
+            held.secs
+        )?;
+    }
     writeln!(out)
 }
 
