@@ -143,6 +143,80 @@ fn attach_hold_loses_nothing_and_detaches_cleanly() {
     busy.wait().unwrap();
 }
 
+/// Waits up to 5 s for every thread of `pid` to be in a state `wanted` accepts.
+fn wait_for_states(pid: u32, wanted: impl Fn(char) -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let states = thread_states(pid);
+        if states.iter().all(|&(_, state)| wanted(state)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{what}: {states:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A job-control stop while memprof holds the threads stays a stop, and SIGCONT ends it.
+#[test]
+fn attach_hold_keeps_job_control_stops() {
+    let Some(env) = privileged("attach_hold_keeps_job_control_stops") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "allocbench", Build::FramePointers);
+    let mut busy = Command::new(&target)
+        .args(["mt", "100000000000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = busy.id();
+    while thread_states(pid).len() < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = env.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("attach")
+        .arg(pid.to_string())
+        .args(["--hold", "--duration", "3", "--output"])
+        .arg(&output);
+    let profiler = std::thread::spawn(move || run_to_end(cmd));
+    // Traced once memprof says so (TracerPid set on every thread).
+    let start = std::time::Instant::now();
+    while !thread_states(pid).iter().all(|&(tracer, _)| tracer != 0) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never traced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let target_pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(target_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Stopped: `t` (a traced thread in its group stop) or `T`.
+    wait_for_states(pid, |state| state == 't' || state == 'T', "not stopped");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for_states(
+        pid,
+        |state| state == 't' || state == 'T',
+        "did not stay stopped",
+    );
+    nix::sys::signal::kill(target_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    wait_for_states(pid, |state| state != 't' && state != 'T', "not resumed");
+    let finished = profiler.join().unwrap();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_nothing_lost(&finished.report(&output));
+    let states = thread_states(pid);
+    assert!(
+        states
+            .iter()
+            .all(|&(tracer, state)| tracer == 0 && state != 't' && state != 'T'),
+        "{states:?}"
+    );
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+}
+
 #[test]
 fn attach_hold_refuses_a_process_another_tracer_holds() {
     let Some(env) = privileged("attach_hold_refuses_a_process_another_tracer_holds") else {
