@@ -7,11 +7,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     backpressure::{self, Backpressure},
-    capture::{monotonic_ns, prepare, probe_config, salvage},
+    capture::{collector, monotonic_ns, prepare, probe_config, salvage},
     cli::CaptureArgs,
     privileges,
     probes::ProbeConfig,
-    recorder::Collected,
     recording, report, seize, session,
     session::Stop,
     targets::LookupOrder,
@@ -41,15 +40,15 @@ pub async fn attach(
     };
     let (mut probes, sites, warnings) =
         prepare(pid, config, || LookupOrder::for_running_process(pid))?;
-    let ring = probes.take_ring()?;
-    let loss_counters = probes.take_loss_counters()?;
-    let mut collected = Collected::new(Mode::Attach);
-    collected.count_losses_with(loss_counters);
-    collected.release_holds_with(backpressure.clone());
-    collected.recorder.analyses.set_ops(capture.ops);
-    collected.unwind_for(pid, capture.max_depth);
-    collected.allocator_code(pid, &sites);
-    collected.warnings = warnings;
+    let (ring, mut collected) = collector(
+        Mode::Attach,
+        pid,
+        capture,
+        &mut probes,
+        &sites,
+        warnings,
+        &backpressure,
+    )?;
     let start_ns = monotonic_ns();
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     let command_line = cmdline(pid).unwrap_or_else(|| vec![exe.display().to_string()]);
@@ -103,7 +102,7 @@ pub async fn attach(
     session::drain(&mut ring, &mut collected);
     backpressure.close();
     drop(seized);
-    collected.held = backpressure::held(&backpressure);
+    collected.held = backpressure.held();
     let counters = collected
         .lost()
         .context("cannot read the probes' loss counters")?;

@@ -92,12 +92,24 @@ impl Backpressure {
         self.wanted.notified().await;
     }
 
-    /// Holds so far, and the total time threads spent held.
-    pub fn holds(&self) -> (u64, Duration) {
-        self.state
-            .lock()
-            .map(|state| (state.holds, state.held))
-            .unwrap_or_default()
+    /// Resumes a traced thread in a signal-delivery stop: after a hold, the signal suppressed,
+    /// if a probe sent it; else with its signal delivered.
+    pub fn resume(&self, tid: Pid, signal: Signal) {
+        if is_hold_request(tid, signal) {
+            self.hold();
+            let _ = ptrace::cont(tid, None);
+        } else {
+            let _ = ptrace::cont(tid, signal);
+        }
+    }
+
+    /// How much threads were held, if they ever were (the report's `target.held`).
+    pub fn held(&self) -> Option<Held> {
+        let state = self.state.lock().ok()?;
+        (state.holds > 0).then_some(Held {
+            times: state.holds,
+            secs: state.held.as_secs_f64(),
+        })
     }
 }
 
@@ -106,15 +118,6 @@ impl Backpressure {
 pub fn is_hold_request(tid: Pid, signal: Signal) -> bool {
     signal as i32 == HOLD_SIGNAL as i32
         && ptrace::getsiginfo(tid).is_ok_and(|info| info.si_code == libc::SI_KERNEL)
-}
-
-/// How much threads were held, if they ever were (the report's `target.held`).
-pub fn held(backpressure: &Backpressure) -> Option<Held> {
-    let (times, held) = backpressure.holds();
-    (times > 0).then_some(Held {
-        times,
-        secs: held.as_secs_f64(),
-    })
 }
 
 /// Closes `Backpressure` when the session ends, whichever way it ends.
@@ -143,9 +146,9 @@ mod tests {
             backpressure.ring_drained();
         }
         tracer.join().unwrap();
-        let (holds, held) = backpressure.holds();
-        assert_eq!(holds, 1);
-        assert!(held < MAX_HOLD, "{held:?}");
+        let held = backpressure.held().unwrap();
+        assert_eq!(held.times, 1);
+        assert!(held.secs < MAX_HOLD.as_secs_f64(), "{held:?}");
     }
 
     #[test]
@@ -163,6 +166,6 @@ mod tests {
         let start = Instant::now();
         backpressure.hold();
         assert!(start.elapsed() >= MAX_HOLD);
-        assert_eq!(backpressure.holds().0, 1);
+        assert_eq!(backpressure.held().map(|held| held.times), Some(1));
     }
 }

@@ -1,9 +1,13 @@
 //! What `run` and `attach` share: the probe configuration, loading and attaching the probes,
 //! saving what was collected when the collection loop fails, and the probes' clock.
+use std::sync::Arc;
+
 use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
 use profiler_core::heap::Mode;
 
 use crate::{
+    backpressure::Backpressure,
     cli::{self, CaptureArgs},
     probes::{ProbeConfig, Probes},
     recorder::Collected,
@@ -49,6 +53,28 @@ pub fn salvage(
     if let Err(error) = recording::finish_session(collected, &meta, capture) {
         eprintln!("memprof: error: {error:#}");
     }
+}
+
+/// The collector of a session on `pid`: the probes' ring and loss counters taken from
+/// `probes`, the session's settings, and `backpressure` told of each drain.
+pub fn collector(
+    mode: Mode,
+    pid: u32,
+    capture: &CaptureArgs,
+    probes: &mut Probes,
+    sites: &[ProbeSite],
+    warnings: Vec<String>,
+    backpressure: &Arc<Backpressure>,
+) -> Result<(RingBuf<MapData>, Collected)> {
+    let ring = probes.take_ring()?;
+    let mut collected = Collected::new(mode);
+    collected.count_losses_with(probes.take_loss_counters()?);
+    collected.release_holds_with(backpressure.clone());
+    collected.recorder.analyses.set_ops(capture.ops);
+    collected.unwind_for(pid, capture.max_depth);
+    collected.allocator_code(pid, sites);
+    collected.warnings = warnings;
+    Ok((ring, collected))
 }
 
 /// Finds the probe sites, loads the programs and attaches them.

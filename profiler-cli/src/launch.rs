@@ -24,7 +24,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::backpressure::{Backpressure, is_hold_request};
+use crate::backpressure::Backpressure;
 
 /// How a target ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,14 +206,8 @@ fn wait_exit(pid: Pid, backpressure: &Backpressure, mut at_exit: impl FnMut(Pid)
             WaitStatus::Stopped(tid, Signal::SIGSTOP) if started.insert(tid) => {
                 let _ = ptrace::cont(tid, None);
             }
-            WaitStatus::Stopped(tid, signal) if is_hold_request(tid, signal) => {
-                backpressure.hold();
-                let _ = ptrace::cont(tid, None);
-            }
-            // A signal on its way to the thread: deliver it.
-            WaitStatus::Stopped(tid, signal) => {
-                let _ = ptrace::cont(tid, signal);
-            }
+            // A signal on its way to the thread: a probe's hold request, or one to deliver.
+            WaitStatus::Stopped(tid, signal) => backpressure.resume(tid, signal),
             _ => continue,
         }
     }

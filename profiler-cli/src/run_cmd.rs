@@ -7,11 +7,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     backpressure::{self, Backpressure},
-    capture::{monotonic_ns, prepare, probe_config, salvage},
+    capture::{collector, monotonic_ns, prepare, probe_config, salvage},
     cli::CaptureArgs,
     launch, ops_output, privileges,
     probes::ProbeConfig,
-    recorder::Collected,
     recording, report, session,
     session::Stop,
     target_modules,
@@ -69,16 +68,16 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
             return Err(error);
         }
     };
-    let ring = probes.take_ring()?;
-    let loss_counters = probes.take_loss_counters()?;
-    let mut collected = Collected::new(Mode::Run);
-    collected.count_losses_with(loss_counters);
-    collected.release_holds_with(backpressure.clone());
-    collected.recorder.analyses.set_ops(capture.ops);
-    collected.unwind_for(pid, capture.max_depth);
-    collected.allocator_code(pid, &sites);
+    let (ring, mut collected) = collector(
+        Mode::Run,
+        pid,
+        capture,
+        &mut probes,
+        &sites,
+        warnings,
+        &backpressure,
+    )?;
     collected.watch_exit_maps(exit_maps);
-    collected.warnings = warnings;
     let start_ns = monotonic_ns();
     let command_line: Vec<String> = command
         .iter()
@@ -144,7 +143,7 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     }
     session::drain(&mut ring, &mut collected);
     backpressure.close();
-    collected.held = backpressure::held(&backpressure);
+    collected.held = backpressure.held();
     if let Some(watcher) = printed_ops {
         match ops_output::printed_count(watcher) {
             Ok(ops) => collected.recorder.analyses.set_ops(Some(ops)),

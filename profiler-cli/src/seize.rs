@@ -141,7 +141,7 @@ fn trace(pid: Pid, threads: &mut HashSet<Pid>, backpressure: &Backpressure, stop
                     threads.clear();
                 }
             }
-            WaitStatus::Stopped(tid, signal) => resume(tid, signal, backpressure),
+            WaitStatus::Stopped(tid, signal) => backpressure.resume(tid, signal),
             WaitStatus::PtraceEvent(tid, signal, event) => {
                 threads.insert(tid);
                 if event == libc::PTRACE_EVENT_CLONE
@@ -153,16 +153,6 @@ fn trace(pid: Pid, threads: &mut HashSet<Pid>, backpressure: &Backpressure, stop
             }
             _ => {}
         }
-    }
-}
-
-/// A thread in a signal-delivery stop: held if a probe asked, else given its signal.
-fn resume(tid: Pid, signal: Signal, backpressure: &Backpressure) {
-    if is_hold_request(tid, signal) {
-        backpressure.hold();
-        let _ = ptrace::cont(tid, None);
-    } else {
-        let _ = ptrace::cont(tid, signal);
     }
 }
 

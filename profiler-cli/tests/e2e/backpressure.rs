@@ -97,14 +97,11 @@ fn thread_states(pid: u32) -> Vec<(u32, char)> {
         .collect()
 }
 
-#[test]
-fn attach_hold_loses_nothing_and_detaches_cleanly() {
-    let Some(env) = privileged("attach_hold_loses_nothing_and_detaches_cleanly") else {
-        return;
-    };
-    // Two threads replacing blocks without pause, for far longer than the test.
-    let target = compile_c(env.dir.path(), "allocbench", Build::FramePointers);
-    let mut busy = Command::new(&target)
+/// Two threads of allocbench replacing blocks without pause, for far longer than a test, once
+/// both have started; and its pid.
+fn busy_target(dir: &Path) -> (std::process::Child, u32) {
+    let target = compile_c(dir, "allocbench", Build::FramePointers);
+    let busy = Command::new(&target)
         .args(["mt", "100000000000"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -113,12 +110,29 @@ fn attach_hold_loses_nothing_and_detaches_cleanly() {
     while thread_states(pid).len() < 3 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let output = env.dir.path().join("out");
+    (busy, pid)
+}
+
+/// `memprof attach PID --hold ARGS --output OUTPUT`.
+fn attach_hold(pid: u32, output: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(memprof());
     cmd.arg("attach")
         .arg(pid.to_string())
-        .args(["--hold", "--ring-mib", "1", "--duration", "2", "--output"])
-        .arg(&output);
+        .arg("--hold")
+        .args(args)
+        .arg("--output")
+        .arg(output);
+    cmd
+}
+
+#[test]
+fn attach_hold_loses_nothing_and_detaches_cleanly() {
+    let Some(env) = privileged("attach_hold_loses_nothing_and_detaches_cleanly") else {
+        return;
+    };
+    let (mut busy, pid) = busy_target(env.dir.path());
+    let output = env.dir.path().join("out");
+    let cmd = attach_hold(pid, &output, &["--ring-mib", "1", "--duration", "2"]);
     let finished = run_to_end(cmd);
     assert!(finished.status.success(), "{}", finished.stderr);
     let report = finished.report(&output);
@@ -165,22 +179,9 @@ fn attach_hold_keeps_job_control_stops() {
     let Some(env) = privileged("attach_hold_keeps_job_control_stops") else {
         return;
     };
-    let target = compile_c(env.dir.path(), "allocbench", Build::FramePointers);
-    let mut busy = Command::new(&target)
-        .args(["mt", "100000000000"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = busy.id();
-    while thread_states(pid).len() < 3 {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (mut busy, pid) = busy_target(env.dir.path());
     let output = env.dir.path().join("out");
-    let mut cmd = Command::new(memprof());
-    cmd.arg("attach")
-        .arg(pid.to_string())
-        .args(["--hold", "--duration", "3", "--output"])
-        .arg(&output);
+    let cmd = attach_hold(pid, &output, &["--duration", "3"]);
     let profiler = std::thread::spawn(move || run_to_end(cmd));
     // Traced once memprof says so (TracerPid set on every thread).
     let start = std::time::Instant::now();
@@ -233,11 +234,7 @@ fn attach_hold_refuses_a_process_another_tracer_holds() {
     }
     let mut traced = traced.arg("1000").spawn().unwrap();
     let pid = traced.id();
-    let mut cmd = Command::new(memprof());
-    cmd.arg("attach")
-        .arg(pid.to_string())
-        .args(["--hold", "--duration", "1", "--output"])
-        .arg(env.dir.path().join("out"));
+    let cmd = attach_hold(pid, &env.dir.path().join("out"), &["--duration", "1"]);
     let finished = run_to_end(cmd);
     assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
     assert!(
