@@ -26,6 +26,8 @@ pub async fn attach(
 ) -> Result<i32> {
     check_attachable(pid)?;
     privileges::check()?;
+    // Refused before the target runs, not after: an unsafe output directory loses nothing.
+    profiler_core::output_dir::OutputDir::open(&capture.output)?;
     let backpressure = Backpressure::new();
     let _release_holds = backpressure::CloseOnDrop(backpressure.clone());
     // Seized before the probes exist, so that no hold request reaches an untraced thread;

@@ -13,9 +13,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use inferno::{differential, flamegraph};
 use profiler_core::{
+    output_dir::OutputDir,
     render::{FlameKind, folded_lines_of, short_bytes, thousands},
     report::Report,
     session::build_report,
@@ -23,10 +24,7 @@ use profiler_core::{
 };
 use serde::Serialize;
 
-use crate::{
-    cli::{DiffArgs, DiffFlame},
-    offline::write_file,
-};
+use crate::cli::{DiffArgs, DiffFlame};
 
 /// The four per-site figures, in this order everywhere.
 const METRICS: [(FlameKind, &str); 4] = [
@@ -237,15 +235,12 @@ pub fn diff(args: &DiffArgs) -> Result<i32> {
         a: run(a_file, &a),
         b: run(b_file, &b),
     };
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("cannot create output directory {}", args.output.display()))?;
-    let json = args.output.join("diff.json");
-    write_file(&json, |out| {
+    let dir = OutputDir::open(&args.output)?;
+    let json = dir.write_atomically("diff.json", |out| {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         out.write_all(b"\n")
     })?;
-    let svg = args.output.join("diff.svg");
-    write_file(&svg, |out| write_diff_flamegraph(&a, &b, kind, out))?;
+    let svg = dir.write_atomically("diff.svg", |out| write_diff_flamegraph(&a, &b, kind, out))?;
     let mut stdout = std::io::stdout().lock();
     // A closed stdout (`memprof diff ... | head`) is not a failure: the files are written.
     let _ = print_table(&report, args.top, &mut stdout).and_then(|()| stdout.flush());

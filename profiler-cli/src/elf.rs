@@ -2,7 +2,6 @@
 //! symbols it exports, and the bytes at a symbol (to decode the prologue).
 use std::{
     collections::HashMap,
-    fs,
     path::{Path, PathBuf},
 };
 
@@ -37,7 +36,8 @@ pub struct ElfObject {
 impl ElfObject {
     /// Reads the object at `path`, keeping only the functions named in `wanted`.
     pub fn read(path: &Path, wanted: &[&str]) -> Result<ElfObject> {
-        let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let data = profiler_core::module_file::read(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let elf = ElfFile64::<object::Endianness>::parse(&*data)
             .with_context(|| format!("{} is not a 64-bit ELF object", path.display()))?;
         let endian = elf.endian();

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use profiler_core::{
     offline::{ModuleFiles, Replayed},
+    output_dir::{OutputDir, create_file},
     recording::{Reader, write_synthetic_churn},
     render::{FlameKind, write_flamegraph, write_folded, write_json, write_text},
     session::{build_report, write_pprof_file},
@@ -58,32 +59,29 @@ pub fn report(
         stdout.flush()?;
         return Ok(0);
     }
-    std::fs::create_dir_all(output)
-        .with_context(|| format!("cannot create output directory {}", output.display()))?;
+    let dir = OutputDir::open(output)?;
     let mut written = Vec::new();
     match format {
         ReportFormat::Json => {
-            let path = output.join("report.json");
-            write_file(&path, |out| write_json(&report, out))?;
-            written.push(path);
+            written.push(dir.write_atomically("report.json", |out| write_json(&report, out))?);
         }
         ReportFormat::Flamegraph | ReportFormat::Folded => {
             for kind in FlameKind::ALL {
                 let stem = kind.file_stem();
-                if format == ReportFormat::Flamegraph {
-                    let path = output.join(format!("{stem}.svg"));
-                    write_file(&path, |out| write_flamegraph(&report, kind, out))?;
-                    written.push(path);
+                written.push(if format == ReportFormat::Flamegraph {
+                    dir.write_atomically(&format!("{stem}.svg"), |out| {
+                        write_flamegraph(&report, kind, out)
+                    })?
                 } else {
-                    let path = output.join(format!("{stem}.folded"));
-                    write_file(&path, |out| write_folded(&report, kind, out))?;
-                    written.push(path);
-                }
+                    dir.write_atomically(&format!("{stem}.folded"), |out| {
+                        write_folded(&report, kind, out)
+                    })?
+                });
             }
         }
         ReportFormat::Pprof => {
             written.push(write_pprof_file(
-                output,
+                &dir,
                 &session,
                 &mut symbolizer,
                 meta,
@@ -120,34 +118,9 @@ pub fn load(file: &Path) -> Result<Replayed> {
     Ok(replayed)
 }
 
-/// Writes one file atomically: a temporary file renamed into place.
-pub(crate) fn write_file(
-    path: &Path,
-    render: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let name = path.file_name().expect("output paths end in a file name");
-    let temp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut out = BufWriter::new(File::create(&temp)?);
-        render(&mut out)?;
-        out.into_inner()
-            .map_err(std::io::IntoInnerError::into_error)?
-            .sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp); // best effort: the error below is what matters
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// `memprof synthesize-recording`: a deterministic churn recording for the benchmark.
 pub fn synthesize(file: &Path, events: u64) -> Result<i32> {
-    let out = File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
+    let out = create_file(file)?;
     let (out, _) = write_synthetic_churn(BufWriter::new(out), events)
         .with_context(|| format!("cannot write {}", file.display()))?;
     out.into_inner()

@@ -12,9 +12,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use profiler_core::{
-    maps::ProcessMaps,
+    maps::{Mapping, ProcessMaps},
+    module_file,
     recorder::Ingested,
-    recording::{MappingRecord, Trailer, Writer, build_id},
+    recording::{MappingRecord, Trailer, Writer, build_id_of},
     report::LostCounts,
     stacks::StackTable,
 };
@@ -36,12 +37,7 @@ pub struct RecordingSink {
 impl RecordingSink {
     /// Creates the file and writes the header (whose maps are marked written).
     pub fn create(path: &Path, header: &profiler_core::recording::Header) -> Result<RecordingSink> {
-        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let file =
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = profiler_core::output_dir::create_file(path)?;
         let writer = Writer::create(file, header)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let written = header.maps.iter().map(key).collect();
@@ -85,9 +81,7 @@ impl RecordingSink {
                     mapping.path.clone(),
                 ))
             })
-            .map(|mapping| {
-                MappingRecord::new(mapping, lookup_build_id(build_ids, &mapping.path, pid))
-            })
+            .map(|mapping| MappingRecord::new(mapping, lookup_build_id(build_ids, mapping, pid)))
             .collect();
         if fresh.is_empty() {
             return;
@@ -149,20 +143,34 @@ fn key(record: &MappingRecord) -> (u64, u64, u64, PathBuf) {
     (record.start, record.end, record.offset, record.path.clone())
 }
 
-/// The build-id of a mapped file, opened as the target sees it (its mount namespace) when
-/// possible; cached by path.
-pub fn lookup_build_id(build_ids: &mut BuildIds, path: &Path, pid: u32) -> Option<String> {
-    if !path.is_absolute() {
+/// The build-id of the file `mapping` maps, read from the file the target really maps (see
+/// profiler-core's `module_file`); cached by path.
+pub fn lookup_build_id(build_ids: &mut BuildIds, mapping: &Mapping, pid: u32) -> Option<String> {
+    if !mapping.is_file() {
         return None;
     }
     build_ids
-        .entry(path.to_owned())
+        .entry(mapping.path.clone())
         .or_insert_with(|| {
-            let in_target = Path::new(&format!("/proc/{pid}/root"))
-                .join(path.strip_prefix("/").unwrap_or(path));
-            build_id(&in_target).or_else(|| build_id(path))
+            module_file::open_mapped(pid, mapping)
+                .ok()
+                .and_then(build_id_of)
         })
         .clone()
+}
+
+/// [`lookup_build_id`] of the first mapping of `path` in `maps`.
+pub fn build_id_of_path(
+    build_ids: &mut BuildIds,
+    maps: &ProcessMaps,
+    path: &Path,
+    pid: u32,
+) -> Option<String> {
+    if let Some(known) = build_ids.get(path) {
+        return known.clone();
+    }
+    let mapping = maps.iter().find(|mapping| mapping.path == path)?;
+    lookup_build_id(build_ids, mapping, pid)
 }
 
 /// The target's resident set size: `/proc/PID/statm`'s second field, in pages.
@@ -188,7 +196,7 @@ pub fn start(
     let records = maps
         .iter()
         .map(|mapping| {
-            let id = lookup_build_id(&mut collected.build_ids, &mapping.path, header.pid);
+            let id = lookup_build_id(&mut collected.build_ids, mapping, header.pid);
             MappingRecord::new(mapping, id)
         })
         .collect();

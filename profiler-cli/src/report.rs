@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use profiler_core::{
     heap::Mode,
+    output_dir::OutputDir,
     render::write_text,
     report::{ExitStatus, LostCounts, ProbeInfo, ReportMeta},
     session::{SessionView, write_all},
@@ -55,7 +56,7 @@ pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> 
         collected.malformed,
         symbolizer,
         &report_meta,
-        |path| crate::recording::lookup_build_id(&mut build_ids, path, meta.pid),
+        |path| crate::recording::build_id_of_path(&mut build_ids, &collected.maps, path, meta.pid),
         &capture.output,
         capture.top,
     )
@@ -74,7 +75,8 @@ pub fn finish_report(
     top: usize,
 ) -> Result<()> {
     let started = Instant::now();
-    let outputs = write_all(output, session, &mut symbolizer, report_meta, build_id)
+    let dir = OutputDir::open(output)?;
+    let outputs = write_all(&dir, session, &mut symbolizer, report_meta, build_id)
         .with_context(|| format!("cannot write the report into {}", output.display()))?;
 
     // The files are written; a closed stderr (`memprof ... 2>&1 | head`) must not turn the

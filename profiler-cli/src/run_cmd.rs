@@ -22,6 +22,8 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     let command = target.command.clone();
     let child_env = target.env.clone();
     privileges::check()?;
+    // Refused before the target runs, not after: an unsafe output directory loses nothing.
+    profiler_core::output_dir::OutputDir::open(&capture.output)?;
     let config = ProbeConfig {
         hold_threads: true,
         ..probe_config(capture)?

@@ -11,7 +11,7 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -141,16 +141,7 @@ impl TargetModules {
     }
 
     fn open(&self, mapping: &Mapping) -> Option<File> {
-        let by_mapping = format!(
-            "/proc/{}/map_files/{:x}-{:x}",
-            self.pid, mapping.start, mapping.end
-        );
-        let in_root = Path::new(&format!("/proc/{}/root", self.pid))
-            .join(mapping.path.strip_prefix("/").unwrap_or(&mapping.path));
-        File::open(by_mapping)
-            .or_else(|_| File::open(in_root))
-            .or_else(|_| File::open(&mapping.path))
-            .ok()
+        profiler_core::module_file::open_mapped(self.pid, mapping).ok()
     }
 }
 

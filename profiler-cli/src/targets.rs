@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use profiler_common::EventKind;
+use profiler_core::{maps::ProcessMaps, module_file};
 
 use crate::{
     elf::ElfObject,
@@ -49,8 +50,10 @@ pub struct ProbeSite {
 pub struct LookupOrder {
     /// Paths as the target sees them.
     pub objects: Vec<PathBuf>,
-    /// Prefix under which memprof can open those paths ("" for a child of ours).
-    pub root: PathBuf,
+    /// Where memprof opens each of them when not by that path: for a running process, the
+    /// file it really maps (`/proc/PID/map_files/...`), never what its path names now, which
+    /// the process itself may have changed. Empty for a child of ours stopped at its exec.
+    pub opened: HashMap<PathBuf, PathBuf>,
 }
 
 impl LookupOrder {
@@ -63,18 +66,33 @@ impl LookupOrder {
         objects.extend(libraries(&exe, env)?);
         Ok(LookupOrder {
             objects,
-            root: PathBuf::new(),
+            opened: HashMap::new(),
         })
     }
 
     /// For a running process: its mapped objects, ordered as ld.so searched them.
     pub fn for_running_process(pid: u32) -> Result<LookupOrder> {
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
         let exe = fs::read_link(format!("/proc/{pid}/exe"))
             .with_context(|| format!("cannot read the executable of process {pid}"))?;
         let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
             .with_context(|| format!("cannot read the memory map of process {pid}"))?;
         let mapped = mapped_objects(&maps);
+        let mut opened = HashMap::new();
+        for mapping in ProcessMaps::parse(&maps)
+            .with_context(|| format!("cannot read the memory map of process {pid}"))?
+            .iter()
+        {
+            if mapping.is_file()
+                && !opened.contains_key(&mapping.path)
+                && let Ok(path) = module_file::mapped_path(pid, mapping)
+            {
+                opened.insert(mapping.path.clone(), path);
+            }
+        }
+        // The running executable itself, whatever its path names now.
+        opened
+            .entry(exe.clone())
+            .or_insert_with(|| PathBuf::from(format!("/proc/{pid}/exe")));
         let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let preloads = environ
             .split(|b| *b == 0)
@@ -88,14 +106,17 @@ impl LookupOrder {
             })
             .collect::<Vec<_>>();
         let objects = link_order(&exe, &preloads, &mapped, |path| {
-            ElfObject::read(&under(&root, path), &[]).ok()
+            ElfObject::read(opened.get(path)?, &[]).ok()
         });
-        Ok(LookupOrder { objects, root })
+        Ok(LookupOrder { objects, opened })
     }
 
     /// Where memprof opens an object the target knows by `path`.
     pub fn open_path(&self, path: &Path) -> PathBuf {
-        under(&self.root, path)
+        self.opened
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| path.to_owned())
     }
 
     /// Finds the provider of every allocation function and places its probe.
@@ -216,15 +237,6 @@ pub fn libraries(exe: &Path, env: &[(String, String)]) -> Result<Vec<PathBuf>> {
     Ok(parse_loader_list(&String::from_utf8_lossy(&output.stdout)))
 }
 
-/// `path` as seen from inside `root` ("" = our own root).
-fn under(root: &Path, path: &Path) -> PathBuf {
-    if root.as_os_str().is_empty() {
-        path.to_owned()
-    } else {
-        root.join(path.strip_prefix("/").unwrap_or(path))
-    }
-}
-
 /// Parses `ld.so --list` output into library paths, in link-map order.
 fn parse_loader_list(text: &str) -> Vec<PathBuf> {
     text.lines()
@@ -327,7 +339,7 @@ mod tests {
     fn order(objects: &[&str]) -> LookupOrder {
         LookupOrder {
             objects: objects.iter().map(PathBuf::from).collect(),
-            root: PathBuf::new(),
+            opened: HashMap::new(),
         }
     }
 

@@ -10,11 +10,13 @@
 //!    mmap regions, peaks, and the anomalies (unknown and double frees, lost-event symptoms).
 //!    [`recorder::Recorder`] runs steps 1-3 for one record: the hot path.
 //! 4. [`maps`] keeps the target's `/proc/PID/maps` snapshots merged over time, and
-//!    [`symbolize`] turns return addresses into function, file and line through them.
+//!    [`symbolize`] turns return addresses into function, file and line through them, reading
+//!    object files only through [`module_file`] (regular files, bounded, the file mapped).
 //! 5. [`report`] groups what is still live by stack, symbolizes it, and produces the
 //!    serializable [`report::Report`] (the JSON schema).
 //! 6. [`render`] writes a report as terminal text, JSON, folded stacks or a flame graph, and
-//!    [`output`] writes the files of a session atomically.
+//!    [`output`] writes the files of a session atomically, through [`output_dir`], the one
+//!    way memprof writes a file (no symlink followed, nothing readable by others).
 //! 7. [`session`] ends a session, live or replayed: the report and every file built from it;
 //!    [`offline`] rebuilds a session from a recording (`memprof report`).
 //!
@@ -28,8 +30,10 @@ pub mod fasthash;
 pub mod heap;
 pub mod load_segments;
 pub mod maps;
+pub mod module_file;
 pub mod offline;
 pub mod output;
+pub mod output_dir;
 pub mod recorder;
 pub mod recording;
 pub mod render;

@@ -23,6 +23,40 @@ pub struct Mapping {
     pub path: PathBuf,
     /// The file was deleted (or replaced, e.g. by a package upgrade) after being mapped.
     pub deleted: bool,
+    /// Device and inode of the mapped file, as the kernel printed them; None for anonymous
+    /// memory and for mappings rebuilt from a recording. A file opened by `path` is the mapped
+    /// one only if it has this id (the path is the target's word, the id the kernel's).
+    pub file_id: Option<FileId>,
+}
+
+/// A file's identity: `st_dev` and `st_ino`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub inode: u64,
+}
+
+impl FileId {
+    /// The id `/proc/PID/maps` prints as `major:minor inode` (hexadecimal device numbers).
+    fn parse(dev: &str, inode: &str) -> Result<Option<FileId>, &'static str> {
+        let (major, minor) = dev.split_once(':').ok_or("device without ':'")?;
+        let major = u32::from_str_radix(major, 16).map_err(|_| "bad device major")?;
+        let minor = u32::from_str_radix(minor, 16).map_err(|_| "bad device minor")?;
+        let inode: u64 = inode.parse().map_err(|_| "bad inode")?;
+        Ok((inode != 0).then(|| FileId {
+            dev: rustix::fs::makedev(major, minor),
+            inode,
+        }))
+    }
+
+    /// The id of an open file.
+    pub fn of(metadata: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt as _;
+        FileId {
+            dev: metadata.dev(),
+            inode: metadata.ino(),
+        }
+    }
 }
 
 impl Mapping {
@@ -150,8 +184,9 @@ fn parse_line(line: &str) -> Result<Mapping, &'static str> {
     let perms = next_field(&mut rest).ok_or("missing permissions")?;
     let offset = next_field(&mut rest).ok_or("missing offset")?;
     let offset = u64::from_str_radix(offset, 16).map_err(|_| "bad offset")?;
-    next_field(&mut rest).ok_or("missing device")?;
-    next_field(&mut rest).ok_or("missing inode")?;
+    let dev = next_field(&mut rest).ok_or("missing device")?;
+    let inode = next_field(&mut rest).ok_or("missing inode")?;
+    let file_id = FileId::parse(dev, inode)?;
     let path = rest.trim_start_matches(' ');
     let (path, deleted) = match path.strip_suffix(" (deleted)") {
         Some(path) => (path, true),
@@ -164,6 +199,7 @@ fn parse_line(line: &str) -> Result<Mapping, &'static str> {
         offset,
         path: PathBuf::from(path),
         deleted,
+        file_id,
     })
 }
 
@@ -193,6 +229,10 @@ mod tests {
                 offset: 0x2000,
                 path: "/usr/bin/my prog".into(),
                 deleted: false,
+                file_id: Some(FileId {
+                    dev: rustix::fs::makedev(0xfd, 1),
+                    inode: 1234
+                }),
             }
         );
         assert_eq!(text.file_offset(0x55d0c0a03010), 0x3010);
@@ -202,6 +242,7 @@ mod tests {
         assert!(!heap.is_file());
         let anon = maps.find(0x7f1e2a000010).unwrap();
         assert_eq!(anon.path, Path::new(""));
+        assert_eq!(anon.file_id, None);
         let libc = maps.find(0x7f1e2b000000).unwrap();
         assert_eq!(libc.path, Path::new("/usr/lib/libc.so.6"));
         assert!(libc.deleted);

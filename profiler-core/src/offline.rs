@@ -230,4 +230,35 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn recorded_paths_naming_a_fifo_or_a_device_are_neither_waited_on_nor_read() {
+        // A crafted recording can name any path as a mapped object.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("libfifo.so");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::RUSR).unwrap();
+        let mut zero = record(Path::new("/dev/zero"), None);
+        zero.start = 0x2000;
+        zero.end = 0x3000;
+        let (records, replaced) = checked_maps(&[record(&fifo, None), zero], build_id);
+        assert!(replaced.is_empty(), "no build-id was recorded to compare");
+        let maps = process_maps(&records);
+        let mut symbolizer = crate::symbolize::Symbolizer::new(&maps);
+        let fifo_frame = symbolizer.symbolize(0x1010);
+        assert_eq!(fifo_frame.function, None);
+        let zero_frame = symbolizer.symbolize(0x2010);
+        assert_eq!(zero_frame.function, None);
+        let mut errors: Vec<String> = symbolizer
+            .module_errors()
+            .map(ToString::to_string)
+            .collect();
+        errors.sort();
+        assert_eq!(
+            errors,
+            [
+                "cannot read /dev/zero: not a regular file".to_owned(),
+                format!("cannot read {}: not a regular file", fifo.display()),
+            ]
+        );
+    }
 }

@@ -1,14 +1,13 @@
-//! Writes a session's files into an output directory, each atomically: written to a temporary
-//! file in the same directory, then renamed, so a reader never sees half a file.
+//! Writes a report's files into an output directory, each atomically (see [`OutputDir`]), so a
+//! reader never sees half a file.
 
+pub use crate::output_dir::{OutputDir, OutputError};
 use crate::render::{
     FlameKind, write_flamegraph, write_folded, write_html, write_json, write_sizes_svg,
     write_timeline_svg,
 };
 use crate::report::Report;
-use std::fs::{self, File};
-use std::io::{self, BufWriter};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Paths of the files [`write_outputs`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,41 +33,25 @@ pub struct FlameFiles {
     pub folded: PathBuf,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum OutputError {
-    #[error("cannot create output directory {path}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}")]
-    Write { path: PathBuf, source: io::Error },
-}
-
-/// Creates `dir` if needed and writes `report.json` and, for each [`FlameKind`], `STEM.svg`
-/// and `STEM.folded` into it (`leaks`, `alloc-bytes`, `alloc-count`, `peak`), then the charts
-/// `timeline.svg` and `sizes.svg` and the page that holds them all, `report.html`.
-pub fn write_outputs(dir: &Path, report: &Report) -> Result<OutputFiles, OutputError> {
-    fs::create_dir_all(dir).map_err(|source| OutputError::CreateDir {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let json = dir.join("report.json");
-    write_atomically(&json, |out| write_json(report, out))?;
+/// Writes `report.json` and, for each [`FlameKind`], `STEM.svg` and `STEM.folded` into `dir`
+/// (`leaks`, `alloc-bytes`, `alloc-count`, `peak`), then the charts `timeline.svg` and
+/// `sizes.svg` and the page that holds them all, `report.html`.
+pub fn write_outputs(dir: &OutputDir, report: &Report) -> Result<OutputFiles, OutputError> {
+    let json = dir.write_atomically("report.json", |out| write_json(report, out))?;
     let mut flamegraphs = Vec::with_capacity(FlameKind::ALL.len());
     for kind in FlameKind::ALL {
-        let files = FlameFiles {
-            kind,
-            svg: dir.join(format!("{}.svg", kind.file_stem())),
-            folded: dir.join(format!("{}.folded", kind.file_stem())),
-        };
-        write_atomically(&files.svg, |out| write_flamegraph(report, kind, out))?;
-        write_atomically(&files.folded, |out| write_folded(report, kind, out))?;
-        flamegraphs.push(files);
+        let stem = kind.file_stem();
+        let svg = dir.write_atomically(&format!("{stem}.svg"), |out| {
+            write_flamegraph(report, kind, out)
+        })?;
+        let folded = dir.write_atomically(&format!("{stem}.folded"), |out| {
+            write_folded(report, kind, out)
+        })?;
+        flamegraphs.push(FlameFiles { kind, svg, folded });
     }
-    let timeline = dir.join("timeline.svg");
-    write_atomically(&timeline, |out| write_timeline_svg(report, out))?;
-    let sizes = dir.join("sizes.svg");
-    write_atomically(&sizes, |out| write_sizes_svg(report, out))?;
-    let html = dir.join("report.html");
-    write_atomically(&html, |out| write_html(report, out))?;
+    let timeline = dir.write_atomically("timeline.svg", |out| write_timeline_svg(report, out))?;
+    let sizes = dir.write_atomically("sizes.svg", |out| write_sizes_svg(report, out))?;
+    let html = dir.write_atomically("report.html", |out| write_html(report, out))?;
     Ok(OutputFiles {
         json,
         timeline,
@@ -80,35 +63,6 @@ pub fn write_outputs(dir: &Path, report: &Report) -> Result<OutputFiles, OutputE
     })
 }
 
-/// Writes `path` through a temporary file in its directory, renamed into place.
-pub(crate) fn write_atomically(
-    path: &Path,
-    render: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> Result<(), OutputError> {
-    let name = path.file_name().expect("output paths end in a file name");
-    // The pid keeps two concurrent memprof runs writing into one directory apart.
-    let temp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut out = BufWriter::new(File::create(&temp)?);
-        render(&mut out)?;
-        out.into_inner()
-            .map_err(io::IntoInnerError::into_error)?
-            .sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    result.map_err(|source| {
-        let _ = fs::remove_file(&temp); // best effort: the error below is what matters
-        OutputError::Write {
-            path: path.to_owned(),
-            source,
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +71,7 @@ mod tests {
     use crate::report::{LostCounts, ReportMeta, build_report};
     use crate::stacks::StackTable;
     use crate::symbolize::Symbolizer;
+    use std::fs;
 
     fn empty_report() -> Report {
         let meta = ReportMeta {
@@ -142,7 +97,7 @@ mod tests {
     fn writes_every_file_and_no_temporaries() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("nested/out");
-        let files = write_outputs(&dir, &empty_report()).unwrap();
+        let files = write_outputs(&OutputDir::open(&dir).unwrap(), &empty_report()).unwrap();
         assert_eq!(files.json, dir.join("report.json"));
         let json: serde_json::Value =
             serde_json::from_slice(&fs::read(&files.json).unwrap()).unwrap();
@@ -184,7 +139,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let blocker = root.path().join("file");
         fs::write(&blocker, b"").unwrap();
-        let err = write_outputs(&blocker.join("out"), &empty_report()).unwrap_err();
+        let err = OutputDir::open(&blocker.join("out")).unwrap_err();
         assert!(matches!(err, OutputError::CreateDir { .. }), "{err}");
         assert!(err.to_string().contains("file/out"), "{err}");
     }

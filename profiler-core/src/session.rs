@@ -6,7 +6,7 @@
 
 use crate::analysis::{self, AnalysisOptions};
 use crate::maps::ProcessMaps;
-use crate::output::{OutputError, OutputFiles, write_atomically, write_outputs};
+use crate::output::{OutputDir, OutputError, OutputFiles, write_outputs};
 use crate::recorder::Recorder;
 use crate::render::pprof::{PprofLine, PprofMapping, PprofMeta, write_pprof};
 use crate::report::{Report, ReportMeta, build_report_with_sites};
@@ -71,7 +71,7 @@ pub fn build_report(
 /// [`write_outputs`], then `profile.pb.gz`. `build_id` gives the build-id of a mapped file
 /// for the profile's mappings.
 pub fn write_all(
-    dir: &Path,
+    dir: &OutputDir,
     session: &SessionView<'_>,
     symbolizer: &mut Symbolizer,
     meta: &ReportMeta,
@@ -89,17 +89,15 @@ pub fn write_all(
 
 /// Writes `dir/profile.pb.gz` atomically and returns its path.
 pub fn write_pprof_file(
-    dir: &Path,
+    dir: &OutputDir,
     session: &SessionView<'_>,
     symbolizer: &mut Symbolizer,
     meta: &ReportMeta,
     build_id: impl FnMut(&Path) -> Option<String>,
 ) -> Result<PathBuf, OutputError> {
-    let path = dir.join(PPROF_FILE);
-    write_atomically(&path, |out| {
+    dir.write_atomically(PPROF_FILE, |out| {
         write_session_pprof(session, symbolizer, meta, build_id, out)
-    })?;
-    Ok(path)
+    })
 }
 
 /// The session's per-site statistics as a gzipped pprof profile.

@@ -17,6 +17,7 @@ pub use debug_file::DEFAULT_DEBUG_ROOT;
 
 use crate::fasthash::FastHashMap;
 use crate::maps::{Mapping, ProcessMaps};
+use crate::module_file;
 use module::Module;
 
 use std::collections::HashMap;
@@ -196,43 +197,25 @@ fn open_module(
     debug_root: &Path,
 ) -> Result<Module, ModuleError> {
     let path = &mapping.path;
-    let mut candidates = Vec::new();
-    if let Some(pid) = pid {
-        candidates.push(PathBuf::from(format!(
-            "/proc/{pid}/map_files/{:x}-{:x}",
-            mapping.start, mapping.end
-        )));
-        if !mapping.deleted {
-            candidates.push(Path::new(&format!("/proc/{pid}/root")).join(relative(path)));
-        }
-    }
-    if !mapping.deleted {
-        candidates.push(path.clone());
-    }
-    let mut last_error = None;
-    let bytes = candidates
-        .iter()
-        .find_map(|candidate| {
-            std::fs::read(candidate)
-                .map_err(|error| last_error = Some(error))
-                .ok()
-        })
-        .ok_or_else(|| match last_error {
-            Some(source) if !mapping.deleted => ModuleError::Read {
+    let read = match pid {
+        Some(pid) => module_file::open_mapped(pid, mapping).and_then(module_file::read_all),
+        None if mapping.deleted => return Err(ModuleError::Deleted { path: path.clone() }),
+        None => module_file::read(path),
+    };
+    let bytes = read.map_err(|source| {
+        if mapping.deleted {
+            ModuleError::Deleted { path: path.clone() }
+        } else {
+            ModuleError::Read {
                 path: path.clone(),
                 source,
-            },
-            _ => ModuleError::Deleted { path: path.clone() },
-        })?;
+            }
+        }
+    })?;
     Module::parse(Arc::from(bytes), path, debug_root).map_err(|source| ModuleError::Parse {
         path: path.clone(),
         source,
     })
-}
-
-/// `path` without its leading `/`, to be joined under another root.
-fn relative(path: &Path) -> &Path {
-    path.strip_prefix("/").unwrap_or(path)
 }
 
 #[cfg(test)]

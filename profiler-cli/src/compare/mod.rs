@@ -25,7 +25,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use profiler_core::report::Report;
+use profiler_core::{output_dir::OutputDir, report::Report};
+use std::io::Write as _;
 
 pub use allocators::AllocatorName;
 use column::{Column, RunResult};
@@ -63,8 +64,7 @@ pub fn compare(options: &CompareOptions) -> Result<i32> {
         bail!("command not found: {}", program.display());
     };
     crate::privileges::check()?;
-    std::fs::create_dir_all(&options.output)
-        .with_context(|| format!("cannot create {}", options.output.display()))?;
+    let dir = OutputDir::open(&options.output)?;
 
     let mut columns: Vec<Column> = allocators
         .iter()
@@ -89,16 +89,18 @@ pub fn compare(options: &CompareOptions) -> Result<i32> {
     for round in 1..=options.runs {
         for (column, startup) in columns.iter_mut().zip(&startup) {
             let name = column.allocator.name();
-            let output = if options.runs == 1 {
-                options.output.join(name)
+            let allocator_dir = dir.subdir(name)?;
+            let run_dir = if options.runs == 1 {
+                allocator_dir
             } else {
-                options.output.join(name).join(format!("run-{round}"))
+                allocator_dir.subdir(&format!("run-{round}"))?
             };
+            let output = run_dir.path().to_owned();
             eprintln!("memprof compare: {name} (run {round} of {})", options.runs);
             let spec = workload::RunSpec {
                 label: name,
                 library: column.library.as_deref(),
-                output: &output,
+                output: &run_dir,
                 command: &options.command,
                 load: options.load.as_deref(),
                 ops: options.ops,
@@ -132,10 +134,11 @@ pub fn compare(options: &CompareOptions) -> Result<i32> {
         "runs": options.runs,
         "allocators": columns.iter().map(Column::to_json).collect::<Vec<_>>(),
     });
-    let json_path = options.output.join("compare.json");
-    write(&json_path, serde_json::to_string_pretty(&json)?.as_bytes())?;
-    let svg_path = options.output.join("compare.svg");
-    write(&svg_path, render::svg(&columns).as_bytes())?;
+    let json_text = serde_json::to_string_pretty(&json)?;
+    let json_path =
+        dir.write_atomically("compare.json", |out| out.write_all(json_text.as_bytes()))?;
+    let svg_text = render::svg(&columns);
+    let svg_path = dir.write_atomically("compare.svg", |out| out.write_all(svg_text.as_bytes()))?;
     eprintln!("comparison: {}", json_path.display());
     eprintln!("chart:      {}", svg_path.display());
     Ok(if columns.iter().all(|c| c.figures().is_some()) {
@@ -152,12 +155,4 @@ fn read_figures(output: &Path, startup: &std::collections::HashSet<String>) -> R
     let report: Report = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a memprof report", path.display()))?;
     Ok(Figures::from_report(&report, startup))
-}
-
-/// Writes through a temporary file renamed into place: whole or not at all.
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, bytes)
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .with_context(|| format!("cannot write {}", path.display()))
 }

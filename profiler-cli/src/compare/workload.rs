@@ -3,7 +3,6 @@
 //! optional load command driven against it.
 use std::{
     ffi::OsString,
-    fs::File,
     io::{BufRead as _, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -17,6 +16,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+use profiler_core::output_dir::OutputDir;
 
 /// How long a server may take to print `listening on ADDR`.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,7 +28,7 @@ pub struct RunSpec<'a> {
     /// Prefixes the echoed output lines, e.g. `glibc`.
     pub label: &'a str,
     pub library: Option<&'a Path>,
-    pub output: &'a Path,
+    pub output: &'a OutputDir,
     pub command: &'a [OsString],
     /// Run once the command listens; `{addr}` is replaced by the address it printed.
     pub load: Option<&'a str>,
@@ -49,20 +49,13 @@ pub struct Outcome {
 }
 
 pub fn run(spec: &RunSpec<'_>) -> Result<Outcome> {
-    std::fs::create_dir_all(spec.output)
-        .with_context(|| format!("cannot create {}", spec.output.display()))?;
     // A report left by an earlier comparison must not pass for this run's.
-    let report = spec.output.join("report.json");
-    if report.exists() {
-        std::fs::remove_file(&report)
-            .with_context(|| format!("cannot remove the old {}", report.display()))?;
-    }
+    spec.output.remove("report.json")?;
     let log = spec.output.join("memprof.log");
-    let log_file =
-        File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let log_file = spec.output.create_new("memprof.log")?;
     let exe = std::env::current_exe().context("cannot find the memprof executable")?;
     let mut memprof = Command::new(exe);
-    memprof.arg("run").arg("--output").arg(spec.output);
+    memprof.arg("run").arg("--output").arg(spec.output.path());
     if let Some(library) = spec.library {
         memprof
             .arg("--env")

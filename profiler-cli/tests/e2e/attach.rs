@@ -25,8 +25,21 @@ struct Waiter {
 
 impl Waiter {
     fn start(dir: &std::path::Path, build: Build) -> Waiter {
+        Self::start_under(dir, build, &[])
+    }
+
+    /// Starts the waiter through `wrapper` (a command that execs its arguments).
+    fn start_under(dir: &std::path::Path, build: Build, wrapper: &[&str]) -> Waiter {
         let binary = compile_c(dir, "waiter", build);
-        let mut child = Command::new(&binary)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -160,6 +173,77 @@ fn attach_duration_expires() {
 
     let report = read_report(&output);
     assert_waiter_window(&report);
+    waiter.finish();
+}
+
+/// In its own mount namespace a target can put anything behind the paths its maps list: here
+/// its libc path is a FIFO (reading it would hang memprof) and its executable's path another
+/// program (probing it would count nothing). memprof must read and probe the files the process
+/// really maps, and count its calls exactly.
+#[test]
+fn attach_reads_the_files_mapped_not_what_the_targets_namespace_shows() {
+    let Some(env) = privileged("attach_reads_the_files_mapped") else {
+        return;
+    };
+    let mut waiter = Waiter::start_under(
+        env.dir.path(),
+        Build::NoFramePointers,
+        &["unshare", "--mount", "--propagation", "private", "--"],
+    );
+    let pid = waiter.child.id();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.contains("/libc.so"))
+        .expect("the waiter maps libc")
+        .to_owned();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let fifo = env.dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR).unwrap();
+    let bind = |source: &std::path::Path, target: &std::path::Path| {
+        let status = Command::new("nsenter")
+            .args([
+                "--target",
+                &pid.to_string(),
+                "--mount",
+                "--",
+                "mount",
+                "--bind",
+            ])
+            .arg(source)
+            .arg(target)
+            .status()
+            .expect("run nsenter");
+        assert!(
+            status.success(),
+            "bind {source:?} over {target:?}: {status}"
+        );
+    };
+    // The FIFO last: a program started in that namespace afterwards (mount) would hang on it.
+    bind(std::path::Path::new("/usr/bin/true"), &exe);
+    bind(&fifo, std::path::Path::new(&libc));
+
+    let output = env.dir.path().join("out");
+    let (mut profiler, stderr) = attach(pid, &output, &[]);
+    waiter.allocate();
+    let profiler_pid = Pid::from_raw(i32::try_from(profiler.id()).expect("pid fits i32"));
+    kill(profiler_pid, Signal::SIGINT).expect("SIGINT memprof");
+    let status = wait_deadline(&mut profiler, DEADLINE, "memprof attach after SIGINT");
+    assert!(
+        status.success(),
+        "memprof attach: {status}; stderr:\n{}",
+        rest_of(&stderr)
+    );
+    let report = read_report(&output);
+    assert_waiter_window(&report);
+    let malloc_probe = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|probe| probe["function"] == "malloc")
+        .expect("a malloc probe");
+    assert_eq!(malloc_probe["module"], libc.as_str());
     waiter.finish();
 }
 

@@ -20,6 +20,7 @@ mod own_alloc;
 mod recording;
 mod report;
 mod rust_target;
+mod security;
 mod server;
 mod stacks;
 mod support;

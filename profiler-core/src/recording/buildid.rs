@@ -1,14 +1,20 @@
 //! GNU build-ids of mapped files, so a recording can be symbolized later against the same
 //! binaries (and a rebuilt or upgraded one is noticed).
 
+use crate::module_file;
 use object::{Object, read::ReadCache};
 use std::fs::File;
 use std::path::Path;
 
 /// The `NT_GNU_BUILD_ID` note of the ELF file at `path`, as lowercase hex. Reads only the
-/// headers and the note, not the whole file. None when the file cannot be read or has none.
+/// headers and the note, not the whole file. None when the file cannot be read (or is no
+/// regular file: see [`crate::module_file`]) or has none.
 pub fn build_id(path: &Path) -> Option<String> {
-    let file = File::open(path).ok()?;
+    build_id_of(module_file::open(path).ok()?)
+}
+
+/// [`build_id`] of an open file.
+pub fn build_id_of(file: File) -> Option<String> {
     let cache = ReadCache::new(file);
     let object = object::File::parse(&cache).ok()?;
     let id = object.build_id().ok()??;

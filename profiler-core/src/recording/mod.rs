@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use buildid::{build_id, hex};
+pub use buildid::{build_id, build_id_of, hex};
 pub use reader::{ReadError, ReadErrorKind, Reader, Record};
 pub use replay::{Replay, replay};
 pub use synthetic::{synthetic_header, write_synthetic_churn};
@@ -142,6 +142,7 @@ impl MappingRecord {
             offset: self.offset,
             path: self.path.clone(),
             deleted: self.deleted,
+            file_id: None,
         }
     }
 }

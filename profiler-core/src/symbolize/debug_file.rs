@@ -54,7 +54,7 @@ pub fn find(file: &object::File<'_>, path: &Path, debug_root: &Path) -> Option<D
 }
 
 fn read_matching(path: &Path, matches: impl Fn(&[u8]) -> bool) -> Option<DebugFile> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = crate::module_file::read(path).ok()?;
     matches(&bytes).then(|| DebugFile {
         path: path.to_owned(),
         bytes: bytes.into(),

@@ -5,7 +5,7 @@ use profiler_common::{EventHeader, EventKind, FLAG_STACK_MISSING};
 use profiler_core::event::encode;
 use profiler_core::heap::Mode;
 use profiler_core::maps::ProcessMaps;
-use profiler_core::output::write_outputs;
+use profiler_core::output::{OutputDir, write_outputs};
 use profiler_core::recorder::Recorder;
 use profiler_core::render::write_text;
 use profiler_core::report::{ExitStatus, LostCounts, ReportMeta, build_report};
@@ -136,7 +136,7 @@ fn records_to_report_files() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let files = write_outputs(dir.path(), &report).unwrap();
+    let files = write_outputs(&OutputDir::open(dir.path()).unwrap(), &report).unwrap();
     let folded = std::fs::read_to_string(&files.folded).unwrap();
     let lines: Vec<&str> = folded.lines().collect();
     assert_eq!(lines.len(), 2, "{folded}");

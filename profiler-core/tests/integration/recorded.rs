@@ -13,6 +13,7 @@
 
 use flate2::read::GzDecoder;
 use profiler_core::offline::{self, ModuleFiles, Replayed};
+use profiler_core::output::OutputDir;
 use profiler_core::recording::Reader;
 use profiler_core::render::write_text;
 use profiler_core::session::{PPROF_FILE, write_all};
@@ -75,7 +76,7 @@ fn outputs(name: &str) -> BTreeMap<String, Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
     let mut symbolizer = Symbolizer::new(&replayed.maps);
     let written = write_all(
-        dir.path(),
+        &OutputDir::open(dir.path()).unwrap(),
         &replayed.view(),
         &mut symbolizer,
         &replayed.meta,
