@@ -25,7 +25,8 @@ pub enum EventKind {
     /// only where it does not go through a probed `malloc`.
     OperatorNew = 14,
     /// C++ `operator delete`/`delete[]` (all variants), likewise; behaves as `free`.
-    /// The recording codec keeps kinds in 4 bits: 15 is the last kind it can hold.
+    /// Kinds above 14 take one more byte per event in a recording (format 2's escape), so
+    /// any number of kinds can be added.
     OperatorDelete = 15,
 }
 

@@ -111,6 +111,14 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
         }
     };
     let trailer = replay.trailer.as_ref();
+    let mut warnings = trailer.map(|t| t.warnings.clone()).unwrap_or_default();
+    if replay.skipped > 0 {
+        warnings.push(format!(
+            "{} records of kinds this memprof does not know were left out (the recording was \
+             written by a newer memprof)",
+            replay.skipped
+        ));
+    }
     Ok(Replayed {
         maps: process_maps(&maps),
         build_ids: replay
@@ -120,7 +128,7 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
             .collect(),
         started_unix_ns: replay.header.start_unix_ns,
         peak_rss_bytes: trailer.and_then(|t| t.peak_rss_bytes),
-        warnings: trailer.map(|t| t.warnings.clone()).unwrap_or_default(),
+        warnings,
         held: trailer.and_then(|t| t.held),
         malformed: trailer.map_or(0, |t| t.malformed),
         meta: report_meta(&replay),

@@ -10,6 +10,14 @@ pub const TAG_MAPS: u8 = 0x10;
 pub const TAG_RSS: u8 = 0x20;
 pub const TAG_TRAILER: u8 = 0x30;
 pub const TAG_LOST: u8 = 0x40;
+/// Non-event tags from here on (high nibble 5-15) are record types added after version 2:
+/// each is a varint length and that many bytes, so a reader that does not know one skips it.
+pub const FIRST_SKIPPABLE_TAG: u8 = 0x50;
+
+/// The low nibble of an event tag holds its kind when below this; this value (version 2 on)
+/// says the kind follows the tag as a varint instead, which leaves room for any number of
+/// kinds. Version 1 used 15 for `OperatorDelete`.
+pub const KIND_ESCAPE: u8 = 0x0f;
 
 const EVENT_TID: u8 = 1 << 4;
 const EVENT_STACK: u8 = 1 << 5;
@@ -60,7 +68,8 @@ pub fn put_delta(out: &mut Vec<u8>, value: u64, base: u64) {
 
 /// Appends one event record.
 pub fn put_event(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event, stack: Option<StackId>) {
-    let mut tag = event.kind as u8;
+    let kind = event.kind as u8;
+    let mut tag = kind.min(KIND_ESCAPE);
     let mut extras = 0u8;
     if event.old_addr != 0 {
         extras |= EXTRA_OLD_ADDR;
@@ -84,6 +93,9 @@ pub fn put_event(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event, stack
         tag |= EVENT_SIZE;
     }
     out.push(tag);
+    if kind >= KIND_ESCAPE {
+        put_varint(out, u64::from(kind));
+    }
     if event.tid != state.tid {
         put_varint(out, u64::from(event.tid));
     }
@@ -237,19 +249,29 @@ impl<'a> Cursor<'a> {
         Ok(blob)
     }
 
-    /// Decodes the body of an event whose tag is `tag` into `out` and returns its stack;
-    /// `stacks` is how many stacks are defined so far (an id beyond them is corruption).
-    /// `out` is written in place rather than returned: moving a decoded event through a few
-    /// return values costs more than decoding it.
+    /// The kind of an event whose tag is `tag`, in a file of format `version` (the varint
+    /// after the tag for [`KIND_ESCAPE`] from version 2 on).
+    #[inline]
+    pub fn event_kind(&mut self, tag: u8, version: u32) -> DecodeResult<u64> {
+        match tag & 0x0f {
+            KIND_ESCAPE if version >= 2 => self.varint(),
+            nibble => Ok(u64::from(nibble)),
+        }
+    }
+
+    /// Decodes the body of an event whose tag is `tag` into `out` (of kind `kind`) and
+    /// returns its stack; `stacks` is how many stacks are defined so far (an id beyond them
+    /// is corruption). `out` is written in place rather than returned: moving a decoded event
+    /// through a few return values costs more than decoding it.
     #[inline]
     pub fn event(
         &mut self,
         tag: u8,
+        kind: EventKind,
         state: &mut DeltaState,
         stacks: u32,
         out: &mut Event,
     ) -> DecodeResult<Option<StackId>> {
-        let kind = EventKind::from_u32(u32::from(tag & 0x0f)).ok_or("unknown event kind")?;
         if tag & EVENT_TID != 0 {
             state.tid = self.u32("thread id above 32 bits")?;
         }

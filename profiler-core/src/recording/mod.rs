@@ -1,7 +1,7 @@
 //! Recordings: everything a session saw, in a file that `memprof report` replays offline
 //! through the same [`Recorder`](crate::recorder::Recorder) a live session uses.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! ```text
 //! magic      8 bytes   "MPROF\r\n\x1a" (a text-mode copy or a truncated header breaks it)
@@ -21,7 +21,9 @@
 //! changed, so a file without trailer still says how many events were lost before it stops.
 //!
 //! Records start with a tag byte. Its low nibble is the [`EventKind`](profiler_common::EventKind)
-//! of an event (1..=13); nibble 0 marks the other records, told apart by the high nibble:
+//! of an event (1..=14), or 15: the kind follows the tag as a varint (any kind, so new kinds
+//! need no format change; version 1 files had no escape and used 15 for `OperatorDelete`).
+//! Nibble 0 marks the other records, told apart by the high nibble:
 //!
 //! | tag | record | body |
 //! |---|---|---|
@@ -30,11 +32,16 @@
 //! | `0x20` | RSS sample | zigzag ts delta, resident bytes |
 //! | `0x30` | trailer | length + JSON [`Trailer`] |
 //! | `0x40` | loss counters so far | length + JSON [`LostRecord`] (when they changed) |
-//! | `0xK1`-`0xKd` | event | see below |
+//! | `0x50`-`0xf0` | a record type added later | length + body: a reader that does not know it skips it |
+//! | `0xK1`-`0xKf` | event | see below |
+//!
+//! A reader skips events of kinds it does not know (every event has the layout below) and
+//! records of types it does not know, counts them, and says so: a newer memprof's recording
+//! still replays, without what it added.
 //!
 //! Event tag bits: 4 = thread changed (tid follows), 5 = has a stack (id follows last),
 //! 6 = extras byte follows (bit 0 old_addr, bit 1 aux, bit 2 flags), 7 = size is not zero.
-//! Body: [tid] ts delta (zigzag, from the previous event or RSS sample), addr delta (zigzag,
+//! Body: [kind, when the nibble is 15] [tid] ts delta (zigzag, from the previous event or RSS sample), addr delta (zigzag,
 //! from the previous event), [size], [extras, [old_addr - addr zigzag], [aux], [flags]],
 //! [stack id]. Integers are LEB128 varints. free and munmap carry their caller in `aux`, and
 //! `flags` may hold the collector's `FLAG_ALLOCATOR_INTERNAL` (same layout: an older file
@@ -67,8 +74,10 @@ pub use writer::Writer;
 
 /// First bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"MPROF\r\n\x1a";
-/// Bumped on any incompatible change of the layout above.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version written; bumped on any incompatible change of the layout above.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version still read (version 1 differs only in its event tags: see above).
+pub const FIRST_FORMAT_VERSION: u32 = 1;
 /// Events per chunk before it is written.
 pub const CHUNK_EVENTS: u32 = 64 * 1024;
 /// Longest a record stays in memory before its chunk is written.

@@ -3,8 +3,13 @@
 //! Anything wrong with the file is an error naming its byte offset; the reader never panics
 //! on bad input (the fuzz test in `tests.rs` holds it to that).
 
-use super::codec::{Cursor, DeltaState, TAG_LOST, TAG_MAPS, TAG_RSS, TAG_STACK, TAG_TRAILER};
-use super::{FORMAT_VERSION, Header, LostRecord, MAGIC, MAX_CHUNK_BYTES, MappingRecord, Trailer};
+use super::codec::{
+    Cursor, DeltaState, FIRST_SKIPPABLE_TAG, TAG_LOST, TAG_MAPS, TAG_RSS, TAG_STACK, TAG_TRAILER,
+};
+use super::{
+    FIRST_FORMAT_VERSION, FORMAT_VERSION, Header, LostRecord, MAGIC, MAX_CHUNK_BYTES,
+    MappingRecord, Trailer,
+};
 use crate::event::Event;
 use crate::stacks::StackId;
 use profiler_common::EventKind;
@@ -45,7 +50,10 @@ pub enum ReadErrorKind {
     Io(#[from] io::Error),
     #[error("not a memprof recording (bad magic)")]
     BadMagic,
-    #[error("recording format version {0} is not supported (this memprof reads {FORMAT_VERSION})")]
+    #[error(
+        "recording format version {0} is not supported (this memprof reads versions \
+         {FIRST_FORMAT_VERSION} to {FORMAT_VERSION})"
+    )]
     Version(u32),
     #[error("corrupt header: {0}")]
     Header(String),
@@ -84,14 +92,24 @@ impl ReadError {
 /// A decoded record that does not borrow the reader (an event is in `event`, a stack's
 /// frames in `frames`).
 enum Decoded {
-    Event { stack: Option<StackId> },
-    Stack { truncated: bool },
+    Event {
+        stack: Option<StackId>,
+    },
+    Stack {
+        truncated: bool,
+    },
     Other(Record<'static>),
+    /// A record of a kind or type added by a newer memprof, skipped.
+    Skipped,
 }
 
 pub struct Reader<R: Read> {
     source: R,
     header: Header,
+    /// The file's format version.
+    version: u32,
+    /// Records of kinds or types this reader does not know, skipped so far.
+    skipped: u64,
     /// File offset of the next unread byte of `source`.
     offset: u64,
     /// File offset of the chunk in `records`.
@@ -126,7 +144,7 @@ impl<R: Read> Reader<R> {
             return Err(at(0)(truncated("header", 20, got)));
         }
         let version = u32::from_le_bytes(prefix[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
+        if !(FIRST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(at(8)(ReadErrorKind::Version(version)));
         }
         let len = u32::from_le_bytes(prefix[12..16].try_into().expect("4 bytes"));
@@ -159,6 +177,8 @@ impl<R: Read> Reader<R> {
                 ..DeltaState::default()
             },
             header,
+            version,
+            skipped: 0,
             compressed: Vec::new(),
             records: Vec::new(),
             pos: 0,
@@ -185,6 +205,17 @@ impl<R: Read> Reader<R> {
         &self.header
     }
 
+    /// The file's format version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Records skipped so far because a newer memprof wrote kinds or types this one does not
+    /// know (their events are not in the replay).
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped
+    }
+
     /// Bytes of the file consumed so far (header and whole chunks).
     pub fn offset(&self) -> u64 {
         self.offset
@@ -197,26 +228,32 @@ impl<R: Read> Reader<R> {
     )]
     #[inline]
     pub fn next(&mut self) -> Result<Option<Record<'_>>, ReadError> {
-        if self.done {
-            return Ok(None);
-        }
-        while self.pos >= self.records.len() {
-            if !self.next_chunk()? {
-                self.done = true;
+        loop {
+            if self.done {
                 return Ok(None);
             }
-        }
-        match self.decode() {
-            Ok(Decoded::Event { stack }) => Ok(Some(Record::Event {
-                event: &self.event,
-                stack,
-            })),
-            Ok(Decoded::Stack { truncated }) => Ok(Some(Record::Stack {
-                frames: &self.frames,
-                truncated,
-            })),
-            Ok(Decoded::Other(record)) => Ok(Some(record)),
-            Err(reason) => Err(self.corrupt(reason)),
+            while self.pos >= self.records.len() {
+                if !self.next_chunk()? {
+                    self.done = true;
+                    return Ok(None);
+                }
+            }
+            return match self.decode() {
+                Ok(Decoded::Event { stack }) => Ok(Some(Record::Event {
+                    event: &self.event,
+                    stack,
+                })),
+                Ok(Decoded::Stack { truncated }) => Ok(Some(Record::Stack {
+                    frames: &self.frames,
+                    truncated,
+                })),
+                Ok(Decoded::Other(record)) => Ok(Some(record)),
+                Ok(Decoded::Skipped) => {
+                    self.skipped += 1;
+                    continue;
+                }
+                Err(reason) => Err(self.corrupt(reason)),
+            };
         }
     }
 
@@ -245,10 +282,22 @@ impl<R: Read> Reader<R> {
         if tag & 0x0f == 0 {
             return self.decode_other(tag);
         }
-        let stack = cursor.event(tag, &mut self.state, self.stacks, &mut self.event)?;
+        let raw_kind = cursor.event_kind(tag, self.version)?;
+        let known = u32::try_from(raw_kind).ok().and_then(EventKind::from_u32);
+        let kind = match known {
+            Some(kind) => kind,
+            // Every event has the same layout, so one of a newer kind is read past (keeping
+            // the deltas in step) and left out.
+            None if self.version >= 2 => EventKind::Malloc,
+            None => return Err("unknown event kind"),
+        };
+        let stack = cursor.event(tag, kind, &mut self.state, self.stacks, &mut self.event)?;
         self.pos = cursor.pos;
         self.records_in_chunk += 1;
-        Ok(Decoded::Event { stack })
+        Ok(match known {
+            Some(_) => Decoded::Event { stack },
+            None => Decoded::Skipped,
+        })
     }
 
     /// Decodes a record that is not an event (its tag byte is `tag`).
@@ -287,6 +336,12 @@ impl<R: Read> Reader<R> {
                 }
                 self.trailer_seen = true;
                 Record::Trailer(Box::new(trailer))
+            }
+            FIRST_SKIPPABLE_TAG.. if self.version >= 2 => {
+                cursor.blob()?;
+                self.pos = cursor.pos;
+                self.records_in_chunk += 1;
+                return Ok(Decoded::Skipped);
             }
             _ => return Err("unknown record tag"),
         };

@@ -22,6 +22,8 @@ pub struct Replay {
     /// Time of the last event or sample: the end of an unfinished recording.
     pub last_ts_ns: u64,
     pub events: u64,
+    /// Records of kinds or types a newer memprof added, left out (see the format's notes).
+    pub skipped: u64,
 }
 
 /// Applies every event of `reader` to `recorder` (a fresh one), interning each stack definition as it comes
@@ -41,6 +43,7 @@ pub fn replay<R: Read>(
         lost: None,
         early_end: None,
         events: 0,
+        skipped: 0,
     };
     loop {
         let offset = reader.offset();
@@ -82,5 +85,6 @@ pub fn replay<R: Read>(
             Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
     }
+    replay.skipped = reader.skipped_records();
     Ok(replay)
 }
