@@ -12,7 +12,7 @@ use crate::{
     privileges,
     probes::ProbeConfig,
     recording, report, seize, session,
-    session::Stop,
+    session::{EventSource, Stop},
     targets::LookupOrder,
 };
 
@@ -82,11 +82,12 @@ pub async fn attach(
             _ = session::process_exit(pid) => Stop::TargetExited,
         }
     };
-    let collect_result = session::collect(ring, &mut collected, pid, stop).await;
+    let mut source = EventSource::kernel(ring)?;
+    let collect_result = session::collect(&mut source, &mut collected, pid, stop).await;
     let end_ns = monotonic_ns();
     probes.detach();
-    let (reason, mut ring) = match collect_result {
-        Ok(collected_ring) => collected_ring,
+    let reason = match collect_result {
+        Ok(reason) => reason,
         Err(error) => {
             let span = (start_ns, end_ns);
             salvage(
@@ -101,7 +102,7 @@ pub async fn attach(
             return Err(error);
         }
     };
-    session::drain(&mut ring, &mut collected);
+    source.drain(&mut collected);
     backpressure.close();
     drop(seized);
     collected.held = backpressure.held();

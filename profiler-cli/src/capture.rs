@@ -10,7 +10,7 @@ use crate::{
     backpressure::Backpressure,
     cli::{self, CaptureArgs},
     probes::{ProbeConfig, Probes},
-    recorder::Collected,
+    recorder::{Collected, LossSource},
     recording, report,
     targets::{LookupOrder, ProbeSite},
 };
@@ -68,7 +68,7 @@ pub fn collector(
 ) -> Result<(RingBuf<MapData>, Collected)> {
     let ring = probes.take_ring()?;
     let mut collected = Collected::new(mode);
-    collected.count_losses_with(probes.take_loss_counters()?);
+    collected.count_losses_with(LossSource::Probes(probes.take_loss_counters()?));
     collected.release_holds_with(backpressure.clone());
     collected.recorder.analyses.set_ops(capture.ops);
     collected.unwind_for(pid, capture.max_depth);

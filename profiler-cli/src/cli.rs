@@ -30,6 +30,12 @@ pub enum Command {
         /// memprof passes through: the program then writes to a pipe, not a terminal).
         #[arg(long, conflicts_with = "ops")]
         ops_from_output: bool,
+        /// How calls are captured: `uprobes` (eBPF probes on the allocator, as `attach` does)
+        /// or `preload` (a library memprof preloads into the program records each call into
+        /// a ring shared with memprof: several times cheaper; dynamically linked programs only).
+        #[arg(long = "capture", value_enum, default_value_t = CapturePath::Uprobes,
+              value_name = "PATH")]
+        capture_path: CapturePath,
         /// The program and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -205,6 +211,24 @@ pub struct CaptureArgs {
     /// then gives allocations and bytes per operation.
     #[arg(long, value_name = "N")]
     pub ops: Option<u64>,
+}
+
+/// How `run` captures calls (`--capture`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapturePath {
+    /// eBPF uprobes on the allocation functions.
+    Uprobes,
+    /// The in-process library, preloaded.
+    Preload,
+}
+
+impl CapturePath {
+    pub fn name(self) -> &'static str {
+        match self {
+            CapturePath::Uprobes => "uprobes",
+            CapturePath::Preload => "preload",
+        }
+    }
 }
 
 /// How call stacks are captured (`--unwind`).

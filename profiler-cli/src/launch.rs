@@ -51,6 +51,8 @@ pub struct Target {
     pub env: Vec<(String, String)>,
     /// Give the child a pipe as stdout (read through [`Launched::stdout`]) instead of ours.
     pub capture_stdout: bool,
+    /// A descriptor of ours the child keeps across its exec (the capture ring).
+    pub inherit_fd: Option<std::os::fd::RawFd>,
 }
 
 /// A child stopped right after exec, owned by the thread that traces it (ptrace requests are
@@ -135,10 +137,18 @@ fn spawn_stopped(target: &Target) -> Result<(Pid, Option<ChildStdout>)> {
     if target.capture_stdout {
         child.stdout(Stdio::piped());
     }
-    // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe; the child then stops with SIGTRAP
-    // at its execve, before ld.so runs.
+    let inherit_fd = target.inherit_fd;
+    // SAFETY: fcntl and ptrace(PTRACE_TRACEME) are async-signal-safe; the child then stops
+    // with SIGTRAP at its execve, before ld.so runs.
     unsafe {
-        child.pre_exec(|| ptrace::traceme().map_err(io::Error::from));
+        child.pre_exec(move || {
+            if let Some(fd) = inherit_fd
+                && libc::fcntl(fd, libc::F_SETFD, 0) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            ptrace::traceme().map_err(io::Error::from)
+        });
     }
     let mut child = child.spawn().map_err(|error| {
         let program = program.to_string_lossy();

@@ -8,7 +8,8 @@
 //! each probe; `probes` loads the eBPF programs and attaches them (`multi_link`); `launch`
 //! starts a program stopped at exec (run mode); `session` drains the ring buffer into a
 //! `recorder` (profiler-core's engine, unwinding through `target_modules`, writing the
-//! `recording`) until the target exits, the user interrupts or the duration ends; `report`
+//! `recording`); with `run --capture preload`, `preload_capture` replaces the probes: the
+//! target's preloaded library writes the same records into a shared ring until the target exits, the user interrupts or the duration ends; `report`
 //! turns the result into the terminal summary and the files.
 mod attach_cmd;
 mod backpressure;
@@ -22,6 +23,7 @@ mod multi_link;
 mod offline;
 mod operators;
 mod ops_output;
+mod preload_capture;
 mod privileges;
 mod probes;
 mod prologue;
@@ -86,6 +88,7 @@ fn run(cli: Cli) -> Result<i32> {
             capture,
             env,
             ops_from_output,
+            capture_path,
             command,
         } => runtime.block_on(run_cmd::run_command(
             &capture,
@@ -93,7 +96,9 @@ fn run(cli: Cli) -> Result<i32> {
                 command,
                 env,
                 capture_stdout: ops_from_output,
+                inherit_fd: None,
             },
+            capture_path,
         )),
         Command::Attach {
             pid,

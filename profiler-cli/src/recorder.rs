@@ -13,6 +13,7 @@ use profiler_core::{
 use std::sync::Arc;
 
 use crate::backpressure::Backpressure;
+use crate::preload_capture::RingCounters;
 use crate::probes::LossCounters;
 use crate::targets::ProbeSite;
 
@@ -46,10 +47,12 @@ pub struct Collected {
     pub warnings: Vec<String>,
     /// How much the target's threads were held (backpressure), once the session is over.
     pub held: Option<profiler_core::report::Held>,
-    /// The probes' loss counters, once they are loaded.
-    loss_counters: Option<LossCounters>,
+    /// What the capture path could not deliver, once it is in place.
+    loss_counters: Option<LossSource>,
     /// Told each time the ring has been read to its end (run: held threads may go on).
     backpressure: Option<Arc<Backpressure>>,
+    /// The capture path and why, for the report.
+    pub capture: Option<profiler_core::report::Capture>,
 }
 
 impl Collected {
@@ -71,6 +74,7 @@ impl Collected {
             held: None,
             loss_counters: None,
             backpressure: None,
+            capture: None,
         }
     }
 
@@ -97,8 +101,8 @@ impl Collected {
         }
     }
 
-    /// Where the probes count what they could not deliver.
-    pub fn count_losses_with(&mut self, counters: LossCounters) {
+    /// Where the capture path counts what it could not deliver.
+    pub fn count_losses_with(&mut self, counters: LossSource) {
         self.loss_counters = Some(counters);
     }
 
@@ -117,6 +121,7 @@ impl Collected {
             peak_rss_bytes: self.peak_rss_bytes,
             held: self.held,
             warnings: &self.warnings,
+            capture: self.capture.as_ref(),
         }
     }
 
@@ -217,8 +222,25 @@ impl Collected {
     }
 }
 
-/// The probes' counters with the unwinder's errors added to the stack errors.
-fn losses(counters: &Option<LossCounters>, unwind_errors: u64) -> Option<LostCounts> {
+/// Where each capture path counts what it could not deliver.
+pub enum LossSource {
+    /// The probes' per-CPU counters.
+    Probes(LossCounters),
+    /// The in-process ring's counters.
+    SharedRing(RingCounters),
+}
+
+impl LossSource {
+    fn read(&self) -> anyhow::Result<LostCounts> {
+        match self {
+            LossSource::Probes(counters) => counters.read(),
+            LossSource::SharedRing(counters) => counters.read(),
+        }
+    }
+}
+
+/// The capture path's counters with the unwinder's errors added to the stack errors.
+fn losses(counters: &Option<LossSource>, unwind_errors: u64) -> Option<LostCounts> {
     let mut lost = counters.as_ref()?.read().ok()?;
     lost.stack_errors += unwind_errors;
     Some(lost)

@@ -220,6 +220,7 @@ pub fn start(
             max_depth: capture.max_depth,
         }),
         ops: capture.ops,
+        capture: collected.capture.clone(),
     };
     collected.recording = Some(RecordingSink::create(&path, &header)?);
     Ok(())

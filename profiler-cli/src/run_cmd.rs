@@ -1,24 +1,33 @@
 //! `memprof run -- CMD`: the launched target's session.
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{Signal, kill};
-use profiler_core::{heap::Mode, maps::ProcessMaps};
+use profiler_core::{heap::Mode, maps::ProcessMaps, report::Capture};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     backpressure::{self, Backpressure},
     capture::{collector, monotonic_ns, prepare, probe_config, salvage},
-    cli::CaptureArgs,
-    launch, ops_output, privileges,
+    cli::{CaptureArgs, CapturePath, Unwind},
+    elf::ElfObject,
+    launch, ops_output,
+    preload_capture::{self, SharedRing},
+    privileges,
     probes::ProbeConfig,
+    recorder::{Collected, LossSource},
     recording, report, session,
-    session::Stop,
+    session::{EventSource, Stop},
     target_modules,
     targets::LookupOrder,
 };
 
-/// `memprof run -- CMD`: launch stopped at exec, probe, resume, collect until it exits.
-pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Result<i32> {
+/// `memprof run -- CMD`: launch stopped at exec, probe (or preload the capture library),
+/// resume, collect until it exits.
+pub async fn run_command(
+    capture: &CaptureArgs,
+    mut target: launch::Target,
+    path: CapturePath,
+) -> Result<i32> {
     let command = target.command.clone();
     let child_env = target.env.clone();
     privileges::check()?;
@@ -27,6 +36,11 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     let config = ProbeConfig {
         hold_threads: true,
         ..probe_config(capture)?
+    };
+    // The in-process path's ring exists before the target, which inherits it.
+    let shared_ring = match path {
+        CapturePath::Uprobes => None,
+        CapturePath::Preload => Some(preload(capture, &mut target)?),
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // While it exits: its maps (for symbolization) and its peak RSS.
@@ -53,32 +67,45 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
         .take()
         .map(|stdout| ops_output::pass_through(stdout, std::io::stdout()));
     let pid = child.pid.as_raw() as u32;
-    let prepared = prepare(pid, config, || {
-        // The child's environment: ours with --env applied (an LD_PRELOAD there changes
-        // which library provides malloc).
-        let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(key, _)| !child_env.iter().any(|(k, _)| k == key))
-            .collect();
-        env.extend(child_env.iter().cloned());
-        LookupOrder::for_new_process(pid, &env)
-    });
-    let (mut probes, sites, warnings) = match prepared {
-        Ok(prepared) => prepared,
-        Err(error) => {
-            // Never leave a stopped child behind.
-            child.abandon();
-            return Err(error);
+    let (mut source, mut probes, sites, mut collected) = match shared_ring {
+        Some(ring) => {
+            let collected = preload_collector(pid, capture, &ring);
+            (EventSource::Shared(ring), None, Vec::new(), collected)
+        }
+        None => {
+            let prepared = prepare(pid, config, || {
+                // The child's environment: ours with --env applied (an LD_PRELOAD there
+                // changes which library provides malloc).
+                let mut env: Vec<(String, String)> = std::env::vars()
+                    .filter(|(key, _)| !child_env.iter().any(|(k, _)| k == key))
+                    .collect();
+                env.extend(child_env.iter().cloned());
+                LookupOrder::for_new_process(pid, &env)
+            });
+            let (mut probes, sites, warnings) = match prepared {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    // Never leave a stopped child behind.
+                    child.abandon();
+                    return Err(error);
+                }
+            };
+            let (ring, mut collected) = collector(
+                Mode::Run,
+                pid,
+                capture,
+                &mut probes,
+                &sites,
+                warnings,
+                &backpressure,
+            )?;
+            collected.capture = Some(Capture {
+                path: path.name().into(),
+                reason: "eBPF uprobes on the allocator (--capture uprobes, the default)".into(),
+            });
+            (EventSource::kernel(ring)?, Some(probes), sites, collected)
         }
     };
-    let (ring, mut collected) = collector(
-        Mode::Run,
-        pid,
-        capture,
-        &mut probes,
-        &sites,
-        warnings,
-        &backpressure,
-    )?;
     collected.watch_exit_maps(exit_maps);
     let start_ns = monotonic_ns();
     let command_line: Vec<String> = command
@@ -116,11 +143,13 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
             }
         }
     };
-    let collect_result = session::collect(ring, &mut collected, pid, stop).await;
+    let collect_result = session::collect(&mut source, &mut collected, pid, stop).await;
     let end_ns = monotonic_ns();
-    probes.detach();
-    let mut ring = match collect_result {
-        Ok((_, ring)) => ring,
+    if let Some(probes) = &mut probes {
+        probes.detach();
+    }
+    match collect_result {
+        Ok(_) => {}
         Err(error) => {
             let span = (start_ns, end_ns);
             salvage(
@@ -143,9 +172,12 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     if let Some(maps) = maps_at_exit {
         collected.merge_maps(maps);
     }
-    session::drain(&mut ring, &mut collected);
+    source.drain(&mut collected);
     backpressure.close();
-    collected.held = backpressure.held();
+    collected.held = match &source {
+        EventSource::Shared(ring) => ring.held(),
+        EventSource::Kernel(_) => backpressure.held(),
+    };
     if let Some(watcher) = printed_ops {
         match ops_output::printed_count(watcher) {
             Ok(ops) => collected.recorder.analyses.set_ops(Some(ops)),
@@ -173,4 +205,50 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     };
     recording::finish_session(&mut collected, &meta, capture)?;
     Ok(exit.status())
+}
+
+/// Sets up `--capture preload`: checks the program can take a preloaded library, creates the
+/// ring, and gives the target the library and the ring's descriptor.
+fn preload(capture: &CaptureArgs, target: &mut launch::Target) -> Result<SharedRing> {
+    if capture.unwind != Unwind::Dwarf {
+        bail!("--capture preload copies stacks for DWARF unwinding; --unwind fp needs --capture uprobes");
+    }
+    let program = target.command.first().context("no command given")?;
+    let exe = crate::compare::executable(std::path::Path::new(program))
+        .with_context(|| format!("command not found: {}", program.to_string_lossy()))?;
+    if let Ok(object) = ElfObject::read(&exe, &[])
+        && object.interpreter.is_none()
+    {
+        bail!(
+            "--capture preload: {} is statically linked, so no library can be preloaded into \
+             it; use --capture uprobes",
+            exe.display()
+        );
+    }
+    let library = preload_capture::library()?;
+    let stack_bytes = if capture.max_depth == 0 {
+        0
+    } else {
+        capture.stack_bytes()?
+    };
+    let ring = SharedRing::create(u64::from(capture.ring_bytes()?), stack_bytes)?;
+    target.env = preload_capture::target_env(&library, &ring, std::mem::take(&mut target.env));
+    target.inherit_fd = Some(ring.fd());
+    Ok(ring)
+}
+
+/// The collector of a `--capture preload` session: no probes, the ring's own loss counters.
+fn preload_collector(pid: u32, capture: &CaptureArgs, ring: &SharedRing) -> Collected {
+    let mut collected = Collected::new(Mode::Run);
+    collected.count_losses_with(LossSource::SharedRing(ring.counters()));
+    collected.recorder.analyses.set_ops(capture.ops);
+    collected.unwind_for(pid, capture.max_depth);
+    collected.capture = Some(Capture {
+        path: CapturePath::Preload.name().into(),
+        reason: format!(
+            "in-process: {} preloaded into the program (--capture preload)",
+            preload_capture::LIBRARY
+        ),
+    });
+    collected
 }

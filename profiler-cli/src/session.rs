@@ -13,7 +13,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use crate::recorder::Collected;
+use crate::{preload_capture::SharedRing, recorder::Collected};
 
 /// How often the ring is drained when no record asked for a wakeup.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -28,18 +28,67 @@ pub enum Stop {
     DurationElapsed,
 }
 
-/// Drains the ring into `collected` until `stop` resolves. What is left in the ring is for the
+/// Where the collector reads the target's records from.
+pub enum EventSource {
+    /// The probes' ring buffer, readable when a record asks for a wakeup (most do not: they
+    /// are read on the drain timer).
+    Kernel(AsyncFd<RingBuf<MapData>>),
+    /// The ring shared with the in-process capture library, polled.
+    Shared(SharedRing),
+}
+
+impl EventSource {
+    /// The probes' ring, registered for readiness.
+    pub fn kernel(ring: RingBuf<MapData>) -> Result<EventSource> {
+        // SAFETY: the ring owns its descriptor and keeps it open for as long as the AsyncFd
+        // holds it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(std::io::Error::from)
+            .context("cannot poll the ring buffer")?;
+        Ok(EventSource::Kernel(ring))
+    }
+
+    /// Reads what is queued now into `collected`.
+    pub fn drain(&mut self, collected: &mut Collected) {
+        match self {
+            EventSource::Kernel(ring) => {
+                let ring = ring.get_mut();
+                while let Some(item) = ring.next() {
+                    collected.record(&item);
+                }
+            }
+            EventSource::Shared(ring) => {
+                ring.drain(collected);
+            }
+        }
+        collected.ring_drained();
+    }
+
+    /// Resolves when records may be waiting beyond the drain timer's pace.
+    async fn ready(&mut self) -> Result<()> {
+        match self {
+            EventSource::Kernel(ring) => {
+                ring.readable_mut().await?.clear_ready();
+            }
+            // Producers write without waking memprof: a short poll keeps a fast target from
+            // waiting on a full ring for long.
+            EventSource::Shared(_) => tokio::time::sleep(SHARED_POLL_INTERVAL).await,
+        }
+        Ok(())
+    }
+}
+
+/// How often the shared ring is read.
+const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Drains `source` into `collected` until `stop` resolves. What is left queued is for the
 /// caller to drain (after merging the maps read as the target exited).
 pub async fn collect(
-    ring: RingBuf<MapData>,
+    source: &mut EventSource,
     collected: &mut Collected,
     pid: u32,
     stop: impl Future<Output = Stop>,
-) -> Result<(Stop, RingBuf<MapData>)> {
-    // SAFETY: the ring owns its descriptor and keeps it open for as long as the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(std::io::Error::from)
-        .context("cannot poll the ring buffer")?;
+) -> Result<Stop> {
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut status = StatusLine::new();
@@ -52,16 +101,15 @@ pub async fn collect(
             biased;
             reason = &mut stop => break reason,
             () = &mut drain_wanted => {
-                drain(ring.get_mut(), collected);
+                source.drain(collected);
                 drain_wanted.set(collected.drain_wanted());
             }
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), collected);
-                guard.clear_ready();
+            ready = source.ready() => {
+                ready?;
+                source.drain(collected);
             }
             _ = drain_tick.tick() => {
-                drain(ring.get_mut(), collected);
+                source.drain(collected);
                 collected.tick(pid);
                 if status.due() {
                     collected.refresh_maps(pid);
@@ -71,17 +119,8 @@ pub async fn collect(
             }
         }
     };
-    let ring = ring.into_inner();
     status.clear();
-    Ok((reason, ring))
-}
-
-/// Reads what is queued in the ring now.
-pub fn drain(ring: &mut RingBuf<MapData>, collected: &mut Collected) {
-    while let Some(item) = ring.next() {
-        collected.record(&item);
-    }
-    collected.ring_drained();
+    Ok(reason)
 }
 
 /// Resolves when the process exits (pidfd readability), for targets that are not our child.

@@ -4,6 +4,11 @@
 //! program writes is the layout userspace reads. The sizes are asserted at compile time.
 #![no_std]
 
+// Userspace only: the eBPF target has no atomics of these widths, and its programs never
+// touch the in-process path's ring.
+#[cfg(not(target_arch = "bpf"))]
+pub mod shared_ring;
+
 /// What the target called. The discriminants are part of the ring-buffer format.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,9 +110,6 @@ impl EventKind {
         )
     }
 }
-
-// Recordings keep the kind in a 4-bit field (profiler-core's recording codec), 0 excluded.
-const _: () = assert!(EventKind::ALL.len() <= 15);
 
 /// Number of slots in per-kind counter arrays (index = discriminant; slot 0 is unused).
 pub const KIND_SLOTS: u32 = EventKind::ALL.len() as u32 + 1;

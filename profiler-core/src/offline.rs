@@ -69,6 +69,8 @@ pub struct Replayed {
     pub early_end: Option<ReadError>,
     /// Recorded files not trusted for symbols, each once, in recording order.
     pub replaced: Vec<ReplacedModule>,
+    /// The recorded capture path.
+    pub capture: Option<crate::report::Capture>,
 }
 
 impl Replayed {
@@ -80,6 +82,7 @@ impl Replayed {
             peak_rss_bytes: self.peak_rss_bytes,
             held: self.held,
             warnings: &self.warnings,
+            capture: self.capture.as_ref(),
         }
     }
 
@@ -133,6 +136,7 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
         malformed: trailer.map_or(0, |t| t.malformed),
         meta: report_meta(&replay),
         events: replay.events,
+        capture: replay.header.capture.clone(),
         early_end: replay.early_end,
         replaced,
         recorder,

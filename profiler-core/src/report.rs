@@ -161,6 +161,19 @@ pub struct Target {
     /// report's times and rates include the pauses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
+    /// How the events were captured (`run --capture`): `uprobes` or `preload`, and why that
+    /// path; absent in reports of recordings made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
+}
+
+/// The capture path of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capture {
+    /// `uprobes` (eBPF probes on the allocator) or `preload` (the in-process library).
+    pub path: String,
+    /// Why this path: what the user asked for, or what `auto` found.
+    pub reason: String,
 }
 
 /// Threads held by memprof's backpressure.
@@ -482,6 +495,7 @@ pub fn build_report_with_sites(
             duration_secs: meta.duration.as_secs_f64(),
             peak_rss_bytes: None,
             held: None,
+            capture: None,
         },
         probes: meta.probes.clone(),
         summary: Summary {

@@ -32,6 +32,8 @@ pub struct SessionView<'a> {
     pub held: Option<crate::report::Held>,
     /// What the probes could not see, copied into the report.
     pub warnings: &'a [String],
+    /// The capture path, when known.
+    pub capture: Option<&'a crate::report::Capture>,
 }
 
 /// Everything [`write_all`] produced.
@@ -63,6 +65,7 @@ pub fn build_report(
     analysis::attach(&mut report, recorder, symbolizer, &options);
     report.target.peak_rss_bytes = session.peak_rss_bytes;
     report.target.held = session.held;
+    report.target.capture = session.capture.cloned();
     report.warnings = session.warnings.to_vec();
     report
 }

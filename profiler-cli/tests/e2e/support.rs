@@ -192,12 +192,11 @@ pub fn run_to_end(mut cmd: Command) -> Finished {
 /// `memprof run --output OUT -- TARGET ARGS...`
 pub fn memprof_run(output: &Path, target: &Path, args: &[&str]) -> Finished {
     let mut cmd = Command::new(memprof());
-    cmd.arg("run")
-        .arg("--output")
-        .arg(output)
-        .arg("--")
-        .arg(target)
-        .args(args);
+    cmd.arg("run").arg("--output").arg(output);
+    if let Some(path) = std::env::var_os("DISCOVERY_CAPTURE") {
+        cmd.arg("--capture").arg(path);
+    }
+    cmd.arg("--").arg(target).args(args);
     run_to_end(cmd)
 }
 

@@ -107,6 +107,9 @@ pub struct Header {
     /// Absent from recordings made before it was recorded.
     #[serde(default)]
     pub ops: Option<u64>,
+    /// The capture path and why (`run --capture`); absent from older recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::report::Capture>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,7 @@ pub fn synthetic_header() -> Header {
         maps: Vec::new(),
         unwinding: None,
         ops: None,
+        capture: None,
     }
 }
 

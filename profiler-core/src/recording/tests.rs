@@ -28,6 +28,7 @@ fn header() -> Header {
             max_depth: 64,
         }),
         ops: Some(1_000),
+        capture: None,
     }
 }
 

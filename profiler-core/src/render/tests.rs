@@ -48,6 +48,7 @@ fn report() -> Report {
             duration_secs: 2.0,
             peak_rss_bytes: None,
             held: None,
+            capture: None,
         },
         probes: vec![],
         summary: Summary {

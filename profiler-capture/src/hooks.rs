@@ -1,0 +1,518 @@
+//! The exported allocation functions.
+//!
+//! Each export is a naked trampoline: on entry `[rsp]` is the return address into the caller
+//! and `rsp + 8` the caller's stack pointer once the call returns, which is where the eBPF
+//! return probe takes its snapshot. The trampoline passes `rsp` (and `rbp`, when a register is
+//! left) as extra arguments and jumps to the Rust hook, which returns straight to the caller.
+//! `mmap` and `mremap`, whose arguments fill the registers, pass them on the stack through a
+//! call instead. `rbp` matters: code built with frame pointers has its unwind rules based on it.
+//!
+//! What each records, and when, matches the probes (profiler-ebpf): allocations at their
+//! return, with a stack; `free` and `munmap` at their entry (before the memory can be reused),
+//! with the caller's return address in `aux` and no stack; `free(NULL)` not at all.
+
+use core::arch::naked_asm;
+use core::ffi::c_void;
+
+use libc::{c_int, off_t, size_t};
+use profiler_common::{
+    EventHeader, EventKind, FLAG_STACK_SNAPSHOT, SNAPSHOT_CUT, StackSnapshot,
+};
+
+use crate::real::{self, BOOTSTRAP};
+use crate::ring::{self, now_ns};
+use crate::thread::{self, Entered};
+
+/// The bytes of a `#[repr(C)]` plain-data value.
+fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: T is Copy plain data (the profiler-common record structs) with no padding bytes
+    // left uninitialised: both are laid out without implicit padding (asserted there).
+    unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// The caller's return address: the word at the entry stack pointer.
+fn caller(entry_sp: usize) -> u64 {
+    // SAFETY: the trampoline passed the stack pointer it was entered with; it points at the
+    // return address the call pushed.
+    unsafe { *(entry_sp as *const u64) }
+}
+
+fn errno() -> c_int {
+    // SAFETY: errno is thread-local and always readable.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(value: c_int) {
+    // SAFETY: as above, writable.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// Records an allocation call that returned `addr`, with the caller's stack.
+#[inline(never)]
+fn allocation(
+    kind: EventKind,
+    addr: u64,
+    size: u64,
+    old_addr: u64,
+    aux: u64,
+    entry_sp: usize,
+    entry_bp: usize,
+) {
+    let Some(ring) = ring::ring() else { return };
+    let saved = errno();
+    let mut header = EventHeader {
+        kind: kind as u32,
+        tid: thread::tid(),
+        ts_ns: now_ns(),
+        addr,
+        size,
+        old_addr,
+        aux,
+        stack_depth: 0,
+        flags: 0,
+    };
+    let limit = ring.stack_bytes();
+    if limit == 0 {
+        ring.write(header.kind, &[bytes_of(&header)]);
+        set_errno(saved);
+        return;
+    }
+    let sp = entry_sp + 8;
+    let (low, high) = thread::stack_bounds(sp);
+    let available = if (low..high).contains(&sp) {
+        high - sp
+    } else {
+        0
+    };
+    let copied = available.min(limit);
+    header.flags = FLAG_STACK_SNAPSHOT;
+    let snapshot = StackSnapshot {
+        ip: caller(entry_sp),
+        sp: sp as u64,
+        bp: entry_bp as u64,
+        stack_bytes: copied as u32,
+        flags: if copied == limit { SNAPSHOT_CUT } else { 0 },
+    };
+    // SAFETY: [sp, sp + copied) lies in this thread's stack, above this call's frames.
+    let stack = unsafe { core::slice::from_raw_parts(sp as *const u8, copied) };
+    ring.write(
+        header.kind,
+        &[bytes_of(&header), bytes_of(&snapshot), stack],
+    );
+    set_errno(saved);
+}
+
+/// Records a release (`free`, `munmap`) at its entry.
+#[inline(never)]
+fn release(kind: EventKind, addr: u64, size: u64, entry_sp: usize) {
+    let Some(ring) = ring::ring() else { return };
+    let saved = errno();
+    let header = EventHeader {
+        kind: kind as u32,
+        tid: thread::tid(),
+        ts_ns: now_ns(),
+        addr,
+        size,
+        old_addr: 0,
+        aux: caller(entry_sp),
+        stack_depth: 0,
+        flags: 0,
+    };
+    ring.write(header.kind, &[bytes_of(&header)]);
+    set_errno(saved);
+}
+
+/// `count * size`, or u64::MAX when it overflows (as the probes compute it).
+fn array_bytes(count: size_t, size: size_t) -> u64 {
+    (count as u64).checked_mul(size as u64).unwrap_or(u64::MAX)
+}
+
+// --- the malloc family -------------------------------------------------------------------
+
+fn forward_malloc(size: size_t) -> *mut c_void {
+    match real::malloc() {
+        // SAFETY: the next definition of malloc, with the caller's argument.
+        Some(malloc) => unsafe { malloc(size) },
+        None => BOOTSTRAP.alloc(size, 16),
+    }
+}
+
+/// # Safety
+/// Called as C's malloc.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
+    naked_asm!("mov rsi, rsp", "mov rdx, rbp", "jmp {hook}", hook = sym malloc_hook)
+}
+
+extern "C" fn malloc_hook(size: size_t, sp: usize, bp: usize) -> *mut c_void {
+    let Some(_entered) = Entered::try_enter() else {
+        return forward_malloc(size);
+    };
+    let p = forward_malloc(size);
+    allocation(EventKind::Malloc, p as u64, size as u64, 0, 0, sp, bp);
+    p
+}
+
+fn forward_calloc(count: size_t, size: size_t) -> *mut c_void {
+    match real::calloc() {
+        // SAFETY: the next definition of calloc, with the caller's arguments.
+        Some(calloc) => unsafe { calloc(count, size) },
+        None => match count.checked_mul(size) {
+            // The arena is zeroed and never reused.
+            Some(bytes) => BOOTSTRAP.alloc(bytes, 16),
+            None => core::ptr::null_mut(),
+        },
+    }
+}
+
+/// # Safety
+/// Called as C's calloc.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn calloc(count: size_t, size: size_t) -> *mut c_void {
+    naked_asm!("mov rdx, rsp", "mov rcx, rbp", "jmp {hook}", hook = sym calloc_hook)
+}
+
+extern "C" fn calloc_hook(count: size_t, size: size_t, sp: usize, bp: usize) -> *mut c_void {
+    let Some(_entered) = Entered::try_enter() else {
+        return forward_calloc(count, size);
+    };
+    let p = forward_calloc(count, size);
+    allocation(
+        EventKind::Calloc,
+        p as u64,
+        array_bytes(count, size),
+        0,
+        0,
+        sp,
+        bp,
+    );
+    p
+}
+
+fn forward_realloc(p: *mut c_void, size: size_t) -> *mut c_void {
+    if BOOTSTRAP.owns(p) {
+        // A block of the arena moves to the real heap; the arena's end bounds the copy.
+        let moved = forward_malloc(size);
+        if !moved.is_null() {
+            let room = BOOTSTRAP.bytes_after(p);
+            // SAFETY: both ranges are valid for min(size, room) bytes and do not overlap.
+            unsafe { core::ptr::copy_nonoverlapping(p.cast::<u8>(), moved.cast(), size.min(room)) };
+        }
+        return moved;
+    }
+    match real::realloc() {
+        // SAFETY: the next definition of realloc, with the caller's arguments.
+        Some(realloc) => unsafe { realloc(p, size) },
+        None => core::ptr::null_mut(),
+    }
+}
+
+/// # Safety
+/// Called as C's realloc.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
+    naked_asm!("mov rdx, rsp", "mov rcx, rbp", "jmp {hook}", hook = sym realloc_hook)
+}
+
+extern "C" fn realloc_hook(p: *mut c_void, size: size_t, sp: usize, bp: usize) -> *mut c_void {
+    let Some(_entered) = Entered::try_enter() else {
+        return forward_realloc(p, size);
+    };
+    let moved = forward_realloc(p, size);
+    if !BOOTSTRAP.owns(p) {
+        allocation(
+            EventKind::Realloc,
+            moved as u64,
+            size as u64,
+            p as u64,
+            0,
+            sp,
+            bp,
+        );
+    }
+    moved
+}
+
+/// # Safety
+/// Called as C's reallocarray.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, count: size_t, size: size_t) -> *mut c_void {
+    naked_asm!("mov rcx, rsp", "mov r8, rbp", "jmp {hook}", hook = sym reallocarray_hook)
+}
+
+extern "C" fn reallocarray_hook(
+    p: *mut c_void,
+    count: size_t,
+    size: size_t,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
+    let forward = || match real::reallocarray() {
+        // SAFETY: the next definition of reallocarray, with the caller's arguments.
+        Some(reallocarray) => unsafe { reallocarray(p, count, size) },
+        None => core::ptr::null_mut(),
+    };
+    let Some(_entered) = Entered::try_enter() else {
+        return forward();
+    };
+    let moved = forward();
+    allocation(
+        EventKind::Reallocarray,
+        moved as u64,
+        array_bytes(count, size),
+        p as u64,
+        0,
+        sp,
+        bp,
+    );
+    moved
+}
+
+/// # Safety
+/// Called as C's posix_memalign.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: size_t, size: size_t) -> c_int {
+    naked_asm!("mov rcx, rsp", "mov r8, rbp", "jmp {hook}", hook = sym posix_memalign_hook)
+}
+
+extern "C" fn posix_memalign_hook(
+    out: *mut *mut c_void,
+    align: size_t,
+    size: size_t,
+    sp: usize,
+    bp: usize,
+) -> c_int {
+    let forward = || match real::posix_memalign() {
+        // SAFETY: the next definition of posix_memalign, with the caller's arguments.
+        Some(posix_memalign) => unsafe { posix_memalign(out, align, size) },
+        None => {
+            let p = BOOTSTRAP.alloc(size, align);
+            if p.is_null() {
+                return libc::ENOMEM;
+            }
+            // SAFETY: the caller passes a writable pointer.
+            unsafe { *out = p };
+            0
+        }
+    };
+    let Some(_entered) = Entered::try_enter() else {
+        return forward();
+    };
+    let result = forward();
+    // SAFETY: on success the function stored the block at `out`.
+    let addr = if result == 0 { unsafe { *out as u64 } } else { 0 };
+    allocation(EventKind::PosixMemalign, addr, size as u64, 0, align as u64, sp, bp);
+    result
+}
+
+macro_rules! aligned_hook {
+    ($export:ident, $hook:ident, $real:ident, $kind:expr) => {
+        /// # Safety
+        /// Called as the C function of this name.
+        #[unsafe(naked)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $export(align: size_t, size: size_t) -> *mut c_void {
+            naked_asm!("mov rdx, rsp", "mov rcx, rbp", "jmp {hook}", hook = sym $hook)
+        }
+
+        extern "C" fn $hook(align: size_t, size: size_t, sp: usize, bp: usize) -> *mut c_void {
+            let forward = || match real::$real() {
+                // SAFETY: the next definition, with the caller's arguments.
+                Some(function) => unsafe { function(align, size) },
+                None => BOOTSTRAP.alloc(size, align),
+            };
+            let Some(_entered) = Entered::try_enter() else {
+                return forward();
+            };
+            let p = forward();
+            allocation($kind, p as u64, size as u64, 0, align as u64, sp, bp);
+            p
+        }
+    };
+}
+
+aligned_hook!(aligned_alloc, aligned_alloc_hook, aligned_alloc, EventKind::AlignedAlloc);
+aligned_hook!(memalign, memalign_hook, memalign, EventKind::Memalign);
+
+macro_rules! page_hook {
+    ($export:ident, $hook:ident, $real:ident, $kind:expr) => {
+        /// # Safety
+        /// Called as the C function of this name.
+        #[unsafe(naked)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $export(size: size_t) -> *mut c_void {
+            naked_asm!("mov rsi, rsp", "mov rdx, rbp", "jmp {hook}", hook = sym $hook)
+        }
+
+        extern "C" fn $hook(size: size_t, sp: usize, bp: usize) -> *mut c_void {
+            let forward = || match real::$real() {
+                // SAFETY: the next definition, with the caller's argument.
+                Some(function) => unsafe { function(size) },
+                None => BOOTSTRAP.alloc(size, 4096),
+            };
+            let Some(_entered) = Entered::try_enter() else {
+                return forward();
+            };
+            let p = forward();
+            allocation($kind, p as u64, size as u64, 0, 0, sp, bp);
+            p
+        }
+    };
+}
+
+page_hook!(valloc, valloc_hook, valloc, EventKind::Valloc);
+page_hook!(pvalloc, pvalloc_hook, pvalloc, EventKind::Pvalloc);
+
+/// # Safety
+/// Called as C's free.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    naked_asm!("mov rsi, rsp", "jmp {hook}", hook = sym free_hook)
+}
+
+extern "C" fn free_hook(p: *mut c_void, sp: usize) {
+    if p.is_null() || BOOTSTRAP.owns(p) {
+        return;
+    }
+    // Held through the real free: what it calls is part of this call.
+    let entered = Entered::try_enter();
+    if entered.is_some() {
+        release(EventKind::Free, p as u64, 0, sp);
+    }
+    if let Some(free) = real::free() {
+        // SAFETY: the next definition of free, with the caller's pointer.
+        unsafe { free(p) }
+    }
+    drop(entered);
+}
+
+// --- mappings ----------------------------------------------------------------------------
+
+/// # Safety
+/// Called as C's mmap.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    offset: off_t,
+) -> *mut c_void {
+    // Six arguments fill the registers: the entry rsp and rbp go on the stack as a seventh
+    // and an eighth, with the stack kept 16-byte aligned at the call.
+    naked_asm!(
+        "mov rax, rsp",
+        "sub rsp, 8",
+        "push rbp",
+        "push rax",
+        "call {hook}",
+        "add rsp, 24",
+        "ret",
+        hook = sym mmap_hook
+    )
+}
+
+extern "C" fn mmap_hook(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    offset: off_t,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
+    let forward = || match real::mmap() {
+        // SAFETY: the next definition of mmap, with the caller's arguments.
+        Some(mmap) => unsafe { mmap(addr, len, prot, flags, fd, offset) },
+        None => libc::MAP_FAILED,
+    };
+    let Some(_entered) = Entered::try_enter() else {
+        return forward();
+    };
+    let mapped = forward();
+    allocation(EventKind::Mmap, mapped as u64, len as u64, 0, flags as u64, sp, bp);
+    mapped
+}
+
+/// # Safety
+/// Called as C's munmap.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    naked_asm!("mov rdx, rsp", "jmp {hook}", hook = sym munmap_hook)
+}
+
+extern "C" fn munmap_hook(addr: *mut c_void, len: size_t, sp: usize) -> c_int {
+    let entered = Entered::try_enter();
+    if entered.is_some() && !addr.is_null() {
+        release(EventKind::Munmap, addr as u64, len as u64, sp);
+    }
+    let result = match real::munmap() {
+        // SAFETY: the next definition of munmap, with the caller's arguments.
+        Some(munmap) => unsafe { munmap(addr, len) },
+        None => -1,
+    };
+    drop(entered);
+    result
+}
+
+/// # Safety
+/// Called as C's mremap (whose fifth argument is read only with MREMAP_FIXED).
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_size: size_t,
+    new_size: size_t,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
+    // Five arguments: rsp as the sixth, rbp on the stack as the seventh (aligned at the call).
+    naked_asm!(
+        "mov r9, rsp",
+        "push rbp",
+        "call {hook}",
+        "add rsp, 8",
+        "ret",
+        hook = sym mremap_hook
+    )
+}
+
+extern "C" fn mremap_hook(
+    old: *mut c_void,
+    old_size: size_t,
+    new_size: size_t,
+    flags: c_int,
+    new_addr: *mut c_void,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
+    let forward = || match real::mremap() {
+        // SAFETY: the next definition of mremap, with the caller's arguments.
+        Some(mremap) => unsafe { mremap(old, old_size, new_size, flags, new_addr) },
+        None => libc::MAP_FAILED,
+    };
+    let Some(_entered) = Entered::try_enter() else {
+        return forward();
+    };
+    let moved = forward();
+    allocation(
+        EventKind::Mremap,
+        moved as u64,
+        new_size as u64,
+        old as u64,
+        old_size as u64,
+        sp,
+        bp,
+    );
+    moved
+}

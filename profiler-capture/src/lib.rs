@@ -1,0 +1,28 @@
+//! `libmemprof_capture.so`: the in-process capture path of `memprof run --capture preload`.
+//!
+//! memprof puts this library first in the target's `LD_PRELOAD`, so ld.so binds the program's
+//! (and every library's) calls of the malloc family, `free` and `mmap`/`munmap`/`mremap` here.
+//! Each hook forwards the call to the next definition (libc's, or an allocator preloaded after
+//! this library) and writes the same record an eBPF probe would write into a ring shared with
+//! memprof (`profiler_common::shared_ring`): the collector, heap state, analyses and
+//! recordings consume both paths alike. The cost is a function call, a clock read, a lock and
+//! a copy of the caller's stack, instead of two uprobe traps and a copy.
+//!
+//! - [`hooks`]: the exported functions. Each is a naked trampoline that passes the caller's
+//!   stack pointer (and frame pointer) on to a Rust hook, so the stack snapshot starts exactly
+//!   where the eBPF return probe's does: at the caller, after the return.
+//! - [`real`]: the next definitions, found with `dlsym(RTLD_NEXT)` on first use; allocations
+//!   `dlsym` itself makes meanwhile come from a small static arena.
+//! - [`thread`]: per-thread state (a reentrancy guard, the thread id, the stack's bounds).
+//! - [`ring`]: attaching to the shared ring and writing records into it, waiting (never
+//!   dropping) while memprof drains a full ring.
+//!
+//! The library never allocates through the hooked functions for itself: calls made while a
+//! thread is inside a hook (`dlsym`, `pthread_getattr_np`) are forwarded unrecorded, as calls
+//! inside an allocator are on the eBPF path.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod hooks;
+mod real;
+mod ring;
+mod thread;

@@ -1,0 +1,323 @@
+//! The producer side of the shared ring (`profiler_common::shared_ring`).
+//!
+//! The ring is attached on the first recorded call of a process: the descriptor named by
+//! `MEMPROF_RING_FD` is mapped and claimed for this process. A process that finds it claimed
+//! by another (a child that inherited the variable, then exec'd) and a child forked from the
+//! target (its fork handler turns recording off) forward their calls without recording.
+
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use profiler_common::shared_ring::{
+    DATA_OFFSET, FRAME_HEADER_BYTES, MAGIC, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RingControl,
+    UNCLAIMED, frame_bytes, place,
+};
+
+const DETACHED: u8 = 0;
+const ATTACHING: u8 = 1;
+const RECORDING: u8 = 2;
+/// Not recording: no ring, another process's ring, a forked child, or memprof is gone.
+const OFF: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(DETACHED);
+/// The mapped ring (control page first), once attached.
+static BASE: AtomicUsize = AtomicUsize::new(0);
+
+/// How long a producer sleeps on a full ring before checking that memprof still lives.
+const WAIT_SLICE: libc::timespec = libc::timespec {
+    tv_sec: 1,
+    tv_nsec: 0,
+};
+
+/// The ring, if this process records.
+#[inline]
+pub fn ring() -> Option<Ring> {
+    match STATE.load(Ordering::Acquire) {
+        RECORDING => Some(Ring::at(BASE.load(Ordering::Relaxed))),
+        OFF => None,
+        _ => attach(),
+    }
+}
+
+#[cold]
+fn attach() -> Option<Ring> {
+    if STATE
+        .compare_exchange(DETACHED, ATTACHING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Another thread attaches: its calls meanwhile are this process's first few; wait.
+        loop {
+            match STATE.load(Ordering::Acquire) {
+                RECORDING => return Some(Ring::at(BASE.load(Ordering::Relaxed))),
+                OFF => return None,
+                _ => core::hint::spin_loop(),
+            }
+        }
+    }
+    let mapped = map_ring();
+    match mapped {
+        Some(base) => {
+            BASE.store(base, Ordering::Relaxed);
+            // SAFETY: the handler only stores to an atomic.
+            unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+            STATE.store(RECORDING, Ordering::Release);
+            Some(Ring::at(base))
+        }
+        None => {
+            STATE.store(OFF, Ordering::Release);
+            None
+        }
+    }
+}
+
+/// A child forked from the target is not profiled: its calls go straight through.
+extern "C" fn forked_child() {
+    STATE.store(OFF, Ordering::Release);
+}
+
+/// Maps the ring named by the environment and claims it; None if this process is not the one
+/// memprof profiles.
+fn map_ring() -> Option<usize> {
+    let name = c"MEMPROF_RING_FD";
+    debug_assert_eq!(name.to_bytes(), RING_FD_ENV.as_bytes());
+    // SAFETY: getenv with a NUL-terminated name; the result is read before anything can
+    // change the environment on this path.
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returned a NUL-terminated string.
+    let text = unsafe { core::ffi::CStr::from_ptr(value) }.to_str().ok()?;
+    let fd: libc::c_int = text.parse().ok()?;
+    // SAFETY: mapping a descriptor read-write and shared; checked below before any use.
+    let control = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            DATA_OFFSET,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if control == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: a mapping of DATA_OFFSET bytes holds the control page.
+    let (magic, data_bytes) = unsafe {
+        let page = &*(control as *const RingControl);
+        (page.magic, page.data_bytes)
+    };
+    // SAFETY: unmapping the page mapped above.
+    unsafe { libc::munmap(control, DATA_OFFSET) };
+    if magic != MAGIC || !data_bytes.is_power_of_two() || data_bytes < 2 * MAX_RECORD_BYTES as u64
+    {
+        return None;
+    }
+    let len = DATA_OFFSET + data_bytes as usize;
+    // SAFETY: as above, for the whole ring.
+    let base = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return None;
+    }
+    let ring = Ring::at(base as usize);
+    // SAFETY: getpid has no arguments.
+    let pid = unsafe { libc::getpid() } as u32;
+    let control = ring.control();
+    let owner = match control.owner_pid.compare_exchange(
+        UNCLAIMED,
+        pid,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => pid,
+        Err(owner) => owner,
+    };
+    if owner != pid {
+        // SAFETY: unmapping what was mapped above; nothing refers to it.
+        unsafe { libc::munmap(base, len) };
+        return None;
+    }
+    Some(base as usize)
+}
+
+/// The mapped ring.
+#[derive(Clone, Copy)]
+pub struct Ring {
+    base: usize,
+}
+
+impl Ring {
+    fn at(base: usize) -> Ring {
+        Ring { base }
+    }
+
+    pub fn control(&self) -> &'static RingControl {
+        // SAFETY: `base` is a live shared mapping starting with the control page, never unmapped
+        // once recording started.
+        unsafe { &*(self.base as *const RingControl) }
+    }
+
+    fn data(&self) -> *mut u8 {
+        (self.base + DATA_OFFSET) as *mut u8
+    }
+
+    /// Bytes of stack to copy per allocation.
+    pub fn stack_bytes(&self) -> usize {
+        self.control().stack_bytes as usize
+    }
+
+    /// Writes one record made of `parts` (header, snapshot, stack bytes), waiting while the
+    /// ring is full. Returns false if the record could not be written (memprof is gone).
+    pub fn write(&self, kind: u32, parts: &[&[u8]]) -> bool {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if len > MAX_RECORD_BYTES {
+            self.unrecorded(kind);
+            return false;
+        }
+        let control = self.control();
+        let size = control.data_bytes;
+        let frame = frame_bytes(len);
+        self.lock();
+        let write_pos = control.write_pos.load(Ordering::Relaxed);
+        let padding = loop {
+            let read_pos = control.read_pos.load(Ordering::Acquire);
+            if let Some(padding) = place(write_pos, read_pos, size, frame) {
+                break padding;
+            }
+            if !self.wait_for_room(write_pos, frame) {
+                self.unlock();
+                STATE.store(OFF, Ordering::Release);
+                self.unrecorded(kind);
+                return false;
+            }
+        };
+        let mut at = write_pos;
+        // SAFETY: every write below lies in the data area, in bytes the reader has consumed
+        // (place() checked the room), and only this lock holder writes.
+        unsafe {
+            if padding > 0 {
+                let offset = (at & (size - 1)) as usize;
+                self.data().add(offset).cast::<u32>().write(PADDING);
+                at += padding;
+            }
+            let offset = (at & (size - 1)) as usize;
+            let mut out = self.data().add(offset);
+            out.cast::<u32>().write(len as u32);
+            out.add(4).cast::<u32>().write(0);
+            out = out.add(FRAME_HEADER_BYTES);
+            for part in parts {
+                core::ptr::copy_nonoverlapping(part.as_ptr(), out, part.len());
+                out = out.add(part.len());
+            }
+        }
+        control
+            .write_pos
+            .store(at + frame, Ordering::Release);
+        self.unlock();
+        true
+    }
+
+    /// Counts a call that could not be recorded.
+    pub fn unrecorded(&self, kind: u32) {
+        if let Some(slot) = self.control().unrecorded.get(kind as usize) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sleeps until memprof has drained (true), or finds it gone (false).
+    #[cold]
+    fn wait_for_room(&self, write_pos: u64, frame: u64) -> bool {
+        let control = self.control();
+        let started = now_ns();
+        control.holds.fetch_add(1, Ordering::Relaxed);
+        control.waiters.fetch_add(1, Ordering::AcqRel);
+        let alive = loop {
+            let drained = control.drained.load(Ordering::Acquire);
+            let read_pos = control.read_pos.load(Ordering::Acquire);
+            if place(write_pos, read_pos, control.data_bytes, frame).is_some() {
+                break true;
+            }
+            let woken = futex_wait(&control.drained, drained, Some(&WAIT_SLICE));
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            if !woken && unsafe { libc::kill(control.collector_pid as libc::pid_t, 0) } != 0 {
+                break false;
+            }
+        };
+        control.waiters.fetch_sub(1, Ordering::AcqRel);
+        control
+            .held_ns
+            .fetch_add(now_ns().saturating_sub(started), Ordering::Relaxed);
+        alive
+    }
+
+    fn lock(&self) {
+        let lock = &self.control().lock;
+        if lock
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+        // Contended: mark it so (2) and sleep until the holder wakes one waiter.
+        while lock.swap(2, Ordering::Acquire) != 0 {
+            futex_wait(lock, 2, None);
+        }
+    }
+
+    fn unlock(&self) {
+        let lock = &self.control().lock;
+        if lock.swap(0, Ordering::Release) == 2 {
+            futex_wake(lock, 1);
+        }
+    }
+}
+
+/// Sleeps while `*word == expected`, at most `timeout`; false on a timeout.
+fn futex_wait(
+    word: &core::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Option<&libc::timespec>,
+) -> bool {
+    let timeout = timeout.map_or(core::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a live, aligned u32 of a shared mapping (not PRIVATE: memprof
+    // wakes it from another process).
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            timeout,
+        )
+    };
+    // SAFETY: errno is thread-local.
+    !(result != 0 && unsafe { *libc::__errno_location() } == libc::ETIMEDOUT)
+}
+
+fn futex_wake(word: &core::sync::atomic::AtomicU32, count: i32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned u32.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, count);
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of memprof and of bpf_ktime_get_ns.
+#[inline]
+pub fn now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given (through the vDSO: no syscall).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}

@@ -1,0 +1,175 @@
+//! Per-thread state: whether the thread is inside a hook already (calls made from there are
+//! forwarded unrecorded), its id, and the bounds of its stack (a snapshot never reads past
+//! them).
+//!
+//! Every field is const-initialised and needs no destructor, so the thread-local block is
+//! plain static TLS: reading it never allocates and stays valid while the thread exits.
+
+use core::cell::Cell;
+
+struct State {
+    /// Inside a hook: the library's own calls, or a signal handler interrupting one.
+    busy: Cell<bool>,
+    /// The kernel's thread id; 0 until first asked.
+    tid: Cell<u32>,
+    /// `[low, high)` of the stack, once read (high 0: not yet).
+    stack_low: Cell<usize>,
+    stack_high: Cell<usize>,
+}
+
+thread_local! {
+    static STATE: State = const {
+        State {
+            busy: Cell::new(false),
+            tid: Cell::new(0),
+            stack_low: Cell::new(0),
+            stack_high: Cell::new(0),
+        }
+    };
+}
+
+/// A hook's hold on its thread: taken only if the thread is not inside a hook already.
+pub struct Entered(());
+
+impl Entered {
+    #[inline]
+    pub fn try_enter() -> Option<Entered> {
+        STATE.with(|state| {
+            if state.busy.replace(true) {
+                None
+            } else {
+                Some(Entered(()))
+            }
+        })
+    }
+}
+
+impl Drop for Entered {
+    #[inline]
+    fn drop(&mut self) {
+        STATE.with(|state| state.busy.set(false));
+    }
+}
+
+/// The calling thread's kernel id.
+#[inline]
+pub fn tid() -> u32 {
+    STATE.with(|state| {
+        let tid = state.tid.get();
+        if tid != 0 {
+            return tid;
+        }
+        // SAFETY: gettid has no arguments.
+        let tid = unsafe { libc::gettid() } as u32;
+        state.tid.set(tid);
+        tid
+    })
+}
+
+/// `[low, high)` of the mapping holding `sp`, the calling thread's stack pointer; `(0, 0)` if
+/// it cannot be read. Cached per thread and looked up again when `sp` leaves it (a stack that
+/// grew, a coroutine's stack).
+///
+/// Read from `/proc/self/maps` with plain syscalls, not with `pthread_getattr_np`: that takes
+/// the thread's lock and then calls `realloc`, so a hook inside that `realloc` (Rust's runtime
+/// asks for its stack this way) would wait for the lock its own thread holds.
+pub fn stack_bounds(sp: usize) -> (usize, usize) {
+    STATE.with(|state| {
+        let (low, high) = (state.stack_low.get(), state.stack_high.get());
+        if (low..high).contains(&sp) {
+            return (low, high);
+        }
+        let (low, high) = mapping_of(sp).unwrap_or((0, 0));
+        state.stack_low.set(low);
+        state.stack_high.set(high);
+        (low, high)
+    })
+}
+
+/// The `[start, end)` of the mapping of this process holding `address`.
+fn mapping_of(address: usize) -> Option<(usize, usize)> {
+    // SAFETY: open, read and close on a buffer of ours; no allocation on this path.
+    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut lines = MapsLines {
+        prefix: [0; 40],
+        len: 0,
+        skipping: false,
+    };
+    let mut buffer = [0u8; 4096];
+    let found = loop {
+        // SAFETY: reading into the buffer above, at most its length.
+        let read = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+        if read <= 0 {
+            break None;
+        }
+        if let Some(range) = lines.feed(&buffer[..read as usize], address) {
+            break Some(range);
+        }
+    };
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    found
+}
+
+/// Parses the `start-end` prefix of each line of a maps file fed in pieces.
+struct MapsLines {
+    /// The current line's address range so far (hex digits and the '-').
+    prefix: [u8; 40],
+    len: usize,
+    /// Past the range: skipping to the end of the line.
+    skipping: bool,
+}
+
+impl MapsLines {
+    fn feed(&mut self, bytes: &[u8], address: usize) -> Option<(usize, usize)> {
+        for &byte in bytes {
+            if byte == b'\n' {
+                self.len = 0;
+                self.skipping = false;
+                continue;
+            }
+            if self.skipping {
+                continue;
+            }
+            if byte == b' ' {
+                self.skipping = true;
+                if let Some((start, end)) = parse_range(&self.prefix[..self.len])
+                    && (start..end).contains(&address)
+                {
+                    return Some((start, end));
+                }
+                continue;
+            }
+            if self.len < self.prefix.len() {
+                self.prefix[self.len] = byte;
+                self.len += 1;
+            }
+        }
+        None
+    }
+}
+
+fn parse_range(text: &[u8]) -> Option<(usize, usize)> {
+    let dash = text.iter().position(|&b| b == b'-')?;
+    Some((hex(&text[..dash])?, hex(&text[dash + 1..])?))
+}
+
+fn hex(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |value, &digit| {
+        let nibble = (digit as char).to_digit(16)?;
+        Some(value << 4 | nibble as usize)
+    })
+}
+
+/// A cheap identifier of the calling thread that needs no thread-local storage.
+#[inline]
+pub fn id_for_bootstrap() -> usize {
+    // SAFETY: pthread_self has no arguments and cannot fail.
+    unsafe { libc::pthread_self() as usize }
+}

@@ -1,0 +1,236 @@
+//! The in-process capture path of `memprof run --capture preload`: memprof's side of the ring
+//! shared with `libmemprof_capture.so` (profiler-capture), which the target preloads.
+//!
+//! memprof creates the ring (a memfd: the control page, then the data area), passes its
+//! descriptor to the target (`MEMPROF_RING_FD`, the library first in `LD_PRELOAD`), and drains
+//! it on the collector's timer. A producer that finds the ring full sleeps on a futex until
+//! the next drain, so nothing is lost; how often and how long is reported as held time.
+use std::{
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+use profiler_common::{
+    EventKind,
+    shared_ring::{
+        DATA_OFFSET, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RingControl,
+        frame_bytes,
+    },
+};
+use profiler_core::report::{Held, LostCounts};
+
+use crate::recorder::Collected;
+
+/// File name of the capture library, looked for next to the memprof executable.
+pub const LIBRARY: &str = "libmemprof_capture.so";
+
+/// Where the capture library is: next to this executable (where cargo builds both).
+pub fn library() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the memprof executable")?;
+    let library = exe.with_file_name(LIBRARY);
+    if !library.is_file() {
+        bail!(
+            "--capture preload needs {LIBRARY} next to memprof ({}); build it with `cargo build \
+             -p memprof-capture` (same profile as memprof)",
+            library.display()
+        );
+    }
+    Ok(library)
+}
+
+/// The environment the target gets: the library first in `LD_PRELOAD` (an allocator the user
+/// preloads stays after it and is what it forwards to) and the ring's descriptor.
+pub fn target_env(
+    library: &Path,
+    ring: &SharedRing,
+    mut env: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let preload_index = env.iter().position(|(key, _)| key == "LD_PRELOAD");
+    let inherited = std::env::var("LD_PRELOAD").ok();
+    let others = match preload_index {
+        Some(index) => Some(env.remove(index).1),
+        None => inherited,
+    };
+    let mut preload = library.display().to_string();
+    if let Some(others) = others.filter(|o| !o.trim().is_empty()) {
+        preload.push(':');
+        preload.push_str(&others);
+    }
+    env.push(("LD_PRELOAD".into(), preload));
+    env.push((RING_FD_ENV.into(), ring.fd().to_string()));
+    env
+}
+
+/// memprof's mapping of the ring.
+pub struct SharedRing {
+    fd: OwnedFd,
+    base: *mut u8,
+    len: usize,
+    /// One record, copied out of the shared area before it is decoded (the target can write
+    /// the area at any time; the decoder must see bytes that hold still).
+    record: Vec<u8>,
+}
+
+// SAFETY: the mapping is owned by this value and only read through it.
+unsafe impl Send for SharedRing {}
+
+impl SharedRing {
+    /// A ring of `data_bytes` (a power of two) whose producers copy `stack_bytes` of stack.
+    pub fn create(data_bytes: u64, stack_bytes: u32) -> Result<SharedRing> {
+        let fd = nix::sys::memfd::memfd_create(
+            c"memprof-ring",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .context("cannot create the capture ring (memfd_create)")?;
+        let len = DATA_OFFSET + data_bytes as usize;
+        nix::unistd::ftruncate(&fd, len as i64).context("cannot size the capture ring")?;
+        // SAFETY: a fresh shared mapping of the memfd, owned by the SharedRing until drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("cannot map the capture ring");
+        }
+        let ring = SharedRing {
+            fd,
+            base: base.cast(),
+            len,
+            record: Vec::with_capacity(MAX_RECORD_BYTES),
+        };
+        // SAFETY: the control page is at the start of the mapping, zeroed, not shared yet.
+        unsafe {
+            ring.base.cast::<RingControl>().write(RingControl::new(
+                data_bytes,
+                stack_bytes,
+                std::process::id(),
+            ))
+        };
+        Ok(ring)
+    }
+
+    /// The descriptor the target inherits.
+    pub fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    fn control(&self) -> &RingControl {
+        // SAFETY: the mapping starts with the control page written in create().
+        unsafe { &*self.base.cast::<RingControl>() }
+    }
+
+    /// A handle on the counters, for the collector's loss accounting.
+    pub fn counters(&self) -> RingCounters {
+        RingCounters {
+            fd: self.fd.try_clone().ok().map(Arc::new),
+        }
+    }
+
+    /// Reads every published record into `collected`; true if there was any.
+    pub fn drain(&mut self, collected: &mut Collected) -> bool {
+        let control = self.control();
+        let size = control.data_bytes;
+        let write_pos = control.write_pos.load(Ordering::Acquire);
+        let mut read_pos = control.read_pos.load(Ordering::Relaxed);
+        let found = read_pos != write_pos;
+        // SAFETY: the data area follows the control page inside the mapping.
+        let data = unsafe { self.base.add(DATA_OFFSET) };
+        while read_pos < write_pos {
+            let offset = (read_pos & (size - 1)) as usize;
+            // SAFETY: offsets are 8-aligned and below `size`; a frame header is 8 bytes.
+            let len = unsafe { data.add(offset).cast::<u32>().read_volatile() } as usize;
+            if len == PADDING as usize {
+                read_pos += size - offset as u64;
+                continue;
+            }
+            if len > MAX_RECORD_BYTES || offset + FRAME_HEADER_BYTES + len > size as usize {
+                // Not a frame the library writes: the rest cannot be trusted.
+                collected.malformed += 1;
+                read_pos = write_pos;
+                break;
+            }
+            self.record.clear();
+            // SAFETY: the frame's bytes lie inside the data area (checked above).
+            self.record.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(data.add(offset + FRAME_HEADER_BYTES), len)
+            });
+            read_pos += frame_bytes(len);
+            collected.record(&self.record);
+        }
+        let control = self.control();
+        control.read_pos.store(read_pos, Ordering::Release);
+        control.drained.fetch_add(1, Ordering::Release);
+        if control.waiters.load(Ordering::Acquire) > 0 {
+            // SAFETY: FUTEX_WAKE on the aligned u32 of the shared mapping.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    control.drained.as_ptr(),
+                    libc::FUTEX_WAKE,
+                    i32::MAX,
+                );
+            }
+        }
+        found
+    }
+
+    /// How often and how long the target's threads waited for room, if they ever did.
+    pub fn held(&self) -> Option<Held> {
+        let control = self.control();
+        let times = control.holds.load(Ordering::Relaxed);
+        (times > 0).then(|| Held {
+            times,
+            secs: control.held_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        })
+    }
+}
+
+impl Drop for SharedRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in create(); nothing refers to it any more.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// The ring's loss counters, readable on their own (a second mapping of the control page).
+pub struct RingCounters {
+    fd: Option<Arc<OwnedFd>>,
+}
+
+impl RingCounters {
+    /// Calls the library could not record, by kind.
+    pub fn read(&self) -> Result<LostCounts> {
+        let fd = self.fd.as_ref().context("the capture ring is gone")?;
+        // SAFETY: a read-only view of the control page, unmapped before returning.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                DATA_OFFSET,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("cannot map the capture ring");
+        }
+        // SAFETY: the page holds the control structure.
+        let control = unsafe { &*page.cast::<RingControl>() };
+        let mut counts = LostCounts::default();
+        for kind in EventKind::ALL {
+            counts.by_kind[kind as usize] = control.unrecorded[kind as usize].load(Ordering::Relaxed);
+        }
+        // SAFETY: unmapping the page mapped above.
+        unsafe { libc::munmap(page, DATA_OFFSET) };
+        Ok(counts)
+    }
+}

@@ -1,0 +1,154 @@
+//! The ring between the in-process capture library (`libmemprof_capture.so`, preloaded into
+//! a target `memprof run` launched) and memprof: a memfd both map, holding a [`RingControl`]
+//! page and then a power-of-two data area of framed records.
+//!
+//! Records are the ones the eBPF probes write ([`crate::EventHeader`], then a
+//! [`crate::StackSnapshot`] and the stack bytes, or nothing), so the collector decodes both
+//! paths alike. Each sits in a frame: a `u32` length, a `u32` of zero, the record, padding to
+//! 8 bytes. A frame never wraps: a length of [`PADDING`] means "skip to the start of the data
+//! area".
+//!
+//! Producers (the target's threads) take [`RingControl::lock`], wait while the ring lacks
+//! room (sleeping on the [`RingControl::drained`] futex word, which memprof bumps after each
+//! drain: nothing is ever dropped), write the frame and publish it by storing `write_pos`
+//! with release ordering. memprof reads up to `write_pos` (acquire), then stores `read_pos`.
+//! Positions grow without wrapping; offsets are positions modulo the data size.
+
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+use crate::{EVENT_HEADER_SIZE, MAX_STACK_BYTES, STACK_SNAPSHOT_SIZE};
+
+/// Environment variable naming the ring's file descriptor in the target.
+pub const RING_FD_ENV: &str = "MEMPROF_RING_FD";
+/// [`RingControl::magic`]: the layout's name and version.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"MPRING01");
+/// Offset of the data area in the shared file (the control page comes first).
+pub const DATA_OFFSET: usize = 4096;
+/// Bytes before each record in its frame.
+pub const FRAME_HEADER_BYTES: usize = 8;
+/// A frame length meaning "the rest of the data area is padding".
+pub const PADDING: u32 = 0;
+/// The longest record a producer writes.
+pub const MAX_RECORD_BYTES: usize = EVENT_HEADER_SIZE + STACK_SNAPSHOT_SIZE + MAX_STACK_BYTES;
+
+/// `RingControl::state`: no process has claimed the ring yet.
+pub const UNCLAIMED: u32 = 0;
+
+/// The control page. memprof writes the first fields before the target starts; the target's
+/// first allocation claims the ring for its process ([`RingControl::owner_pid`]), so that
+/// processes it starts (which inherit the variable and the descriptor) record nothing.
+#[repr(C, align(64))]
+pub struct RingControl {
+    pub magic: u64,
+    /// Size of the data area (a power of two).
+    pub data_bytes: u64,
+    /// Bytes of stack copied per allocation (a multiple of 8, at most [`MAX_STACK_BYTES`];
+    /// 0: no stacks).
+    pub stack_bytes: u32,
+    /// The process that records: 0 until the first allocation claims it.
+    pub owner_pid: AtomicU32,
+    /// memprof: a producer that has waited for room for a second checks it is still alive,
+    /// and stops recording if not (nothing would ever drain the ring again).
+    pub collector_pid: u32,
+    _config_pad: [u8; 36],
+
+    /// Bytes published so far (producers, under `lock`).
+    pub write_pos: AtomicU64,
+    /// 0 free, 1 taken, 2 taken with waiters (a futex word).
+    pub lock: AtomicU32,
+    /// Producers sleeping until memprof drains.
+    pub waiters: AtomicU32,
+    /// Times a producer found the ring full and waited: the counterpart of the eBPF path's
+    /// held threads.
+    pub holds: AtomicU64,
+    /// Nanoseconds producers spent waiting for room, summed.
+    pub held_ns: AtomicU64,
+    _producer_pad: [u8; 32],
+
+    /// Bytes consumed so far (memprof).
+    pub read_pos: AtomicU64,
+    /// Bumped by memprof after each drain: the futex word full producers sleep on.
+    pub drained: AtomicU32,
+    _consumer_pad: [u8; 52],
+
+    /// Calls that could not be recorded, by event kind: made from a signal handler that
+    /// interrupted its thread inside the library (the ring is not reentrant), or after
+    /// memprof went away.
+    pub unrecorded: [AtomicU64; crate::KIND_SLOTS as usize],
+}
+
+const _: () = assert!(core::mem::size_of::<RingControl>() == 192 + 128);
+const _: () = assert!(core::mem::size_of::<RingControl>() <= DATA_OFFSET);
+
+impl RingControl {
+    /// A fresh control page for a data area of `data_bytes` (a power of two).
+    pub const fn new(data_bytes: u64, stack_bytes: u32, collector_pid: u32) -> RingControl {
+        RingControl {
+            magic: MAGIC,
+            data_bytes,
+            stack_bytes,
+            owner_pid: AtomicU32::new(UNCLAIMED),
+            collector_pid,
+            _config_pad: [0; 36],
+            write_pos: AtomicU64::new(0),
+            lock: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+            holds: AtomicU64::new(0),
+            held_ns: AtomicU64::new(0),
+            _producer_pad: [0; 32],
+            read_pos: AtomicU64::new(0),
+            drained: AtomicU32::new(0),
+            _consumer_pad: [0; 52],
+            unrecorded: [const { AtomicU64::new(0) }; crate::KIND_SLOTS as usize],
+        }
+    }
+}
+
+/// Bytes a record of `record_bytes` takes in the ring, frame included.
+pub const fn frame_bytes(record_bytes: usize) -> u64 {
+    (FRAME_HEADER_BYTES + ((record_bytes + 7) & !7)) as u64
+}
+
+/// Where a frame of `frame` bytes goes when `write_pos` is published and `read_pos` consumed:
+/// `Some(padding)` (bytes to skip first, up to the end of the data area) when it fits now,
+/// `None` when the producer must wait for memprof to drain.
+pub const fn place(write_pos: u64, read_pos: u64, data_bytes: u64, frame: u64) -> Option<u64> {
+    let offset = write_pos & (data_bytes - 1);
+    let padding = if offset + frame > data_bytes {
+        data_bytes - offset
+    } else {
+        0
+    };
+    let used = write_pos - read_pos;
+    if used + padding + frame <= data_bytes {
+        Some(padding)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_whole_words() {
+        assert_eq!(frame_bytes(56), 64);
+        assert_eq!(frame_bytes(57), 72);
+        assert_eq!(frame_bytes(MAX_RECORD_BYTES), 8 + MAX_RECORD_BYTES as u64);
+    }
+
+    #[test]
+    fn a_frame_never_wraps_and_never_overtakes_the_reader() {
+        // Fits at the start.
+        assert_eq!(place(0, 0, 1024, 64), Some(0));
+        // Would cross the end: padded to the start, if the reader is far enough.
+        assert_eq!(place(1000, 1000, 1024, 64), Some(24));
+        assert_eq!(place(1000, 990, 1024, 64), Some(24));
+        // The padded frame would reach unread bytes.
+        assert_eq!(place(1000, 20, 1024, 64), None);
+        // Full.
+        assert_eq!(place(1024, 0, 1024, 8), None);
+        assert_eq!(place(1016, 0, 1024, 8), Some(0));
+    }
+}
