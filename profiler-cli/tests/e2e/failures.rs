@@ -139,6 +139,37 @@ fn attach_to_kernel_thread() {
 }
 
 #[test]
+fn attach_with_zero_duration_is_refused() {
+    let Some(env) = privileged("attach_with_zero_duration_is_refused") else {
+        return;
+    };
+    // A live target: a zero window must be refused, not recorded.
+    let mut target = Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("start sleep");
+    let output = env.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.args([
+        "attach",
+        &target.id().to_string(),
+        "--duration",
+        "0",
+        "--output",
+    ])
+    .arg(&output);
+    let finished = run_to_end(cmd);
+    let _ = target.kill();
+    let _ = target.wait();
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert_eq!(
+        finished.stderr,
+        "memprof: error: --duration must be a positive number of seconds, not 0\n"
+    );
+    assert!(!output.exists(), "nothing may be written");
+}
+
+#[test]
 fn run_missing_program() {
     let Some(env) = privileged("run_missing_program") else {
         return;
