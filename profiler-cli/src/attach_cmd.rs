@@ -2,7 +2,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use profiler_core::heap::Mode;
+use profiler_core::{heap::Mode, report::ExitStatus};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -115,7 +115,11 @@ pub async fn attach(
         mode: Mode::Attach,
         command: command_line,
         pid,
-        exit: None,
+        // It exited, but only its parent learns how.
+        exit: (reason == Stop::TargetExited).then_some(ExitStatus {
+            code: None,
+            signal: None,
+        }),
         start_ns,
         end_ns,
         sites: &sites,

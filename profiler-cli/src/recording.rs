@@ -244,16 +244,7 @@ pub fn finish_session(
     if let Some(sink) = collected.recording.take() {
         let trailer = Trailer {
             end_monotonic_ns: meta.end_ns,
-            exit: meta.exit.map(|exit| match exit {
-                crate::launch::Exit::Code(code) => profiler_core::report::ExitStatus {
-                    code: Some(code),
-                    signal: None,
-                },
-                crate::launch::Exit::Signal(signal) => profiler_core::report::ExitStatus {
-                    code: None,
-                    signal: Some(signal),
-                },
-            }),
+            exit: meta.exit,
             lost: (&meta.counters).into(),
             malformed: collected.malformed,
             probes: meta.sites.iter().map(crate::report::probe_info).collect(),

@@ -165,7 +165,7 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         pid,
-        exit: Some(exit),
+        exit: Some(exit.into()),
         start_ns,
         end_ns,
         sites: &sites,

@@ -148,7 +148,8 @@ pub struct Target {
     /// argv of the launched command; empty in attach mode when unknown.
     pub command: Vec<String>,
     pub pid: u32,
-    /// How the target ended; null if it was still running (attach, or interrupted).
+    /// How the target ended; null if it was still running (attach, or interrupted); code and
+    /// signal both null when an attached process exited (only its parent learns how).
     pub exit: Option<ExitStatus>,
     /// Wall time of the recording.
     pub duration_secs: f64,

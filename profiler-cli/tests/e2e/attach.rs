@@ -176,6 +176,60 @@ fn attach_duration_expires() {
     waiter.finish();
 }
 
+/// The target exits inside the window: memprof ends with it and says so once, never that it
+/// is still running.
+#[test]
+fn attach_until_the_target_exits() {
+    let Some(env) = privileged("attach_until_the_target_exits") else {
+        return;
+    };
+    let mut waiter = Waiter::start(env.dir.path(), Build::FramePointers);
+    let pid = waiter.child.id();
+    let output = env.dir.path().join("out");
+    let (mut profiler, stderr) = attach(pid, &output, &[]);
+    waiter.allocate();
+    // EOF: the waiter exits 0 (it stays a zombie, unreaped, until the end of the test).
+    drop(waiter.stdin.take());
+    let status = wait_deadline(
+        &mut profiler,
+        DEADLINE,
+        "memprof attach as its target exits",
+    );
+    let stderr = rest_of(&stderr);
+    assert!(
+        status.success(),
+        "memprof attach: {status}; stderr:\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.contains(&format!("memprof: process {pid} exited").as_str()),
+        "{stderr}"
+    );
+    let ending = lines
+        .iter()
+        .find(|line| line.starts_with("target "))
+        .unwrap_or_else(|| panic!("no target line in\n{stderr}"));
+    assert!(
+        ending.starts_with("target exited (exit status unknown), recorded "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("still running"), "{stderr}");
+    assert!(!stderr.contains("at detach"), "{stderr}");
+    assert!(stderr.contains("\n  live at exit "), "{stderr}");
+    assert!(
+        stderr.contains("Leaks (allocated while attached, live at exit): "),
+        "{stderr}"
+    );
+    let report = read_report(&output);
+    assert_eq!(
+        report["target"]["exit"],
+        serde_json::json!({"code": null, "signal": null})
+    );
+    assert_waiter_window(&report);
+    let exited = wait_deadline(&mut waiter.child, DEADLINE, "waiter after EOF");
+    assert_eq!(exited.code(), Some(0));
+}
+
 /// In its own mount namespace a target can put anything behind the paths its maps list: here
 /// its libc path is a FIFO (reading it would hang memprof) and its executable's path another
 /// program (probing it would count nothing). memprof must read and probe the files the process

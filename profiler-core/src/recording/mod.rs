@@ -176,7 +176,8 @@ pub fn process_maps<'a>(records: impl IntoIterator<Item = &'a MappingRecord>) ->
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trailer {
     pub end_monotonic_ns: u64,
-    /// How the target ended; null if it was still running.
+    /// How the target ended; null if it was still running; code and signal both null when an
+    /// attached process exited.
     pub exit: Option<ExitStatus>,
     pub lost: LostRecord,
     /// Ring records that did not decode.

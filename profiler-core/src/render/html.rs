@@ -90,7 +90,7 @@ impl Page {
             Some(exit) => match (exit.code, exit.signal) {
                 (Some(code), _) => format!("exit code {code}"),
                 (None, Some(signal)) => format!("killed by signal {signal}"),
-                (None, None) => "unknown".to_owned(),
+                (None, None) => "exited (exit status unknown)".to_owned(),
             },
         };
         let peak = match s.peak_time_secs {

@@ -115,6 +115,38 @@ fn render_text(report: &Report, top: usize) -> String {
 }
 
 #[test]
+fn text_says_how_an_attached_target_ended_and_only_that() {
+    let mut report = report();
+    report.mode = Mode::Attach;
+    // It exited inside the window; memprof, not its parent, cannot tell how.
+    report.target.exit = Some(ExitStatus {
+        code: None,
+        signal: None,
+    });
+    let text = render_text(&report, 2);
+    for expected in [
+        "target exited (exit status unknown), recorded 2.000 s",
+        "  live at exit       1.5 KiB",
+        "Leaks (allocated while attached, live at exit): 1.5 KiB",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("still running"), "{text}");
+    assert!(!text.contains("detach"), "{text}");
+    // Detached from a live process: nothing else.
+    report.target.exit = None;
+    let text = render_text(&report, 2);
+    for expected in [
+        "target still running, recorded 2.000 s",
+        "  live at detach     1.5 KiB",
+        "Leaks (allocated while attached, live at detach): 1.5 KiB",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("exited"), "{text}");
+}
+
+#[test]
 fn text_has_numbers_lost_block_and_top_sites() {
     let text = render_text(&report(), 2);
     for expected in [
