@@ -142,7 +142,61 @@ fn check_attachable(pid: u32) -> Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
             Err(anyhow!("not permitted to trace process {pid} (try sudo)"))
         }
-        Err(_) => bail!("process {pid} has no user-space program to profile (a kernel thread?)"),
+        Err(_) => Err(no_program(pid)),
+    }
+}
+
+/// Why process `pid` has no executable to read: its /proc/PID/stat says which of a kernel
+/// thread, a zombie, or a process whose main thread exited while others run. In that last case
+/// the leader is a zombie: /proc/PID's exe, maps, root and environ, which attach reads, went
+/// with its memory (only /proc/PID/task/TID of the others has them), and the uprobe_multi pid
+/// filter has compared the leader's memory (`link->task->mm`), which it no longer has.
+fn no_program(pid: u32) -> anyhow::Error {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let others = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|task| task.ok())
+                .any(|task| task.file_name() != pid.to_string().as_str())
+        })
+        .unwrap_or(false);
+    match LeaderState::parse(&stat) {
+        Some(LeaderState::KernelThread) => {
+            anyhow!("process {pid} is a kernel thread: there is no user-space program to profile")
+        }
+        Some(LeaderState::Exited) if others => anyhow!(
+            "the main thread of process {pid} has exited (its other threads still run): memprof \
+             can only attach to a process whose main thread is alive"
+        ),
+        Some(LeaderState::Exited) => anyhow!("process {pid} has exited (zombie)"),
+        _ => anyhow!("process {pid} has no user-space program to profile"),
+    }
+}
+
+/// What /proc/PID/stat says of a thread group leader whose executable cannot be read.
+#[derive(Debug, PartialEq, Eq)]
+enum LeaderState {
+    KernelThread,
+    /// Exited (state Z or X); the process may live on in other threads.
+    Exited,
+    Other,
+}
+
+impl LeaderState {
+    fn parse(stat: &str) -> Option<LeaderState> {
+        /// `PF_KTHREAD` in the flags field (include/linux/sched.h).
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        // `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`; comm may hold anything.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = fields.next()?;
+        let flags: u64 = fields.nth(5)?.parse().ok()?;
+        Some(if flags & PF_KTHREAD != 0 {
+            LeaderState::KernelThread
+        } else if state == "Z" || state == "X" {
+            LeaderState::Exited
+        } else {
+            LeaderState::Other
+        })
     }
 }
 
@@ -154,4 +208,25 @@ fn cmdline(pid: u32) -> Option<Vec<String>> {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     (!args.is_empty()).then_some(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_state_from_proc_stat() {
+        // kthreadd, a zombie leader (from a live system), a running process whose name has
+        // a ") " in it.
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 2";
+        let zombie = "19699 (mainexit) Z 19698 19689 30967 0 -1 4227084 129 0 1 0 0 0 0 0 20";
+        let running = "42 (a) Z (b) S 1 42 42 34816 42 4194560 100 0 0 0 1 0 0 0 20 0";
+        assert_eq!(
+            LeaderState::parse(kthreadd),
+            Some(LeaderState::KernelThread)
+        );
+        assert_eq!(LeaderState::parse(zombie), Some(LeaderState::Exited));
+        assert_eq!(LeaderState::parse(running), Some(LeaderState::Other));
+        assert_eq!(LeaderState::parse(""), None);
+    }
 }
