@@ -29,7 +29,9 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
         ..probe_config(capture)?
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    // While it exits: its maps (for symbolization) and its peak RSS.
+    // While it exits: its maps (for symbolization), its peak RSS and its RSS then (a target
+    // shorter than the sampling interval would otherwise end the timeline with the RSS it had
+    // at exec).
     // The maps also go straight to the unwinder: records drained after the target died may
     // come from libraries mapped since the collector last read the maps.
     let exit_maps = target_modules::SharedMaps::default();
@@ -40,7 +42,9 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
             if let Ok(mut shared) = exit_maps.lock() {
                 shared.clone_from(&maps);
             }
-            Some((maps, launch::peak_rss(pid)))
+            let rss = crate::recording::read_rss(pid.as_raw() as u32)
+                .map(|bytes| (crate::capture::monotonic_ns(), bytes));
+            Some((maps, launch::peak_rss(pid), rss))
         }
     };
     // Threads the probes signal when the ring is half full wait for the collector to drain it.
@@ -136,7 +140,7 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
         }
     };
     let (exit, at_exit) = ended.context("lost track of the target")?;
-    let (maps_at_exit, peak_rss) = at_exit.unwrap_or_default();
+    let (maps_at_exit, peak_rss, rss_at_exit) = at_exit.unwrap_or_default();
     collected.peak_rss_bytes = peak_rss;
     // The exit maps first: what is still queued may have been allocated from libraries
     // mapped since the last read, and the target is gone now.
@@ -144,6 +148,10 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
         collected.merge_maps(maps);
     }
     session::drain(&mut ring, &mut collected);
+    // After the last events: the timeline's last point then has the RSS at exit.
+    if let Some((ts_ns, bytes)) = rss_at_exit {
+        collected.sample_rss(ts_ns, bytes);
+    }
     backpressure.close();
     collected.held = backpressure.held();
     if let Some(watcher) = printed_ops {
