@@ -52,15 +52,17 @@ pub async fn attach(
         &backpressure,
     )?;
     let start_ns = monotonic_ns();
+    // The file it runs, whatever its argv[0] says (a symlink's name, `exec -a`, a title).
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     let command_line = cmdline(pid).unwrap_or_else(|| vec![exe.display().to_string()]);
     let session = recording::SessionStart {
-        command: command_line.clone(),
+        command: command_line,
+        executable: Some(exe.display().to_string()).filter(|exe| !exe.is_empty()),
         pid,
         mode: Mode::Attach,
         start_ns,
     };
-    recording::start(&mut collected, capture, session)?;
+    recording::start(&mut collected, capture, &session)?;
     // Handlers first: whoever reads "attached" may send SIGINT at once.
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminations = signal(SignalKind::terminate())?;
@@ -88,16 +90,7 @@ pub async fn attach(
     let (reason, mut ring) = match collect_result {
         Ok(collected_ring) => collected_ring,
         Err(error) => {
-            let span = (start_ns, end_ns);
-            salvage(
-                &mut collected,
-                Mode::Attach,
-                command_line,
-                pid,
-                span,
-                &sites,
-                capture,
-            );
+            salvage(&mut collected, &session, end_ns, &sites, capture);
             return Err(error);
         }
     };
@@ -113,7 +106,8 @@ pub async fn attach(
     }
     let meta = report::Meta {
         mode: Mode::Attach,
-        command: command_line,
+        command: session.command,
+        executable: session.executable,
         pid,
         // It exited, but only its parent learns how.
         exit: (reason == Stop::TargetExited).then_some(ExitStatus {
@@ -200,19 +194,38 @@ impl LeaderState {
     }
 }
 
+/// The target's argv as /proc/PID/cmdline has it now.
 fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = raw
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    (!args.is_empty()).then_some(args)
+    parse_cmdline(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+}
+
+/// NUL-terminated arguments, empty ones included; a process that rewrote its argv in place
+/// (a process title) leaves NULs after it, which are not arguments.
+fn parse_cmdline(raw: &[u8]) -> Option<Vec<String>> {
+    let raw = &raw[..raw.iter().rposition(|b| *b != 0)? + 1];
+    Some(
+        raw.split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cmdline_keeps_empty_arguments_and_drops_padding() {
+        let args = |raw: &[u8]| parse_cmdline(raw).unwrap();
+        assert_eq!(args(b"fakename\0\0last\0"), ["fakename", "", "last"]);
+        assert_eq!(
+            args(b"redis-server *:6379\0\0\0\0"),
+            ["redis-server *:6379"]
+        );
+        assert_eq!(args(b"a\0b"), ["a", "b"]);
+        assert_eq!(parse_cmdline(b""), None);
+        assert_eq!(parse_cmdline(b"\0\0"), None);
+    }
 
     #[test]
     fn leader_state_from_proc_stat() {

@@ -20,6 +20,8 @@ use crate::{cli::CaptureArgs, recorder::Collected, targets::ProbeSite};
 pub struct Meta<'a> {
     pub mode: Mode,
     pub command: Vec<String>,
+    /// /proc/PID/exe, when it could be read.
+    pub executable: Option<String>,
     pub pid: u32,
     /// How the target ended: None while it runs; code and signal unknown when an attached
     /// process exited (memprof is not its parent).
@@ -35,6 +37,7 @@ pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> 
     let symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
     let report_meta = ReportMeta {
         command: meta.command.clone(),
+        executable: meta.executable.clone(),
         pid: meta.pid,
         mode: meta.mode,
         exit: meta.exit,

@@ -90,12 +90,16 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let session = recording::SessionStart {
-        command: command_line.clone(),
+        command: command_line,
+        // Stopped at its exec: the file it runs, whatever argv[0] says (a symlink, `exec -a`).
+        executable: std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|exe| exe.display().to_string()),
         pid,
         mode: Mode::Run,
         start_ns,
     };
-    if let Err(error) = recording::start(&mut collected, capture, session) {
+    if let Err(error) = recording::start(&mut collected, capture, &session) {
         child.abandon();
         return Err(error);
     }
@@ -126,16 +130,7 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     let mut ring = match collect_result {
         Ok((_, ring)) => ring,
         Err(error) => {
-            let span = (start_ns, end_ns);
-            salvage(
-                &mut collected,
-                Mode::Run,
-                command_line,
-                pid,
-                span,
-                &sites,
-                capture,
-            );
+            salvage(&mut collected, &session, end_ns, &sites, capture);
             return Err(error);
         }
     };
@@ -168,10 +163,8 @@ pub async fn run_command(capture: &CaptureArgs, target: launch::Target) -> Resul
     let exit = exit?;
     let meta = report::Meta {
         mode: Mode::Run,
-        command: command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
+        command: session.command,
+        executable: session.executable,
         pid,
         exit: Some(exit.into()),
         start_ns,

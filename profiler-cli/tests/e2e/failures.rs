@@ -30,6 +30,15 @@ fn exit_status_is_the_targets() {
         "target: {}",
         report["target"]
     );
+    // The command as given, and the file it ran.
+    assert_eq!(
+        report["target"]["command"],
+        serde_json::json!([target.to_str().unwrap(), "3"])
+    );
+    assert_eq!(
+        report["target"]["executable"],
+        std::fs::canonicalize(&target).unwrap().to_str().unwrap()
+    );
 }
 
 #[test]

@@ -84,6 +84,10 @@ pub struct Header {
     /// `uname -r` of the machine that recorded.
     pub kernel: String,
     pub command: Vec<String>,
+    /// The file the target runs (/proc/PID/exe). Absent from recordings made before it was
+    /// recorded.
+    #[serde(default)]
+    pub executable: Option<String>,
     pub pid: u32,
     pub mode: Mode,
     /// Wall clock at the start, nanoseconds since the Unix epoch.

@@ -170,6 +170,9 @@ impl Page {
                 ),
             );
         }
+        if let Some(executable) = &target.executable {
+            rows.insert(1, ("executable", "executable", executable.clone()));
+        }
         self.html
             .push_str("<section id=\"summary\">\n<h2>Summary</h2>\n<table>\n");
         for (key, label, value) in rows {

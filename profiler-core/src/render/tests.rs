@@ -40,6 +40,7 @@ fn report() -> Report {
         mode: Mode::Run,
         target: Target {
             command: vec!["./leaky".into(), "3".into()],
+            executable: None,
             pid: 777,
             exit: Some(ExitStatus {
                 code: Some(0),
@@ -112,6 +113,21 @@ fn render_text(report: &Report, top: usize) -> String {
     let mut out = Vec::new();
     write_text(report, &mut out, top).unwrap();
     String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn text_names_the_executable_under_the_command_line() {
+    let mut report = report();
+    report.target.executable = Some("/opt/leaky/bin/leaky".into());
+    let text = render_text(&report, 2);
+    assert!(
+        text.starts_with(
+            "memprof 0.1.0 (run) pid 777: ./leaky 3\nexecutable: /opt/leaky/bin/leaky\ntarget "
+        ),
+        "{text}"
+    );
+    // Unknown (an older recording): no line.
+    assert!(!render_text(&self::report(), 2).contains("executable"));
 }
 
 #[test]

@@ -33,6 +33,10 @@ fn write_header(report: &Report, out: &mut impl Write) -> io::Result<()> {
         target.pid,
         target.command.join(" ")
     )?;
+    // argv[0] is whatever the process was given (a symlink, `exec -a`): name the file too.
+    if let Some(executable) = &target.executable {
+        writeln!(out, "executable: {executable}")?;
+    }
     let ending = match target.exit {
         Some(exit) => match (exit.code, exit.signal) {
             (Some(code), _) => format!("exited with code {code}"),
