@@ -15,9 +15,7 @@ use core::arch::naked_asm;
 use core::ffi::c_void;
 
 use libc::{c_int, off_t, size_t};
-use profiler_common::{
-    EventHeader, EventKind, FLAG_STACK_SNAPSHOT, SNAPSHOT_CUT, StackSnapshot,
-};
+use profiler_common::{EventHeader, EventKind, FLAG_STACK_SNAPSHOT, SNAPSHOT_CUT, StackSnapshot};
 
 use crate::real::{self, BOOTSTRAP};
 use crate::ring::{self, now_ns};
@@ -124,7 +122,7 @@ fn release(kind: EventKind, addr: u64, size: u64, entry_sp: usize) {
 
 /// `count * size`, or u64::MAX when it overflows (as the probes compute it).
 fn array_bytes(count: size_t, size: size_t) -> u64 {
-    (count as u64).checked_mul(size as u64).unwrap_or(u64::MAX)
+    (count as u64).saturating_mul(size as u64)
 }
 
 // --- the malloc family -------------------------------------------------------------------
@@ -276,7 +274,11 @@ extern "C" fn reallocarray_hook(
 /// Called as C's posix_memalign.
 #[unsafe(naked)]
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: size_t, size: size_t) -> c_int {
+pub unsafe extern "C" fn posix_memalign(
+    out: *mut *mut c_void,
+    align: size_t,
+    size: size_t,
+) -> c_int {
     naked_asm!("mov rcx, rsp", "mov r8, rbp", "jmp {hook}", hook = sym posix_memalign_hook)
 }
 
@@ -305,8 +307,20 @@ extern "C" fn posix_memalign_hook(
     };
     let result = forward();
     // SAFETY: on success the function stored the block at `out`.
-    let addr = if result == 0 { unsafe { *out as u64 } } else { 0 };
-    allocation(EventKind::PosixMemalign, addr, size as u64, 0, align as u64, sp, bp);
+    let addr = if result == 0 {
+        unsafe { *out as u64 }
+    } else {
+        0
+    };
+    allocation(
+        EventKind::PosixMemalign,
+        addr,
+        size as u64,
+        0,
+        align as u64,
+        sp,
+        bp,
+    );
     result
 }
 
@@ -336,7 +350,12 @@ macro_rules! aligned_hook {
     };
 }
 
-aligned_hook!(aligned_alloc, aligned_alloc_hook, aligned_alloc, EventKind::AlignedAlloc);
+aligned_hook!(
+    aligned_alloc,
+    aligned_alloc_hook,
+    aligned_alloc,
+    EventKind::AlignedAlloc
+);
 aligned_hook!(memalign, memalign_hook, memalign, EventKind::Memalign);
 
 macro_rules! page_hook {
@@ -439,7 +458,15 @@ extern "C" fn mmap_hook(
         return forward();
     };
     let mapped = forward();
-    allocation(EventKind::Mmap, mapped as u64, len as u64, 0, flags as u64, sp, bp);
+    allocation(
+        EventKind::Mmap,
+        mapped as u64,
+        len as u64,
+        0,
+        flags as u64,
+        sp,
+        bp,
+    );
     mapped
 }
 

@@ -19,7 +19,8 @@ pub type Reallocarray = unsafe extern "C" fn(*mut c_void, size_t, size_t) -> *mu
 pub type PosixMemalign = unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int;
 pub type AlignedAlloc = unsafe extern "C" fn(size_t, size_t) -> *mut c_void;
 pub type Valloc = unsafe extern "C" fn(size_t) -> *mut c_void;
-pub type Mmap = unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
+pub type Mmap =
+    unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void;
 pub type Munmap = unsafe extern "C" fn(*mut c_void, size_t) -> c_int;
 pub type Mremap =
     unsafe extern "C" fn(*mut c_void, size_t, size_t, c_int, *mut c_void) -> *mut c_void;
@@ -160,7 +161,10 @@ impl Bootstrap {
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
             let start = (base + used).next_multiple_of(align) - base;
-            let Some(end) = start.checked_add(size).filter(|&end| end <= BOOTSTRAP_BYTES) else {
+            let Some(end) = start
+                .checked_add(size)
+                .filter(|&end| end <= BOOTSTRAP_BYTES)
+            else {
                 return core::ptr::null_mut();
             };
             match self

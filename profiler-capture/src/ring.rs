@@ -109,8 +109,7 @@ fn map_ring() -> Option<usize> {
     };
     // SAFETY: unmapping the page mapped above.
     unsafe { libc::munmap(control, DATA_OFFSET) };
-    if magic != MAGIC || !data_bytes.is_power_of_two() || data_bytes < 2 * MAX_RECORD_BYTES as u64
-    {
+    if magic != MAGIC || !data_bytes.is_power_of_two() || data_bytes < 2 * MAX_RECORD_BYTES as u64 {
         return None;
     }
     let len = DATA_OFFSET + data_bytes as usize;
@@ -219,9 +218,7 @@ impl Ring {
                 out = out.add(part.len());
             }
         }
-        control
-            .write_pos
-            .store(at + frame, Ordering::Release);
+        control.write_pos.store(at + frame, Ordering::Release);
         self.unlock();
         true
     }

@@ -89,7 +89,12 @@ pub fn stack_bounds(sp: usize) -> (usize, usize) {
 /// The `[start, end)` of the mapping of this process holding `address`.
 fn mapping_of(address: usize) -> Option<(usize, usize)> {
     // SAFETY: open, read and close on a buffer of ours; no allocation on this path.
-    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return None;
     }

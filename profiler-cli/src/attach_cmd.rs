@@ -2,7 +2,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use profiler_core::heap::Mode;
+use profiler_core::{heap::Mode, report::ExitStatus};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -52,15 +52,17 @@ pub async fn attach(
         &backpressure,
     )?;
     let start_ns = monotonic_ns();
+    // The file it runs, whatever its argv[0] says (a symlink's name, `exec -a`, a title).
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     let command_line = cmdline(pid).unwrap_or_else(|| vec![exe.display().to_string()]);
     let session = recording::SessionStart {
-        command: command_line.clone(),
+        command: command_line,
+        executable: Some(exe.display().to_string()).filter(|exe| !exe.is_empty()),
         pid,
         mode: Mode::Attach,
         start_ns,
     };
-    recording::start(&mut collected, capture, session)?;
+    recording::start(&mut collected, capture, &session)?;
     // Handlers first: whoever reads "attached" may send SIGINT at once.
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminations = signal(SignalKind::terminate())?;
@@ -89,16 +91,7 @@ pub async fn attach(
     let reason = match collect_result {
         Ok(reason) => reason,
         Err(error) => {
-            let span = (start_ns, end_ns);
-            salvage(
-                &mut collected,
-                Mode::Attach,
-                command_line,
-                pid,
-                span,
-                &sites,
-                capture,
-            );
+            salvage(&mut collected, &session, end_ns, &sites, capture);
             return Err(error);
         }
     };
@@ -114,9 +107,14 @@ pub async fn attach(
     }
     let meta = report::Meta {
         mode: Mode::Attach,
-        command: command_line,
+        command: session.command,
+        executable: session.executable,
         pid,
-        exit: None,
+        // It exited, but only its parent learns how.
+        exit: (reason == Stop::TargetExited).then_some(ExitStatus {
+            code: None,
+            signal: None,
+        }),
         start_ns,
         end_ns,
         sites: &sites,
@@ -139,16 +137,110 @@ fn check_attachable(pid: u32) -> Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
             Err(anyhow!("not permitted to trace process {pid} (try sudo)"))
         }
-        Err(_) => bail!("process {pid} has no user-space program to profile (a kernel thread?)"),
+        Err(_) => Err(no_program(pid)),
     }
 }
 
+/// Why process `pid` has no executable to read: its /proc/PID/stat says which of a kernel
+/// thread, a zombie, or a process whose main thread exited while others run. In that last case
+/// the leader is a zombie: /proc/PID's exe, maps, root and environ, which attach reads, went
+/// with its memory (only /proc/PID/task/TID of the others has them), and the uprobe_multi pid
+/// filter has compared the leader's memory (`link->task->mm`), which it no longer has.
+fn no_program(pid: u32) -> anyhow::Error {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let others = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|task| task.ok())
+                .any(|task| task.file_name() != pid.to_string().as_str())
+        })
+        .unwrap_or(false);
+    match LeaderState::parse(&stat) {
+        Some(LeaderState::KernelThread) => {
+            anyhow!("process {pid} is a kernel thread: there is no user-space program to profile")
+        }
+        Some(LeaderState::Exited) if others => anyhow!(
+            "the main thread of process {pid} has exited (its other threads still run): memprof \
+             can only attach to a process whose main thread is alive"
+        ),
+        Some(LeaderState::Exited) => anyhow!("process {pid} has exited (zombie)"),
+        _ => anyhow!("process {pid} has no user-space program to profile"),
+    }
+}
+
+/// What /proc/PID/stat says of a thread group leader whose executable cannot be read.
+#[derive(Debug, PartialEq, Eq)]
+enum LeaderState {
+    KernelThread,
+    /// Exited (state Z or X); the process may live on in other threads.
+    Exited,
+    Other,
+}
+
+impl LeaderState {
+    fn parse(stat: &str) -> Option<LeaderState> {
+        /// `PF_KTHREAD` in the flags field (include/linux/sched.h).
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        // `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`; comm may hold anything.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = fields.next()?;
+        let flags: u64 = fields.nth(5)?.parse().ok()?;
+        Some(if flags & PF_KTHREAD != 0 {
+            LeaderState::KernelThread
+        } else if state == "Z" || state == "X" {
+            LeaderState::Exited
+        } else {
+            LeaderState::Other
+        })
+    }
+}
+
+/// The target's argv as /proc/PID/cmdline has it now.
 fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = raw
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    (!args.is_empty()).then_some(args)
+    parse_cmdline(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+}
+
+/// NUL-terminated arguments, empty ones included; a process that rewrote its argv in place
+/// (a process title) leaves NULs after it, which are not arguments.
+fn parse_cmdline(raw: &[u8]) -> Option<Vec<String>> {
+    let raw = &raw[..raw.iter().rposition(|b| *b != 0)? + 1];
+    Some(
+        raw.split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_keeps_empty_arguments_and_drops_padding() {
+        let args = |raw: &[u8]| parse_cmdline(raw).unwrap();
+        assert_eq!(args(b"fakename\0\0last\0"), ["fakename", "", "last"]);
+        assert_eq!(
+            args(b"redis-server *:6379\0\0\0\0"),
+            ["redis-server *:6379"]
+        );
+        assert_eq!(args(b"a\0b"), ["a", "b"]);
+        assert_eq!(parse_cmdline(b""), None);
+        assert_eq!(parse_cmdline(b"\0\0"), None);
+    }
+
+    #[test]
+    fn leader_state_from_proc_stat() {
+        // kthreadd, a zombie leader (from a live system), a running process whose name has
+        // a ") " in it.
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 2";
+        let zombie = "19699 (mainexit) Z 19698 19689 30967 0 -1 4227084 129 0 1 0 0 0 0 0 20";
+        let running = "42 (a) Z (b) S 1 42 42 34816 42 4194560 100 0 0 0 1 0 0 0 20 0";
+        assert_eq!(
+            LeaderState::parse(kthreadd),
+            Some(LeaderState::KernelThread)
+        );
+        assert_eq!(LeaderState::parse(zombie), Some(LeaderState::Exited));
+        assert_eq!(LeaderState::parse(running), Some(LeaderState::Other));
+        assert_eq!(LeaderState::parse(""), None);
+    }
 }

@@ -32,20 +32,19 @@ pub fn probe_config(capture: &CaptureArgs) -> Result<ProbeConfig> {
 /// the error is reported.
 pub fn salvage(
     collected: &mut Collected,
-    mode: Mode,
-    command: Vec<String>,
-    pid: u32,
-    (start_ns, end_ns): (u64, u64),
+    session: &recording::SessionStart,
+    end_ns: u64,
     sites: &[ProbeSite],
     capture: &CaptureArgs,
 ) {
     let counters = collected.lost().unwrap_or_default();
     let meta = report::Meta {
-        mode,
-        command,
-        pid,
+        mode: session.mode,
+        command: session.command.clone(),
+        executable: session.executable.clone(),
+        pid: session.pid,
         exit: None,
-        start_ns,
+        start_ns: session.start_ns,
         end_ns,
         sites,
         counters,

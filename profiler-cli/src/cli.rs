@@ -275,12 +275,14 @@ impl CaptureArgs {
     }
 }
 
+/// `--duration SECONDS`: a finite number above zero (a zero window would record nothing).
 pub fn duration(seconds: Option<f64>) -> anyhow::Result<Option<Duration>> {
     seconds
-        .map(|s| {
-            Duration::try_from_secs_f64(s).map_err(|_| {
-                anyhow::anyhow!("--duration must be a positive number of seconds, not {s}")
-            })
+        .map(|s| match Duration::try_from_secs_f64(s) {
+            Ok(duration) if !duration.is_zero() => Ok(duration),
+            _ => Err(anyhow::anyhow!(
+                "--duration must be a positive number of seconds, not {s}"
+            )),
         })
         .transpose()
 }
@@ -292,5 +294,36 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
             Ok((key.to_owned(), value.to_owned()))
         }
         _ => Err(format!("expected KEY=VALUE, not {text:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_must_be_positive() {
+        let refused = |s: f64| duration(Some(s)).unwrap_err().to_string();
+        assert_eq!(
+            refused(0.0),
+            "--duration must be a positive number of seconds, not 0"
+        );
+        assert_eq!(
+            refused(-0.0),
+            "--duration must be a positive number of seconds, not -0"
+        );
+        assert_eq!(
+            refused(-1.5),
+            "--duration must be a positive number of seconds, not -1.5"
+        );
+        assert_eq!(
+            refused(f64::NAN),
+            "--duration must be a positive number of seconds, not NaN"
+        );
+        assert_eq!(
+            duration(Some(0.25)).unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(duration(None).unwrap(), None);
     }
 }

@@ -162,15 +162,22 @@ fn totals(a: &Report, b: &Report) -> Totals {
 }
 
 /// The differential flame graph of `kind`: widths from B, red where B has more, blue where
-/// it has less (inferno's differential colours).
+/// it has less (inferno's differential colours). When B has nothing of `kind` (every leak of A
+/// fixed), inferno would have no width to draw: the widths then come from A and every frame is
+/// blue by what B lost.
 pub fn write_diff_flamegraph(
     a: &Report,
     b: &Report,
     kind: FlameKind,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
-    let before = folded_lines_of(a, kind).join("\n");
-    let after = folded_lines_of(b, kind).join("\n");
+    let (a_lines, b_lines) = (folded_lines_of(a, kind), folded_lines_of(b, kind));
+    // Folded lines only hold positive weights: no line, nothing to draw.
+    let nothing_in_b = b_lines.is_empty() && !a_lines.is_empty();
+    let (before, after) = match nothing_in_b {
+        false => (a_lines.join("\n"), b_lines.join("\n")),
+        true => (b_lines.join("\n"), a_lines.join("\n")),
+    };
     let mut merged = Vec::new();
     differential::from_readers(
         differential::Options::default(),
@@ -182,10 +189,16 @@ pub fn write_diff_flamegraph(
     let merged = String::from_utf8(merged).expect("folded lines are UTF-8");
     let mut lines: Vec<&str> = merged.lines().collect();
     lines.sort_unstable();
-    let title = format!(
-        "memprof diff: {} - red: more in B, blue: less in B",
-        flame_name(kind)
-    );
+    let title = match nothing_in_b {
+        false => format!(
+            "memprof diff: {} - red: more in B, blue: less in B",
+            flame_name(kind)
+        ),
+        true => format!(
+            "memprof diff: {} - nothing in B: widths from A, blue: gone in B",
+            flame_name(kind)
+        ),
+    };
     if lines.is_empty() {
         return write!(
             out,
@@ -202,6 +215,8 @@ pub fn write_diff_flamegraph(
     }
     .to_owned();
     options.deterministic = true;
+    // A's figures were given as the "after" column: the change is first minus second.
+    options.negate_differentials = nothing_in_b;
     flamegraph::from_lines(&mut options, lines, out)
 }
 
@@ -448,6 +463,44 @@ mod tests {
         );
         assert!(
             svg.contains("<title>__strdup (strdup.c:42) (600 bytes, 7.53%; 0.00%)</title>"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn a_run_with_nothing_to_draw_is_drawn_from_the_other() {
+        let a = fixture();
+        let mut b = fixture();
+        b.leaks.clear();
+        let render = |a: &Report, b: &Report| {
+            let mut svg = Vec::new();
+            write_diff_flamegraph(a, b, FlameKind::Leaks, &mut svg).unwrap();
+            String::from_utf8(svg).unwrap()
+        };
+        // B fixed every leak: A's widths (4,900 bytes), every change negative.
+        let svg = render(&a, &b);
+        assert!(
+            svg.contains("memprof diff: bytes live at the end - nothing in B: widths from A"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("<title>push_node (list.h:7) (3,072 bytes, 62.69%; -62.69%)</title>"),
+            "{svg}"
+        );
+        // A had none: an ordinary differential graph, everything new in B.
+        let svg = render(&b, &a);
+        assert!(
+            svg.contains("<title>push_node (list.h:7) (3,072 bytes, 62.69%; +62.69%)</title>"),
+            "{svg}"
+        );
+        // Neither: a valid SVG that says so.
+        let svg = render(&b, &b);
+        assert!(
+            svg.starts_with("<?xml") && svg.ends_with("</svg>\n"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("- red: more in B, blue: less in B: nothing in either run."),
             "{svg}"
         );
     }

@@ -33,6 +33,22 @@ pub enum Exit {
     Signal(i32),
 }
 
+/// The report's form of it.
+impl From<Exit> for profiler_core::report::ExitStatus {
+    fn from(exit: Exit) -> Self {
+        match exit {
+            Exit::Code(code) => Self {
+                code: Some(code),
+                signal: None,
+            },
+            Exit::Signal(signal) => Self {
+                code: None,
+                signal: Some(signal),
+            },
+        }
+    }
+}
+
 impl Exit {
     /// The status memprof itself exits with: the child's, or 128+signal as a shell reports it.
     pub fn status(self) -> i32 {

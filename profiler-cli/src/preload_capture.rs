@@ -79,11 +79,9 @@ unsafe impl Send for SharedRing {}
 impl SharedRing {
     /// A ring of `data_bytes` (a power of two) whose producers copy `stack_bytes` of stack.
     pub fn create(data_bytes: u64, stack_bytes: u32) -> Result<SharedRing> {
-        let fd = nix::sys::memfd::memfd_create(
-            c"memprof-ring",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-        )
-        .context("cannot create the capture ring (memfd_create)")?;
+        let fd =
+            nix::sys::memfd::memfd_create(c"memprof-ring", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .context("cannot create the capture ring (memfd_create)")?;
         let len = DATA_OFFSET + data_bytes as usize;
         nix::unistd::ftruncate(&fd, len as i64).context("cannot size the capture ring")?;
         // SAFETY: a fresh shared mapping of the memfd, owned by the SharedRing until drop.
@@ -227,7 +225,8 @@ impl RingCounters {
         let control = unsafe { &*page.cast::<RingControl>() };
         let mut counts = LostCounts::default();
         for kind in EventKind::ALL {
-            counts.by_kind[kind as usize] = control.unrecorded[kind as usize].load(Ordering::Relaxed);
+            counts.by_kind[kind as usize] =
+                control.unrecorded[kind as usize].load(Ordering::Relaxed);
         }
         // SAFETY: unmapping the page mapped above.
         unsafe { libc::munmap(page, DATA_OFFSET) };

@@ -201,17 +201,21 @@ impl Collected {
         if due {
             self.last_rss = Some(std::time::Instant::now());
             if let Some(bytes) = crate::recording::read_rss(pid) {
-                let ts_ns = crate::capture::monotonic_ns();
-                self.recorder.analyses.observe_rss(ts_ns, bytes);
-                if let Some(sink) = &mut self.recording {
-                    sink.rss(ts_ns, bytes);
-                }
+                self.sample_rss(crate::capture::monotonic_ns(), bytes);
             }
         }
         let unwind_errors = self.unwind_errors();
         if let Some(sink) = &mut self.recording {
             let counters = &self.loss_counters;
             sink.flush_if_due(|| losses(counters, unwind_errors));
+        }
+    }
+
+    /// An RSS sample taken at `ts_ns` (monotonic): into the timeline and the recording.
+    pub fn sample_rss(&mut self, ts_ns: u64, bytes: u64) {
+        self.recorder.analyses.observe_rss(ts_ns, bytes);
+        if let Some(sink) = &mut self.recording {
+            sink.rss(ts_ns, bytes);
         }
     }
 

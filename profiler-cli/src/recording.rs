@@ -187,7 +187,7 @@ pub fn read_rss(pid: u32) -> Option<u64> {
 pub fn start(
     collected: &mut crate::recorder::Collected,
     capture: &crate::cli::CaptureArgs,
-    header: SessionStart,
+    header: &SessionStart,
 ) -> Result<()> {
     let Some(path) = capture.recording_path() else {
         return Ok(());
@@ -205,7 +205,8 @@ pub fn start(
         kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
-        command: header.command,
+        command: header.command.clone(),
+        executable: header.executable.clone(),
         pid: header.pid,
         mode: header.mode,
         start_unix_ns: collected.started_unix_ns,
@@ -229,6 +230,8 @@ pub fn start(
 /// What [`start`] needs to know about the session.
 pub struct SessionStart {
     pub command: Vec<String>,
+    /// /proc/PID/exe.
+    pub executable: Option<String>,
     pub pid: u32,
     pub mode: profiler_core::heap::Mode,
     pub start_ns: u64,
@@ -245,16 +248,7 @@ pub fn finish_session(
     if let Some(sink) = collected.recording.take() {
         let trailer = Trailer {
             end_monotonic_ns: meta.end_ns,
-            exit: meta.exit.map(|exit| match exit {
-                crate::launch::Exit::Code(code) => profiler_core::report::ExitStatus {
-                    code: Some(code),
-                    signal: None,
-                },
-                crate::launch::Exit::Signal(signal) => profiler_core::report::ExitStatus {
-                    code: None,
-                    signal: Some(signal),
-                },
-            }),
+            exit: meta.exit,
             lost: (&meta.counters).into(),
             malformed: collected.malformed,
             probes: meta.sites.iter().map(crate::report::probe_info).collect(),

@@ -14,14 +14,18 @@ use profiler_core::{
     symbolize::Symbolizer,
 };
 
-use crate::{cli::CaptureArgs, launch::Exit, recorder::Collected, targets::ProbeSite};
+use crate::{cli::CaptureArgs, recorder::Collected, targets::ProbeSite};
 
 /// What the session knows beyond the events.
 pub struct Meta<'a> {
     pub mode: Mode,
     pub command: Vec<String>,
+    /// /proc/PID/exe, when it could be read.
+    pub executable: Option<String>,
     pub pid: u32,
-    pub exit: Option<Exit>,
+    /// How the target ended: None while it runs; code and signal unknown when an attached
+    /// process exited (memprof is not its parent).
+    pub exit: Option<ExitStatus>,
     pub start_ns: u64,
     pub end_ns: u64,
     pub sites: &'a [ProbeSite],
@@ -33,18 +37,10 @@ pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> 
     let symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
     let report_meta = ReportMeta {
         command: meta.command.clone(),
+        executable: meta.executable.clone(),
         pid: meta.pid,
         mode: meta.mode,
-        exit: meta.exit.map(|exit| match exit {
-            Exit::Code(code) => ExitStatus {
-                code: Some(code),
-                signal: None,
-            },
-            Exit::Signal(signal) => ExitStatus {
-                code: None,
-                signal: Some(signal),
-            },
-        }),
+        exit: meta.exit,
         start_ns: meta.start_ns,
         duration: Duration::from_nanos(meta.end_ns.saturating_sub(meta.start_ns)),
         probes: meta.sites.iter().map(probe_info).collect(),

@@ -43,7 +43,9 @@ pub async fn run_command(
         CapturePath::Preload => Some(preload(capture, &mut target)?),
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    // While it exits: its maps (for symbolization) and its peak RSS.
+    // While it exits: its maps (for symbolization), its peak RSS and its RSS then (a target
+    // shorter than the sampling interval would otherwise end the timeline with the RSS it had
+    // at exec).
     // The maps also go straight to the unwinder: records drained after the target died may
     // come from libraries mapped since the collector last read the maps.
     let exit_maps = target_modules::SharedMaps::default();
@@ -54,7 +56,9 @@ pub async fn run_command(
             if let Ok(mut shared) = exit_maps.lock() {
                 shared.clone_from(&maps);
             }
-            Some((maps, launch::peak_rss(pid)))
+            let rss = crate::recording::read_rss(pid.as_raw() as u32)
+                .map(|bytes| (crate::capture::monotonic_ns(), bytes));
+            Some((maps, launch::peak_rss(pid), rss))
         }
     };
     // Threads the probes signal when the ring is half full wait for the collector to drain it.
@@ -113,12 +117,16 @@ pub async fn run_command(
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let session = recording::SessionStart {
-        command: command_line.clone(),
+        command: command_line,
+        // Stopped at its exec: the file it runs, whatever argv[0] says (a symlink, `exec -a`).
+        executable: std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|exe| exe.display().to_string()),
         pid,
         mode: Mode::Run,
         start_ns,
     };
-    if let Err(error) = recording::start(&mut collected, capture, session) {
+    if let Err(error) = recording::start(&mut collected, capture, &session) {
         child.abandon();
         return Err(error);
     }
@@ -151,21 +159,12 @@ pub async fn run_command(
     match collect_result {
         Ok(_) => {}
         Err(error) => {
-            let span = (start_ns, end_ns);
-            salvage(
-                &mut collected,
-                Mode::Run,
-                command_line,
-                pid,
-                span,
-                &sites,
-                capture,
-            );
+            salvage(&mut collected, &session, end_ns, &sites, capture);
             return Err(error);
         }
     };
     let (exit, at_exit) = ended.context("lost track of the target")?;
-    let (maps_at_exit, peak_rss) = at_exit.unwrap_or_default();
+    let (maps_at_exit, peak_rss, rss_at_exit) = at_exit.unwrap_or_default();
     collected.peak_rss_bytes = peak_rss;
     // The exit maps first: what is still queued may have been allocated from libraries
     // mapped since the last read, and the target is gone now.
@@ -173,6 +172,10 @@ pub async fn run_command(
         collected.merge_maps(maps);
     }
     source.drain(&mut collected);
+    // After the last events: the timeline's last point then has the RSS at exit.
+    if let Some((ts_ns, bytes)) = rss_at_exit {
+        collected.sample_rss(ts_ns, bytes);
+    }
     backpressure.close();
     collected.held = match &source {
         EventSource::Shared(ring) => ring.held(),
@@ -192,12 +195,10 @@ pub async fn run_command(
     let exit = exit?;
     let meta = report::Meta {
         mode: Mode::Run,
-        command: command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
+        command: session.command,
+        executable: session.executable,
         pid,
-        exit: Some(exit),
+        exit: Some(exit.into()),
         start_ns,
         end_ns,
         sites: &sites,
@@ -211,7 +212,9 @@ pub async fn run_command(
 /// ring, and gives the target the library and the ring's descriptor.
 fn preload(capture: &CaptureArgs, target: &mut launch::Target) -> Result<SharedRing> {
     if capture.unwind != Unwind::Dwarf {
-        bail!("--capture preload copies stacks for DWARF unwinding; --unwind fp needs --capture uprobes");
+        bail!(
+            "--capture preload copies stacks for DWARF unwinding; --unwind fp needs --capture uprobes"
+        );
     }
     let program = target.command.first().context("no command given")?;
     let exe = crate::compare::executable(std::path::Path::new(program))

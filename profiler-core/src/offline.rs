@@ -149,6 +149,7 @@ fn report_meta(replay: &Replay) -> ReportMeta {
     let end_ns = trailer.map_or(replay.last_ts_ns, |t| t.end_monotonic_ns);
     ReportMeta {
         command: header.command.clone(),
+        executable: header.executable.clone(),
         pid: header.pid,
         mode: header.mode,
         exit: trailer.and_then(|t| t.exit),

@@ -76,6 +76,7 @@ mod tests {
     fn empty_report() -> Report {
         let meta = ReportMeta {
             command: vec!["true".into()],
+            executable: None,
             pid: 1,
             mode: Mode::Run,
             exit: None,

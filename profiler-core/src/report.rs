@@ -22,6 +22,8 @@ pub use kind_map::KindMap;
 #[derive(Clone, Debug)]
 pub struct ReportMeta {
     pub command: Vec<String>,
+    /// The file the target runs (`/proc/PID/exe`), when known.
+    pub executable: Option<String>,
     pub pid: u32,
     pub mode: Mode,
     pub exit: Option<ExitStatus>,
@@ -145,10 +147,16 @@ impl From<ModuleInfo> for ModuleFile {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Target {
-    /// argv of the launched command; empty in attach mode when unknown.
+    /// argv of the launched command; in attach mode, /proc/PID/cmdline (what the process
+    /// says its argv is: argv[0] need not name its program); empty when unknown.
     pub command: Vec<String>,
+    /// The file the target runs: /proc/PID/exe (symlinks resolved), read at exec (run) or
+    /// at attach. Absent when unknown (recordings made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
     pub pid: u32,
-    /// How the target ended; null if it was still running (attach, or interrupted).
+    /// How the target ended; null if it was still running (attach, or interrupted); code and
+    /// signal both null when an attached process exited (only its parent learns how).
     pub exit: Option<ExitStatus>,
     /// Wall time of the recording.
     pub duration_secs: f64,
@@ -490,6 +498,7 @@ pub fn build_report_with_sites(
         mode: meta.mode,
         target: Target {
             command: meta.command.clone(),
+            executable: meta.executable.clone(),
             pid: meta.pid,
             exit: meta.exit,
             duration_secs: meta.duration.as_secs_f64(),

@@ -97,6 +97,41 @@ fn analyses_known_peak() {
     );
 }
 
+/// `analyses peak` lives ~25 ms, less than the 100 ms between RSS samples: the timeline's last
+/// point must still have the RSS at exit, which holds the three touched MiB live then.
+#[test]
+fn rss_at_exit_is_the_timelines_last_point() {
+    let Some(env) = privileged("rss_at_exit_is_the_timelines_last_point") else {
+        return;
+    };
+    let (report, _) = run(env.dir.path(), "peak", &[]);
+    let points = report["analyses"]["timeline"]["points"]
+        .as_array()
+        .expect("points");
+    let last = points.last().expect("a point");
+    assert_eq!(u(&last["live_bytes"]), 3 * MIB);
+    let rss = u(&last["rss_bytes"]);
+    let peak_rss = u(&report["target"]["peak_rss_bytes"]);
+    assert!(
+        rss >= 3 * MIB && rss <= peak_rss,
+        "RSS at exit {rss}, peak RSS {peak_rss}"
+    );
+    // The recording has that sample too.
+    let replayed = env.dir.path().join("replayed");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("report")
+        .arg(env.dir.path().join("out/recording.mprof"))
+        .args(["--format", "json", "--output"])
+        .arg(&replayed);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let replayed = finished.report(&replayed);
+    let points = replayed["analyses"]["timeline"]["points"]
+        .as_array()
+        .expect("points");
+    assert_eq!(u(&points.last().expect("a point")["rss_bytes"]), rss);
+}
+
 #[test]
 fn analyses_short_lived_and_size_mix() {
     let Some(env) = privileged("analyses_short_lived_and_size_mix") else {

@@ -30,16 +30,24 @@ impl Waiter {
 
     /// Starts the waiter through `wrapper` (a command that execs its arguments).
     fn start_under(dir: &std::path::Path, build: Build, wrapper: &[&str]) -> Waiter {
-        let binary = compile_c(dir, "waiter", build);
-        let mut command = match wrapper.split_first() {
+        Self::start_with(dir, build, |binary| match wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(&binary);
+                command.args(args).arg(binary);
                 command
             }
-            None => Command::new(&binary),
-        };
-        let mut child = command
+            None => Command::new(binary),
+        })
+    }
+
+    /// Starts the command `command` makes of the waiter's binary.
+    fn start_with(
+        dir: &std::path::Path,
+        build: Build,
+        command: impl FnOnce(&std::path::Path) -> Command,
+    ) -> Waiter {
+        let binary = compile_c(dir, "waiter", build);
+        let mut child = command(&binary)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -172,6 +180,107 @@ fn attach_duration_expires() {
     );
 
     let report = read_report(&output);
+    assert_waiter_window(&report);
+    waiter.finish();
+}
+
+/// The target exits inside the window: memprof ends with it and says so once, never that it
+/// is still running.
+#[test]
+fn attach_until_the_target_exits() {
+    let Some(env) = privileged("attach_until_the_target_exits") else {
+        return;
+    };
+    let mut waiter = Waiter::start(env.dir.path(), Build::FramePointers);
+    let pid = waiter.child.id();
+    let output = env.dir.path().join("out");
+    let (mut profiler, stderr) = attach(pid, &output, &[]);
+    waiter.allocate();
+    // EOF: the waiter exits 0 (it stays a zombie, unreaped, until the end of the test).
+    drop(waiter.stdin.take());
+    let status = wait_deadline(
+        &mut profiler,
+        DEADLINE,
+        "memprof attach as its target exits",
+    );
+    let stderr = rest_of(&stderr);
+    assert!(
+        status.success(),
+        "memprof attach: {status}; stderr:\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.contains(&format!("memprof: process {pid} exited").as_str()),
+        "{stderr}"
+    );
+    let ending = lines
+        .iter()
+        .find(|line| line.starts_with("target "))
+        .unwrap_or_else(|| panic!("no target line in\n{stderr}"));
+    assert!(
+        ending.starts_with("target exited (exit status unknown), recorded "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("still running"), "{stderr}");
+    assert!(!stderr.contains("at detach"), "{stderr}");
+    assert!(stderr.contains("\n  live at exit "), "{stderr}");
+    assert!(
+        stderr.contains("Leaks (allocated while attached, live at exit): "),
+        "{stderr}"
+    );
+    let report = read_report(&output);
+    assert_eq!(
+        report["target"]["exit"],
+        serde_json::json!({"code": null, "signal": null})
+    );
+    assert_waiter_window(&report);
+    let exited = wait_deadline(&mut waiter.child, DEADLINE, "waiter after EOF");
+    assert_eq!(exited.code(), Some(0));
+}
+
+/// A target started through a symlink, with another argv[0] and an empty argument: the report
+/// keeps its command line as /proc/PID/cmdline has it and names the executable it runs.
+#[test]
+fn attach_names_the_command_line_and_the_real_executable() {
+    let Some(env) = privileged("attach_names_the_command_line_and_the_real_executable") else {
+        return;
+    };
+    let link = env.dir.path().join("link-to-waiter");
+    let mut waiter = Waiter::start_with(env.dir.path(), Build::FramePointers, |binary| {
+        std::os::unix::fs::symlink(binary, &link).unwrap();
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg("exec -a fakename \"$0\" '' last")
+            .arg(&link);
+        command
+    });
+    let pid = waiter.child.id();
+    let binary = std::fs::canonicalize(&link).unwrap();
+    let binary = binary.to_str().unwrap();
+    let output = env.dir.path().join("out");
+    let (mut profiler, stderr) = attach(pid, &output, &[]);
+    waiter.allocate();
+    let profiler_pid = Pid::from_raw(i32::try_from(profiler.id()).expect("pid fits i32"));
+    kill(profiler_pid, Signal::SIGINT).expect("SIGINT memprof");
+    let status = wait_deadline(&mut profiler, DEADLINE, "memprof attach after SIGINT");
+    let stderr = rest_of(&stderr);
+    assert!(
+        status.success(),
+        "memprof attach: {status}; stderr:\n{stderr}"
+    );
+    let report = read_report(&output);
+    assert_eq!(
+        report["target"]["command"],
+        serde_json::json!(["fakename", "", "last"])
+    );
+    assert_eq!(report["target"]["executable"], binary);
+    assert!(
+        stderr.contains(&format!(
+            "pid {pid}: fakename  last\nexecutable: {binary}\n"
+        )),
+        "{stderr}"
+    );
     assert_waiter_window(&report);
     waiter.finish();
 }

@@ -113,3 +113,104 @@ fn diff_finds_exactly_the_leak_that_grew() {
         )
     );
 }
+
+/// Before and after a fix: B (`leakn 5 free`) leaks nothing, so its leak flame graph is empty.
+/// The diff still says what went away, both ways round.
+#[test]
+fn diff_against_a_run_that_leaks_nothing() {
+    let Some(guard) = privileged("diff_against_a_run_that_leaks_nothing") else {
+        return;
+    };
+    let dir = guard.dir.path();
+    let target = compile_c(dir, "leakn", Build::FramePointers);
+    for (name, args) in [("leaky", &["5"][..]), ("fixed", &["5", "free"][..])] {
+        let run = memprof_run(&dir.join(name), &target, args);
+        assert!(run.status.success(), "leakn {args:?}: {}", run.stderr);
+    }
+    let diff = |a: &str, b: &str| {
+        let out = dir.join(format!("diff-{a}-{b}"));
+        let mut cmd = Command::new(memprof());
+        cmd.arg("diff")
+            .arg(dir.join(a))
+            .arg(dir.join(b))
+            .args(["--flame", "leaks", "--output"])
+            .arg(&out);
+        let finished = run_to_end(cmd);
+        assert!(
+            finished.status.success(),
+            "diff {a} {b}: {}",
+            finished.stderr
+        );
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("diff.json")).unwrap()).unwrap();
+        let svg = std::fs::read_to_string(out.join("diff.svg")).unwrap();
+        (finished.stdout, json, svg)
+    };
+
+    let (table, json, svg) = diff("leaky", "fixed");
+    let totals = &json["totals"];
+    assert_eq!(totals["live_bytes_at_end"]["a"], 540);
+    assert_eq!(totals["live_bytes_at_end"]["b"], 0);
+    assert_eq!(totals["live_bytes_at_end"]["delta"], -540);
+    assert_eq!(totals["allocations"]["delta"], 0);
+    assert!(table.contains("Sites that changed: 2 of 3"), "{table}");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|line| line.contains("(leakn.c:"))
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(
+        rows[0][..5],
+        ["0", "0", "-300", "0", "leak_fixed"],
+        "{table}"
+    );
+    assert_eq!(rows[1][..5], ["0", "0", "-240", "0", "leak_n"], "{table}");
+    // A complete SVG whose widths come from A (B has nothing) and whose frames are all blue.
+    assert!(svg.starts_with("<?xml"), "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert!(
+        svg.contains("memprof diff: bytes live at the end - nothing in B:"),
+        "{svg}"
+    );
+    assert_eq!(
+        title_of(&svg, "leak_fixed"),
+        format!(
+            "{} (300 bytes, 55.56%; -55.56%)",
+            frame_of(&svg, "leak_fixed")
+        )
+    );
+    assert_eq!(
+        title_of(&svg, "leak_n"),
+        format!("{} (240 bytes, 44.44%; -44.44%)", frame_of(&svg, "leak_n"))
+    );
+
+    // The other way round (the leak appears in B) is an ordinary differential graph.
+    let (table, json, svg) = diff("fixed", "leaky");
+    assert_eq!(json["totals"]["live_bytes_at_end"]["delta"], 540);
+    assert!(table.contains("Sites that changed: 2 of 3"), "{table}");
+    assert_eq!(
+        title_of(&svg, "leak_fixed"),
+        format!(
+            "{} (300 bytes, 55.56%; +55.56%)",
+            frame_of(&svg, "leak_fixed")
+        )
+    );
+}
+
+/// The tooltip of FUNCTION's frame in a flame graph.
+fn title_of(svg: &str, function: &str) -> String {
+    svg.split("<title>")
+        .skip(1)
+        .map(|rest| rest.split("</title>").next().unwrap())
+        .find(|title| title.starts_with(&format!("{function} (leakn.c:")))
+        .unwrap_or_else(|| panic!("no frame {function} in {svg}"))
+        .to_owned()
+}
+
+/// FUNCTION's frame name (`leak_n (leakn.c:37)`), from its tooltip.
+fn frame_of(svg: &str, function: &str) -> String {
+    let title = title_of(svg, function);
+    let end = title.find(')').unwrap() + 1;
+    title[..end].to_owned()
+}

@@ -1,11 +1,12 @@
 //! Exit statuses, a program memprof was not written for, and every way to start it wrongly.
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::report::num;
 use crate::support::{
-    Build, Finished, compile_c, compile_noalloc, memprof, memprof_run, privileged, run_to_end,
+    Build, DEADLINE, Finished, compile_c, compile_noalloc, line_channel, memprof, memprof_run,
+    privileged, run_to_end, wait_deadline, wait_for_line,
 };
 
 #[test]
@@ -28,6 +29,15 @@ fn exit_status_is_the_targets() {
         report["target"]["exit"]["code"], 3,
         "target: {}",
         report["target"]
+    );
+    // The command as given, and the file it ran.
+    assert_eq!(
+        report["target"]["command"],
+        serde_json::json!([target.to_str().unwrap(), "3"])
+    );
+    assert_eq!(
+        report["target"]["executable"],
+        std::fs::canonicalize(&target).unwrap().to_str().unwrap()
     );
 }
 
@@ -136,6 +146,107 @@ fn attach_to_kernel_thread() {
     // pid 2 is kthreadd: no user memory, no libc.
     let finished = memprof_attach("2", &env.dir.path().join("out"));
     assert_refused(&finished, "attach 2", &["kernel"]);
+    assert_eq!(
+        finished.stderr,
+        "memprof: error: process 2 is a kernel thread: there is no user-space program to profile\n"
+    );
+}
+
+#[test]
+fn attach_with_zero_duration_is_refused() {
+    let Some(env) = privileged("attach_with_zero_duration_is_refused") else {
+        return;
+    };
+    // A live target: a zero window must be refused, not recorded.
+    let mut target = Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("start sleep");
+    let output = env.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.args([
+        "attach",
+        &target.id().to_string(),
+        "--duration",
+        "0",
+        "--output",
+    ])
+    .arg(&output);
+    let finished = run_to_end(cmd);
+    let _ = target.kill();
+    let _ = target.wait();
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert_eq!(
+        finished.stderr,
+        "memprof: error: --duration must be a positive number of seconds, not 0\n"
+    );
+    assert!(!output.exists(), "nothing may be written");
+}
+
+/// Waits until the thread group leader PID is a zombie (state Z).
+fn wait_for_zombie_leader(pid: u32) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = stat.rsplit_once(") ").unwrap().1.chars().next().unwrap();
+        if state == 'Z' {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} never became a zombie: {stat}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn attach_to_zombie() {
+    let Some(env) = privileged("attach_to_zombie") else {
+        return;
+    };
+    // Exited, not yet reaped: a zombie until the wait below.
+    let mut child = Command::new("true").spawn().expect("start true");
+    let pid = child.id();
+    wait_for_zombie_leader(pid);
+    let finished = memprof_attach(&pid.to_string(), &env.dir.path().join("out"));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert_eq!(
+        finished.stderr,
+        format!("memprof: error: process {pid} has exited (zombie)\n")
+    );
+}
+
+#[test]
+fn attach_to_process_whose_main_thread_exited() {
+    let Some(env) = privileged("attach_to_process_whose_main_thread_exited") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "main_exit", Build::FramePointers);
+    let mut child = Command::new(&target)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start main_exit");
+    let stdout = line_channel(child.stdout.take().unwrap());
+    wait_for_line(&stdout, "ready", "main_exit");
+    let pid = child.id();
+    wait_for_zombie_leader(pid);
+    let finished = memprof_attach(&pid.to_string(), &env.dir.path().join("out"));
+    // Still running in its other thread; EOF ends it.
+    assert!(child.try_wait().unwrap().is_none(), "main_exit ended early");
+    drop(child.stdin.take());
+    let status = wait_deadline(&mut child, DEADLINE, "main_exit after EOF");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert_eq!(
+        finished.stderr,
+        format!(
+            "memprof: error: the main thread of process {pid} has exited (its other threads \
+             still run): memprof can only attach to a process whose main thread is alive\n"
+        )
+    );
 }
 
 #[test]

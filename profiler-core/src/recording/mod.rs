@@ -93,6 +93,10 @@ pub struct Header {
     /// `uname -r` of the machine that recorded.
     pub kernel: String,
     pub command: Vec<String>,
+    /// The file the target runs (/proc/PID/exe). Absent from recordings made before it was
+    /// recorded.
+    #[serde(default)]
+    pub executable: Option<String>,
     pub pid: u32,
     pub mode: Mode,
     /// Wall clock at the start, nanoseconds since the Unix epoch.
@@ -188,7 +192,8 @@ pub fn process_maps<'a>(records: impl IntoIterator<Item = &'a MappingRecord>) ->
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trailer {
     pub end_monotonic_ns: u64,
-    /// How the target ended; null if it was still running.
+    /// How the target ended; null if it was still running; code and signal both null when an
+    /// attached process exited.
     pub exit: Option<ExitStatus>,
     pub lost: LostRecord,
     /// Ring records that did not decode.

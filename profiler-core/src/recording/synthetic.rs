@@ -33,6 +33,7 @@ pub fn synthetic_header() -> Header {
         memprof_version: env!("CARGO_PKG_VERSION").to_owned(),
         kernel: "synthetic".to_owned(),
         command: vec!["synthetic-churn".to_owned()],
+        executable: None,
         pid: 1,
         mode: Mode::Run,
         start_unix_ns: 0,

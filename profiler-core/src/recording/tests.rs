@@ -10,6 +10,7 @@ fn header() -> Header {
         memprof_version: "0.1.0".into(),
         kernel: "6.18.0".into(),
         command: vec!["./prog".into(), "arg".into()],
+        executable: Some("/usr/bin/my prog".into()),
         pid: 77,
         mode: Mode::Run,
         start_unix_ns: 1_700_000_000_000_000_000,
@@ -440,12 +441,13 @@ proptest! {
     }
 }
 
-/// Recordings from before `ops` was recorded have no such header field: they still read,
-/// with the operation count unknown.
+/// Recordings from before `ops` and `executable` were recorded have no such header fields:
+/// they still read, with the operation count and the executable unknown.
 #[test]
 fn a_header_without_ops_reads_as_unknown_ops() {
     let mut json = serde_json::to_value(header()).unwrap();
     json.as_object_mut().unwrap().remove("ops").unwrap();
+    json.as_object_mut().unwrap().remove("executable").unwrap();
     let json = serde_json::to_vec(&json).unwrap();
     let mut bytes = MAGIC.to_vec();
     bytes.extend(FORMAT_VERSION.to_le_bytes());
@@ -457,6 +459,7 @@ fn a_header_without_ops_reads_as_unknown_ops() {
         *reader.header(),
         Header {
             ops: None,
+            executable: None,
             ..header()
         }
     );

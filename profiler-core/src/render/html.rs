@@ -90,7 +90,7 @@ impl Page {
             Some(exit) => match (exit.code, exit.signal) {
                 (Some(code), _) => format!("exit code {code}"),
                 (None, Some(signal)) => format!("killed by signal {signal}"),
-                (None, None) => "unknown".to_owned(),
+                (None, None) => "exited (exit status unknown)".to_owned(),
             },
         };
         let peak = match s.peak_time_secs {
@@ -169,6 +169,9 @@ impl Page {
                     ),
                 ),
             );
+        }
+        if let Some(executable) = &target.executable {
+            rows.insert(1, ("executable", "executable", executable.clone()));
         }
         self.html
             .push_str("<section id=\"summary\">\n<h2>Summary</h2>\n<table>\n");

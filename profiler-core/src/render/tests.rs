@@ -40,6 +40,7 @@ fn report() -> Report {
         mode: Mode::Run,
         target: Target {
             command: vec!["./leaky".into(), "3".into()],
+            executable: None,
             pid: 777,
             exit: Some(ExitStatus {
                 code: Some(0),
@@ -113,6 +114,53 @@ fn render_text(report: &Report, top: usize) -> String {
     let mut out = Vec::new();
     write_text(report, &mut out, top).unwrap();
     String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn text_names_the_executable_under_the_command_line() {
+    let mut report = report();
+    report.target.executable = Some("/opt/leaky/bin/leaky".into());
+    let text = render_text(&report, 2);
+    assert!(
+        text.starts_with(
+            "memprof 0.1.0 (run) pid 777: ./leaky 3\nexecutable: /opt/leaky/bin/leaky\ntarget "
+        ),
+        "{text}"
+    );
+    // Unknown (an older recording): no line.
+    assert!(!render_text(&self::report(), 2).contains("executable"));
+}
+
+#[test]
+fn text_says_how_an_attached_target_ended_and_only_that() {
+    let mut report = report();
+    report.mode = Mode::Attach;
+    // It exited inside the window; memprof, not its parent, cannot tell how.
+    report.target.exit = Some(ExitStatus {
+        code: None,
+        signal: None,
+    });
+    let text = render_text(&report, 2);
+    for expected in [
+        "target exited (exit status unknown), recorded 2.000 s",
+        "  live at exit       1.5 KiB",
+        "Leaks (allocated while attached, live at exit): 1.5 KiB",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("still running"), "{text}");
+    assert!(!text.contains("detach"), "{text}");
+    // Detached from a live process: nothing else.
+    report.target.exit = None;
+    let text = render_text(&report, 2);
+    for expected in [
+        "target still running, recorded 2.000 s",
+        "  live at detach     1.5 KiB",
+        "Leaks (allocated while attached, live at detach): 1.5 KiB",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("exited"), "{text}");
 }
 
 #[test]

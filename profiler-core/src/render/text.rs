@@ -33,11 +33,15 @@ fn write_header(report: &Report, out: &mut impl Write) -> io::Result<()> {
         target.pid,
         target.command.join(" ")
     )?;
+    // argv[0] is whatever the process was given (a symlink, `exec -a`): name the file too.
+    if let Some(executable) = &target.executable {
+        writeln!(out, "executable: {executable}")?;
+    }
     let ending = match target.exit {
         Some(exit) => match (exit.code, exit.signal) {
             (Some(code), _) => format!("exited with code {code}"),
             (None, Some(signal)) => format!("killed by signal {signal}"),
-            (None, None) => "ended".to_owned(),
+            (None, None) => "exited (exit status unknown)".to_owned(),
         },
         None => "still running".to_owned(),
     };
@@ -99,9 +103,9 @@ fn write_lost(report: &Report, out: &mut impl Write) -> io::Result<()> {
 
 fn write_heap(report: &Report, out: &mut impl Write) -> io::Result<()> {
     let s = &report.summary;
-    let end = match report.mode {
-        Mode::Run => "at exit",
-        Mode::Attach => "at detach",
+    let end = match (report.mode, report.target.exit.is_some()) {
+        (Mode::Attach, false) => "at detach",
+        _ => "at exit",
     };
     writeln!(out, "Heap (malloc family)")?;
     writeln!(
@@ -171,7 +175,8 @@ fn leak_title(report: &Report) -> String {
     match (report.mode, report.target.exit.is_some()) {
         (Mode::Run, true) => "Leaks (live at exit)".to_owned(),
         (Mode::Run, false) => "Leaks (live when recording stopped)".to_owned(),
-        (Mode::Attach, _) => "Leaks (allocated while attached, live at detach)".to_owned(),
+        (Mode::Attach, false) => "Leaks (allocated while attached, live at detach)".to_owned(),
+        (Mode::Attach, true) => "Leaks (allocated while attached, live at exit)".to_owned(),
     }
 }
 

@@ -20,6 +20,7 @@ fn event(kind: EventKind, addr: u64, size: u64, old_addr: u64, ts_from_start_ms:
 pub(crate) fn meta(mode: Mode) -> ReportMeta {
     ReportMeta {
         command: vec!["./leaky".into(), "--n".into(), "3".into()],
+        executable: None,
         pid: 4321,
         mode,
         exit: Some(ExitStatus {

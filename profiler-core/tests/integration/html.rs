@@ -144,6 +144,7 @@ fn fixture(probes: Vec<ProbeInfo>) -> Report {
     let recorder = session();
     let meta = ReportMeta {
         command: vec!["./server".into(), "--port".into(), "8080".into()],
+        executable: None,
         pid: 4242,
         mode: Mode::Run,
         exit: Some(ExitStatus {

@@ -92,6 +92,7 @@ fn records_to_report_files() {
     }
     let meta = ReportMeta {
         command: vec!["./leaky".into()],
+        executable: None,
         pid: std::process::id(),
         mode: Mode::Run,
         exit: Some(ExitStatus {
