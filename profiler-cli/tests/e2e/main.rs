@@ -17,6 +17,7 @@ mod cxx_alloc;
 mod diff;
 mod failures;
 mod own_alloc;
+mod preload;
 mod recording;
 mod report;
 mod rust_target;

@@ -2,12 +2,12 @@
 //! startup (thread and stack-guard setup, reading /proc/self/maps), so only the sample's own
 //! sites are asserted, never global totals.
 use crate::report::{Name, assert_nothing_lost, assert_sites, sites_with};
-use crate::support::{Build, compile_rust, privileged, profile};
+use crate::support::{Build, Capture, compile_rust, on_both_paths, privileged, profile_on};
 
-fn check_rust(test: &str, build: Build) {
+fn check_rust(test: &str, build: Build, capture: Capture) {
     let Some(env) = privileged(test) else { return };
     let target = compile_rust(env.dir.path(), build);
-    let report = profile(env.dir.path(), &target, &[]);
+    let report = profile_on(capture, env.dir.path(), &target, &[]);
     assert_nothing_lost(&report);
 
     // These call malloc from their own body (Box, alloc and the first Vec allocation are
@@ -34,12 +34,13 @@ fn check_rust(test: &str, build: Build) {
     }
 }
 
-#[test]
-fn rust_leaks_fp() {
-    check_rust("rust_leaks_fp", Build::FramePointers);
-}
-
-#[test]
-fn rust_leaks_nofp() {
-    check_rust("rust_leaks_nofp", Build::NoFramePointers);
-}
+on_both_paths!(
+    check_rust(Build::FramePointers),
+    rust_leaks_fp,
+    rust_leaks_fp_preload
+);
+on_both_paths!(
+    check_rust(Build::NoFramePointers),
+    rust_leaks_nofp,
+    rust_leaks_nofp_preload
+);

@@ -6,7 +6,8 @@
 use serde_json::Value;
 
 use crate::support::{
-    Build, compile_cpp, compile_rust_bin, compile_stacks, marker_line, privileged, profile,
+    Build, Capture, compile_cpp, compile_rust_bin, compile_stacks, marker_line, on_both_paths,
+    privileged, profile_on,
 };
 
 /// What one frame must be: its function, and its file base name and line for our own code
@@ -116,10 +117,10 @@ fn leak_of(report: &Value, bytes: u64) -> Vec<Value> {
     sites[0]["stack"].as_array().unwrap().clone()
 }
 
-fn c_stacks(build: Build, test: &str) {
+fn c_stacks(test: &str, build: Build, capture: Capture) {
     let Some(p) = privileged(test) else { return };
     let target = compile_stacks(p.dir.path(), build);
-    let report = profile(p.dir.path(), &target, &[]);
+    let report = profile_on(capture, p.dir.path(), &target, &[]);
     let line = |name| marker_line("c/stacks.c", name);
     let s = &report["summary"];
     assert_eq!(
@@ -250,21 +251,23 @@ fn c_stacks(build: Build, test: &str) {
     );
 }
 
-#[test]
-fn c_stacks_with_frame_pointers() {
-    c_stacks(Build::FramePointers, "c_stacks_with_frame_pointers");
-}
+on_both_paths!(
+    c_stacks(Build::FramePointers),
+    c_stacks_with_frame_pointers,
+    c_stacks_with_frame_pointers_preload
+);
 
-/// Needs DWARF unwinding: without frame pointers a frame-pointer walk stops after frame 0.
-#[test]
-fn c_stacks_without_frame_pointers() {
-    c_stacks(Build::NoFramePointers, "c_stacks_without_frame_pointers");
-}
+// Needs DWARF unwinding: without frame pointers a frame-pointer walk stops after frame 0.
+on_both_paths!(
+    c_stacks(Build::NoFramePointers),
+    c_stacks_without_frame_pointers,
+    c_stacks_without_frame_pointers_preload
+);
 
-fn cpp_new(build: Build, test: &str) {
+fn cpp_new(test: &str, build: Build, capture: Capture) {
     let Some(p) = privileged(test) else { return };
     let target = compile_cpp(p.dir.path(), "shapes", build);
-    let report = profile(p.dir.path(), &target, &[]);
+    let report = profile_on(capture, p.dir.path(), &target, &[]);
     let line = |name| marker_line("cpp/shapes.cpp", name);
     assert_top(
         &leak_of(&report, 16),
@@ -285,20 +288,21 @@ fn cpp_new(build: Build, test: &str) {
     );
 }
 
-#[test]
-fn cpp_new_with_frame_pointers() {
-    cpp_new(Build::FramePointers, "cpp_new_with_frame_pointers");
-}
+on_both_paths!(
+    cpp_new(Build::FramePointers),
+    cpp_new_with_frame_pointers,
+    cpp_new_with_frame_pointers_preload
+);
+on_both_paths!(
+    cpp_new(Build::NoFramePointers),
+    cpp_new_without_frame_pointers,
+    cpp_new_without_frame_pointers_preload
+);
 
-#[test]
-fn cpp_new_without_frame_pointers() {
-    cpp_new(Build::NoFramePointers, "cpp_new_without_frame_pointers");
-}
-
-fn rust_vec(build: Build, test: &str) {
+fn rust_vec(test: &str, build: Build, capture: Capture) {
     let Some(p) = privileged(test) else { return };
     let target = compile_rust_bin(p.dir.path(), "vec_leak", build);
-    let report = profile(p.dir.path(), &target, &[]);
+    let report = profile_on(capture, p.dir.path(), &target, &[]);
     // The last buffer of 100 pushes: capacity 128 u64s, grown by realloc.
     let stack = leak_of(&report, 1024);
     let rust = |function| Expect {
@@ -332,15 +336,13 @@ fn rust_vec(build: Build, test: &str) {
     );
 }
 
-#[test]
-fn rust_vec_growth_with_frame_pointers() {
-    rust_vec(Build::FramePointers, "rust_vec_growth_with_frame_pointers");
-}
-
-#[test]
-fn rust_vec_growth_without_frame_pointers() {
-    rust_vec(
-        Build::NoFramePointers,
-        "rust_vec_growth_without_frame_pointers",
-    );
-}
+on_both_paths!(
+    rust_vec(Build::FramePointers),
+    rust_vec_growth_with_frame_pointers,
+    rust_vec_growth_with_frame_pointers_preload
+);
+on_both_paths!(
+    rust_vec(Build::NoFramePointers),
+    rust_vec_growth_without_frame_pointers,
+    rust_vec_growth_without_frame_pointers_preload
+);

@@ -189,21 +189,66 @@ pub fn run_to_end(mut cmd: Command) -> Finished {
     }
 }
 
+/// How `memprof run` captures calls (`--capture`): the tests of a deterministic target run
+/// on both paths and hold them to the same figures, except where a test says why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// eBPF uprobes on the allocator (the default).
+    Uprobes,
+    /// The in-process library preloaded into the target.
+    Preload,
+}
+
+impl Capture {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Capture::Uprobes => "uprobes",
+            Capture::Preload => "preload",
+        }
+    }
+}
+
+/// One test per capture path: `$check(test name, args..., path)`, named `$uprobes` and
+/// `$preload`.
+macro_rules! on_both_paths {
+    ($check:ident($($arg:expr),*), $uprobes:ident, $preload:ident) => {
+        #[test]
+        fn $uprobes() {
+            $check(stringify!($uprobes), $($arg,)* crate::support::Capture::Uprobes);
+        }
+
+        #[test]
+        fn $preload() {
+            $check(stringify!($preload), $($arg,)* crate::support::Capture::Preload);
+        }
+    };
+}
+pub(crate) use on_both_paths;
+
 /// `memprof run --output OUT -- TARGET ARGS...`
 pub fn memprof_run(output: &Path, target: &Path, args: &[&str]) -> Finished {
+    memprof_run_on(Capture::Uprobes, output, target, args)
+}
+
+/// `memprof run --capture PATH --output OUT -- TARGET ARGS...`
+pub fn memprof_run_on(capture: Capture, output: &Path, target: &Path, args: &[&str]) -> Finished {
     let mut cmd = Command::new(memprof());
-    cmd.arg("run").arg("--output").arg(output);
-    if let Some(path) = std::env::var_os("DISCOVERY_CAPTURE") {
-        cmd.arg("--capture").arg(path);
-    }
-    cmd.arg("--").arg(target).args(args);
+    cmd.arg("run")
+        .arg("--capture")
+        .arg(capture.arg())
+        .arg("--output")
+        .arg(output)
+        .arg("--")
+        .arg(target)
+        .args(args);
     run_to_end(cmd)
 }
 
-/// Runs TARGET under memprof, requires success, and returns the report.
-pub fn profile(dir: &Path, target: &Path, args: &[&str]) -> Value {
+/// Runs TARGET under memprof on the given capture path, requires success, and returns the
+/// report (which must say it ran there).
+pub fn profile_on(capture: Capture, dir: &Path, target: &Path, args: &[&str]) -> Value {
     let output = dir.join("out");
-    let finished = memprof_run(&output, target, args);
+    let finished = memprof_run_on(capture, &output, target, args);
     assert!(
         finished.status.success(),
         "memprof run {} failed: {}\nstderr:\n{}",
@@ -211,7 +256,14 @@ pub fn profile(dir: &Path, target: &Path, args: &[&str]) -> Value {
         finished.status,
         finished.stderr
     );
-    finished.report(&output)
+    let report = finished.report(&output);
+    assert_eq!(
+        report["target"]["capture"]["path"],
+        capture.arg(),
+        "target.capture: {}",
+        report["target"]
+    );
+    report
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {

@@ -1,0 +1,159 @@
+//! What only the in-process path (`memprof run --capture preload`) has to get right, each on
+//! both paths where both apply: processes the target starts (a forked child is not the
+//! target; an exec'd image still is), allocations in a signal handler, every allocator
+//! preloaded after the capture library, and the refusal of a static program.
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::report::{
+    Name, assert_chain, assert_function, assert_nothing_lost, assert_num, assert_section_total,
+    assert_sites,
+};
+use crate::support::{
+    Build, Capture, compile_c, compile_noalloc, memprof, on_both_paths, privileged, profile_on,
+    run_to_end,
+};
+
+on_both_paths!(
+    forked_child(),
+    a_forked_child_is_not_the_target,
+    a_forked_child_is_not_the_target_preload
+);
+
+fn forked_child(test: &str, capture: Capture) {
+    let Some(env) = privileged(test) else { return };
+    let target = compile_c(env.dir.path(), "processes", Build::NoFramePointers);
+    let report = profile_on(capture, env.dir.path(), &target, &["fork"]);
+    assert_nothing_lost(&report);
+    // The child's 5 x 1000 are not the parent's.
+    assert_function(&report, "malloc", 3, 300);
+    assert_num(&report, "summary.frees", 0);
+    assert_sites(&report, "leaks", Name::Exact("parent_leak"), 3, 300);
+    assert_sites(&report, "leaks", Name::Exact("child_work"), 0, 0);
+    assert_section_total(&report, "leaks", 3, 300);
+    assert_chain(&report, "leaks", &["parent_leak", "main"]);
+}
+
+on_both_paths!(
+    exec_image(),
+    an_exec_of_the_target_is_followed,
+    an_exec_of_the_target_is_followed_preload
+);
+
+fn exec_image(test: &str, capture: Capture) {
+    let Some(env) = privileged(test) else { return };
+    let target = compile_c(env.dir.path(), "processes", Build::NoFramePointers);
+    let report = profile_on(capture, env.dir.path(), &target, &["exec"]);
+    assert_nothing_lost(&report);
+    // 2 x 64 before the exec, 7 x 50 after it, in the same process.
+    assert_function(&report, "malloc", 9, 478);
+    assert_sites(&report, "leaks", Name::Exact("after_exec"), 7, 350);
+    assert_chain(&report, "leaks", &["after_exec", "main"]);
+}
+
+on_both_paths!(
+    signal_handler(),
+    a_signal_handler_allocates,
+    a_signal_handler_allocates_preload
+);
+
+fn signal_handler(test: &str, capture: Capture) {
+    let Some(env) = privileged(test) else { return };
+    let target = compile_c(env.dir.path(), "processes", Build::NoFramePointers);
+    let report = profile_on(capture, env.dir.path(), &target, &["signal"]);
+    assert_nothing_lost(&report);
+    assert_function(&report, "malloc", 12, 8160);
+    assert_num(&report, "summary.frees", 10);
+    assert_sites(&report, "leaks", Name::Exact("handler_leak"), 2, 8000);
+    assert_section_total(&report, "leaks", 2, 8000);
+    // Through the signal frame: the handler, then the code it interrupted.
+    assert_chain(&report, "leaks", &["handler_leak", "on_usr1"]);
+}
+
+/// Each allocator, preloaded after the capture library (what the library forwards to), and
+/// whether it brings libstdc++ into the program (Debian's jemalloc and tcmalloc link it).
+fn allocators() -> Vec<(&'static str, PathBuf, bool)> {
+    let lib = "/usr/lib/x86_64-linux-gnu";
+    let own =
+        std::path::Path::new(env!("CARGO_BIN_EXE_memprof")).with_file_name("libmemprof_alloc.so");
+    vec![
+        ("jemalloc", format!("{lib}/libjemalloc.so.2").into(), true),
+        ("mimalloc", format!("{lib}/libmimalloc.so.2").into(), false),
+        (
+            "tcmalloc",
+            format!("{lib}/libtcmalloc_minimal.so.4").into(),
+            true,
+        ),
+        ("memprof", own, false),
+    ]
+}
+
+/// libstdc++'s emergency exception-handling pool: one malloc at its start-up (gcc 12).
+const LIBSTDCXX_POOL_BYTES: u64 = 72704;
+
+#[test]
+fn every_allocator_serves_the_preloaded_capture_with_exact_figures() {
+    let Some(env) = privileged("every_allocator_serves_the_preloaded_capture") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "leaks", Build::NoFramePointers);
+    for (name, library, brings_libstdcxx) in allocators() {
+        assert!(
+            library.is_file(),
+            "{name}: {} is missing",
+            library.display()
+        );
+        let output = env.dir.path().join(name);
+        let mut cmd = Command::new(memprof());
+        cmd.args(["run", "--capture", "preload", "--output"])
+            .arg(&output)
+            .arg("--env")
+            .arg(format!("LD_PRELOAD={}", library.display()))
+            .arg("--")
+            .arg(&target);
+        let finished = run_to_end(cmd);
+        assert!(finished.status.success(), "{name}: {finished:?}");
+        let report = finished.report(&output);
+        assert_eq!(report["target"]["capture"]["path"], "preload", "{name}");
+        assert_nothing_lost(&report);
+        // The figures of c_targets::check_leaks, under every allocator; libstdc++, when the
+        // allocator brings it, allocates its pool once (a real call of the process, which
+        // the probes count too).
+        let (pool_calls, pool_bytes) = if brings_libstdcxx {
+            (1, LIBSTDCXX_POOL_BYTES)
+        } else {
+            (0, 0)
+        };
+        assert_function(&report, "malloc", 1004 + pool_calls, 68396 + pool_bytes);
+        assert_function(&report, "calloc", 2, 640);
+        assert_num(&report, "summary.frees", 1000);
+        assert_num(&report, "summary.unknown_frees", 0);
+        assert_num(&report, "summary.live_blocks", 6 + pool_calls);
+        assert_sites(&report, "leaks", Name::Exact("leak_small"), 3, 300);
+        assert_sites(&report, "leaks", Name::Exact("d"), 1, 4096);
+        assert_chain(&report, "leaks", &["d", "c", "b", "a", "main"]);
+    }
+}
+
+#[test]
+fn a_static_program_cannot_take_the_preloaded_capture() {
+    let Some(env) = privileged("a_static_program_cannot_take_the_preloaded_capture") else {
+        return;
+    };
+    let target = compile_noalloc(env.dir.path());
+    let mut cmd = Command::new(memprof());
+    cmd.args(["run", "--capture", "preload", "--output"])
+        .arg(env.dir.path().join("out"))
+        .arg("--")
+        .arg(&target);
+    let finished = run_to_end(cmd);
+    assert_eq!(finished.status.code(), Some(1), "{finished:?}");
+    assert_eq!(
+        finished.stderr,
+        format!(
+            "memprof: error: --capture preload: {} is statically linked, so no library can be \
+             preloaded into it; use --capture uprobes\n",
+            target.display()
+        )
+    );
+}
