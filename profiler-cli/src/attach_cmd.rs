@@ -51,6 +51,10 @@ pub async fn attach(
         warnings,
         &backpressure,
     )?;
+    collected.capture = Some(profiler_core::report::Capture {
+        path: "uprobes".into(),
+        reason: "attach: eBPF uprobes, nothing is injected into a running process".into(),
+    });
     let start_ns = monotonic_ns();
     // The file it runs, whatever its argv[0] says (a symlink's name, `exec -a`, a title).
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();

@@ -8,6 +8,7 @@
 //! - `bench overhead` measures what memprof adds per malloc/free pair and its fixed cost.
 //! - `bench report` times `memprof report` on synthetic recordings (events/s, peak RSS).
 //! - `bench alloc` compares memprof's own allocator with glibc, jemalloc, mimalloc, tcmalloc.
+//! - `bench capture` times both capture paths of `memprof run` against heaptrack.
 //!
 //! Every command xtask runs is echoed first (`$ cargo build --workspace`), and every thing setup
 //! finds or does is one line, so a CI log says what happened without reading this code.
@@ -15,6 +16,7 @@
 mod alloc_trace;
 mod bench;
 mod bench_alloc;
+mod bench_capture;
 mod bench_report;
 mod demo;
 mod exec;
@@ -63,6 +65,15 @@ enum Bench {
     Alloc(AllocArgs),
     /// `memprof report` replay speed and peak memory on synthetic recordings (no root).
     Report(ReportArgs),
+    /// Both capture paths of `memprof run` side by side with heaptrack on real programs (root).
+    Capture(CaptureArgs),
+}
+
+#[derive(Args)]
+struct CaptureArgs {
+    /// Interleaved rounds; the table shows medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 #[derive(Args)]
@@ -116,5 +127,8 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             bench: Bench::Report(args),
         } => bench_report::run(&args.events),
+        Task::Bench {
+            bench: Bench::Capture(args),
+        } => bench_capture::run(args.runs),
     }
 }

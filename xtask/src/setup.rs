@@ -38,6 +38,8 @@ const PACKAGES: &[&str] = &[
     "chromium",
     // memprof-alloc-preload's test runs sqlite3 under our allocator and under glibc.
     "sqlite3",
+    // `cargo xtask bench capture` measures memprof against heaptrack on the same workloads.
+    "heaptrack",
 ];
 
 /// The eBPF crate is built with this toolchain (profiler-cli's build.rs). It must stay on

@@ -37,6 +37,9 @@ fn write_header(report: &Report, out: &mut impl Write) -> io::Result<()> {
     if let Some(executable) = &target.executable {
         writeln!(out, "executable: {executable}")?;
     }
+    if let Some(capture) = &target.capture {
+        writeln!(out, "captured by {}: {}", capture.path, capture.reason)?;
+    }
     let ending = match target.exit {
         Some(exit) => match (exit.code, exit.signal) {
             (Some(code), _) => format!("exited with code {code}"),
