@@ -30,10 +30,11 @@ pub enum Command {
         /// memprof passes through: the program then writes to a pipe, not a terminal).
         #[arg(long, conflicts_with = "ops")]
         ops_from_output: bool,
-        /// How calls are captured: `uprobes` (eBPF probes on the allocator, as `attach` does)
-        /// or `preload` (a library memprof preloads into the program records each call into
-        /// a ring shared with memprof: several times cheaper; dynamically linked programs only).
-        #[arg(long = "capture", value_enum, default_value_t = CapturePath::Uprobes,
+        /// How calls are captured: `preload` (a library memprof preloads into the program
+        /// records each call into a ring shared with memprof: several times cheaper), `uprobes`
+        /// (eBPF probes on the allocator, as `attach` does), or `auto`: preload where it sees
+        /// every call (a dynamically linked program whose allocator it reaches), else uprobes.
+        #[arg(long = "capture", value_enum, default_value_t = CapturePath::Auto,
               value_name = "PATH")]
         capture_path: CapturePath,
         /// The program and its arguments.
@@ -216,6 +217,8 @@ pub struct CaptureArgs {
 /// How `run` captures calls (`--capture`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapturePath {
+    /// The in-process library where it sees every call, uprobes otherwise.
+    Auto,
     /// eBPF uprobes on the allocation functions.
     Uprobes,
     /// The in-process library, preloaded.
@@ -225,6 +228,7 @@ pub enum CapturePath {
 impl CapturePath {
     pub fn name(self) -> &'static str {
         match self {
+            CapturePath::Auto => "auto",
             CapturePath::Uprobes => "uprobes",
             CapturePath::Preload => "preload",
         }

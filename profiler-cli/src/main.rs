@@ -14,6 +14,7 @@
 mod attach_cmd;
 mod backpressure;
 mod capture;
+mod capture_path;
 mod cli;
 mod compare;
 mod diff;

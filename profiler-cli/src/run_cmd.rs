@@ -1,6 +1,6 @@
 //! `memprof run -- CMD`: the launched target's session.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use nix::sys::signal::{Signal, kill};
 use profiler_core::{heap::Mode, maps::ProcessMaps, report::Capture};
 use tokio::signal::unix::{SignalKind, signal};
@@ -8,8 +8,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     backpressure::{self, Backpressure},
     capture::{collector, monotonic_ns, prepare, probe_config, salvage},
-    cli::{CaptureArgs, CapturePath, Unwind},
-    elf::ElfObject,
+    capture_path,
+    cli::{CaptureArgs, CapturePath},
     launch, ops_output,
     preload_capture::{self, SharedRing},
     privileges,
@@ -37,10 +37,22 @@ pub async fn run_command(
         hold_threads: true,
         ..probe_config(capture)?
     };
+    // The child's environment: ours with --env applied (an LD_PRELOAD there changes which
+    // library provides malloc).
+    let mut child_environment: Vec<(String, String)> = std::env::vars()
+        .filter(|(key, _)| !child_env.iter().any(|(k, _)| k == key))
+        .collect();
+    child_environment.extend(child_env.iter().cloned());
+    let program = capture_path::program(&target.command)?;
+    let choice = capture_path::choose(path, capture, &program, &child_environment)?;
+    let report_capture = Capture {
+        path: choice.path.name().into(),
+        reason: choice.reason,
+    };
     // The in-process path's ring exists before the target, which inherits it.
-    let shared_ring = match path {
-        CapturePath::Uprobes => None,
+    let shared_ring = match choice.path {
         CapturePath::Preload => Some(preload(capture, &mut target)?),
+        CapturePath::Uprobes | CapturePath::Auto => None,
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // While it exits: its maps (for symbolization), its peak RSS and its RSS then (a target
@@ -73,18 +85,25 @@ pub async fn run_command(
     let pid = child.pid.as_raw() as u32;
     let (mut source, mut probes, sites, mut collected) = match shared_ring {
         Some(ring) => {
-            let collected = preload_collector(pid, capture, &ring);
-            (EventSource::Shared(ring), None, Vec::new(), collected)
+            let mut collected = preload_collector(pid, capture, &ring);
+            collected.capture = Some(report_capture);
+            // Where the library's calls go: the definitions the probes would have been put
+            // on, named in the report as the functions' providers (the size-class analysis and
+            // `compare` read the allocator from them).
+            let providers = LookupOrder::for_new_process(pid, &child_environment)
+                .and_then(|order| order.probe_plan())
+                .map(|(sites, _)| {
+                    sites
+                        .into_iter()
+                        .filter(|site| site.kind.symbol() == site.symbol)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (EventSource::Shared(ring), None, providers, collected)
         }
         None => {
             let prepared = prepare(pid, config, || {
-                // The child's environment: ours with --env applied (an LD_PRELOAD there
-                // changes which library provides malloc).
-                let mut env: Vec<(String, String)> = std::env::vars()
-                    .filter(|(key, _)| !child_env.iter().any(|(k, _)| k == key))
-                    .collect();
-                env.extend(child_env.iter().cloned());
-                LookupOrder::for_new_process(pid, &env)
+                LookupOrder::for_new_process(pid, &child_environment)
             });
             let (mut probes, sites, warnings) = match prepared {
                 Ok(prepared) => prepared,
@@ -103,10 +122,7 @@ pub async fn run_command(
                 warnings,
                 &backpressure,
             )?;
-            collected.capture = Some(Capture {
-                path: path.name().into(),
-                reason: "eBPF uprobes on the allocator (--capture uprobes, the default)".into(),
-            });
+            collected.capture = Some(report_capture);
             (EventSource::kernel(ring)?, Some(probes), sites, collected)
         }
     };
@@ -208,26 +224,9 @@ pub async fn run_command(
     Ok(exit.status())
 }
 
-/// Sets up `--capture preload`: checks the program can take a preloaded library, creates the
-/// ring, and gives the target the library and the ring's descriptor.
+/// Sets up the in-process path: creates the ring and gives the target the library and the
+/// ring's descriptor.
 fn preload(capture: &CaptureArgs, target: &mut launch::Target) -> Result<SharedRing> {
-    if capture.unwind != Unwind::Dwarf {
-        bail!(
-            "--capture preload copies stacks for DWARF unwinding; --unwind fp needs --capture uprobes"
-        );
-    }
-    let program = target.command.first().context("no command given")?;
-    let exe = crate::compare::executable(std::path::Path::new(program))
-        .with_context(|| format!("command not found: {}", program.to_string_lossy()))?;
-    if let Ok(object) = ElfObject::read(&exe, &[])
-        && object.interpreter.is_none()
-    {
-        bail!(
-            "--capture preload: {} is statically linked, so no library can be preloaded into \
-             it; use --capture uprobes",
-            exe.display()
-        );
-    }
     let library = preload_capture::library()?;
     let stack_bytes = if capture.max_depth == 0 {
         0
@@ -246,12 +245,5 @@ fn preload_collector(pid: u32, capture: &CaptureArgs, ring: &SharedRing) -> Coll
     collected.count_losses_with(LossSource::SharedRing(ring.counters()));
     collected.recorder.analyses.set_ops(capture.ops);
     collected.unwind_for(pid, capture.max_depth);
-    collected.capture = Some(Capture {
-        path: CapturePath::Preload.name().into(),
-        reason: format!(
-            "in-process: {} preloaded into the program (--capture preload)",
-            preload_capture::LIBRARY
-        ),
-    });
     collected
 }

@@ -171,9 +171,13 @@ impl StatusLine {
         }
         let stats = collected.recorder.heap.stats();
         let mut stderr = std::io::stderr().lock();
+        let path = collected
+            .capture
+            .as_ref()
+            .map_or(String::new(), |capture| format!(" [{}]", capture.path));
         let _ = write!(
             stderr,
-            "\r\x1b[Kmemprof: {:.0} events/s | live {} in {} blocks | lost {}",
+            "\r\x1b[Kmemprof{path}: {:.0} events/s | live {} in {} blocks | lost {}",
             rate,
             profiler_core::render::human_bytes(stats.live_bytes),
             stats.live_blocks,

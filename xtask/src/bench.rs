@@ -157,6 +157,8 @@ fn measure(
             .current_dir(&root)
             .env("MEMPROF_TIMINGS", "1")
             .arg("run")
+            // The probe path's costs per unwinding mode (bench capture compares the paths).
+            .args(["--capture", "uprobes"])
             .arg("--unwind")
             .arg(variant.unwind)
             .arg("--output")

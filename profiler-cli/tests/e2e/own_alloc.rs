@@ -28,7 +28,8 @@ fn leaks_under_own_allocator() {
     let target = compile_c(env.dir.path(), "leaks", Build::FramePointers);
     let output = env.dir.path().join("out");
     let mut cmd = Command::new(memprof());
-    cmd.arg("run")
+    // Where the probes land is what this test checks: the probe path, explicitly.
+    cmd.args(["run", "--capture", "uprobes"])
         .arg("--output")
         .arg(&output)
         .arg("--env")
