@@ -6,6 +6,7 @@ use std::io::{self, Write};
 mod charts;
 mod flame;
 mod html;
+mod markup;
 mod numbers;
 pub mod pprof;
 mod text;
@@ -14,7 +15,8 @@ mod text_analyses;
 pub use charts::{sizes_svg, timeline_svg, write_sizes_svg, write_timeline_svg};
 pub use flame::{FlameKind, folded_lines, folded_lines_of, write_flamegraph, write_folded};
 pub use html::write_html;
-pub use numbers::{human_bytes, short_bytes, thousands};
+pub use markup::escape;
+pub use numbers::{human_bytes, percent, short_bytes, thousands};
 pub use text::write_text;
 
 /// The report as pretty-printed JSON (the schema is [`Report`]'s serde form), newline-ended.

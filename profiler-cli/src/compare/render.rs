@@ -1,7 +1,7 @@
 //! The comparison as a text table (metrics down, allocators across) and as an SVG bar chart.
 use std::fmt::Write as _;
 
-use profiler_core::render::{short_bytes, thousands};
+use profiler_core::render::{escape, short_bytes, thousands};
 
 use super::column::Column;
 
@@ -282,10 +282,4 @@ pub fn svg(columns: &[Column]) -> String {
 "#,
         height = y + 10.0
     )
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

@@ -3,6 +3,7 @@
 //! into report.html as they are; every coordinate is printed with one decimal, so the same
 //! report gives the same bytes.
 
+use super::markup::escape;
 use super::numbers::{short_bytes, thousands};
 use crate::analysis::AnalysesReport;
 use crate::report::Report;
@@ -658,22 +659,6 @@ fn trim_number(value: f64) -> String {
     } else {
         text.to_owned()
     }
-}
-
-/// Escapes text for XML and HTML content and attribute values.
-pub(crate) fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
 }
 
 #[cfg(test)]

@@ -205,22 +205,7 @@ fn write_empty_svg(title: &str, message: &str, out: &mut impl Write) -> io::Resu
             "<text x=\"600\" y=\"60\" text-anchor=\"middle\" font-size=\"12\" font-family=\"Verdana\">{message}</text>\n",
             "</svg>\n"
         ),
-        title = xml_escape(title),
+        title = super::markup::escape(title),
         message = message,
     )
-}
-
-fn xml_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&apos;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
 }

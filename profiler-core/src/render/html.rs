@@ -8,9 +8,10 @@
 //! `<object type="image/svg+xml" data="data:image/svg+xml;base64,...">`: a document of its own
 //! in which inferno's script runs as in the standalone file (an `<img>` would not run it).
 
-use super::charts::{escape, sizes_svg, timeline_svg};
+use super::charts::{sizes_svg, timeline_svg};
 use super::flame::{FlameKind, write_flamegraph};
-use super::numbers::{human_bytes, short_bytes, thousands};
+use super::markup::escape;
+use super::numbers::{human_bytes, percent, short_bytes, thousands};
 use crate::analysis::fragmentation::FragmentationSnapshot;
 use crate::analysis::{AnalysesReport, LifetimeBucket};
 use crate::report::{Report, StackFrame};
@@ -635,10 +636,6 @@ fn snapshot_html(snapshot: &FragmentationSnapshot) -> String {
 
 fn secs(value: f64) -> String {
     format!("{value:.3} s")
-}
-
-fn percent(ratio: f64) -> String {
-    format!("{:.1}%", ratio * 100.0)
 }
 
 /// `1500` -> `1.5 us`; exact below a microsecond.

@@ -1,4 +1,10 @@
-//! Number formatting for people: thousands separators and binary-prefixed byte sizes.
+//! Number formatting for people: thousands separators, percentages and binary-prefixed byte
+//! sizes.
+
+/// `0.1234` -> `12.3%`.
+pub fn percent(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
 
 /// `1234567` -> `1,234,567`.
 pub fn thousands(n: u64) -> String {

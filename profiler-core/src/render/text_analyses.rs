@@ -1,6 +1,6 @@
 //! The analyses' short sections of the terminal summary (report.json has everything).
 
-use super::numbers::{short_bytes, thousands};
+use super::numbers::{percent, short_bytes, thousands};
 use crate::analysis::AnalysesReport;
 use crate::heap::Mode;
 use crate::report::Report;
@@ -34,10 +34,6 @@ fn where_from(analyses: &AnalysesReport, stack_id: u32) -> String {
             name
         })
         .unwrap_or_else(|| "[no stack]".to_owned())
-}
-
-fn percent(ratio: f64) -> String {
-    format!("{:.1}%", ratio * 100.0)
 }
 
 fn write_peak(analyses: &AnalysesReport, out: &mut impl Write) -> io::Result<()> {
