@@ -8,6 +8,7 @@
 // touch the in-process path's ring.
 #[cfg(not(target_arch = "bpf"))]
 pub mod shared_ring;
+pub mod size_classes;
 
 /// What the target called. The discriminants are part of the ring-buffer format.
 #[repr(u32)]

@@ -216,13 +216,13 @@ fn tcmalloc_classes() -> &'static [u64] {
     })
 }
 
-/// The memprof allocator (samples/alloc), as fixed for the project: 16-byte classes up to
-/// 128 (malloc(0) gets 16), four per doubling up to 32768, whole 4 KiB pages beyond.
+/// The memprof allocator (samples/alloc): its class from the project-wide table
+/// (profiler-common's `size_classes`, which the allocator itself serves), whole pages beyond.
 fn memprof_usable(requested: u64) -> u64 {
-    match requested {
-        0..=128 => round_up(requested.max(1), 16),
-        129..=32768 => quarter_doubling(requested),
-        _ => round_up(requested, 4096),
+    use profiler_common::size_classes::{CLASSES, PAGE, class_index};
+    match usize::try_from(requested).ok().and_then(class_index) {
+        Some(index) => CLASSES[index] as u64,
+        None => round_up(requested, PAGE as u64),
     }
 }
 
