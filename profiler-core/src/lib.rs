@@ -20,11 +20,14 @@
 //! 7. [`session`] ends a session, live or replayed: the report and every file built from it;
 //!    [`offline`] rebuilds a session from a recording (`memprof report`).
 //!
+//! [`diff`] compares two reports site by site (`memprof diff`).
+//!
 //! [`fasthash`], [`demangle`] and [`load_segments`] are small helpers for steps 2-4.
 
 pub mod allocator_code;
 pub mod analysis;
 pub mod demangle;
+pub mod diff;
 pub mod event;
 pub mod fasthash;
 pub mod heap;
