@@ -8,8 +8,10 @@
 //!
 //! The rule: walk the entry block, and put the probe on the first emulated instruction,
 //! provided every instruction before it is harmless to skip over: no control flow, no memory
-//! write, no change to the stack pointer or to an argument register (the probe reads the
-//! arguments and, for the return probe, the return address at the top of the stack). When no
+//! write, no change to the stack pointer or to an argument register the probe reads (each
+//! probe reads its function's first N arguments and, for the return probe, the return address
+//! at the top of the stack; jemalloc's `free` copies `%rdi` into `%rcx` and computes for ten
+//! instructions before its first branch, harmless to a probe that reads `%rdi` only). When no
 //! such instruction is reachable, the probe stays on the entry and is reported as single-step.
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic,
@@ -17,7 +19,7 @@ use iced_x86::{
 };
 
 /// How far into the entry block to look.
-const MAX_INSTRUCTIONS: usize = 8;
+const MAX_INSTRUCTIONS: usize = 16;
 
 /// The integer argument registers of the SysV x86-64 ABI, which the probes read.
 const ARGUMENT_REGISTERS: [Register; 6] = [
@@ -38,8 +40,10 @@ pub struct Placement {
     pub single_step: bool,
 }
 
-/// Chooses the probe placement for the code at a function's entry (`code` starts at the entry).
-pub fn place(code: &[u8]) -> Placement {
+/// Chooses the probe placement for the code at a function's entry (`code` starts at the entry)
+/// whose probe reads the first `arguments` integer arguments.
+pub fn place(code: &[u8], arguments: usize) -> Placement {
+    let read = &ARGUMENT_REGISTERS[..arguments.min(ARGUMENT_REGISTERS.len())];
     let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
     let mut instruction = Instruction::default();
@@ -57,7 +61,7 @@ pub fn place(code: &[u8]) -> Placement {
                 single_step: false,
             };
         }
-        if !is_skippable(&instruction, &mut info) {
+        if !is_skippable(&instruction, &mut info, read) {
             break;
         }
     }
@@ -90,8 +94,13 @@ fn is_emulated(instruction: &Instruction) -> bool {
     }
 }
 
-/// Instructions a probe may be placed after without changing what it observes.
-fn is_skippable(instruction: &Instruction, info: &mut InstructionInfoFactory) -> bool {
+/// Instructions a probe that reads the registers `read` may be placed after without changing
+/// what it observes.
+fn is_skippable(
+    instruction: &Instruction,
+    info: &mut InstructionInfoFactory,
+    read: &[Register],
+) -> bool {
     if instruction.code() == Code::Endbr64 || instruction.mnemonic() == Mnemonic::Nop {
         return true;
     }
@@ -119,7 +128,7 @@ fn is_skippable(instruction: &Instruction, info: &mut InstructionInfoFactory) ->
     }
     !info.used_registers().iter().any(|used| {
         let full = used.register().full_register();
-        writes(used.access()) && (full == Register::RSP || ARGUMENT_REGISTERS.contains(&full))
+        writes(used.access()) && (full == Register::RSP || read.contains(&full))
     })
 }
 
@@ -131,7 +140,7 @@ mod tests {
     fn push_at_entry_is_probed_in_place() {
         // push %r12; push %rbp (glibc malloc)
         assert_eq!(
-            place(&[0x41, 0x54, 0x55]),
+            place(&[0x41, 0x54, 0x55], 1),
             Placement {
                 offset: 0,
                 single_step: false
@@ -144,7 +153,7 @@ mod tests {
         // test %rdi,%rdi; je +0xbf (glibc free)
         let code = [0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00];
         assert_eq!(
-            place(&code),
+            place(&code, 1),
             Placement {
                 offset: 3,
                 single_step: false
@@ -157,7 +166,7 @@ mod tests {
         // cmpb $0,0x140201(%rip); push %r12 (glibc posix_memalign)
         let code = [0x80, 0x3d, 0x01, 0x02, 0x14, 0x00, 0x00, 0x41, 0x54];
         assert_eq!(
-            place(&code),
+            place(&code, 3),
             Placement {
                 offset: 7,
                 single_step: false
@@ -172,7 +181,7 @@ mod tests {
             0x41, 0x89, 0xca, 0x41, 0xf7, 0xc1, 0xff, 0x0f, 0x00, 0x00, 0x75, 0x14,
         ];
         assert_eq!(
-            place(&code),
+            place(&code, 4),
             Placement {
                 offset: 10,
                 single_step: false
@@ -184,7 +193,7 @@ mod tests {
     fn endbr64_is_skipped() {
         // endbr64; push %rbp
         assert_eq!(
-            place(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55]),
+            place(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55], 1),
             Placement {
                 offset: 4,
                 single_step: false
@@ -197,7 +206,7 @@ mod tests {
         // sub $0x58,%rsp; ... (glibc mremap)
         let code = [0x48, 0x83, 0xec, 0x58, 0x55];
         assert_eq!(
-            place(&code),
+            place(&code, 3),
             Placement {
                 offset: 0,
                 single_step: true
@@ -210,7 +219,7 @@ mod tests {
         // mov %rsi,%rdi; push %rbp: the probe would read a clobbered first argument.
         let code = [0x48, 0x89, 0xf7, 0x55];
         assert_eq!(
-            place(&code),
+            place(&code, 1),
             Placement {
                 offset: 0,
                 single_step: true
@@ -223,10 +232,56 @@ mod tests {
         // mov $0xb,%eax; syscall; ... (glibc munmap)
         let code = [0xb8, 0x0b, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x90];
         assert_eq!(
-            place(&code),
+            place(&code, 2),
             Placement {
                 offset: 0,
                 single_step: true
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_arguments_the_probe_reads_are_protected() {
+        // mov %rdi,%rcx; jne: a probe reading %rdi alone may sit on the jne; one that reads
+        // the fourth argument (%rcx) may not.
+        let code = [0x48, 0x89, 0xf9, 0x75, 0x10];
+        assert_eq!(
+            place(&code, 1),
+            Placement {
+                offset: 3,
+                single_step: false
+            }
+        );
+        assert_eq!(
+            place(&code, 4),
+            Placement {
+                offset: 0,
+                single_step: true
+            }
+        );
+    }
+
+    #[test]
+    fn jemallocs_free_is_probed_on_its_first_branch() {
+        // libjemalloc.so.2 (Debian 5.3) free: ten instructions of address arithmetic that read
+        // %rdi and write %rax, %rdx, %rcx, then cmp and jne.
+        let code = [
+            0x48, 0x89, 0xf8, // mov %rdi,%rax
+            0x48, 0x8b, 0x15, 0x0e, 0x53, 0x0a, 0x00, // mov 0xa530e(%rip),%rdx
+            0x48, 0x89, 0xf9, // mov %rdi,%rcx
+            0x48, 0xc1, 0xe8, 0x1a, // shr $0x1a,%rax
+            0x48, 0x81, 0xe1, 0x00, 0x00, 0x00, 0xc0, // and $0xffffffffc0000000,%rcx
+            0x25, 0xf0, 0x00, 0x00, 0x00, // and $0xf0,%eax
+            0x64, 0x48, 0x03, 0x04, 0x25, 0x00, 0x00, 0x00, 0x00, // add %fs:0x0,%rax
+            0x48, 0x01, 0xd0, // add %rdx,%rax
+            0x48, 0x3b, 0x88, 0xb0, 0x01, 0x00, 0x00, // cmp 0x1b0(%rax),%rcx
+            0x0f, 0x85, 0x8a, 0x00, 0x00, 0x00, // jne
+        ];
+        assert_eq!(
+            place(&code, 1),
+            Placement {
+                offset: 0x30,
+                single_step: false
             }
         );
     }

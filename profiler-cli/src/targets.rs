@@ -174,6 +174,29 @@ impl LookupOrder {
     }
 }
 
+/// How many integer arguments the entry probe of `kind` (at `symbol`) reads: what its
+/// placement must not skip a write to (profiler-ebpf's `*_enter` programs).
+fn arguments_read(kind: EventKind, symbol: &str) -> usize {
+    match kind {
+        EventKind::Malloc
+        | EventKind::Valloc
+        | EventKind::Pvalloc
+        | EventKind::Free
+        | EventKind::OperatorDelete => 1,
+        // The aligned forms read the alignment too.
+        EventKind::OperatorNew if symbol.contains("St11align_val_t") => 2,
+        EventKind::OperatorNew => 1,
+        EventKind::Calloc
+        | EventKind::Realloc
+        | EventKind::AlignedAlloc
+        | EventKind::Memalign
+        | EventKind::Munmap => 2,
+        EventKind::Reallocarray | EventKind::PosixMemalign | EventKind::Mremap => 3,
+        // The length and the flags: arguments 1 and 3.
+        EventKind::Mmap => 4,
+    }
+}
+
 /// The kinds probed at a C function of their name (the C++ operators are planned apart).
 fn c_kinds() -> impl Iterator<Item = EventKind> {
     EventKind::ALL
@@ -192,7 +215,7 @@ impl ProbeSite {
         function_len: u64,
     ) -> Option<ProbeSite> {
         let code = object.code_at(vaddr, PROLOGUE_BYTES).unwrap_or_default();
-        let placement = prologue::place(code);
+        let placement = prologue::place(code, arguments_read(kind, symbol));
         let entry = object.file_offset(vaddr)?;
         Some(ProbeSite {
             kind,
