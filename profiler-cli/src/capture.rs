@@ -73,6 +73,9 @@ pub fn collector(
     collected.unwind_for(pid, capture.max_depth);
     collected.allocator_code(pid, sites);
     collected.warnings = warnings;
+    // The maps now, before anyone is told collection started: a target that exits at once
+    // (its maps are empty from then on) still has its files known for the report.
+    collected.refresh_maps(pid);
     Ok((ring, collected))
 }
 
