@@ -71,9 +71,9 @@ pub struct RingControl {
     pub drained: AtomicU32,
     _consumer_pad: [u8; 52],
 
-    /// Calls that could not be recorded, by event kind: made from a signal handler that
-    /// interrupted its thread inside the library (the ring is not reentrant), or after
-    /// memprof went away.
+    /// Calls that could not be recorded, by event kind: memprof went away while the ring was
+    /// full. (A call made while its thread is inside a hook, by the allocator itself or by a
+    /// signal handler, belongs to that call and is not recorded, as on the probe path.)
     pub unrecorded: [AtomicU64; crate::KIND_SLOTS as usize],
 }
 
