@@ -13,7 +13,10 @@ mod text;
 mod text_analyses;
 
 pub use charts::{sizes_svg, timeline_svg, write_sizes_svg, write_timeline_svg};
-pub use flame::{FlameKind, folded_lines, folded_lines_of, write_flamegraph, write_folded};
+pub use flame::{
+    FlameKind, SMALL_STACKS, flame_lines, folded_lines, folded_lines_of, write_flamegraph,
+    write_folded,
+};
 pub use html::write_html;
 pub use markup::escape;
 pub use numbers::{human_bytes, percent, short_bytes, thousands};

@@ -4,19 +4,31 @@
 //! Times are seconds since the session start (`ReportMeta::start_ns`, same clock as events).
 //! Stacks are innermost first: frame 0 is the function that called the allocator.
 
+use crate::fasthash::FastHashMap;
 use crate::heap::{HeapState, Mode};
 use crate::sites::{SiteCounts, SiteStats};
 use crate::stacks::{StackId, StackTable};
 use crate::symbolize::{Frame, ModuleInfo, Symbolizer};
 use profiler_common::{EventKind, KIND_SLOTS};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use stack_names::StackNames;
+use std::sync::Arc;
 use std::time::Duration;
 
+mod flame_stacks;
 mod kind_map;
 mod lost;
+mod stack_names;
 
+pub use flame_stacks::{FlameStacks, NO_STACK, StackWeights, TRUNCATED_ROOT, UNLISTED};
 pub use kind_map::KindMap;
+
+/// Sites listed in full in `leaks`, `mappings` and `sites`, the first in report order; the
+/// others are summed up in `unlisted_leaks`, `unlisted_mappings` and `unlisted_sites`. A
+/// site listed in full weighs a few kilobytes of JSON (its whole symbolized stack), so a
+/// program leaking from 200,000 distinct stacks made a report.json of 2.5 GB; the flame
+/// graphs, `profile.pb.gz` and the recording keep every site.
+pub const LISTED_SITES: usize = 1000;
 
 /// Everything about the session that is not in the events; supplied by the collector.
 #[derive(Clone, Debug)]
@@ -76,18 +88,31 @@ pub struct Report {
     pub lost: Lost,
     /// Live malloc-family blocks at the end, grouped by allocation stack (Run: live at exit;
     /// Attach: allocated while attached and live at detach). Sorted by bytes desc, blocks
-    /// desc, then first frame name.
+    /// desc, then first frame name; the first [`LISTED_SITES`].
     pub leaks: Vec<Site>,
-    /// Live mmap regions at the end, grouped by the stack that mapped them; same order.
+    /// The leak sites after the first [`LISTED_SITES`], summed up; absent when `leaks` lists
+    /// them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlisted_leaks: Option<UnlistedSites>,
+    /// Live mmap regions at the end, grouped by the stack that mapped them; same order, the
+    /// first [`LISTED_SITES`].
     pub mappings: Vec<Site>,
+    /// The mapping sites after the first [`LISTED_SITES`], summed up (`blocks`: regions);
+    /// absent when `mappings` lists them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlisted_mappings: Option<UnlistedSites>,
     /// Run mode only: frees of already-freed pointers, in order (at most 1024 kept; the
     /// summary counts all).
     pub double_frees: Vec<DoubleFreeSite>,
     /// Every stack that allocated at least once (malloc family), with what it allocated, what
     /// of it is live at the end and what was live at the global peak. Sorted by allocated
-    /// bytes desc, allocations desc, then first frame name.
+    /// bytes desc, allocations desc, then first frame name; the first [`LISTED_SITES`].
     #[serde(default)]
     pub sites: Vec<AllocationSite>,
+    /// The allocation sites after the first [`LISTED_SITES`], summed up; absent when `sites`
+    /// lists them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlisted_sites: Option<UnlistedAllocationSites>,
     /// The object files the stacks were symbolized from, by path: with their build-id a
     /// recording can be symbolized again later on the same machine.
     #[serde(default)]
@@ -100,6 +125,35 @@ pub struct Report {
     /// operator new served by the allocator without going through malloc).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Every stack, listed or not, with its weight in each flame graph: what the flame graphs
+    /// are drawn from. Not in report.json; absent from a report read back from it (the flame
+    /// graphs then use the listed sites, see [`FlameStacks::from_listed_sites`]).
+    #[serde(skip)]
+    pub flame_stacks: Option<Arc<FlameStacks>>,
+}
+
+/// Sites of `leaks` or `mappings` that the report does not list, summed up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlistedSites {
+    /// How many sites.
+    pub sites: u64,
+    /// Their live blocks (regions, for `mappings`) and bytes.
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// Allocation sites that `sites` does not list, summed up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlistedAllocationSites {
+    /// How many sites.
+    pub sites: u64,
+    /// The sums of their [`AllocationSite`] figures.
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    pub peak_live_blocks: u64,
+    pub peak_live_bytes: u64,
 }
 
 /// What one allocation stack did over the whole session.
@@ -420,7 +474,10 @@ pub fn build_report(
 }
 
 /// Builds the report from the final heap state and the per-site statistics of the same
-/// events (`Recorder::sites`). Symbolizes only the stacks that appear in it.
+/// events (`Recorder::sites`). Symbolizes in full only the sites it lists (the first
+/// [`LISTED_SITES`] of `leaks`, `mappings` and `sites`); every stack gets its name and its
+/// flame-graph path from each of its return addresses, symbolized once
+/// ([`Report::flame_stacks`]).
 pub fn build_report_with_sites(
     heap: &HeapState,
     stacks: &StackTable,
@@ -445,40 +502,67 @@ pub fn build_report_with_sites(
         })
         .collect::<Vec<_>>()
         .into_iter();
-    let mut symbolize_stack = |stack: Option<StackId>| -> Vec<StackFrame> {
-        stack
-            .map(|id| {
-                stacks
-                    .get(id)
-                    .iter()
-                    .flat_map(|&addr| symbolizer.frames(addr).to_vec())
-                    .map(StackFrame::from)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-
-    let leaks = heap
-        .blocks()
-        .map(|(_, block)| (block.stack, block.size, block.ts_ns));
-    let leaks = group_sites(leaks, stacks, &mut symbolize_stack, secs);
-    let regions = heap
-        .regions()
-        .map(|(start, region)| (region.stack, region.end - start, region.ts_ns));
-    let mappings = group_sites(regions, stacks, &mut symbolize_stack, secs);
+    let mut names = StackNames::new(symbolizer);
+    let leak_totals = site_totals(
+        heap.blocks()
+            .map(|(_, block)| (block.stack, block.size, block.ts_ns)),
+    );
+    let (leaks, unlisted_leaks) = list_sites(&leak_totals, stacks, &mut names, secs);
+    let region_totals = site_totals(
+        heap.regions()
+            .map(|(start, region)| (region.stack, region.end - start, region.ts_ns)),
+    );
+    let (mappings, unlisted_mappings) = list_sites(&region_totals, stacks, &mut names, secs);
     let double_frees = heap
         .double_frees()
         .iter()
         .map(|double| DoubleFreeSite {
             address: format!("{:#x}", double.addr),
             size: double.size,
-            alloc_stack: symbolize_stack(double.alloc_stack),
+            alloc_stack: double
+                .alloc_stack
+                .map(|id| names.frames(stacks.get(id)))
+                .unwrap_or_default(),
             time_secs: secs(double.ts_ns),
             tid: double.tid,
             freed_from: double_free_callers.next().unwrap_or_default(),
         })
         .collect();
-    let sites = allocation_sites(site_stats, stacks, &mut symbolize_stack, secs);
+    let (sites, unlisted_sites) = list_allocation_sites(site_stats, stacks, &mut names, secs);
+
+    // The flame graphs' stacks: every site, listed or not, once per stack id (a stack that
+    // allocated is in `site_stats`, with its leaks if it has any).
+    let mut path = Vec::new();
+    let mut attributed = StackWeights::default();
+    for (id, counts) in site_stats.iter() {
+        names.folded_path(stacks.get(id), stacks.is_truncated(id), &mut path);
+        let weights = StackWeights {
+            leaked_bytes: leak_totals.get(&Some(id)).map_or(0, |totals| totals.bytes),
+            allocated_bytes: counts.allocated_bytes,
+            allocations: counts.allocations,
+            peak_bytes: counts.peak_live_bytes,
+        };
+        attributed.add(&weights);
+        names.flames.add(&path, &weights);
+    }
+    // Leaks of no such stack: blocks without one, and (with per-site statistics left out)
+    // every leak.
+    for (stack, totals) in &leak_totals {
+        if stack.is_some_and(|id| site_stats.get(id).allocations > 0) {
+            continue;
+        }
+        let frames = stack.map(|id| stacks.get(id)).unwrap_or_default();
+        let truncated = stack.is_some_and(|id| stacks.is_truncated(id));
+        names.folded_path(frames, truncated, &mut path);
+        let weights = StackWeights {
+            leaked_bytes: totals.bytes,
+            ..StackWeights::default()
+        };
+        names.flames.add(&path, &weights);
+    }
+    drop(leak_totals);
+    let mut flames = std::mem::take(&mut names.flames);
+    drop(names);
 
     let by_function = EventKind::ALL
         .iter()
@@ -493,7 +577,7 @@ pub fn build_report_with_sites(
         })
         .collect();
     let mmap = stats.mmap;
-    Report {
+    let mut report = Report {
         memprof_version: env!("CARGO_PKG_VERSION").to_owned(),
         mode: meta.mode,
         target: Target {
@@ -539,9 +623,12 @@ pub fn build_report_with_sites(
         },
         lost: lost::describe(&meta.lost),
         leaks,
+        unlisted_leaks,
         mappings,
+        unlisted_mappings,
         double_frees,
         sites,
+        unlisted_sites,
         modules: symbolizer
             .modules()
             .into_iter()
@@ -549,20 +636,75 @@ pub fn build_report_with_sites(
             .collect(),
         analyses: None,
         warnings: Vec::new(),
-    }
+        flame_stacks: None,
+    };
+    flames.add_unattributed(&report, &attributed);
+    report.flame_stacks = Some(Arc::new(flames.finish()));
+    report
 }
 
-/// Every site that allocated, symbolized, in report order.
-fn allocation_sites(
+/// A site before it is listed or summed up: its stack, the id of its name
+/// ([`StackNames::site_name`]) and its figures.
+struct Candidate<T> {
+    stack: Option<StackId>,
+    name: u32,
+    figures: T,
+}
+
+/// Puts the first [`LISTED_SITES`] of `candidates` in report order and returns them, then
+/// the others (in no order). Report order: `weight` descending (a major and a minor figure),
+/// then the site's name, its return addresses, truncated last; the stack id breaks the ties
+/// left (a site without a stack and one with an empty stack), so hash order never shows.
+fn split_listed<T>(
+    mut candidates: Vec<Candidate<T>>,
+    weight: impl Fn(&T) -> (u64, u64),
+    stacks: &StackTable,
+    names: &StackNames<'_>,
+) -> (Vec<Candidate<T>>, Vec<Candidate<T>>) {
+    let addresses = |c: &Candidate<T>| c.stack.map(|id| stacks.get(id)).unwrap_or_default();
+    let truncated = |c: &Candidate<T>| c.stack.is_some_and(|id| stacks.is_truncated(id));
+    let order = |a: &Candidate<T>, b: &Candidate<T>| {
+        weight(&b.figures)
+            .cmp(&weight(&a.figures))
+            .then_with(|| names.display_name(a.name).cmp(names.display_name(b.name)))
+            .then_with(|| addresses(a).cmp(addresses(b)))
+            .then_with(|| truncated(a).cmp(&truncated(b)))
+            .then(a.stack.cmp(&b.stack))
+    };
+    let mut rest = Vec::new();
+    if candidates.len() > LISTED_SITES {
+        // The first LISTED_SITES end up before index LISTED_SITES, in some order.
+        candidates.select_nth_unstable_by(LISTED_SITES, order);
+        rest = candidates.split_off(LISTED_SITES);
+    }
+    candidates.sort_unstable_by(order);
+    (candidates, rest)
+}
+
+/// Every site that allocated: the first [`LISTED_SITES`] symbolized, in report order, and
+/// the others summed up.
+fn list_allocation_sites(
     site_stats: &SiteStats,
     stacks: &StackTable,
-    symbolize_stack: &mut impl FnMut(Option<StackId>) -> Vec<StackFrame>,
+    names: &mut StackNames<'_>,
     secs: impl Fn(u64) -> f64,
-) -> Vec<AllocationSite> {
-    let mut sites: Vec<(AllocationSite, &[u64])> = site_stats
+) -> (Vec<AllocationSite>, Option<UnlistedAllocationSites>) {
+    let candidates: Vec<Candidate<SiteCounts>> = site_stats
         .iter()
-        .map(|(id, counts): (StackId, SiteCounts)| {
-            let site = AllocationSite {
+        .map(|(id, counts)| Candidate {
+            stack: Some(id),
+            name: names.site_name(stacks.get(id)),
+            figures: counts,
+        })
+        .collect();
+    let weight = |counts: &SiteCounts| (counts.allocated_bytes, counts.allocations);
+    let (listed, rest) = split_listed(candidates, weight, stacks, names);
+    let listed = listed
+        .into_iter()
+        .map(|candidate| {
+            let counts = candidate.figures;
+            let id = candidate.stack.expect("allocation sites have a stack");
+            AllocationSite {
                 allocations: counts.allocations,
                 allocated_bytes: counts.allocated_bytes,
                 live_blocks: counts.live_blocks,
@@ -571,21 +713,26 @@ fn allocation_sites(
                 peak_live_bytes: counts.peak_live_bytes,
                 first_alloc_secs: secs(counts.first_ts_ns),
                 last_alloc_secs: secs(counts.last_ts_ns),
-                stack: symbolize_stack(Some(id)),
+                stack: names.frames(stacks.get(id)),
                 truncated: stacks.is_truncated(id),
-            };
-            (site, stacks.get(id))
+            }
         })
         .collect();
-    sites.sort_by(|(a, a_addrs), (b, b_addrs)| {
-        b.allocated_bytes
-            .cmp(&a.allocated_bytes)
-            .then(b.allocations.cmp(&a.allocations))
-            .then_with(|| frame_name(&a.stack).cmp(&frame_name(&b.stack)))
-            .then_with(|| a_addrs.cmp(b_addrs))
-            .then(a.truncated.cmp(&b.truncated))
+    let unlisted = (!rest.is_empty()).then(|| {
+        let mut sum = UnlistedAllocationSites::default();
+        for candidate in &rest {
+            let counts = &candidate.figures;
+            sum.sites += 1;
+            sum.allocations += counts.allocations;
+            sum.allocated_bytes += counts.allocated_bytes;
+            sum.live_blocks += counts.live_blocks;
+            sum.live_bytes += counts.live_bytes;
+            sum.peak_live_blocks += counts.peak_live_blocks;
+            sum.peak_live_bytes += counts.peak_live_bytes;
+        }
+        sum
     });
-    sites.into_iter().map(|(site, _)| site).collect()
+    (listed, unlisted)
 }
 
 #[derive(Clone, Copy)]
@@ -596,14 +743,11 @@ struct SiteTotals {
     last_ns: u64,
 }
 
-/// Groups (stack, bytes, time) items by stack and sorts the sites in report order.
-fn group_sites(
+/// Groups (stack, bytes, time) items by stack.
+fn site_totals(
     items: impl Iterator<Item = (Option<StackId>, u64, u64)>,
-    stacks: &StackTable,
-    symbolize_stack: &mut impl FnMut(Option<StackId>) -> Vec<StackFrame>,
-    secs: impl Fn(u64) -> f64,
-) -> Vec<Site> {
-    let mut totals: HashMap<Option<StackId>, SiteTotals> = HashMap::new();
+) -> FastHashMap<Option<StackId>, SiteTotals> {
+    let mut totals: FastHashMap<Option<StackId>, SiteTotals> = FastHashMap::default();
     for (stack, bytes, ts_ns) in items {
         let site = totals.entry(stack).or_insert(SiteTotals {
             blocks: 0,
@@ -616,40 +760,50 @@ fn group_sites(
         site.first_ns = site.first_ns.min(ts_ns);
         site.last_ns = site.last_ns.max(ts_ns);
     }
-    let mut sites: Vec<(Site, &[u64])> = totals
+    totals
+}
+
+/// The grouped sites: the first [`LISTED_SITES`] symbolized, in report order, and the others
+/// summed up.
+fn list_sites(
+    totals: &FastHashMap<Option<StackId>, SiteTotals>,
+    stacks: &StackTable,
+    names: &mut StackNames<'_>,
+    secs: impl Fn(u64) -> f64,
+) -> (Vec<Site>, Option<UnlistedSites>) {
+    let candidates: Vec<Candidate<SiteTotals>> = totals
+        .iter()
+        .map(|(&stack, &figures)| Candidate {
+            stack,
+            name: stack.map_or(0, |id| names.site_name(stacks.get(id))),
+            figures,
+        })
+        .collect();
+    let weight = |totals: &SiteTotals| (totals.bytes, totals.blocks);
+    let (listed, rest) = split_listed(candidates, weight, stacks, names);
+    let listed = listed
         .into_iter()
-        .map(|(stack, t)| {
-            let site = Site {
+        .map(|candidate| {
+            let t = candidate.figures;
+            Site {
                 blocks: t.blocks,
                 bytes: t.bytes,
                 first_seen_secs: secs(t.first_ns),
                 last_seen_secs: secs(t.last_ns),
-                stack: symbolize_stack(stack),
-                truncated: stack.is_some_and(|id| stacks.is_truncated(id)),
-            };
-            (site, stack.map(|id| stacks.get(id)).unwrap_or_default())
+                stack: candidate
+                    .stack
+                    .map(|id| names.frames(stacks.get(id)))
+                    .unwrap_or_default(),
+                truncated: candidate.stack.is_some_and(|id| stacks.is_truncated(id)),
+            }
         })
         .collect();
-    // Raw addresses break the remaining ties so the order never depends on hash order.
-    sites.sort_by(|(a, a_addrs), (b, b_addrs)| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then(b.blocks.cmp(&a.blocks))
-            .then_with(|| first_frame_name(a).cmp(&first_frame_name(b)))
-            .then_with(|| a_addrs.cmp(b_addrs))
-            .then(a.truncated.cmp(&b.truncated))
+    let unlisted = (!rest.is_empty()).then(|| UnlistedSites {
+        sites: rest.len() as u64,
+        blocks: rest.iter().map(|c| c.figures.blocks).sum(),
+        bytes: rest.iter().map(|c| c.figures.bytes).sum(),
     });
-    sites.into_iter().map(|(site, _)| site).collect()
-}
-
-fn first_frame_name(site: &Site) -> String {
-    frame_name(&site.stack)
-}
-
-fn frame_name(stack: &[StackFrame]) -> String {
-    site_frame(stack)
-        .map(StackFrame::display_name)
-        .unwrap_or_default()
+    (listed, unlisted)
 }
 
 /// The frame a site is named after: the first one outside the allocation plumbing, so a leak

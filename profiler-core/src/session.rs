@@ -10,7 +10,6 @@ use crate::output::{OutputDir, OutputError, OutputFiles, write_outputs};
 use crate::recorder::Recorder;
 use crate::render::pprof::{PprofLine, PprofMapping, PprofMeta, write_pprof};
 use crate::report::{Report, ReportMeta, build_report_with_sites};
-use crate::sites::SiteCounts;
 use crate::symbolize::Symbolizer;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -129,12 +128,12 @@ pub fn write_session_pprof(
         mappings,
     };
     let stacks = &session.recorder.stacks;
-    let sites: Vec<(&[u64], SiteCounts)> = session
+    // Streamed: one sample per stack, however many there are, and no copy of them first.
+    let sites = session
         .recorder
         .sites
         .iter()
-        .map(|(id, counts)| (stacks.get(id), counts))
-        .collect();
+        .map(|(id, counts)| (stacks.get(id), counts));
     let lines = |address: u64| -> Vec<PprofLine> {
         symbolizer
             .frames(address)

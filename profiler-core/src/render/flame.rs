@@ -4,20 +4,25 @@
 //! Folded lines are root first (`main (a.c:9);make_list (a.c:4) 4096`), one per distinct
 //! symbolized stack, sorted, so the files diff cleanly between runs and the SVGs are
 //! reproducible (inferno's colours are hashed from the names, not drawn at random).
+//!
+//! They come from every stack of the session ([`FlameStacks`]), not only from the sites
+//! report.json lists, and they are what inferno draws ([`flame_lines`]): inferno leaves out
+//! every frame narrower than its minimum width (0.01% of the total by default), so the files
+//! keep a stack's frames as far as they are that wide and merge the rest into the last frame
+//! kept, as weight of its own (which is how the graph shows it: a gap below that frame). Every
+//! frame inferno draws keeps its width and the total stays exact, but a program allocating
+//! from 200,000 distinct stacks no longer gets 130 MB folded files for a few thousand frames.
+//! Stacks whose outermost frame is too narrow to draw are one [`SMALL_STACKS`] root frame.
 
 use super::numbers::{short_bytes, thousands};
-use crate::report::{Report, StackFrame};
+use crate::report::{FlameStacks, Report, StackWeights};
 use inferno::flamegraph::{self, Options, color::BasicPalette, color::Palette};
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::io::{self, Write};
+use std::ops::Range;
 
-/// Marks the root of a stack whose outermost frames the probe cut off.
-const TRUNCATED_ROOT: &str = "[truncated]";
-/// The whole stack of blocks recorded without one.
-const NO_STACK: &str = "[no stack]";
-
-/// One stack's weight: its frames, whether the probe cut it, and the weight.
-type Weighted<'a> = (&'a [StackFrame], bool, u64);
+/// The root frame of the stacks whose outermost frame is too narrow to draw.
+pub const SMALL_STACKS: &str = "[small stacks]";
 
 /// What a flame graph weighs its stacks by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,55 +100,28 @@ impl FlameKind {
         }
     }
 
-    /// (stack, truncated, weight) of every site, plus the weight recorded without a stack.
-    fn weights(self, report: &Report) -> (Vec<Weighted<'_>>, u64) {
-        if self == FlameKind::Leaks {
-            let sites = report
-                .leaks
-                .iter()
-                .map(|site| (site.stack.as_slice(), site.truncated, site.bytes))
-                .collect();
-            // Blocks without a stack are a leak site with an empty stack already.
-            return (sites, 0);
+    /// One stack's weight in this graph.
+    fn weight(self, weights: &StackWeights) -> u64 {
+        match self {
+            FlameKind::Leaks => weights.leaked_bytes,
+            FlameKind::AllocBytes => weights.allocated_bytes,
+            FlameKind::AllocCount => weights.allocations,
+            FlameKind::Peak => weights.peak_bytes,
         }
-        let weight = |site: &crate::report::AllocationSite| match self {
-            FlameKind::AllocBytes => site.allocated_bytes,
-            FlameKind::AllocCount => site.allocations,
-            _ => site.peak_live_bytes,
-        };
-        let sites: Vec<Weighted<'_>> = report
-            .sites
-            .iter()
-            .map(|site| (site.stack.as_slice(), site.truncated, weight(site)))
-            .collect();
-        let s = &report.summary;
-        let total = match self {
-            FlameKind::AllocBytes => s.bytes_allocated,
-            FlameKind::AllocCount => s.allocations - s.failed_allocations,
-            _ => s.peak_live_bytes,
-        };
-        let attributed: u64 = sites.iter().map(|(_, _, weight)| weight).sum();
-        (sites, total.saturating_sub(attributed))
     }
 }
 
-/// One folded line per distinct stack with a nonzero weight, sorted. Sites whose frames
-/// symbolize to the same names are merged (different return addresses on the same lines).
+/// One folded line per distinct stack with a nonzero weight, sorted, none left out (what
+/// `memprof diff` matches runs by). Sites whose frames symbolize to the same names are merged
+/// (different return addresses on the same lines).
 pub fn folded_lines_of(report: &Report, kind: FlameKind) -> Vec<String> {
-    let (sites, unattributed) = kind.weights(report);
-    let mut by_stack: BTreeMap<String, u64> = BTreeMap::new();
-    for (stack, truncated, weight) in sites {
-        if weight > 0 {
-            *by_stack.entry(folded_stack(stack, truncated)).or_default() += weight;
-        }
-    }
-    if unattributed > 0 {
-        *by_stack.entry(NO_STACK.to_owned()).or_default() += unattributed;
-    }
-    by_stack
+    let stacks = flame_stacks(report);
+    let mut lines: Vec<String> = weighted(&stacks, kind)
         .into_iter()
-        .map(|(stack, weight)| format!("{stack} {weight}"))
-        .collect()
+        .map(|(path, weight)| folded_line(&stacks, path, weight))
+        .collect();
+    lines.sort_unstable();
+    lines
 }
 
 /// The leaked-bytes folded lines ([`FlameKind::Leaks`]).
@@ -151,38 +129,121 @@ pub fn folded_lines(report: &Report) -> Vec<String> {
     folded_lines_of(report, FlameKind::Leaks)
 }
 
-fn folded_stack(stack: &[StackFrame], truncated: bool) -> String {
-    if stack.is_empty() {
-        return NO_STACK.to_owned();
+/// The folded lines of `kind` as inferno draws them, sorted: [`folded_lines_of`] with the
+/// frames narrower than inferno's minimum width merged into their parent (see the module
+/// doc). The same lines as [`folded_lines_of`] when no frame is that narrow.
+pub fn flame_lines(report: &Report, kind: FlameKind) -> Vec<String> {
+    let stacks = flame_stacks(report);
+    let weighted = weighted(&stacks, kind);
+    // Weight of the stacks before each index: the weight of a run of stacks is a difference.
+    let mut before = Vec::with_capacity(weighted.len() + 1);
+    let mut total = 0u64;
+    before.push(0);
+    for (_, weight) in &weighted {
+        total += weight;
+        before.push(total);
     }
-    let mut names: Vec<String> = Vec::with_capacity(stack.len() + 1);
-    if truncated {
-        names.push(TRUNCATED_ROOT.to_owned());
-    }
-    // ';' separates frames and a newline ends the line: neither may appear inside a name
-    // (Rust array types such as `[u8; 4]` do contain ';').
-    names.extend(
-        stack
-            .iter()
-            .rev()
-            .map(|frame| frame.located_name().replace(';', ",").replace('\n', " ")),
-    );
-    names.join(";")
+    // inferno's test, in its terms: a frame is drawn unless its samples are fewer than
+    // `min_width` percent of the total.
+    let min_width = Options::default().min_width;
+    let pruner = Pruner {
+        stacks: &stacks,
+        weighted: &weighted,
+        before: &before,
+        minwidth_time: min_width / (100.0 / total as f64),
+    };
+    let mut lines = Vec::new();
+    pruner.frame(0..weighted.len(), 0, &mut lines);
+    lines.sort_unstable();
+    lines
 }
 
-/// Writes [`folded_lines_of`], one per line.
+/// The report's stacks: the session's own, else rebuilt from the sites the report lists.
+fn flame_stacks(report: &Report) -> Cow<'_, FlameStacks> {
+    match &report.flame_stacks {
+        Some(stacks) => Cow::Borrowed(&**stacks),
+        None => Cow::Owned(FlameStacks::from_listed_sites(report)),
+    }
+}
+
+/// Every stack with a nonzero weight in `kind` (root-first name ids) and that weight, in
+/// [`FlameStacks::stacks`] order.
+fn weighted(stacks: &FlameStacks, kind: FlameKind) -> Vec<(&[u32], u64)> {
+    stacks
+        .stacks()
+        .map(|(path, weights)| (path, kind.weight(weights)))
+        .filter(|&(_, weight)| weight > 0)
+        .collect()
+}
+
+/// `a;b;c 42`.
+fn folded_line(stacks: &FlameStacks, path: &[u32], weight: u64) -> String {
+    let names: Vec<&str> = path.iter().map(|&id| stacks.name(id)).collect();
+    format!("{} {weight}", names.join(";"))
+}
+
+/// Walks the frames of sorted stacks (a frame is a run of stacks with the same first names)
+/// and keeps those inferno draws.
+struct Pruner<'a> {
+    stacks: &'a FlameStacks,
+    /// Sorted by name ids, so a frame's stacks are one run, its own (ending there) first.
+    weighted: &'a [(&'a [u32], u64)],
+    before: &'a [u64],
+    /// inferno's threshold: narrower frames are not drawn.
+    minwidth_time: f64,
+}
+
+impl Pruner<'_> {
+    /// Writes the lines of the frame made of the stacks in `run`, which share their first
+    /// `depth` names and are drawn that far: the frame's own weight, with that of its child
+    /// frames too narrow to draw, and the lines of the others. At depth 0 (the root, which
+    /// has no line of its own) the narrow ones are the [`SMALL_STACKS`] line.
+    fn frame(&self, run: Range<usize>, depth: usize, lines: &mut Vec<String>) {
+        let Some(&(first, _)) = self.weighted.get(run.start) else {
+            return;
+        };
+        let prefix = &first[..depth];
+        let mut index = run.start;
+        let mut own = 0;
+        while index < run.end && self.weighted[index].0.len() == depth {
+            own += self.weighted[index].1;
+            index += 1;
+        }
+        while index < run.end {
+            let name = self.weighted[index].0[depth];
+            let mut end = index + 1;
+            while end < run.end && self.weighted[end].0[depth] == name {
+                end += 1;
+            }
+            let width = self.before[end] - self.before[index];
+            if (width as f64) < self.minwidth_time {
+                own += width;
+            } else {
+                self.frame(index..end, depth + 1, lines);
+            }
+            index = end;
+        }
+        if own > 0 {
+            lines.push(match depth {
+                0 => format!("{SMALL_STACKS} {own}"),
+                _ => folded_line(self.stacks, prefix, own),
+            });
+        }
+    }
+}
+
+/// Writes [`flame_lines`], one per line.
 pub fn write_folded(report: &Report, kind: FlameKind, out: &mut impl Write) -> io::Result<()> {
-    for line in folded_lines_of(report, kind) {
+    for line in flame_lines(report, kind) {
         writeln!(out, "{line}")?;
     }
     Ok(())
 }
-
 /// Writes the SVG flame graph of `kind`, titled with [`FlameKind::title`]. With nothing to
 /// draw inferno refuses, so a small SVG saying so is written instead: the file always exists.
 pub fn write_flamegraph(report: &Report, kind: FlameKind, out: &mut impl Write) -> io::Result<()> {
     let title = kind.title(report);
-    let lines = folded_lines_of(report, kind);
+    let lines = flame_lines(report, kind);
     if lines.is_empty() {
         return write_empty_svg(&title, kind.empty_message(), out);
     }

@@ -219,10 +219,12 @@ impl Page {
                 .push_str("<p>Nothing allocated was still live at the end.</p>\n</section>\n");
             return;
         }
+        let unlisted = report.unlisted_leaks.map_or(0, |rest| rest.sites);
+        let all_sites = report.leaks.len() as u64 + unlisted;
         let _ = writeln!(
             self.html,
             "<p>{} leak sites: {} in {} blocks still live at the end, largest first.</p>",
-            thousands(report.leaks.len() as u64),
+            thousands(all_sites),
             human_bytes(report.summary.live_bytes),
             thousands(report.summary.live_blocks)
         );
@@ -243,7 +245,15 @@ impl Page {
             );
         }
         self.html.push_str("</table>\n");
-        if report.leaks.len() > MAX_LEAK_ROWS {
+        if unlisted > 0 {
+            let _ = writeln!(
+                self.html,
+                "<p>The first {MAX_LEAK_ROWS} sites are shown; report.json lists the first {} \
+                 and sums up the other {} (the flame graphs and profile.pb.gz have them all).</p>",
+                thousands(report.leaks.len() as u64),
+                thousands(unlisted)
+            );
+        } else if report.leaks.len() > MAX_LEAK_ROWS {
             let _ = writeln!(
                 self.html,
                 "<p>The first {MAX_LEAK_ROWS} sites are shown; report.json has all {}.</p>",

@@ -101,12 +101,16 @@ fn report() -> Report {
             site(6, 30, vec![unknown, main], false),
             site(1, 6, vec![], false),
         ],
+        unlisted_leaks: None,
         mappings: vec![],
+        unlisted_mappings: None,
         double_frees: vec![],
         sites: vec![],
+        unlisted_sites: None,
         modules: vec![],
         analyses: None,
         warnings: Vec::new(),
+        flame_stacks: None,
     }
 }
 
@@ -357,4 +361,107 @@ fn flamegraph_without_leaks_is_still_an_svg() {
         "{svg}"
     );
     assert!(svg.contains("No leaked bytes."));
+}
+
+/// `main` leaks 100,000 bytes through make_list, 20 through `medium`, and 1 byte from each of
+/// 2,000 other functions; `other_root`, a stack of its own, leaks 5 bytes. inferno draws
+/// frames of at least 0.01% of the 102,025 bytes: 10.2 bytes.
+fn report_with_tiny_stacks() -> Report {
+    let main = frame(Some("main"), Some(("leaky.c", 40)), "leaky", 0x401200);
+    let make_list = frame(Some("make_list"), Some(("leaky.c", 12)), "leaky", 0x401100);
+    let medium = frame(Some("medium"), None, "leaky", 0x401300);
+    let other_root = frame(Some("other_root"), None, "leaky", 0x401400);
+    let mut report = report();
+    report.leaks = vec![
+        site(1, 100_000, vec![make_list, main.clone()], false),
+        site(1, 20, vec![medium, main.clone()], false),
+        site(1, 5, vec![other_root], false),
+    ];
+    for i in 0..2000 {
+        let name = format!("tiny_{i}");
+        let tiny = frame(Some(&name), None, "leaky", 0x402000 + i);
+        report
+            .leaks
+            .push(site(1, 1, vec![tiny, main.clone()], false));
+    }
+    report.summary.live_bytes = 102_025;
+    report.summary.live_blocks = 2003;
+    report
+}
+
+#[test]
+fn flame_lines_merge_frames_too_narrow_to_draw_into_their_parent() {
+    let report = report_with_tiny_stacks();
+    assert_eq!(
+        flame_lines(&report, FlameKind::Leaks),
+        [
+            "[small stacks] 5",
+            "main (leaky.c:40) 2000",
+            "main (leaky.c:40);make_list (leaky.c:12) 100000",
+            "main (leaky.c:40);medium 20",
+        ]
+    );
+    // Every stack is still in the unpruned lines, and the total is the same.
+    let all = folded_lines_of(&report, FlameKind::Leaks);
+    assert_eq!(all.len(), 2003);
+    let total = |lines: &[String]| -> u64 {
+        lines
+            .iter()
+            .map(|line| line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(total(&all), 102_025);
+    assert_eq!(total(&flame_lines(&report, FlameKind::Leaks)), 102_025);
+    // The folded file is the pruned one.
+    let mut folded = Vec::new();
+    write_folded(&report, FlameKind::Leaks, &mut folded).unwrap();
+    assert_eq!(String::from_utf8(folded).unwrap().lines().count(), 4);
+}
+
+#[test]
+fn pruned_lines_draw_the_frames_inferno_draws_from_all_lines() {
+    let report = report_with_tiny_stacks();
+    // Each drawn frame has a <title> with its name, weight and share: the same set from the
+    // pruned lines as from every line.
+    let titles = |lines: &[String]| -> Vec<String> {
+        let mut options = inferno::flamegraph::Options::default();
+        options.deterministic = true;
+        let mut svg = Vec::new();
+        inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
+            .unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        let mut titles: Vec<String> = svg
+            .split("<title>")
+            .skip(1)
+            .map(|rest| rest.split("</title>").next().unwrap().to_owned())
+            .collect();
+        titles.sort();
+        titles
+    };
+    let pruned = flame_lines(&report, FlameKind::Leaks);
+    let all = folded_lines_of(&report, FlameKind::Leaks);
+    let from_all = titles(&all);
+    assert_eq!(
+        from_all,
+        [
+            "all (102,025 samples, 100%)",
+            "main (leaky.c:40) (102,020 samples, 100.00%)",
+            "make_list (leaky.c:12) (100,000 samples, 98.02%)",
+            "medium (20 samples, 0.02%)",
+        ]
+    );
+    // The root's narrow stacks are one frame, drawn only when it is wide enough: here not.
+    assert_eq!(titles(&pruned), from_all);
+}
+
+#[test]
+fn flame_lines_are_the_folded_lines_when_every_frame_is_drawn() {
+    let report = report();
+    for kind in FlameKind::ALL {
+        assert_eq!(
+            flame_lines(&report, kind),
+            folded_lines_of(&report, kind),
+            "{kind:?}"
+        );
+    }
 }

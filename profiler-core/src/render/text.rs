@@ -2,7 +2,7 @@
 
 use super::numbers::{human_bytes, thousands};
 use crate::heap::Mode;
-use crate::report::{Report, Site, StackFrame};
+use crate::report::{Report, Site, StackFrame, UnlistedSites};
 use std::io::{self, Write};
 
 /// Frames printed per site; the JSON and the flame graph have the whole stack.
@@ -14,7 +14,8 @@ pub fn write_text(report: &Report, out: &mut impl Write, top: usize) -> io::Resu
     write_lost(report, out)?;
     write_heap(report, out)?;
     write_calls(report, out)?;
-    write_sites(out, &leak_title(report), &report.leaks, top, "blocks")?;
+    let leaks = (&report.leaks[..], report.unlisted_leaks);
+    write_sites(out, &leak_title(report), leaks, top, "blocks")?;
     write_mmap(report, out, top)?;
     write_double_frees(report, out, top)?;
     super::text_analyses::write_analyses(report, out)
@@ -183,21 +184,26 @@ fn leak_title(report: &Report) -> String {
     }
 }
 
+/// The listed sites and the sum of the others.
+type Sites<'a> = (&'a [Site], Option<UnlistedSites>);
+
 fn write_sites(
     out: &mut impl Write,
     title: &str,
-    sites: &[Site],
+    (sites, unlisted): Sites<'_>,
     top: usize,
     unit: &str,
 ) -> io::Result<()> {
-    let bytes: u64 = sites.iter().map(|site| site.bytes).sum();
-    let count: u64 = sites.iter().map(|site| site.blocks).sum();
+    let unlisted = unlisted.unwrap_or_default();
+    let bytes: u64 = sites.iter().map(|site| site.bytes).sum::<u64>() + unlisted.bytes;
+    let count: u64 = sites.iter().map(|site| site.blocks).sum::<u64>() + unlisted.blocks;
+    let all_sites = sites.len() as u64 + unlisted.sites;
     writeln!(
         out,
         "{title}: {} in {} {unit} from {} sites",
         human_bytes(bytes),
         thousands(count),
-        thousands(sites.len() as u64)
+        thousands(all_sites)
     )?;
     for (rank, site) in sites.iter().take(top).enumerate() {
         writeln!(
@@ -216,12 +222,9 @@ fn write_sites(
         )?;
         write_stack(out, &site.stack)?;
     }
-    if sites.len() > top {
-        writeln!(
-            out,
-            "  ... {} more sites",
-            thousands((sites.len() - top) as u64)
-        )?;
+    let shown = sites.len().min(top) as u64;
+    if all_sites > shown {
+        writeln!(out, "  ... {} more sites", thousands(all_sites - shown))?;
     }
     writeln!(out)
 }
@@ -297,7 +300,8 @@ fn write_mmap(report: &Report, out: &mut impl Write, top: usize) -> io::Result<(
     if report.mappings.is_empty() {
         return writeln!(out);
     }
-    write_sites(out, "Live mappings", &report.mappings, top, "regions")
+    let mappings = (&report.mappings[..], report.unlisted_mappings);
+    write_sites(out, "Live mappings", mappings, top, "regions")
 }
 
 fn write_double_frees(report: &Report, out: &mut impl Write, top: usize) -> io::Result<()> {

@@ -297,3 +297,191 @@ fn sites_are_named_after_the_first_frame_outside_the_allocator() {
     assert!(crate::report::site_frame(&[]).is_none());
     assert!(!frame("allocate_buffer").is_allocation_plumbing());
 }
+
+/// `count` distinct stacks `[0x1000 + 0x10 * i, 0x40_0000]`, each leaking one block of
+/// `size(i)` bytes (allocated at i ms), with their site statistics; stack i is
+/// `StackId(i)`. Block i is at 0x10_0000 + 0x100 * i.
+fn many_sites(count: u64, size: impl Fn(u64) -> u64) -> (HeapState, StackTable, SiteStats) {
+    let mut stacks = StackTable::new();
+    let mut heap = HeapState::new(Mode::Run);
+    let mut sites = SiteStats::new();
+    for i in 0..count {
+        let id = stacks.intern(&[0x1000 + 0x10 * i, 0x40_0000], false);
+        assert_eq!(id, StackId(i as u32));
+        let e = event(EventKind::Malloc, 0x10_0000 + 0x100 * i, size(i), 0, i);
+        let effect = heap.apply(&e, Some(id));
+        sites.observe(&e, Some(id), &effect);
+    }
+    (heap, stacks, sites)
+}
+
+fn first_addresses(stacks: &[StackFrame]) -> &str {
+    stacks[0].address.as_str()
+}
+
+#[test]
+fn lists_the_first_sites_and_sums_up_the_others() {
+    // Sizes 8..=64 by i % 8: the 64-byte sites come first, and there are more than
+    // LISTED_SITES of them only from 8 * LISTED_SITES sites on.
+    let count = LISTED_SITES as u64 + 700;
+    let size = |i: u64| 8 + 8 * (i % 8);
+    let (heap, stacks, sites) = many_sites(count, size);
+    let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
+    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+
+    // What a full sort in report order gives: bytes desc, then the name (here the first
+    // frame's address in hex, compared as text), then the addresses.
+    let mut expected: Vec<u64> = (0..count).collect();
+    let name = |i: &u64| format!("{:#x}", 0x1000 + 0x10 * i);
+    expected.sort_by(|a, b| size(*b).cmp(&size(*a)).then(name(a).cmp(&name(b))));
+    let listed: Vec<String> = report
+        .leaks
+        .iter()
+        .map(|site| first_addresses(&site.stack).to_owned())
+        .collect();
+    let want: Vec<String> = expected[..LISTED_SITES].iter().map(name).collect();
+    assert_eq!(listed, want);
+    let listed_sites: Vec<String> = report
+        .sites
+        .iter()
+        .map(|site| first_addresses(&site.stack).to_owned())
+        .collect();
+    assert_eq!(listed_sites, want);
+
+    let total: u64 = (0..count).map(size).sum();
+    let listed_bytes: u64 = report.leaks.iter().map(|site| site.bytes).sum();
+    let rest: Vec<u64> = expected[LISTED_SITES..].to_vec();
+    let rest_bytes: u64 = rest.iter().map(|&i| size(i)).sum();
+    assert_eq!(listed_bytes + rest_bytes, total);
+    assert_eq!(
+        report.unlisted_leaks,
+        Some(UnlistedSites {
+            sites: 700,
+            blocks: 700,
+            bytes: rest_bytes,
+        })
+    );
+    assert_eq!(
+        report.unlisted_sites,
+        Some(UnlistedAllocationSites {
+            sites: 700,
+            allocations: 700,
+            allocated_bytes: rest_bytes,
+            live_blocks: 700,
+            live_bytes: rest_bytes,
+            peak_live_blocks: 700,
+            peak_live_bytes: rest_bytes,
+        })
+    );
+    assert_eq!(report.unlisted_mappings, None);
+    // report.json says so, under the documented keys.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["unlisted_leaks"]["sites"], 700);
+    assert_eq!(json["unlisted_leaks"]["bytes"], rest_bytes);
+    assert_eq!(json["unlisted_sites"]["allocated_bytes"], rest_bytes);
+    assert!(json.get("unlisted_mappings").is_none());
+    assert!(json.get("flame_stacks").is_none());
+}
+
+#[test]
+fn equal_sites_beyond_the_list_are_cut_in_report_order() {
+    // Every site weighs the same: the cut falls inside one run of ties, which the name and
+    // then the addresses decide, as they do for a full sort.
+    let count = LISTED_SITES as u64 * 2 + 1;
+    let (heap, stacks, sites) = many_sites(count, |_| 16);
+    let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
+    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let mut names: Vec<String> = (0..count)
+        .map(|i| format!("{:#x}", 0x1000 + 0x10 * i))
+        .collect();
+    names.sort();
+    let listed: Vec<&str> = report
+        .leaks
+        .iter()
+        .map(|site| first_addresses(&site.stack))
+        .collect();
+    assert_eq!(listed, names[..LISTED_SITES]);
+    let rest = report.unlisted_leaks.unwrap();
+    assert_eq!(
+        (rest.sites, rest.blocks, rest.bytes),
+        (1001, 1001, 16 * 1001)
+    );
+}
+
+#[test]
+fn nothing_is_summed_up_when_every_site_is_listed() {
+    let (heap, stacks, sites) = many_sites(LISTED_SITES as u64, |i| 1 + i);
+    let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
+    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    assert_eq!(report.leaks.len(), LISTED_SITES);
+    assert_eq!(report.sites.len(), LISTED_SITES);
+    assert_eq!(report.unlisted_leaks, None);
+    assert_eq!(report.unlisted_sites, None);
+    let json = serde_json::to_value(&report).unwrap();
+    for key in ["unlisted_leaks", "unlisted_mappings", "unlisted_sites"] {
+        assert!(json.get(key).is_none(), "{key}");
+    }
+}
+
+#[test]
+fn flame_stacks_hold_every_site_listed_or_not() {
+    let count = LISTED_SITES as u64 + 300;
+    let size = |i: u64| 1 + i % 5;
+    let (heap, stacks, sites) = many_sites(count, size);
+    let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
+    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let flames = report.flame_stacks.as_deref().unwrap();
+    assert_eq!(flames.stacks().len(), count as usize);
+    let mut sum = StackWeights::default();
+    for (path, weights) in flames.stacks() {
+        // Root first: the outer frame, then the allocating one.
+        assert_eq!(flames.name(path[0]), "0x400000");
+        assert_eq!(path.len(), 2);
+        sum.add(weights);
+    }
+    let total: u64 = (0..count).map(size).sum();
+    assert_eq!(
+        sum,
+        StackWeights {
+            leaked_bytes: total,
+            allocated_bytes: total,
+            allocations: count,
+            peak_bytes: total,
+        }
+    );
+    // Nothing unattributed: no `[no stack]` stack.
+    assert!(
+        flames
+            .stacks()
+            .all(|(path, _)| flames.name(path[0]) != NO_STACK)
+    );
+}
+
+#[test]
+fn flame_stacks_of_a_read_back_report_put_unlisted_sites_apart() {
+    let count = LISTED_SITES as u64 + 10;
+    let (heap, stacks, sites) = many_sites(count, |i| 10 + i);
+    let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
+    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let json = serde_json::to_string(&report).unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert!(back.flame_stacks.is_none());
+    let flames = FlameStacks::from_listed_sites(&back);
+    let unlisted: Vec<&StackWeights> = flames
+        .stacks()
+        .filter(|(path, _)| flames.name(path[0]) == UNLISTED)
+        .map(|(_, weights)| weights)
+        .collect();
+    // The 10 smallest: 10..20 bytes.
+    let rest: u64 = (10..20).sum();
+    assert_eq!(
+        unlisted,
+        [&StackWeights {
+            leaked_bytes: rest,
+            allocated_bytes: rest,
+            allocations: 10,
+            peak_bytes: rest,
+        }]
+    );
+    assert_eq!(flames.stacks().len(), LISTED_SITES + 1);
+}
