@@ -40,7 +40,12 @@ struct State {
     /// Holds so far, and the time threads spent held.
     holds: u64,
     held: Duration,
+    /// The target exec'd: the collector is to end the old image's heap at its next drain.
+    exec_pending: bool,
 }
+
+/// Longest the target waits at an exec for the collector to end the old image's heap.
+const MAX_EXEC_WAIT: Duration = Duration::from_secs(10);
 
 impl Backpressure {
     pub fn new() -> Arc<Backpressure> {
@@ -85,6 +90,37 @@ impl Backpressure {
         }
         state.holds += 1;
         state.held += start.elapsed();
+    }
+
+    /// Called by the tracer with the target stopped at an exec, before the new program runs:
+    /// every record of the old image is queued by now. Returns once the collector has drained
+    /// them and ended the old image's heap ([`Backpressure::take_exec`]), or after
+    /// [`MAX_EXEC_WAIT`], or at once when collection is over.
+    pub fn exec_stop(&self) {
+        let start = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.exec_pending = true;
+        self.wanted.notify_one();
+        while !state.closed && state.exec_pending {
+            let left = MAX_EXEC_WAIT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            state = match self.drained.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// Whether the target exec'd since the last call (the collector ends the old image's heap
+    /// then, before saying the ring is drained).
+    pub fn take_exec(&self) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|mut state| std::mem::take(&mut state.exec_pending))
     }
 
     /// Resolves when a held thread waits for a drain.

@@ -224,6 +224,11 @@ fn wait_exit(pid: Pid, backpressure: &Backpressure, mut at_exit: impl FnMut(Pid)
                 if tid == pid && event == libc::PTRACE_EVENT_EXIT {
                     at_exit(pid);
                 }
+                // The old image's heap ends with it: the collector applies its last records
+                // and releases what was live before the new program runs.
+                if tid == pid && event == libc::PTRACE_EVENT_EXEC {
+                    backpressure.exec_stop();
+                }
                 // Other events: a thread started (it stops on its own too), another thread
                 // exiting, or an exec (probes are attached by file, so a new image keeps being
                 // profiled where it uses the same allocator).

@@ -180,6 +180,12 @@ impl SharedRing {
         found
     }
 
+    /// Frees the producers' lock: only while no producer can run (the target stopped at an
+    /// exec, its old threads gone), when a thread killed inside the lock may have left it taken.
+    pub fn release_lock(&self) {
+        self.control().lock.store(0, Ordering::Release);
+    }
+
     /// How often and how long the target's threads waited for room, if they ever did.
     pub fn held(&self) -> Option<Held> {
         let control = self.control();

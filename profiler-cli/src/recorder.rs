@@ -1,7 +1,7 @@
 //! The collector's state: profiler-core's recorder plus the target's memory maps, kept fresh
 //! enough to symbolize every stack after the target is gone, and the target's modules for the
 //! DWARF unwinder.
-use profiler_common::EventKind;
+use profiler_common::{EventHeader, EventKind, FLAG_RELEASED_BY_EXEC};
 use profiler_core::{
     allocator_code::{AllocatorCode, AllocatorModule},
     heap::Mode,
@@ -94,10 +94,52 @@ impl Collected {
         }
     }
 
-    /// The collector read the ring to its end.
-    pub fn ring_drained(&self) {
-        if let Some(backpressure) = &self.backpressure {
-            backpressure.ring_drained();
+    /// The collector read the ring to its end. If the target exec'd meanwhile, every record of
+    /// the old image has now been applied: its heap ends here, and `after_exec` runs before
+    /// the target is let go.
+    pub fn ring_drained(&mut self, after_exec: impl FnOnce()) {
+        let Some(backpressure) = self.backpressure.clone() else {
+            return;
+        };
+        if backpressure.take_exec() {
+            self.end_image();
+            after_exec();
+        }
+        backpressure.ring_drained();
+    }
+
+    /// Releases every block and mapping still live: the target exec'd another program, which
+    /// starts with an empty heap. Each release is a free or munmap flagged
+    /// `FLAG_RELEASED_BY_EXEC`, applied and recorded like any event, so a replay does the same.
+    fn end_image(&mut self) {
+        let heap = &self.recorder.heap;
+        let blocks: Vec<u64> = heap.blocks().map(|(addr, _)| addr).collect();
+        let regions: Vec<(u64, u64)> = heap
+            .regions()
+            .map(|(start, region)| (start, region.end - start))
+            .collect();
+        let ts_ns = crate::capture::monotonic_ns();
+        let release = |kind: EventKind, addr: u64, size: u64| EventHeader {
+            kind: kind as u32,
+            ts_ns,
+            addr,
+            size,
+            flags: FLAG_RELEASED_BY_EXEC,
+            ..EventHeader::default()
+        };
+        let mut record = Vec::with_capacity(profiler_common::EVENT_HEADER_SIZE);
+        let headers = blocks
+            .into_iter()
+            .map(|addr| release(EventKind::Free, addr, 0))
+            .chain(
+                regions
+                    .into_iter()
+                    .map(|(start, len)| release(EventKind::Munmap, start, len)),
+            );
+        for header in headers {
+            record.clear();
+            profiler_core::event::encode(&header, &[], &mut record);
+            self.record(&record);
         }
     }
 

@@ -86,6 +86,8 @@ pub async fn run_command(
     let (mut source, mut probes, sites, mut collected) = match shared_ring {
         Some(ring) => {
             let mut collected = preload_collector(pid, capture, &ring);
+            // No thread is ever held on this path, but an exec waits for a drain.
+            collected.release_holds_with(backpressure.clone());
             collected.capture = Some(report_capture);
             // Where the library's calls go: the definitions the probes would have been put
             // on, named in the report as the functions' providers (the size-class analysis and

@@ -59,9 +59,13 @@ impl EventSource {
             }
             EventSource::Shared(ring) => {
                 ring.drain(collected);
+                // An exec killed the old image's other threads, maybe one holding the ring's
+                // lock: the new image starts with it free.
+                collected.ring_drained(|| ring.release_lock());
+                return;
             }
         }
-        collected.ring_drained();
+        collected.ring_drained(|| {});
     }
 
     /// Resolves when records may be waiting beyond the drain timer's pace.

@@ -130,6 +130,10 @@ pub const FLAG_STACK_SNAPSHOT: u32 = 1 << 2;
 /// module providing malloc/free, or an mmap made inside `free`): the allocator managing its
 /// caches, arenas and stacks, not the program.
 pub const FLAG_ALLOCATOR_INTERNAL: u32 = 1 << 3;
+/// `EventHeader::flags`, set by the collector (never by a capture path) and kept in
+/// recordings: a synthetic free or munmap of a block or mapping that was live when the target
+/// exec'd another program: the exec released it, the program did not.
+pub const FLAG_RELEASED_BY_EXEC: u32 = 1 << 4;
 
 /// How the probes capture user stacks, selected at load time (`UNWIND_MODE`).
 pub mod unwind_mode {

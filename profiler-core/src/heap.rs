@@ -8,7 +8,7 @@
 use crate::event::Event;
 use crate::fasthash::FastHashMap;
 use crate::stacks::StackId;
-use profiler_common::{EventKind, FLAG_ALLOCATOR_INTERNAL, KIND_SLOTS};
+use profiler_common::{EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_RELEASED_BY_EXEC, KIND_SLOTS};
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 
@@ -161,6 +161,10 @@ pub struct HeapStats {
     pub unknown_reallocs: u64,
     /// Allocations returning an address that was still live: its free was lost.
     pub overwritten_blocks: u64,
+    /// Blocks (and their bytes) live when the target exec'd another program: released by the
+    /// exec, so neither frees nor leaks of either program.
+    pub released_by_exec_blocks: u64,
+    pub released_by_exec_bytes: u64,
     /// Indexed by `EventKind as usize` (slot 0 unused). `calls` counts every event of the kind.
     /// `bytes`: allocators: requested bytes of successful calls; free: sizes of the live blocks
     /// it released; mmap and mremap: page-rounded lengths mapped; munmap: tracked bytes removed.
@@ -185,6 +189,8 @@ impl Default for HeapStats {
             allocator_internal_frees: 0,
             unknown_reallocs: 0,
             overwritten_blocks: 0,
+            released_by_exec_blocks: 0,
+            released_by_exec_bytes: 0,
             by_function: [CallStats::default(); KIND_SLOTS as usize],
             mmap: MmapStats::default(),
         }
@@ -261,7 +267,10 @@ impl HeapState {
     /// Applies one event and says what it did to the blocks. `stack` is where the call was
     /// made (ignored by free and munmap, which create nothing that a report attributes).
     pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {
-        self.stats.by_function[event.kind as usize].calls += 1;
+        // An exec's releases are no calls of the program.
+        if event.flags & FLAG_RELEASED_BY_EXEC == 0 {
+            self.stats.by_function[event.kind as usize].calls += 1;
+        }
         let mut effect = Effect::default();
         match event.kind {
             EventKind::Free | EventKind::OperatorDelete => self.free(event, &mut effect),
@@ -351,8 +360,13 @@ impl HeapState {
     fn free(&mut self, event: &Event, effect: &mut Effect) {
         let freed = match self.release(event.addr, event.ts_ns) {
             Ok(block) => {
-                self.stats.frees += 1;
-                self.stats.by_function[event.kind as usize].bytes += block.size;
+                if event.flags & FLAG_RELEASED_BY_EXEC != 0 {
+                    self.stats.released_by_exec_blocks += 1;
+                    self.stats.released_by_exec_bytes += block.size;
+                } else {
+                    self.stats.frees += 1;
+                    self.stats.by_function[event.kind as usize].bytes += block.size;
+                }
                 self.stats.live_blocks -= 1;
                 self.stats.live_bytes -= block.size;
                 effect.released = Some((event.addr, block));
@@ -421,9 +435,12 @@ impl HeapState {
     }
 
     fn munmap(&mut self, event: &Event) {
-        self.stats.mmap.munmap_calls += 1;
         let end = event.addr.saturating_add(page_round_up(event.size));
         let removed = self.unmap_range(event.addr, end);
+        if event.flags & FLAG_RELEASED_BY_EXEC != 0 {
+            return;
+        }
+        self.stats.mmap.munmap_calls += 1;
         if removed == 0 {
             if event.flags & FLAG_ALLOCATOR_INTERNAL != 0 {
                 self.stats.mmap.allocator_internal_munmaps += 1;

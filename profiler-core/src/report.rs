@@ -238,6 +238,13 @@ pub struct Capture {
     pub reason: String,
 }
 
+/// Blocks and bytes released other than by the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
 /// Threads held by memprof's backpressure.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Held {
@@ -299,6 +306,10 @@ pub struct Summary {
     pub unknown_reallocs: u64,
     /// Allocations that returned a still-live address: the old block's free was lost.
     pub overwritten_blocks: u64,
+    /// Blocks live when the target exec'd another program (`run` follows the exec): the exec
+    /// released them, so they are neither frees nor leaks. Absent when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by_exec: Option<Released>,
     /// Per probed function with at least one call, in probe order. `bytes`: allocators:
     /// requested bytes of successful calls; free: bytes of the live blocks it released; mmap
     /// and mremap: page-rounded bytes mapped; munmap: tracked bytes unmapped.
@@ -607,6 +618,10 @@ pub fn build_report_with_sites(
             allocator_internal_frees: stats.allocator_internal_frees,
             unknown_reallocs: stats.unknown_reallocs,
             overwritten_blocks: stats.overwritten_blocks,
+            released_by_exec: (stats.released_by_exec_blocks > 0).then_some(Released {
+                blocks: stats.released_by_exec_blocks,
+                bytes: stats.released_by_exec_bytes,
+            }),
             by_function: KindMap(by_function),
             mmap: MmapSummary {
                 calls: mmap.calls,

@@ -10,7 +10,8 @@
  *   exec    before_exec: 2 x malloc(64), leaked; then execv(self, "after"), same pid.
  *   after   after_exec: 7 x malloc(50), leaked.
  *           Expected for `exec`: malloc 9 calls, 478 bytes over the two images (memprof
- *           follows the exec of its target).
+ *           follows the exec of its target); the exec releases before_exec's 2 blocks (128
+ *           bytes: neither freed nor leaked); leaks: after_exec 7 blocks, 350 bytes.
  *   signal  handler_leak: a SIGUSR1 handler mallocs 1 x 4000 (leaked); main raises SIGUSR1
  *           twice between 10 malloc(16)/free pairs (main_churn).
  *           Expected: malloc 12 calls, 8160 bytes; frees 10; live 2 blocks / 8000 bytes at

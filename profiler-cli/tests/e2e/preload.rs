@@ -49,6 +49,24 @@ fn exec_image(test: &str, capture: Capture) {
     assert_function(&report, "malloc", 9, 478);
     assert_sites(&report, "leaks", Name::Exact("after_exec"), 7, 350);
     assert_chain(&report, "leaks", &["after_exec", "main"]);
+    // The old image's blocks end with it: released by the exec, neither freed nor leaked.
+    assert_sites(&report, "leaks", Name::Exact("before_exec"), 0, 0);
+    assert_section_total(&report, "leaks", 7, 350);
+    assert_num(&report, "summary.frees", 0);
+    assert_eq!(
+        report["summary"]["released_by_exec"],
+        serde_json::json!({"blocks": 2, "bytes": 128})
+    );
+    // The releases are in the recording: a replay ends the old heap the same way.
+    let mut cmd = Command::new(memprof());
+    cmd.args(["report", "--format", "json", "--output"])
+        .arg(env.dir.path().join("replayed"))
+        .arg(env.dir.path().join("out").join("recording.mprof"));
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{finished:?}");
+    let replayed = finished.report(&env.dir.path().join("replayed"));
+    assert_eq!(replayed["summary"], report["summary"]);
+    assert_eq!(replayed["leaks"], report["leaks"]);
 }
 
 on_both_paths!(

@@ -867,3 +867,35 @@ fn effects_name_the_blocks_each_event_touched() {
         "double free changes nothing"
     );
 }
+
+#[test]
+fn an_exec_releases_what_was_live_without_counting_frees_or_calls() {
+    let released = |mut event: Event| {
+        event.flags |= FLAG_RELEASED_BY_EXEC;
+        event
+    };
+    let heap = run(
+        Mode::Run,
+        &[
+            malloc(0x1000, 64, 1),
+            malloc(0x2000, 100, 2),
+            free(0x2000, 3),
+            mmap(0x10_0000, 8192),
+            released(free(0x1000, 4)),
+            released(munmap(0x10_0000, 8192)),
+        ],
+    );
+    let stats = heap.stats();
+    assert_eq!((stats.live_blocks, stats.live_bytes), (0, 0));
+    assert_eq!(stats.frees, 1, "only the program's own free");
+    assert_eq!(stats.by_function[EventKind::Free as usize].calls, 1);
+    assert_eq!(stats.by_function[EventKind::Free as usize].bytes, 100);
+    assert_eq!(
+        (stats.released_by_exec_blocks, stats.released_by_exec_bytes),
+        (1, 64)
+    );
+    assert_eq!(stats.mmap.munmap_calls, 0);
+    assert_eq!(stats.by_function[EventKind::Munmap as usize].calls, 0);
+    assert_eq!(heap.regions().count(), 0);
+    assert_eq!((stats.unknown_frees, stats.double_frees), (0, 0));
+}

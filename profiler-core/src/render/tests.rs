@@ -68,6 +68,7 @@ fn report() -> Report {
             allocator_internal_frees: 0,
             unknown_reallocs: 0,
             overwritten_blocks: 0,
+            released_by_exec: None,
             by_function: KindMap(vec![(
                 "malloc".into(),
                 CallCount {

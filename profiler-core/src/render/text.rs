@@ -148,6 +148,14 @@ fn write_heap(report: &Report, out: &mut impl Write) -> io::Result<()> {
         thousands(s.unknown_reallocs),
         thousands(s.overwritten_blocks)
     )?;
+    if let Some(released) = s.released_by_exec {
+        writeln!(
+            out,
+            "  released by exec {} ({} blocks): live when the target exec'd another program",
+            human_bytes(released.bytes),
+            thousands(released.blocks)
+        )?;
+    }
     if s.allocator_internal_frees > 0 {
         writeln!(
             out,
