@@ -8,13 +8,13 @@
 //! recordings consume both paths alike. The cost is a function call, a clock read, a lock and
 //! a copy of the caller's stack, instead of two uprobe traps and a copy.
 //!
-//! - [`hooks`]: the exported functions. Each is a naked trampoline that passes the caller's
+//! - `hooks`: the exported functions. Each is a naked trampoline that passes the caller's
 //!   stack pointer (and frame pointer) on to a Rust hook, so the stack snapshot starts exactly
 //!   where the eBPF return probe's does: at the caller, after the return.
-//! - [`real`]: the next definitions, found with `dlsym(RTLD_NEXT)` on first use; allocations
+//! - `real`: the next definitions, found with `dlsym(RTLD_NEXT)` on first use; allocations
 //!   `dlsym` itself makes meanwhile come from a small static arena.
-//! - [`thread`]: per-thread state (a reentrancy guard, the thread id, the stack's bounds).
-//! - [`ring`]: attaching to the shared ring and writing records into it, waiting (never
+//! - `thread`: per-thread state (a reentrancy guard, the thread id, the stack's bounds).
+//! - `ring`: attaching to the shared ring and writing records into it, waiting (never
 //!   dropping) while memprof drains a full ring.
 //!
 //! The library never allocates through the hooked functions for itself: calls made while a

@@ -202,7 +202,7 @@ impl From<ModuleInfo> for ModuleFile {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Target {
     /// argv of the launched command; in attach mode, /proc/PID/cmdline (what the process
-    /// says its argv is: argv[0] need not name its program); empty when unknown.
+    /// says its argv is: `argv[0]` need not name its program); empty when unknown.
     pub command: Vec<String>,
     /// The file the target runs: /proc/PID/exe (symlinks resolved), read at exec (run) or
     /// at attach. Absent when unknown (recordings made before it was recorded).

@@ -3,7 +3,7 @@
 //! addr -> mapping (from [`ProcessMaps`]) -> offset in the mapped file -> the ELF virtual
 //! address that file offset is loaded at (via the PT_LOAD segment containing it) -> the symbol
 //! covering that address (.symtab, the debug file's .symtab, else .dynsym) and, when DWARF is
-//! found (in the object or in a separate debug file, see [`debug_file`]), the chain of inlined
+//! found (in the object or in a separate debug file, see `debug_file.rs`), the chain of inlined
 //! functions at that address with their file:line.
 //! Going through file offsets makes PIE executables and shared libraries work without knowing
 //! their load bias.

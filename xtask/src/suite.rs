@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, build, clippy, format check, then every test.
+//! `cargo xtask test`: setup, build, clippy, format check, documentation check, then every
+//! test.
 //!
 //! The tests run last so that cargo test's closing lines (which CI reads) stay at the end of the
 //! log, followed only by a one-line verdict. A failing clippy or format check does not stop the
@@ -36,7 +37,22 @@ pub fn run() -> Result<()> {
     section("build");
     exec::run(&mut cargo(&["build", "--workspace"]))?;
 
-    let steps: [(&str, Command); 2] = [
+    // The engine's and the binary's documentation must build without a warning (broken
+    // links included); the samples are documented for their readers, not checked.
+    let mut doc = cargo(&[
+        "doc",
+        "--no-deps",
+        "--package",
+        "profiler-common",
+        "--package",
+        "profiler-core",
+        "--package",
+        "profiler-cli",
+        "--package",
+        "memprof-capture",
+    ]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    let steps: [(&str, Command); 3] = [
         (
             "clippy",
             cargo(&[
@@ -49,6 +65,7 @@ pub fn run() -> Result<()> {
             ]),
         ),
         ("fmt", cargo(&["fmt", "--all", "--check"])),
+        ("doc", doc),
     ];
     let mut failed = Vec::new();
     for (name, mut cmd) in steps {
@@ -73,7 +90,7 @@ pub fn run() -> Result<()> {
     // often has no test of its own, which must not read as "nothing was tested".
     println!("{} passed, {} failed", counts.passed, counts.failed);
     if failed.is_empty() {
-        println!("xtask test: build, clippy, fmt and tests passed");
+        println!("xtask test: build, clippy, fmt, doc and tests passed");
         Ok(())
     } else {
         bail!("xtask test failed: {}", failed.join(", "))

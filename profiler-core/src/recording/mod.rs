@@ -41,9 +41,15 @@
 //!
 //! Event tag bits: 4 = thread changed (tid follows), 5 = has a stack (id follows last),
 //! 6 = extras byte follows (bit 0 old_addr, bit 1 aux, bit 2 flags), 7 = size is not zero.
-//! Body: [kind, when the nibble is 15] [tid] ts delta (zigzag, from the previous event or RSS sample), addr delta (zigzag,
-//! from the previous event), [size], [extras, [old_addr - addr zigzag], [aux], [flags]],
-//! [stack id]. Integers are LEB128 varints. free and munmap carry their caller in `aux`, and
+//! The body, optional parts in brackets:
+//!
+//! ```text
+//! [kind, when the nibble is 15] [tid] ts delta (zigzag, from the previous event or RSS
+//! sample), addr delta (zigzag, from the previous event), [size],
+//! [extras, [old_addr - addr zigzag], [aux], [flags]], [stack id]
+//! ```
+//!
+//! Integers are LEB128 varints. free and munmap carry their caller in `aux`, and
 //! `flags` may hold the collector's `FLAG_ALLOCATOR_INTERNAL` (same layout: an older file
 //! simply has neither). Stacks are numbered in the order their
 //! definitions appear, which is the order the live recorder interned them, so a replay that
