@@ -4,9 +4,9 @@ use std::{collections::HashMap, os::fd::OwnedFd, path::Path, thread};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
 };
-use profiler_common::{COUNTERS_MAP, EventKind, RING_MAP, config, counter};
+use profiler_common::{CONTROL_MAP, COUNTERS_MAP, EventKind, RING_MAP, config, counter};
 use profiler_core::report::LostCounts;
 
 use crate::{
@@ -40,6 +40,8 @@ pub struct Probes {
     ebpf: Ebpf,
     programs: HashMap<&'static str, MultiProgram>,
     links: Vec<OwnedFd>,
+    /// The return probes' links, detached after the entry probes' (see `detach`).
+    return_links: Vec<OwnedFd>,
 }
 
 impl Probes {
@@ -78,12 +80,17 @@ impl Probes {
             ebpf,
             programs,
             links: Vec::new(),
+            return_links: Vec::new(),
         })
     }
 
     /// Attaches every site. Return probes go first: an entry seen without its return probe
     /// would leave its thread looking "inside a call" forever and silence it.
     pub fn attach(&mut self, pid: u32, sites: &[ProbeSite]) -> Result<()> {
+        // Nothing starts while the links go in one by one: the window opens at one instant
+        // for every probe once they all are in place (else allocations seen before their
+        // frees were probed looked live at the window's end).
+        self.set_control(1);
         let mut returns: Vec<(&Path, Vec<u64>)> = Vec::new();
         for site in sites.iter().filter(|s| s.kind.needs_return_probe()) {
             match returns.iter_mut().find(|(path, _)| *path == site.path) {
@@ -104,6 +111,7 @@ impl Probes {
             )
             .with_context(|| format!("cannot probe {}", site.symbol))?;
         }
+        self.set_control(0);
         Ok(())
     }
 
@@ -119,20 +127,48 @@ impl Probes {
             .programs
             .get(name)
             .ok_or_else(|| anyhow!("eBPF program {name} missing"))?;
-        self.links
-            .push(program.attach(path, offsets, &[], pid, retprobe)?);
+        let link = program.attach(path, offsets, &[], pid, retprobe)?;
+        if retprobe {
+            self.return_links.push(link);
+        } else {
+            self.links.push(link);
+        }
         Ok(())
     }
 
-    /// Detaches every probe. Releases of different links overlap in the kernel, so they are
-    /// closed concurrently.
+    /// Ends the recording at one instant ([`Probes::stop`]), then detaches every probe: the
+    /// entry probes first, then the return probes, so that a call whose entry was seen still
+    /// has its return recorded. (Links detached in any order made attach report thousands of
+    /// unknown frees at the end of a window: frees still probed after their allocations were
+    /// not.) Releases of different links overlap in the kernel, so each group is closed
+    /// concurrently.
     pub fn detach(&mut self) {
-        let links = std::mem::take(&mut self.links);
-        thread::scope(|scope| {
-            for link in links {
-                scope.spawn(move || drop(link));
-            }
-        });
+        self.stop();
+        for links in [
+            std::mem::take(&mut self.links),
+            std::mem::take(&mut self.return_links),
+        ] {
+            thread::scope(|scope| {
+                for link in links {
+                    scope.spawn(move || drop(link));
+                }
+            });
+        }
+    }
+
+    /// From now on no probe starts a call: the session's end is one instant for all of them.
+    pub fn stop(&mut self) {
+        self.set_control(1);
+    }
+
+    /// Sets the probes' stop flag (1: no call is started). Best effort: without the map the
+    /// links' attachment and release bound the window, less sharply.
+    fn set_control(&mut self, stopped: u32) {
+        if let Some(map) = self.ebpf.map_mut(CONTROL_MAP)
+            && let Ok(mut control) = Array::<&mut MapData, u32>::try_from(map)
+        {
+            let _ = control.set(0, stopped, 0);
+        }
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {

@@ -269,6 +269,8 @@ pub const HOLD_SIGNAL: u32 = 17;
 
 /// Name of the ring buffer map.
 pub const RING_MAP: &str = "EVENTS";
+/// Name of the control array: slot 0 set to 1 stops every probe from starting a call.
+pub const CONTROL_MAP: &str = "CONTROL";
 /// Name of the per-CPU counters map.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Default ring buffer size in bytes (a power of two multiple of the page size).

@@ -8,7 +8,7 @@ use aya_ebpf::{
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_send_signal_thread},
     },
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
@@ -35,6 +35,17 @@ static HOLD_BYTES: u64 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Slot 0 set by memprof at the end of an attach window (or of any session) before the probes
+/// are detached: from then on no call is started, so the window ends at one instant for every
+/// probe (a call already entered still has its return recorded).
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn stopped() -> bool {
+    CONTROL.get(0).is_some_and(|value| *value != 0)
+}
 
 /// Calls entered but not yet returned, by pid_tgid.
 #[map]
@@ -83,6 +94,9 @@ fn enter(kind: EventKind, size: u64, old_addr: u64, aux: u64, out_ptr: u64) {
     if let Some(call) = INFLIGHT.get_ptr_mut(id) {
         // SAFETY: the entry belongs to this thread only.
         unsafe { (*call).depth += 1 };
+        return;
+    }
+    if stopped() {
         return;
     }
     let call = InFlight {
@@ -419,7 +433,7 @@ fn release(ctx: &ProbeContext, kind: EventKind, addr: u64, size: u64) {
         return;
     }
     let Some(id) = target_thread() else { return };
-    if nested(id) {
+    if nested(id) || stopped() {
         return;
     }
     let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;

@@ -362,3 +362,51 @@ fn read_report(output: &std::path::Path) -> Value {
         .unwrap_or_else(|e| panic!("no {} after detach: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"))
 }
+
+/// An attach window opens and closes at one instant for every probe: a program that frees
+/// each block right after allocating it shows at most the one block allocated before the
+/// window and freed in it (an unknown free at its start) and the one allocated in it and freed
+/// after (live at its end). Probes attached and detached one by one made thousands of unknown
+/// frees at the end of a window, and dozens of false live blocks.
+#[test]
+fn an_attach_window_pairs_its_first_and_last_calls() {
+    let Some(env) = privileged("an_attach_window_pairs_its_first_and_last_calls") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "churn", Build::FramePointers);
+    let mut churn = Command::new(&target)
+        .arg("100000000000")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start churn");
+    let output = env.dir.path().join("out");
+    let finished = crate::support::run_to_end({
+        let mut cmd = Command::new(memprof());
+        cmd.arg("attach")
+            .arg(churn.id().to_string())
+            .args(["--duration", "1", "--output"])
+            .arg(&output);
+        cmd
+    });
+    let _ = churn.kill();
+    let _ = churn.wait();
+    assert!(finished.status.success(), "{finished:?}");
+    let report = read_report(&output);
+    assert_nothing_lost(&report);
+    let allocations = crate::report::num(&report, "summary.allocations");
+    let frees = crate::report::num(&report, "summary.frees");
+    assert!(
+        allocations > 10_000,
+        "{allocations} allocations in a second"
+    );
+    assert!(
+        crate::report::num(&report, "summary.unknown_frees") <= 1,
+        "{}",
+        report["summary"]
+    );
+    assert!(
+        allocations - frees <= 1,
+        "{allocations} allocations, {frees} frees"
+    );
+    assert_num(&report, "summary.double_frees", 0);
+}
