@@ -120,6 +120,19 @@ fn release(kind: EventKind, addr: u64, size: u64, entry_sp: usize) {
     set_errno(saved);
 }
 
+/// Runs the hooked call (`forward`) and, when this is its thread's outermost hook, records it
+/// with `record` once it returned; a call nested in another hook (the library's own, the
+/// allocator's, a signal handler's) is part of that call and only forwarded.
+#[inline(always)]
+fn hooked<T: Copy>(forward: impl FnOnce() -> T, record: impl FnOnce(T)) -> T {
+    let Some(_entered) = Entered::try_enter() else {
+        return forward();
+    };
+    let result = forward();
+    record(result);
+    result
+}
+
 /// `count * size`, or u64::MAX when it overflows (as the probes compute it).
 fn array_bytes(count: size_t, size: size_t) -> u64 {
     (count as u64).saturating_mul(size as u64)
@@ -144,12 +157,12 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
 }
 
 extern "C" fn malloc_hook(size: size_t, sp: usize, bp: usize) -> *mut c_void {
-    let Some(_entered) = Entered::try_enter() else {
-        return forward_malloc(size);
-    };
-    let p = forward_malloc(size);
-    allocation(EventKind::Malloc, p as u64, size as u64, 0, 0, sp, bp);
-    p
+    hooked(
+        || forward_malloc(size),
+        |p| {
+            allocation(EventKind::Malloc, p as u64, size as u64, 0, 0, sp, bp);
+        },
+    )
 }
 
 fn forward_calloc(count: size_t, size: size_t) -> *mut c_void {
@@ -173,20 +186,20 @@ pub unsafe extern "C" fn calloc(count: size_t, size: size_t) -> *mut c_void {
 }
 
 extern "C" fn calloc_hook(count: size_t, size: size_t, sp: usize, bp: usize) -> *mut c_void {
-    let Some(_entered) = Entered::try_enter() else {
-        return forward_calloc(count, size);
-    };
-    let p = forward_calloc(count, size);
-    allocation(
-        EventKind::Calloc,
-        p as u64,
-        array_bytes(count, size),
-        0,
-        0,
-        sp,
-        bp,
-    );
-    p
+    hooked(
+        || forward_calloc(count, size),
+        |p| {
+            allocation(
+                EventKind::Calloc,
+                p as u64,
+                array_bytes(count, size),
+                0,
+                0,
+                sp,
+                bp,
+            );
+        },
+    )
 }
 
 fn forward_realloc(p: *mut c_void, size: size_t) -> *mut c_void {
@@ -216,22 +229,22 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
 }
 
 extern "C" fn realloc_hook(p: *mut c_void, size: size_t, sp: usize, bp: usize) -> *mut c_void {
-    let Some(_entered) = Entered::try_enter() else {
-        return forward_realloc(p, size);
-    };
-    let moved = forward_realloc(p, size);
-    if !BOOTSTRAP.owns(p) {
-        allocation(
-            EventKind::Realloc,
-            moved as u64,
-            size as u64,
-            p as u64,
-            0,
-            sp,
-            bp,
-        );
-    }
-    moved
+    hooked(
+        || forward_realloc(p, size),
+        |moved| {
+            if !BOOTSTRAP.owns(p) {
+                allocation(
+                    EventKind::Realloc,
+                    moved as u64,
+                    size as u64,
+                    p as u64,
+                    0,
+                    sp,
+                    bp,
+                );
+            }
+        },
+    )
 }
 
 /// # Safety
@@ -254,20 +267,17 @@ extern "C" fn reallocarray_hook(
         Some(reallocarray) => unsafe { reallocarray(p, count, size) },
         None => core::ptr::null_mut(),
     };
-    let Some(_entered) = Entered::try_enter() else {
-        return forward();
-    };
-    let moved = forward();
-    allocation(
-        EventKind::Reallocarray,
-        moved as u64,
-        array_bytes(count, size),
-        p as u64,
-        0,
-        sp,
-        bp,
-    );
-    moved
+    hooked(forward, |moved| {
+        allocation(
+            EventKind::Reallocarray,
+            moved as u64,
+            array_bytes(count, size),
+            p as u64,
+            0,
+            sp,
+            bp,
+        );
+    })
 }
 
 /// # Safety
@@ -302,26 +312,23 @@ extern "C" fn posix_memalign_hook(
             0
         }
     };
-    let Some(_entered) = Entered::try_enter() else {
-        return forward();
-    };
-    let result = forward();
-    // SAFETY: on success the function stored the block at `out`.
-    let addr = if result == 0 {
-        unsafe { *out as u64 }
-    } else {
-        0
-    };
-    allocation(
-        EventKind::PosixMemalign,
-        addr,
-        size as u64,
-        0,
-        align as u64,
-        sp,
-        bp,
-    );
-    result
+    hooked(forward, |result| {
+        // SAFETY: on success the function stored the block at `out`.
+        let addr = if result == 0 {
+            unsafe { *out as u64 }
+        } else {
+            0
+        };
+        allocation(
+            EventKind::PosixMemalign,
+            addr,
+            size as u64,
+            0,
+            align as u64,
+            sp,
+            bp,
+        );
+    })
 }
 
 macro_rules! aligned_hook {
@@ -340,12 +347,7 @@ macro_rules! aligned_hook {
                 Some(function) => unsafe { function(align, size) },
                 None => BOOTSTRAP.alloc(size, align),
             };
-            let Some(_entered) = Entered::try_enter() else {
-                return forward();
-            };
-            let p = forward();
-            allocation($kind, p as u64, size as u64, 0, align as u64, sp, bp);
-            p
+            hooked(forward, |p| allocation($kind, p as u64, size as u64, 0, align as u64, sp, bp))
         }
     };
 }
@@ -374,12 +376,7 @@ macro_rules! page_hook {
                 Some(function) => unsafe { function(size) },
                 None => BOOTSTRAP.alloc(size, 4096),
             };
-            let Some(_entered) = Entered::try_enter() else {
-                return forward();
-            };
-            let p = forward();
-            allocation($kind, p as u64, size as u64, 0, 0, sp, bp);
-            p
+            hooked(forward, |p| allocation($kind, p as u64, size as u64, 0, 0, sp, bp))
         }
     };
 }
@@ -454,20 +451,17 @@ extern "C" fn mmap_hook(
         Some(mmap) => unsafe { mmap(addr, len, prot, flags, fd, offset) },
         None => libc::MAP_FAILED,
     };
-    let Some(_entered) = Entered::try_enter() else {
-        return forward();
-    };
-    let mapped = forward();
-    allocation(
-        EventKind::Mmap,
-        mapped as u64,
-        len as u64,
-        0,
-        flags as u64,
-        sp,
-        bp,
-    );
-    mapped
+    hooked(forward, |mapped| {
+        allocation(
+            EventKind::Mmap,
+            mapped as u64,
+            len as u64,
+            0,
+            flags as u64,
+            sp,
+            bp,
+        );
+    })
 }
 
 /// # Safety
@@ -528,18 +522,15 @@ extern "C" fn mremap_hook(
         Some(mremap) => unsafe { mremap(old, old_size, new_size, flags, new_addr) },
         None => libc::MAP_FAILED,
     };
-    let Some(_entered) = Entered::try_enter() else {
-        return forward();
-    };
-    let moved = forward();
-    allocation(
-        EventKind::Mremap,
-        moved as u64,
-        new_size as u64,
-        old as u64,
-        old_size as u64,
-        sp,
-        bp,
-    );
-    moved
+    hooked(forward, |moved| {
+        allocation(
+            EventKind::Mremap,
+            moved as u64,
+            new_size as u64,
+            old as u64,
+            old_size as u64,
+            sp,
+            bp,
+        );
+    })
 }
