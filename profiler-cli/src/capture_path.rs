@@ -48,6 +48,10 @@ pub fn choose(
         CapturePath::Auto => {
             let why_not = match preload_impossible(capture, program)? {
                 Some(why) => Some(why),
+                None if crate::preload_capture::library().is_err() => Some(format!(
+                    "{} is not next to memprof",
+                    crate::preload_capture::LIBRARY
+                )),
                 None => preload_incomplete(program, env),
             };
             Ok(match why_not {
