@@ -23,6 +23,7 @@ pub async fn attach(
     pid: u32,
     duration: Option<std::time::Duration>,
     hold: bool,
+    leak_check: bool,
 ) -> Result<i32> {
     check_attachable(pid)?;
     privileges::check()?;
@@ -91,7 +92,32 @@ pub async fn attach(
     let mut source = EventSource::kernel(ring)?;
     let collect_result = session::collect(&mut source, &mut collected, pid, stop).await;
     let end_ns = monotonic_ns();
+    // The leak check stops the process before the window closes: every block it then holds
+    // is one the heap knows the fate of.
+    let paused = match (leak_check, &collect_result) {
+        (true, Ok(Stop::Interrupted | Stop::DurationElapsed)) => match crate::pause::pause(pid) {
+            Ok(paused) => Some(paused),
+            Err(error) => {
+                collected
+                    .warnings
+                    .push(format!("leak check not done: {error:#}"));
+                None
+            }
+        },
+        (true, Ok(Stop::TargetExited)) => {
+            collected
+                .warnings
+                .push("leak check not done: the process exited during the window".into());
+            None
+        }
+        _ => None,
+    };
+    if let Some(paused) = &paused {
+        source.drain(&mut collected);
+        collected.check_leaks_paused(&paused.states, Some(paused.since));
+    }
     probes.detach();
+    drop(paused);
     let reason = match collect_result {
         Ok(reason) => reason,
         Err(error) => {

@@ -42,6 +42,11 @@ struct State {
     held: Duration,
     /// The target exec'd: the collector is to end the old image's heap at its next drain.
     exec_pending: bool,
+    /// The target is stopped at its exit: the collector is to run the leak check after its
+    /// next drain, on these threads.
+    exit_check: Option<Vec<crate::leak_scan::ThreadState>>,
+    /// The leak check asked for at the exit is done.
+    exit_checked: bool,
 }
 
 /// Longest the target waits at an exec for the collector to end the old image's heap.
@@ -113,6 +118,38 @@ impl Backpressure {
                 Err(_) => return,
             };
         }
+    }
+
+    /// Called by the tracer with the target stopped at its exit (memory still mapped):
+    /// returns once the collector has drained the ring and run the leak check on `threads`
+    /// ([`Backpressure::take_exit_check`]), or after [`crate::leak_scan::MAX_CHECK_WAIT`], or
+    /// at once when collection is over.
+    pub fn exit_stop(&self, threads: Vec<crate::leak_scan::ThreadState>) {
+        let start = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.exit_check = Some(threads);
+        self.wanted.notify_one();
+        while !state.closed && !state.exit_checked {
+            let left = crate::leak_scan::MAX_CHECK_WAIT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            state = match self.drained.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// The threads to run the exit's leak check on, if the tracer asked for it since the
+    /// last call; the next [`Backpressure::ring_drained`] tells the tracer it is done.
+    pub fn take_exit_check(&self) -> Option<Vec<crate::leak_scan::ThreadState>> {
+        let mut state = self.state.lock().ok()?;
+        let threads = state.exit_check.take()?;
+        state.exit_checked = true;
+        Some(threads)
     }
 
     /// Whether the target exec'd since the last call (the collector ends the old image's heap

@@ -37,6 +37,10 @@ pub enum Command {
         #[arg(long = "capture", value_enum, default_value_t = CapturePath::Auto,
               value_name = "PATH")]
         capture_path: CapturePath,
+        /// Skip the leak check at exit (which scans the exiting program's memory, as valgrind's
+        /// memcheck does, to tell blocks it can no longer reach from those it still holds).
+        #[arg(long)]
+        no_leak_check: bool,
         /// The program and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -53,6 +57,11 @@ pub enum Command {
         /// passes through memprof; the threads are detached at the end.
         #[arg(long)]
         hold: bool,
+        /// At the end of the window, stop the process for a moment, scan its memory and
+        /// classify the blocks the window allocated as memcheck does (definitely, indirectly or
+        /// possibly lost, still reachable); blocks from before the window count as reachable.
+        #[arg(long, conflicts_with = "hold")]
+        leak_check: bool,
         #[command(flatten)]
         capture: CaptureArgs,
     },

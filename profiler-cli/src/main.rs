@@ -20,10 +20,12 @@ mod compare;
 mod diff;
 mod elf;
 mod launch;
+mod leak_scan;
 mod multi_link;
 mod offline;
 mod operators;
 mod ops_output;
+mod pause;
 mod preload_capture;
 mod privileges;
 mod probes;
@@ -90,9 +92,11 @@ fn run(cli: Cli) -> Result<i32> {
             env,
             ops_from_output,
             capture_path,
+            no_leak_check,
             command,
         } => runtime.block_on(run_cmd::run_command(
             &capture,
+            !no_leak_check,
             launch::Target {
                 command,
                 env,
@@ -105,10 +109,13 @@ fn run(cli: Cli) -> Result<i32> {
             pid,
             duration,
             hold,
+            leak_check,
             capture,
         } => {
             let duration = cli::duration(duration)?;
-            runtime.block_on(attach_cmd::attach(&capture, pid, duration, hold))
+            runtime.block_on(attach_cmd::attach(
+                &capture, pid, duration, hold, leak_check,
+            ))
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct Collected {
     backpressure: Option<Arc<Backpressure>>,
     /// The capture path and why, for the report.
     pub capture: Option<profiler_core::report::Capture>,
+    /// The leak check's result, once it ran.
+    pub leak_check: Option<profiler_core::leak_check::LeakCheck>,
+    /// The process profiled (set with its unwinder).
+    target_pid: u32,
 }
 
 impl Collected {
@@ -75,6 +79,8 @@ impl Collected {
             loss_counters: None,
             backpressure: None,
             capture: None,
+            leak_check: None,
+            target_pid: 0,
         }
     }
 
@@ -105,7 +111,30 @@ impl Collected {
             self.end_image();
             after_exec();
         }
+        if let Some(threads) = backpressure.take_exit_check() {
+            self.check_leaks(&threads);
+        }
         backpressure.ring_drained();
+    }
+
+    /// Runs the leak check on the target, stopped (at its exit, or by `attach --leak-check`)
+    /// with every record applied. A failure is a warning: the rest of the session stands.
+    pub fn check_leaks(&mut self, threads: &[crate::leak_scan::ThreadState]) {
+        self.check_leaks_paused(threads, None);
+    }
+
+    /// [`Collected::check_leaks`], the target stopped since `paused_since` for it.
+    pub fn check_leaks_paused(
+        &mut self,
+        threads: &[crate::leak_scan::ThreadState],
+        paused_since: Option<std::time::Instant>,
+    ) {
+        match crate::leak_scan::check(self.target_pid, &self.recorder.heap, threads, paused_since) {
+            Ok(check) => self.leak_check = Some(check),
+            Err(error) => self
+                .warnings
+                .push(format!("leak check not done: {error:#}")),
+        }
     }
 
     /// Releases every block and mapping still live: the target exec'd another program, which
@@ -164,12 +193,14 @@ impl Collected {
             held: self.held,
             warnings: &self.warnings,
             capture: self.capture.as_ref(),
+            leak_check: self.leak_check.as_ref(),
         }
     }
 
     /// Sets the process whose modules stack snapshots are unwound with, and the deepest stack
     /// kept (`--max-depth`).
     pub fn unwind_for(&mut self, pid: u32, max_depth: u32) {
+        self.target_pid = pid;
         self.modules = TargetModules::new(pid);
         self.recorder.unwinder.set_max_depth(max_depth as usize);
     }

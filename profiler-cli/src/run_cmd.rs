@@ -25,6 +25,7 @@ use crate::{
 /// resume, collect until it exits.
 pub async fn run_command(
     capture: &CaptureArgs,
+    leak_check: bool,
     mut target: launch::Target,
     path: CapturePath,
 ) -> Result<i32> {
@@ -60,13 +61,23 @@ pub async fn run_command(
     // at exec).
     // The maps also go straight to the unwinder: records drained after the target died may
     // come from libraries mapped since the collector last read the maps.
+    // And, unless --no-leak-check, the leak check: the collector drains the ring and scans
+    // the target's memory while it waits in its exit stop.
     let exit_maps = target_modules::SharedMaps::default();
+    let backpressure = Backpressure::new();
     let read_maps = {
         let exit_maps = exit_maps.clone();
+        let backpressure = backpressure.clone();
         move |pid: nix::unistd::Pid| {
             let maps = ProcessMaps::read(pid.as_raw() as u32).ok();
             if let Ok(mut shared) = exit_maps.lock() {
                 shared.clone_from(&maps);
+            }
+            if leak_check {
+                // The exiting thread's registers; the others are on their way out too, and
+                // their stacks are scanned whole.
+                let threads = crate::leak_scan::thread_state(pid).into_iter().collect();
+                backpressure.exit_stop(threads);
             }
             let rss = crate::recording::read_rss(pid.as_raw() as u32)
                 .map(|bytes| (crate::capture::monotonic_ns(), bytes));
@@ -74,7 +85,6 @@ pub async fn run_command(
         }
     };
     // Threads the probes signal when the ring is half full wait for the collector to drain it.
-    let backpressure = Backpressure::new();
     let _release_holds = backpressure::CloseOnDrop(backpressure.clone());
     let mut child = launch::launch(target, read_maps, done_tx, backpressure.clone())?;
     // `--ops-from-output`: the target's stdout, passed through, holds its operation count.

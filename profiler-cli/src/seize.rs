@@ -113,7 +113,7 @@ fn seize_all(pid: Pid) -> std::result::Result<HashSet<Pid>, (anyhow::Error, Hash
     }
 }
 
-fn list_threads(pid: Pid) -> Result<Vec<Pid>> {
+pub fn list_threads(pid: Pid) -> Result<Vec<Pid>> {
     let dir = format!("/proc/{pid}/task");
     let entries = std::fs::read_dir(&dir).map_err(|error| anyhow!("cannot read {dir}: {error}"))?;
     Ok(entries

@@ -249,6 +249,13 @@ impl HeapState {
         })
     }
 
+    /// Every address the allocator handed a block out at, as far as the heap remembers: the
+    /// live blocks and, in Run mode, every freed one not handed out again (so in Run mode,
+    /// every address a block ever had). In no particular order.
+    pub fn block_addresses(&self) -> impl Iterator<Item = u64> + '_ {
+        self.blocks.keys().copied()
+    }
+
     /// `addr` is a live malloc-family block.
     pub fn is_live(&self, addr: u64) -> bool {
         matches!(self.blocks.get(&addr), Some(Slot::Live(_)))

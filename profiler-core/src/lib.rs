@@ -31,6 +31,7 @@ pub mod diff;
 pub mod event;
 pub mod fasthash;
 pub mod heap;
+pub mod leak_check;
 pub mod load_segments;
 pub mod maps;
 pub mod module_file;

@@ -71,6 +71,8 @@ pub struct Replayed {
     pub replaced: Vec<ReplacedModule>,
     /// The recorded capture path.
     pub capture: Option<crate::report::Capture>,
+    /// The leak check the live session ran, as recorded.
+    pub leak_check: Option<crate::leak_check::LeakCheck>,
 }
 
 impl Replayed {
@@ -83,6 +85,7 @@ impl Replayed {
             held: self.held,
             warnings: &self.warnings,
             capture: self.capture.as_ref(),
+            leak_check: self.leak_check.as_ref(),
         }
     }
 
@@ -137,6 +140,7 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
         meta: report_meta(&replay),
         events: replay.events,
         capture: replay.header.capture.clone(),
+        leak_check: None,
         early_end: replay.early_end,
         replaced,
         recorder,

@@ -6,6 +6,7 @@
 
 use crate::fasthash::FastHashMap;
 use crate::heap::{HeapState, Mode};
+use crate::leak_check::{LeakCheck, LeakCheckSummary, Reachability};
 use crate::sites::{SiteCounts, SiteStats};
 use crate::stacks::{StackId, StackTable};
 use crate::symbolize::{Frame, ModuleInfo, Symbolizer};
@@ -315,6 +316,10 @@ pub struct Summary {
     /// and mremap: page-rounded bytes mapped; munmap: tracked bytes unmapped.
     pub by_function: KindMap<CallCount>,
     pub mmap: MmapSummary,
+    /// Which live blocks the program could still reach when the leak check ran (at exit in
+    /// `run`, at the end of the window in `attach --leak-check`); absent when none ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leak_check: Option<LeakCheckSummary>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +378,10 @@ pub struct Site {
     pub stack: Vec<StackFrame>,
     /// The probe cut the stack at its depth limit: outermost frames are missing.
     pub truncated: bool,
+    /// `leaks` only, when a leak check ran: the class of these blocks (a site whose blocks
+    /// fall in different classes is one entry per class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<Reachability>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -481,7 +490,7 @@ pub fn build_report(
     symbolizer: &mut Symbolizer,
     meta: &ReportMeta,
 ) -> Report {
-    build_report_with_sites(heap, stacks, &SiteStats::default(), symbolizer, meta)
+    build_report_with_sites(heap, stacks, &SiteStats::default(), None, symbolizer, meta)
 }
 
 /// Builds the report from the final heap state and the per-site statistics of the same
@@ -493,6 +502,7 @@ pub fn build_report_with_sites(
     heap: &HeapState,
     stacks: &StackTable,
     site_stats: &SiteStats,
+    leak_check: Option<&LeakCheck>,
     symbolizer: &mut Symbolizer,
     meta: &ReportMeta,
 ) -> Report {
@@ -514,16 +524,37 @@ pub fn build_report_with_sites(
         .collect::<Vec<_>>()
         .into_iter();
     let mut names = StackNames::new(symbolizer);
+    // With a leak check, a site is one entry per class, and the flame graph of leaks weighs
+    // only what is lost.
+    let class_of = |addr: u64| leak_check.map(|check| check.class_of(addr));
+    let leak_sites = site_totals_by_class(
+        heap.blocks()
+            .map(|(addr, block)| ((block.stack, class_of(addr)), block.size, block.ts_ns)),
+    );
+    let (leaks, unlisted_leaks) = list_sites(
+        leak_sites
+            .iter()
+            .map(|(&(stack, _), totals)| (stack, totals)),
+        stacks,
+        &mut names,
+        secs,
+    );
+    drop(leak_sites);
     let leak_totals = site_totals(
         heap.blocks()
+            .filter(|&(addr, _)| class_of(addr).is_none_or(Reachability::is_lost))
             .map(|(_, block)| (block.stack, block.size, block.ts_ns)),
     );
-    let (leaks, unlisted_leaks) = list_sites(&leak_totals, stacks, &mut names, secs);
     let region_totals = site_totals(
         heap.regions()
             .map(|(start, region)| (region.stack, region.end - start, region.ts_ns)),
     );
-    let (mappings, unlisted_mappings) = list_sites(&region_totals, stacks, &mut names, secs);
+    let (mappings, unlisted_mappings) = list_sites(
+        region_totals.iter().map(|(&stack, totals)| (stack, totals)),
+        stacks,
+        &mut names,
+        secs,
+    );
     let double_frees = heap
         .double_frees()
         .iter()
@@ -635,6 +666,7 @@ pub fn build_report_with_sites(
                 live_bytes: mmap.live_bytes,
                 peak_bytes: mmap.peak_bytes,
             },
+            leak_check: leak_check.map(|check| check.summary.clone()),
         },
         lost: lost::describe(&meta.lost),
         leaks,
@@ -670,9 +702,9 @@ struct Candidate<T> {
 /// the others (in no order). Report order: `weight` descending (a major and a minor figure),
 /// then the site's name, its return addresses, truncated last; the stack id breaks the ties
 /// left (a site without a stack and one with an empty stack), so hash order never shows.
-fn split_listed<T>(
+fn split_listed<T, W: Ord>(
     mut candidates: Vec<Candidate<T>>,
-    weight: impl Fn(&T) -> (u64, u64),
+    weight: impl Fn(&T) -> W,
     stacks: &StackTable,
     names: &StackNames<'_>,
 ) -> (Vec<Candidate<T>>, Vec<Candidate<T>>) {
@@ -750,8 +782,14 @@ fn list_allocation_sites(
     (listed, unlisted)
 }
 
+/// A leak site: its stack and, when a leak check ran, the class of its blocks.
+type SiteKey = (Option<StackId>, Option<Reachability>);
+
 #[derive(Clone, Copy)]
 struct SiteTotals {
+    /// The leak check's class of these blocks, when one ran: a site whose blocks fall in
+    /// different classes is one entry per class.
+    class: Option<Reachability>,
     blocks: u64,
     bytes: u64,
     first_ns: u64,
@@ -762,9 +800,20 @@ struct SiteTotals {
 fn site_totals(
     items: impl Iterator<Item = (Option<StackId>, u64, u64)>,
 ) -> FastHashMap<Option<StackId>, SiteTotals> {
-    let mut totals: FastHashMap<Option<StackId>, SiteTotals> = FastHashMap::default();
-    for (stack, bytes, ts_ns) in items {
-        let site = totals.entry(stack).or_insert(SiteTotals {
+    site_totals_by_class(items.map(|(stack, bytes, ts_ns)| ((stack, None), bytes, ts_ns)))
+        .into_iter()
+        .map(|((stack, _), totals)| (stack, totals))
+        .collect()
+}
+
+/// Groups (stack and class, bytes, time) items by stack and class.
+fn site_totals_by_class(
+    items: impl Iterator<Item = (SiteKey, u64, u64)>,
+) -> FastHashMap<SiteKey, SiteTotals> {
+    let mut totals: FastHashMap<SiteKey, SiteTotals> = FastHashMap::default();
+    for (key, bytes, ts_ns) in items {
+        let site = totals.entry(key).or_insert(SiteTotals {
+            class: key.1,
             blocks: 0,
             bytes: 0,
             first_ns: ts_ns,
@@ -780,21 +829,22 @@ fn site_totals(
 
 /// The grouped sites: the first [`LISTED_SITES`] symbolized, in report order, and the others
 /// summed up.
-fn list_sites(
-    totals: &FastHashMap<Option<StackId>, SiteTotals>,
+fn list_sites<'t>(
+    totals: impl Iterator<Item = (Option<StackId>, &'t SiteTotals)>,
     stacks: &StackTable,
     names: &mut StackNames<'_>,
     secs: impl Fn(u64) -> f64,
 ) -> (Vec<Site>, Option<UnlistedSites>) {
     let candidates: Vec<Candidate<SiteTotals>> = totals
-        .iter()
-        .map(|(&stack, &figures)| Candidate {
+        .map(|(stack, &figures)| Candidate {
             stack,
             name: stack.map_or(0, |id| names.site_name(stacks.get(id))),
             figures,
         })
         .collect();
-    let weight = |totals: &SiteTotals| (totals.bytes, totals.blocks);
+    // The worst class first (lost before still reachable), then the most bytes.
+    let weight =
+        |totals: &SiteTotals| (std::cmp::Reverse(totals.class), totals.bytes, totals.blocks);
     let (listed, rest) = split_listed(candidates, weight, stacks, names);
     let listed = listed
         .into_iter()
@@ -810,6 +860,7 @@ fn list_sites(
                     .map(|id| names.frames(stacks.get(id)))
                     .unwrap_or_default(),
                 truncated: candidate.stack.is_some_and(|id| stacks.is_truncated(id)),
+                reachability: t.class,
             }
         })
         .collect();

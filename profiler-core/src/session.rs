@@ -33,6 +33,8 @@ pub struct SessionView<'a> {
     pub warnings: &'a [String],
     /// The capture path, when known.
     pub capture: Option<&'a crate::report::Capture>,
+    /// The leak check's classes, when one ran.
+    pub leak_check: Option<&'a crate::leak_check::LeakCheck>,
 }
 
 /// Everything [`write_all`] produced.
@@ -53,6 +55,7 @@ pub fn build_report(
         &recorder.heap,
         &recorder.stacks,
         &recorder.sites,
+        session.leak_check,
         symbolizer,
         meta,
     );

@@ -27,6 +27,7 @@ fn site(blocks: u64, bytes: u64, stack: Vec<StackFrame>, truncated: bool) -> Sit
         last_seen_secs: 1.5,
         stack,
         truncated,
+        reachability: None,
     }
 }
 
@@ -88,6 +89,7 @@ fn report() -> Report {
                 live_bytes: 0,
                 peak_bytes: 0,
             },
+            leak_check: None,
         },
         lost: Lost {
             total: 3,

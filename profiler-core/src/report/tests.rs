@@ -227,7 +227,14 @@ fn sites_list_every_allocating_stack_with_live_and_peak_figures() {
     }
     assert_eq!(replay.stats(), heap.stats());
     let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
-    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let report = build_report_with_sites(
+        &heap,
+        &stacks,
+        &sites,
+        None,
+        &mut symbolizer,
+        &meta(Mode::Run),
+    );
     type Figures = (u64, u64, u64, u64, u64, u64, f64, f64, usize, bool);
     let figures: Vec<Figures> = report
         .sites
@@ -327,7 +334,14 @@ fn lists_the_first_sites_and_sums_up_the_others() {
     let size = |i: u64| 8 + 8 * (i % 8);
     let (heap, stacks, sites) = many_sites(count, size);
     let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
-    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let report = build_report_with_sites(
+        &heap,
+        &stacks,
+        &sites,
+        None,
+        &mut symbolizer,
+        &meta(Mode::Run),
+    );
 
     // What a full sort in report order gives: bytes desc, then the name (here the first
     // frame's address in hex, compared as text), then the addresses.
@@ -390,7 +404,14 @@ fn equal_sites_beyond_the_list_are_cut_in_report_order() {
     let count = LISTED_SITES as u64 * 2 + 1;
     let (heap, stacks, sites) = many_sites(count, |_| 16);
     let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
-    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let report = build_report_with_sites(
+        &heap,
+        &stacks,
+        &sites,
+        None,
+        &mut symbolizer,
+        &meta(Mode::Run),
+    );
     let mut names: Vec<String> = (0..count)
         .map(|i| format!("{:#x}", 0x1000 + 0x10 * i))
         .collect();
@@ -412,7 +433,14 @@ fn equal_sites_beyond_the_list_are_cut_in_report_order() {
 fn nothing_is_summed_up_when_every_site_is_listed() {
     let (heap, stacks, sites) = many_sites(LISTED_SITES as u64, |i| 1 + i);
     let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
-    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let report = build_report_with_sites(
+        &heap,
+        &stacks,
+        &sites,
+        None,
+        &mut symbolizer,
+        &meta(Mode::Run),
+    );
     assert_eq!(report.leaks.len(), LISTED_SITES);
     assert_eq!(report.sites.len(), LISTED_SITES);
     assert_eq!(report.unlisted_leaks, None);
@@ -429,7 +457,14 @@ fn flame_stacks_hold_every_site_listed_or_not() {
     let size = |i: u64| 1 + i % 5;
     let (heap, stacks, sites) = many_sites(count, size);
     let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
-    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let report = build_report_with_sites(
+        &heap,
+        &stacks,
+        &sites,
+        None,
+        &mut symbolizer,
+        &meta(Mode::Run),
+    );
     let flames = report.flame_stacks.as_deref().unwrap();
     assert_eq!(flames.stacks().len(), count as usize);
     let mut sum = StackWeights::default();
@@ -462,7 +497,14 @@ fn flame_stacks_of_a_read_back_report_put_unlisted_sites_apart() {
     let count = LISTED_SITES as u64 + 10;
     let (heap, stacks, sites) = many_sites(count, |i| 10 + i);
     let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
-    let report = build_report_with_sites(&heap, &stacks, &sites, &mut symbolizer, &meta(Mode::Run));
+    let report = build_report_with_sites(
+        &heap,
+        &stacks,
+        &sites,
+        None,
+        &mut symbolizer,
+        &meta(Mode::Run),
+    );
     let json = serde_json::to_string(&report).unwrap();
     let back: Report = serde_json::from_str(&json).unwrap();
     assert!(back.flame_stacks.is_none());

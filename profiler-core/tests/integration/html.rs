@@ -161,6 +161,7 @@ fn fixture(probes: Vec<ProbeInfo>) -> Report {
         &recorder.heap,
         &recorder.stacks,
         &recorder.sites,
+        None,
         &mut symbolizer,
         &meta,
     );

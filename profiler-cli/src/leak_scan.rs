@@ -1,0 +1,228 @@
+//! The leak check on a stopped process: its memory read with `process_vm_readv`, its roots
+//! picked from its maps, its live blocks classified (`profiler_core::leak_check`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use nix::{sys::ptrace, unistd::Pid};
+use profiler_core::{
+    heap::{HeapState, Mode},
+    leak_check::{
+        self, LeakCheck, LiveBlock, Memory, ScanStats,
+        roots::{self, RootInputs},
+    },
+    maps::ProcessMaps,
+};
+
+/// Most iovecs one `process_vm_readv` takes (`IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+const PAGE: u64 = 4096;
+
+/// A stopped thread, as the scan needs it.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadState {
+    /// Its general-purpose registers (roots, like memory).
+    pub registers: Vec<u64>,
+    pub stack_pointer: u64,
+}
+
+/// Reads the registers of a thread stopped under our ptrace (from the tracing thread).
+pub fn thread_state(tid: Pid) -> Result<ThreadState> {
+    let regs =
+        ptrace::getregs(tid).with_context(|| format!("cannot read the registers of {tid}"))?;
+    Ok(ThreadState {
+        registers: vec![
+            regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.rsp,
+            regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+        ],
+        stack_pointer: regs.rsp,
+    })
+}
+
+/// Runs the leak check on process `pid`, stopped (its threads in `threads`), against `heap`.
+/// `paused` is how long the process has been stopped for it so far (none at exit: the
+/// program had ended).
+pub fn check(
+    pid: u32,
+    heap: &HeapState,
+    threads: &[ThreadState],
+    paused_since: Option<Instant>,
+) -> Result<LeakCheck> {
+    let started = Instant::now();
+    let maps = ProcessMaps::read(pid).with_context(|| format!("cannot read the maps of {pid}"))?;
+    let mut blocks: Vec<LiveBlock> = heap
+        .blocks()
+        .map(|(addr, block)| LiveBlock {
+            addr,
+            size: block.size,
+        })
+        .collect();
+    blocks.sort_unstable();
+    // In `run` every address a block ever had marks the allocator's memory; in `attach` the
+    // blocks from before the window are unknown, so the allocator's memory stays a root.
+    let mut allocator_addresses: Vec<u64> = match heap.mode() {
+        Mode::Run => heap.block_addresses().collect(),
+        Mode::Attach => Vec::new(),
+    };
+    allocator_addresses.sort_unstable();
+    let program_regions: Vec<(u64, u64)> = heap
+        .regions()
+        .map(|(start, region)| (start, region.end))
+        .collect();
+    let stack_pointers: Vec<u64> = threads.iter().map(|t| t.stack_pointer).collect();
+    let roots = roots::root_ranges(&RootInputs {
+        maps: &maps,
+        allocator_addresses: &allocator_addresses,
+        program_regions: &program_regions,
+        blocks: &blocks,
+        stack_pointers: &stack_pointers,
+    });
+    drop(allocator_addresses);
+    let registers: Vec<u64> = threads
+        .iter()
+        .flat_map(|t| t.registers.iter().copied())
+        .collect();
+    let segments = roots::segments(&maps);
+    let mut memory = ProcessMemory::new(pid);
+    let result = leak_check::classify(&blocks, &roots, &registers, &segments, &mut memory);
+    if memory.gone {
+        anyhow::bail!("process {pid} went away during the leak check");
+    }
+    let scan = ScanStats {
+        bytes_scanned: result.bytes_scanned,
+        bytes_unreadable: result.bytes_unreadable,
+        secs: started.elapsed().as_secs_f64(),
+        paused_secs: paused_since.map_or(0.0, |since| since.elapsed().as_secs_f64()),
+    };
+    Ok(LeakCheck::new(&blocks, &result.classes, scan))
+}
+
+/// Another process's memory, read with `process_vm_readv`.
+pub struct ProcessMemory {
+    pid: libc::pid_t,
+    /// The process no longer exists: everything reads as zeros.
+    pub gone: bool,
+}
+
+impl ProcessMemory {
+    pub fn new(pid: u32) -> ProcessMemory {
+        ProcessMemory {
+            pid: pid as libc::pid_t,
+            gone: false,
+        }
+    }
+
+    /// One `process_vm_readv`; Ok(bytes read), which stops short at the first byte that
+    /// cannot be read.
+    fn read_some(&self, remote: &[(u64, usize)], out: &mut [u8]) -> std::io::Result<usize> {
+        let local = libc::iovec {
+            iov_base: out.as_mut_ptr().cast(),
+            iov_len: out.len(),
+        };
+        let remote: Vec<libc::iovec> = remote
+            .iter()
+            .map(|&(addr, len)| libc::iovec {
+                iov_base: addr as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: `local` covers `out`, which we own mutably; the remote addresses are only
+        // read by the kernel, in the other process.
+        let read = unsafe {
+            libc::process_vm_readv(self.pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+        };
+        if read < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(read as usize)
+        }
+    }
+}
+
+impl Memory for ProcessMemory {
+    fn read(&mut self, ranges: &[(u64, usize)], out: &mut [u8]) -> u64 {
+        let mut unreadable = 0;
+        // Position: range `index`, `offset` bytes into it, `done` bytes into `out`.
+        let (mut index, mut offset, mut done) = (0, 0, 0);
+        while index < ranges.len() {
+            if self.gone {
+                out[done..].fill(0);
+                return unreadable + (out.len() - done) as u64;
+            }
+            let mut batch: Vec<(u64, usize)> = Vec::with_capacity(MAX_IOVECS);
+            batch.push((ranges[index].0 + offset as u64, ranges[index].1 - offset));
+            batch.extend(ranges[index + 1..].iter().take(MAX_IOVECS - 1).copied());
+            let wanted: usize = batch.iter().map(|&(_, len)| len).sum();
+            let read = match self.read_some(&batch, &mut out[done..done + wanted]) {
+                Ok(read) => read,
+                Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {
+                    self.gone = true;
+                    continue;
+                }
+                Err(_) => 0,
+            };
+            // Advance past what was read.
+            let mut left = read;
+            done += read;
+            while left > 0 {
+                let here = ranges[index].1 - offset;
+                if left >= here {
+                    left -= here;
+                    index += 1;
+                    offset = 0;
+                } else {
+                    offset += left;
+                    left = 0;
+                }
+            }
+            if read == wanted {
+                continue;
+            }
+            // The read stopped at an unreadable byte: skip to the next page (or the end of
+            // the range) and go on.
+            while index < ranges.len() && ranges[index].1 == offset {
+                index += 1;
+                offset = 0;
+            }
+            if index == ranges.len() {
+                break;
+            }
+            let addr = ranges[index].0 + offset as u64;
+            let skip = ((addr / PAGE + 1) * PAGE - addr).min((ranges[index].1 - offset) as u64);
+            out[done..done + skip as usize].fill(0);
+            unreadable += skip;
+            done += skip as usize;
+            offset += skip as usize;
+            if offset == ranges[index].1 {
+                index += 1;
+                offset = 0;
+            }
+        }
+        unreadable
+    }
+}
+
+/// Longest the collector may take for a leak check before the tracer lets the target go.
+pub const MAX_CHECK_WAIT: Duration = Duration::from_secs(120);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_memory_and_zeroes_an_unmapped_page() {
+        let data: Vec<u64> = (0..1024).collect();
+        let addr = data.as_ptr() as u64;
+        let mut memory = ProcessMemory::new(std::process::id());
+        let mut out = vec![0xffu8; 8 * 4 + 16];
+        // Two words from the data, then 16 bytes of page 0 (never mapped), then two more.
+        let unreadable = memory.read(&[(addr, 16), (0, 16), (addr + 64, 16)], &mut out);
+        assert_eq!(unreadable, 16);
+        let words: Vec<u64> = out
+            .chunks_exact(8)
+            .map(|w| u64::from_ne_bytes(w.try_into().unwrap()))
+            .collect();
+        assert_eq!(words, [0, 1, 0, 0, 8, 9]);
+        assert!(!memory.gone);
+    }
+}

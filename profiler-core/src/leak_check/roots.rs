@@ -1,0 +1,127 @@
+//! Where the program keeps its pointers: the root memory of the scan, picked from the
+//! target's mappings as memcheck picks its root segments (readable and writable, no device),
+//! less the allocator's own memory.
+//!
+//! The allocator's memory is no root: its free chunks keep stale pointers, which would make
+//! lost blocks look reachable. memcheck knows its heap segments because it is the allocator;
+//! memprof knows every address a block was ever handed out at (in `run`, the heap keeps the
+//! freed ones too), so any mapping holding such an address is the allocator's, as is the brk
+//! heap. The program's own mmap regions stay roots even when the kernel merged them into an
+//! allocator mapping.
+//!
+//! In `attach`, blocks from before the window are unknown: the allocator's mappings are
+//! roots then, all but the blocks the window saw, so nothing the window did not see can make
+//! one of its blocks look lost.
+
+use crate::maps::{Mapping, ProcessMaps};
+
+use super::{LiveBlock, Segment};
+
+/// What the root set is built from.
+pub struct RootInputs<'a> {
+    /// The target's mappings now (read while it is stopped).
+    pub maps: &'a ProcessMaps,
+    /// Sorted addresses blocks were ever allocated at (`run`); mappings holding one are the
+    /// allocator's. Empty in `attach`.
+    pub allocator_addresses: &'a [u64],
+    /// The program's own mmap regions, `(start, end)`: roots wherever they lie.
+    pub program_regions: &'a [(u64, u64)],
+    /// Live blocks (sorted): never roots themselves, scanned only once reached.
+    pub blocks: &'a [LiveBlock],
+    /// Stack pointers of the stopped threads: their stacks are scanned from there up.
+    pub stack_pointers: &'a [u64],
+}
+
+/// The root ranges, `(start, end)`, sorted and not overlapping.
+pub fn root_ranges(inputs: &RootInputs) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for mapping in inputs.maps.iter() {
+        if !is_scanned(mapping) {
+            continue;
+        }
+        if is_allocator_heap(mapping, inputs.allocator_addresses) {
+            // Only the program's regions inside it.
+            for &(start, end) in inputs.program_regions {
+                let (start, end) = (start.max(mapping.start), end.min(mapping.end));
+                if start < end {
+                    ranges.push((start, end));
+                }
+            }
+            continue;
+        }
+        // A stack is live from its stack pointer up.
+        let start = inputs
+            .stack_pointers
+            .iter()
+            .copied()
+            .filter(|sp| (mapping.start..mapping.end).contains(sp))
+            .min()
+            .map_or(mapping.start, |sp| sp & !7);
+        ranges.push((start, mapping.end));
+    }
+    ranges.sort_unstable();
+    ranges.dedup();
+    subtract_blocks(&ranges, inputs.blocks)
+}
+
+/// Readable and writable, and not a device (memcheck's rule), nor memprof's own ring.
+fn is_scanned(mapping: &Mapping) -> bool {
+    let perms = mapping.perms.as_bytes();
+    if perms.first() != Some(&b'r') || perms.get(1) != Some(&b'w') {
+        return false;
+    }
+    let path = mapping.path.to_string_lossy();
+    if path.starts_with("/dev/") && path != "/dev/zero" {
+        return false;
+    }
+    // The in-process capture ring holds records of every call, block addresses included.
+    !path.starts_with("/memfd:memprof-ring")
+}
+
+fn is_allocator_heap(mapping: &Mapping, allocator_addresses: &[u64]) -> bool {
+    if mapping.path.as_os_str() == "[heap]" && !allocator_addresses.is_empty() {
+        return true;
+    }
+    let first = allocator_addresses.partition_point(|&addr| addr < mapping.start);
+    allocator_addresses
+        .get(first)
+        .is_some_and(|&addr| addr < mapping.end)
+}
+
+/// `ranges` with the bytes of `blocks` cut out.
+fn subtract_blocks(ranges: &[(u64, u64)], blocks: &[LiveBlock]) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for &(start, end) in ranges {
+        let mut at = start;
+        let first = blocks.partition_point(|block| block.addr + block.size <= start);
+        for block in &blocks[first..] {
+            if block.addr >= end {
+                break;
+            }
+            if block.addr > at {
+                out.push((at, block.addr));
+            }
+            at = at.max(block.addr + block.size);
+        }
+        if at < end {
+            out.push((at, end));
+        }
+    }
+    out
+}
+
+/// The mappings as the heuristics see them, sorted by start.
+pub fn segments(maps: &ProcessMaps) -> Vec<Segment> {
+    maps.iter()
+        .map(|mapping| {
+            let perms = mapping.perms.as_bytes();
+            Segment {
+                start: mapping.start,
+                end: mapping.end,
+                readable: perms.first() == Some(&b'r'),
+                executable: perms.get(2) == Some(&b'x'),
+                file_backed: mapping.is_file(),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,91 @@
+/* leak_classes.c -- one of each of memcheck's leak kinds, for the leak check.
+ *
+ * Build: gcc -O2 -g -fno-builtin [-fno-omit-frame-pointer | -fomit-frame-pointer] leak_classes.c
+ *
+ * Expected at exit, exact (no stdio, nothing else allocates), as
+ * `valgrind --leak-check=full --show-leak-kinds=all` reports it too:
+ *   definitely lost:  5 blocks,  388 bytes
+ *     lose_blocks      3 x 100   (the pointer is dropped)
+ *     lose_list        1 x 48    (the head of a 3-node list nobody holds)
+ *     lose_cycle       1 x 40    (two blocks pointing at each other, nobody at them;
+ *                                 the lower address leads the clique)
+ *   indirectly lost:  3 blocks,  136 bytes
+ *     lose_list        2 x 48    (the list's other nodes, reachable only from its head)
+ *     lose_cycle       1 x 40
+ *   possibly lost:    1 block,   256 bytes
+ *     hold_interior    1 x 256   (a global holds a pointer 40 bytes into it)
+ *   still reachable:  3 blocks,  224 bytes
+ *     keep_blocks      64 + 128  (held by a global array)
+ *     keep_blocks      32        (held by the 128-byte block)
+ * In all: 12 blocks, 1004 bytes live at exit. */
+#include <stdlib.h>
+
+#include "common.h"
+
+struct node {
+    struct node *next;
+    char payload[40];
+};
+
+/* Globals the program keeps its pointers in (volatile: -O2 would drop stores never read). */
+void *volatile kept[2];
+char *volatile interior;
+
+NOIPA void lose_blocks(void) {
+    for (int i = 0; i < 3; i++)
+        sink = malloc(100);
+    sink = 0;
+}
+
+NOIPA void lose_list(void) {
+    struct node *head = 0;
+    for (int i = 0; i < 3; i++) {
+        struct node *n = malloc(sizeof *n);
+        n->next = head;
+        head = n;
+    }
+    sink = 0;
+}
+
+NOIPA void lose_cycle(void) {
+    void **a = malloc(40);
+    void **b = malloc(40);
+    memset(a, 0, 40);
+    memset(b, 0, 40);
+    a[0] = b;
+    b[0] = a;
+    sink = 0;
+}
+
+NOIPA void hold_interior(void) {
+    char *block = malloc(256);
+    memset(block, 0, 256);
+    interior = block + 40;
+}
+
+NOIPA void keep_blocks(void) {
+    void **parent = malloc(128);
+    memset(parent, 0, 128);
+    parent[0] = malloc(32);
+    kept[0] = malloc(64);
+    kept[1] = parent;
+}
+
+/* Overwrites the stack below main's frame, where the calls above left their pointers: a
+ * conservative scan reads whatever is there (memcheck and memprof alike). */
+NOIPA void scrub_stack(void) {
+    volatile char scratch[16384];
+    for (unsigned i = 0; i < sizeof scratch; i++)
+        scratch[i] = 0;
+}
+
+int main(void) {
+    lose_blocks();
+    lose_list();
+    lose_cycle();
+    hold_interior();
+    keep_blocks();
+    scrub_stack();
+    say("done\n");
+    return 0;
+}
