@@ -130,7 +130,12 @@ impl Collected {
         paused_since: Option<std::time::Instant>,
     ) {
         match crate::leak_scan::check(self.target_pid, &self.recorder.heap, threads, paused_since) {
-            Ok(check) => self.leak_check = Some(check),
+            Ok(check) => {
+                if let Some(sink) = &mut self.recording {
+                    sink.leak_check(&check);
+                }
+                self.leak_check = Some(check);
+            }
             Err(error) => self
                 .warnings
                 .push(format!("leak check not done: {error:#}")),

@@ -90,6 +90,14 @@ impl RecordingSink {
         self.with_writer(|writer| writer.maps(&fresh));
     }
 
+    /// The leak check's result, so that a replay shows the classes the live session found.
+    pub fn leak_check(&mut self, check: &profiler_core::leak_check::LeakCheck) {
+        self.with_writer(|writer| {
+            writer.leak_check(check);
+            Ok(())
+        });
+    }
+
     pub fn rss(&mut self, ts_ns: u64, bytes: u64) {
         self.with_writer(|writer| {
             writer.rss(ts_ns, bytes);

@@ -130,23 +130,25 @@ fn the_injected_server_leak_is_the_top_leak_site_with_exact_figures() {
     let text = std::fs::read_to_string(output.join("report.json")).expect("report.json");
     let report: Value = serde_json::from_str(&text).expect("report.json is JSON");
     assert_nothing_lost(&report);
+    // One entry per leak class: a conservative scan can find a stale copy of a leaked
+    // pointer (in a reused buffer, on a stack), as memcheck would, so some of the blocks may
+    // count as reachable; together they are exactly what the server leaked.
     let leaking = sites_with(&report, "leaks", Name::Contains("::leak_payload"));
+    let total = |field: &str| {
+        leaking
+            .iter()
+            .map(|site| site[field].as_u64().unwrap())
+            .sum()
+    };
     assert_eq!(
-        leaking.len(),
-        1,
-        "one leak_payload site expected; leaks:{}",
-        describe(&report, "leaks")
-    );
-    let site = leaking[0];
-    assert_eq!(
-        (site["blocks"].as_u64(), site["bytes"].as_u64()),
-        (Some(LEAKED_BLOCKS), Some(LEAKED_BYTES)),
+        (total("blocks"), total("bytes")),
+        (LEAKED_BLOCKS, LEAKED_BYTES),
         "leaks:{}",
         describe(&report, "leaks")
     );
-    assert_eq!(
-        &report["leaks"][0],
-        site,
+    let site = &report["leaks"][0];
+    assert!(
+        leaking.contains(&site) && site["reachability"] == "definitely_lost",
         "the injected leak is not the top site; leaks:{}",
         describe(&report, "leaks")
     );

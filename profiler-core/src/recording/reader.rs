@@ -31,6 +31,8 @@ pub enum Record<'a> {
     Rss { ts_ns: u64, bytes: u64 },
     /// The loss counters so far (each record supersedes the previous one).
     Lost(LostRecord),
+    /// The leak check the live session ran on the target.
+    LeakCheck(Box<crate::leak_check::LeakCheck>),
     /// The end of the session; always the last record.
     Trailer(Box<Trailer>),
 }
@@ -336,6 +338,9 @@ impl<R: Read> Reader<R> {
                 }
                 self.trailer_seen = true;
                 Record::Trailer(Box::new(trailer))
+            }
+            super::leak_record::TAG_LEAK_CHECK if self.version >= 2 => {
+                Record::LeakCheck(Box::new(super::leak_record::decode(cursor.blob()?)?))
             }
             FIRST_SKIPPABLE_TAG.. if self.version >= 2 => {
                 cursor.blob()?;

@@ -24,6 +24,8 @@ pub struct Replay {
     pub events: u64,
     /// Records of kinds or types a newer memprof added, left out (see the format's notes).
     pub skipped: u64,
+    /// The leak check the live session ran, if it did.
+    pub leak_check: Option<crate::leak_check::LeakCheck>,
 }
 
 /// Applies every event of `reader` to `recorder` (a fresh one), interning each stack definition as it comes
@@ -44,6 +46,7 @@ pub fn replay<R: Read>(
         early_end: None,
         events: 0,
         skipped: 0,
+        leak_check: None,
     };
     loop {
         let offset = reader.offset();
@@ -82,6 +85,7 @@ pub fn replay<R: Read>(
                 replay.last_ts_ns = replay.last_ts_ns.max(ts_ns);
             }
             Record::Lost(lost) => replay.lost = Some(lost),
+            Record::LeakCheck(check) => replay.leak_check = Some(*check),
             Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
     }

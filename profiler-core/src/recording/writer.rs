@@ -123,6 +123,12 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
+    /// Adds the leak check's result (once, after the session's last event).
+    pub fn leak_check(&mut self, check: &crate::leak_check::LeakCheck) {
+        self.started();
+        super::leak_record::put(&mut self.records, check);
+    }
+
     /// Whether the next event fills the pending chunk (it is written after that event).
     pub fn next_event_ends_chunk(&self) -> bool {
         self.events_in_chunk + 1 >= CHUNK_EVENTS
