@@ -29,4 +29,16 @@ static inline void say(const char *text) {
     }
 }
 
+/* Reads stdin up to and including a newline; returns 0 at EOF before one. */
+static inline int read_line(void) {
+    char ch;
+    for (;;) {
+        ssize_t n = read(0, &ch, 1);
+        if (n <= 0)
+            return 0;
+        if (ch == '\n')
+            return 1;
+    }
+}
+
 #endif

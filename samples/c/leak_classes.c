@@ -17,7 +17,11 @@
  *   still reachable:  3 blocks,  224 bytes
  *     keep_blocks      64 + 128  (held by a global array)
  *     keep_blocks      32        (held by the 128-byte block)
- * In all: 12 blocks, 1004 bytes live at exit. */
+ * In all: 12 blocks, 1004 bytes live at exit.
+ *
+ * With an argument (`leak_classes wait`), for `memprof attach --leak-check`: prints "ready",
+ * waits for a line on stdin before allocating anything, prints "done" after, then blocks
+ * until stdin closes: a window spanning the allocations sees the same classes. */
 #include <stdlib.h>
 
 #include "common.h"
@@ -79,7 +83,14 @@ NOIPA void scrub_stack(void) {
         scratch[i] = 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argv;
+    int wait = argc > 1;
+    if (wait) {
+        say("ready\n");
+        if (!read_line())
+            return 2;
+    }
     lose_blocks();
     lose_list();
     lose_cycle();
@@ -87,5 +98,10 @@ int main(void) {
     keep_blocks();
     scrub_stack();
     say("done\n");
+    if (wait) {
+        char buf[64];
+        while (read(0, buf, sizeof buf) > 0) {
+        }
+    }
     return 0;
 }

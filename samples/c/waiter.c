@@ -14,18 +14,6 @@
 
 #include "common.h"
 
-/* Reads stdin up to and including a newline; returns 0 at EOF before one. */
-static int read_line(void) {
-    char ch;
-    for (;;) {
-        ssize_t n = read(0, &ch, 1);
-        if (n <= 0)
-            return 0;
-        if (ch == '\n')
-            return 1;
-    }
-}
-
 NOIPA void attach_leak(void) {
     for (int i = 0; i < 5; i++)
         sink = malloc(4096);

@@ -40,6 +40,8 @@ const PACKAGES: &[&str] = &[
     "sqlite3",
     // `cargo xtask bench capture` measures memprof against heaptrack on the same workloads.
     "heaptrack",
+    // The leak check's e2e tests hold memprof's classes to memcheck's on the same binaries.
+    "valgrind",
 ];
 
 /// The eBPF crate is built with this toolchain (profiler-cli's build.rs). It must stay on

@@ -16,6 +16,7 @@ mod compare;
 mod cxx_alloc;
 mod diff;
 mod failures;
+mod leak_check;
 mod many_stacks;
 mod own_alloc;
 mod preload;

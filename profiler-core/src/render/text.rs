@@ -2,6 +2,7 @@
 
 use super::numbers::{human_bytes, thousands};
 use crate::heap::Mode;
+use crate::leak_check::Reachability;
 use crate::report::{Report, Site, StackFrame, UnlistedSites};
 use std::io::{self, Write};
 
@@ -14,6 +15,7 @@ pub fn write_text(report: &Report, out: &mut impl Write, top: usize) -> io::Resu
     write_lost(report, out)?;
     write_heap(report, out)?;
     write_calls(report, out)?;
+    write_leak_check(report, out)?;
     let leaks = (&report.leaks[..], report.unlisted_leaks);
     write_sites(out, &leak_title(report), leaks, top, "blocks")?;
     write_mmap(report, out, top)?;
@@ -183,6 +185,42 @@ fn write_calls(report: &Report, out: &mut impl Write) -> io::Result<()> {
     writeln!(out)
 }
 
+/// The leak check's classes, the lost ones first.
+fn write_leak_check(report: &Report, out: &mut impl Write) -> io::Result<()> {
+    let Some(check) = &report.summary.leak_check else {
+        return Ok(());
+    };
+    let class = |class: Reachability| {
+        let total = check.class(class);
+        format!(
+            "{} {} ({}) {}",
+            thousands(total.blocks),
+            if total.blocks == 1 { "block" } else { "blocks" },
+            human_bytes(total.bytes),
+            class.words()
+        )
+    };
+    writeln!(
+        out,
+        "Leak check: {}, {}, {}; {}",
+        class(Reachability::DefinitelyLost),
+        class(Reachability::IndirectlyLost),
+        class(Reachability::PossiblyLost),
+        class(Reachability::StillReachable),
+    )?;
+    writeln!(
+        out,
+        "  ({} of memory scanned in {:.3} s{})",
+        human_bytes(check.scan.bytes_scanned),
+        check.scan.secs,
+        if check.scan.paused_secs > 0.0 {
+            format!(", the process paused {:.3} s", check.scan.paused_secs)
+        } else {
+            String::new()
+        }
+    )
+}
+
 fn leak_title(report: &Report) -> String {
     match (report.mode, report.target.exit.is_some()) {
         (Mode::Run, true) => "Leaks (live at exit)".to_owned(),
@@ -213,13 +251,22 @@ fn write_sites(
         thousands(count),
         thousands(all_sites)
     )?;
+    // With a leak check, `top` counts lost sites (listed first); reachable ones follow only
+    // when fewer are lost.
+    let lost = sites
+        .iter()
+        .filter(|site| site.reachability.is_some_and(Reachability::is_lost))
+        .count();
+    let top = if lost > 0 { top.min(lost) } else { top };
     for (rank, site) in sites.iter().take(top).enumerate() {
         writeln!(
             out,
-            "  #{} {} in {} {unit}, allocated {:.3}..{:.3} s{}",
+            "  #{} {} in {} {unit}{}, allocated {:.3}..{:.3} s{}",
             rank + 1,
             human_bytes(site.bytes),
             thousands(site.blocks),
+            site.reachability
+                .map_or(String::new(), |class| format!(", {}", class.words())),
             site.first_seen_secs,
             site.last_seen_secs,
             if site.truncated {

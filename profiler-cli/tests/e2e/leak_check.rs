@@ -1,0 +1,254 @@
+//! The leak check (memcheck's four classes) at exit in `run` and at the end of an `attach
+//! --leak-check` window, on samples/c/leak_classes.c, held to valgrind's figures for the same
+//! binary.
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::support::{
+    Build, Capture, DEADLINE, compile_c, line_channel, memprof, on_both_paths, privileged,
+    profile_on, run_to_end, wait_deadline, wait_for_line,
+};
+
+/// The classes in report order, as (blocks, bytes), for leak_classes.c (see its header).
+const EXPECTED: [(&str, u64, u64); 4] = [
+    ("definitely_lost", 5, 388),
+    ("indirectly_lost", 3, 136),
+    ("possibly_lost", 1, 256),
+    ("still_reachable", 3, 224),
+];
+
+/// memprof's `summary.leak_check` classes as (name, blocks, bytes).
+fn classes(report: &Value) -> Vec<(String, u64, u64)> {
+    let check = &report["summary"]["leak_check"];
+    EXPECTED
+        .iter()
+        .map(|(name, _, _)| {
+            let class = &check[*name];
+            (
+                name.to_string(),
+                class["blocks"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{check:#}")),
+                class["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn expected() -> Vec<(String, u64, u64)> {
+    EXPECTED
+        .iter()
+        .map(|&(name, blocks, bytes)| (name.to_string(), blocks, bytes))
+        .collect()
+}
+
+/// valgrind's LEAK SUMMARY of `binary` as (name, blocks, bytes), in memprof's order.
+fn valgrind_classes(binary: &Path) -> Vec<(String, u64, u64)> {
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--leak-check=full", "--show-leak-kinds=all"])
+        .arg(binary);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "valgrind: {}", finished.stderr);
+    let figure = |label: &str| {
+        let line = finished
+            .stderr
+            .lines()
+            .find(|line| line.contains(&format!("{label}:")))
+            .unwrap_or_else(|| panic!("no {label:?} in valgrind's output:\n{}", finished.stderr));
+        // "==N==    definitely lost: 388 bytes in 5 blocks"
+        let numbers: Vec<u64> = line
+            .split_once(&format!("{label}:"))
+            .unwrap()
+            .1
+            .split_whitespace()
+            .filter_map(|word| word.replace(',', "").parse().ok())
+            .collect();
+        assert_eq!(numbers.len(), 2, "{line}");
+        (numbers[1], numbers[0])
+    };
+    [
+        "definitely lost",
+        "indirectly lost",
+        "possibly lost",
+        "still reachable",
+    ]
+    .iter()
+    .zip(EXPECTED)
+    .map(|(label, (name, _, _))| {
+        let (blocks, bytes) = figure(label);
+        (name.to_string(), blocks, bytes)
+    })
+    .collect()
+}
+
+/// Each leak site's (function, class, blocks, bytes), in report order.
+fn sites(report: &Value) -> Vec<(String, String, u64, u64)> {
+    report["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|site| {
+            (
+                site["stack"][0]["function"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+                site["reachability"].as_str().unwrap().to_string(),
+                site["blocks"].as_u64().unwrap(),
+                site["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn expected_sites() -> Vec<(String, String, u64, u64)> {
+    [
+        ("lose_blocks", "definitely_lost", 3, 300),
+        ("lose_list", "definitely_lost", 1, 48),
+        ("lose_cycle", "definitely_lost", 1, 40),
+        ("lose_list", "indirectly_lost", 2, 96),
+        ("lose_cycle", "indirectly_lost", 1, 40),
+        ("hold_interior", "possibly_lost", 1, 256),
+        ("keep_blocks", "still_reachable", 1, 128),
+        ("keep_blocks", "still_reachable", 1, 64),
+        ("keep_blocks", "still_reachable", 1, 32),
+    ]
+    .iter()
+    .map(|&(f, c, blocks, bytes)| (f.to_string(), c.to_string(), blocks, bytes))
+    .collect()
+}
+
+on_both_paths!(
+    check_at_exit(Build::FramePointers),
+    classes_at_exit_fp,
+    classes_at_exit_fp_preload
+);
+on_both_paths!(
+    check_at_exit(Build::NoFramePointers),
+    classes_at_exit_nofp,
+    classes_at_exit_nofp_preload
+);
+
+fn check_at_exit(test: &str, build: Build, capture: Capture) {
+    let Some(p) = privileged(test) else { return };
+    let target = compile_c(p.dir.path(), "leak_classes", build);
+    let report = profile_on(capture, p.dir.path(), &target, &[]);
+    assert_eq!(classes(&report), expected());
+    assert_eq!(classes(&report), valgrind_classes(&target));
+    assert_eq!(sites(&report), expected_sites());
+    let scan = &report["summary"]["leak_check"]["scan"];
+    assert!(scan["bytes_scanned"].as_u64().unwrap() > 0, "{scan}");
+    assert_eq!(scan["bytes_unreadable"], 0, "{scan}");
+    // At exit nothing is left to pause: the program had ended.
+    assert_eq!(scan["paused_secs"], 0.0, "{scan}");
+
+    // The replay shows what the live session found (the target's memory is gone by then).
+    let output = p.dir.path().join("out");
+    let offline = p.dir.path().join("offline");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("report")
+        .arg(output.join("recording.mprof"))
+        .arg("--output")
+        .arg(&offline);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let replayed = finished.report(&offline);
+    assert_eq!(
+        replayed["summary"]["leak_check"],
+        report["summary"]["leak_check"]
+    );
+    assert_eq!(sites(&replayed), expected_sites());
+    // The terminal summary puts the lost classes first.
+    assert!(
+        finished
+            .stderr
+            .contains("Leak check: 5 blocks (388 B) definitely lost"),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[test]
+fn no_leak_check_leaves_blocks_unclassified() {
+    let Some(p) = privileged("no_leak_check_leaves_blocks_unclassified") else {
+        return;
+    };
+    let target = compile_c(p.dir.path(), "leak_classes", Build::FramePointers);
+    let output = p.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.args(["run", "--no-leak-check", "--output"])
+        .arg(&output)
+        .arg("--")
+        .arg(&target);
+    let report = run_to_end(cmd).report(&output);
+    assert!(report["summary"].get("leak_check").is_none());
+    assert_eq!(report["summary"]["live_blocks"], 12);
+    assert!(
+        report["leaks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|site| site.get("reachability").is_none())
+    );
+}
+
+#[test]
+fn attach_classifies_the_windows_blocks_and_lets_the_process_go() {
+    let Some(p) = privileged("attach_classifies_the_windows_blocks_and_lets_the_process_go") else {
+        return;
+    };
+    let binary = compile_c(p.dir.path(), "leak_classes", Build::NoFramePointers);
+    let mut target = Command::new(&binary)
+        .arg("wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start leak_classes");
+    let mut stdin = target.stdin.take().expect("piped stdin");
+    let stdout = line_channel(target.stdout.take().expect("piped stdout"));
+    wait_for_line(&stdout, "ready", "leak_classes");
+
+    let output = p.dir.path().join("out");
+    let mut memprof = Command::new(memprof())
+        .arg("attach")
+        .arg(target.id().to_string())
+        .arg("--leak-check")
+        .arg("--output")
+        .arg(&output)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start memprof attach");
+    let stderr = line_channel(memprof.stderr.take().expect("piped stderr"));
+    wait_for_line(&stderr, "attached", "memprof attach");
+    stdin.write_all(b"go\n").expect("write to leak_classes");
+    wait_for_line(&stdout, "done", "leak_classes");
+    kill(Pid::from_raw(memprof.id() as i32), Signal::SIGINT).expect("SIGINT memprof");
+    let status = wait_deadline(&mut memprof, DEADLINE, "memprof attach");
+    let rest: Vec<String> = stderr.try_iter().collect();
+    assert!(status.success(), "memprof attach: {status}\n{rest:#?}");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(output.join("report.json")).expect("report.json"),
+    )
+    .expect("JSON");
+    assert_eq!(classes(&report), expected());
+    assert_eq!(classes(&report), valgrind_classes(&binary));
+    assert_eq!(sites(&report), expected_sites());
+    let paused = report["summary"]["leak_check"]["scan"]["paused_secs"]
+        .as_f64()
+        .unwrap();
+    assert!(paused > 0.0, "the pause is reported");
+
+    // The process was let go untraced and goes on to its normal end.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", target.id())).unwrap();
+    assert!(status.contains("TracerPid:\t0\n"), "{status}");
+    drop(stdin);
+    let status = wait_deadline(&mut target, DEADLINE, "leak_classes");
+    assert!(status.success(), "leak_classes after the window: {status}");
+}
