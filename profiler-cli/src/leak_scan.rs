@@ -83,8 +83,17 @@ pub fn check(
         .flat_map(|t| t.registers.iter().copied())
         .collect();
     let segments = roots::segments(&maps);
+    let prepared = started.elapsed();
     let mut memory = ProcessMemory::new(pid);
     let result = leak_check::classify(&blocks, &roots, &registers, &segments, &mut memory);
+    if std::env::var_os("MEMPROF_TIMINGS").is_some() {
+        eprintln!(
+            "leak check: {} blocks, {} root ranges; prepared in {prepared:?}, classified in {:?}",
+            blocks.len(),
+            roots.len(),
+            started.elapsed() - prepared
+        );
+    }
     if memory.gone {
         anyhow::bail!("process {pid} went away during the leak check");
     }

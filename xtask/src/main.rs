@@ -9,6 +9,7 @@
 //! - `bench report` times `memprof report` on synthetic recordings (events/s, peak RSS).
 //! - `bench alloc` compares memprof's own allocator with glibc, jemalloc, mimalloc, tcmalloc.
 //! - `bench capture` times both capture paths of `memprof run` against heaptrack.
+//! - `bench leak-check` measures the leak check's scan speed and `attach --leak-check`'s pause.
 //!
 //! Every command xtask runs is echoed first (`$ cargo build --workspace`), and every thing setup
 //! finds or does is one line, so a CI log says what happened without reading this code.
@@ -17,6 +18,7 @@ mod alloc_trace;
 mod bench;
 mod bench_alloc;
 mod bench_capture;
+mod bench_leak_check;
 mod bench_report;
 mod demo;
 mod exec;
@@ -67,6 +69,18 @@ enum Bench {
     Report(ReportArgs),
     /// Both capture paths of `memprof run` side by side with heaptrack on real programs (root).
     Capture(CaptureArgs),
+    /// The leak check's scan speed at exit and the pause of `attach --leak-check` (root).
+    LeakCheck(LeakCheckArgs),
+}
+
+#[derive(Args)]
+struct LeakCheckArgs {
+    /// Size of the live heap, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    mib: u64,
+    /// Rounds; the table shows medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 #[derive(Args)]
@@ -130,5 +144,8 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             bench: Bench::Capture(args),
         } => bench_capture::run(args.runs),
+        Task::Bench {
+            bench: Bench::LeakCheck(args),
+        } => bench_leak_check::run(args.mib, args.runs),
     }
 }

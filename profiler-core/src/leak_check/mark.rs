@@ -17,8 +17,9 @@ use super::{LiveBlock, Memory, Reachability, Segment};
 
 /// Most ranges read at once (`process_vm_readv` takes at most 1024 remote iovecs).
 const BATCH_RANGES: usize = 1024;
-/// Most bytes read at once: large enough to amortise the call, small enough to stay cached.
-const BATCH_BYTES: usize = 4 << 20;
+/// Most bytes read at once: large enough to amortise the call, small enough that the words
+/// are still in the cache when they are scanned.
+const BATCH_BYTES: usize = 512 << 10;
 const WORD: u64 = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,9 +253,11 @@ impl Marker<'_> {
         memory: &mut dyn Memory,
     ) {
         let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.clear();
-        buffer.resize(bytes, 0);
-        self.bytes_unreadable += memory.read(ranges, &mut buffer);
+        // Reused, not cleared: `read` writes every byte (zeros where it cannot read).
+        if buffer.len() < bytes {
+            buffer.resize(bytes, 0);
+        }
+        self.bytes_unreadable += memory.read(ranges, &mut buffer[..bytes]);
         self.bytes_scanned += bytes as u64;
         let mut offset = 0;
         for piece in pieces {
