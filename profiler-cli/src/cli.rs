@@ -166,10 +166,13 @@ pub struct DiffArgs {
     pub flame: DiffFlame,
 }
 
-/// `memprof diff --flame`: one of the four flame graphs.
+/// `memprof diff --flame`: what the differential flame graph weighs.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiffFlame {
+    /// Bytes live at the end.
     Leaks,
+    /// Bytes the leak check found lost (runs with a leak check).
+    Lost,
     AllocBytes,
     AllocCount,
     Peak,

@@ -32,7 +32,10 @@ pub fn diff(args: &DiffArgs) -> Result<i32> {
     let (a_file, a) = load(&args.a)?;
     let (b_file, b) = load(&args.b)?;
     let kind = match args.flame {
-        DiffFlame::Leaks => FlameKind::Leaks,
+        // Every live byte, as the diff's live_bytes_at_end: comparable with or without a
+        // leak check on either side.
+        DiffFlame::Leaks => FlameKind::LiveAtEnd,
+        DiffFlame::Lost => FlameKind::Lost,
         DiffFlame::AllocBytes => FlameKind::AllocBytes,
         DiffFlame::AllocCount => FlameKind::AllocCount,
         DiffFlame::Peak => FlameKind::Peak,

@@ -4,9 +4,9 @@
 //! Each run is replayed and symbolized as `memprof report` does. Sites are matched by their
 //! symbolized stack (the folded line of the flame graphs: `main (a.c:9);make (a.c:4)`), never
 //! by address, so two runs with different ASLR bases, or even different builds, line up. The
-//! four figures per site are the four flame graphs' weights (allocations, bytes allocated,
-//! bytes live at the end, bytes live at the global peak), so the table, diff.json and diff.svg
-//! agree with the flame graphs of each run.
+//! figures per site are the flame graphs' weights (allocations, bytes allocated, bytes live at
+//! the end, bytes live at the global peak) and, where a leak check ran, the bytes it found
+//! lost, so the table, diff.json and diff.svg agree with the flame graphs of each run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,12 +17,13 @@ use serde::Serialize;
 use crate::render::{FlameKind, folded_lines_of, short_bytes, thousands};
 use crate::report::Report;
 
-/// The four per-site figures, in this order everywhere.
-const METRICS: [(FlameKind, &str); 4] = [
+/// The per-site figures, in this order everywhere.
+const METRICS: [(FlameKind, &str); 5] = [
     (FlameKind::AllocCount, "allocations"),
     (FlameKind::AllocBytes, "bytes_allocated"),
-    (FlameKind::Leaks, "live_bytes_at_end"),
+    (FlameKind::LiveAtEnd, "live_bytes_at_end"),
     (FlameKind::Peak, "live_bytes_at_peak"),
+    (FlameKind::Lost, "lost_bytes_at_end"),
 ];
 
 /// One figure in both runs.
@@ -52,15 +53,18 @@ pub struct SiteDiff {
     pub bytes_allocated: Change,
     pub live_bytes_at_end: Change,
     pub live_bytes_at_peak: Change,
+    /// Bytes the leak check found lost (0 on a side without one).
+    pub lost_bytes_at_end: Change,
 }
 
 impl SiteDiff {
-    fn changes(&self) -> [Change; 4] {
+    fn changes(&self) -> [Change; 5] {
         [
             self.allocations,
             self.bytes_allocated,
             self.live_bytes_at_end,
             self.live_bytes_at_peak,
+            self.lost_bytes_at_end,
         ]
     }
 
@@ -119,13 +123,15 @@ pub struct Totals {
     pub allocations: Change,
     pub bytes_allocated: Change,
     pub live_bytes_at_end: Change,
+    /// Bytes the leak check found lost (0 on a side without one).
+    pub lost_bytes_at_end: Change,
     pub peak_live_bytes: Change,
     pub lost_events: Change,
 }
 
 /// Per-site figures of two reports, matched by folded stack.
 pub fn site_diffs(a: &Report, b: &Report) -> Vec<SiteDiff> {
-    let mut by_stack: BTreeMap<String, [[u64; 2]; 4]> = BTreeMap::new();
+    let mut by_stack: BTreeMap<String, [[u64; 2]; METRICS.len()]> = BTreeMap::new();
     for (side, report) in [a, b].into_iter().enumerate() {
         for (metric, (kind, _)) in METRICS.iter().enumerate() {
             for line in folded_lines_of(report, *kind) {
@@ -144,6 +150,7 @@ pub fn site_diffs(a: &Report, b: &Report) -> Vec<SiteDiff> {
                 bytes_allocated: change(1),
                 live_bytes_at_end: change(2),
                 live_bytes_at_peak: change(3),
+                lost_bytes_at_end: change(4),
             }
         })
         .collect();
@@ -160,10 +167,12 @@ fn split_folded(line: &str) -> (&str, u64) {
 
 fn totals(a: &Report, b: &Report) -> Totals {
     let (sa, sb) = (&a.summary, &b.summary);
+    let lost = |s: &crate::report::Summary| s.leak_check.as_ref().map_or(0, |c| c.lost_bytes());
     Totals {
         allocations: Change::new(sa.allocations, sb.allocations),
         bytes_allocated: Change::new(sa.bytes_allocated, sb.bytes_allocated),
         live_bytes_at_end: Change::new(sa.live_bytes, sb.live_bytes),
+        lost_bytes_at_end: Change::new(lost(sa), lost(sb)),
         peak_live_bytes: Change::new(sa.peak_live_bytes, sb.peak_live_bytes),
         lost_events: Change::new(sa.lost_events, sb.lost_events),
     }
@@ -230,7 +239,9 @@ pub fn write_diff_flamegraph(
 
 fn flame_name(kind: FlameKind) -> &'static str {
     match kind {
-        FlameKind::Leaks => "bytes live at the end",
+        FlameKind::Leaks => "leaked bytes",
+        FlameKind::LiveAtEnd => "bytes live at the end",
+        FlameKind::Lost => "lost bytes",
         FlameKind::AllocBytes => "bytes allocated",
         FlameKind::AllocCount => "allocations",
         FlameKind::Peak => "bytes live at the peak",
@@ -269,6 +280,14 @@ pub fn write_diff_table(
         "{}",
         line("live at the end", t.live_bytes_at_end, true)
     )?;
+    let checked = t.lost_bytes_at_end.a + t.lost_bytes_at_end.b > 0;
+    if checked {
+        writeln!(
+            out,
+            "{}",
+            line("lost at the end", t.lost_bytes_at_end, true)
+        )?;
+    }
     writeln!(out, "{}", line("peak live", t.peak_live_bytes, true))?;
     if t.lost_events.a + t.lost_events.b > 0 {
         writeln!(
@@ -291,10 +310,18 @@ pub fn write_diff_table(
     if changed.is_empty() {
         return Ok(());
     }
+    let lost_column = |text: &str| match checked {
+        true => format!(" {text:>14}"),
+        false => String::new(),
+    };
     writeln!(
         out,
-        "{:>12} {:>14} {:>14} {:>14}  site (innermost frame first)",
-        "allocations", "bytes alloc", "live at end", "peak live"
+        "{:>12} {:>14} {:>14}{} {:>14}  site (innermost frame first)",
+        "allocations",
+        "bytes alloc",
+        "live at end",
+        lost_column("lost at end"),
+        "peak live"
     )?;
     for site in changed.iter().take(top) {
         let frames: Vec<&str> = site
@@ -307,10 +334,11 @@ pub fn write_diff_table(
         let more = if site.stack.len() > 3 { " < ..." } else { "" };
         writeln!(
             out,
-            "{:>12} {:>14} {:>14} {:>14}  {}{more}",
+            "{:>12} {:>14} {:>14}{} {:>14}  {}{more}",
             signed(site.allocations.delta),
             signed(site.bytes_allocated.delta),
             signed(site.live_bytes_at_end.delta),
+            lost_column(&signed(site.lost_bytes_at_end.delta)),
             signed(site.live_bytes_at_peak.delta),
             frames.join(" < ")
         )?;
@@ -348,7 +376,7 @@ mod tests {
         let sites = site_diffs(&report, &report);
         assert_eq!(sites.len(), 4);
         for site in &sites {
-            assert_eq!(site.changes().map(|c| c.delta), [0; 4], "{:?}", site.stack);
+            assert_eq!(site.changes().map(|c| c.delta), [0; 5], "{:?}", site.stack);
             assert!(site.allocations.a > 0);
         }
     }
@@ -394,7 +422,7 @@ mod tests {
         );
         assert_eq!(sites[0].allocations.delta, 0);
         for site in &sites[1..] {
-            assert_eq!(site.changes().map(|c| c.delta), [0; 4], "{:?}", site.stack);
+            assert_eq!(site.changes().map(|c| c.delta), [0; 5], "{:?}", site.stack);
         }
         assert_eq!(totals(&a, &b).live_bytes_at_end.delta, 1000);
     }
@@ -411,7 +439,7 @@ mod tests {
         };
         let svg = render();
         assert_eq!(svg, render());
-        assert!(svg.contains("memprof diff: bytes live at the end"), "{svg}");
+        assert!(svg.contains("memprof diff: leaked bytes"), "{svg}");
         // inferno's differential tooltips: B's weight, its share of B's 7,972 bytes and the
         // change (3,072 / 7,972).
         assert!(
@@ -437,7 +465,7 @@ mod tests {
         // B fixed every leak: A's widths (4,900 bytes), every change negative.
         let svg = render(&a, &b);
         assert!(
-            svg.contains("memprof diff: bytes live at the end - nothing in B: widths from A"),
+            svg.contains("memprof diff: leaked bytes - nothing in B: widths from A"),
             "{svg}"
         );
         assert!(

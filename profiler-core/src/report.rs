@@ -542,7 +542,11 @@ pub fn build_report_with_sites(
     drop(leak_sites);
     let leak_totals = site_totals(
         heap.blocks()
-            .filter(|&(addr, _)| class_of(addr).is_none_or(Reachability::is_lost))
+            .map(|(_, block)| (block.stack, block.size, block.ts_ns)),
+    );
+    let lost_totals = site_totals(
+        heap.blocks()
+            .filter(|&(addr, _)| class_of(addr).is_some_and(Reachability::is_lost))
             .map(|(_, block)| (block.stack, block.size, block.ts_ns)),
     );
     let region_totals = site_totals(
@@ -580,6 +584,7 @@ pub fn build_report_with_sites(
         names.folded_path(stacks.get(id), stacks.is_truncated(id), &mut path);
         let weights = StackWeights {
             leaked_bytes: leak_totals.get(&Some(id)).map_or(0, |totals| totals.bytes),
+            lost_bytes: lost_totals.get(&Some(id)).map_or(0, |totals| totals.bytes),
             allocated_bytes: counts.allocated_bytes,
             allocations: counts.allocations,
             peak_bytes: counts.peak_live_bytes,
@@ -598,11 +603,13 @@ pub fn build_report_with_sites(
         names.folded_path(frames, truncated, &mut path);
         let weights = StackWeights {
             leaked_bytes: totals.bytes,
+            lost_bytes: lost_totals.get(stack).map_or(0, |lost| lost.bytes),
             ..StackWeights::default()
         };
         names.flames.add(&path, &weights);
     }
     drop(leak_totals);
+    drop(lost_totals);
     let mut flames = std::mem::take(&mut names.flames);
     drop(names);
 

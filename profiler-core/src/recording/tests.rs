@@ -526,9 +526,9 @@ fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
         &event(EventKind::Malloc, 0, 6_000, 0x1000, 64),
         None,
     );
-    // Kind 40 and record type 0x50 mean nothing to this reader.
+    // Kind 40 and record type 0xe0 mean nothing to this reader.
     escaped_event(&mut records, &mut state, 40, 6_500, 0x9000);
-    codec::put_blob(&mut records, codec::FIRST_SKIPPABLE_TAG, b"new");
+    codec::put_blob(&mut records, 0xe0, b"new");
     codec::put_event(
         &mut records,
         &mut state,
@@ -582,7 +582,7 @@ fn version_1_files_hold_operator_delete_in_the_tag_nibble() {
     let stats = recorder.heap.stats();
     assert_eq!((stats.allocations, stats.frees), (1, 1));
     // And the unknown record type a version 2 reader would skip is corruption there.
-    codec::put_blob(&mut records, codec::FIRST_SKIPPABLE_TAG, b"new");
+    codec::put_blob(&mut records, 0xe0, b"new");
     let error = replay(
         Reader::new(&handmade(1, &records)[..]).unwrap(),
         &mut Recorder::new(Mode::Run),
@@ -604,4 +604,41 @@ fn a_version_from_the_future_is_named() {
             FORMAT_VERSION + 1
         )
     );
+}
+
+/// The leak check is recorded whole: a replay gets every block's class and the summary.
+#[test]
+fn the_leak_check_round_trips_and_a_corrupt_one_is_an_error() {
+    use crate::leak_check::{LeakCheck, LiveBlock, Reachability, ScanStats};
+    let blocks: Vec<LiveBlock> = (0..1000u64)
+        .map(|i| LiveBlock {
+            addr: 0x5555_0000_0000 + i * 48,
+            size: i,
+        })
+        .collect();
+    let classes: Vec<Reachability> = (0..1000).map(|i| Reachability::ALL[i % 4]).collect();
+    let scan = ScanStats {
+        bytes_scanned: 1 << 20,
+        bytes_unreadable: 4096,
+        secs: 0.25,
+        paused_secs: 0.5,
+    };
+    let check = LeakCheck::new(&blocks, &classes, scan);
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    writer
+        .event(&event(EventKind::Malloc, 1, 6_000, 0x1000, 32), None, None)
+        .unwrap();
+    writer.leak_check(&check);
+    let bytes = writer.finish(&trailer()).unwrap();
+    let mut recorder = Recorder::new(crate::heap::Mode::Run);
+    let replayed = replay(Reader::new(&bytes[..]).unwrap(), &mut recorder).unwrap();
+    assert_eq!(replayed.leak_check.as_ref(), Some(&check));
+    assert_eq!(replayed.skipped, 0);
+
+    // A body that lists more blocks than it holds is refused, not allocated for.
+    let mut body = Vec::new();
+    codec::put_varint(&mut body, 2);
+    body.extend_from_slice(b"{}");
+    codec::put_varint(&mut body, u64::MAX);
+    assert!(leak_record::decode(&body).is_err());
 }

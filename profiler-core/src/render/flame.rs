@@ -27,8 +27,13 @@ pub const SMALL_STACKS: &str = "[small stacks]";
 /// What a flame graph weighs its stacks by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlameKind {
-    /// Bytes live at exit (run) or at detach (attach), from `leaks`.
+    /// Leaked bytes, from `leaks`: those the leak check found lost when one ran, else every
+    /// byte live at exit (run) or at detach (attach).
     Leaks,
+    /// Every byte live at the end, whatever the leak check found (`memprof diff`; no file).
+    LiveAtEnd,
+    /// The bytes the leak check found lost (`memprof diff`; no file).
+    Lost,
     /// Bytes requested by successful allocations, from `sites`.
     AllocBytes,
     /// Number of successful allocations, from `sites`.
@@ -49,6 +54,8 @@ impl FlameKind {
     pub fn file_stem(self) -> &'static str {
         match self {
             FlameKind::Leaks => "leaks",
+            FlameKind::LiveAtEnd => "live-at-end",
+            FlameKind::Lost => "lost",
             FlameKind::AllocBytes => "alloc-bytes",
             FlameKind::AllocCount => "alloc-count",
             FlameKind::Peak => "peak",
@@ -68,10 +75,37 @@ impl FlameKind {
         let s = &report.summary;
         let successful = s.allocations - s.failed_allocations;
         match self {
-            FlameKind::Leaks => format!(
-                "memprof: leaked bytes of {command} - {} in {} blocks",
+            // With a leak check, the graph weighs what the program can no longer reach.
+            FlameKind::Leaks => match &s.leak_check {
+                Some(check) => {
+                    let lost_blocks = check.definitely_lost.blocks
+                        + check.indirectly_lost.blocks
+                        + check.possibly_lost.blocks;
+                    format!(
+                        "memprof: lost bytes of {command} - {} in {} blocks (definitely {}, \
+                         indirectly {}, possibly {}); {} still reachable, not shown",
+                        short_bytes(check.lost_bytes()),
+                        thousands(lost_blocks),
+                        short_bytes(check.definitely_lost.bytes),
+                        short_bytes(check.indirectly_lost.bytes),
+                        short_bytes(check.possibly_lost.bytes),
+                        short_bytes(check.still_reachable.bytes)
+                    )
+                }
+                None => format!(
+                    "memprof: leaked bytes of {command} - {} in {} blocks",
+                    short_bytes(s.live_bytes),
+                    thousands(s.live_blocks)
+                ),
+            },
+            FlameKind::LiveAtEnd => format!(
+                "memprof: bytes live at the end of {command} - {} in {} blocks",
                 short_bytes(s.live_bytes),
                 thousands(s.live_blocks)
+            ),
+            FlameKind::Lost => format!(
+                "memprof: lost bytes of {command} - {}",
+                short_bytes(s.leak_check.as_ref().map_or(0, |c| c.lost_bytes()))
             ),
             FlameKind::AllocBytes => format!(
                 "memprof: allocated bytes of {command} - {} in {} allocations",
@@ -94,16 +128,18 @@ impl FlameKind {
 
     fn empty_message(self) -> &'static str {
         match self {
-            FlameKind::Leaks => "No leaked bytes.",
+            FlameKind::Leaks | FlameKind::LiveAtEnd | FlameKind::Lost => "No leaked bytes.",
             FlameKind::AllocBytes | FlameKind::AllocCount => "No allocations.",
             FlameKind::Peak => "Nothing was ever live.",
         }
     }
 
-    /// One stack's weight in this graph.
-    fn weight(self, weights: &StackWeights) -> u64 {
+    /// One stack's weight in this graph; `checked`: the report has a leak check.
+    fn weight(self, weights: &StackWeights, checked: bool) -> u64 {
         match self {
-            FlameKind::Leaks => weights.leaked_bytes,
+            FlameKind::Leaks if checked => weights.lost_bytes,
+            FlameKind::Leaks | FlameKind::LiveAtEnd => weights.leaked_bytes,
+            FlameKind::Lost => weights.lost_bytes,
             FlameKind::AllocBytes => weights.allocated_bytes,
             FlameKind::AllocCount => weights.allocations,
             FlameKind::Peak => weights.peak_bytes,
@@ -116,7 +152,7 @@ impl FlameKind {
 /// (different return addresses on the same lines).
 pub fn folded_lines_of(report: &Report, kind: FlameKind) -> Vec<String> {
     let stacks = flame_stacks(report);
-    let mut lines: Vec<String> = weighted(&stacks, kind)
+    let mut lines: Vec<String> = weighted(&stacks, kind, report)
         .into_iter()
         .map(|(path, weight)| folded_line(&stacks, path, weight))
         .collect();
@@ -134,7 +170,7 @@ pub fn folded_lines(report: &Report) -> Vec<String> {
 /// doc). The same lines as [`folded_lines_of`] when no frame is that narrow.
 pub fn flame_lines(report: &Report, kind: FlameKind) -> Vec<String> {
     let stacks = flame_stacks(report);
-    let weighted = weighted(&stacks, kind);
+    let weighted = weighted(&stacks, kind, report);
     // Weight of the stacks before each index: the weight of a run of stacks is a difference.
     let mut before = Vec::with_capacity(weighted.len() + 1);
     let mut total = 0u64;
@@ -168,10 +204,15 @@ fn flame_stacks(report: &Report) -> Cow<'_, FlameStacks> {
 
 /// Every stack with a nonzero weight in `kind` (root-first name ids) and that weight, in
 /// [`FlameStacks::stacks`] order.
-fn weighted(stacks: &FlameStacks, kind: FlameKind) -> Vec<(&[u32], u64)> {
+fn weighted<'s>(
+    stacks: &'s FlameStacks,
+    kind: FlameKind,
+    report: &Report,
+) -> Vec<(&'s [u32], u64)> {
+    let checked = report.summary.leak_check.is_some();
     stacks
         .stacks()
-        .map(|(path, weights)| (path, kind.weight(weights)))
+        .map(|(path, weights)| (path, kind.weight(weights, checked)))
         .filter(|&(_, weight)| weight > 0)
         .collect()
 }

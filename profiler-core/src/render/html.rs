@@ -14,6 +14,7 @@ use super::markup::escape;
 use super::numbers::{human_bytes, percent, short_bytes, thousands};
 use crate::analysis::fragmentation::FragmentationSnapshot;
 use crate::analysis::{AnalysesReport, LifetimeBucket};
+use crate::leak_check::Reachability;
 use crate::report::{Report, StackFrame};
 use base64::Engine as _;
 use std::fmt::Write as _;
@@ -157,6 +158,33 @@ impl Page {
                 thousands(s.overwritten_blocks),
             ),
         ];
+        if let Some(check) = &s.leak_check {
+            let class = |class: Reachability| {
+                let total = check.class(class);
+                format!(
+                    "{} {} in {} blocks",
+                    class.words(),
+                    human_bytes(total.bytes),
+                    thousands(total.blocks)
+                )
+            };
+            rows.insert(
+                rows.iter()
+                    .position(|(id, _, _)| *id == "peak")
+                    .unwrap_or(rows.len()),
+                (
+                    "leak_check",
+                    "leak check",
+                    format!(
+                        "{}; {}; {}; {}",
+                        class(Reachability::DefinitelyLost),
+                        class(Reachability::IndirectlyLost),
+                        class(Reachability::PossiblyLost),
+                        class(Reachability::StillReachable)
+                    ),
+                ),
+            );
+        }
         if let Some(held) = target.held {
             rows.insert(
                 5,
@@ -221,22 +249,38 @@ impl Page {
         }
         let unlisted = report.unlisted_leaks.map_or(0, |rest| rest.sites);
         let all_sites = report.leaks.len() as u64 + unlisted;
+        let checked = report.summary.leak_check.is_some();
+        let order = match &report.summary.leak_check {
+            Some(check) => format!(
+                "; the program can no longer reach {} of them (definitely, indirectly or \
+                 possibly lost, listed first), {} is still reachable",
+                human_bytes(check.lost_bytes()),
+                human_bytes(check.still_reachable.bytes)
+            ),
+            None => ", largest first".to_owned(),
+        };
         let _ = writeln!(
             self.html,
-            "<p>{} leak sites: {} in {} blocks still live at the end, largest first.</p>",
+            "<p>{} leak sites: {} in {} blocks still live at the end{order}.</p>",
             thousands(all_sites),
             human_bytes(report.summary.live_bytes),
             thousands(report.summary.live_blocks)
         );
-        self.html.push_str(
-            "<table>\n<tr><th>bytes</th><th>blocks</th><th>first seen</th><th>last seen</th>\
-             <th>allocated in (click for the stack, innermost frame first)</th></tr>\n",
+        let _ = writeln!(
+            self.html,
+            "<table>\n<tr><th>bytes</th><th>blocks</th>{}<th>first seen</th><th>last seen</th>\
+             <th>allocated in (click for the stack, innermost frame first)</th></tr>",
+            if checked { "<th>class</th>" } else { "" }
         );
         for site in report.leaks.iter().take(MAX_LEAK_ROWS) {
+            let class = match (checked, site.reachability) {
+                (true, class) => format!("<td>{}</td>", class.map_or("", Reachability::words)),
+                (false, _) => String::new(),
+            };
             let _ = writeln!(
                 self.html,
-                "<tr class=\"leak\"><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-                 <td class=\"n\">{}</td><td>{}</td></tr>",
+                "<tr class=\"leak\"><td class=\"n\">{}</td><td class=\"n\">{}</td>{class}\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
                 thousands(site.bytes),
                 thousands(site.blocks),
                 secs(site.first_seen_secs),

@@ -20,6 +20,9 @@ pub const UNLISTED: &str = "[sites not listed]";
 pub struct StackWeights {
     /// Bytes live at the end (`leaks`).
     pub leaked_bytes: u64,
+    /// Of those, the bytes the leak check found lost (definitely, indirectly or possibly);
+    /// 0 when no check ran.
+    pub lost_bytes: u64,
     /// Bytes requested by successful allocations, their number, and bytes live at the
     /// global peak (`sites`).
     pub allocated_bytes: u64,
@@ -30,6 +33,7 @@ pub struct StackWeights {
 impl StackWeights {
     pub(crate) fn add(&mut self, other: &StackWeights) {
         self.leaked_bytes += other.leaked_bytes;
+        self.lost_bytes += other.lost_bytes;
         self.allocated_bytes += other.allocated_bytes;
         self.allocations += other.allocations;
         self.peak_bytes += other.peak_bytes;
@@ -67,8 +71,12 @@ impl FlameStacks {
         let mut path = Vec::new();
         for site in &report.leaks {
             builder.frames_path(&site.stack, site.truncated, &mut path);
+            let lost = site
+                .reachability
+                .is_some_and(crate::leak_check::Reachability::is_lost);
             let weights = StackWeights {
                 leaked_bytes: site.bytes,
+                lost_bytes: if lost { site.bytes } else { 0 },
                 ..StackWeights::default()
             };
             builder.add(&path, &weights);
@@ -155,6 +163,7 @@ impl FlameStacksBuilder {
         let s = &report.summary;
         let rest = StackWeights {
             leaked_bytes: 0,
+            lost_bytes: 0,
             allocated_bytes: s.bytes_allocated.saturating_sub(attributed.allocated_bytes),
             allocations: (s.allocations - s.failed_allocations)
                 .saturating_sub(attributed.allocations),

@@ -479,6 +479,7 @@ fn flame_stacks_hold_every_site_listed_or_not() {
         sum,
         StackWeights {
             leaked_bytes: total,
+            lost_bytes: 0,
             allocated_bytes: total,
             allocations: count,
             peak_bytes: total,
@@ -520,10 +521,181 @@ fn flame_stacks_of_a_read_back_report_put_unlisted_sites_apart() {
         unlisted,
         [&StackWeights {
             leaked_bytes: rest,
+            lost_bytes: 0,
             allocated_bytes: rest,
             allocations: 10,
             peak_bytes: rest,
         }]
     );
     assert_eq!(flames.stacks().len(), LISTED_SITES + 1);
+}
+
+#[test]
+fn a_leak_check_splits_sites_by_class_lists_lost_first_and_weighs_the_leak_graph() {
+    use crate::leak_check::{LeakCheck, LiveBlock, Reachability::*, ScanStats};
+    use crate::render::{FlameKind, folded_lines_of, write_text};
+    let (heap, stacks) = sample();
+    // Site A's two blocks fall in two classes; B's block is reachable; the stackless one lost.
+    let blocks = [
+        LiveBlock {
+            addr: 0x10,
+            size: 100,
+        },
+        LiveBlock {
+            addr: 0x20,
+            size: 200,
+        },
+        LiveBlock {
+            addr: 0x30,
+            size: 300,
+        },
+        LiveBlock {
+            addr: 0x40,
+            size: 7,
+        },
+    ];
+    let check = LeakCheck::new(
+        &blocks,
+        &[
+            DefinitelyLost,
+            StillReachable,
+            StillReachable,
+            IndirectlyLost,
+        ],
+        ScanStats::default(),
+    );
+    let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
+    let report = build_report_with_sites(
+        &heap,
+        &stacks,
+        &SiteStats::default(),
+        Some(&check),
+        &mut symbolizer,
+        &meta(Mode::Run),
+    );
+    let listed: Vec<(Option<Reachability>, u64, u64, usize)> = report
+        .leaks
+        .iter()
+        .map(|site| (site.reachability, site.blocks, site.bytes, site.stack.len()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (Some(DefinitelyLost), 1, 100, 2),
+            (Some(IndirectlyLost), 1, 7, 0),
+            (Some(StillReachable), 1, 300, 1),
+            (Some(StillReachable), 1, 200, 2),
+        ]
+    );
+    let summary = report.summary.leak_check.as_ref().expect("a leak check");
+    assert_eq!(
+        (
+            summary.definitely_lost.blocks,
+            summary.definitely_lost.bytes
+        ),
+        (1, 100)
+    );
+    assert_eq!(summary.still_reachable.bytes, 500);
+    assert_eq!(summary.lost_bytes(), 107);
+    // leaks.svg weighs what is lost; diff's live-at-end every live byte.
+    let weight = |kind| -> u64 {
+        folded_lines_of(&report, kind)
+            .iter()
+            .map(|line| line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(weight(FlameKind::Leaks), 107);
+    assert_eq!(weight(FlameKind::Lost), 107);
+    assert_eq!(weight(FlameKind::LiveAtEnd), 607);
+    assert!(
+        FlameKind::Leaks
+            .title(&report)
+            .contains("500 B still reachable")
+    );
+    // The terminal summary: the classes, then only lost sites in the top list.
+    let mut text = Vec::new();
+    write_text(&report, &mut text, 10).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains(
+            "Leak check: 1 block (100 B) definitely lost, 1 block (7 B) indirectly lost, \
+             0 blocks (0 B) possibly lost; 2 blocks (500 B) still reachable"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("#2 7 B in 1 blocks, indirectly lost"),
+        "{text}"
+    );
+    assert!(!text.contains("#3"), "{text}");
+    assert!(text.contains("... 2 more sites"), "{text}");
+    // Read back from report.json, the same graph.
+    let json = serde_json::to_string(&report).unwrap();
+    let mut read_back: Report = serde_json::from_str(&json).unwrap();
+    read_back.flame_stacks = None;
+    assert_eq!(
+        folded_lines_of(&read_back, FlameKind::Leaks),
+        folded_lines_of(&report, FlameKind::Leaks)
+    );
+}
+
+#[test]
+fn diff_compares_lost_bytes_per_site() {
+    use crate::diff::DiffReport;
+    use crate::leak_check::{LeakCheck, LiveBlock, Reachability::*, ScanStats};
+    let (heap, stacks) = sample();
+    let blocks = [
+        LiveBlock {
+            addr: 0x10,
+            size: 100,
+        },
+        LiveBlock {
+            addr: 0x20,
+            size: 200,
+        },
+        LiveBlock {
+            addr: 0x30,
+            size: 300,
+        },
+        LiveBlock {
+            addr: 0x40,
+            size: 7,
+        },
+    ];
+    let check = LeakCheck::new(
+        &blocks,
+        &[
+            DefinitelyLost,
+            DefinitelyLost,
+            StillReachable,
+            StillReachable,
+        ],
+        ScanStats::default(),
+    );
+    let report = |check: Option<&LeakCheck>| {
+        let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
+        let stats = SiteStats::default();
+        build_report_with_sites(
+            &heap,
+            &stacks,
+            &stats,
+            check,
+            &mut symbolizer,
+            &meta(Mode::Run),
+        )
+    };
+    let (unchecked, checked) = (report(None), report(Some(&check)));
+    let diff = DiffReport::new(("a".into(), &unchecked), ("b".into(), &checked));
+    assert_eq!(diff.totals.lost_bytes_at_end.b, 300);
+    assert_eq!(diff.totals.live_bytes_at_end.delta, 0);
+    let site_a = diff
+        .sites
+        .iter()
+        .find(|site| site.stack.last().is_some_and(|frame| frame == "0x1000"))
+        .expect("site A");
+    assert_eq!(
+        (site_a.lost_bytes_at_end.a, site_a.lost_bytes_at_end.b),
+        (0, 300)
+    );
+    assert_eq!(site_a.live_bytes_at_end.delta, 0);
 }
