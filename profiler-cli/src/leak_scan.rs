@@ -46,6 +46,7 @@ pub fn check(
     pid: u32,
     heap: &HeapState,
     threads: &[ThreadState],
+    allocator_files: &[std::path::PathBuf],
     paused_since: Option<Instant>,
 ) -> Result<LeakCheck> {
     let started = Instant::now();
@@ -76,6 +77,7 @@ pub fn check(
         program_regions: &program_regions,
         blocks: &blocks,
         stack_pointers: &stack_pointers,
+        allocator_files,
     });
     drop(allocator_addresses);
     let registers: Vec<u64> = threads

@@ -57,6 +57,9 @@ pub struct Collected {
     pub leak_check: Option<profiler_core::leak_check::LeakCheck>,
     /// The process profiled (set with its unwinder).
     target_pid: u32,
+    /// Files of the allocator serving the target (the leak check reads its static data
+    /// apart).
+    allocator_files: Vec<std::path::PathBuf>,
 }
 
 impl Collected {
@@ -81,6 +84,7 @@ impl Collected {
             capture: None,
             leak_check: None,
             target_pid: 0,
+            allocator_files: Vec::new(),
         }
     }
 
@@ -129,7 +133,14 @@ impl Collected {
         threads: &[crate::leak_scan::ThreadState],
         paused_since: Option<std::time::Instant>,
     ) {
-        match crate::leak_scan::check(self.target_pid, &self.recorder.heap, threads, paused_since) {
+        let check = crate::leak_scan::check(
+            self.target_pid,
+            &self.recorder.heap,
+            threads,
+            &self.allocator_files,
+            paused_since,
+        );
+        match check {
             Ok(check) => {
                 if let Some(sink) = &mut self.recording {
                     sink.leak_check(&check);
@@ -213,8 +224,27 @@ impl Collected {
     /// Tells the recorder which files hold the allocator, to flag the calls it makes for
     /// itself (its frees at thread exit, the arenas it maps inside free).
     pub fn allocator_code(&mut self, pid: u32, sites: &[ProbeSite]) {
+        self.serving_allocator(sites);
         self.recorder.allocator = AllocatorCode::new(allocator_modules(pid, sites));
         self.recorder.allocator.update(&self.maps);
+    }
+
+    /// Remembers the files of the allocator that serves the target: those defining the
+    /// malloc family among `sites` (the probes, or the in-process path's providers).
+    pub fn serving_allocator(&mut self, sites: &[ProbeSite]) {
+        for site in sites.iter().filter(|s| s.kind.is_malloc_family()) {
+            for path in [
+                Some(site.module.clone()),
+                std::fs::canonicalize(&site.path).ok(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !self.allocator_files.contains(&path) {
+                    self.allocator_files.push(path);
+                }
+            }
+        }
     }
 
     /// Where the launcher leaves the maps it reads as the target exits (`run`).

@@ -102,7 +102,7 @@ pub async fn run_command(
             // Where the library's calls go: the definitions the probes would have been put
             // on, named in the report as the functions' providers (the size-class analysis and
             // `compare` read the allocator from them).
-            let providers = LookupOrder::for_new_process(pid, &child_environment)
+            let providers: Vec<_> = LookupOrder::for_new_process(pid, &child_environment)
                 .and_then(|order| order.probe_plan())
                 .map(|(sites, _)| {
                     sites
@@ -111,6 +111,7 @@ pub async fn run_command(
                         .collect()
                 })
                 .unwrap_or_default();
+            collected.serving_allocator(&providers);
             (EventSource::Shared(ring), None, providers, collected)
         }
         None => {

@@ -90,7 +90,7 @@ fn signal_handler(test: &str, capture: Capture) {
 
 /// Each allocator, preloaded after the capture library (what the library forwards to), and
 /// whether it brings libstdc++ into the program (Debian's jemalloc and tcmalloc link it).
-fn allocators() -> Vec<(&'static str, PathBuf, bool)> {
+pub fn allocators() -> Vec<(&'static str, PathBuf, bool)> {
     let lib = "/usr/lib/x86_64-linux-gnu";
     let own =
         std::path::Path::new(env!("CARGO_BIN_EXE_memprof")).with_file_name("libmemprof_alloc.so");
@@ -107,7 +107,7 @@ fn allocators() -> Vec<(&'static str, PathBuf, bool)> {
 }
 
 /// libstdc++'s emergency exception-handling pool: one malloc at its start-up (gcc 12).
-const LIBSTDCXX_POOL_BYTES: u64 = 72704;
+pub const LIBSTDCXX_POOL_BYTES: u64 = 72704;
 
 #[test]
 fn every_allocator_serves_the_preloaded_capture_with_exact_figures() {

@@ -13,7 +13,7 @@
 //! Blocks are read in batches of up to [`BATCH_RANGES`] ranges and [`BATCH_BYTES`] bytes, so a
 //! heap of small blocks costs one read per thousand blocks, not one per block.
 
-use super::{LiveBlock, Memory, Reachability, Segment};
+use super::{LiveBlock, Memory, Reachability, Segment, roots::Root};
 
 /// Most ranges read at once (`process_vm_readv` takes at most 1024 remote iovecs).
 const BATCH_RANGES: usize = 1024;
@@ -38,12 +38,12 @@ pub struct Classification {
     pub bytes_unreadable: u64,
 }
 
-/// Classifies `blocks` (sorted by address, not overlapping). `roots` are `(start, end)`
-/// ranges of root memory, `registers` the register values of the stopped threads, and
-/// `segments` the target's mappings (for the vtable heuristic).
+/// Classifies `blocks` (sorted by address, not overlapping). `roots` are the ranges of root
+/// memory, `registers` the register values of the stopped threads, and `segments` the
+/// target's mappings (for the vtable heuristic).
 pub fn classify(
     blocks: &[LiveBlock],
-    roots: &[(u64, u64)],
+    roots: &[Root],
     registers: &[u64],
     segments: &[Segment],
     memory: &mut dyn Memory,
@@ -66,7 +66,7 @@ pub fn classify(
     if !blocks.is_empty() {
         marker.scan_roots(roots, memory);
         for &value in registers {
-            marker.reach(value, true, None, memory);
+            marker.reach(value, Origin::Definite, None, memory);
         }
         marker.process(None, memory);
         for leader in 0..blocks.len() {
@@ -108,12 +108,23 @@ struct Marker<'a> {
     bytes_unreadable: u64,
 }
 
-/// One stretch of memory to scan, with how definite its pointers are.
+/// What the words of scanned memory are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A root or a reachable block: a pointer to a block's start makes it reachable.
+    Definite,
+    /// A possibly lost block: what it points to is possibly lost at best.
+    Possible,
+    /// The allocator's static data (see [`Root::allocator_static`]).
+    AllocatorStatic,
+}
+
+/// One stretch of memory to scan, and what its words are.
 #[derive(Clone, Copy)]
 struct Stretch {
     start: u64,
     len: usize,
-    definite: bool,
+    origin: Origin,
 }
 
 impl Marker<'_> {
@@ -135,18 +146,28 @@ impl Marker<'_> {
         }
     }
 
-    /// A word found in scanned memory: `definite` when that memory is a root or a reachable
-    /// block; `clique` is the leader being gathered, in the second phase.
+    /// A word found in scanned memory of `origin`; `clique` is the leader being gathered, in
+    /// the second phase.
     fn reach(
         &mut self,
         value: u64,
-        definite: bool,
+        origin: Origin,
         clique: Option<usize>,
         memory: &mut dyn Memory,
     ) {
         let Some(index) = self.block_at(value) else {
             return;
         };
+        let block = self.blocks[index];
+        // The allocator's pointer to the chunk header that a block's last bytes overlap.
+        if origin == Origin::AllocatorStatic
+            && value.is_multiple_of(16)
+            && value != block.addr
+            && value + WORD >= block.addr + block.size
+        {
+            return;
+        }
+        let definite = origin != Origin::Possible;
         if let Some(leader) = clique {
             if self.marks[index] == Mark::Unreached && index != leader {
                 self.marks[index] = Mark::Indirect;
@@ -158,7 +179,6 @@ impl Marker<'_> {
         if mark == Mark::Reachable {
             return;
         }
-        let block = self.blocks[index];
         let at_start = value == block.addr || heuristic(value, block, self.segments, memory);
         if at_start && definite {
             self.marks[index] = Mark::Reachable;
@@ -170,14 +190,18 @@ impl Marker<'_> {
     }
 
     /// Scans the root ranges, in batches.
-    fn scan_roots(&mut self, roots: &[(u64, u64)], memory: &mut dyn Memory) {
+    fn scan_roots(&mut self, roots: &[Root], memory: &mut dyn Memory) {
         let stretches: Vec<Stretch> = roots
             .iter()
-            .filter(|(start, end)| end > start)
-            .map(|&(start, end)| Stretch {
-                start,
-                len: (end - start) as usize,
-                definite: true,
+            .filter(|root| root.end > root.start)
+            .map(|root| Stretch {
+                start: root.start,
+                len: (root.end - root.start) as usize,
+                origin: if root.allocator_static {
+                    Origin::AllocatorStatic
+                } else {
+                    Origin::Definite
+                },
             })
             .collect();
         self.scan(&stretches, None, memory);
@@ -201,7 +225,10 @@ impl Marker<'_> {
                 batch.push(Stretch {
                     start: block.addr,
                     len: block.size as usize,
-                    definite: self.marks[index] != Mark::Possible,
+                    origin: match self.marks[index] {
+                        Mark::Possible => Origin::Possible,
+                        _ => Origin::Definite,
+                    },
                 });
                 bytes += size;
             }
@@ -232,7 +259,7 @@ impl Marker<'_> {
                 pieces.push(Stretch {
                     start: at,
                     len,
-                    definite: stretch.definite,
+                    origin: stretch.origin,
                 });
                 ranges.push((at, len));
                 bytes += len;
@@ -267,7 +294,7 @@ impl Marker<'_> {
                 let value = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
                 // The cheap filter first: most words are small numbers or point elsewhere.
                 if value.wrapping_sub(self.low) < self.high - self.low {
-                    self.reach(value, piece.definite, clique, memory);
+                    self.reach(value, piece.origin, clique, memory);
                 }
             }
         }

@@ -9,6 +9,13 @@
 //! heap. The program's own mmap regions stay roots even when the kernel merged them into an
 //! allocator mapping.
 //!
+//! One more piece of the allocator lives in root memory: its static state in its own data
+//! segment (glibc's `main_arena`, whose `top` and bins point at chunk headers). A chunk header
+//! is 16 bytes before the next block and the requested size of a block may run into it (a
+//! 65-byte block uses the next chunk's `prev_size`), so such a word points into the last
+//! 8 bytes of a live block. Those words, 16-byte aligned and in the allocator's own writable
+//! file mappings, are the allocator's ([`Root::allocator_static`]).
+//!
 //! In `attach`, blocks from before the window are unknown: the allocator's mappings are
 //! roots then, all but the blocks the window saw, so nothing the window did not see can make
 //! one of its blocks look lost.
@@ -30,11 +37,24 @@ pub struct RootInputs<'a> {
     pub blocks: &'a [LiveBlock],
     /// Stack pointers of the stopped threads: their stacks are scanned from there up.
     pub stack_pointers: &'a [u64],
+    /// Files of the allocator serving the target (the module defining `malloc`): their
+    /// writable mappings hold its static state.
+    pub allocator_files: &'a [std::path::PathBuf],
 }
 
-/// The root ranges, `(start, end)`, sorted and not overlapping.
-pub fn root_ranges(inputs: &RootInputs) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
+/// A stretch of root memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Root {
+    pub start: u64,
+    pub end: u64,
+    /// The allocator's own static data: its words that point at a chunk header inside a
+    /// block's last 8 bytes are not the program's pointers.
+    pub allocator_static: bool,
+}
+
+/// The root ranges, sorted and not overlapping.
+pub fn root_ranges(inputs: &RootInputs) -> Vec<Root> {
+    let mut ranges: Vec<Root> = Vec::new();
     for mapping in inputs.maps.iter() {
         if !is_scanned(mapping) {
             continue;
@@ -44,11 +64,20 @@ pub fn root_ranges(inputs: &RootInputs) -> Vec<(u64, u64)> {
             for &(start, end) in inputs.program_regions {
                 let (start, end) = (start.max(mapping.start), end.min(mapping.end));
                 if start < end {
-                    ranges.push((start, end));
+                    ranges.push(Root {
+                        start,
+                        end,
+                        allocator_static: false,
+                    });
                 }
             }
             continue;
         }
+        let allocator_static = mapping.is_file()
+            && inputs
+                .allocator_files
+                .iter()
+                .any(|file| *file == mapping.path);
         // A stack is live from its stack pointer up.
         let start = inputs
             .stack_pointers
@@ -57,7 +86,11 @@ pub fn root_ranges(inputs: &RootInputs) -> Vec<(u64, u64)> {
             .filter(|sp| (mapping.start..mapping.end).contains(sp))
             .min()
             .map_or(mapping.start, |sp| sp & !7);
-        ranges.push((start, mapping.end));
+        ranges.push(Root {
+            start,
+            end: mapping.end,
+            allocator_static,
+        });
     }
     ranges.sort_unstable();
     ranges.dedup();
@@ -89,9 +122,11 @@ fn is_allocator_heap(mapping: &Mapping, allocator_addresses: &[u64]) -> bool {
 }
 
 /// `ranges` with the bytes of `blocks` cut out.
-fn subtract_blocks(ranges: &[(u64, u64)], blocks: &[LiveBlock]) -> Vec<(u64, u64)> {
+fn subtract_blocks(ranges: &[Root], blocks: &[LiveBlock]) -> Vec<Root> {
     let mut out = Vec::with_capacity(ranges.len());
-    for &(start, end) in ranges {
+    for &root in ranges {
+        let Root { start, end, .. } = root;
+        let piece = |start, end| Root { start, end, ..root };
         let mut at = start;
         let first = blocks.partition_point(|block| block.addr + block.size <= start);
         for block in &blocks[first..] {
@@ -99,12 +134,12 @@ fn subtract_blocks(ranges: &[(u64, u64)], blocks: &[LiveBlock]) -> Vec<(u64, u64
                 break;
             }
             if block.addr > at {
-                out.push((at, block.addr));
+                out.push(piece(at, block.addr));
             }
             at = at.max(block.addr + block.size);
         }
         if at < end {
-            out.push((at, end));
+            out.push(piece(at, end));
         }
     }
     out

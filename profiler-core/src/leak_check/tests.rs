@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use super::roots::{RootInputs, root_ranges};
+use super::roots::{Root, RootInputs, root_ranges};
 use super::*;
 use crate::maps::ProcessMaps;
 
@@ -47,13 +47,25 @@ fn block(addr: u64, size: u64) -> LiveBlock {
     LiveBlock { addr, size }
 }
 
+/// Root ranges of the program's own memory.
+fn roots(ranges: &[(u64, u64)]) -> Vec<Root> {
+    ranges
+        .iter()
+        .map(|&(start, end)| Root {
+            start,
+            end,
+            allocator_static: false,
+        })
+        .collect()
+}
+
 fn classes_of(
     blocks: &[LiveBlock],
     image: &mut Image,
-    roots: &[(u64, u64)],
+    ranges: &[(u64, u64)],
     registers: &[u64],
 ) -> Vec<Reachability> {
-    classify(blocks, roots, registers, &[], image).classes
+    classify(blocks, &roots(ranges), registers, &[], image).classes
 }
 
 use Reachability::*;
@@ -212,7 +224,13 @@ fn a_base_class_pointer_reaches_an_object_with_two_vtables() {
         },
     ];
     let blocks = [block(object, 32)];
-    let result = classify(&blocks, &[(ROOT, ROOT + 8)], &[], &segments, &mut image);
+    let result = classify(
+        &blocks,
+        &roots(&[(ROOT, ROOT + 8)]),
+        &[],
+        &segments,
+        &mut image,
+    );
     assert_eq!(result.classes, [StillReachable]);
     // The same object when the vtables are not in a file mapping: a plain interior pointer.
     let anonymous: Vec<Segment> = segments
@@ -222,7 +240,13 @@ fn a_base_class_pointer_reaches_an_object_with_two_vtables() {
             ..*s
         })
         .collect();
-    let result = classify(&blocks, &[(ROOT, ROOT + 8)], &[], &anonymous, &mut image);
+    let result = classify(
+        &blocks,
+        &roots(&[(ROOT, ROOT + 8)]),
+        &[],
+        &anonymous,
+        &mut image,
+    );
     assert_eq!(result.classes, [PossiblyLost]);
 }
 
@@ -232,7 +256,7 @@ fn unreadable_memory_counts_as_no_pointer_and_is_counted() {
     image.put(ROOT, &[0x80_000]);
     let blocks = [block(0x80_000, 8)];
     // The root range runs 24 bytes past what is mapped.
-    let result = classify(&blocks, &[(ROOT, ROOT + 32)], &[], &[], &mut image);
+    let result = classify(&blocks, &roots(&[(ROOT, ROOT + 32)]), &[], &[], &mut image);
     assert_eq!(result.classes, [StillReachable]);
     assert_eq!(result.bytes_unreadable, 24 + 8);
     assert_eq!(result.bytes_scanned, 32 + 8);
@@ -292,18 +316,47 @@ fn the_allocators_mappings_are_no_roots_but_the_programs_regions_in_them_are() {
         program_regions: &[(0x38000, 0x39000)],
         blocks: &[block(0x1100, 0x10)],
         stack_pointers: &[0x7ff88],
+        allocator_files: &["/usr/lib/libc.so.6".into()],
     };
+    let ranges: Vec<(u64, u64, bool)> = root_ranges(&inputs)
+        .iter()
+        .map(|root| (root.start, root.end, root.allocator_static))
+        .collect();
     assert_eq!(
-        root_ranges(&inputs),
+        ranges,
         [
-            (0x1000, 0x1100),
-            (0x1110, 0x2000),
-            (0x3000, 0x4000),
-            (0x38000, 0x39000),
-            (0x50000, 0x60000),
-            (0x7ff88, 0x80000),
+            (0x1000, 0x1100, false),
+            (0x1110, 0x2000, false),
+            (0x3000, 0x4000, true),
+            (0x38000, 0x39000, false),
+            (0x50000, 0x60000, false),
+            (0x7ff88, 0x80000, false),
         ]
     );
+}
+
+#[test]
+fn the_allocators_pointer_to_the_chunk_header_a_block_overlaps_is_not_the_programs() {
+    let mut image = Image::default();
+    // A 65-byte block at 0x90_010: the next chunk's header is at 0x90_050 (its last byte).
+    // glibc's main_arena.top points there; so might a program, anywhere but its own data.
+    image.put(ROOT, &[0x90_050]);
+    let blocks = [block(0x90_010, 65)];
+    let static_root = [Root {
+        start: ROOT,
+        end: ROOT + 8,
+        allocator_static: true,
+    }];
+    let result = classify(&blocks, &static_root, &[], &[], &mut image);
+    assert_eq!(result.classes, [DefinitelyLost]);
+    assert_eq!(
+        classes_of(&blocks, &mut image, &[(ROOT, ROOT + 8)], &[]),
+        [PossiblyLost]
+    );
+    // The allocator's pointer to a block's start is still a pointer to it.
+    image.put(ROOT, &[0x90_010]);
+    let result = classify(&blocks, &static_root, &[], &[], &mut image);
+    assert_eq!(result.classes, [StillReachable]);
 }
 
 #[test]
