@@ -73,11 +73,7 @@ pub fn root_ranges(inputs: &RootInputs) -> Vec<Root> {
             }
             continue;
         }
-        let allocator_static = mapping.is_file()
-            && inputs
-                .allocator_files
-                .iter()
-                .any(|file| *file == mapping.path);
+        let allocator_static = mapping.is_file() && inputs.allocator_files.contains(&mapping.path);
         // A stack is live from its stack pointer up.
         let start = inputs
             .stack_pointers
