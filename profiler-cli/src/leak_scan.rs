@@ -236,4 +236,19 @@ mod tests {
         assert_eq!(words, [0, 1, 0, 0, 8, 9]);
         assert!(!memory.gone);
     }
+
+    #[test]
+    fn a_process_that_is_gone_is_one_error_naming_it() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let heap = HeapState::new(Mode::Run);
+        let error = check(pid, &heap, &[], &[], None).unwrap_err();
+        assert!(format!("{error:#}").contains(&pid.to_string()), "{error:#}");
+        let mut memory = ProcessMemory::new(pid);
+        let mut out = [0xffu8; 16];
+        assert_eq!(memory.read(&[(0x1000, 16)], &mut out), 16);
+        assert!(memory.gone);
+        assert_eq!(out, [0; 16]);
+    }
 }

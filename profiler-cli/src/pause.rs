@@ -46,10 +46,10 @@ pub fn pause(pid: u32) -> Result<Paused> {
             match ptrace::seize(tid, ptrace::Options::empty()) {
                 Ok(()) => {}
                 Err(Errno::ESRCH) => continue,
-                Err(Errno::EPERM) => bail!(
-                    "--leak-check: cannot stop process {pid} (is a debugger or strace attached?)"
-                ),
-                Err(error) => bail!("--leak-check: cannot stop thread {tid}: {error}"),
+                Err(Errno::EPERM) => {
+                    bail!("cannot stop process {pid} (is a debugger or strace attached?)")
+                }
+                Err(error) => bail!("cannot stop thread {tid} of process {pid}: {error}"),
             }
             paused.threads.insert(tid, None);
             if ptrace::interrupt(tid).is_err() {

@@ -396,3 +396,68 @@ fn every_allocator_gives_the_same_lost_blocks() {
         }
     }
 }
+
+/// Another tracer holds the process (here a python3 that seized it with ptrace, as strace or
+/// gdb would): the window's report is written without a leak check, says why, and the
+/// process is left as it was, traced by the other tracer.
+#[test]
+fn attach_leak_check_of_a_process_another_tracer_holds_says_why() {
+    let Some(p) = privileged("attach_leak_check_of_a_process_another_tracer_holds_says_why") else {
+        return;
+    };
+    let binary = compile_c(p.dir.path(), "leak_classes", Build::NoFramePointers);
+    let mut target = Command::new(&binary)
+        .arg("wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start leak_classes");
+    let stdout = line_channel(target.stdout.take().expect("piped stdout"));
+    wait_for_line(&stdout, "ready", "leak_classes");
+    let seize = format!(
+        "import ctypes, sys, time\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         ok = libc.ptrace(0x4206, {}, None, None) == 0\n\
+         print('seized' if ok else 'failed', flush=True)\n\
+         time.sleep(600)\n",
+        target.id()
+    );
+    let mut tracer = Command::new("python3")
+        .args(["-c", &seize])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let tracer_out = line_channel(tracer.stdout.take().expect("piped stdout"));
+    wait_for_line(&tracer_out, "seized", "python3 tracer");
+
+    let output = p.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.args([
+        "attach",
+        &target.id().to_string(),
+        "--leak-check",
+        "--duration",
+        "1",
+    ])
+    .arg("--output")
+    .arg(&output);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let why = format!(
+        "leak check not done: cannot stop process {} (is a debugger or strace attached?)",
+        target.id()
+    );
+    assert!(finished.stderr.contains(&why), "{}", finished.stderr);
+    let report = finished.report(&output);
+    assert!(report["summary"].get("leak_check").is_none());
+    assert_eq!(report["warnings"], serde_json::json!([why]));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", target.id())).unwrap();
+    assert!(
+        status.contains(&format!("TracerPid:\t{}\n", tracer.id())),
+        "{status}"
+    );
+    let _ = tracer.kill();
+    let _ = tracer.wait();
+    let _ = target.kill();
+    let _ = target.wait();
+}
