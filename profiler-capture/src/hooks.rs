@@ -15,7 +15,9 @@ use core::arch::naked_asm;
 use core::ffi::c_void;
 
 use libc::{c_int, off_t, size_t};
-use profiler_common::{EventHeader, EventKind, FLAG_STACK_SNAPSHOT, SNAPSHOT_CUT, StackSnapshot};
+use profiler_common::{
+    EventHeader, EventKind, FLAG_REALLOC_ENTRY, FLAG_STACK_SNAPSHOT, SNAPSHOT_CUT, StackSnapshot,
+};
 
 use crate::real::{self, BOOTSTRAP};
 use crate::ring::{self, now_ns};
@@ -118,6 +120,47 @@ fn release(kind: EventKind, addr: u64, size: u64, entry_sp: usize) {
     };
     ring.write(header.kind, &[bytes_of(&header)]);
     set_errno(saved);
+}
+
+/// Records that a realloc of `old` starts (see `FLAG_REALLOC_ENTRY`): it may release `old`
+/// before its own record is written, and another thread may be handed that address first.
+#[inline(never)]
+fn realloc_entry(kind: EventKind, old: u64) {
+    let Some(ring) = ring::ring() else { return };
+    let saved = errno();
+    let header = EventHeader {
+        kind: kind as u32,
+        tid: thread::tid(),
+        ts_ns: now_ns(),
+        addr: 0,
+        size: 0,
+        old_addr: old,
+        aux: 0,
+        stack_depth: 0,
+        flags: FLAG_REALLOC_ENTRY,
+    };
+    ring.write(header.kind, &[bytes_of(&header)]);
+    set_errno(saved);
+}
+
+/// [`hooked`] for realloc and reallocarray: the outermost call of a live block is announced
+/// before it is forwarded ([`realloc_entry`]).
+#[inline(always)]
+fn hooked_realloc<T: Copy>(
+    kind: EventKind,
+    old: *mut c_void,
+    forward: impl FnOnce() -> T,
+    record: impl FnOnce(T),
+) -> T {
+    let Some(_entered) = Entered::try_enter() else {
+        return forward();
+    };
+    if !old.is_null() && !BOOTSTRAP.owns(old) {
+        realloc_entry(kind, old as u64);
+    }
+    let result = forward();
+    record(result);
+    result
 }
 
 /// Runs the hooked call (`forward`) and, when this is its thread's outermost hook, records it
@@ -229,7 +272,9 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
 }
 
 extern "C" fn realloc_hook(p: *mut c_void, size: size_t, sp: usize, bp: usize) -> *mut c_void {
-    hooked(
+    hooked_realloc(
+        EventKind::Realloc,
+        p,
         || forward_realloc(p, size),
         |moved| {
             if !BOOTSTRAP.owns(p) {
@@ -267,7 +312,7 @@ extern "C" fn reallocarray_hook(
         Some(reallocarray) => unsafe { reallocarray(p, count, size) },
         None => core::ptr::null_mut(),
     };
-    hooked(forward, |moved| {
+    hooked_realloc(EventKind::Reallocarray, p, forward, |moved| {
         allocation(
             EventKind::Reallocarray,
             moved as u64,

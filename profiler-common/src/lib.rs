@@ -134,6 +134,12 @@ pub const FLAG_ALLOCATOR_INTERNAL: u32 = 1 << 3;
 /// recordings: a synthetic free or munmap of a block or mapping that was live when the target
 /// exec'd another program: the exec released it, the program did not.
 pub const FLAG_RELEASED_BY_EXEC: u32 = 1 << 4;
+/// `EventHeader::flags` of a `Realloc` or `Reallocarray` record written at the call's entry
+/// (the in-process capture, before forwarding), `old_addr` the block the call may release.
+/// Not a call of its own and no change to the heap: it tells the collector that, until this
+/// thread's record of the same call arrives, another thread handed that address has it
+/// because the realloc released it, not because its free was lost.
+pub const FLAG_REALLOC_ENTRY: u32 = 1 << 5;
 
 /// How the probes capture user stacks, selected at load time (`UNWIND_MODE`).
 pub mod unwind_mode {

@@ -8,7 +8,9 @@
 use crate::event::Event;
 use crate::fasthash::FastHashMap;
 use crate::stacks::StackId;
-use profiler_common::{EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_RELEASED_BY_EXEC, KIND_SLOTS};
+use profiler_common::{
+    EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_REALLOC_ENTRY, FLAG_RELEASED_BY_EXEC, KIND_SLOTS,
+};
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 
@@ -207,7 +209,23 @@ pub struct HeapState {
     double_free_records: Vec<DoubleFree>,
     /// Non-overlapping live regions by start address.
     regions: BTreeMap<u64, Region>,
+    /// Reallocs between their entry record and their own ([`FLAG_REALLOC_ENTRY`]), by thread
+    /// (a thread has one at a time; one address can be in two: a released one and the
+    /// realloc of whoever was handed it next).
+    reallocs_in_flight: FastHashMap<u32, ReallocInFlight>,
 }
+
+/// A realloc whose return has not been recorded yet.
+#[derive(Clone, Copy, Debug)]
+struct ReallocInFlight {
+    /// The block it may release.
+    old_addr: u64,
+    /// Another thread was handed the address meanwhile: the realloc released the block.
+    released: bool,
+}
+
+/// Most reallocs in flight remembered: one per thread of the target.
+const MAX_REALLOCS_IN_FLIGHT: usize = 1 << 16;
 
 /// What the heap knows about an address: a live block or, in Run mode only, the block last
 /// freed there (to recognize a double free until the address is handed out again). One map
@@ -230,6 +248,7 @@ impl HeapState {
             blocks: FastHashMap::default(),
             double_free_records: Vec::new(),
             regions: BTreeMap::new(),
+            reallocs_in_flight: FastHashMap::default(),
         }
     }
 
@@ -274,6 +293,10 @@ impl HeapState {
     /// Applies one event and says what it did to the blocks. `stack` is where the call was
     /// made (ignored by free and munmap, which create nothing that a report attributes).
     pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {
+        if event.flags & FLAG_REALLOC_ENTRY != 0 {
+            self.realloc_entry(event);
+            return Effect::default();
+        }
         // An exec's releases are no calls of the program.
         if event.flags & FLAG_RELEASED_BY_EXEC == 0 {
             self.stats.by_function[event.kind as usize].calls += 1;
@@ -319,11 +342,29 @@ impl HeapState {
         };
         // Replaces what a Run-mode free left there: the address is no longer a freed block.
         if let Some(Slot::Live(missed)) = self.blocks.insert(event.addr, Slot::Live(block)) {
-            // Its free never reached us: the only consistent repair is to forget it.
-            self.stats.overwritten_blocks += 1;
             self.stats.live_blocks -= 1;
             self.stats.live_bytes -= missed.size;
-            effect.overwritten = Some((event.addr, missed));
+            // Another thread's realloc released it before its own record was written (the
+            // map holds a realloc per thread: few, and searched only on such a collision).
+            let releasing = self.reallocs_in_flight.iter_mut().find(|(tid, realloc)| {
+                **tid != event.tid && realloc.old_addr == event.addr && !realloc.released
+            });
+            match releasing {
+                Some((_, realloc)) => {
+                    realloc.released = true;
+                    // A realloc's new block may land here too: its own release holds the
+                    // `released` slot, so this one ends through `overwritten` (uncounted).
+                    match effect.released {
+                        None => effect.released = Some((event.addr, missed)),
+                        Some(_) => effect.overwritten = Some((event.addr, missed)),
+                    }
+                }
+                // Its free never reached us: the only consistent repair is to forget it.
+                None => {
+                    self.stats.overwritten_blocks += 1;
+                    effect.overwritten = Some((event.addr, missed));
+                }
+            }
         }
         effect.created = Some((event.addr, block));
         self.stats.live_blocks += 1;
@@ -335,6 +376,17 @@ impl HeapState {
         self.stats.allocations += 1;
         if event.old_addr == 0 {
             return self.allocate(event, stack, effect);
+        }
+        let released_before = self
+            .reallocs_in_flight
+            .remove(&event.tid)
+            .is_some_and(|realloc| realloc.old_addr == event.old_addr && realloc.released);
+        if released_before {
+            // Released when another thread was handed the address (see `allocate`).
+            if event.addr != 0 {
+                self.allocate(event, stack, effect);
+            }
+            return;
         }
         if event.addr == 0 {
             if event.size == 0 {
@@ -349,6 +401,19 @@ impl HeapState {
         // Release first so that an in-place realloc (same address) is remove + insert.
         self.release_for_realloc(event, effect);
         self.allocate(event, stack, effect);
+    }
+
+    /// A realloc of a live block starts ([`FLAG_REALLOC_ENTRY`]): not a call, no change.
+    fn realloc_entry(&mut self, event: &Event) {
+        if self.is_live(event.old_addr) && self.reallocs_in_flight.len() < MAX_REALLOCS_IN_FLIGHT {
+            self.reallocs_in_flight.insert(
+                event.tid,
+                ReallocInFlight {
+                    old_addr: event.old_addr,
+                    released: false,
+                },
+            );
+        }
     }
 
     #[inline] // into `apply`, which then writes the Effect in place instead of copying it

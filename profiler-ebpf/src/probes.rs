@@ -12,9 +12,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
-    DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord, FLAG_STACK_MISSING,
-    FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, HOLD_SIGNAL, MAX_STACK_BYTES, MAX_STACK_DEPTH,
-    SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE, StackSnapshot, counter, unwind_mode,
+    DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord, FLAG_REALLOC_ENTRY,
+    FLAG_STACK_MISSING, FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, HOLD_SIGNAL, MAX_STACK_BYTES,
+    MAX_STACK_DEPTH, SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE, StackSnapshot, counter, unwind_mode,
 };
 
 const PAGE: u64 = 4096;
@@ -343,15 +343,35 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    enter(EventKind::Realloc, arg(&ctx, 1), arg(&ctx, 0), 0, 0);
+    realloc_entry(&ctx, EventKind::Realloc, arg(&ctx, 1));
     0
 }
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     let size = array_bytes(arg(&ctx, 1), arg(&ctx, 2));
-    enter(EventKind::Reallocarray, size, arg(&ctx, 0), 0, 0);
+    realloc_entry(&ctx, EventKind::Reallocarray, size);
     0
+}
+
+/// A realloc's entry: remembered like any call and, when it is the thread's outermost call
+/// and may release a block, announced at once (`FLAG_REALLOC_ENTRY`): the block is released
+/// inside the call, and another thread may be handed its address before the return record.
+#[inline(always)]
+fn realloc_entry(ctx: &ProbeContext, kind: EventKind, size: u64) {
+    let old_addr = arg(ctx, 0);
+    let Some(id) = target_thread() else { return };
+    let outermost = !nested(id) && !stopped();
+    enter(kind, size, old_addr, 0, 0);
+    if outermost && old_addr != 0 {
+        let header = EventHeader {
+            kind: kind as u32,
+            old_addr,
+            flags: FLAG_REALLOC_ENTRY,
+            ..EventHeader::default()
+        };
+        emit(ctx, id, header, false);
+    }
 }
 
 #[uprobe]

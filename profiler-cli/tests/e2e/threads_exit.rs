@@ -152,3 +152,55 @@ fn real_double_free(test: &str, capture: Capture) {
     assert_eq!(replayed["summary"], report["summary"], "replay differs");
     assert_eq!(replayed["double_frees"], report["double_frees"]);
 }
+
+on_both_paths!(check_realloc_race(), realloc_race, realloc_race_preload);
+
+/// 64 threads allocating, reallocating and freeing at once (samples/c/realloc_race.c): a
+/// block a realloc releases inside the call, handed to another thread before the realloc's
+/// record is written, is neither an overwritten block nor, later, a double free.
+fn check_realloc_race(test: &str, capture: Capture) {
+    let Some(p) = privileged(test) else { return };
+    let target = compile_c(p.dir.path(), "realloc_race", Build::NoFramePointers);
+    let output = p.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.args([
+        "run",
+        "--no-leak-check",
+        "--capture",
+        capture.arg(),
+        "--output",
+    ])
+    .arg(&output)
+    .arg("--")
+    .arg(&target);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let report = finished.report(&output);
+    assert_nothing_lost(&report);
+    for anomaly in [
+        "double_frees",
+        "overwritten_blocks",
+        "unknown_frees",
+        "unknown_reallocs",
+    ] {
+        assert_num(&report, &format!("summary.{anomaly}"), 0);
+    }
+    let printed: u64 = finished
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("calls: "))
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or_else(|| panic!("no call count from the target: {}", finished.stdout));
+    let at_work = |section: &str, field: &str| -> u64 {
+        crate::report::sites_with(&report, section, Name::Exact("work"))
+            .iter()
+            .map(|site| site[field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(at_work("sites", "allocations"), printed);
+    assert_eq!(
+        at_work("leaks", "blocks"),
+        0,
+        "everything `work` allocated is freed"
+    );
+}

@@ -899,3 +899,48 @@ fn an_exec_releases_what_was_live_without_counting_frees_or_calls() {
     assert_eq!(heap.regions().count(), 0);
     assert_eq!((stats.unknown_frees, stats.double_frees), (0, 0));
 }
+
+/// Thread 7 reallocs A; inside the call A is released and thread 8 is handed A, whose
+/// allocation is recorded before 7's realloc returns. With the realloc's entry record, the
+/// collector knows A was released by that realloc: no overwritten block, and 8's later free
+/// of A is an ordinary free, not a double one.
+#[test]
+fn a_block_released_inside_a_realloc_and_handed_to_another_thread_is_no_anomaly() {
+    const A: u64 = 0x1000;
+    const B: u64 = 0x2000;
+    let on = |tid: u32, mut event: Event| {
+        event.tid = tid;
+        event
+    };
+    let mut entry = realloc(A, 0, 0, 15);
+    entry.flags = FLAG_REALLOC_ENTRY;
+    let racing = |with_entry: bool| {
+        let mut events = vec![malloc(A, 10, 10)];
+        if with_entry {
+            events.push(on(7, entry));
+        }
+        events.extend([
+            on(8, malloc(A, 30, 20)),
+            on(7, realloc(A, B, 50, 30)),
+            on(8, free(A, 40)),
+        ]);
+        run(Mode::Run, &events)
+    };
+    let heap = racing(true);
+    let stats = heap.stats();
+    assert_eq!(
+        (
+            stats.overwritten_blocks,
+            stats.double_frees,
+            stats.unknown_reallocs
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!((stats.live_blocks, stats.live_bytes), (1, 50));
+    assert_eq!((stats.allocations, stats.frees), (3, 1));
+    // The marker is no call.
+    assert_eq!(stats.by_function[EventKind::Realloc as usize].calls, 1);
+    // Without it (a recording from before the marker): the old repair and its false double free.
+    let stats = *racing(false).stats();
+    assert_eq!((stats.overwritten_blocks, stats.double_frees), (1, 1));
+}
