@@ -579,3 +579,22 @@ extern "C" fn mremap_hook(
         );
     })
 }
+
+// --- libraries ---------------------------------------------------------------------------
+
+/// # Safety
+/// Called as C's dlclose.
+///
+/// A library's calls are unwound and symbolized from its mapping, which dlclose may remove:
+/// the calls recorded so far are read by memprof first.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
+    if let Some(ring) = ring::ring() {
+        ring.wait_until_read();
+    }
+    match real::dlclose() {
+        // SAFETY: the next definition of dlclose, with the caller's handle.
+        Some(dlclose) => unsafe { dlclose(handle) },
+        None => -1,
+    }
+}

@@ -24,6 +24,7 @@ pub type Mmap =
 pub type Munmap = unsafe extern "C" fn(*mut c_void, size_t) -> c_int;
 pub type Mremap =
     unsafe extern "C" fn(*mut c_void, size_t, size_t, c_int, *mut c_void) -> *mut c_void;
+pub type Dlclose = unsafe extern "C" fn(*mut c_void) -> c_int;
 
 /// One resolved function, as an address (0: not found).
 struct Slot(AtomicUsize);
@@ -47,6 +48,7 @@ static PVALLOC: Slot = Slot::new();
 static MMAP: Slot = Slot::new();
 static MUNMAP: Slot = Slot::new();
 static MREMAP: Slot = Slot::new();
+static DLCLOSE: Slot = Slot::new();
 
 const UNRESOLVED: u8 = 0;
 const RESOLVING: u8 = 1;
@@ -68,7 +70,7 @@ fn resolve_slow() -> bool {
     match STATE.compare_exchange(UNRESOLVED, RESOLVING, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
             RESOLVER.store(crate::thread::id_for_bootstrap(), Ordering::Relaxed);
-            let table: [(&Slot, &CStr); 13] = [
+            let table: [(&Slot, &CStr); 14] = [
                 (&MALLOC, c"malloc"),
                 (&FREE, c"free"),
                 (&CALLOC, c"calloc"),
@@ -82,6 +84,7 @@ fn resolve_slow() -> bool {
                 (&MMAP, c"mmap"),
                 (&MUNMAP, c"munmap"),
                 (&MREMAP, c"mremap"),
+                (&DLCLOSE, c"dlclose"),
             ];
             for (slot, name) in table {
                 // SAFETY: RTLD_NEXT with a NUL-terminated name.
@@ -136,6 +139,7 @@ getter!(pvalloc, PVALLOC, Valloc);
 getter!(mmap, MMAP, Mmap);
 getter!(munmap, MUNMAP, Munmap);
 getter!(mremap, MREMAP, Mremap);
+getter!(dlclose, DLCLOSE, Dlclose);
 
 /// The arena serving the resolving thread's allocations.
 pub struct Bootstrap {

@@ -230,6 +230,27 @@ impl Ring {
         }
     }
 
+    /// Sleeps until memprof has read every record written so far (or is gone): the records
+    /// of a library's calls are then unwound while the library is still mapped.
+    #[cold]
+    pub fn wait_until_read(&self) {
+        let control = self.control();
+        let written = control.write_pos.load(Ordering::Acquire);
+        control.waiters.fetch_add(1, Ordering::AcqRel);
+        loop {
+            let drained = control.drained.load(Ordering::Acquire);
+            if control.read_pos.load(Ordering::Acquire) >= written {
+                break;
+            }
+            let woken = futex_wait(&control.drained, drained, Some(&WAIT_SLICE));
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            if !woken && unsafe { libc::kill(control.collector_pid as libc::pid_t, 0) } != 0 {
+                break;
+            }
+        }
+        control.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Sleeps until memprof has drained (true), or finds it gone (false).
     #[cold]
     fn wait_for_room(&self, write_pos: u64, frame: u64) -> bool {

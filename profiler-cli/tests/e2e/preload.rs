@@ -175,3 +175,36 @@ fn a_static_program_cannot_take_the_preloaded_capture() {
         )
     );
 }
+
+/// A library unloaded with dlclose before the end (samples/c/dlclose.c): the in-process
+/// capture holds dlclose until memprof has read every call made so far, so the library's
+/// frames are unwound and symbolized through its mapping.
+#[test]
+fn frames_of_a_library_unloaded_before_the_end_are_symbolized() {
+    let Some(env) = privileged("frames_of_a_library_unloaded_before_the_end_are_symbolized") else {
+        return;
+    };
+    // libstackdemo.so, built beside stacks.c's binary.
+    let stacks = crate::support::compile_stacks(env.dir.path(), Build::NoFramePointers);
+    let dir = stacks.parent().unwrap();
+    let source = crate::support::samples_dir().join("c/dlclose.c");
+    let target = dir.join("dlclose");
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-fno-builtin", "-fomit-frame-pointer", "-o"])
+        .arg(&target)
+        .arg(&source)
+        .args(["-ldl", "-Wl,-rpath,$ORIGIN"])
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "gcc {}", source.display());
+    let report = profile_on(Capture::Preload, env.dir.path(), &target, &[]);
+    assert_nothing_lost(&report);
+    assert_sites(
+        &report,
+        "leaks",
+        Name::Exact("stackdemo_make_buffer"),
+        1,
+        100,
+    );
+    assert_chain(&report, "leaks", &["stackdemo_make_buffer", "main"]);
+}
