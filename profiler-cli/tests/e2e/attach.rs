@@ -410,3 +410,50 @@ fn an_attach_window_pairs_its_first_and_last_calls() {
     );
     assert_num(&report, "summary.double_frees", 0);
 }
+
+/// `attach --hold` of a program taking 5,000 signals a second (samples/c/signal_storm.c):
+/// every signal stops its thread in memprof's tracer on the way, which must let it go at once.
+/// The program does its 2,000 allocations (0.2 s of sleeps) well within a minute, and all of
+/// them are seen; a tracer that noticed each stop only at its next 1 ms poll froze it to ~18
+/// allocations a second (about two minutes for these).
+#[test]
+fn attach_hold_does_not_freeze_a_target_taking_many_signals() {
+    let Some(env) = privileged("attach_hold_does_not_freeze_a_target_taking_many_signals") else {
+        return;
+    };
+    let binary = compile_c(env.dir.path(), "signal_storm", Build::NoFramePointers);
+    let mut target = Command::new(&binary)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start signal_storm");
+    let mut stdin = target.stdin.take().expect("piped stdin");
+    let stdout = line_channel(target.stdout.take().expect("piped stdout"));
+    wait_for_line(&stdout, "ready", "signal_storm");
+    let output = env.dir.path().join("out");
+    let (mut memprof, stderr) = attach(target.id(), &output, &["--hold"]);
+    stdin.write_all(b"go\n").expect("write to signal_storm");
+    let started = std::time::Instant::now();
+    let done = stdout.recv_timeout(Duration::from_secs(60));
+    let took = started.elapsed();
+    kill(Pid::from_raw(memprof.id() as i32), Signal::SIGINT).expect("SIGINT memprof");
+    let status = wait_deadline(&mut memprof, DEADLINE, "memprof attach --hold");
+    let rest: Vec<String> = stderr.try_iter().collect();
+    assert!(status.success(), "memprof: {status}\n{rest:#?}");
+    assert_eq!(
+        done.as_deref(),
+        Ok("done"),
+        "signal_storm did not finish its 2,000 allocations within {took:?}"
+    );
+    let report = read_report(&output);
+    assert_nothing_lost(&report);
+    assert_sites(&report, "leaks", Name::Exact("churn_once"), 0, 0);
+    let allocations: u64 = crate::report::sites_with(&report, "sites", Name::Exact("churn_once"))
+        .iter()
+        .map(|site| site["allocations"].as_u64().unwrap())
+        .sum();
+    assert_eq!(allocations, 2000);
+    drop(stdin);
+    let status = wait_deadline(&mut target, DEADLINE, "signal_storm");
+    assert!(status.success(), "signal_storm: {status}");
+}
