@@ -16,7 +16,7 @@ use nix::sys::{ptrace, signal::Signal};
 use nix::unistd::Pid;
 use profiler_core::report::Held;
 
-pub use profiler_common::HOLD_SIGNAL;
+pub use profiler_common::{HOLD_SIGNAL, HOLD_SIGNAL_BLOCKED};
 
 /// Longest a thread is held waiting for one drain.
 pub const MAX_HOLD: Duration = Duration::from_secs(1);
@@ -189,7 +189,8 @@ impl Backpressure {
 /// Whether a thread in a ptrace signal-delivery stop by `signal` was signalled by a probe:
 /// `bpf_send_signal_thread` sends with `SI_KERNEL`; the kernel's own SIGCHLDs carry `CLD_*`.
 pub fn is_hold_request(tid: Pid, signal: Signal) -> bool {
-    signal as i32 == HOLD_SIGNAL as i32
+    let signal = signal as i32;
+    (signal == HOLD_SIGNAL as i32 || signal == HOLD_SIGNAL_BLOCKED as i32)
         && ptrace::getsiginfo(tid).is_ok_and(|info| info.si_code == libc::SI_KERNEL)
 }
 

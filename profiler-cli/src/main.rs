@@ -19,6 +19,7 @@ mod cli;
 mod compare;
 mod diff;
 mod elf;
+mod kernel_btf;
 mod launch;
 mod leak_scan;
 mod multi_link;

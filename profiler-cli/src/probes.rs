@@ -60,12 +60,14 @@ impl Probes {
             0
         };
         let stack_depth = config.stack_depth;
+        let task_blocked_offset = crate::kernel_btf::task_blocked_offset().unwrap_or(0);
         // aya creates the maps (the ring, the in-flight table, .rodata with the globals);
         // the programs are loaded for uprobe_multi by `multi_link` against those maps.
         let ebpf = EbpfLoader::new()
             .override_global(config::TARGET_TGID, &tgid, true)
             .override_global(config::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(config::HOLD_BYTES, &hold_bytes, true)
+            .override_global(config::TASK_BLOCKED_OFFSET, &task_blocked_offset, true)
             .override_global(config::STACK_DEPTH, &stack_depth, true)
             .override_global(config::UNWIND_MODE, &config.unwind_mode, true)
             .override_global(config::STACK_BYTES, &config.stack_bytes, true)

@@ -263,6 +263,10 @@ pub mod config {
     /// Name of the global holding the bytes of user stack to copy in DWARF mode (a multiple of
     /// 8, at most `MAX_STACK_BYTES`).
     pub const STACK_BYTES: &str = "STACK_BYTES";
+    /// Name of the global holding the byte offset of `task_struct.blocked` on the running
+    /// kernel (from its BTF; 0: unknown): a thread blocking [`super::HOLD_SIGNAL`] is held
+    /// with [`super::HOLD_SIGNAL_BLOCKED`] instead.
+    pub const TASK_BLOCKED_OFFSET: &str = "TASK_BLOCKED_OFFSET";
 }
 
 /// The signal a probe sends its own thread when the ring is filling faster than the collector
@@ -272,6 +276,13 @@ pub mod config {
 /// (memprof died) is not harmed, and the kernel's own SIGCHLDs carry `CLD_*` codes, never the
 /// `SI_KERNEL` code of `bpf_send_signal_thread`, so the tracer tells ours apart.
 pub const HOLD_SIGNAL: u32 = 17;
+
+/// The hold signal for a thread that blocks [`HOLD_SIGNAL`] (a program reading SIGCHLD through
+/// a signalfd blocks it): SIGSTOP, which no thread can block or catch. The tracer takes it
+/// the same way (the `SI_KERNEL` code tells it from a user's SIGSTOP) and suppresses it. Only
+/// such threads get it: were memprof to die with one pending, the process would stop (until a
+/// SIGCONT) rather than shrug it off.
+pub const HOLD_SIGNAL_BLOCKED: u32 = 19;
 
 /// Name of the ring buffer map.
 pub const RING_MAP: &str = "EVENTS";

@@ -4,8 +4,12 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_probe_read_user as probe_read_user_raw, bpf_send_signal_thread},
+        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task, bpf_probe_read_user as probe_read_user_raw,
+            bpf_send_signal_thread,
+        },
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -13,8 +17,9 @@ use aya_ebpf::{
 };
 use profiler_common::{
     DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord, FLAG_REALLOC_ENTRY,
-    FLAG_STACK_MISSING, FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, HOLD_SIGNAL, MAX_STACK_BYTES,
-    MAX_STACK_DEPTH, SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE, StackSnapshot, counter, unwind_mode,
+    FLAG_STACK_MISSING, FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, HOLD_SIGNAL,
+    HOLD_SIGNAL_BLOCKED, MAX_STACK_BYTES, MAX_STACK_DEPTH, SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE,
+    StackSnapshot, counter, unwind_mode,
 };
 
 const PAGE: u64 = 4096;
@@ -32,6 +37,8 @@ static UNWIND_MODE: u32 = 0;
 static STACK_BYTES: u32 = 0;
 #[unsafe(no_mangle)]
 static HOLD_BYTES: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_BLOCKED_OFFSET: u32 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -154,8 +161,13 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     // The collector is falling behind: this thread stops (held by the tracer) as it returns to
     // user space, after this record, which still has room.
     if hold_at != 0 && queued >= hold_at {
+        let signal = if blocks_hold_signal() {
+            HOLD_SIGNAL_BLOCKED
+        } else {
+            HOLD_SIGNAL
+        };
         // SAFETY: signals the current thread, which belongs to the target (checked by callers).
-        unsafe { bpf_send_signal_thread(HOLD_SIGNAL) };
+        unsafe { bpf_send_signal_thread(signal) };
         bump(counter::HOLDS);
     }
     let len = EVENT_HEADER_SIZE + body_bytes;
@@ -165,6 +177,24 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         bump(counter::LOST_BASE + header.kind);
     }
+}
+
+/// The current thread blocks [`HOLD_SIGNAL`] (its `task_struct.blocked`, at the offset the
+/// loader read from the kernel's BTF): it would never stop for it.
+#[inline(always)]
+fn blocks_hold_signal() -> bool {
+    // SAFETY: a volatile read of a loader-set global.
+    let offset = unsafe { read_volatile(&TASK_BLOCKED_OFFSET) };
+    if offset == 0 {
+        return false;
+    }
+    // SAFETY: the current task's pointer, read through the kernel-read helper, which copes
+    // with any address.
+    let mask = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add(offset as usize).cast::<u64>()).unwrap_or(0)
+    };
+    mask & (1 << (HOLD_SIGNAL - 1)) != 0
 }
 
 /// Frame-pointer walk: up to `depth` return addresses into the record body; returns its bytes.

@@ -271,3 +271,50 @@ fn attach_hold_refuses_a_process_another_tracer_holds() {
     traced.kill().unwrap();
     traced.wait().unwrap();
 }
+
+on_both_paths!(
+    check_blocked_signals(),
+    a_thread_blocking_every_signal_is_held_all_the_same,
+    a_thread_blocking_every_signal_is_held_all_the_same_preload
+);
+
+/// A program that blocks every signal and reads SIGCHLD through a signalfd
+/// (samples/c/blocked_signals.c), with a 1 MiB ring it fills many times over: nothing is lost,
+/// and the program never reads a signal memprof sent.
+fn check_blocked_signals(test: &str, capture: Capture) {
+    let Some(p) = privileged(test) else { return };
+    let target = compile_c(p.dir.path(), "blocked_signals", Build::NoFramePointers);
+    let output = p.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.args([
+        "run",
+        "--ring-mib",
+        "1",
+        "--capture",
+        capture.arg(),
+        "--output",
+    ])
+    .arg(&output)
+    .arg("--")
+    .arg(&target);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished.stdout.contains("signals read: 0"),
+        "the program read a signal: {}",
+        finished.stdout
+    );
+    let report = finished.report(&output);
+    assert_nothing_lost(&report);
+    assert_function(&report, "malloc", 1_000_000, 64_000_000);
+    assert_num(&report, "summary.frees", 1_000_000);
+    assert_num(&report, "summary.double_frees", 0);
+    assert_num(&report, "summary.overwritten_blocks", 0);
+    assert_sites(&report, "leaks", Name::Exact("churn"), 0, 0);
+    // The ring did fill: the thread was held, not the events dropped.
+    assert!(
+        report["target"]["held"]["times"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        report["target"]
+    );
+}
