@@ -118,6 +118,6 @@ mod tests {
     fn this_kernel_says_where_a_tasks_blocked_signals_are() {
         let offset = task_blocked_offset().expect("this kernel has BTF (CI's does)");
         // Deep in task_struct, 8-aligned (a sigset_t of one u64 on x86-64).
-        assert!(offset > 512 && offset % 8 == 0, "{offset}");
+        assert!(offset > 512 && offset.is_multiple_of(8), "{offset}");
     }
 }
