@@ -278,4 +278,102 @@ mod tests {
             ]
         );
     }
+
+    /// A hostile file for a recorded path: the paths a crafted recording can name.
+    fn hostile_paths(dir: &Path) -> Vec<std::path::PathBuf> {
+        let fifo = dir.join("fifo.so");
+        let _ = rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::RUSR);
+        let link = dir.join("zero.so");
+        let _ = std::os::unix::fs::symlink("/dev/zero", &link);
+        vec![
+            "/dev/zero".into(),
+            "/dev/urandom".into(),
+            "/proc/self/mem".into(),
+            "/proc/kcore".into(),
+            "/".into(),
+            "".into(),
+            dir.to_owned(),
+            fifo,
+            link,
+            "relative/lib.so".into(),
+            format!("/{}", "x/".repeat(3000)).into(),
+            std::env::current_exe().unwrap(),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever files a recording names (in its header's executable and maps, and in later
+        /// maps records), `memprof report` replays it and builds the whole report: no panic,
+        /// no hang on a FIFO, no endless read of a device.
+        #[test]
+        fn any_recorded_paths_give_a_report(
+            picks in proptest::collection::vec((0usize..12, 0u64..4), 1..8),
+            executable in 0usize..12,
+            frames in proptest::collection::vec(0u64..0x4000, 1..6),
+        ) {
+            use crate::recording::{Header, Trailer, Writer};
+            use profiler_common::EventKind;
+            let dir = tempfile::tempdir().unwrap();
+            let paths = hostile_paths(dir.path());
+            let mapping = |(index, slot): (usize, u64)| MappingRecord {
+                start: 0x10_0000 + slot * 0x1000,
+                end: 0x10_1000 + slot * 0x1000,
+                perms: "r-xp".into(),
+                offset: 0,
+                path: paths[index].clone(),
+                deleted: false,
+                build_id: None,
+            };
+            let header = Header {
+                memprof_version: "0.1.0".into(),
+                kernel: "6.18.0".into(),
+                command: vec!["./hostile".into()],
+                executable: Some(paths[executable].display().to_string()),
+                pid: 1,
+                mode: crate::heap::Mode::Run,
+                start_unix_ns: 0,
+                start_monotonic_ns: 0,
+                maps: picks.iter().copied().map(mapping).collect(),
+                unwinding: None,
+                ops: None,
+                capture: None,
+            };
+            let mut writer = Writer::create(Vec::new(), &header).unwrap();
+            let later: Vec<MappingRecord> = picks.iter().rev().copied().map(mapping).collect();
+            writer.maps(&later).unwrap();
+            let stack: Vec<u64> = frames.iter().map(|offset| 0x10_0000 + offset).collect();
+            let event = crate::event::Event {
+                kind: EventKind::Malloc,
+                tid: 1,
+                ts_ns: 10,
+                addr: 0x5000,
+                size: 8,
+                old_addr: 0,
+                aux: 0,
+                flags: 0,
+            };
+            writer
+                .event(&event, Some(crate::stacks::StackId(0)), Some((&stack[..], false)))
+                .unwrap();
+            let trailer = Trailer {
+                end_monotonic_ns: 20,
+                exit: None,
+                lost: Default::default(),
+                malformed: 0,
+                probes: Vec::new(),
+                peak_rss_bytes: None,
+                warnings: Vec::new(),
+                ops: None,
+                held: None,
+            };
+            let bytes = writer.finish(&trailer).unwrap();
+            let replayed = load(crate::recording::Reader::new(&bytes[..]).unwrap(), ModuleFiles::Host).unwrap();
+            let mut symbolizer = crate::symbolize::Symbolizer::new(&replayed.maps);
+            let report = crate::session::build_report(&replayed.view(), &mut symbolizer, &replayed.meta);
+            proptest::prop_assert_eq!(report.summary.live_blocks, 1);
+            proptest::prop_assert_eq!(report.leaks.len(), 1);
+        }
+    }
 }
