@@ -30,14 +30,22 @@ pub fn choose(
     capture: &CaptureArgs,
     program: &Path,
     env: &[(String, String)],
+    user: Option<&crate::launch::RunAs>,
 ) -> Result<Choice> {
+    // The program runs as `user` (run --user): ld.so preloads the library with its rights.
+    let unreadable = || -> Option<String> {
+        let user = user?;
+        let library = crate::preload_capture::library().ok()?;
+        (!readable_by(&library, user))
+            .then(|| format!("{} is not readable by {}", library.display(), user.name))
+    };
     match asked {
         CapturePath::Uprobes => Ok(Choice {
             path: CapturePath::Uprobes,
             reason: "eBPF uprobes on the allocator (--capture uprobes)".into(),
         }),
         CapturePath::Preload => {
-            if let Some(why) = preload_impossible(capture, program)? {
+            if let Some(why) = preload_impossible(capture, program)?.or_else(unreadable) {
                 bail!("--capture preload: {why}; use --capture uprobes");
             }
             Ok(Choice {
@@ -52,7 +60,7 @@ pub fn choose(
                     "{} is not next to memprof",
                     crate::preload_capture::LIBRARY
                 )),
-                None => preload_incomplete(program, env),
+                None => unreadable().or_else(|| preload_incomplete(program, env)),
             };
             Ok(match why_not {
                 Some(why) => Choice {
@@ -138,4 +146,58 @@ pub fn program(command: &[std::ffi::OsString]) -> Result<std::path::PathBuf> {
     let program = command.first().context("no command given")?;
     crate::compare::executable(Path::new(program))
         .with_context(|| format!("command not found: {}", program.to_string_lossy()))
+}
+
+/// Whether `user` may read `path`: search rights on every directory above it and read rights
+/// on the file, from the mode bits as the kernel checks them (owner, then group, then others).
+fn readable_by(path: &Path, user: &crate::launch::RunAs) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let allowed = |path: &Path, bit: u32| {
+        std::fs::metadata(path).is_ok_and(|meta| {
+            let shift = if meta.uid() == user.uid {
+                6
+            } else if meta.gid() == user.gid || user.groups.contains(&meta.gid()) {
+                3
+            } else {
+                0
+            };
+            meta.mode() >> shift & bit != 0
+        })
+    };
+    path.ancestors()
+        .skip(1)
+        .all(|dir| dir.as_os_str().is_empty() || allowed(dir, 0o1))
+        && allowed(path, 0o4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_file_in_a_directory_only_its_owner_can_search_is_not_readable_by_others() {
+        let nobody = crate::launch::RunAs::lookup("nobody").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("private");
+        std::fs::create_dir(&inner).unwrap();
+        let library = inner.join("lib.so");
+        std::fs::write(&library, b"x").unwrap();
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        mode(dir.path(), 0o755);
+        mode(&library, 0o644);
+        mode(&inner, 0o700);
+        // Unless memprof's tests run as nobody, the owner is another user.
+        let owned_by_nobody = {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(&inner).unwrap().uid() == nobody.uid
+        };
+        assert_eq!(readable_by(&library, &nobody), owned_by_nobody);
+        mode(&inner, 0o755);
+        assert!(readable_by(&library, &nobody));
+        mode(&library, 0o600);
+        assert_eq!(readable_by(&library, &nobody), owned_by_nobody);
+    }
 }

@@ -37,6 +37,10 @@ pub enum Command {
         #[arg(long = "capture", value_enum, default_value_t = CapturePath::Auto,
               value_name = "PATH")]
         capture_path: CapturePath,
+        /// Run the program as this user (its uid, gid and groups), not as root: memprof keeps
+        /// its privileges to profile it. The environment stays memprof's (with --env applied).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
         /// Skip the leak check at exit (which scans the exiting program's memory, as valgrind's
         /// memcheck does, to tell blocks it can no longer reach from those it still holds).
         #[arg(long)]

@@ -69,6 +69,37 @@ pub struct Target {
     pub capture_stdout: bool,
     /// A descriptor of ours the child keeps across its exec (the capture ring).
     pub inherit_fd: Option<std::os::fd::RawFd>,
+    /// Run the program as this user instead of as memprof's (`run --user`).
+    pub user: Option<RunAs>,
+}
+
+/// A user to run the target as: looked up before the fork (the lookup reads files and
+/// allocates, which the forked child of a threaded process must not do).
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Its supplementary groups.
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl RunAs {
+    /// The user named `name`, as the system's user and group databases describe it.
+    pub fn lookup(name: &str) -> Result<RunAs> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|error| anyhow!("cannot look up user {name}: {error}"))?
+            .ok_or_else(|| anyhow!("no user named {name}"))?;
+        let c_name = std::ffi::CString::new(name).map_err(|_| anyhow!("bad user name {name:?}"))?;
+        let groups = nix::unistd::getgrouplist(&c_name, user.gid)
+            .map_err(|error| anyhow!("cannot list the groups of {name}: {error}"))?;
+        Ok(RunAs {
+            name: name.to_owned(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: groups.into_iter().map(|gid| gid.as_raw()).collect(),
+        })
+    }
 }
 
 /// A child stopped right after exec, owned by the thread that traces it (ptrace requests are
@@ -154,12 +185,23 @@ fn spawn_stopped(target: &Target) -> Result<(Pid, Option<ChildStdout>)> {
         child.stdout(Stdio::piped());
     }
     let inherit_fd = target.inherit_fd;
-    // SAFETY: fcntl and ptrace(PTRACE_TRACEME) are async-signal-safe; the child then stops
-    // with SIGTRAP at its execve, before ld.so runs.
+    let user = target.user.clone();
+    // SAFETY: fcntl, setgroups, setgid, setuid and ptrace(PTRACE_TRACEME) are
+    // async-signal-safe and allocate nothing; the child then stops with SIGTRAP at its
+    // execve, before ld.so runs.
     unsafe {
         child.pre_exec(move || {
             if let Some(fd) = inherit_fd
                 && libc::fcntl(fd, libc::F_SETFD, 0) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // Groups first, then the group, then the user: each needs the privilege the
+            // next one drops.
+            if let Some(user) = &user
+                && (libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0
+                    || libc::setgid(user.gid) != 0
+                    || libc::setuid(user.uid) != 0)
             {
                 return Err(io::Error::last_os_error());
             }
@@ -170,7 +212,10 @@ fn spawn_stopped(target: &Target) -> Result<(Pid, Option<ChildStdout>)> {
         let program = program.to_string_lossy();
         match error.kind() {
             io::ErrorKind::NotFound => anyhow!("command not found: {program}"),
-            io::ErrorKind::PermissionDenied => anyhow!("permission denied running {program}"),
+            io::ErrorKind::PermissionDenied => match &target.user {
+                Some(user) => anyhow!("permission denied running {program} as {}", user.name),
+                None => anyhow!("permission denied running {program}"),
+            },
             _ => anyhow!("cannot run {program}: {error}"),
         }
     })?;

@@ -93,6 +93,7 @@ fn run(cli: Cli) -> Result<i32> {
             env,
             ops_from_output,
             capture_path,
+            user,
             no_leak_check,
             command,
         } => runtime.block_on(run_cmd::run_command(
@@ -103,6 +104,7 @@ fn run(cli: Cli) -> Result<i32> {
                 env,
                 capture_stdout: ops_from_output,
                 inherit_fd: None,
+                user: user.as_deref().map(launch::RunAs::lookup).transpose()?,
             },
             capture_path,
         )),

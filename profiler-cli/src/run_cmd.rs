@@ -45,7 +45,13 @@ pub async fn run_command(
         .collect();
     child_environment.extend(child_env.iter().cloned());
     let program = capture_path::program(&target.command)?;
-    let choice = capture_path::choose(path, capture, &program, &child_environment)?;
+    let choice = capture_path::choose(
+        path,
+        capture,
+        &program,
+        &child_environment,
+        target.user.as_ref(),
+    )?;
     let report_capture = Capture {
         path: choice.path.name().into(),
         reason: choice.reason,

@@ -5,7 +5,9 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{Build, compile_c, memprof, memprof_run, privileged};
+use crate::support::{
+    Build, Capture, compile_c, memprof, memprof_run, on_both_paths, privileged, run_to_end,
+};
 
 const NOBODY: u32 = 65534;
 
@@ -131,4 +133,56 @@ fn an_output_directory_another_user_controls_is_refused_before_the_target_runs()
         finished.stderr
     );
     assert!(!ran.exists(), "the target must not run");
+}
+
+on_both_paths!(
+    check_run_as_user(),
+    run_user_runs_the_target_without_roots_privileges,
+    run_user_runs_the_target_without_roots_privileges_preload
+);
+
+/// `run --user nobody`: the target runs as nobody (its ids and groups), memprof still
+/// profiles it, and the files it writes are root's own, readable by root only.
+fn check_run_as_user(test: &str, capture: Capture) {
+    let Some(p) = privileged(test) else { return };
+    let output = p.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.args([
+        "run",
+        "--user",
+        "nobody",
+        "--capture",
+        capture.arg(),
+        "--output",
+    ])
+    .arg(&output)
+    .args(["--", "/usr/bin/id"]);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert!(
+        finished
+            .stdout
+            .starts_with(&format!("uid={}(nobody) gid={}", nobody.uid, nobody.gid)),
+        "{}",
+        finished.stdout
+    );
+    let report = finished.report(&output);
+    assert_eq!(report["target"]["capture"]["path"], capture.arg());
+    assert!(crate::report::num(&report, "summary.allocations") > 0);
+    let file = std::fs::metadata(output.join("report.json")).unwrap();
+    assert_eq!((file.uid(), file.mode() & 0o777), (0, 0o600));
+
+    // A user that does not exist: one line, before anything runs.
+    let mut cmd = Command::new(memprof());
+    cmd.args(["run", "--user", "no-such-user-here", "--output"])
+        .arg(p.dir.path().join("none"))
+        .args(["--", "/usr/bin/id"]);
+    let finished = run_to_end(cmd);
+    assert_eq!(finished.status.code(), Some(1));
+    assert_eq!(
+        finished.stderr.trim(),
+        "memprof: error: no user named no-such-user-here"
+    );
+    assert!(finished.stdout.is_empty());
 }
