@@ -358,7 +358,8 @@ pub struct Lost {
     pub total: u64,
     /// Ring-buffer drops per function, only functions with drops.
     pub by_kind: KindMap<u64>,
-    /// Allocations recorded without a stack (listed under an empty stack in `leaks`).
+    /// Stacks that could not be read or followed to their root: cut where unwinding stopped
+    /// and marked `truncated` (an empty stack when not one frame could be read).
     pub stack_errors: u64,
     /// Calls dropped because the in-flight call table was full (function unknown).
     pub inflight_full: u64,

@@ -42,6 +42,8 @@ const PACKAGES: &[&str] = &[
     "heaptrack",
     // The leak check's e2e tests hold memprof's classes to memcheck's on the same binaries.
     "valgrind",
+    // musl-gcc: a static musl program in c_targets.rs.
+    "musl-tools",
 ];
 
 /// The eBPF crate is built with this toolchain (profiler-cli's build.rs). It must stay on

@@ -423,3 +423,53 @@ fn bad_stack_bytes_is_one_line_error() {
         "memprof: error: --stack-bytes must be a multiple of 8 between 8 and 16384, not 12"
     );
 }
+
+/// leaks.c linked statically against musl (musl-gcc): a static program takes the probes, and
+/// musl's start code has no unwind information, so every stack stops there. The figures are
+/// leaks.c's, each stack has its frames up to main, and the note says what happened: not
+/// "without a stack" (which it once said while the stacks were shown).
+#[test]
+fn a_static_musl_program() {
+    let Some(p) = privileged("a_static_musl_program") else {
+        return;
+    };
+    let source = crate::support::samples_dir().join("c/leaks.c");
+    let target = p.dir.path().join("leaks-musl");
+    let status = Command::new("musl-gcc")
+        .args(["-static", "-O2", "-g", "-fno-builtin", "-o"])
+        .arg(&target)
+        .arg(&source)
+        .status()
+        .expect("musl-gcc (cargo xtask setup installs musl-tools)");
+    assert!(status.success(), "musl-gcc {}", source.display());
+    let output = p.dir.path().join("out");
+    let mut cmd = Command::new(memprof());
+    cmd.args(["run", "--output"])
+        .arg(&output)
+        .arg("--")
+        .arg(&target);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let report = finished.report(&output);
+    assert_eq!(report["target"]["capture"]["path"], "uprobes");
+    assert_nothing_lost(&report);
+    assert_function(&report, "malloc", 1004, 68396);
+    assert_function(&report, "calloc", 2, 640);
+    assert_section_total(&report, "leaks", 6, 5036);
+    assert_sites(&report, "leaks", Name::Exact("leak_small"), 3, 300);
+    assert_chain(&report, "leaks", &["d", "c", "b", "a", "main"]);
+    assert!(
+        !finished.stderr.contains("without a stack"),
+        "{}",
+        finished.stderr
+    );
+    // Every stack of the 1,006 calls ends in musl's start code.
+    assert_num(&report, "lost.stack_errors", 1006);
+    assert!(
+        finished
+            .stderr
+            .contains("note: 1,006 stacks could not be followed to their root"),
+        "{}",
+        finished.stderr
+    );
+}

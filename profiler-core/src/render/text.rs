@@ -97,9 +97,12 @@ fn write_lost(report: &Report, out: &mut impl Write) -> io::Result<()> {
         writeln!(out)?;
     }
     if lost.stack_errors > 0 {
+        // A stack the unwinder could not take to its root still has the frames up to there
+        // (a static musl program's start code has no unwind information, for one).
         writeln!(
             out,
-            "note: {} allocations were recorded without a stack (shown as [no stack])",
+            "note: {} stacks could not be followed to their root: they end where unwinding \
+             stopped (marked truncated; [no stack] when not one frame could be read)",
             thousands(lost.stack_errors)
         )?;
         writeln!(out)?;
