@@ -10,7 +10,7 @@
 //!    leads to (by any pointer into it) is *indirectly lost*; the leaders are *definitely
 //!    lost*.
 //!
-//! Blocks are read in batches of up to [`BATCH_RANGES`] ranges and [`BATCH_BYTES`] bytes, so a
+//! Blocks are read in batches of up to 1024 ranges and 512 KiB, so a
 //! heap of small blocks costs one read per thousand blocks, not one per block.
 
 use super::{LiveBlock, Memory, Reachability, Segment, roots::Root};
