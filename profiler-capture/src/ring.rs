@@ -1,15 +1,19 @@
 //! The producer side of the shared ring (`profiler_common::shared_ring`).
 //!
 //! The ring is attached on the first recorded call of a process: the descriptor named by
-//! `MEMPROF_RING_FD` is mapped and claimed for this process. A process that finds it claimed
-//! by another (a child that inherited the variable, then exec'd) and a child forked from the
-//! target (its fork handler turns recording off) forward their calls without recording.
+//! `MEMPROF_RING_FD` is mapped. When memprof follows the process tree
+//! (`RingControl::follow_children`), every process records into it, each frame naming its
+//! writer's pid: a forked child keeps the mapping (its fork handler takes its own pid) and an
+//! exec'd one maps the inherited descriptor again. Otherwise the first process claims it; a
+//! process that finds it claimed by another (a child that inherited the variable, then exec'd)
+//! and a child forked from the target (its fork handler turns recording off) forward their
+//! calls without recording.
 
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use profiler_common::shared_ring::{
-    DATA_OFFSET, FRAME_HEADER_BYTES, MAGIC, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RingControl,
-    UNCLAIMED, frame_bytes, place,
+    DATA_OFFSET, FRAME_HEADER_BYTES, MAGIC, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RING_PATH_ENV,
+    RingControl, UNCLAIMED, frame_bytes, place,
 };
 
 const DETACHED: u8 = 0;
@@ -21,6 +25,8 @@ const OFF: u8 = 3;
 static STATE: AtomicU8 = AtomicU8::new(DETACHED);
 /// The mapped ring (control page first), once attached.
 static BASE: AtomicUsize = AtomicUsize::new(0);
+/// This process's id, written into every frame (read once: getpid is a syscall).
+static PID: AtomicU32 = AtomicU32::new(0);
 
 /// How long a producer sleeps on a full ring before checking that memprof still lives.
 const WAIT_SLICE: libc::timespec = libc::timespec {
@@ -69,16 +75,63 @@ fn attach() -> Option<Ring> {
     }
 }
 
-/// A child forked from the target is not profiled: its calls go straight through.
+/// In a forked child: its own pid when the tree is followed (its records then go to its own
+/// heap), else no recording (its calls go straight through).
 extern "C" fn forked_child() {
-    STATE.store(OFF, Ordering::Release);
+    let ring = Ring::at(BASE.load(Ordering::Relaxed));
+    if ring.control().follow_children == 0 {
+        STATE.store(OFF, Ordering::Release);
+        return;
+    }
+    // SAFETY: getpid has no arguments.
+    PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
+    crate::thread::forget_tid();
 }
 
 /// Maps the ring named by the environment and claims it; None if this process is not the one
 /// memprof profiles.
 fn map_ring() -> Option<usize> {
+    let (base, len) = match env_fd().and_then(map_fd) {
+        Some(mapped) => mapped,
+        // The inherited descriptor was closed (Python's subprocess closes all but 0-2) or
+        // reused: the same ring through memprof's own descriptor, which root can open.
+        None => map_path()?,
+    };
+    let base = base as *mut libc::c_void;
+    let ring = Ring::at(base as usize);
+    // SAFETY: getpid has no arguments.
+    let pid = unsafe { libc::getpid() } as u32;
+    let control = ring.control();
+    PID.store(pid, Ordering::Relaxed);
+    if control.follow_children != 0 {
+        return Some(base as usize);
+    }
+    let owner = match control.owner_pid.compare_exchange(
+        UNCLAIMED,
+        pid,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => pid,
+        Err(owner) => owner,
+    };
+    if owner != pid {
+        // SAFETY: unmapping what was mapped above; nothing refers to it.
+        unsafe { libc::munmap(base, len) };
+        return None;
+    }
+    Some(base as usize)
+}
+
+/// The descriptor `MEMPROF_RING_FD` names.
+fn env_fd() -> Option<libc::c_int> {
     let name = c"MEMPROF_RING_FD";
     debug_assert_eq!(name.to_bytes(), RING_FD_ENV.as_bytes());
+    env_str(name)?.parse().ok()
+}
+
+/// An environment variable's value, if it is UTF-8.
+fn env_str(name: &core::ffi::CStr) -> Option<&'static str> {
     // SAFETY: getenv with a NUL-terminated name; the result is read before anything can
     // change the environment on this path.
     let value = unsafe { libc::getenv(name.as_ptr()) };
@@ -86,8 +139,34 @@ fn map_ring() -> Option<usize> {
         return None;
     }
     // SAFETY: getenv returned a NUL-terminated string.
-    let text = unsafe { core::ffi::CStr::from_ptr(value) }.to_str().ok()?;
-    let fd: libc::c_int = text.parse().ok()?;
+    unsafe { core::ffi::CStr::from_ptr(value) }.to_str().ok()
+}
+
+/// Opens the ring by `MEMPROF_RING_PATH` (`/proc/MEMPROF/fd/N`) and maps it; the descriptor is
+/// closed once mapped.
+fn map_path() -> Option<(usize, usize)> {
+    let name = c"MEMPROF_RING_PATH";
+    debug_assert_eq!(name.to_bytes(), RING_PATH_ENV.as_bytes());
+    let path = env_str(name)?;
+    // NUL-terminated on the stack: no allocation in here.
+    let mut buf = [0u8; 64];
+    if path.len() >= buf.len() {
+        return None;
+    }
+    buf[..path.len()].copy_from_slice(path.as_bytes());
+    // SAFETY: a NUL-terminated path in `buf`.
+    let fd = unsafe { libc::open(buf.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mapped = map_fd(fd);
+    // SAFETY: closing the descriptor opened above; the mapping stays.
+    unsafe { libc::close(fd) };
+    mapped
+}
+
+/// Maps the ring behind `fd` once its control page says it is one: (base, length).
+fn map_fd(fd: libc::c_int) -> Option<(usize, usize)> {
     // SAFETY: mapping a descriptor read-write and shared; checked below before any use.
     let control = unsafe {
         libc::mmap(
@@ -124,28 +203,7 @@ fn map_ring() -> Option<usize> {
             0,
         )
     };
-    if base == libc::MAP_FAILED {
-        return None;
-    }
-    let ring = Ring::at(base as usize);
-    // SAFETY: getpid has no arguments.
-    let pid = unsafe { libc::getpid() } as u32;
-    let control = ring.control();
-    let owner = match control.owner_pid.compare_exchange(
-        UNCLAIMED,
-        pid,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        Ok(_) => pid,
-        Err(owner) => owner,
-    };
-    if owner != pid {
-        // SAFETY: unmapping what was mapped above; nothing refers to it.
-        unsafe { libc::munmap(base, len) };
-        return None;
-    }
-    Some(base as usize)
+    (base != libc::MAP_FAILED).then_some((base as usize, len))
 }
 
 /// The mapped ring.
@@ -183,6 +241,11 @@ impl Ring {
             return false;
         }
         let control = self.control();
+        // memprof ended the session (this process outlives the one it launched): stop.
+        if control.closed.load(Ordering::Relaxed) != 0 {
+            STATE.store(OFF, Ordering::Release);
+            return false;
+        }
         let size = control.data_bytes;
         let frame = frame_bytes(len);
         self.lock();
@@ -211,7 +274,7 @@ impl Ring {
             let offset = (at & (size - 1)) as usize;
             let mut out = self.data().add(offset);
             out.cast::<u32>().write(len as u32);
-            out.add(4).cast::<u32>().write(0);
+            out.add(4).cast::<u32>().write(PID.load(Ordering::Relaxed));
             out = out.add(FRAME_HEADER_BYTES);
             for part in parts {
                 core::ptr::copy_nonoverlapping(part.as_ptr(), out, part.len());
@@ -278,20 +341,24 @@ impl Ring {
     }
 
     fn lock(&self) {
-        let lock = &self.control().lock;
+        let control = self.control();
+        let lock = &control.lock;
         if lock
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+            .is_err()
         {
-            return;
+            // Contended: mark it so (2) and sleep until the holder wakes one waiter.
+            while lock.swap(2, Ordering::Acquire) != 0 {
+                futex_wait(lock, 2, None);
+            }
         }
-        // Contended: mark it so (2) and sleep until the holder wakes one waiter.
-        while lock.swap(2, Ordering::Acquire) != 0 {
-            futex_wait(lock, 2, None);
-        }
+        control
+            .lock_owner
+            .store(PID.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     fn unlock(&self) {
+        self.control().lock_owner.store(0, Ordering::Relaxed);
         let lock = &self.control().lock;
         if lock.swap(0, Ordering::Release) == 2 {
             futex_wake(lock, 1);

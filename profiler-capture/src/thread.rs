@@ -66,6 +66,12 @@ pub fn tid() -> u32 {
     })
 }
 
+/// Forgets the calling thread's id: in a forked child, the thread that forked is a new thread
+/// of a new process.
+pub fn forget_tid() {
+    STATE.with(|state| state.tid.set(0));
+}
+
 /// `[low, high)` of the mapping holding `sp`, the calling thread's stack pointer; `(0, 0)` if
 /// it cannot be read. Cached per thread and looked up again when `sp` leaves it (a stack that
 /// grew, a coroutine's stack).

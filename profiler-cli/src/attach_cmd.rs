@@ -1,28 +1,36 @@
 //! `memprof attach PID`: a running process's session; the target keeps running after it.
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use profiler_core::{heap::Mode, report::ExitStatus};
+use profiler_core::{
+    heap::Mode,
+    report::{ExitStatus, ProcessEnd},
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     backpressure::{self, Backpressure},
     capture::{collector, monotonic_ns, prepare, probe_config, salvage},
     cli::CaptureArgs,
+    followed::{self, Followed, TreeSession},
     privileges,
     probes::ProbeConfig,
+    process_events::ProcessEvents,
     recording, report, seize, session,
     session::{EventSource, Stop},
     targets::LookupOrder,
 };
 
 /// `memprof attach PID`: probe a running process, collect, detach and leave it running. With
-/// `hold`, its threads are traced so that none of their events is lost (seize.rs).
+/// `hold`, its threads are traced so that none of their events is lost (seize.rs); with
+/// `children`, the processes it starts during the window are followed too (followed.rs).
 pub async fn attach(
     capture: &CaptureArgs,
     pid: u32,
     duration: Option<std::time::Duration>,
     hold: bool,
+    children: bool,
     leak_check: bool,
 ) -> Result<i32> {
     check_attachable(pid)?;
@@ -33,8 +41,13 @@ pub async fn attach(
     let _release_holds = backpressure::CloseOnDrop(backpressure.clone());
     // Seized before the probes exist, so that no hold request reaches an untraced thread;
     // dropped (every thread detached) after they are gone.
-    let seized = match hold {
-        true => Some(seize::seize(pid, backpressure.clone())?),
+    let process_events = children.then(ProcessEvents::new);
+    let seized = match hold || children {
+        true => Some(seize::seize(
+            pid,
+            backpressure.clone(),
+            process_events.clone(),
+        )?),
         false => None,
     };
     let config = ProbeConfig {
@@ -42,7 +55,16 @@ pub async fn attach(
         ..probe_config(capture)?
     };
     let (mut probes, sites, warnings) =
-        prepare(pid, config, || LookupOrder::for_running_process(pid))?;
+        match prepare(pid, config, || LookupOrder::for_running_process(pid)) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                // Closed first: a child forked meanwhile must not wait for a collector.
+                if let Some(events) = &process_events {
+                    events.close();
+                }
+                return Err(error);
+            }
+        };
     let (ring, mut collected) = collector(
         Mode::Attach,
         pid,
@@ -57,6 +79,20 @@ pub async fn attach(
         reason: "attach: eBPF uprobes, nothing is injected into a running process".into(),
     });
     let start_ns = monotonic_ns();
+    // Shared with the tree's collectors, which probe each child as it is forked.
+    let probes = Arc::new(Mutex::new(probes));
+    if let Some(events) = &process_events {
+        let followed = Followed::new(TreeSession {
+            root: pid,
+            mode: Mode::Attach,
+            capture: capture.clone(),
+            report_capture: collected.capture.clone(),
+            sites: sites.clone(),
+            start_ns,
+            probes: Some(probes.clone()),
+        });
+        collected.follow(followed, events.clone());
+    }
     // The file it runs, whatever its argv[0] says (a symlink's name, `exec -a`, a title).
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     let command_line = cmdline(pid).unwrap_or_else(|| vec![exe.display().to_string()]);
@@ -116,7 +152,9 @@ pub async fn attach(
         source.drain(&mut collected);
         collected.check_leaks_paused(&paused.states, Some(paused.since));
     }
-    probes.detach();
+    if let Ok(mut probes) = probes.lock() {
+        probes.detach();
+    }
     drop(paused);
     let reason = match collect_result {
         Ok(reason) => reason,
@@ -126,6 +164,9 @@ pub async fn attach(
         }
     };
     source.drain(&mut collected);
+    if let Some(events) = &process_events {
+        events.close();
+    }
     backpressure.close();
     drop(seized);
     collected.held = backpressure.held();
@@ -135,16 +176,29 @@ pub async fn attach(
     if reason == Stop::TargetExited {
         eprintln!("memprof: process {pid} exited");
     }
+    // It exited, but only its parent learns how.
+    let exit = (reason == Stop::TargetExited).then_some(ExitStatus {
+        code: None,
+        signal: None,
+    });
+    if let Some(followed) = collected.followed.take() {
+        let mut tree = followed.finish();
+        if !tree.images.is_empty() {
+            let end = match exit {
+                Some(_) => ProcessEnd::Exit,
+                None => ProcessEnd::Running,
+            };
+            let root = followed::root_image(&collected, &session, (end, exit), end_ns);
+            collected.processes = std::iter::once(root).chain(tree.images).collect();
+        }
+        collected.warnings.append(&mut tree.warnings);
+    }
     let meta = report::Meta {
         mode: Mode::Attach,
         command: session.command,
         executable: session.executable,
         pid,
-        // It exited, but only its parent learns how.
-        exit: (reason == Stop::TargetExited).then_some(ExitStatus {
-            code: None,
-            signal: None,
-        }),
+        exit,
         start_ns,
         end_ns,
         sites: &sites,

@@ -37,6 +37,11 @@ pub enum Command {
         #[arg(long = "capture", value_enum, default_value_t = CapturePath::Auto,
               value_name = "PATH")]
         capture_path: CapturePath,
+        /// Profile the launched process alone. By default every process it starts is followed
+        /// (forked children, theirs, every program they exec; in-process capture path): each
+        /// process image gets its own report in DIR/processes/PID-N/, listed in DIR/report.json.
+        #[arg(long)]
+        no_follow: bool,
         /// Run the program as this user (its uid, gid and groups), not as root: memprof keeps
         /// its privileges to profile it. The environment stays memprof's (with --env applied).
         #[arg(long, value_name = "USER")]
@@ -61,10 +66,15 @@ pub enum Command {
         /// passes through memprof; the threads are detached at the end.
         #[arg(long)]
         hold: bool,
+        /// Follow the processes the target starts during the window (and theirs, and what they
+        /// exec): each process image gets its own report in DIR/processes/PID-N/, listed in
+        /// DIR/report.json. Traces the target's threads (ptrace) as `--hold` does.
+        #[arg(long)]
+        children: bool,
         /// At the end of the window, stop the process for a moment, scan its memory and
         /// classify the blocks the window allocated as memcheck does (definitely, indirectly or
         /// possibly lost, still reachable); blocks from before the window count as reachable.
-        #[arg(long, conflicts_with = "hold")]
+        #[arg(long, conflicts_with_all = ["hold", "children"])]
         leak_check: bool,
         #[command(flatten)]
         capture: CaptureArgs,
@@ -76,7 +86,9 @@ pub enum Command {
     /// Replay a recording (`recording.mprof`) offline: rebuild the heap and write the same
     /// report files a live session writes, plus `profile.pb.gz` (pprof).
     Report {
-        /// The recording, written by `memprof run` or `memprof attach`.
+        /// The recording, written by `memprof run` or `memprof attach`; or a session's output
+        /// directory, whose whole process tree (every DIR/processes/PID-N/ recording, listed
+        /// in DIR/report.json) is replayed with `--format all` (otherwise its recording.mprof).
         file: PathBuf,
         /// What to produce: `all` writes every file and prints the summary; `text` prints the
         /// summary on stdout; the others write only their files.

@@ -3,7 +3,9 @@
 //!
 //! While it runs, every thread of the target stays traced (`PTRACE_O_TRACECLONE`): to stop it
 //! once more as it exits (its maps are read then), and to hold a thread the probes ask to hold
-//! while the collector catches up (backpressure.rs).
+//! while the collector catches up (backpressure.rs). Following the tree (traced_tree.rs),
+//! every process it starts is traced too (`PTRACE_O_TRACEFORK | TRACEVFORK`): its fork, execs
+//! and exit are told to the collector (process_events.rs).
 use std::{
     collections::HashSet,
     ffi::OsString,
@@ -25,6 +27,8 @@ use nix::{
 };
 
 use crate::backpressure::Backpressure;
+use crate::process_events::ProcessEvents;
+use crate::traced_tree::{FirstStop, TracedTree};
 
 /// How a target ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,12 +132,15 @@ pub type Ended<T> = (Result<Exit>, Option<T>);
 
 /// Starts `command` stopped at exec on a dedicated tracer thread. Once resumed, `at_exit`
 /// runs while the exiting child still has its memory mapped, and the outcome is sent to
-/// `done`; threads the probes signal are held through `backpressure`.
+/// `done`; threads the probes signal are held through `backpressure`. With `follow`, every
+/// process the target starts is traced and its forks, execs and exits are posted there; the
+/// run still ends when the launched process exits (those still running are then let go).
 pub fn launch<T: Send + 'static>(
     target: Target,
     at_exit: impl FnOnce(Pid) -> Option<T> + Send + 'static,
     done: tokio::sync::oneshot::Sender<Ended<T>>,
     backpressure: Arc<Backpressure>,
+    follow: Option<Arc<ProcessEvents>>,
 ) -> Result<Launched> {
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel();
@@ -148,16 +155,17 @@ pub fn launch<T: Send + 'static>(
         let _ = started_tx.send(Ok((pid, stdout)));
         if go_rx.recv() != Ok(true) {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            let _ = wait_exit(pid, &backpressure, |_| {});
+            let _ = wait_exit(pid, &backpressure, None, |_| {});
             return;
         }
-        if let Err(error) = resume(pid) {
+        if let Err(error) = resume(pid, follow.is_some()) {
             let _ = done.send((Err(error), None));
             return;
         }
         let mut at_exit = Some(at_exit);
         let mut produced = None;
-        let exit = wait_exit(pid, &backpressure, |pid| {
+        let tree = follow.map(|events| TracedTree::new(pid, events));
+        let exit = wait_exit(pid, &backpressure, tree, |pid| {
             if let Some(at_exit) = at_exit.take() {
                 produced = at_exit(pid);
             }
@@ -236,19 +244,41 @@ fn spawn_stopped(target: &Target) -> Result<(Pid, Option<ChildStdout>)> {
 /// to stop once more as it exits, while its memory map still exists, so the libraries its
 /// stacks point into are known even for a program that lives a few milliseconds; and to hold
 /// a thread the probes signal (backpressure.rs). Other signals are passed on as they are.
-fn resume(pid: Pid) -> Result<()> {
+fn resume(pid: Pid, follow: bool) -> Result<()> {
     // TRACEEXEC turns the SIGTRAP a traced execve would raise into an event we swallow.
-    let options = ptrace::Options::PTRACE_O_TRACEEXIT
+    let mut options = ptrace::Options::PTRACE_O_TRACEEXIT
         | ptrace::Options::PTRACE_O_TRACEEXEC
         | ptrace::Options::PTRACE_O_TRACECLONE;
+    if follow {
+        options |= ptrace::Options::PTRACE_O_TRACEFORK | ptrace::Options::PTRACE_O_TRACEVFORK;
+    }
     ptrace::setoptions(pid, options)
         .and_then(|()| ptrace::cont(pid, None))
         .map_err(|error| anyhow!("cannot resume the target: {error}"))
 }
 
 /// Blocks until the child exits and returns how; `at_exit` runs while the exiting child is
-/// stopped with its memory still mapped.
-fn wait_exit(pid: Pid, backpressure: &Backpressure, mut at_exit: impl FnMut(Pid)) -> Result<Exit> {
+/// stopped with its memory still mapped. `tree`, when following, gets the other processes'
+/// forks, execs and exits, and lets go of those still running at the end.
+fn wait_exit(
+    pid: Pid,
+    backpressure: &Backpressure,
+    mut tree: Option<TracedTree>,
+    at_exit: impl FnMut(Pid),
+) -> Result<Exit> {
+    let exit = wait_loop(pid, backpressure, tree.as_mut(), at_exit);
+    if let Some(tree) = tree {
+        tree.release();
+    }
+    exit
+}
+
+fn wait_loop(
+    pid: Pid,
+    backpressure: &Backpressure,
+    mut tree: Option<&mut TracedTree>,
+    mut at_exit: impl FnMut(Pid),
+) -> Result<Exit> {
     // Threads seen stopped: a new thread's first stop is the SIGSTOP it is attached with.
     let mut started = HashSet::from([pid]);
     loop {
@@ -262,8 +292,17 @@ fn wait_exit(pid: Pid, backpressure: &Backpressure, mut at_exit: impl FnMut(Pid)
             WaitStatus::Signaled(tid, signal, _) if tid == pid => {
                 return Ok(Exit::Signal(signal as i32));
             }
-            WaitStatus::Exited(tid, _) | WaitStatus::Signaled(tid, _, _) => {
+            WaitStatus::Exited(tid, code) => {
                 started.remove(&tid);
+                if let Some(tree) = tree.as_deref_mut() {
+                    tree.gone(tid, Exit::Code(code));
+                }
+            }
+            WaitStatus::Signaled(tid, signal, _) => {
+                started.remove(&tid);
+                if let Some(tree) = tree.as_deref_mut() {
+                    tree.gone(tid, Exit::Signal(signal as i32));
+                }
             }
             WaitStatus::PtraceEvent(tid, _, event) => {
                 if tid == pid && event == libc::PTRACE_EVENT_EXIT {
@@ -274,13 +313,39 @@ fn wait_exit(pid: Pid, backpressure: &Backpressure, mut at_exit: impl FnMut(Pid)
                 if tid == pid && event == libc::PTRACE_EVENT_EXEC {
                     backpressure.exec_stop();
                 }
+                if let Some(tree) = tree.as_deref_mut()
+                    && tid != pid
+                {
+                    match event {
+                        libc::PTRACE_EVENT_EXIT => tree.exit_stop(tid),
+                        libc::PTRACE_EVENT_EXEC => tree.exec_stop(tid),
+                        _ => {}
+                    }
+                }
+                if let Some(tree) = tree.as_deref_mut()
+                    && [
+                        libc::PTRACE_EVENT_FORK,
+                        libc::PTRACE_EVENT_VFORK,
+                        libc::PTRACE_EVENT_CLONE,
+                    ]
+                    .contains(&event)
+                    && let Ok(child) = ptrace::getevent(tid)
+                    && let Some(child) = tree.forked(tid, Pid::from_raw(child as i32))
+                {
+                    let _ = ptrace::cont(child, None);
+                }
                 // Other events: a thread started (it stops on its own too), another thread
                 // exiting, or an exec (probes are attached by file, so a new image keeps being
                 // profiled where it uses the same allocator).
                 let _ = ptrace::cont(tid, None);
             }
             WaitStatus::Stopped(tid, Signal::SIGSTOP) if started.insert(tid) => {
-                let _ = ptrace::cont(tid, None);
+                let first = tree
+                    .as_deref_mut()
+                    .map_or(FirstStop::Resume, |tree| tree.first_stop(tid));
+                if first == FirstStop::Resume {
+                    let _ = ptrace::cont(tid, None);
+                }
             }
             // A signal on its way to the thread: a probe's hold request, or one to deliver.
             WaitStatus::Stopped(tid, signal) => backpressure.resume(tid, signal),

@@ -19,17 +19,20 @@ mod cli;
 mod compare;
 mod diff;
 mod elf;
+mod followed;
 mod kernel_btf;
 mod launch;
 mod leak_scan;
 mod multi_link;
 mod offline;
+mod offline_tree;
 mod operators;
 mod ops_output;
 mod pause;
 mod preload_capture;
 mod privileges;
 mod probes;
+mod process_events;
 mod prologue;
 mod recorder;
 mod recording;
@@ -39,6 +42,7 @@ mod seize;
 mod session;
 mod target_modules;
 mod targets;
+mod traced_tree;
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -76,7 +80,20 @@ fn run(cli: Cli) -> Result<i32> {
             output,
             top,
             ops,
-        } => offline::report(&file, format, &output, top, ops),
+        } => match file.is_dir() {
+            // A session's directory: all of a followed tree, or its one recording.
+            true if format == cli::ReportFormat::All && ops.is_none() => {
+                offline_tree::report(&file, &output, top)
+            }
+            true => offline::report(
+                &offline_tree::recording_of(&file),
+                format,
+                &output,
+                top,
+                ops,
+            ),
+            false => offline::report(&file, format, &output, top, ops),
+        },
         Command::Diff(args) => diff::diff(&args),
         Command::Compare(args) => compare::compare(&compare::CompareOptions {
             allocators: args.allocators,
@@ -93,6 +110,7 @@ fn run(cli: Cli) -> Result<i32> {
             env,
             ops_from_output,
             capture_path,
+            no_follow,
             user,
             no_leak_check,
             command,
@@ -107,17 +125,19 @@ fn run(cli: Cli) -> Result<i32> {
                 user: user.as_deref().map(launch::RunAs::lookup).transpose()?,
             },
             capture_path,
+            !no_follow,
         )),
         Command::Attach {
             pid,
             duration,
             hold,
+            children,
             leak_check,
             capture,
         } => {
             let duration = cli::duration(duration)?;
             runtime.block_on(attach_cmd::attach(
-                &capture, pid, duration, hold, leak_check,
+                &capture, pid, duration, hold, children, leak_check,
             ))
         }
     }

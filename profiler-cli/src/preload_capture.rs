@@ -15,8 +15,8 @@ use anyhow::{Context as _, Result, bail};
 use profiler_common::{
     EventKind,
     shared_ring::{
-        DATA_OFFSET, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RingControl,
-        frame_bytes,
+        DATA_OFFSET, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RING_PATH_ENV,
+        RingControl, frame_bytes,
     },
 };
 use profiler_core::report::{Held, LostCounts};
@@ -60,6 +60,11 @@ pub fn target_env(
     }
     env.push(("LD_PRELOAD".into(), preload));
     env.push((RING_FD_ENV.into(), ring.fd().to_string()));
+    // For a child that closes the inherited descriptor before it execs a program.
+    env.push((
+        RING_PATH_ENV.into(),
+        format!("/proc/{}/fd/{}", std::process::id(), ring.fd()),
+    ));
     env
 }
 
@@ -77,8 +82,9 @@ pub struct SharedRing {
 unsafe impl Send for SharedRing {}
 
 impl SharedRing {
-    /// A ring of `data_bytes` (a power of two) whose producers copy `stack_bytes` of stack.
-    pub fn create(data_bytes: u64, stack_bytes: u32) -> Result<SharedRing> {
+    /// A ring of `data_bytes` (a power of two) whose producers copy `stack_bytes` of stack;
+    /// with `follow_children`, every process of the target's tree records into it.
+    pub fn create(data_bytes: u64, stack_bytes: u32, follow_children: bool) -> Result<SharedRing> {
         let fd =
             nix::sys::memfd::memfd_create(c"memprof-ring", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
                 .context("cannot create the capture ring (memfd_create)")?;
@@ -110,6 +116,7 @@ impl SharedRing {
                 data_bytes,
                 stack_bytes,
                 std::process::id(),
+                follow_children,
             ))
         };
         Ok(ring)
@@ -132,7 +139,8 @@ impl SharedRing {
         }
     }
 
-    /// Reads every published record into `collected`; true if there was any.
+    /// Reads every published record into `collected` (which hands each to the collector of
+    /// the process that wrote it); true if there was any.
     pub fn drain(&mut self, collected: &mut Collected) -> bool {
         let control = self.control();
         let size = control.data_bytes;
@@ -155,13 +163,15 @@ impl SharedRing {
                 read_pos = write_pos;
                 break;
             }
+            // SAFETY: as the length, the frame's second word.
+            let pid = unsafe { data.add(offset + 4).cast::<u32>().read_volatile() };
             self.record.clear();
             // SAFETY: the frame's bytes lie inside the data area (checked above).
             self.record.extend_from_slice(unsafe {
                 std::slice::from_raw_parts(data.add(offset + FRAME_HEADER_BYTES), len)
             });
             read_pos += frame_bytes(len);
-            collected.record(&self.record);
+            collected.record_from(pid, &self.record);
         }
         let control = self.control();
         control.read_pos.store(read_pos, Ordering::Release);
@@ -180,10 +190,35 @@ impl SharedRing {
         found
     }
 
-    /// Frees the producers' lock: only while no producer can run (the target stopped at an
-    /// exec, its old threads gone), when a thread killed inside the lock may have left it taken.
-    pub fn release_lock(&self) {
-        self.control().lock.store(0, Ordering::Release);
+    /// Frees the producers' lock if process `pid` holds it: only once none of its threads can
+    /// write (it exec'd, its old threads gone, or it died), when a thread killed inside the
+    /// lock may have left it taken. Other processes of the tree may hold it legitimately.
+    pub fn release_lock_of(&self, pid: u32) {
+        let control = self.control();
+        // Alone in the ring, the process may have died before it named itself the owner.
+        let alone = control.follow_children == 0;
+        if alone
+            || control
+                .lock_owner
+                .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            control.lock.store(0, Ordering::Release);
+            // SAFETY: FUTEX_WAKE on the aligned u32 of the shared mapping.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    control.lock.as_ptr(),
+                    libc::FUTEX_WAKE,
+                    i32::MAX,
+                );
+            }
+        }
+    }
+
+    /// Tells producers that collection is over: processes still running stop recording.
+    pub fn close(&self) {
+        self.control().closed.store(1, Ordering::Release);
     }
 
     /// How often and how long the target's threads waited for room, if they ever did.

@@ -6,7 +6,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
 };
-use profiler_common::{CONTROL_MAP, COUNTERS_MAP, EventKind, RING_MAP, config, counter};
+use profiler_common::{
+    CONTROL_MAP, COUNTERS_MAP, EventKind, FOLLOWED_MAP, RING_MAP, config, counter,
+};
 use profiler_core::report::LostCounts;
 
 use crate::{
@@ -42,7 +44,12 @@ pub struct Probes {
     links: Vec<OwnedFd>,
     /// The return probes' links, detached after the entry probes' (see `detach`).
     return_links: Vec<OwnedFd>,
+    /// The other processes of a followed tree: (entry links, return links) by pid.
+    process_links: HashMap<u32, (Vec<OwnedFd>, Vec<OwnedFd>)>,
 }
+
+/// Links released concurrently at the end of a session.
+const CONCURRENT_RELEASES: usize = 64;
 
 impl Probes {
     pub fn load(tgid: u32, config: ProbeConfig) -> Result<Probes> {
@@ -83,6 +90,7 @@ impl Probes {
             programs,
             links: Vec::new(),
             return_links: Vec::new(),
+            process_links: HashMap::new(),
         })
     }
 
@@ -93,6 +101,45 @@ impl Probes {
         // for every probe once they all are in place (else allocations seen before their
         // frees were probed looked live at the window's end).
         self.set_control(1);
+        let (entries, returns) = self.attach_links(pid, sites)?;
+        self.links.extend(entries);
+        self.return_links.extend(returns);
+        self.set_control(0);
+        Ok(())
+    }
+
+    /// Probes process `pid` too: a child of a followed tree, held before its first
+    /// instruction, so neither the order of its links nor the stop flag matters (the other
+    /// processes keep running).
+    pub fn follow(&mut self, pid: u32, sites: &[ProbeSite]) -> Result<()> {
+        if let Some(map) = self.ebpf.map_mut(FOLLOWED_MAP) {
+            let mut followed = aya::maps::HashMap::<&mut MapData, u32, u32>::try_from(map)?;
+            followed.insert(pid, 1, 0)?;
+        }
+        let links = self.attach_links(pid, sites)?;
+        self.process_links.insert(pid, links);
+        Ok(())
+    }
+
+    /// Process `pid` of the tree is gone: it leaves the targets, and its links are released
+    /// in the background (each release waits a grace period).
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(map) = self.ebpf.map_mut(FOLLOWED_MAP)
+            && let Ok(mut followed) = aya::maps::HashMap::<&mut MapData, u32, u32>::try_from(map)
+        {
+            let _ = followed.remove(&pid);
+        }
+        if let Some(links) = self.process_links.remove(&pid) {
+            thread::spawn(move || drop(links));
+        }
+    }
+
+    /// The links of every site for process `pid`: (entry links, return links).
+    fn attach_links(
+        &mut self,
+        pid: u32,
+        sites: &[ProbeSite],
+    ) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
         let mut returns: Vec<(&Path, Vec<u64>)> = Vec::new();
         for site in sites.iter().filter(|s| s.kind.needs_return_probe()) {
             match returns.iter_mut().find(|(path, _)| *path == site.path) {
@@ -100,21 +147,24 @@ impl Probes {
                 None => returns.push((&site.path, vec![site.file_offset])),
             }
         }
+        let mut return_links = Vec::new();
         for (path, offsets) in returns {
-            self.attach_program(RETURN_PROGRAM, path, &offsets, pid, true)?;
+            return_links.push(self.attach_program(RETURN_PROGRAM, path, &offsets, pid, true)?);
         }
+        let mut entry_links = Vec::new();
         for site in sites {
-            self.attach_program(
-                entry_program(site),
-                &site.path,
-                &[site.file_offset],
-                pid,
-                false,
-            )
-            .with_context(|| format!("cannot probe {}", site.symbol))?;
+            let link = self
+                .attach_program(
+                    entry_program(site),
+                    &site.path,
+                    &[site.file_offset],
+                    pid,
+                    false,
+                )
+                .with_context(|| format!("cannot probe {}", site.symbol))?;
+            entry_links.push(link);
         }
-        self.set_control(0);
-        Ok(())
+        Ok((entry_links, return_links))
     }
 
     fn attach_program(
@@ -124,18 +174,12 @@ impl Probes {
         offsets: &[u64],
         pid: u32,
         retprobe: bool,
-    ) -> Result<()> {
+    ) -> Result<OwnedFd> {
         let program = self
             .programs
             .get(name)
             .ok_or_else(|| anyhow!("eBPF program {name} missing"))?;
-        let link = program.attach(path, offsets, &[], pid, retprobe)?;
-        if retprobe {
-            self.return_links.push(link);
-        } else {
-            self.links.push(link);
-        }
-        Ok(())
+        program.attach(path, offsets, &[], pid, retprobe)
     }
 
     /// Ends the recording at one instant ([`Probes::stop`]), then detaches every probe: the
@@ -146,15 +190,24 @@ impl Probes {
     /// concurrently.
     pub fn detach(&mut self) {
         self.stop();
-        for links in [
-            std::mem::take(&mut self.links),
-            std::mem::take(&mut self.return_links),
-        ] {
-            thread::scope(|scope| {
-                for link in links {
-                    scope.spawn(move || drop(link));
-                }
-            });
+        let mut entries = std::mem::take(&mut self.links);
+        let mut returns = std::mem::take(&mut self.return_links);
+        for (_, (process_entries, process_returns)) in self.process_links.drain() {
+            entries.extend(process_entries);
+            returns.extend(process_returns);
+        }
+        for mut links in [entries, returns] {
+            // At most this many releases wait at once (a followed tree has links per process).
+            while !links.is_empty() {
+                let chunk: Vec<OwnedFd> = links
+                    .drain(..links.len().min(CONCURRENT_RELEASES))
+                    .collect();
+                thread::scope(|scope| {
+                    for link in chunk {
+                        scope.spawn(move || drop(link));
+                    }
+                });
+            }
         }
     }
 

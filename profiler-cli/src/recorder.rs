@@ -13,8 +13,10 @@ use profiler_core::{
 use std::sync::Arc;
 
 use crate::backpressure::Backpressure;
+use crate::followed::Followed;
 use crate::preload_capture::RingCounters;
 use crate::probes::LossCounters;
+use crate::process_events::{ProcessEvent, ProcessEvents};
 use crate::targets::ProbeSite;
 
 use crate::recording::{BuildIds, RecordingSink};
@@ -60,6 +62,13 @@ pub struct Collected {
     /// Files of the allocator serving the target (the leak check reads its static data
     /// apart).
     allocator_files: Vec<std::path::PathBuf>,
+    /// `run` following the tree: the other processes' collectors, fed with the records
+    /// written by other pids.
+    pub followed: Option<Box<Followed>>,
+    /// Forks, execs and exits the tracer saw, applied after each drain.
+    process_events: Option<Arc<ProcessEvents>>,
+    /// Every process image of the tree, for the report (set at the end of the session).
+    pub processes: Vec<profiler_core::report::ProcessImage>,
 }
 
 impl Collected {
@@ -85,6 +94,77 @@ impl Collected {
             leak_check: None,
             target_pid: 0,
             allocator_files: Vec::new(),
+            followed: None,
+            process_events: None,
+            processes: Vec::new(),
+        }
+    }
+
+    /// Follows the tree: records of other pids go to `followed`, and `events` starts and ends
+    /// their images.
+    pub fn follow(&mut self, followed: Followed, events: Arc<ProcessEvents>) {
+        self.followed = Some(Box::new(followed));
+        self.process_events = Some(events);
+    }
+
+    /// A record written by process `pid`: ours, or that of a process of the followed tree.
+    pub fn record_from(&mut self, pid: u32, bytes: &[u8]) {
+        match &mut self.followed {
+            Some(followed) if pid != followed.root => followed.record(pid, bytes),
+            _ => self.record(bytes),
+        }
+    }
+
+    /// A probes' record: its thread names its process (which may be another of the tree).
+    pub fn record_from_thread(&mut self, bytes: &[u8]) {
+        match (&self.followed, &self.process_events) {
+            (Some(_), Some(events)) if bytes.len() >= 8 => {
+                let tid = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+                let pid = events.owner(tid);
+                self.record_from(pid, bytes);
+            }
+            _ => self.record(bytes),
+        }
+    }
+
+    /// The tracer's events so far, to apply once the ring is read to its end (so every record
+    /// written before them is applied first). Exit maps go to the unwinders at once.
+    pub fn take_process_events(&mut self) -> Option<(Vec<ProcessEvent>, u64)> {
+        let events = self.process_events.as_ref()?.take();
+        if let Some(followed) = &mut self.followed {
+            followed.prepare(&events.0);
+        }
+        Some(events)
+    }
+
+    /// Applies events taken before the last drain; `released` is called with each process
+    /// gone (or exec'd) whose thread may have died holding the ring's lock.
+    pub fn apply_process_events(
+        &mut self,
+        taken: Option<(Vec<ProcessEvent>, u64)>,
+        mut released: impl FnMut(u32),
+    ) {
+        let Some((events, seq)) = taken else {
+            return;
+        };
+        if let Some(mut followed) = self.followed.take() {
+            for event in events {
+                match event {
+                    ProcessEvent::Execd { pid } => released(pid),
+                    ProcessEvent::Exited { pid, .. } => {
+                        released(pid);
+                        if let Some(events) = &self.process_events {
+                            events.forget_threads_of(pid);
+                        }
+                    }
+                    ProcessEvent::Forked { .. } => {}
+                }
+                followed.apply(event, self);
+            }
+            self.followed = Some(followed);
+        }
+        if let Some(process_events) = &self.process_events {
+            process_events.applied(seq);
         }
     }
 
@@ -96,10 +176,24 @@ impl Collected {
     /// Resolves when a thread held by the tracer waits for a drain (never without one).
     pub fn drain_wanted(&self) -> impl std::future::Future<Output = ()> + use<> {
         let backpressure = self.backpressure.clone();
+        let process_events = self.process_events.clone();
         async move {
-            match backpressure {
-                Some(backpressure) => backpressure.drain_wanted().await,
-                None => std::future::pending().await,
+            let held = async {
+                match backpressure {
+                    Some(backpressure) => backpressure.drain_wanted().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // A fork or exec waits for the collector too.
+            let tree = async {
+                match process_events {
+                    Some(events) => events.wanted().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = held => {}
+                () = tree => {}
             }
         }
     }
@@ -156,7 +250,7 @@ impl Collected {
     /// Releases every block and mapping still live: the target exec'd another program, which
     /// starts with an empty heap. Each release is a free or munmap flagged
     /// `FLAG_RELEASED_BY_EXEC`, applied and recorded like any event, so a replay does the same.
-    fn end_image(&mut self) {
+    pub fn end_image(&mut self) {
         let heap = &self.recorder.heap;
         let blocks: Vec<u64> = heap.blocks().map(|(addr, _)| addr).collect();
         let regions: Vec<(u64, u64)> = heap
@@ -210,6 +304,7 @@ impl Collected {
             warnings: &self.warnings,
             capture: self.capture.as_ref(),
             leak_check: self.leak_check.as_ref(),
+            processes: &self.processes,
         }
     }
 

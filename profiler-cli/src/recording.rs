@@ -253,6 +253,16 @@ pub fn finish_session(
     capture: &crate::cli::CaptureArgs,
 ) -> Result<()> {
     let reported = crate::report::finish(collected, meta, capture);
+    finish_recording(collected, meta, true);
+    reported
+}
+
+/// Writes the recording's trailer; `announce` prints where the recording is.
+pub fn finish_recording(
+    collected: &mut crate::recorder::Collected,
+    meta: &crate::report::Meta<'_>,
+    announce: bool,
+) {
     if let Some(sink) = collected.recording.take() {
         let trailer = Trailer {
             end_monotonic_ns: meta.end_ns,
@@ -267,13 +277,13 @@ pub fn finish_session(
         };
         let path = sink.path.clone();
         match sink.finish(&trailer) {
-            Ok((bytes, events)) => eprintln!(
+            Ok((bytes, events)) if announce => eprintln!(
                 "recording:  {} ({events} events, {:.1} bytes/event)",
                 path.display(),
                 bytes as f64 / events.max(1) as f64
             ),
+            Ok(_) => {}
             Err(error) => eprintln!("memprof: warning: recording incomplete: {error}"),
         }
     }
-    reported
 }

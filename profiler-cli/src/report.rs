@@ -35,17 +35,7 @@ pub struct Meta<'a> {
 pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> Result<()> {
     // Through /proc/PID/ while the target lives (attach): its namespace, its deleted files.
     let symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
-    let report_meta = ReportMeta {
-        command: meta.command.clone(),
-        executable: meta.executable.clone(),
-        pid: meta.pid,
-        mode: meta.mode,
-        exit: meta.exit,
-        start_ns: meta.start_ns,
-        duration: Duration::from_nanos(meta.end_ns.saturating_sub(meta.start_ns)),
-        probes: meta.sites.iter().map(probe_info).collect(),
-        lost: meta.counters,
-    };
+    let report_meta = report_meta(meta);
     let mut build_ids = collected.build_ids.clone();
     finish_report(
         &collected.view(),
@@ -56,6 +46,58 @@ pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> 
         &capture.output,
         capture.top,
     )
+}
+
+/// Writes the files of one process image of a followed tree into `output`, without a
+/// summary (the launched process's summary lists every image), and returns its report. The
+/// modules `previous` (the last image's symbolizer) opened are used again where they are the
+/// same files; the symbolizer is handed back for the next image.
+pub fn write_image(
+    collected: &Collected,
+    meta: &Meta<'_>,
+    output: &std::path::Path,
+    previous: Option<Symbolizer>,
+) -> (Result<profiler_core::report::Report>, Symbolizer) {
+    let mut symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
+    if let Some(previous) = previous {
+        symbolizer = symbolizer.with_modules_of(previous);
+    }
+    let mut build_ids = collected.build_ids.clone();
+    let written = OutputDir::open(output)
+        .map_err(anyhow::Error::from)
+        .and_then(|dir| {
+            write_all(
+                &dir,
+                &collected.view(),
+                &mut symbolizer,
+                &report_meta(meta),
+                |path| {
+                    crate::recording::build_id_of_path(
+                        &mut build_ids,
+                        &collected.maps,
+                        path,
+                        meta.pid,
+                    )
+                },
+            )
+            .with_context(|| format!("cannot write the report into {}", output.display()))
+        })
+        .map(|outputs| outputs.report);
+    (written, symbolizer)
+}
+
+fn report_meta(meta: &Meta<'_>) -> ReportMeta {
+    ReportMeta {
+        command: meta.command.clone(),
+        executable: meta.executable.clone(),
+        pid: meta.pid,
+        mode: meta.mode,
+        exit: meta.exit,
+        start_ns: meta.start_ns,
+        duration: Duration::from_nanos(meta.end_ns.saturating_sub(meta.start_ns)),
+        probes: meta.sites.iter().map(probe_info).collect(),
+        lost: meta.counters,
+    }
 }
 
 /// Builds, writes and summarizes the report of `session`: the end of a live session, and of

@@ -1,8 +1,14 @@
 //! `memprof run -- CMD`: the launched target's session.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Context as _, Result};
 use nix::sys::signal::{Signal, kill};
-use profiler_core::{heap::Mode, maps::ProcessMaps, report::Capture};
+use profiler_core::{
+    heap::Mode,
+    maps::ProcessMaps,
+    report::{Capture, ProcessEnd},
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -10,10 +16,12 @@ use crate::{
     capture::{collector, monotonic_ns, prepare, probe_config, salvage},
     capture_path,
     cli::{CaptureArgs, CapturePath},
+    followed::{self, Followed, TreeSession},
     launch, ops_output,
     preload_capture::{self, SharedRing},
     privileges,
     probes::ProbeConfig,
+    process_events::ProcessEvents,
     recorder::{Collected, LossSource},
     recording, report, session,
     session::{EventSource, Stop},
@@ -28,6 +36,7 @@ pub async fn run_command(
     leak_check: bool,
     mut target: launch::Target,
     path: CapturePath,
+    follow: bool,
 ) -> Result<i32> {
     let command = target.command.clone();
     let child_env = target.env.clone();
@@ -56,11 +65,13 @@ pub async fn run_command(
         path: choice.path.name().into(),
         reason: choice.reason,
     };
-    // The in-process path's ring exists before the target, which inherits it.
+    // The in-process path's ring exists before the target, which inherits it: with `follow`,
+    // every process of the tree records into it.
     let shared_ring = match choice.path {
-        CapturePath::Preload => Some(preload(capture, &mut target)?),
+        CapturePath::Preload => Some(preload(capture, &mut target, follow)?),
         CapturePath::Uprobes | CapturePath::Auto => None,
     };
+    let process_events = follow.then(ProcessEvents::new);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     // While it exits: its maps (for symbolization), its peak RSS and its RSS then (a target
     // shorter than the sampling interval would otherwise end the timeline with the RSS it had
@@ -92,14 +103,20 @@ pub async fn run_command(
     };
     // Threads the probes signal when the ring is half full wait for the collector to drain it.
     let _release_holds = backpressure::CloseOnDrop(backpressure.clone());
-    let mut child = launch::launch(target, read_maps, done_tx, backpressure.clone())?;
+    let mut child = launch::launch(
+        target,
+        read_maps,
+        done_tx,
+        backpressure.clone(),
+        process_events.clone(),
+    )?;
     // `--ops-from-output`: the target's stdout, passed through, holds its operation count.
     let printed_ops = child
         .stdout
         .take()
         .map(|stdout| ops_output::pass_through(stdout, std::io::stdout()));
     let pid = child.pid.as_raw() as u32;
-    let (mut source, mut probes, sites, mut collected) = match shared_ring {
+    let (mut source, probes, sites, mut collected) = match shared_ring {
         Some(ring) => {
             let mut collected = preload_collector(pid, capture, &ring);
             // No thread is ever held on this path, but an exec waits for a drain.
@@ -142,11 +159,25 @@ pub async fn run_command(
                 &backpressure,
             )?;
             collected.capture = Some(report_capture);
+            // Shared with the tree's collectors, which probe each child as it is forked.
+            let probes = Arc::new(Mutex::new(probes));
             (EventSource::kernel(ring)?, Some(probes), sites, collected)
         }
     };
     collected.watch_exit_maps(exit_maps);
     let start_ns = monotonic_ns();
+    if let Some(events) = &process_events {
+        let followed = Followed::new(TreeSession {
+            root: pid,
+            mode: Mode::Run,
+            capture: capture.clone(),
+            report_capture: collected.capture.clone(),
+            sites: sites.clone(),
+            start_ns,
+            probes: probes.clone(),
+        });
+        collected.follow(followed, events.clone());
+    }
     let command_line: Vec<String> = command
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -188,7 +219,9 @@ pub async fn run_command(
     };
     let collect_result = session::collect(&mut source, &mut collected, pid, stop).await;
     let end_ns = monotonic_ns();
-    if let Some(probes) = &mut probes {
+    if let Some(probes) = &probes
+        && let Ok(mut probes) = probes.lock()
+    {
         probes.detach();
     }
     match collect_result {
@@ -207,6 +240,13 @@ pub async fn run_command(
         collected.merge_maps(maps);
     }
     source.drain(&mut collected);
+    if let Some(events) = &process_events {
+        events.close();
+    }
+    if let EventSource::Shared(ring) = &source {
+        // Processes left running stop recording: nothing reads the ring any more.
+        ring.close();
+    }
     // After the last events: the timeline's last point then has the RSS at exit.
     if let Some((ts_ns, bytes)) = rss_at_exit {
         collected.sample_rss(ts_ns, bytes);
@@ -228,6 +268,20 @@ pub async fn run_command(
         .lost()
         .context("cannot read the probes' loss counters")?;
     let exit = exit?;
+    if let Some(followed) = collected.followed.take() {
+        let mut tree = followed.finish();
+        // Listed only when the target started a process: a lone process's report is unchanged.
+        if !tree.images.is_empty() {
+            let root = followed::root_image(
+                &collected,
+                &session,
+                (ProcessEnd::Exit, Some(exit.into())),
+                end_ns,
+            );
+            collected.processes = std::iter::once(root).chain(tree.images).collect();
+        }
+        collected.warnings.append(&mut tree.warnings);
+    }
     let meta = report::Meta {
         mode: Mode::Run,
         command: session.command,
@@ -244,15 +298,15 @@ pub async fn run_command(
 }
 
 /// Sets up the in-process path: creates the ring and gives the target the library and the
-/// ring's descriptor.
-fn preload(capture: &CaptureArgs, target: &mut launch::Target) -> Result<SharedRing> {
+/// ring's descriptor; with `follow`, every process of the tree records into it.
+fn preload(capture: &CaptureArgs, target: &mut launch::Target, follow: bool) -> Result<SharedRing> {
     let library = preload_capture::library()?;
     let stack_bytes = if capture.max_depth == 0 {
         0
     } else {
         capture.stack_bytes()?
     };
-    let ring = SharedRing::create(u64::from(capture.ring_bytes()?), stack_bytes)?;
+    let ring = SharedRing::create(u64::from(capture.ring_bytes()?), stack_bytes, follow)?;
     target.env = preload_capture::target_env(&library, &ring, std::mem::take(&mut target.env));
     target.inherit_fd = Some(ring.fd());
     Ok(ring)

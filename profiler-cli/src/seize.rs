@@ -5,6 +5,11 @@
 //! job-control stops as they are (`PTRACE_LISTEN`), and at the end interrupts and detaches
 //! every thread, handing back any signal it was about to receive. If memprof dies instead, the
 //! kernel detaches the threads itself.
+//!
+//! `attach --children` seizes the same way with `PTRACE_O_TRACEFORK | TRACEVFORK | TRACEEXEC |
+//! TRACEEXIT`: every process the target starts during the window is seized with it (its first
+//! stop is a `PTRACE_EVENT_STOP`) and followed as in `run` (traced_tree.rs), and released
+//! with the rest at the end.
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +25,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::backpressure::{Backpressure, is_hold_request};
+use crate::launch::Exit;
+use crate::process_events::ProcessEvents;
+use crate::traced_tree::{FirstStop, TracedTree};
 
 /// Longest the tracer sleeps between looks for ptrace stops when none is pending.
 const POLL: Duration = Duration::from_millis(1);
@@ -37,13 +45,25 @@ pub struct Seized {
 }
 
 /// Seizes every thread of `pid`; an error (another tracer, no permission) leaves it untouched.
-pub fn seize(pid: u32, backpressure: Arc<Backpressure>) -> Result<Seized> {
+/// With `follow`, the processes it starts are followed too.
+pub fn seize(
+    pid: u32,
+    backpressure: Arc<Backpressure>,
+    follow: Option<Arc<ProcessEvents>>,
+) -> Result<Seized> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
+    let mut options = ptrace::Options::PTRACE_O_TRACECLONE;
+    if follow.is_some() {
+        options |= ptrace::Options::PTRACE_O_TRACEFORK
+            | ptrace::Options::PTRACE_O_TRACEVFORK
+            | ptrace::Options::PTRACE_O_TRACEEXEC
+            | ptrace::Options::PTRACE_O_TRACEEXIT;
+    }
     let tracer = {
         let stop = stop.clone();
         thread::spawn(move || {
-            let mut threads = match seize_all(Pid::from_raw(pid as i32)) {
+            let mut threads = match seize_all(Pid::from_raw(pid as i32), options) {
                 Ok(threads) => {
                     let _ = ready_tx.send(Ok(()));
                     threads
@@ -54,12 +74,16 @@ pub fn seize(pid: u32, backpressure: Arc<Backpressure>) -> Result<Seized> {
                     return;
                 }
             };
-            trace(
-                Pid::from_raw(pid as i32),
-                &mut threads,
-                &backpressure,
-                &stop,
-            );
+            let root = Pid::from_raw(pid as i32);
+            let mut tree = follow.map(|events| TracedTree::new(root, events));
+            trace(root, &mut threads, &backpressure, tree.as_mut(), &stop);
+            if let Some(tree) = tree {
+                // Children held at their first stop report nothing more: let go now.
+                for held in tree.take_held() {
+                    threads.remove(&held);
+                    let _ = ptrace::detach(held, None);
+                }
+            }
             release(threads);
         })
     };
@@ -84,7 +108,10 @@ impl Drop for Seized {
 /// Seizes the threads listed in /proc/PID/task until a pass finds no new one (a thread not
 /// yet seized may start another; seized ones bring theirs along). On error, also returns the
 /// threads already seized, to be released.
-fn seize_all(pid: Pid) -> std::result::Result<HashSet<Pid>, (anyhow::Error, HashSet<Pid>)> {
+fn seize_all(
+    pid: Pid,
+    options: ptrace::Options,
+) -> std::result::Result<HashSet<Pid>, (anyhow::Error, HashSet<Pid>)> {
     let mut seized = HashSet::new();
     loop {
         let tasks = match list_threads(pid) {
@@ -96,7 +123,7 @@ fn seize_all(pid: Pid) -> std::result::Result<HashSet<Pid>, (anyhow::Error, Hash
             return Ok(seized);
         }
         for tid in fresh {
-            match ptrace::seize(tid, ptrace::Options::PTRACE_O_TRACECLONE) {
+            match ptrace::seize(tid, options) {
                 Ok(()) => {
                     seized.insert(tid);
                 }
@@ -128,8 +155,17 @@ pub fn list_threads(pid: Pid) -> Result<Vec<Pid>> {
         .collect())
 }
 
-/// Handles the threads' ptrace stops until `stop` is set or the process is gone.
-fn trace(pid: Pid, threads: &mut HashSet<Pid>, backpressure: &Backpressure, stop: &AtomicBool) {
+/// Handles the threads' ptrace stops until `stop` is set or the process is gone. With `tree`,
+/// the processes it starts are followed: their forks, execs and exits go to the collector.
+fn trace(
+    pid: Pid,
+    threads: &mut HashSet<Pid>,
+    backpressure: &Backpressure,
+    mut tree: Option<&mut TracedTree>,
+    stop: &AtomicBool,
+) {
+    // Threads seized at the start never report a first stop; new ones do (PTRACE_EVENT_STOP).
+    let mut started = threads.clone();
     // Sleeps as short as asked: the default timer slack (50 us) would stretch each one.
     // SAFETY: PR_SET_TIMERSLACK takes a number and affects this thread only.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64) };
@@ -157,22 +193,62 @@ fn trace(pid: Pid, threads: &mut HashSet<Pid>, backpressure: &Backpressure, stop
         match status {
             WaitStatus::Exited(tid, _) | WaitStatus::Signaled(tid, _, _) => {
                 threads.remove(&tid);
-                if tid == pid {
+                started.remove(&tid);
+                if let Some(tree) = tree.as_deref_mut() {
+                    tree.gone(tid, exit_of(status));
+                } else if tid == pid {
                     threads.clear();
                 }
             }
             WaitStatus::Stopped(tid, signal) => backpressure.resume(tid, signal),
             WaitStatus::PtraceEvent(tid, signal, event) => {
                 threads.insert(tid);
-                if event == libc::PTRACE_EVENT_CLONE
+                let mut resume_child = None;
+                let new_task = [
+                    libc::PTRACE_EVENT_CLONE,
+                    libc::PTRACE_EVENT_FORK,
+                    libc::PTRACE_EVENT_VFORK,
+                ];
+                if new_task.contains(&event)
                     && let Ok(new) = ptrace::getevent(tid)
                 {
-                    threads.insert(Pid::from_raw(new as i32));
+                    let new = Pid::from_raw(new as i32);
+                    threads.insert(new);
+                    if let Some(tree) = tree.as_deref_mut() {
+                        resume_child = tree.forked(tid, new);
+                    }
+                }
+                if let Some(tree) = tree.as_deref_mut() {
+                    match event {
+                        // A new thread's or process's first stop: a new process waits for
+                        // its parent's fork event to be applied.
+                        libc::PTRACE_EVENT_STOP
+                            if started.insert(tid) && tree.first_stop(tid) == FirstStop::Hold =>
+                        {
+                            continue;
+                        }
+                        libc::PTRACE_EVENT_EXEC if tid == pid => backpressure.exec_stop(),
+                        libc::PTRACE_EVENT_EXEC => tree.exec_stop(tid),
+                        libc::PTRACE_EVENT_EXIT if tid != pid => tree.exit_stop(tid),
+                        _ => {}
+                    }
                 }
                 event_stop(tid, signal, event);
+                if let Some(child) = resume_child {
+                    let _ = ptrace::cont(child, None);
+                }
             }
             _ => {}
         }
+    }
+}
+
+/// How a reaped thread ended.
+fn exit_of(status: WaitStatus) -> Exit {
+    match status {
+        WaitStatus::Signaled(_, signal, _) => Exit::Signal(signal as i32),
+        WaitStatus::Exited(_, code) => Exit::Code(code),
+        _ => Exit::Code(0),
     }
 }
 

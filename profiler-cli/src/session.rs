@@ -52,16 +52,27 @@ impl EventSource {
     pub fn drain(&mut self, collected: &mut Collected) {
         match self {
             EventSource::Kernel(ring) => {
+                // Taken before the drain: every record written before them is applied first.
+                let events = collected.take_process_events();
                 let ring = ring.get_mut();
                 while let Some(item) = ring.next() {
-                    collected.record(&item);
+                    collected.record_from_thread(&item);
                 }
+                // No lock to free: the kernel's ring has none.
+                collected.apply_process_events(events, |_| {});
             }
             EventSource::Shared(ring) => {
+                // Taken before the drain: every record written before them is applied first.
+                let events = collected.take_process_events();
                 ring.drain(collected);
-                // An exec killed the old image's other threads, maybe one holding the ring's
-                // lock: the new image starts with it free.
-                collected.ring_drained(|| ring.release_lock());
+                // A process that exec'd or died may have lost a thread inside a write, holding
+                // the ring's lock: it is freed if that process holds it.
+                collected.apply_process_events(events, |pid| ring.release_lock_of(pid));
+                let root = collected.followed.as_ref().map(|followed| followed.root);
+                collected.ring_drained(|| match root {
+                    Some(pid) => ring.release_lock_of(pid),
+                    None => ring.release_lock_of(0),
+                });
                 return;
             }
         }

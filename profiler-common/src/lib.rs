@@ -140,6 +140,10 @@ pub const FLAG_RELEASED_BY_EXEC: u32 = 1 << 4;
 /// thread's record of the same call arrives, another thread handed that address has it
 /// because the realloc released it, not because its free was lost.
 pub const FLAG_REALLOC_ENTRY: u32 = 1 << 5;
+/// `EventHeader::flags`, set by the collector (never by a capture path) and kept in
+/// recordings: a synthetic allocation of a block or mapping that was live in the parent when
+/// this process was forked: the child starts with it (and may free it), but never made the call.
+pub const FLAG_INHERITED_AT_FORK: u32 = 1 << 6;
 
 /// How the probes capture user stacks, selected at load time (`UNWIND_MODE`).
 pub mod unwind_mode {
@@ -288,6 +292,8 @@ pub const HOLD_SIGNAL_BLOCKED: u32 = 19;
 pub const RING_MAP: &str = "EVENTS";
 /// Name of the control array: slot 0 set to 1 stops every probe from starting a call.
 pub const CONTROL_MAP: &str = "CONTROL";
+/// Name of the map of the other processes of a followed tree (`run`), by tgid.
+pub const FOLLOWED_MAP: &str = "FOLLOWED";
 /// Name of the per-CPU counters map.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Default ring buffer size in bytes (a power of two multiple of the page size).

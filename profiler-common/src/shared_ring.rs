@@ -4,9 +4,14 @@
 //!
 //! Records are the ones the eBPF probes write ([`crate::EventHeader`], then a
 //! [`crate::StackSnapshot`] and the stack bytes, or nothing), so the collector decodes both
-//! paths alike. Each sits in a frame: a `u32` length, a `u32` of zero, the record, padding to
-//! 8 bytes. A frame never wraps: a length of [`PADDING`] means "skip to the start of the data
-//! area".
+//! paths alike. Each sits in a frame: a `u32` length, the writer's `u32` process id, the
+//! record, padding to 8 bytes. A frame never wraps: a length of [`PADDING`] means "skip to the
+//! start of the data area".
+//!
+//! The frame's second word is the id of the process that wrote the record: with
+//! [`RingControl::follow_children`] set, every process of the target's tree writes into the
+//! one ring (a forked child shares the mapping, an exec'd one maps the inherited descriptor
+//! again) and memprof hands each record to its process's collector.
 //!
 //! Producers (the target's threads) take [`RingControl::lock`], wait while the ring lacks
 //! room (sleeping on the [`RingControl::drained`] futex word, which memprof bumps after each
@@ -20,8 +25,11 @@ use crate::{EVENT_HEADER_SIZE, MAX_STACK_BYTES, STACK_SNAPSHOT_SIZE};
 
 /// Environment variable naming the ring's file descriptor in the target.
 pub const RING_FD_ENV: &str = "MEMPROF_RING_FD";
+/// Environment variable naming the ring as a path (`/proc/MEMPROF_PID/fd/N`), for a process
+/// that closed the inherited descriptor before it exec'd (the tree is followed).
+pub const RING_PATH_ENV: &str = "MEMPROF_RING_PATH";
 /// [`RingControl::magic`]: the layout's name and version.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"MPRING01");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"MPRING02");
 /// Offset of the data area in the shared file (the control page comes first).
 pub const DATA_OFFSET: usize = 4096;
 /// Bytes before each record in its frame.
@@ -34,9 +42,10 @@ pub const MAX_RECORD_BYTES: usize = EVENT_HEADER_SIZE + STACK_SNAPSHOT_SIZE + MA
 /// `RingControl::state`: no process has claimed the ring yet.
 pub const UNCLAIMED: u32 = 0;
 
-/// The control page. memprof writes the first fields before the target starts; the target's
-/// first allocation claims the ring for its process ([`RingControl::owner_pid`]), so that
-/// processes it starts (which inherit the variable and the descriptor) record nothing.
+/// The control page. memprof writes the first fields before the target starts. Unless
+/// [`RingControl::follow_children`] is set, the target's first allocation claims the ring for
+/// its process ([`RingControl::owner_pid`]), so that processes it starts (which inherit the
+/// variable and the descriptor) record nothing.
 #[repr(C, align(64))]
 pub struct RingControl {
     pub magic: u64,
@@ -50,7 +59,13 @@ pub struct RingControl {
     /// memprof: a producer that has waited for room for a second checks it is still alive,
     /// and stops recording if not (nothing would ever drain the ring again).
     pub collector_pid: u32,
-    _config_pad: [u8; 36],
+    /// Non-zero: every process that maps the ring records (`run` following the process tree);
+    /// zero: only the one that claims it.
+    pub follow_children: u32,
+    /// Set by memprof when collection is over: producers stop recording at once (a process
+    /// left running, detached, must not wait for a drain that will never come).
+    pub closed: AtomicU32,
+    _config_pad: [u8; 28],
 
     /// Bytes published so far (producers, under `lock`).
     pub write_pos: AtomicU64,
@@ -63,7 +78,10 @@ pub struct RingControl {
     pub holds: AtomicU64,
     /// Nanoseconds producers spent waiting for room, summed.
     pub held_ns: AtomicU64,
-    _producer_pad: [u8; 32],
+    /// The process holding `lock` (0: none, or not written yet): memprof frees the lock of a
+    /// process that died or exec'd inside a write, and only of that one.
+    pub lock_owner: AtomicU32,
+    _producer_pad: [u8; 28],
 
     /// Bytes consumed so far (memprof).
     pub read_pos: AtomicU64,
@@ -82,20 +100,28 @@ const _: () = assert!(core::mem::size_of::<RingControl>() <= DATA_OFFSET);
 
 impl RingControl {
     /// A fresh control page for a data area of `data_bytes` (a power of two).
-    pub const fn new(data_bytes: u64, stack_bytes: u32, collector_pid: u32) -> RingControl {
+    pub const fn new(
+        data_bytes: u64,
+        stack_bytes: u32,
+        collector_pid: u32,
+        follow_children: bool,
+    ) -> RingControl {
         RingControl {
             magic: MAGIC,
             data_bytes,
             stack_bytes,
             owner_pid: AtomicU32::new(UNCLAIMED),
             collector_pid,
-            _config_pad: [0; 36],
+            follow_children: follow_children as u32,
+            closed: AtomicU32::new(0),
+            _config_pad: [0; 28],
             write_pos: AtomicU64::new(0),
             lock: AtomicU32::new(0),
             waiters: AtomicU32::new(0),
             holds: AtomicU64::new(0),
             held_ns: AtomicU64::new(0),
-            _producer_pad: [0; 32],
+            lock_owner: AtomicU32::new(0),
+            _producer_pad: [0; 28],
             read_pos: AtomicU64::new(0),
             drained: AtomicU32::new(0),
             _consumer_pad: [0; 52],

@@ -9,8 +9,12 @@ use crate::event::Event;
 use crate::fasthash::FastHashMap;
 use crate::stacks::StackId;
 use profiler_common::{
-    EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_REALLOC_ENTRY, FLAG_RELEASED_BY_EXEC, KIND_SLOTS,
+    EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_INHERITED_AT_FORK, FLAG_REALLOC_ENTRY,
+    FLAG_RELEASED_BY_EXEC, KIND_SLOTS,
 };
+
+/// Flags of the collector's synthetic events, which are no calls of the program.
+const SYNTHETIC: u32 = FLAG_RELEASED_BY_EXEC | FLAG_INHERITED_AT_FORK;
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 
@@ -167,6 +171,10 @@ pub struct HeapStats {
     /// exec, so neither frees nor leaks of either program.
     pub released_by_exec_blocks: u64,
     pub released_by_exec_bytes: u64,
+    /// Blocks (and their bytes) the process started with: live in its parent when it was
+    /// forked. Not allocations of this process; freeing them counts as frees.
+    pub inherited_blocks: u64,
+    pub inherited_bytes: u64,
     /// Indexed by `EventKind as usize` (slot 0 unused). `calls` counts every event of the kind.
     /// `bytes`: allocators: requested bytes of successful calls; free: sizes of the live blocks
     /// it released; mmap and mremap: page-rounded lengths mapped; munmap: tracked bytes removed.
@@ -193,6 +201,8 @@ impl Default for HeapStats {
             overwritten_blocks: 0,
             released_by_exec_blocks: 0,
             released_by_exec_bytes: 0,
+            inherited_blocks: 0,
+            inherited_bytes: 0,
             by_function: [CallStats::default(); KIND_SLOTS as usize],
             mmap: MmapStats::default(),
         }
@@ -297,8 +307,8 @@ impl HeapState {
             self.realloc_entry(event);
             return Effect::default();
         }
-        // An exec's releases are no calls of the program.
-        if event.flags & FLAG_RELEASED_BY_EXEC == 0 {
+        // An exec's releases and a fork's inheritance are no calls of the program.
+        if event.flags & SYNTHETIC == 0 {
             self.stats.by_function[event.kind as usize].calls += 1;
         }
         let mut effect = Effect::default();
@@ -308,6 +318,18 @@ impl HeapState {
             EventKind::Mmap => self.mmap(event, stack),
             EventKind::Munmap => self.munmap(event),
             EventKind::Mremap => self.mremap(event, stack),
+            EventKind::Malloc
+            | EventKind::Calloc
+            | EventKind::PosixMemalign
+            | EventKind::AlignedAlloc
+            | EventKind::Memalign
+            | EventKind::Valloc
+            | EventKind::Pvalloc
+            | EventKind::OperatorNew
+                if event.flags & FLAG_INHERITED_AT_FORK != 0 =>
+            {
+                self.inherit(event, stack, &mut effect);
+            }
             EventKind::Malloc
             | EventKind::Calloc
             | EventKind::PosixMemalign
@@ -369,6 +391,26 @@ impl HeapState {
         effect.created = Some((event.addr, block));
         self.stats.live_blocks += 1;
         self.stats.live_bytes += event.size;
+    }
+
+    /// A block live in the parent when this process was forked: live here too, not allocated.
+    fn inherit(&mut self, event: &Event, stack: Option<StackId>, effect: &mut Effect) {
+        let block = Block {
+            size: event.size,
+            kind: event.kind,
+            tid: event.tid,
+            ts_ns: event.ts_ns,
+            stack,
+        };
+        if let Some(Slot::Live(_)) = self.blocks.insert(event.addr, Slot::Live(block)) {
+            // Never happens: the parent's heap holds each address once.
+            return;
+        }
+        effect.created = Some((event.addr, block));
+        self.stats.live_blocks += 1;
+        self.stats.live_bytes += event.size;
+        self.stats.inherited_blocks += 1;
+        self.stats.inherited_bytes += event.size;
     }
 
     #[inline] // into `apply`, which then writes the Effect in place instead of copying it
@@ -492,6 +534,10 @@ impl HeapState {
     }
 
     fn mmap(&mut self, event: &Event, stack: Option<StackId>) {
+        if event.flags & FLAG_INHERITED_AT_FORK != 0 {
+            self.map_region(event, event.addr, event.size, stack);
+            return;
+        }
         self.stats.mmap.calls += 1;
         if event.addr == MAP_FAILED || event.addr == 0 {
             self.stats.mmap.failed_calls += 1;

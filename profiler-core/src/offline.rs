@@ -84,6 +84,7 @@ impl Replayed {
             peak_rss_bytes: self.peak_rss_bytes,
             held: self.held,
             warnings: &self.warnings,
+            processes: &[],
             capture: self.capture.as_ref(),
             leak_check: self.leak_check.as_ref(),
         }

@@ -126,12 +126,120 @@ pub struct Report {
     /// operator new served by the allocator without going through malloc).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// `run` following the process tree: every process image of the tree (a pid from its
+    /// fork or exec to its exit or next exec), the launched process first, in order of start.
+    /// Each image's own report is in its `output` directory. Absent when the target started
+    /// no process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessImage>,
     /// Every stack, listed or not, with its weight in each flame graph: what the flame graphs
     /// are drawn from. Not in report.json; absent from a report read back from it (the flame
     /// graphs then use the listed sites, see [`FlameStacks::from_listed_sites`]).
     #[serde(skip)]
     pub flame_stacks: Option<Arc<FlameStacks>>,
 }
+
+/// One process image of a followed tree (`Report::processes`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub pid: u32,
+    /// The process that forked it (None for the launched process).
+    pub parent_pid: Option<u32>,
+    /// 1 for the image a fork (or the launch) started, then one more per exec.
+    pub image: u32,
+    /// Its command line (`/proc/PID/cmdline` when it started).
+    pub command: Vec<String>,
+    pub executable: Option<String>,
+    /// Seconds since the session started.
+    pub start_secs: f64,
+    /// When it exited or exec'd; None while it still ran as the launched process exited.
+    pub end_secs: Option<f64>,
+    /// How it ended: `exit`, `exec` (another image of the pid followed) or `running`.
+    pub end: ProcessEnd,
+    /// Its exit status, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitStatus>,
+    /// The capture path (`preload` or `uprobes`).
+    pub capture: String,
+    /// Its report's directory, relative to this report's (`.` for the launched process).
+    pub output: String,
+    pub allocations: u64,
+    pub frees: u64,
+    pub peak_live_bytes: u64,
+    /// Blocks live at its end (exit, or when memprof stopped), its inherited ones included.
+    pub leaked_blocks: u64,
+    pub leaked_bytes: u64,
+    /// Blocks it started with, live in its parent at the fork.
+    pub inherited_blocks: u64,
+    pub inherited_bytes: u64,
+    /// Its largest leak sites (at most 3), by bytes.
+    #[serde(default)]
+    pub top_leaks: Vec<ProcessLeak>,
+}
+
+impl ProcessImage {
+    /// How it ended, in a few words: `exit 3`, `signal 9`, `exec`, `still running`.
+    pub fn ending(&self) -> String {
+        match (self.end, self.exit) {
+            (ProcessEnd::Exec, _) => "exec".to_owned(),
+            (ProcessEnd::Running, _) => "still running".to_owned(),
+            (ProcessEnd::Exit, Some(exit)) => match (exit.code, exit.signal) {
+                (Some(code), _) => format!("exit {code}"),
+                (None, Some(signal)) => format!("signal {signal}"),
+                (None, None) => "exited".to_owned(),
+            },
+            (ProcessEnd::Exit, None) => "exited".to_owned(),
+        }
+    }
+}
+
+/// How a process image ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessEnd {
+    /// It exited (`ProcessImage::exit` says how).
+    Exit,
+    /// It exec'd another program: the next image of the same pid.
+    Exec,
+    /// Still running when the launched process exited; memprof detached from it.
+    Running,
+}
+
+/// One leak site of a process image, for the summary across the tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessLeak {
+    /// The innermost frame that is not the allocator's.
+    pub frame: String,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl ProcessLeak {
+    /// The first `n` sites of a report's `leaks` (sorted by bytes), named by their innermost
+    /// frame.
+    pub fn top(leaks: &[Site], n: usize) -> Vec<ProcessLeak> {
+        leaks
+            .iter()
+            .take(n)
+            .map(|site| ProcessLeak {
+                frame: site.stack.first().map_or_else(
+                    || "[unknown]".to_owned(),
+                    |frame| {
+                        frame
+                            .function
+                            .clone()
+                            .unwrap_or_else(|| format!("{}+{:#x}", frame.module, frame.offset))
+                    },
+                ),
+                blocks: site.blocks,
+                bytes: site.bytes,
+            })
+            .collect()
+    }
+}
+
+/// Leak sites listed per process image in `Report::processes`.
+pub const PROCESS_TOP_LEAKS: usize = 3;
 
 /// Sites of `leaks` or `mappings` that the report does not list, summed up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +419,10 @@ pub struct Summary {
     /// released them, so they are neither frees nor leaks. Absent when there were none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_by_exec: Option<Released>,
+    /// Blocks live in the parent when this process was forked: it started with them (and
+    /// may have freed some). Not counted in `allocations`. Absent when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited_at_fork: Option<Released>,
     /// Per probed function with at least one call, in probe order. `bytes`: allocators:
     /// requested bytes of successful calls; free: bytes of the live blocks it released; mmap
     /// and mremap: page-rounded bytes mapped; munmap: tracked bytes unmapped.
@@ -661,6 +773,10 @@ pub fn build_report_with_sites(
                 blocks: stats.released_by_exec_blocks,
                 bytes: stats.released_by_exec_bytes,
             }),
+            inherited_at_fork: (stats.inherited_blocks > 0).then_some(Released {
+                blocks: stats.inherited_blocks,
+                bytes: stats.inherited_bytes,
+            }),
             by_function: KindMap(by_function),
             mmap: MmapSummary {
                 calls: mmap.calls,
@@ -691,6 +807,7 @@ pub fn build_report_with_sites(
             .collect(),
         analyses: None,
         warnings: Vec::new(),
+        processes: Vec::new(),
         flame_stacks: None,
     };
     flames.add_unattributed(&report, &attributed);

@@ -35,6 +35,8 @@ pub struct SessionView<'a> {
     pub capture: Option<&'a crate::report::Capture>,
     /// The leak check's classes, when one ran.
     pub leak_check: Option<&'a crate::leak_check::LeakCheck>,
+    /// The process images of a followed tree (`run`), for `Report::processes`.
+    pub processes: &'a [crate::report::ProcessImage],
 }
 
 /// Everything [`write_all`] produced.
@@ -69,6 +71,12 @@ pub fn build_report(
     report.target.held = session.held;
     report.target.capture = session.capture.cloned();
     report.warnings = session.warnings.to_vec();
+    report.processes = session.processes.to_vec();
+    // The launched process's own leak sites are this report's.
+    let own = crate::report::ProcessLeak::top(&report.leaks, crate::report::PROCESS_TOP_LEAKS);
+    if let Some(process) = report.processes.iter_mut().find(|p| p.output == ".") {
+        process.top_leaks = own;
+    }
     report
 }
 

@@ -102,6 +102,26 @@ impl Symbolizer {
         }
     }
 
+    /// Takes over the modules `previous` opened that this process maps from the same file
+    /// (same path, device and inode): the processes of a tree map the same libraries, and
+    /// reading a module's symbols and DWARF again for each would cost the most.
+    pub fn with_modules_of(mut self, previous: Symbolizer) -> Self {
+        let file_id = |maps: &ProcessMaps, path: &Path| {
+            maps.iter()
+                .find(|mapping| mapping.path == path)
+                .and_then(|mapping| mapping.file_id)
+        };
+        for (path, module) in previous.modules {
+            let same = module.is_ok()
+                && file_id(&self.maps, &path)
+                    .is_some_and(|id| file_id(&previous.maps, &path) == Some(id));
+            if same {
+                self.modules.insert(path, module);
+            }
+        }
+        self
+    }
+
     /// Where separate debug files are looked for (default [`DEFAULT_DEBUG_ROOT`]).
     pub fn with_debug_root(mut self, root: &Path) -> Self {
         self.debug_root = root.to_owned();

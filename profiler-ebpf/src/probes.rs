@@ -54,6 +54,11 @@ fn stopped() -> bool {
     CONTROL.get(0).is_some_and(|value| *value != 0)
 }
 
+/// The other processes of a followed tree (`run`), by tgid: their threads are targets too.
+/// The links of each are scoped to its pid, so this only confirms what the kernel filtered.
+#[map]
+static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
+
 /// Calls entered but not yet returned, by pid_tgid.
 #[map]
 static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(1 << 16, 0);
@@ -83,7 +88,9 @@ fn target_thread() -> Option<u64> {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: a plain read of a global the loader sets; volatile keeps it from being folded.
     let tgid = unsafe { read_volatile(&TARGET_TGID) };
-    ((id >> 32) as u32 == tgid).then_some(id)
+    let current = (id >> 32) as u32;
+    // SAFETY: the value is only tested for presence, never read.
+    (current == tgid || unsafe { FOLLOWED.get(&current) }.is_some()).then_some(id)
 }
 
 #[inline(always)]

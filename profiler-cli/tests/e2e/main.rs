@@ -20,6 +20,7 @@ mod leak_check;
 mod many_stacks;
 mod own_alloc;
 mod preload;
+mod process_tree;
 mod recording;
 mod report;
 mod rust_target;

@@ -1,6 +1,7 @@
 //! What only the in-process path (`memprof run --capture preload`) has to get right, each on
-//! both paths where both apply: processes the target starts (a forked child is not the
-//! target; an exec'd image still is), allocations in a signal handler, every allocator
+//! both paths where both apply: processes the target starts (a forked child's calls are not
+//! the target's, which keeps its own report when the child is followed: process_tree.rs; an
+//! exec'd image still is the target), allocations in a signal handler, every allocator
 //! preloaded after the capture library, and the refusal of a static program.
 use std::path::PathBuf;
 use std::process::Command;

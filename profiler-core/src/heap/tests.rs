@@ -944,3 +944,34 @@ fn a_block_released_inside_a_realloc_and_handed_to_another_thread_is_no_anomaly(
     let stats = *racing(false).stats();
     assert_eq!((stats.overwritten_blocks, stats.double_frees), (1, 1));
 }
+
+#[test]
+fn a_forked_child_starts_with_its_parents_blocks_without_calls() {
+    let inherited = |mut event: Event| {
+        event.flags |= FLAG_INHERITED_AT_FORK;
+        event
+    };
+    let heap = run(
+        Mode::Run,
+        &[
+            inherited(malloc(0x1000, 64, 1)),
+            inherited(malloc(0x2000, 100, 1)),
+            inherited(mmap(0x10_0000, 8192)),
+            malloc(0x3000, 10, 2),
+            free(0x1000, 3),
+            munmap(0x10_0000, 8192),
+        ],
+    );
+    let stats = heap.stats();
+    assert_eq!(stats.allocations, 1, "only the child's own call");
+    assert_eq!(stats.bytes_allocated, 10);
+    assert_eq!(stats.by_function[EventKind::Malloc as usize].calls, 1);
+    assert_eq!(stats.by_function[EventKind::Mmap as usize].calls, 0);
+    assert_eq!((stats.inherited_blocks, stats.inherited_bytes), (2, 164));
+    // Freeing an inherited block is a free, not an unknown one.
+    assert_eq!((stats.frees, stats.unknown_frees), (1, 0));
+    assert_eq!((stats.live_blocks, stats.live_bytes), (2, 110));
+    assert_eq!((stats.mmap.calls, stats.mmap.unknown_munmaps), (0, 0));
+    assert_eq!(heap.regions().count(), 0);
+    assert_eq!(stats.peak_live_bytes, 174);
+}

@@ -28,6 +28,7 @@ pub fn write_html(report: &Report, out: &mut impl Write) -> io::Result<()> {
     let mut page = Page::default();
     page.head(report);
     page.summary(report);
+    page.processes(report);
     page.leaks(report);
     page.flamegraphs(report)?;
     match &report.analyses {
@@ -235,6 +236,73 @@ impl Page {
                 }
                 self.html.push_str("</ul>\n");
             }
+        }
+        self.html.push_str("</section>\n");
+    }
+
+    /// One row per process image of a followed tree, each linking to its own page, then the
+    /// largest leak sites across them.
+    fn processes(&mut self, report: &Report) {
+        if report.processes.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            self.html,
+            "<section id=\"processes\">\n<h2>Processes</h2>\n<p>{} process images (a pid from \
+             its start or exec to its exit or next exec), each with its own report.</p>",
+            report.processes.len()
+        );
+        self.html.push_str(
+            "<table>\n<tr><th>pid</th><th>image</th><th>parent</th><th>allocations</th>\
+             <th>peak bytes</th><th>leaked bytes</th><th>leaked blocks</th><th>end</th>\
+             <th>command</th></tr>\n",
+        );
+        for process in &report.processes {
+            let end = process.ending();
+            let _ = writeln!(
+                self.html,
+                "<tr><td class=\"n\"><a href=\"{}/report.html\">{}</a></td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&process.output),
+                process.pid,
+                process.image,
+                process
+                    .parent_pid
+                    .map_or(String::new(), |pid| pid.to_string()),
+                thousands(process.allocations),
+                thousands(process.peak_live_bytes),
+                thousands(process.leaked_bytes),
+                thousands(process.leaked_blocks),
+                end,
+                escape(&process.command.join(" "))
+            );
+        }
+        self.html.push_str("</table>\n");
+        let mut leaks: Vec<_> = report
+            .processes
+            .iter()
+            .flat_map(|process| process.top_leaks.iter().map(move |leak| (process, leak)))
+            .collect();
+        leaks.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.pid.cmp(&b.0.pid)));
+        if !leaks.is_empty() {
+            self.html.push_str(
+                "<h3>Largest leak sites across the processes</h3>\n<table>\n<tr><th>bytes</th>\
+                 <th>blocks</th><th>pid</th><th>image</th><th>allocated in</th></tr>\n",
+            );
+            for (process, leak) in leaks.iter().take(MAX_LEAK_ROWS) {
+                let _ = writeln!(
+                    self.html,
+                    "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                     <td class=\"n\">{}</td><td>{}</td></tr>",
+                    thousands(leak.bytes),
+                    thousands(leak.blocks),
+                    process.pid,
+                    process.image,
+                    escape(&leak.frame)
+                );
+            }
+            self.html.push_str("</table>\n");
         }
         self.html.push_str("</section>\n");
     }

@@ -70,6 +70,7 @@ fn report() -> Report {
             unknown_reallocs: 0,
             overwritten_blocks: 0,
             released_by_exec: None,
+            inherited_at_fork: None,
             by_function: KindMap(vec![(
                 "malloc".into(),
                 CallCount {
@@ -113,6 +114,7 @@ fn report() -> Report {
         modules: vec![],
         analyses: None,
         warnings: Vec::new(),
+        processes: Vec::new(),
         flame_stacks: None,
     }
 }
@@ -467,4 +469,56 @@ fn flame_lines_are_the_folded_lines_when_every_frame_is_drawn() {
             "{kind:?}"
         );
     }
+}
+
+#[test]
+fn text_lists_each_process_image_and_the_leak_sites_across_them() {
+    let image = |pid: u32, output: &str, leaked: u64, frame: &str| crate::report::ProcessImage {
+        pid,
+        parent_pid: (pid != 10).then_some(10),
+        image: 1,
+        command: vec!["./tree".into(), "tree".into()],
+        executable: None,
+        start_secs: 0.0,
+        end_secs: Some(1.0),
+        end: crate::report::ProcessEnd::Exit,
+        exit: Some(crate::report::ExitStatus {
+            code: Some(3),
+            signal: None,
+        }),
+        capture: "preload".into(),
+        output: output.into(),
+        allocations: 4,
+        frees: 0,
+        peak_live_bytes: leaked,
+        leaked_blocks: 2,
+        leaked_bytes: leaked,
+        inherited_blocks: 0,
+        inherited_bytes: 0,
+        top_leaks: vec![crate::report::ProcessLeak {
+            frame: frame.into(),
+            blocks: 2,
+            bytes: leaked,
+        }],
+    };
+    let mut report = report();
+    assert!(!render_text(&report, 10).contains("Processes:"));
+    report.processes = vec![
+        image(10, ".", 100, "parent_leak"),
+        image(11, "processes/11-1", 5000, "child_leak"),
+    ];
+    let text = render_text(&report, 10);
+    assert!(text.contains("Processes: 2 images"), "{text}");
+    assert!(
+        text.contains("     11   1          4    4.9 KiB    4.9 KiB       2  exit 3        processes/11-1       ./tree tree"),
+        "{text}"
+    );
+    // Across the processes, the largest first.
+    let across = text
+        .split("Top leak sites across the processes:")
+        .nth(1)
+        .unwrap();
+    let child = across.find("pid 11 #1  child_leak").unwrap();
+    let parent = across.find("pid 10 #1  parent_leak").unwrap();
+    assert!(child < parent, "{across}");
 }

@@ -1,6 +1,6 @@
 //! The terminal summary printed when a session ends.
 
-use super::numbers::{human_bytes, thousands};
+use super::numbers::{human_bytes, short_bytes, thousands};
 use crate::heap::Mode;
 use crate::leak_check::Reachability;
 use crate::report::{Report, Site, StackFrame, UnlistedSites};
@@ -20,7 +20,63 @@ pub fn write_text(report: &Report, out: &mut impl Write, top: usize) -> io::Resu
     write_sites(out, &leak_title(report), leaks, top, "blocks")?;
     write_mmap(report, out, top)?;
     write_double_frees(report, out, top)?;
-    super::text_analyses::write_analyses(report, out)
+    super::text_analyses::write_analyses(report, out)?;
+    write_processes(report, out, top)
+}
+
+/// One line per process image of a followed tree, then the largest leak sites across them.
+fn write_processes(report: &Report, out: &mut impl Write, top: usize) -> io::Result<()> {
+    if report.processes.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nProcesses: {} images (a pid from its start or exec to its exit or next exec)",
+        report.processes.len()
+    )?;
+    writeln!(
+        out,
+        "  {:>7} {:>3} {:>10} {:>10} {:>10} {:>7}  {:<13} {:<20} command",
+        "pid", "#", "allocs", "peak", "leaked", "blocks", "end", "report"
+    )?;
+    for process in &report.processes {
+        let end = process.ending();
+        writeln!(
+            out,
+            "  {:>7} {:>3} {:>10} {:>10} {:>10} {:>7}  {:<13} {:<20} {}",
+            process.pid,
+            process.image,
+            thousands(process.allocations),
+            short_bytes(process.peak_live_bytes),
+            short_bytes(process.leaked_bytes),
+            thousands(process.leaked_blocks),
+            end,
+            process.output,
+            process.command.join(" "),
+        )?;
+    }
+    let mut leaks: Vec<(&crate::report::ProcessImage, &crate::report::ProcessLeak)> = report
+        .processes
+        .iter()
+        .flat_map(|process| process.top_leaks.iter().map(move |leak| (process, leak)))
+        .collect();
+    if leaks.is_empty() {
+        return Ok(());
+    }
+    leaks.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.pid.cmp(&b.0.pid)));
+    writeln!(out, "Top leak sites across the processes:")?;
+    for (process, leak) in leaks.iter().take(top) {
+        writeln!(
+            out,
+            "  {:>10} in {:>6} blocks  pid {} #{}  {}",
+            short_bytes(leak.bytes),
+            thousands(leak.blocks),
+            process.pid,
+            process.image,
+            leak.frame
+        )?;
+    }
+    Ok(())
 }
 
 fn write_header(report: &Report, out: &mut impl Write) -> io::Result<()> {
@@ -153,6 +209,14 @@ fn write_heap(report: &Report, out: &mut impl Write) -> io::Result<()> {
         thousands(s.unknown_reallocs),
         thousands(s.overwritten_blocks)
     )?;
+    if let Some(inherited) = s.inherited_at_fork {
+        writeln!(
+            out,
+            "  inherited at fork {} ({} blocks): live in the parent when it forked this process",
+            human_bytes(inherited.bytes),
+            thousands(inherited.blocks)
+        )?;
+    }
     if let Some(released) = s.released_by_exec {
         writeln!(
             out,

@@ -1,0 +1,134 @@
+//! `memprof report DIR`: a whole followed tree from a session's output directory. Every
+//! process image's recording is replayed into the same place under the new output
+//! (`processes/PID-N/`), then the launched process's, whose report lists them all again with
+//! the figures of the replays. Which images there were, and how each started and ended (what
+//! the recordings alone do not say: its parent, whether an exec or an exit ended it), comes
+//! from DIR/report.json's `processes`.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use profiler_core::{
+    output_dir::OutputDir,
+    report::{PROCESS_TOP_LEAKS, ProcessImage, ProcessLeak, Report},
+    session::{SessionView, write_all},
+    symbolize::Symbolizer,
+};
+
+use crate::{offline, report};
+
+/// Name of a session's recording in its output directory.
+const RECORDING: &str = "recording.mprof";
+
+/// Where a session directory's recording is: `DIR/recording.mprof`.
+pub fn recording_of(dir: &Path) -> PathBuf {
+    dir.join(RECORDING)
+}
+
+/// The images listed in `DIR/report.json` (empty when it lists none or cannot be read).
+fn listed_images(dir: &Path) -> Vec<ProcessImage> {
+    std::fs::read_to_string(dir.join("report.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Report>(&text).ok())
+        .map(|report| report.processes)
+        .unwrap_or_default()
+}
+
+/// Replays the tree recorded in `dir` into `output`: every image's files, then the launched
+/// process's with the summary. Returns the exit status.
+pub fn report(dir: &Path, output: &Path, top: usize) -> Result<i32> {
+    let recording = recording_of(dir);
+    if !recording.is_file() {
+        bail!(
+            "{} holds no {RECORDING}: not a memprof output directory, or recorded with \
+             --no-recording",
+            dir.display()
+        );
+    }
+    let listed = listed_images(dir);
+    let out = OutputDir::open(output)?;
+    let mut images = Vec::with_capacity(listed.len());
+    let mut symbolizer: Option<Symbolizer> = None;
+    for image in listed {
+        if image.output == "." {
+            images.push(image);
+            continue;
+        }
+        let (replayed, used) = replay_image(dir, &out, image, symbolizer.take())?;
+        images.push(replayed);
+        symbolizer = Some(used);
+    }
+    let replayed = offline::load(&recording)?;
+    if let Some(root) = images.iter_mut().find(|image| image.output == ".") {
+        let stats = replayed.recorder.heap.stats();
+        root.allocations = stats.allocations;
+        root.frees = stats.frees;
+        root.peak_live_bytes = stats.peak_live_bytes;
+        root.leaked_blocks = stats.live_blocks;
+        root.leaked_bytes = stats.live_bytes;
+    }
+    let session = SessionView {
+        processes: &images,
+        ..replayed.view()
+    };
+    report::finish_report(
+        &session,
+        replayed.malformed,
+        Symbolizer::new(&replayed.maps),
+        &replayed.meta,
+        |path| replayed.build_id(path),
+        output,
+        top,
+    )?;
+    Ok(0)
+}
+
+/// Replays one image's recording into the same relative directory of `out`; returns its line
+/// with the figures of the replay, and the symbolizer for the next image.
+fn replay_image(
+    dir: &Path,
+    out: &OutputDir,
+    mut image: ProcessImage,
+    previous: Option<Symbolizer>,
+) -> Result<(ProcessImage, Symbolizer)> {
+    let relative = Path::new(&image.output);
+    // Only `processes/NAME`, as memprof writes it: a report.json edited to point elsewhere
+    // must not make memprof read or write outside the directories it was given.
+    let name = match (relative.parent(), relative.file_name()) {
+        (Some(parent), Some(name)) if parent == Path::new("processes") => {
+            name.to_string_lossy().into_owned()
+        }
+        _ => bail!("report.json lists an image in {:?}", image.output),
+    };
+    if name.contains('/') || name.starts_with('.') {
+        bail!("report.json lists an image in {:?}", image.output);
+    }
+    let replayed = offline::load(&recording_of(&dir.join(relative)))?;
+    let image_dir = out.subdir("processes")?.subdir(&name)?;
+    let mut symbolizer = Symbolizer::new(&replayed.maps);
+    if let Some(previous) = previous {
+        symbolizer = symbolizer.with_modules_of(previous);
+    }
+    let outputs = write_all(
+        &image_dir,
+        &replayed.view(),
+        &mut symbolizer,
+        &replayed.meta,
+        |path| replayed.build_id(path),
+    )
+    .with_context(|| {
+        format!(
+            "cannot write the report into {}",
+            image_dir.path().display()
+        )
+    })?;
+    let stats = replayed.recorder.heap.stats();
+    image.allocations = stats.allocations;
+    image.frees = stats.frees;
+    image.peak_live_bytes = stats.peak_live_bytes;
+    image.leaked_blocks = stats.live_blocks;
+    image.leaked_bytes = stats.live_bytes;
+    image.inherited_blocks = stats.inherited_blocks;
+    image.inherited_bytes = stats.inherited_bytes;
+    image.top_leaks = ProcessLeak::top(&outputs.report.leaks, PROCESS_TOP_LEAKS);
+    Ok((image, symbolizer))
+}
