@@ -125,7 +125,7 @@ pub async fn attach(
             _ = session::process_exit(pid) => Stop::TargetExited,
         }
     };
-    let mut source = EventSource::kernel(ring)?;
+    let mut source = EventSource::kernel(ring, capture.ring_bytes()?)?;
     let collect_result = session::collect(&mut source, &mut collected, pid, stop).await;
     let end_ns = monotonic_ns();
     // The leak check stops the process before the window closes: every block it then holds

@@ -277,10 +277,11 @@ pub fn finish_recording(
         };
         let path = sink.path.clone();
         match sink.finish(&trailer) {
+            Ok((_, 0)) if announce => eprintln!("recording:  {} (0 events)", path.display()),
             Ok((bytes, events)) if announce => eprintln!(
                 "recording:  {} ({events} events, {:.1} bytes/event)",
                 path.display(),
-                bytes as f64 / events.max(1) as f64
+                bytes as f64 / events as f64
             ),
             Ok(_) => {}
             Err(error) => eprintln!("memprof: warning: recording incomplete: {error}"),

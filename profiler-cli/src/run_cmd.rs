@@ -161,7 +161,12 @@ pub async fn run_command(
             collected.capture = Some(report_capture);
             // Shared with the tree's collectors, which probe each child as it is forked.
             let probes = Arc::new(Mutex::new(probes));
-            (EventSource::kernel(ring)?, Some(probes), sites, collected)
+            (
+                EventSource::kernel(ring, capture.ring_bytes()?)?,
+                Some(probes),
+                sites,
+                collected,
+            )
         }
     };
     collected.watch_exit_maps(exit_maps);
@@ -254,7 +259,7 @@ pub async fn run_command(
     backpressure.close();
     collected.held = match &source {
         EventSource::Shared(ring) => ring.held(),
-        EventSource::Kernel(_) => backpressure.held(),
+        EventSource::Kernel { .. } => backpressure.held(),
     };
     if let Some(watcher) = printed_ops {
         match ops_output::printed_count(watcher) {

@@ -32,30 +32,42 @@ pub enum Stop {
 pub enum EventSource {
     /// The probes' ring buffer, readable when a record asks for a wakeup (most do not: they
     /// are read on the drain timer).
-    Kernel(AsyncFd<RingBuf<MapData>>),
+    Kernel {
+        ring: AsyncFd<RingBuf<MapData>>,
+        /// The most records the ring can hold at once: one drain reads no more, so that a
+        /// target writing as fast as memprof reads cannot keep it in the drain, deaf to its
+        /// stop; being FIFO, those records include every one queued when the drain began.
+        max_queued: usize,
+    },
     /// The ring shared with the in-process capture library, polled.
     Shared(SharedRing),
 }
 
 impl EventSource {
-    /// The probes' ring, registered for readiness.
-    pub fn kernel(ring: RingBuf<MapData>) -> Result<EventSource> {
+    /// The probes' ring of `ring_bytes`, registered for readiness.
+    pub fn kernel(ring: RingBuf<MapData>, ring_bytes: u32) -> Result<EventSource> {
         // SAFETY: the ring owns its descriptor and keeps it open for as long as the AsyncFd
         // holds it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(std::io::Error::from)
             .context("cannot poll the ring buffer")?;
-        Ok(EventSource::Kernel(ring))
+        // The smallest record: the ring's 8-byte record header and an event header.
+        let smallest_record = 8 + profiler_common::EVENT_HEADER_SIZE;
+        Ok(EventSource::Kernel {
+            ring,
+            max_queued: ring_bytes as usize / smallest_record,
+        })
     }
 
     /// Reads what is queued now into `collected`.
     pub fn drain(&mut self, collected: &mut Collected) {
         match self {
-            EventSource::Kernel(ring) => {
+            EventSource::Kernel { ring, max_queued } => {
                 // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
                 let ring = ring.get_mut();
-                while let Some(item) = ring.next() {
+                for _ in 0..*max_queued {
+                    let Some(item) = ring.next() else { break };
                     collected.record_from_thread(&item);
                 }
                 // No lock to free: the kernel's ring has none.
@@ -82,7 +94,7 @@ impl EventSource {
     /// Resolves when records may be waiting beyond the drain timer's pace.
     async fn ready(&mut self) -> Result<()> {
         match self {
-            EventSource::Kernel(ring) => {
+            EventSource::Kernel { ring, .. } => {
                 ring.readable_mut().await?.clear_ready();
             }
             // Producers write without waking memprof: a short poll keeps a fast target from

@@ -411,6 +411,44 @@ fn an_attach_window_pairs_its_first_and_last_calls() {
     assert_num(&report, "summary.double_frees", 0);
 }
 
+/// A target that writes events faster than memprof reads them (both on one CPU, memprof's
+/// build unoptimised) keeps the ring from ever being empty: the window still ends on time and
+/// SIGTERM is still heard. memprof once stayed in one drain, deaf to both, for good.
+#[test]
+fn a_window_ends_while_the_target_outruns_the_collector() {
+    let Some(env) = privileged("a_window_ends_while_the_target_outruns_the_collector") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "churn", Build::FramePointers);
+    let mut churn = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&target)
+        .arg("100000000000")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start churn under taskset");
+    let output = env.dir.path().join("out");
+    let finished = crate::support::run_to_end({
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"])
+            .arg(memprof())
+            .arg("attach")
+            .arg(churn.id().to_string())
+            .args(["--duration", "1", "--output"])
+            .arg(&output);
+        cmd
+    });
+    let _ = churn.kill();
+    let _ = churn.wait();
+    assert!(finished.status.success(), "{finished:?}");
+    let report = read_report(&output);
+    assert!(
+        crate::report::num(&report, "summary.allocations") > 10_000,
+        "{}",
+        report["summary"]
+    );
+}
+
 /// `attach --hold` of a program taking 5,000 signals a second (samples/c/signal_storm.c):
 /// every signal stops its thread in memprof's tracer on the way, which must let it go at once.
 /// The program does its 2,000 allocations (0.2 s of sleeps) well within a minute, and all of
