@@ -16,18 +16,26 @@ use core::ffi::c_void;
 
 use libc::{c_int, off_t, size_t};
 use profiler_common::{
-    EventHeader, EventKind, FLAG_REALLOC_ENTRY, FLAG_STACK_SNAPSHOT, SNAPSHOT_CUT, StackSnapshot,
+    EventHeader, EventKind, FLAG_REALLOC_ENTRY, FLAG_STACK_TRUNCATED, MAX_STACK_DEPTH,
+    shared_ring::{STACKS_FRAME_POINTERS, STACKS_NONE},
 };
 
 use crate::real::{self, BOOTSTRAP};
 use crate::ring::{self, now_ns};
 use crate::thread::{self, Entered};
+use crate::unwind::{self, Outcome};
 
 /// The bytes of a `#[repr(C)]` plain-data value.
 fn bytes_of<T: Copy>(value: &T) -> &[u8] {
     // SAFETY: T is Copy plain data (the profiler-common record structs) with no padding bytes
     // left uninitialised: both are laid out without implicit padding (asserted there).
     unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// The bytes of return addresses, as the record's body holds them.
+fn words_as_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: u64s have no padding; the length covers exactly the words.
+    unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), size_of_val(words)) }
 }
 
 /// The caller's return address: the word at the entry stack pointer.
@@ -71,33 +79,39 @@ fn allocation(
         stack_depth: 0,
         flags: 0,
     };
-    let limit = ring.stack_bytes();
-    if limit == 0 {
+    let mode = ring.control().stack_mode;
+    let max_depth = (ring.control().max_depth as usize).min(MAX_STACK_DEPTH);
+    if mode == STACKS_NONE || max_depth == 0 {
         ring.write(header.kind, &[bytes_of(&header)]);
         set_errno(saved);
         return;
     }
-    let sp = entry_sp + 8;
-    let (low, high) = thread::stack_bounds(sp);
-    let available = if (low..high).contains(&sp) {
-        high - sp
+    // The caller's registers once the call returns: the state the probes unwind from.
+    let (ip, sp) = (caller(entry_sp), entry_sp as u64 + 8);
+    let (low, high) = thread::stack_bounds(sp as usize);
+    let stack_end = if (low..high).contains(&(sp as usize)) {
+        high as u64
     } else {
-        0
+        sp
     };
-    let copied = available.min(limit);
-    header.flags = FLAG_STACK_SNAPSHOT;
-    let snapshot = StackSnapshot {
-        ip: caller(entry_sp),
-        sp: sp as u64,
-        bp: entry_bp as u64,
-        stack_bytes: copied as u32,
-        flags: if copied == limit { SNAPSHOT_CUT } else { 0 },
+    let mut frames = [0u64; MAX_STACK_DEPTH];
+    let frames = &mut frames[..max_depth];
+    let (depth, outcome) = match mode {
+        STACKS_FRAME_POINTERS => unwind::frame_pointers(ip, sp, entry_bp as u64, stack_end, frames),
+        _ => unwind::eh_frame(ip, sp, entry_bp as u64, stack_end, frames),
     };
-    // SAFETY: [sp, sp + copied) lies in this thread's stack, above this call's frames.
-    let stack = unsafe { core::slice::from_raw_parts(sp as *const u8, copied) };
+    header.stack_depth = depth as u32;
+    match outcome {
+        Outcome::Complete => {}
+        Outcome::Cut => header.flags |= FLAG_STACK_TRUNCATED,
+        Outcome::Failed => {
+            header.flags |= FLAG_STACK_TRUNCATED;
+            ring.stack_error();
+        }
+    }
     ring.write(
         header.kind,
-        &[bytes_of(&header), bytes_of(&snapshot), stack],
+        &[bytes_of(&header), words_as_bytes(&frames[..depth])],
     );
     set_errno(saved);
 }
@@ -585,16 +599,22 @@ extern "C" fn mremap_hook(
 /// # Safety
 /// Called as C's dlclose.
 ///
-/// A library's calls are unwound and symbolized from its mapping, which dlclose may remove:
-/// the calls recorded so far are read by memprof first.
+/// A library's calls are symbolized from its mapping, which dlclose may remove: the calls
+/// recorded so far are read by memprof first.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
     if let Some(ring) = ring::ring() {
         ring.wait_until_read();
     }
-    match real::dlclose() {
+    let closed = match real::dlclose() {
         // SAFETY: the next definition of dlclose, with the caller's handle.
         Some(dlclose) => unsafe { dlclose(handle) },
         None => -1,
+    };
+    // The unwinder's copy of an unloaded library's tables must not stand for whatever is
+    // mapped at its addresses next. Inside a hook: what it frees was allocated in one.
+    if let Some(_entered) = Entered::try_enter() {
+        unwind::forget_modules();
     }
+    closed
 }

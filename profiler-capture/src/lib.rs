@@ -5,12 +5,14 @@
 //! Each hook forwards the call to the next definition (libc's, or an allocator preloaded after
 //! this library) and writes the same record an eBPF probe would write into a ring shared with
 //! memprof (`profiler_common::shared_ring`): the collector, heap state, analyses and
-//! recordings consume both paths alike. The cost is a function call, a clock read, a lock and
-//! a copy of the caller's stack, instead of two uprobe traps and a copy.
+//! recordings consume both paths alike. The cost is a function call, a clock read, a stack
+//! walk over cached unwind rules and a lock, instead of two uprobe traps and a stack copy.
 //!
 //! - `hooks`: the exported functions. Each is a naked trampoline that passes the caller's
-//!   stack pointer (and frame pointer) on to a Rust hook, so the stack snapshot starts exactly
+//!   stack pointer (and frame pointer) on to a Rust hook, so the stack walk starts exactly
 //!   where the eBPF return probe's does: at the caller, after the return.
+//! - `unwind`: the walk, with framehop over the loaded objects' `.eh_frame` (or the frame
+//!   pointers with `--unwind fp`); `fork_safe`: the lock its tables sit behind.
 //! - `real`: the next definitions, found with `dlsym(RTLD_NEXT)` on first use; allocations
 //!   `dlsym` itself makes meanwhile come from a small static arena.
 //! - `thread`: per-thread state (a reentrancy guard, the thread id, the stack's bounds).
@@ -22,7 +24,9 @@
 //! inside an allocator are on the eBPF path.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
+mod fork_safe;
 mod hooks;
 mod real;
 mod ring;
 mod thread;
+mod unwind;

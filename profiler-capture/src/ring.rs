@@ -63,7 +63,7 @@ fn attach() -> Option<Ring> {
     match mapped {
         Some(base) => {
             BASE.store(base, Ordering::Relaxed);
-            // SAFETY: the handler only stores to an atomic.
+            // SAFETY: the handler only stores to atomics and resets the unwinder's locks.
             unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
             STATE.store(RECORDING, Ordering::Release);
             Some(Ring::at(base))
@@ -78,6 +78,7 @@ fn attach() -> Option<Ring> {
 /// In a forked child: its own pid when the tree is followed (its records then go to its own
 /// heap), else no recording (its calls go straight through).
 extern "C" fn forked_child() {
+    crate::unwind::forked();
     let ring = Ring::at(BASE.load(Ordering::Relaxed));
     if ring.control().follow_children == 0 {
         STATE.store(OFF, Ordering::Release);
@@ -227,12 +228,12 @@ impl Ring {
         (self.base + DATA_OFFSET) as *mut u8
     }
 
-    /// Bytes of stack to copy per allocation.
-    pub fn stack_bytes(&self) -> usize {
-        self.control().stack_bytes as usize
+    /// Counts a stack the library could not unwind to its root or the depth limit.
+    pub fn stack_error(&self) {
+        self.control().stack_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes one record made of `parts` (header, snapshot, stack bytes), waiting while the
+    /// Writes one record made of `parts` (header, return addresses), waiting while the
     /// ring is full. Returns false if the record could not be written (memprof is gone).
     pub fn write(&self, kind: u32, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|part| part.len()).sum();

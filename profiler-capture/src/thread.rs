@@ -1,5 +1,5 @@
 //! Per-thread state: whether the thread is inside a hook already (calls made from there are
-//! forwarded unrecorded), its id, and the bounds of its stack (a snapshot never reads past
+//! forwarded unrecorded), its id, and the bounds of its stack (a stack walk never reads past
 //! them).
 //!
 //! Every field is const-initialised and needs no destructor, so the thread-local block is
@@ -101,8 +101,8 @@ unsafe extern "C" {
 
 /// Where the frames of a stack whose mapping ends at `mapping_end` stop: no frame lies above
 /// the process's initial stack pointer (main thread) or above the thread's descriptor, which
-/// glibc puts at the top of every thread's stack. Copying less than the mapping costs the
-/// target and memprof less per call.
+/// glibc puts at the top of every thread's stack. A walk bounded there ends at the last
+/// frame instead of reading the environment block above it.
 fn frames_end(sp: usize, mapping_end: usize) -> usize {
     // SAFETY: a plain read of ld.so's variable, set before any code of the program runs.
     let initial = unsafe { __libc_stack_end } as usize;

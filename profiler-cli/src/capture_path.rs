@@ -4,15 +4,14 @@
 //! every call the probes would: the program is dynamically linked, its malloc comes from a
 //! shared library (a definition in the executable itself wins over any preload), the serving
 //! allocator does not implement C++ `operator new`/`delete` with its own code (the library
-//! interposes the C functions only), and stacks are unwound from copies (`--unwind dwarf`).
-//! Otherwise it takes the probes, and says which condition sent it there.
+//! interposes the C functions only). Otherwise it takes the probes, and says which condition sent it there.
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use profiler_common::EventKind;
 
 use crate::{
-    cli::{CaptureArgs, CapturePath, Unwind},
+    cli::CapturePath,
     elf::ElfObject,
     targets::{self, LookupOrder},
 };
@@ -27,7 +26,6 @@ pub struct Choice {
 /// environment it will get (ours with `--env` applied).
 pub fn choose(
     asked: CapturePath,
-    capture: &CaptureArgs,
     program: &Path,
     env: &[(String, String)],
     user: Option<&crate::launch::RunAs>,
@@ -45,7 +43,7 @@ pub fn choose(
             reason: "eBPF uprobes on the allocator (--capture uprobes)".into(),
         }),
         CapturePath::Preload => {
-            if let Some(why) = preload_impossible(capture, program)?.or_else(unreadable) {
+            if let Some(why) = preload_impossible(program)?.or_else(unreadable) {
                 bail!("--capture preload: {why}; use --capture uprobes");
             }
             Ok(Choice {
@@ -54,7 +52,7 @@ pub fn choose(
             })
         }
         CapturePath::Auto => {
-            let why_not = match preload_impossible(capture, program)? {
+            let why_not = match preload_impossible(program)? {
                 Some(why) => Some(why),
                 None if crate::preload_capture::library().is_err() => Some(format!(
                     "{} is not next to memprof",
@@ -80,14 +78,7 @@ pub fn choose(
 }
 
 /// Why no library can be preloaded (or its records used), if so.
-fn preload_impossible(capture: &CaptureArgs, program: &Path) -> Result<Option<String>> {
-    if capture.unwind != Unwind::Dwarf {
-        return Ok(Some(
-            "--unwind fp walks frame pointers in the kernel; the in-process path copies stacks \
-             for DWARF unwinding"
-                .into(),
-        ));
-    }
+fn preload_impossible(program: &Path) -> Result<Option<String>> {
     let object = match ElfObject::read(program, &[]) {
         Ok(object) => object,
         // A script: its interpreter is what runs, and the kernel reads it, not ld.so.

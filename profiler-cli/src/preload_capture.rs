@@ -82,9 +82,14 @@ pub struct SharedRing {
 unsafe impl Send for SharedRing {}
 
 impl SharedRing {
-    /// A ring of `data_bytes` (a power of two) whose producers copy `stack_bytes` of stack;
-    /// with `follow_children`, every process of the target's tree records into it.
-    pub fn create(data_bytes: u64, stack_bytes: u32, follow_children: bool) -> Result<SharedRing> {
+    /// A ring of `data_bytes` (a power of two) whose producers capture stacks as `stacks`
+    /// says (`RingControl::stack_mode`, `max_depth`); with `follow_children`, every process of
+    /// the target's tree records into it.
+    pub fn create(
+        data_bytes: u64,
+        stacks: (u32, u32),
+        follow_children: bool,
+    ) -> Result<SharedRing> {
         let fd =
             nix::sys::memfd::memfd_create(c"memprof-ring", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
                 .context("cannot create the capture ring (memfd_create)")?;
@@ -114,7 +119,7 @@ impl SharedRing {
         unsafe {
             ring.base.cast::<RingControl>().write(RingControl::new(
                 data_bytes,
-                stack_bytes,
+                stacks,
                 std::process::id(),
                 follow_children,
             ))
@@ -269,6 +274,7 @@ impl RingCounters {
             counts.by_kind[kind as usize] =
                 control.unrecorded[kind as usize].load(Ordering::Relaxed);
         }
+        counts.stack_errors = control.stack_errors.load(Ordering::Relaxed);
         // SAFETY: unmapping the page mapped above.
         unsafe { libc::munmap(page, DATA_OFFSET) };
         Ok(counts)

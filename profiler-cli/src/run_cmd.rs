@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use nix::sys::signal::{Signal, kill};
+use profiler_common::shared_ring::{STACKS_EH_FRAME, STACKS_FRAME_POINTERS, STACKS_NONE};
 use profiler_core::{
     heap::Mode,
     maps::ProcessMaps,
@@ -15,7 +16,7 @@ use crate::{
     backpressure::{self, Backpressure},
     capture::{collector, monotonic_ns, prepare, probe_config, salvage},
     capture_path,
-    cli::{CaptureArgs, CapturePath},
+    cli::{CaptureArgs, CapturePath, Unwind},
     followed::{self, Followed, TreeSession},
     launch, ops_output,
     preload_capture::{self, SharedRing},
@@ -54,13 +55,7 @@ pub async fn run_command(
         .collect();
     child_environment.extend(child_env.iter().cloned());
     let program = capture_path::program(&target.command)?;
-    let choice = capture_path::choose(
-        path,
-        capture,
-        &program,
-        &child_environment,
-        target.user.as_ref(),
-    )?;
+    let choice = capture_path::choose(path, &program, &child_environment, target.user.as_ref())?;
     let report_capture = Capture {
         path: choice.path.name().into(),
         reason: choice.reason,
@@ -306,12 +301,14 @@ pub async fn run_command(
 /// ring's descriptor; with `follow`, every process of the tree records into it.
 fn preload(capture: &CaptureArgs, target: &mut launch::Target, follow: bool) -> Result<SharedRing> {
     let library = preload_capture::library()?;
-    let stack_bytes = if capture.max_depth == 0 {
-        0
-    } else {
-        capture.stack_bytes()?
+    // The library unwinds each stack itself (profiler-capture's unwind module).
+    let stack_mode = match (capture.max_depth, capture.unwind) {
+        (0, _) => STACKS_NONE,
+        (_, Unwind::Dwarf) => STACKS_EH_FRAME,
+        (_, Unwind::Fp) => STACKS_FRAME_POINTERS,
     };
-    let ring = SharedRing::create(u64::from(capture.ring_bytes()?), stack_bytes, follow)?;
+    let stacks = (stack_mode, capture.max_depth);
+    let ring = SharedRing::create(u64::from(capture.ring_bytes()?), stacks, follow)?;
     target.env = preload_capture::target_env(&library, &ring, std::mem::take(&mut target.env));
     target.inherit_fd = Some(ring.fd());
     Ok(ring)

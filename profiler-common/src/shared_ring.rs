@@ -2,9 +2,9 @@
 //! a target `memprof run` launched) and memprof: a memfd both map, holding a [`RingControl`]
 //! page and then a power-of-two data area of framed records.
 //!
-//! Records are the ones the eBPF probes write ([`crate::EventHeader`], then a
-//! [`crate::StackSnapshot`] and the stack bytes, or nothing), so the collector decodes both
-//! paths alike. Each sits in a frame: a `u32` length, the writer's `u32` process id, the
+//! Records are the ones the eBPF probes write in frame-pointer mode ([`crate::EventHeader`],
+//! then `stack_depth` return addresses, innermost first), so the collector decodes both paths
+//! alike; the library unwinds each stack itself ([`RingControl::stack_mode`]). Each sits in a frame: a `u32` length, the writer's `u32` process id, the
 //! record, padding to 8 bytes. A frame never wraps: a length of [`PADDING`] means "skip to the
 //! start of the data area".
 //!
@@ -21,7 +21,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
-use crate::{EVENT_HEADER_SIZE, MAX_STACK_BYTES, STACK_SNAPSHOT_SIZE};
+use crate::{EVENT_HEADER_SIZE, MAX_STACK_DEPTH};
 
 /// Environment variable naming the ring's file descriptor in the target.
 pub const RING_FD_ENV: &str = "MEMPROF_RING_FD";
@@ -29,7 +29,7 @@ pub const RING_FD_ENV: &str = "MEMPROF_RING_FD";
 /// that closed the inherited descriptor before it exec'd (the tree is followed).
 pub const RING_PATH_ENV: &str = "MEMPROF_RING_PATH";
 /// [`RingControl::magic`]: the layout's name and version.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"MPRING02");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"MPRING03");
 /// Offset of the data area in the shared file (the control page comes first).
 pub const DATA_OFFSET: usize = 4096;
 /// Bytes before each record in its frame.
@@ -37,7 +37,13 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 /// A frame length meaning "the rest of the data area is padding".
 pub const PADDING: u32 = 0;
 /// The longest record a producer writes.
-pub const MAX_RECORD_BYTES: usize = EVENT_HEADER_SIZE + STACK_SNAPSHOT_SIZE + MAX_STACK_BYTES;
+pub const MAX_RECORD_BYTES: usize = EVENT_HEADER_SIZE + 8 * MAX_STACK_DEPTH;
+/// [`RingControl::stack_mode`]: no stacks (`--max-depth 0`).
+pub const STACKS_NONE: u32 = 0;
+/// [`RingControl::stack_mode`]: unwound in the target with `.eh_frame` (`--unwind dwarf`).
+pub const STACKS_EH_FRAME: u32 = 1;
+/// [`RingControl::stack_mode`]: the frame-pointer chain, walked in the target (`--unwind fp`).
+pub const STACKS_FRAME_POINTERS: u32 = 2;
 
 /// `RingControl::state`: no process has claimed the ring yet.
 pub const UNCLAIMED: u32 = 0;
@@ -51,9 +57,6 @@ pub struct RingControl {
     pub magic: u64,
     /// Size of the data area (a power of two).
     pub data_bytes: u64,
-    /// Bytes of stack copied per allocation (a multiple of 8, at most [`MAX_STACK_BYTES`];
-    /// 0: no stacks).
-    pub stack_bytes: u32,
     /// The process that records: 0 until the first allocation claims it.
     pub owner_pid: AtomicU32,
     /// memprof: a producer that has waited for room for a second checks it is still alive,
@@ -65,7 +68,12 @@ pub struct RingControl {
     /// Set by memprof when collection is over: producers stop recording at once (a process
     /// left running, detached, must not wait for a drain that will never come).
     pub closed: AtomicU32,
-    _config_pad: [u8; 28],
+    /// How the library captures each allocation's stack: one of [`STACKS_NONE`],
+    /// [`STACKS_EH_FRAME`], [`STACKS_FRAME_POINTERS`].
+    pub stack_mode: u32,
+    /// Deepest stack recorded, in frames (1..=`MAX_STACK_DEPTH`).
+    pub max_depth: u32,
+    _config_pad: [u8; 24],
 
     /// Bytes published so far (producers, under `lock`).
     pub write_pos: AtomicU64,
@@ -93,28 +101,33 @@ pub struct RingControl {
     /// full. (A call made while its thread is inside a hook, by the allocator itself or by a
     /// signal handler, belongs to that call and is not recorded, as on the probe path.)
     pub unrecorded: [AtomicU64; crate::KIND_SLOTS as usize],
+    /// Stacks the library could not unwind to their root or the depth limit (no rule for an
+    /// address, a frame outside the stack): recorded with the frames found, marked truncated.
+    pub stack_errors: AtomicU64,
 }
 
-const _: () = assert!(core::mem::size_of::<RingControl>() == 192 + 128);
+const _: () = assert!(core::mem::size_of::<RingControl>() == 192 + 192);
 const _: () = assert!(core::mem::size_of::<RingControl>() <= DATA_OFFSET);
 
 impl RingControl {
     /// A fresh control page for a data area of `data_bytes` (a power of two).
     pub const fn new(
         data_bytes: u64,
-        stack_bytes: u32,
+        stacks: (u32, u32),
         collector_pid: u32,
         follow_children: bool,
     ) -> RingControl {
+        let (stack_mode, max_depth) = stacks;
         RingControl {
             magic: MAGIC,
             data_bytes,
-            stack_bytes,
+            stack_mode,
+            max_depth,
             owner_pid: AtomicU32::new(UNCLAIMED),
             collector_pid,
             follow_children: follow_children as u32,
             closed: AtomicU32::new(0),
-            _config_pad: [0; 28],
+            _config_pad: [0; 24],
             write_pos: AtomicU64::new(0),
             lock: AtomicU32::new(0),
             waiters: AtomicU32::new(0),
@@ -126,6 +139,7 @@ impl RingControl {
             drained: AtomicU32::new(0),
             _consumer_pad: [0; 52],
             unrecorded: [const { AtomicU64::new(0) }; crate::KIND_SLOTS as usize],
+            stack_errors: AtomicU64::new(0),
         }
     }
 }

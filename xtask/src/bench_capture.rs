@@ -8,7 +8,8 @@
 //! heaptrack, in interleaved rounds so that noise hits all alike; the table shows medians of
 //! wall time, the slowdown of each tool (its time / bare), the ratio of the preload path to
 //! heaptrack, and the allocation calls each tool counted (memprof's `summary.allocations`,
-//! heaptrack_print's "calls to allocation functions").
+//! heaptrack_print's "calls to allocation functions"). With `--baseline MEMPROF`, another
+//! build's preload path runs in the same rounds, and its time is compared with this build's.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,14 +37,9 @@ enum Runner {
     Uprobes,
     Preload,
     Heaptrack,
+    /// `--baseline`'s memprof, preload path.
+    BaselinePreload,
 }
-
-const RUNNERS: [Runner; 4] = [
-    Runner::Bare,
-    Runner::Uprobes,
-    Runner::Preload,
-    Runner::Heaptrack,
-];
 
 impl Runner {
     fn label(self) -> &'static str {
@@ -52,11 +48,12 @@ impl Runner {
             Runner::Uprobes => "memprof uprobes",
             Runner::Preload => "memprof preload",
             Runner::Heaptrack => "heaptrack",
+            Runner::BaselinePreload => "baseline preload",
         }
     }
 }
 
-pub fn run(runs: u32) -> Result<()> {
+pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
     if !Identity::current()?.is_root() {
         bail!("bench capture runs only as root (memprof loads eBPF probes): rerun with sudo");
     }
@@ -72,15 +69,31 @@ pub fn run(runs: u32) -> Result<()> {
     let scratch = samples::target_dir()?.join("bench/capture");
     fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let workloads = workloads(&scratch)?;
+    let mut runners = vec![
+        Runner::Bare,
+        Runner::Uprobes,
+        Runner::Preload,
+        Runner::Heaptrack,
+    ];
+    if let Some(baseline) = baseline {
+        if !baseline.is_file() {
+            bail!("--baseline {}: no such memprof", baseline.display());
+        }
+        runners.push(Runner::BaselinePreload);
+    }
 
     // seconds[workload][runner] over the rounds; counts from the last round.
-    let mut seconds = vec![vec![Vec::new(); RUNNERS.len()]; workloads.len()];
-    let mut counts = vec![vec![None; RUNNERS.len()]; workloads.len()];
+    let mut seconds = vec![vec![Vec::new(); runners.len()]; workloads.len()];
+    let mut counts = vec![vec![None; runners.len()]; workloads.len()];
     for round in 1..=runs {
         for (w, workload) in workloads.iter().enumerate() {
-            for (r, &runner) in RUNNERS.iter().enumerate() {
+            for (r, &runner) in runners.iter().enumerate() {
                 let out = scratch.join(format!("{}-{}", workload.name, r));
-                let (secs, count) = run_once(&memprof, workload, runner, &out)?;
+                let binary = match runner {
+                    Runner::BaselinePreload => baseline.unwrap_or(&memprof),
+                    _ => &memprof,
+                };
+                let (secs, count) = run_once(binary, workload, runner, &out)?;
                 println!(
                     "  round {round}/{runs} {:<8} {:<16} {secs:>8.3} s{}",
                     workload.name,
@@ -119,6 +132,16 @@ pub fn run(runs: u32) -> Result<()> {
             shown(counts[w][2]),
             shown(counts[w][3])
         );
+        if runners.len() > 4 {
+            println!(
+                "{:<8} baseline preload {}, {} allocations: this build adds {:.2}x the \
+                 baseline's time",
+                "",
+                cell(4),
+                shown(counts[w][4]),
+                (times[2] - bare) / (times[4] - bare)
+            );
+        }
     }
     println!(
         "(slowdown = median wall time / bare; preload/heaptrack = the time each adds to the \
@@ -180,12 +203,12 @@ fn run_once(
     }
     let mut cmd = match runner {
         Runner::Bare => exec::command(&workload.program),
-        Runner::Uprobes | Runner::Preload => {
+        Runner::Uprobes | Runner::Preload | Runner::BaselinePreload => {
             let mut cmd = exec::command(memprof);
-            let path = if runner == Runner::Preload {
-                "preload"
-            } else {
+            let path = if runner == Runner::Uprobes {
                 "uprobes"
+            } else {
+                "preload"
             };
             cmd.args(["run", "--capture", path, "--output"])
                 .arg(out)
@@ -216,7 +239,9 @@ fn run_once(
     }
     let count = match runner {
         Runner::Bare => None,
-        Runner::Uprobes | Runner::Preload => memprof_allocations(&out.join("report.json")),
+        Runner::Uprobes | Runner::Preload | Runner::BaselinePreload => {
+            memprof_allocations(&out.join("report.json"))
+        }
         Runner::Heaptrack => heaptrack_allocations(out)?,
     };
     Ok((secs, count))

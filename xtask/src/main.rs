@@ -88,6 +88,10 @@ struct CaptureArgs {
     /// Interleaved rounds; the table shows medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Another build's memprof (with its libmemprof_capture.so beside it), run with
+    /// `--capture preload` in the same rounds: a change's before and after, side by side.
+    #[arg(long, value_name = "MEMPROF")]
+    baseline: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -143,7 +147,7 @@ fn run(cli: Cli) -> Result<()> {
         } => bench_report::run(&args.events),
         Task::Bench {
             bench: Bench::Capture(args),
-        } => bench_capture::run(args.runs),
+        } => bench_capture::run(args.runs, args.baseline.as_deref()),
         Task::Bench {
             bench: Bench::LeakCheck(args),
         } => bench_leak_check::run(args.mib, args.runs),

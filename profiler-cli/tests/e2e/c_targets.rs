@@ -344,10 +344,14 @@ fn frame_pointer_walk_on_request() {
         return;
     };
     let target = compile_c(env.dir.path(), "leaks", Build::FramePointers);
-    let report = profile_with(env.dir.path(), &["--unwind", "fp"], &target);
-    assert_nothing_lost(&report);
-    assert_sites(&report, "leaks", Name::Exact("d"), 1, 4096);
-    assert_chain(&report, "leaks", &["d", "c", "b", "a", "main"]);
+    // In the kernel for the probes, in the target on the in-process path.
+    for capture in ["uprobes", "preload"] {
+        let flags = ["--capture", capture, "--unwind", "fp"];
+        let report = profile_with(env.dir.path(), &flags, &target);
+        assert_nothing_lost(&report);
+        assert_sites(&report, "leaks", Name::Exact("d"), 1, 4096);
+        assert_chain(&report, "leaks", &["d", "c", "b", "a", "main"]);
+    }
 }
 
 #[test]
@@ -356,11 +360,14 @@ fn frame_pointer_walk_keeps_the_immediate_caller_without_frame_pointers() {
         return;
     };
     let target = compile_c(env.dir.path(), "leaks", Build::NoFramePointers);
-    let report = profile_with(env.dir.path(), &["--unwind", "fp"], &target);
-    assert_nothing_lost(&report);
-    // Frame 0 is the return address the probe sees, whatever the walk finds above it.
-    assert_sites(&report, "leaks", Name::Exact("d"), 1, 4096);
-    assert_sites(&report, "leaks", Name::Exact("leak_small"), 3, 300);
+    for capture in ["uprobes", "preload"] {
+        let flags = ["--capture", capture, "--unwind", "fp"];
+        let report = profile_with(env.dir.path(), &flags, &target);
+        assert_nothing_lost(&report);
+        // Frame 0 is the return address the probe sees, whatever the walk finds above it.
+        assert_sites(&report, "leaks", Name::Exact("d"), 1, 4096);
+        assert_sites(&report, "leaks", Name::Exact("leak_small"), 3, 300);
+    }
 }
 
 #[test]
@@ -370,17 +377,19 @@ fn depth_limit_cuts_and_marks_stacks_in_both_modes() {
     };
     let target = compile_c(env.dir.path(), "leaks", Build::FramePointers);
     let abc = vec!["d".to_owned(), "c".to_owned(), "b".to_owned()];
-    for mode in ["fp", "dwarf"] {
-        let report = profile_with(
-            env.dir.path(),
-            &["--unwind", mode, "--max-depth", "3"],
-            &target,
-        );
-        assert_eq!(
-            leak_stack(&report, "d"),
-            (abc.clone(), true),
-            "--unwind {mode}"
-        );
+    for capture in ["uprobes", "preload"] {
+        for mode in ["fp", "dwarf"] {
+            let report = profile_with(
+                env.dir.path(),
+                &["--capture", capture, "--unwind", mode, "--max-depth", "3"],
+                &target,
+            );
+            assert_eq!(
+                leak_stack(&report, "d"),
+                (abc.clone(), true),
+                "--capture {capture} --unwind {mode}"
+            );
+        }
     }
     // A stack exactly as deep as the limit is whole, one frame less is cut.
     let (whole, truncated) = leak_stack(&profile_with(env.dir.path(), &[], &target), "d");
@@ -402,8 +411,13 @@ fn stack_byte_limit_cuts_and_marks_stacks() {
         return;
     };
     let target = compile_c(env.dir.path(), "leaks", Build::NoFramePointers);
-    // 8 bytes hold no return address: only frame 0 (the probe's ip) is known.
-    let report = profile_with(env.dir.path(), &["--stack-bytes", "8"], &target);
+    // 8 bytes hold no return address: only frame 0 (the probe's ip) is known. Only the
+    // probes copy the stack: the in-process path walks it where it is.
+    let report = profile_with(
+        env.dir.path(),
+        &["--capture", "uprobes", "--stack-bytes", "8"],
+        &target,
+    );
     assert_nothing_lost(&report);
     let (stack, truncated) = leak_stack(&report, "d");
     assert_eq!((stack, truncated), (vec!["d".to_owned()], true));

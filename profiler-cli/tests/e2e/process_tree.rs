@@ -529,3 +529,34 @@ fn attach_children_follows_what_the_target_starts_in_the_window() {
     let status = wait_deadline(&mut target, DEADLINE, "tree attach after EOF");
     assert_eq!(status.code(), Some(0));
 }
+
+/// samples/c/fork_threads.c: forks land while other threads are inside the library's hooks
+/// (holding its unwinder's locks); every child still allocates, is recorded when followed, and
+/// exits. Preload only: the probes' path takes no lock in the target.
+#[test]
+fn children_forked_while_threads_allocate_can_allocate() {
+    let Some(env) = privileged("children_forked_while_threads_allocate_can_allocate") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "fork_threads", Build::NoFramePointers);
+    let target = target.to_str().unwrap();
+    for flags in [&[][..], &["--no-follow"][..]] {
+        let (finished, report) = run(Capture::Preload, env.dir.path(), flags, &[target, "100"]);
+        assert!(
+            finished.stdout.contains("forks: all"),
+            "{flags:?}: {finished:?}"
+        );
+        assert_nothing_lost(&report);
+        assert_sites(&report, "leaks", Name::Exact("leak_after_forks"), 1, 4096);
+        if flags.is_empty() {
+            let children = &processes(&report)[1..];
+            assert_eq!(children.len(), 100);
+            for child in children {
+                assert_eq!(child["allocations"], 1, "{child}");
+                assert_eq!(exit_code(child), 0, "{child}");
+            }
+        } else {
+            assert!(report.get("processes").is_none(), "{}", report["processes"]);
+        }
+    }
+}

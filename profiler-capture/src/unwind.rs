@@ -1,0 +1,422 @@
+//! Unwinding the caller's stack inside the target, so that each record carries return
+//! addresses (as the probes' frame-pointer records do) instead of a copy of the stack for
+//! memprof to unwind: the copy (often kilobytes per call) and the collector's unwinding were
+//! most of this path's cost.
+//!
+//! - [`eh_frame`] follows the `.eh_frame` call-frame information with mstange's framehop,
+//!   as memprof's collector does for snapshots, so both give the same frames. The modules come
+//!   from `dl_iterate_phdr`: each one's `.eh_frame_hdr` (`PT_GNU_EH_FRAME`) and `.eh_frame`
+//!   are copied out of its mapping once, so that a library unloaded later (`dlclose`) is never
+//!   read again. An address in no known module makes the loader's list be read again when a
+//!   library was loaded or unloaded since (its `dlpi_adds`/`dlpi_subs` counters).
+//! - [`frame_pointers`] walks the `rbp` chain (`--unwind fp`).
+//!
+//! Both read the stack only inside the calling thread's stack (`[sp, end)`), so a wrong rule
+//! or a stray frame pointer ends the walk instead of faulting. framehop runs with
+//! `MustNotAllocateDuringUnwind`; its rule caches are kept in a pool, one per thread unwinding
+//! at the moment (a thread-local one would be freed at thread exit, outside any hook, and
+//! show as a free memprof never saw allocated). Both live behind locks a forked child resets
+//! ([`crate::fork_safe`]). What the library allocates here goes through the hooks while its
+//! thread is inside one: forwarded, unrecorded.
+
+use core::ffi::{CStr, c_int, c_void};
+use core::ops::Range;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{
+    Error as FrameError, ExplicitModuleSectionInfo, FrameAddress, Module,
+    MustNotAllocateDuringUnwind, Unwinder,
+};
+
+use crate::fork_safe::{ForkSafeLock, ReadGuard};
+
+type Policy = MustNotAllocateDuringUnwind;
+type Cache = CacheX86_64<Policy>;
+
+/// How a walk ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// At the root of the stack.
+    Complete,
+    /// At the depth limit, with more frames above.
+    Cut,
+    /// Unwinding failed (no rule, a read outside the stack); the frames found are kept.
+    Failed,
+}
+
+/// The modules framehop knows, as the loader listed them at the last scan.
+struct Modules {
+    unwinder: UnwinderX86_64<Vec<u8>, Policy>,
+    /// Executable ranges of the modules added, by start.
+    text: Vec<Range<u64>>,
+    /// The loader's counts of objects loaded and unloaded at the last scan.
+    generation: (u64, u64),
+}
+
+impl Modules {
+    fn covers(&self, pc: u64) -> bool {
+        let i = self.text.partition_point(|range| range.start <= pc);
+        i > 0 && pc < self.text[i - 1].end
+    }
+}
+
+static MODULES: ForkSafeLock<Option<Modules>> = ForkSafeLock::new(None);
+static CACHES: ForkSafeLock<Vec<Cache>> = ForkSafeLock::new(Vec::new());
+
+/// In a forked child, before anything else runs: the locks as if no thread held them.
+pub fn forked() {
+    // SAFETY: called from the child's fork handler.
+    unsafe {
+        MODULES.reset_in_child(None);
+        CACHES.reset_in_child(Vec::new());
+    }
+}
+
+/// Return addresses of the stack whose innermost frame returns to `ip` with the caller's
+/// `sp` and `bp`, innermost first, into `frames` (at most its length; `Cut` if there were
+/// more). `stack_end` bounds every read. Returns the frames written and how the walk ended.
+pub fn eh_frame(ip: u64, sp: u64, bp: u64, stack_end: u64, frames: &mut [u64]) -> (usize, Outcome) {
+    if frames.is_empty() {
+        return (0, Outcome::Cut);
+    }
+    let mut cache = take_cache();
+    let walked = walk(ip, sp, bp, stack_end, frames, &mut cache);
+    give_back(cache);
+    walked
+}
+
+fn walk(
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    stack_end: u64,
+    frames: &mut [u64],
+    cache: &mut Cache,
+) -> (usize, Outcome) {
+    let mut read_stack = |addr: u64| read_word(addr, sp, stack_end);
+    let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+    let mut modules = read_modules();
+    let mut rescanned = false;
+    let mut pc = ip;
+    frames[0] = pc;
+    let mut depth = 1;
+    loop {
+        // A return address is looked up at `pc - 1`, inside its call instruction.
+        let Some(address) = FrameAddress::from_return_address(pc) else {
+            return (depth, Outcome::Complete);
+        };
+        if !rescanned && !modules.as_ref().is_some_and(|m| m.covers(pc - 1)) {
+            drop(modules);
+            rescan();
+            rescanned = true;
+            modules = read_modules();
+        }
+        let Some(known) = modules.as_ref() else {
+            return (depth, Outcome::Failed);
+        };
+        match known
+            .unwinder
+            .unwind_frame(address, &mut regs, cache, &mut read_stack)
+        {
+            Ok(None) | Ok(Some(0)) | Err(FrameError::ReturnAddressIsNull) => {
+                return (depth, Outcome::Complete);
+            }
+            Ok(Some(return_address)) => {
+                if depth == frames.len() {
+                    return (depth, Outcome::Cut);
+                }
+                frames[depth] = return_address;
+                depth += 1;
+                pc = return_address;
+            }
+            Err(_) => return (depth, Outcome::Failed),
+        }
+    }
+}
+
+/// [`eh_frame`] by the frame-pointer chain: each frame's saved `rbp` and return address sit
+/// at `[rbp]` and `[rbp + 8]`, as the kernel's walk for the probes reads them.
+pub fn frame_pointers(
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    stack_end: u64,
+    frames: &mut [u64],
+) -> (usize, Outcome) {
+    if frames.is_empty() {
+        return (0, Outcome::Cut);
+    }
+    frames[0] = ip;
+    let mut depth = 1;
+    let mut bp = bp;
+    let mut floor = sp;
+    loop {
+        let (Ok(next_bp), Ok(return_address)) = (
+            read_word(bp, floor, stack_end),
+            read_word(bp.wrapping_add(8), floor, stack_end),
+        ) else {
+            // No frame pointer left inside the stack: the outermost frame is behind us.
+            return (depth, Outcome::Complete);
+        };
+        if return_address == 0 {
+            return (depth, Outcome::Complete);
+        }
+        if depth == frames.len() {
+            return (depth, Outcome::Cut);
+        }
+        frames[depth] = return_address;
+        depth += 1;
+        // Frames only go up the stack: a chain that does not is not one.
+        if next_bp <= bp {
+            return (depth, Outcome::Complete);
+        }
+        floor = bp + 16;
+        bp = next_bp;
+    }
+}
+
+/// The word at `addr` if it lies inside `[low, high)`, 8-aligned.
+fn read_word(addr: u64, low: u64, high: u64) -> Result<u64, ()> {
+    if addr < low || addr.checked_add(8).is_none_or(|end| end > high) || !addr.is_multiple_of(8) {
+        return Err(());
+    }
+    // SAFETY: inside the calling thread's stack, above the frame that called the hook (every
+    // caller passes its own stack pointer and the stack's end), so mapped and readable.
+    Ok(unsafe { (addr as *const u64).read() })
+}
+
+/// Forgets every module (after a `dlclose`): the next walk lists the loader's objects again.
+/// The caller must be inside a hook: the tables were allocated in one.
+pub fn forget_modules() {
+    // Readers hold the modules for one walk.
+    for _ in 0..1000 {
+        if let Some(mut guard) = MODULES.try_write() {
+            // Removed from the same unwinder, not replaced by a new one: its generation moves
+            // on, so the pooled caches' rules for the old modules no longer match.
+            if let Some(modules) = guard.as_mut() {
+                for range in modules.text.drain(..) {
+                    modules.unwinder.remove_module(range.start);
+                }
+                modules.generation = (u64::MAX, u64::MAX);
+            }
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn read_modules() -> ReadGuard<'static, Option<Modules>> {
+    MODULES.read()
+}
+
+fn take_cache() -> Cache {
+    let pooled = with_pool(|pool| pool.pop()).flatten();
+    pooled.unwrap_or_else(Cache::new_in)
+}
+
+fn give_back(cache: Cache) {
+    let mut cache = Some(cache);
+    with_pool(|pool| pool.extend(cache.take()));
+    // Not pooled (the pool stayed busy): dropped here, inside the hook.
+}
+
+/// Runs `f` on the cache pool, unless it stays busy for a few tries (a push or a pop holds
+/// it; the fork handler frees it in a child).
+fn with_pool<T>(f: impl FnOnce(&mut Vec<Cache>) -> T) -> Option<T> {
+    for _ in 0..64 {
+        if let Some(mut pool) = CACHES.try_write() {
+            return Some(f(&mut pool));
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
+/// Lists the loader's objects again if any was loaded or unloaded since the last scan, adding
+/// the new ones and dropping the gone ones. Skipped if another thread holds the modules: it
+/// reads them (this walk goes on without), or scans them itself.
+fn rescan() {
+    let Some(mut guard) = MODULES.try_write() else {
+        return;
+    };
+    let generation = loader_generation();
+    if guard.as_ref().is_some_and(|m| m.generation == generation) {
+        return;
+    }
+    let mut objects: Vec<LoadedObject> = Vec::new();
+    // SAFETY: the callback only reads the loader's records during the call.
+    unsafe { libc::dl_iterate_phdr(Some(collect_object), (&raw mut objects).cast()) };
+    let modules = guard.get_or_insert_with(|| Modules {
+        unwinder: UnwinderX86_64::new(),
+        text: Vec::new(),
+        generation,
+    });
+    modules.generation = generation;
+    let gone: Vec<u64> = modules
+        .text
+        .iter()
+        .filter(|range| !objects.iter().any(|o| o.text == **range))
+        .map(|range| range.start)
+        .collect();
+    for start in gone {
+        modules.unwinder.remove_module(start);
+        modules.text.retain(|range| range.start != start);
+    }
+    for object in objects {
+        if modules.text.contains(&object.text) {
+            continue;
+        }
+        let text = object.text.clone();
+        modules.unwinder.add_module(object.into_module());
+        let at = modules
+            .text
+            .partition_point(|range| range.start < text.start);
+        modules.text.insert(at, text);
+    }
+}
+
+/// The loader's counts of objects loaded and unloaded so far (`dlpi_adds`, `dlpi_subs`).
+fn loader_generation() -> (u64, u64) {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: the loader passes a valid record; `data` is the tuple below.
+        unsafe {
+            *data.cast::<(u64, u64)>() = ((*info).dlpi_adds, (*info).dlpi_subs);
+        }
+        1
+    }
+    let mut generation = (0u64, 0u64);
+    // SAFETY: the callback writes only the tuple, and stops at the first object.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut generation).cast()) };
+    generation
+}
+
+/// One object as the loader lists it, with its unwind tables copied.
+struct LoadedObject {
+    name: String,
+    bias: u64,
+    /// Executable segment, as mapped.
+    text: Range<u64>,
+    eh_frame_hdr: (Range<u64>, Vec<u8>),
+    eh_frame: (Range<u64>, Vec<u8>),
+}
+
+impl LoadedObject {
+    fn into_module(self) -> Module<Vec<u8>> {
+        let svma = |range: &Range<u64>| range.start - self.bias..range.end - self.bias;
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: Some(svma(&self.text)),
+            eh_frame_hdr_svma: Some(svma(&self.eh_frame_hdr.0)),
+            eh_frame_hdr: Some(self.eh_frame_hdr.1),
+            eh_frame_svma: Some(svma(&self.eh_frame.0)),
+            eh_frame: Some(self.eh_frame.1),
+            ..Default::default()
+        };
+        Module::new(self.name, self.text, self.bias, info)
+    }
+}
+
+unsafe extern "C" fn collect_object(
+    info: *mut libc::dl_phdr_info,
+    _: usize,
+    data: *mut c_void,
+) -> c_int {
+    // SAFETY: the loader passes a valid record for the duration of the call; `data` is the
+    // Vec rescan() passed.
+    let (info, objects) = unsafe { (&*info, &mut *data.cast::<Vec<LoadedObject>>()) };
+    // SAFETY: as above, for its program headers.
+    if let Some(object) = unsafe { loaded_object(info) } {
+        objects.push(object);
+    }
+    0
+}
+
+/// The executable segment and the unwind tables of one loaded object, None without them.
+///
+/// # Safety
+/// `info` must be the loader's record of a loaded object, during dl_iterate_phdr.
+unsafe fn loaded_object(info: &libc::dl_phdr_info) -> Option<LoadedObject> {
+    if info.dlpi_phdr.is_null() {
+        return None;
+    }
+    // SAFETY: the loader's program headers of this object.
+    let headers = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    let bias = info.dlpi_addr;
+    let avma = |vaddr: u64, len: u64| bias + vaddr..bias + vaddr + len;
+    let text = headers
+        .iter()
+        .find(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_X != 0)
+        .map(|h| avma(h.p_vaddr, h.p_memsz))?;
+    let hdr = headers
+        .iter()
+        .find(|h| h.p_type == libc::PT_GNU_EH_FRAME)
+        .map(|h| avma(h.p_vaddr, h.p_memsz))?;
+    // SAFETY: the header lies in a loaded segment of the object.
+    let hdr_bytes = unsafe { mapped(&hdr) };
+    let eh_frame_start = eh_frame_address(hdr_bytes, hdr.start)?;
+    // The section has no length of its own here: it runs to its segment's end at most.
+    let segment_end = headers
+        .iter()
+        .filter(|h| h.p_type == libc::PT_LOAD)
+        .map(|h| avma(h.p_vaddr, h.p_filesz))
+        .find(|segment| segment.contains(&eh_frame_start))?
+        .end;
+    let eh_frame = eh_frame_start..segment_end;
+    // SAFETY: inside a loaded segment of the object, within its file-backed bytes.
+    let eh_frame_bytes = unsafe { mapped(&eh_frame) }.to_vec();
+    let name = if info.dlpi_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the loader's NUL-terminated name.
+        unsafe { CStr::from_ptr(info.dlpi_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    Some(LoadedObject {
+        name,
+        bias,
+        text,
+        eh_frame_hdr: (hdr, hdr_bytes.to_vec()),
+        eh_frame: (eh_frame, eh_frame_bytes),
+    })
+}
+
+/// The bytes mapped at `range`.
+///
+/// # Safety
+/// `range` must be mapped and readable.
+unsafe fn mapped(range: &Range<u64>) -> &'static [u8] {
+    // SAFETY: per the contract.
+    unsafe {
+        core::slice::from_raw_parts(range.start as *const u8, (range.end - range.start) as usize)
+    }
+}
+
+/// Where `.eh_frame` starts, from the `.eh_frame_hdr` at `hdr_address`: its second byte is
+/// the pointer's encoding (DW_EH_PE_*), the pointer follows the four-byte header.
+fn eh_frame_address(hdr: &[u8], hdr_address: u64) -> Option<u64> {
+    const PCREL: u8 = 0x10;
+    const DATAREL: u8 = 0x30;
+    let (&version, &encoding) = (hdr.first()?, hdr.get(1)?);
+    if version != 1 {
+        return None;
+    }
+    let field = hdr.get(4..)?;
+    let value = match encoding & 0x0f {
+        0x00 | 0x04 => u64::from_le_bytes(field.get(..8)?.try_into().ok()?),
+        0x03 => u64::from(u32::from_le_bytes(field.get(..4)?.try_into().ok()?)),
+        0x0b => i64::from(i32::from_le_bytes(field.get(..4)?.try_into().ok()?)) as u64,
+        0x0c => u64::from_le_bytes(field.get(..8)?.try_into().ok()?),
+        _ => return None,
+    };
+    match encoding & 0x70 {
+        0 => Some(value),
+        PCREL => Some((hdr_address + 4).wrapping_add(value)),
+        DATAREL => Some(hdr_address.wrapping_add(value)),
+        _ => None,
+    }
+}
