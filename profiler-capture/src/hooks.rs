@@ -612,9 +612,7 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
         None => -1,
     };
     // The unwinder's copy of an unloaded library's tables must not stand for whatever is
-    // mapped at its addresses next. Inside a hook: what it frees was allocated in one.
-    if let Some(_entered) = Entered::try_enter() {
-        unwind::forget_modules();
-    }
+    // mapped at its addresses next.
+    unwind::forget_modules();
     closed
 }

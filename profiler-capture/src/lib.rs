@@ -19,14 +19,22 @@
 //! - `ring`: attaching to the shared ring and writing records into it, waiting (never
 //!   dropping) while memprof drains a full ring.
 //!
-//! The library never allocates through the hooked functions for itself: calls made while a
-//! thread is inside a hook (`dlsym`, `pthread_getattr_np`) are forwarded unrecorded, as calls
-//! inside an allocator are on the eBPF path.
+//! - `arena`: the library's own allocator: its Rust code never allocates through the hooked
+//!   functions, nor in the program's heap.
+//!
+//! Calls the C library makes on the library's behalf while a thread is inside a hook
+//! (`dlsym`, `dl_iterate_phdr`) are forwarded unrecorded, as calls inside an allocator are on
+//! the eBPF path.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
+mod arena;
 mod fork_safe;
 mod hooks;
 mod real;
 mod ring;
 mod thread;
 mod unwind;
+
+/// The library's own allocations never go through the program's allocator (see `arena`).
+#[global_allocator]
+static ARENA: arena::Arena = arena::Arena;

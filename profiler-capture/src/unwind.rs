@@ -14,10 +14,10 @@
 //! Both read the stack only inside the calling thread's stack (`[sp, end)`), so a wrong rule
 //! or a stray frame pointer ends the walk instead of faulting. framehop runs with
 //! `MustNotAllocateDuringUnwind`; its rule caches are kept in a pool, one per thread unwinding
-//! at the moment (a thread-local one would be freed at thread exit, outside any hook, and
-//! show as a free memprof never saw allocated). Both live behind locks a forked child resets
-//! ([`crate::fork_safe`]). What the library allocates here goes through the hooks while its
-//! thread is inside one: forwarded, unrecorded.
+//! at the moment (a thread-local one would need a destructor, which glibc registers with a
+//! malloc charged to the program). Both live behind locks a forked child resets
+//! ([`crate::fork_safe`]). What it allocates comes from the library's own arena
+//! ([`crate::arena`]), never from the program's allocator.
 
 use core::ffi::{CStr, c_int, c_void};
 use core::ops::Range;
@@ -65,6 +65,7 @@ static CACHES: ForkSafeLock<Vec<Cache>> = ForkSafeLock::new(Vec::new());
 
 /// In a forked child, before anything else runs: the locks as if no thread held them.
 pub fn forked() {
+    crate::arena::forked();
     // SAFETY: called from the child's fork handler.
     unsafe {
         MODULES.reset_in_child(None);
@@ -186,7 +187,6 @@ fn read_word(addr: u64, low: u64, high: u64) -> Result<u64, ()> {
 }
 
 /// Forgets every module (after a `dlclose`): the next walk lists the loader's objects again.
-/// The caller must be inside a hook: the tables were allocated in one.
 pub fn forget_modules() {
     // Readers hold the modules for one walk.
     for _ in 0..1000 {

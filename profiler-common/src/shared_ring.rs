@@ -28,6 +28,9 @@ pub const RING_FD_ENV: &str = "MEMPROF_RING_FD";
 /// Environment variable naming the ring as a path (`/proc/MEMPROF_PID/fd/N`), for a process
 /// that closed the inherited descriptor before it exec'd (the tree is followed).
 pub const RING_PATH_ENV: &str = "MEMPROF_RING_PATH";
+/// Name of the memfd the capture library maps for its own memory (`/memfd:NAME` in the
+/// target's maps): like the ring, never a root of the leak check.
+pub const ARENA_NAME: &core::ffi::CStr = c"memprof-capture-arena";
 /// [`RingControl::magic`]: the layout's name and version.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MPRING03");
 /// Offset of the data area in the shared file (the control page comes first).

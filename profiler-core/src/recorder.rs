@@ -75,6 +75,7 @@ impl Recorder {
         // attributed to a stack.
         let wants_stack = event.kind.needs_return_probe();
         let known_stacks = self.stacks.len();
+        let snapshot = matches!(record_stack, RecordStack::Snapshot(_));
         let truncated = match record_stack {
             _ if !wants_stack || event.stack_missing() => None,
             RecordStack::Frames(frames) if frames.len() > 0 => {
@@ -88,6 +89,13 @@ impl Recorder {
             }
         };
         let stack = truncated.map(|truncated| self.stacks.intern(&self.scratch, truncated));
+        if self.stacks.len() > known_stacks && !snapshot {
+            // Frames unwound by the capture path: the first sight of a library's addresses
+            // (dlopen) is when its maps must be read, before a dlclose can take them away.
+            for &frame in &self.scratch {
+                modules.maps_covering(frame.saturating_sub(1));
+            }
+        }
         let frames = if stack.is_some() {
             &self.scratch[..]
         } else {

@@ -103,8 +103,13 @@ fn is_scanned(mapping: &Mapping) -> bool {
     if path.starts_with("/dev/") && path != "/dev/zero" {
         return false;
     }
-    // The in-process capture ring holds records of every call, block addresses included.
+    // The in-process capture ring holds records of every call, block addresses included; the
+    // capture library's own memory (its unwind tables) is not the program's either.
+    let arena = profiler_common::shared_ring::ARENA_NAME.to_string_lossy();
     !path.starts_with("/memfd:memprof-ring")
+        && !path
+            .strip_prefix("/memfd:")
+            .is_some_and(|name| name.starts_with(&*arena))
 }
 
 fn is_allocator_heap(mapping: &Mapping, allocator_addresses: &[u64]) -> bool {
