@@ -166,7 +166,7 @@ fn unmap(ptr: *mut u8, len: usize) {
 }
 
 /// Bytes of address space reserved (memory is used only where written).
-const REGION_BYTES: usize = 4 << 30;
+const REGION_BYTES: usize = 1 << 30;
 const UNSET: u8 = 0;
 const SETTING: u8 = 1;
 const READY: u8 = 2;
