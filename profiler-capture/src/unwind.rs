@@ -233,36 +233,50 @@ fn with_pool<T>(f: impl FnOnce(&mut Vec<Cache>) -> T) -> Option<T> {
 }
 
 /// Lists the loader's objects again if any was loaded or unloaded since the last scan, adding
-/// the new ones and dropping the gone ones. Skipped if another thread holds the modules: it
-/// reads them (this walk goes on without), or scans them itself.
+/// the new ones and dropping the gone ones.
+///
+/// The loader's list is read holding no lock of ours: `dl_iterate_phdr` takes the loader's
+/// lock, and a thread holding that one (inside `dlopen`, or a program's own `dl_iterate_phdr`
+/// callback) may allocate and wait for ours. The modules are changed afterwards, unless
+/// another thread holds them (it applies the same change, or reads them: the next unknown
+/// address tries again).
 fn rescan() {
+    let generation = loader_generation();
+    let known = match read_modules().as_ref() {
+        Some(modules) if modules.generation == generation => return,
+        Some(modules) => modules.text.clone(),
+        None => Vec::new(),
+    };
+    let mut scan = Scan {
+        known,
+        present: Vec::new(),
+        added: Vec::new(),
+    };
+    // SAFETY: the callback only reads the loader's records during the call.
+    unsafe { libc::dl_iterate_phdr(Some(collect_object), (&raw mut scan).cast()) };
     let Some(mut guard) = MODULES.try_write() else {
         return;
     };
-    let generation = loader_generation();
-    if guard.as_ref().is_some_and(|m| m.generation == generation) {
-        return;
-    }
-    let mut objects: Vec<LoadedObject> = Vec::new();
-    // SAFETY: the callback only reads the loader's records during the call.
-    unsafe { libc::dl_iterate_phdr(Some(collect_object), (&raw mut objects).cast()) };
     let modules = guard.get_or_insert_with(|| Modules {
         unwinder: UnwinderX86_64::new(),
         text: Vec::new(),
-        generation,
+        generation: (u64::MAX, u64::MAX),
     });
+    if modules.generation == generation {
+        return;
+    }
     modules.generation = generation;
     let gone: Vec<u64> = modules
         .text
         .iter()
-        .filter(|range| !objects.iter().any(|o| o.text == **range))
+        .filter(|range| !scan.present.contains(range))
         .map(|range| range.start)
         .collect();
     for start in gone {
         modules.unwinder.remove_module(start);
         modules.text.retain(|range| range.start != start);
     }
-    for object in objects {
+    for object in scan.added {
         if modules.text.contains(&object.text) {
             continue;
         }
@@ -273,6 +287,16 @@ fn rescan() {
             .partition_point(|range| range.start < text.start);
         modules.text.insert(at, text);
     }
+}
+
+/// One pass over the loader's objects.
+struct Scan {
+    /// Executable ranges the modules had when the pass began: their tables are not copied.
+    known: Vec<Range<u64>>,
+    /// Executable ranges of every object with unwind tables.
+    present: Vec<Range<u64>>,
+    /// The objects not known, tables copied.
+    added: Vec<LoadedObject>,
 }
 
 /// The loader's counts of objects loaded and unloaded so far (`dlpi_adds`, `dlpi_subs`).
@@ -326,31 +350,59 @@ unsafe extern "C" fn collect_object(
     data: *mut c_void,
 ) -> c_int {
     // SAFETY: the loader passes a valid record for the duration of the call; `data` is the
-    // Vec rescan() passed.
-    let (info, objects) = unsafe { (&*info, &mut *data.cast::<Vec<LoadedObject>>()) };
+    // Scan rescan() passed.
+    let (info, scan) = unsafe { (&*info, &mut *data.cast::<Scan>()) };
     // SAFETY: as above, for its program headers.
-    if let Some(object) = unsafe { loaded_object(info) } {
-        objects.push(object);
+    let Some(text) = (unsafe { text_of(info) }) else {
+        return 0;
+    };
+    if !scan.known.contains(&text) {
+        // SAFETY: as above.
+        match unsafe { loaded_object(info, text.clone()) } {
+            Some(object) => scan.added.push(object),
+            None => return 0,
+        }
     }
+    scan.present.push(text);
     0
 }
 
-/// The executable segment and the unwind tables of one loaded object, None without them.
+/// The executable segment of one loaded object, as mapped.
 ///
 /// # Safety
 /// `info` must be the loader's record of a loaded object, during dl_iterate_phdr.
-unsafe fn loaded_object(info: &libc::dl_phdr_info) -> Option<LoadedObject> {
+unsafe fn text_of(info: &libc::dl_phdr_info) -> Option<Range<u64>> {
+    // SAFETY: per the contract.
+    let headers = unsafe { headers(info) }?;
+    let bias = info.dlpi_addr;
+    headers
+        .iter()
+        .find(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_X != 0)
+        .map(|h| bias + h.p_vaddr..bias + h.p_vaddr + h.p_memsz)
+}
+
+/// The program headers of one loaded object.
+///
+/// # Safety
+/// `info` must be the loader's record of a loaded object, during dl_iterate_phdr.
+unsafe fn headers(info: &libc::dl_phdr_info) -> Option<&[libc::Elf64_Phdr]> {
     if info.dlpi_phdr.is_null() {
         return None;
     }
     // SAFETY: the loader's program headers of this object.
-    let headers = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    Some(unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) })
+}
+
+/// The unwind tables of one loaded object whose executable segment is `text`, None without
+/// them.
+///
+/// # Safety
+/// `info` must be the loader's record of a loaded object, during dl_iterate_phdr.
+unsafe fn loaded_object(info: &libc::dl_phdr_info, text: Range<u64>) -> Option<LoadedObject> {
+    // SAFETY: per the contract.
+    let headers = unsafe { headers(info) }?;
     let bias = info.dlpi_addr;
     let avma = |vaddr: u64, len: u64| bias + vaddr..bias + vaddr + len;
-    let text = headers
-        .iter()
-        .find(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_X != 0)
-        .map(|h| avma(h.p_vaddr, h.p_memsz))?;
     let hdr = headers
         .iter()
         .find(|h| h.p_type == libc::PT_GNU_EH_FRAME)
