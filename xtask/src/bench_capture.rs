@@ -10,6 +10,7 @@
 //! heaptrack, and the allocation calls each tool counted (memprof's `summary.allocations`,
 //! heaptrack_print's "calls to allocation functions"). With `--baseline MEMPROF`, another
 //! build's preload path runs in the same rounds, and its time is compared with this build's.
+//! Then a server: redis-server's throughput under redis-benchmark (bench_redis.rs).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -147,7 +148,9 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
         "(slowdown = median wall time / bare; preload/heaptrack = the time each adds to the \
          bare run, medians of {runs})"
     );
-    Ok(())
+    println!();
+    println!("== redis");
+    crate::bench_redis::run(&memprof, &scratch, runs)
 }
 
 fn workloads(scratch: &Path) -> Result<Vec<Workload>> {
@@ -272,7 +275,7 @@ fn heaptrack_allocations(dir: &Path) -> Result<Option<u64>> {
             "--print-leaks",
             "0",
         ])
-        .args(["--print-temporary", "0", "--print-histogram", "0"])
+        .args(["--print-temporary", "0"])
         .arg(&trace);
     let output = exec::output(&mut print)?;
     let text = String::from_utf8_lossy(&output.stdout);

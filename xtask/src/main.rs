@@ -19,6 +19,7 @@ mod bench;
 mod bench_alloc;
 mod bench_capture;
 mod bench_leak_check;
+mod bench_redis;
 mod bench_report;
 mod demo;
 mod exec;

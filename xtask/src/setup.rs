@@ -40,6 +40,8 @@ const PACKAGES: &[&str] = &[
     "sqlite3",
     // `cargo xtask bench capture` measures memprof against heaptrack on the same workloads.
     "heaptrack",
+    // ... and on redis-server under redis-benchmark (redis-tools: the server binary, no daemon).
+    "redis-tools",
     // The leak check's e2e tests hold memprof's classes to memcheck's on the same binaries.
     "valgrind",
     // musl-gcc: a static musl program in c_targets.rs.
