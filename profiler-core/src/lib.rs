@@ -32,6 +32,7 @@ pub mod event;
 pub mod fasthash;
 pub mod heap;
 pub mod leak_check;
+pub mod live;
 pub mod load_segments;
 pub mod maps;
 pub mod module_file;
