@@ -240,6 +240,10 @@ pub struct CaptureArgs {
     /// then gives allocations and bytes per operation.
     #[arg(long, value_name = "N")]
     pub ops: Option<u64>,
+    /// Show a full-screen live view while profiling (stdout must be a terminal; `q` leaves the
+    /// view, profiling goes on). In `run`, the program's output goes to DIR/target-output.log.
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// How `run` captures calls (`--capture`).

@@ -23,6 +23,7 @@ mod followed;
 mod kernel_btf;
 mod launch;
 mod leak_scan;
+mod live;
 mod multi_link;
 mod offline;
 mod offline_tree;
@@ -122,6 +123,8 @@ fn run(cli: Cli) -> Result<i32> {
                 env,
                 capture_stdout: ops_from_output,
                 inherit_fd: None,
+                output: None,
+                errors_to_output: false,
                 user: user.as_deref().map(launch::RunAs::lookup).transpose()?,
             },
             capture_path,
