@@ -429,44 +429,63 @@ fn render_graph(frame: &mut Frame, area: Rect, s: &Snapshot) {
         .map(|at| (at, s.peak_bytes as f64))
         .into_iter()
         .collect();
-    let max_y = live.iter().chain(&rss).map(|&(_, y)| y).fold(1.0, f64::max) * 1.05;
     let min_x = s.history.first().map_or(0.0, |p| p.secs);
     let max_x = s.elapsed_secs.max(min_x + 1.0);
-    let datasets = vec![
+    // Side by side, each on its own scale: the heap is often a small part of the RSS.
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
+            .spacing(2)
+            .areas(area);
+    let peak_title = match s.peak_secs {
+        Some(at) => format!(
+            " live heap, peak \u{2588} {} at {} ",
+            short_bytes(s.peak_bytes),
+            secs(at)
+        ),
+        None => " live heap ".to_string(),
+    };
+    let heap = vec![
         Dataset::default()
-            .name("RSS")
-            .marker(Marker::Dot)
-            .graph_type(GraphType::Line)
-            .style(Style::default().fg(Color::Blue))
-            .data(&rss),
-        Dataset::default()
-            .name("live heap")
             .marker(Marker::Braille)
             .graph_type(GraphType::Line)
             .style(Style::default().fg(Color::Green))
             .data(&live),
         Dataset::default()
-            .name("peak")
             .marker(Marker::Block)
             .graph_type(GraphType::Scatter)
             .style(Style::default().fg(Color::Red))
             .data(&peak),
     ];
-    let title = " live heap (braille) · RSS (dots) · peak (block) ";
-    let chart = Chart::new(datasets)
+    frame.render_widget(chart(heap, peak_title, &live, [min_x, max_x]), left);
+    let resident = vec![
+        Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::default().fg(Color::Blue))
+            .data(&rss),
+    ];
+    frame.render_widget(
+        chart(resident, " RSS ".to_string(), &rss, [min_x, max_x]),
+        right,
+    );
+}
+
+fn chart<'a>(
+    datasets: Vec<Dataset<'a>>,
+    title: String,
+    points: &[(f64, f64)],
+    x: [f64; 2],
+) -> Chart<'a> {
+    let max_y = points.iter().map(|&(_, y)| y).fold(1.0, f64::max) * 1.05;
+    Chart::new(datasets)
         .block(Block::default().borders(Borders::TOP).title(title))
         .legend_position(None)
-        .x_axis(
-            Axis::default()
-                .bounds([min_x, max_x])
-                .labels([secs(min_x), secs(max_x)]),
-        )
+        .x_axis(Axis::default().bounds(x).labels([secs(x[0]), secs(x[1])]))
         .y_axis(
             Axis::default()
                 .bounds([0.0, max_y])
                 .labels(["0".to_string(), short_bytes(max_y as u64)]),
-        );
-    frame.render_widget(chart, area);
+        )
 }
 
 fn render_tabs(frame: &mut Frame, area: Rect, app: &App) {
@@ -561,7 +580,10 @@ fn render_sites(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
         header,
         widths,
         rows,
-        "no allocation site yet",
+        match app.filter.is_empty() {
+            true => "no allocation site yet",
+            false => "no site's function matches the filter",
+        },
     );
 }
 

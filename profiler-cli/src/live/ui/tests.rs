@@ -126,7 +126,8 @@ fn header_graph_and_sites_fit_80x24() {
         lines[2].contains("target output: out/target-output.log"),
         "{text}"
     );
-    assert!(contains(&lines, "peak (block)"), "{text}");
+    assert!(contains(&lines, "peak \u{2588} 98.6 KiB at 4.9s"), "{text}");
+    assert!(contains(&lines, " RSS "), "{text}");
     assert!(contains(&lines, "[1 Sites]"), "{text}");
     // Largest live bytes first, selected.
     let first = lines
@@ -162,6 +163,19 @@ fn sort_filter_views_and_stack() {
     assert!(contains(&lines, "filter: LEAK"));
     assert!(contains(&lines, "slow_leak_site"));
     assert!(!contains(&lines, "churn_site"));
+    press(&mut app, KeyCode::Char('/'));
+    press(&mut app, KeyCode::Char('z'));
+    assert!(contains(
+        &screen(&app),
+        "no site's function matches the filter"
+    ));
+    press(&mut app, KeyCode::Esc);
+    assert!(app.filter.is_empty());
+    press(&mut app, KeyCode::Char('/'));
+    for c in "LEAK".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    press(&mut app, KeyCode::Enter);
 
     press(&mut app, KeyCode::Enter);
     let lines = screen(&app);
