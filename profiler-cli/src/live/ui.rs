@@ -37,10 +37,17 @@ pub enum View {
     Growing,
     Sizes,
     Threads,
+    Lifetimes,
 }
 
 impl View {
-    const ALL: [View; 4] = [View::Sites, View::Growing, View::Sizes, View::Threads];
+    const ALL: [View; 5] = [
+        View::Sites,
+        View::Growing,
+        View::Sizes,
+        View::Threads,
+        View::Lifetimes,
+    ];
 
     fn title(self) -> &'static str {
         match self {
@@ -48,6 +55,7 @@ impl View {
             View::Growing => "Growing",
             View::Sizes => "Sizes",
             View::Threads => "Threads",
+            View::Lifetimes => "Lifetimes",
         }
     }
 
@@ -129,7 +137,7 @@ impl App {
             KeyCode::BackTab => {
                 self.switch(View::ALL[(self.view.index() + View::ALL.len() - 1) % View::ALL.len()])
             }
-            KeyCode::Char(c @ '1'..='4') => self.switch(View::ALL[c as usize - '1' as usize]),
+            KeyCode::Char(c @ '1'..='5') => self.switch(View::ALL[c as usize - '1' as usize]),
             KeyCode::Char('s') => {
                 self.sort = self.sort.next();
                 self.selected = 0;
@@ -145,7 +153,9 @@ impl App {
             KeyCode::PageUp => self.selected = self.selected.saturating_sub(10),
             KeyCode::Home => self.selected = 0,
             KeyCode::End => self.selected = usize::MAX,
-            KeyCode::Enter if matches!(self.view, View::Sites | View::Growing) => {
+            KeyCode::Enter
+                if matches!(self.view, View::Sites | View::Growing | View::Lifetimes) =>
+            {
                 self.stack_open = true;
                 self.stack_scroll = 0;
             }
@@ -182,6 +192,11 @@ impl App {
             }
             View::Growing => {
                 let rows = growth_rows(&snapshot.growing, &self.filter);
+                rows.get(self.selected.min(rows.len().saturating_sub(1)))
+                    .map(|row| row.names.clone())
+            }
+            View::Lifetimes => {
+                let rows = &snapshot.lifetimes;
                 rows.get(self.selected.min(rows.len().saturating_sub(1)))
                     .map(|row| row.names.clone())
             }
@@ -316,9 +331,10 @@ pub fn render(frame: &mut Frame, info: &SessionInfo, app: &App) {
         View::Growing => render_growing(frame, body, app, snapshot),
         View::Sizes => render_sizes(frame, body, app, snapshot),
         View::Threads => render_threads(frame, body, app, snapshot),
+        View::Lifetimes => render_lifetimes(frame, body, app, snapshot),
     }
     let keys = format!(
-        "q:leave view ?:help Tab/1-4:view s:sort({}) /:filter p:pause Enter:stack",
+        "q:leave view ?:help Tab/1-5:view s:sort({}) /:filter p:pause Enter:stack",
         app.sort.label()
     );
     frame.render_widget(
@@ -344,7 +360,7 @@ pub fn render(frame: &mut Frame, info: &SessionInfo, app: &App) {
         let help = [
             "q          leave the view (profiling goes on to its end)",
             "?          this help (any key closes it)",
-            "Tab, 1-4   views: Sites, Growing, Sizes, Threads",
+            "Tab, 1-5   views: Sites, Growing, Sizes, Threads, Lifetimes",
             "Up/Down, PgUp/PgDn, Home/End   move the selection",
             "s          Sites: cycle the sort (live bytes, live blocks,",
             "           allocations, bytes allocated)",
@@ -696,6 +712,53 @@ fn render_threads(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
         widths,
         rows,
         "no allocation yet",
+    );
+}
+
+/// A lifetime in ns, to the power of two it is known to.
+fn lifetime(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{} us", ns / 1_000),
+        1_000_000..1_000_000_000 => format!("{} ms", ns / 1_000_000),
+        _ => secs(ns as f64 / 1e9),
+    }
+}
+
+fn render_lifetimes(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
+    let rows: Vec<Row> = s
+        .lifetimes
+        .iter()
+        .map(|row| {
+            let share = row.short_lived as f64 * 100.0 / row.freed.max(1) as f64;
+            let pool = if row.pool_candidate { "pool? " } else { "" };
+            Row::new(vec![
+                right(thousands(row.short_lived)),
+                right(thousands(row.freed)),
+                right(format!("{share:.0}%")),
+                right(format!("~{}", lifetime(row.median_ns))),
+                Cell::from(format!("{pool}{}", row.names.function)),
+            ])
+        })
+        .collect();
+    let header = ["short-lived▼", "freed", "short", "median", "function"]
+        .map(String::from)
+        .to_vec();
+    let widths = vec![
+        Constraint::Length(12),
+        Constraint::Length(10),
+        Constraint::Length(6),
+        Constraint::Length(9),
+        Constraint::Min(10),
+    ];
+    table(
+        frame,
+        area,
+        app.selected,
+        header,
+        widths,
+        rows,
+        "no block freed within 1 ms of its allocation yet",
     );
 }
 

@@ -108,6 +108,22 @@ pub struct GrowthRow {
     pub window_secs: f64,
 }
 
+/// A site whose blocks die young: freed less than
+/// [`SHORT_LIVED_NS`](crate::analysis::lifetimes::SHORT_LIVED_NS) after allocation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LifetimeRow {
+    pub stack: StackId,
+    pub names: SiteNames,
+    /// Blocks of the site freed so far, and how many of them were short-lived.
+    pub freed: u64,
+    pub short_lived: u64,
+    /// The median lifetime of its freed blocks, to a power of two (the lower bound of its
+    /// log2 bucket), in ns.
+    pub median_ns: u64,
+    /// The report's pool-candidate rule holds.
+    pub pool_candidate: bool,
+}
+
 /// One power-of-two size class: requests of `low..=high` bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SizeRow {
@@ -161,6 +177,8 @@ pub struct Snapshot {
     pub growing: Vec<GrowthRow>,
     pub sizes: Vec<SizeRow>,
     pub threads: Vec<ThreadRow>,
+    /// Short-lived sites, most short-lived blocks first.
+    pub lifetimes: Vec<LifetimeRow>,
 }
 
 /// How the Sites view is sorted (`s` cycles).
@@ -313,6 +331,28 @@ impl LiveModel {
             });
         }
         let growing = self.growth(&sites, now_ns);
+        let mut lifetimes = Vec::new();
+        for (stack, site) in recorder.analyses.lifetimes().sites() {
+            if site.short_lived == 0 {
+                continue;
+            }
+            let names = self
+                .names
+                .entry(stack)
+                .or_insert_with(|| namer.name(recorder.stacks.get(stack)))
+                .clone();
+            lifetimes.push(LifetimeRow {
+                stack,
+                names,
+                freed: site.freed,
+                short_lived: site.short_lived,
+                median_ns: median_bucket(&site.histogram, site.freed),
+                pool_candidate: site.is_pool_candidate(),
+            });
+        }
+        lifetimes.sort_by(|a, b| {
+            (b.short_lived, b.freed, a.stack).cmp(&(a.short_lived, a.freed, b.stack))
+        });
 
         let mut threads: BTreeMap<u32, ThreadRow> = self
             .thread_allocations
@@ -372,6 +412,7 @@ impl LiveModel {
             growing,
             sizes,
             threads,
+            lifetimes,
         }
     }
 
@@ -445,6 +486,18 @@ impl LiveModel {
         }
         rows
     }
+}
+
+/// The lower bound of the log2 bucket holding the median of `count` lifetimes.
+fn median_bucket(histogram: &[u64], count: u64) -> u64 {
+    let mut seen = 0;
+    for (bucket, &n) in histogram.iter().enumerate() {
+        seen += n;
+        if seen * 2 >= count {
+            return if bucket == 0 { 0 } else { 1 << bucket };
+        }
+    }
+    0
 }
 
 /// The power-of-two class of a request: 0 holds 0 and 1 byte, class k holds 2^(k-1)+1..=2^k.

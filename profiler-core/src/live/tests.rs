@@ -179,6 +179,41 @@ fn growth_ranks_sites_by_rate() {
 }
 
 #[test]
+fn lifetimes_list_short_lived_sites_first() {
+    let mut h = Harness::new();
+    // 0xa: 150 blocks freed after 100 ns (a pool candidate); 0xb: 3 freed after 500 ns and
+    // 3 after 2 s; 0xc: freed after 2 s only (not short-lived).
+    for i in 0..150 {
+        h.malloc(1, 0x1000, 16, i * 1000, 0xa);
+        h.free(0x1000, i * 1000 + 100);
+    }
+    for i in 0..3 {
+        h.malloc(1, 0x2000 + i * 0x100, 32, SEC, 0xb);
+        h.free(0x2000 + i * 0x100, SEC + 500);
+        h.malloc(1, 0x3000 + i * 0x100, 32, SEC, 0xb);
+        h.free(0x3000 + i * 0x100, 3 * SEC);
+    }
+    h.malloc(1, 0x4000, 8, SEC, 0xc);
+    h.free(0x4000, 3 * SEC);
+    let snapshot = h.snapshot(4 * SEC);
+    let rows: Vec<(String, u64, u64, u64, bool)> = snapshot
+        .lifetimes
+        .iter()
+        .map(|r| {
+            let name = r.names.function.to_string();
+            (name, r.freed, r.short_lived, r.median_ns, r.pool_candidate)
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("fa".to_string(), 150, 150, 64, true),
+            ("fb".to_string(), 6, 3, 256, false),
+        ]
+    );
+}
+
+#[test]
 fn threads_and_sizes() {
     let mut h = three_sites();
     let snapshot = h.snapshot(SEC);

@@ -1,6 +1,8 @@
 use super::*;
 use crossterm::event::KeyEvent;
-use profiler_core::live::{GrowthRow, HistoryPoint, SessionFacts, SiteNames, SizeRow, ThreadRow};
+use profiler_core::live::{
+    GrowthRow, HistoryPoint, LifetimeRow, SessionFacts, SiteNames, SizeRow, ThreadRow,
+};
 use profiler_core::stacks::StackId;
 use ratatui::backend::TestBackend;
 
@@ -48,6 +50,7 @@ fn snapshot() -> Snapshot {
                 rss_bytes: Some(3 << 20),
             })
             .collect(),
+        sites: sites.clone(),
         growing: vec![GrowthRow {
             stack: StackId(1),
             names: sites[0].names.clone(),
@@ -55,13 +58,20 @@ fn snapshot() -> Snapshot {
             live_bytes: 100_000,
             window_secs: 5.0,
         }],
-        sites,
         sizes: vec![SizeRow {
             low: 513,
             high: 1024,
             allocations: 5100,
             live_blocks: 100,
             live_bytes: 100_000,
+        }],
+        lifetimes: vec![LifetimeRow {
+            stack: StackId(2),
+            names: sites[1].names.clone(),
+            freed: 5000,
+            short_lived: 4990,
+            median_ns: 4096,
+            pool_candidate: true,
         }],
         threads: vec![ThreadRow {
             tid: 4242,
@@ -194,6 +204,16 @@ fn sort_filter_views_and_stack() {
     press(&mut app, KeyCode::Char('4'));
     let lines = screen(&app);
     assert!(contains(&lines, "4242"), "{}", lines.join("\n"));
+
+    press(&mut app, KeyCode::Char('5'));
+    let lines = screen(&app);
+    let row = lines.iter().find(|l| l.contains("churn_site")).unwrap();
+    assert!(row.contains("4,990"), "{row}");
+    assert!(row.contains("~4 us"), "{row}");
+    assert!(row.contains("pool? churn_site"), "{row}");
+    press(&mut app, KeyCode::Enter);
+    assert!(contains(&screen(&app), "stack of churn_site"));
+    press(&mut app, KeyCode::Esc);
 
     press(&mut app, KeyCode::Char('?'));
     assert!(contains(&screen(&app), "freeze the display"));
