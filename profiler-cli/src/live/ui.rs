@@ -649,11 +649,7 @@ fn render_sizes(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
         .map(|row| {
             let bar = "#".repeat(((row.allocations * 24).div_ceil(most)) as usize);
             Row::new(vec![
-                right(format!(
-                    "{}-{}",
-                    short_bytes(row.low),
-                    short_bytes(row.high)
-                )),
+                right(size_range(row.low, row.high)),
                 right(thousands(row.allocations)),
                 right(thousands(row.live_blocks)),
                 right(short_bytes(row.live_bytes)),
@@ -680,6 +676,17 @@ fn render_sizes(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
         rows,
         "no allocation yet",
     );
+}
+
+/// `2 B`, `3-4 B`, `513 B-1.0 KiB`.
+fn size_range(low: u64, high: u64) -> String {
+    if low == high {
+        short_bytes(high)
+    } else if high < 1024 {
+        format!("{low}-{high} B")
+    } else {
+        format!("{}-{}", short_bytes(low), short_bytes(high))
+    }
 }
 
 fn render_threads(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {

@@ -74,7 +74,14 @@ impl Namer for SymbolNamer {
         let lines = stack
             .iter()
             .map(|frame| match (&frame.file, frame.line) {
-                (Some(file), Some(line)) => format!("{} ({file}:{line})", frame.display_name()),
+                // The file's name only: a build directory's path would push the line out of
+                // an 80-column screen.
+                (Some(file), Some(line)) => {
+                    let name = std::path::Path::new(file)
+                        .file_name()
+                        .map_or(file.as_str(), |name| name.to_str().unwrap_or(file));
+                    format!("{} ({name}:{line})", frame.display_name())
+                }
                 _ => frame.display_name(),
             })
             .collect::<Vec<_>>();

@@ -235,6 +235,13 @@ fn pause_keeps_the_snapshot_on_screen() {
 }
 
 #[test]
+fn size_ranges_read_as_ranges() {
+    assert_eq!(size_range(2, 2), "2 B");
+    assert_eq!(size_range(0, 1), "0-1 B");
+    assert_eq!(size_range(513, 1024), "513 B-1.0 KiB");
+}
+
+#[test]
 fn ctrl_c_interrupts() {
     let mut app = app();
     let key = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
