@@ -157,7 +157,9 @@ impl Collected {
         let namer = live
             .namer
             .get_or_insert_with(|| SymbolNamer::new(&self.maps, pid));
-        namer.update(&self.maps);
+        if namer.update(&self.maps) {
+            live.model.forget_names();
+        }
         let snapshot = live.model.snapshot(&self.recorder, namer, now_ns, facts);
         live.shared.publish(snapshot);
     }

@@ -51,14 +51,18 @@ impl SymbolNamer {
         }
     }
 
-    /// Takes new maps (libraries loaded since), keeping the modules already opened.
-    pub fn update(&mut self, maps: &ProcessMaps) {
+    /// Takes new maps (libraries loaded since), keeping the modules already opened. Returns
+    /// whether they changed: names given before may then be better now
+    /// ([`LiveModel::forget_names`]).
+    pub fn update(&mut self, maps: &ProcessMaps) -> bool {
         let mappings = maps.iter().count();
-        if mappings != self.mappings {
-            let previous = std::mem::replace(&mut self.symbolizer, Symbolizer::new(maps));
-            self.symbolizer = Symbolizer::for_process(maps, self.pid).with_modules_of(previous);
-            self.mappings = mappings;
+        if mappings == self.mappings {
+            return false;
         }
+        let previous = std::mem::replace(&mut self.symbolizer, Symbolizer::new(maps));
+        self.symbolizer = Symbolizer::for_process(maps, self.pid).with_modules_of(previous);
+        self.mappings = mappings;
+        true
     }
 }
 
@@ -288,12 +292,23 @@ impl LiveModel {
         }
     }
 
+    /// Names every stack again at the next snapshot: the maps grew, and a frame in a library
+    /// mapped since (libc, seen before the first maps read after the exec) gets its name.
+    pub fn forget_names(&mut self) {
+        self.names.clear();
+    }
+
     /// Follows one applied record.
     pub fn observe(&mut self, effect: &Effect) {
         if let Some((_, block)) = &effect.created {
             *self.thread_allocations.entry(block.tid).or_default() += 1;
             self.size_allocations[size_class(block.size)] += 1;
         }
+    }
+
+    #[cfg(test)]
+    fn named(&self) -> usize {
+        self.names.len()
     }
 
     /// The view at `now_ns` of `recorder`, stacks named by `namer` (each stack once).

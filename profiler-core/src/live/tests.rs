@@ -145,6 +145,12 @@ fn each_stack_is_named_once() {
     h.malloc(1, 0x9000, 5, 3 * SEC, 0xd);
     h.snapshot(3 * SEC);
     assert_eq!(h.namer.0, 4);
+    // New maps: every stack is named again, once.
+    h.model.forget_names();
+    assert_eq!(h.model.named(), 0);
+    h.snapshot(4 * SEC);
+    h.snapshot(5 * SEC);
+    assert_eq!(h.namer.0, 8);
 }
 
 #[test]
