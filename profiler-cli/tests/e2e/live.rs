@@ -1,7 +1,7 @@
 //! `memprof run --live` in a real terminal (tmux): the view shows the leak as it happens, `q`
 //! leaves it while profiling goes on, and the files are those of a run without `--live`.
 use crate::report::{Name, assert_sites};
-use crate::support::{Build, compile_c, memprof, privileged};
+use crate::support::{Build, compile_c, memprof, privileged, run_to_end};
 use std::path::Path;
 use std::process::Command;
 use std::thread;
@@ -143,4 +143,39 @@ fn live_view_shows_the_leak_and_q_leaves_it() {
     let printed = std::fs::read_to_string(output.join("target-output.log"))
         .expect("the program's output file");
     assert_eq!(printed, "slow_leak: start\nslow_leak: done\n");
+}
+
+#[test]
+fn live_without_a_terminal_fails_before_starting_anything() {
+    // No root needed: the refusal comes first. Serialised like the others all the same.
+    let Some(p) = privileged("live_without_a_terminal_fails_before_starting_anything") else {
+        return;
+    };
+    let output = p.dir.path().join("out");
+    let touched = p.dir.path().join("touched");
+    let mut run = Command::new(memprof());
+    run.args(["run", "--live", "--output"])
+        .arg(&output)
+        .arg("--")
+        .arg("touch")
+        .arg(&touched);
+    let mut attach = Command::new(memprof());
+    attach
+        .args(["attach", "1", "--live", "--output"])
+        .arg(&output);
+    for command in [run, attach] {
+        let what = format!("{command:?}");
+        // Piped stdout: not a terminal.
+        let finished = run_to_end(command);
+        assert_eq!(finished.status.code(), Some(1), "{what}: {finished:?}");
+        assert_eq!(
+            finished.stderr,
+            "memprof: error: --live needs a terminal: stdout is not a TTY (drop --live to \
+             profile without the view)\n",
+            "{what}"
+        );
+        assert!(finished.stdout.is_empty(), "{what}: {}", finished.stdout);
+        assert!(!output.exists(), "{what} created {}", output.display());
+        assert!(!touched.exists(), "{what} ran the program");
+    }
 }
