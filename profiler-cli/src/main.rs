@@ -106,6 +106,7 @@ fn run(cli: Cli) -> Result<i32> {
             command: args.command,
         }),
         Command::SynthesizeRecording { events, file } => offline::synthesize(&file, events),
+        Command::View { file } => live::view(&file),
         Command::Run {
             capture,
             env,

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use profiler_core::live::{LiveModel, SessionFacts, Snapshot, SymbolNamer};
 
 use crate::recorder::Collected;
@@ -33,6 +33,36 @@ pub fn check_terminal() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `memprof view RECORDING`: the recording's snapshots in the view, with a time cursor.
+pub fn view(file: &std::path::Path) -> Result<i32> {
+    check_terminal()?;
+    let file = match file.is_dir() {
+        true => crate::offline_tree::recording_of(file),
+        false => file.to_path_buf(),
+    };
+    let context = || format!("cannot read {}", file.display());
+    eprintln!("memprof: replaying {}", file.display());
+    let source = std::fs::File::open(&file).with_context(context)?;
+    let reader = profiler_core::recording::Reader::new(source).with_context(context)?;
+    let recorded = profiler_core::live::recorded_snapshots(reader).with_context(context)?;
+    let info = SessionInfo {
+        command: recorded.header.command.join(" "),
+        pid: recorded.header.pid,
+        capture: "recording".into(),
+        output: file.clone(),
+        target_output: None,
+    };
+    let snapshots = recorded.snapshots.into_iter().map(Arc::new).collect();
+    ui::browse(&info, snapshots);
+    if let Some(end) = recorded.early_end {
+        eprintln!(
+            "memprof: warning: {}: {end}; the view stops there",
+            file.display()
+        );
+    }
+    Ok(0)
 }
 
 /// What the header shows that does not change.

@@ -79,6 +79,8 @@ pub struct App {
     pub stack_scroll: u16,
     pub selected: usize,
     pub snapshot: Option<Arc<Snapshot>>,
+    /// `memprof view`: the snapshot shown (Left and Right move it) and how many there are.
+    pub cursor: Option<(usize, usize)>,
 }
 
 /// What a key asks of the UI thread.
@@ -257,6 +259,52 @@ pub fn run(info: &SessionInfo, shared: &Shared) {
     }
 }
 
+/// `memprof view`: the UI over a recording's snapshots, Left and Right move the time cursor
+/// (PgUp and PgDn move the selection, Shift-Left and Shift-Right ten snapshots).
+pub fn browse(info: &SessionInfo, snapshots: Vec<Arc<Snapshot>>) {
+    let Ok(mut guard) = TerminalGuard::enter() else {
+        return;
+    };
+    let count = snapshots.len();
+    let mut app = App {
+        snapshot: snapshots.last().cloned(),
+        cursor: Some((count.saturating_sub(1), count)),
+        ..App::default()
+    };
+    loop {
+        if guard
+            .terminal
+            .draw(|frame| render(frame, info, &app))
+            .is_err()
+        {
+            break;
+        }
+        let key = match event::read() {
+            Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => key,
+            Ok(_) => continue,
+            Err(_) => break,
+        };
+        let Some((at, count)) = app.cursor else { break };
+        let step = if key.modifiers.contains(KeyModifiers::SHIFT) {
+            10
+        } else {
+            1
+        };
+        let moved = match key.code {
+            KeyCode::Left if !app.editing_filter => at.saturating_sub(step),
+            KeyCode::Right if !app.editing_filter => (at + step).min(count.saturating_sub(1)),
+            _ => {
+                if app.key(key) != Action::Continue {
+                    break;
+                }
+                continue;
+            }
+        };
+        app.cursor = Some((moved, count));
+        app.snapshot = snapshots.get(moved).cloned();
+    }
+}
+
 /// The terminal in raw mode on the alternate screen, restored on drop.
 struct TerminalGuard {
     terminal: Terminal<CrosstermBackend<io::Stdout>>,
@@ -400,6 +448,17 @@ fn render_header(frame: &mut Frame, area: Rect, info: &SessionInfo, app: &App, s
     ];
     if app.paused {
         first.insert(1, Span::styled("[PAUSED] ", bold().fg(Color::Yellow)));
+    }
+    if let Some((at, count)) = app.cursor {
+        let end = if s.facts.ended && at + 1 == count {
+            " end"
+        } else {
+            ""
+        };
+        first.insert(
+            1,
+            Span::styled(format!("[<- {}/{count}{end} ->] ", at + 1), bold()),
+        );
     }
     let rss = s.facts.rss_bytes.map_or("-".into(), short_bytes);
     let peak = match s.peak_secs {

@@ -143,6 +143,32 @@ fn live_view_shows_the_leak_and_q_leaves_it() {
     let printed = std::fs::read_to_string(output.join("target-output.log"))
         .expect("the program's output file");
     assert_eq!(printed, "slow_leak: start\nslow_leak: done\n");
+    drop(tmux);
+
+    // `memprof view` over the recording: the end first, then back in time.
+    let tmux = Tmux::start(
+        format!("memprof-view-{}", std::process::id()),
+        80,
+        24,
+        &format!(
+            "{} view {}; sleep 30",
+            memprof().display(),
+            output.display()
+        ),
+    );
+    let end = tmux.wait_for(Duration::from_secs(60), "the recording's end", |screen| {
+        screen.contains("slow_leak_site") && screen.contains(" end ->]")
+    });
+    assert!(end.contains("live 97.7 KiB in 100 blocks"), "{end}");
+    tmux.send("Left");
+    let before = tmux.wait_for(Duration::from_secs(5), "an earlier moment", |screen| {
+        !screen.contains(" end ->]")
+    });
+    assert!(!before.contains("live 97.7 KiB in 100 blocks"), "{before}");
+    tmux.send("q");
+    tmux.wait_for(Duration::from_secs(5), "the view's end", |screen| {
+        !screen.contains("q:leave view")
+    });
 }
 
 #[test]

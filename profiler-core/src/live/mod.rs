@@ -19,8 +19,11 @@ use crate::report::{StackFrame, site_frame};
 use crate::stacks::StackId;
 use crate::symbolize::Symbolizer;
 
+mod recorded;
 #[cfg(test)]
 mod tests;
+
+pub use recorded::{MAX_RECORDED_SNAPSHOTS, RECORDED_INTERVAL_NS, Recorded, recorded_snapshots};
 
 /// The names of one stack: the function its site is known by, and every frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,7 +41,8 @@ pub trait Namer {
 /// A [`Namer`] over the target's maps, as the report names sites.
 pub struct SymbolNamer {
     symbolizer: Symbolizer,
-    pid: u32,
+    /// The live process whose files are read (`None`: a recording's, read by path).
+    pid: Option<u32>,
     mappings: usize,
 }
 
@@ -46,7 +50,16 @@ impl SymbolNamer {
     pub fn new(maps: &ProcessMaps, pid: u32) -> Self {
         Self {
             symbolizer: Symbolizer::for_process(maps, pid),
-            pid,
+            pid: Some(pid),
+            mappings: maps.iter().count(),
+        }
+    }
+
+    /// Over a recording's maps: the files are read by path (the process is gone).
+    pub fn offline(maps: &ProcessMaps) -> Self {
+        Self {
+            symbolizer: Symbolizer::new(maps),
+            pid: None,
             mappings: maps.iter().count(),
         }
     }
@@ -60,7 +73,11 @@ impl SymbolNamer {
             return false;
         }
         let previous = std::mem::replace(&mut self.symbolizer, Symbolizer::new(maps));
-        self.symbolizer = Symbolizer::for_process(maps, self.pid).with_modules_of(previous);
+        let fresh = match self.pid {
+            Some(pid) => Symbolizer::for_process(maps, pid),
+            None => Symbolizer::new(maps),
+        };
+        self.symbolizer = fresh.with_modules_of(previous);
         self.mappings = mappings;
         true
     }

@@ -282,3 +282,31 @@ fn size_classes_cover_their_bounds() {
         assert!(low <= size && size <= high, "{size} in {low}..={high}");
     }
 }
+
+#[test]
+fn a_recording_replays_into_snapshots_ending_at_its_final_state() {
+    let (bytes, live) =
+        crate::recording::write_synthetic_churn(Vec::new(), 1_000_000).expect("write");
+    let reader = crate::recording::Reader::new(&bytes[..]).expect("header");
+    let recorded = recorded_snapshots(reader).expect("replay");
+    assert!(recorded.early_end.is_none());
+    let snapshots = &recorded.snapshots;
+    assert!(snapshots.len() > 2, "{} snapshots", snapshots.len());
+    assert!(snapshots.len() <= MAX_RECORDED_SNAPSHOTS + 1);
+    assert!(
+        snapshots
+            .windows(2)
+            .all(|pair| pair[0].elapsed_secs < pair[1].elapsed_secs
+                && pair[0].events <= pair[1].events),
+        "snapshots out of order"
+    );
+    let last = snapshots.last().unwrap();
+    let stats = live.heap.stats();
+    assert_eq!(last.events, live.events());
+    assert_eq!(
+        (last.live_bytes, last.live_blocks, last.peak_bytes),
+        (stats.live_bytes, stats.live_blocks, stats.peak_live_bytes)
+    );
+    assert_eq!(last.sites.len(), live.sites.iter().count());
+    assert!(last.facts.ended);
+}
