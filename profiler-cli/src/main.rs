@@ -10,7 +10,9 @@
 //! `recorder` (profiler-core's engine, unwinding through `target_modules`, writing the
 //! `recording`); with `run --capture preload`, `preload_capture` replaces the probes: the
 //! target's preloaded library writes the same records into a shared ring until the target exits, the user interrupts or the duration ends; `report`
-//! turns the result into the terminal summary and the files.
+//! turns the result into the terminal summary and the files. With `--live`, `live` shows the
+//! session on a full-screen terminal view fed by `session`'s loop (and `memprof view` shows a
+//! recording there).
 mod attach_cmd;
 mod backpressure;
 mod capture;
