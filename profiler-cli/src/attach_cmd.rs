@@ -33,6 +33,9 @@ pub async fn attach(
     children: bool,
     leak_check: bool,
 ) -> Result<i32> {
+    if capture.live {
+        crate::live::check_terminal()?;
+    }
     check_attachable(pid)?;
     privileges::check()?;
     // Refused before the target runs, not after: an unsafe output directory loses nothing.
@@ -126,6 +129,16 @@ pub async fn attach(
         }
     };
     let mut source = EventSource::kernel(ring, capture.ring_bytes()?)?;
+    if capture.live {
+        let info = crate::live::SessionInfo {
+            command: session.command.join(" "),
+            pid,
+            capture: "uprobes".into(),
+            output: capture.output.clone(),
+            target_output: None,
+        };
+        collected.live = Some(crate::live::LiveFeed::start(info, start_ns));
+    }
     let collect_result = session::collect(&mut source, &mut collected, pid, stop).await;
     let end_ns = monotonic_ns();
     // The leak check stops the process before the window closes: every block it then holds

@@ -83,6 +83,12 @@ pub enum Command {
     /// under memprof, and compare them side by side: a table on stdout, DIR/compare.json,
     /// DIR/compare.svg, and each run's memprof output in DIR/ALLOCATOR/.
     Compare(CompareArgs),
+    /// Browse a recording (`recording.mprof`) in the live view, with a time cursor (Left and
+    /// Right step through it); stdout must be a terminal.
+    View {
+        /// The recording, or a session's output directory (its recording.mprof).
+        file: PathBuf,
+    },
     /// Replay a recording (`recording.mprof`) offline: rebuild the heap and write the same
     /// report files a live session writes, plus `profile.pb.gz` (pprof).
     Report {
@@ -240,6 +246,10 @@ pub struct CaptureArgs {
     /// then gives allocations and bytes per operation.
     #[arg(long, value_name = "N")]
     pub ops: Option<u64>,
+    /// Show a full-screen live view while profiling (stdout must be a terminal; `q` leaves the
+    /// view, profiling goes on). In `run`, the program's output goes to DIR/target-output.log.
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// How `run` captures calls (`--capture`).

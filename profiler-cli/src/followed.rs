@@ -272,6 +272,7 @@ impl Followed {
         CaptureArgs {
             output: self.capture.output.join(output),
             recording: None,
+            live: false,
             ..self.capture.clone()
         }
     }

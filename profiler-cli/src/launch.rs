@@ -73,6 +73,10 @@ pub struct Target {
     pub capture_stdout: bool,
     /// A descriptor of ours the child keeps across its exec (the capture ring).
     pub inherit_fd: Option<std::os::fd::RawFd>,
+    /// Where the program's stdout goes instead of ours (`--live`), unless `capture_stdout`.
+    pub output: Option<std::fs::File>,
+    /// Its stderr goes to `output` too.
+    pub errors_to_output: bool,
     /// Run the program as this user instead of as memprof's (`run --user`).
     pub user: Option<RunAs>,
 }
@@ -191,6 +195,14 @@ fn spawn_stopped(target: &Target) -> Result<(Pid, Option<ChildStdout>)> {
         .envs(target.env.iter().map(|(k, v)| (k, v)));
     if target.capture_stdout {
         child.stdout(Stdio::piped());
+    }
+    if let Some(output) = &target.output {
+        if !target.capture_stdout {
+            child.stdout(output.try_clone()?);
+        }
+        if target.errors_to_output {
+            child.stderr(output.try_clone()?);
+        }
     }
     let inherit_fd = target.inherit_fd;
     let user = target.user.clone();

@@ -10,7 +10,9 @@
 //! `recorder` (profiler-core's engine, unwinding through `target_modules`, writing the
 //! `recording`); with `run --capture preload`, `preload_capture` replaces the probes: the
 //! target's preloaded library writes the same records into a shared ring until the target exits, the user interrupts or the duration ends; `report`
-//! turns the result into the terminal summary and the files.
+//! turns the result into the terminal summary and the files. With `--live`, `live` shows the
+//! session on a full-screen terminal view fed by `session`'s loop (and `memprof view` shows a
+//! recording there).
 mod attach_cmd;
 mod backpressure;
 mod capture;
@@ -23,6 +25,7 @@ mod followed;
 mod kernel_btf;
 mod launch;
 mod leak_scan;
+mod live;
 mod multi_link;
 mod offline;
 mod offline_tree;
@@ -105,6 +108,7 @@ fn run(cli: Cli) -> Result<i32> {
             command: args.command,
         }),
         Command::SynthesizeRecording { events, file } => offline::synthesize(&file, events),
+        Command::View { file } => live::view(&file),
         Command::Run {
             capture,
             env,
@@ -122,6 +126,8 @@ fn run(cli: Cli) -> Result<i32> {
                 env,
                 capture_stdout: ops_from_output,
                 inherit_fd: None,
+                output: None,
+                errors_to_output: false,
                 user: user.as_deref().map(launch::RunAs::lookup).transpose()?,
             },
             capture_path,

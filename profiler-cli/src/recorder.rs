@@ -69,6 +69,10 @@ pub struct Collected {
     process_events: Option<Arc<ProcessEvents>>,
     /// Every process image of the tree, for the report (set at the end of the session).
     pub processes: Vec<profiler_core::report::ProcessImage>,
+    /// `--live`: the view's feed, while the view is on.
+    pub live: Option<crate::live::LiveFeed>,
+    /// The target's RSS when last sampled.
+    pub last_rss_bytes: Option<u64>,
 }
 
 impl Collected {
@@ -97,6 +101,8 @@ impl Collected {
             followed: None,
             process_events: None,
             processes: Vec::new(),
+            live: None,
+            last_rss_bytes: None,
         }
     }
 
@@ -166,6 +172,14 @@ impl Collected {
         if let Some(process_events) = &self.process_events {
             process_events.applied(seq);
         }
+    }
+
+    /// Holds of the target's threads so far (backpressure), 0 without any.
+    pub fn holds(&self) -> u64 {
+        self.backpressure
+            .as_ref()
+            .and_then(|backpressure| backpressure.held())
+            .map_or(0, |held| held.times)
     }
 
     /// Where to say that the ring was drained (threads held by the tracer wait for it).
@@ -350,6 +364,9 @@ impl Collected {
     pub fn record(&mut self, bytes: &[u8]) {
         match self.recorder.ingest_with(bytes, &mut self.modules) {
             Ok(ingested) => {
+                if let Some(live) = &mut self.live {
+                    live.observe(&ingested.effect);
+                }
                 if let Some(sink) = &mut self.recording {
                     let unwind_errors = self.recorder.unwinder.stats.errors;
                     let counters = &self.loss_counters;
@@ -416,6 +433,7 @@ impl Collected {
 
     /// An RSS sample taken at `ts_ns` (monotonic): into the timeline and the recording.
     pub fn sample_rss(&mut self, ts_ns: u64, bytes: u64) {
+        self.last_rss_bytes = Some(bytes);
         self.recorder.analyses.observe_rss(ts_ns, bytes);
         if let Some(sink) = &mut self.recording {
             sink.rss(ts_ns, bytes);

@@ -1,5 +1,6 @@
 //! `memprof run -- CMD`: the launched target's session.
 
+use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
@@ -30,6 +31,9 @@ use crate::{
     targets::LookupOrder,
 };
 
+/// Where the program's output goes under `--live`, in the output directory.
+const TARGET_OUTPUT: &str = "target-output.log";
+
 /// `memprof run -- CMD`: launch stopped at exec, probe (or preload the capture library),
 /// resume, collect until it exits.
 pub async fn run_command(
@@ -39,11 +43,28 @@ pub async fn run_command(
     path: CapturePath,
     follow: bool,
 ) -> Result<i32> {
+    if capture.live {
+        crate::live::check_terminal()?;
+    }
     let command = target.command.clone();
     let child_env = target.env.clone();
     privileges::check()?;
     // Refused before the target runs, not after: an unsafe output directory loses nothing.
-    profiler_core::output_dir::OutputDir::open(&capture.output)?;
+    let output_dir = profiler_core::output_dir::OutputDir::open(&capture.output)?;
+    // Under the live view the program's output would break the screen: it goes to a file
+    // (stderr only when it is the terminal: a redirected stderr stays where it was sent).
+    let target_output = match capture.live {
+        true => {
+            target.output = Some(output_dir.create_new(TARGET_OUTPUT)?);
+            target.errors_to_output = std::io::stderr().is_terminal();
+            Some(output_dir.join(TARGET_OUTPUT))
+        }
+        false => None,
+    };
+    let passed_output: Option<std::fs::File> = match &target.output {
+        Some(file) => Some(file.try_clone()?),
+        None => None,
+    };
     let config = ProbeConfig {
         hold_threads: true,
         ..probe_config(capture)?
@@ -106,10 +127,12 @@ pub async fn run_command(
         process_events.clone(),
     )?;
     // `--ops-from-output`: the target's stdout, passed through, holds its operation count.
-    let printed_ops = child
-        .stdout
-        .take()
-        .map(|stdout| ops_output::pass_through(stdout, std::io::stdout()));
+    let printed_ops = child.stdout.take().map(|stdout| match passed_output {
+        Some(file) => {
+            ops_output::pass_through(stdout, Box::new(file) as Box<dyn std::io::Write + Send>)
+        }
+        None => ops_output::pass_through(stdout, Box::new(std::io::stdout())),
+    });
     let pid = child.pid.as_raw() as u32;
     let (mut source, probes, sites, mut collected) = match shared_ring {
         Some(ring) => {
@@ -217,7 +240,23 @@ pub async fn run_command(
             }
         }
     };
+    if capture.live {
+        let info = crate::live::SessionInfo {
+            command: session.command.join(" "),
+            pid,
+            capture: collected
+                .capture
+                .as_ref()
+                .map_or(String::new(), |capture| capture.path.clone()),
+            output: capture.output.clone(),
+            target_output: target_output.clone(),
+        };
+        collected.live = Some(crate::live::LiveFeed::start(info, start_ns));
+    }
     let collect_result = session::collect(&mut source, &mut collected, pid, stop).await;
+    if let Some(path) = &target_output {
+        eprintln!("memprof: the program's output is in {}", path.display());
+    }
     let end_ns = monotonic_ns();
     if let Some(probes) = &probes
         && let Ok(mut probes) = probes.lock()

@@ -91,6 +91,14 @@ impl EventSource {
         collected.ring_drained(|| {});
     }
 
+    /// Holds of the target's threads so far.
+    fn holds(&self, collected: &Collected) -> u64 {
+        match self {
+            EventSource::Shared(ring) => ring.held().map_or(0, |held| held.times),
+            EventSource::Kernel { .. } => collected.holds(),
+        }
+    }
+
     /// Resolves when records may be waiting beyond the drain timer's pace.
     async fn ready(&mut self) -> Result<()> {
         match self {
@@ -138,6 +146,8 @@ pub async fn collect(
             _ = drain_tick.tick() => {
                 source.drain(collected);
                 collected.tick(pid);
+                let holds = source.holds(collected);
+                collected.live_tick(pid, holds);
                 if status.due() {
                     collected.refresh_maps(pid);
                     let lost = collected.lost().map_or(0, |c| c.total());
@@ -147,6 +157,10 @@ pub async fn collect(
         }
     };
     status.clear();
+    // The view closes as collection ends: the report is written as without it.
+    if let Some(live) = &mut collected.live {
+        live.finish();
+    }
     Ok(reason)
 }
 
@@ -193,7 +207,8 @@ impl StatusLine {
         let rate = (collected.recorder.events() - self.last_events) as f64 / elapsed.max(1e-9);
         self.last = Instant::now();
         self.last_events = collected.recorder.events();
-        if !self.enabled {
+        // Not under the live view, which owns the screen.
+        if !self.enabled || collected.live.as_ref().is_some_and(|live| live.active()) {
             return;
         }
         let stats = collected.recorder.heap.stats();

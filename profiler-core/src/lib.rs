@@ -22,6 +22,9 @@
 //!
 //! [`diff`] compares two reports site by site (`memprof diff`).
 //!
+//! [`live`] is the live view's model (`--live`, `memprof view`): snapshots of a running
+//! [`recorder::Recorder`] (or of a replayed recording) as rows for each view.
+//!
 //! [`fasthash`], [`demangle`] and [`load_segments`] are small helpers for steps 2-4.
 
 pub mod allocator_code;
@@ -32,6 +35,7 @@ pub mod event;
 pub mod fasthash;
 pub mod heap;
 pub mod leak_check;
+pub mod live;
 pub mod load_segments;
 pub mod maps;
 pub mod module_file;

@@ -46,6 +46,8 @@ const PACKAGES: &[&str] = &[
     "valgrind",
     // musl-gcc: a static musl program in c_targets.rs.
     "musl-tools",
+    // The live view's e2e test drives `memprof run --live` in a tmux session.
+    "tmux",
 ];
 
 /// The eBPF crate is built with this toolchain (profiler-cli's build.rs). It must stay on

@@ -17,6 +17,7 @@ mod cxx_alloc;
 mod diff;
 mod failures;
 mod leak_check;
+mod live;
 mod many_stacks;
 mod own_alloc;
 mod preload;

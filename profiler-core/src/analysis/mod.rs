@@ -72,6 +72,11 @@ impl Analyses {
         Self::default()
     }
 
+    /// Lifetimes of freed blocks so far, per site (the live view's Lifetimes).
+    pub fn lifetimes(&self) -> &Lifetimes {
+        &self.lifetimes
+    }
+
     /// Follows one applied event.
     pub fn observe(&mut self, event: &Event, _stack: Option<StackId>, effect: &Effect) {
         self.last_ns = self.last_ns.max(event.ts_ns);

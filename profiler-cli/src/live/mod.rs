@@ -1,0 +1,196 @@
+//! `--live`: the full-screen terminal UI. The collector builds a [`Snapshot`] (profiler-core's
+//! `live` model) at most every [`SNAPSHOT_INTERVAL`] and leaves it in a slot; the UI thread
+//! ([`ui`]) reads keys, takes the latest snapshot and draws it. Leaving the view (`q`) ends
+//! the thread and the snapshots; collection goes on to its normal end. When collection ends,
+//! the view closes by itself and memprof writes its report as without `--live`.
+
+pub mod ui;
+
+use std::{
+    io::IsTerminal as _,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use profiler_core::live::{LiveModel, SessionFacts, Snapshot, SymbolNamer};
+
+use crate::recorder::Collected;
+
+/// How often the collector builds a snapshot (at most).
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Refuses `--live` before anything starts when stdout is not a terminal.
+pub fn check_terminal() -> Result<()> {
+    if !std::io::stdout().is_terminal() {
+        bail!(
+            "--live needs a terminal: stdout is not a TTY (drop --live to profile without the view)"
+        );
+    }
+    Ok(())
+}
+
+/// `memprof view RECORDING`: the recording's snapshots in the view, with a time cursor.
+pub fn view(file: &std::path::Path) -> Result<i32> {
+    check_terminal()?;
+    let file = match file.is_dir() {
+        true => crate::offline_tree::recording_of(file),
+        false => file.to_path_buf(),
+    };
+    let context = || format!("cannot read {}", file.display());
+    eprintln!("memprof: replaying {}", file.display());
+    let source = std::fs::File::open(&file).with_context(context)?;
+    let reader = profiler_core::recording::Reader::new(source).with_context(context)?;
+    let recorded = profiler_core::live::recorded_snapshots(reader).with_context(context)?;
+    let info = SessionInfo {
+        command: recorded.header.command.join(" "),
+        pid: recorded.header.pid,
+        capture: "recording".into(),
+        output: file.clone(),
+        target_output: None,
+    };
+    let snapshots = recorded.snapshots.into_iter().map(Arc::new).collect();
+    ui::browse(&info, snapshots);
+    if let Some(end) = recorded.early_end {
+        eprintln!(
+            "memprof: warning: {}: {end}; the view stops there",
+            file.display()
+        );
+    }
+    Ok(0)
+}
+
+/// What the header shows that does not change.
+#[derive(Clone, Debug, Default)]
+pub struct SessionInfo {
+    pub command: String,
+    pub pid: u32,
+    /// The capture path (`preload`, `uprobes`).
+    pub capture: String,
+    pub output: PathBuf,
+    /// Where the target's stdout and stderr go (`run`), if memprof redirected them.
+    pub target_output: Option<PathBuf>,
+}
+
+/// What the collector and the UI thread share.
+#[derive(Default)]
+pub struct Shared {
+    latest: Mutex<Option<Arc<Snapshot>>>,
+    /// The UI thread has left (`q`), or is to leave (collection ended).
+    closed: AtomicBool,
+}
+
+impl Shared {
+    pub fn publish(&self, snapshot: Snapshot) {
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = Some(Arc::new(snapshot));
+        }
+    }
+
+    pub fn latest(&self) -> Option<Arc<Snapshot>> {
+        self.latest.lock().ok()?.clone()
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The collector's side of the live view.
+pub struct LiveFeed {
+    model: LiveModel,
+    namer: Option<SymbolNamer>,
+    last: Option<Instant>,
+    shared: Arc<Shared>,
+    ui: Option<JoinHandle<()>>,
+}
+
+impl LiveFeed {
+    /// Starts the UI thread (alternate screen, raw mode) for a session started at `start_ns`.
+    pub fn start(info: SessionInfo, start_ns: u64) -> LiveFeed {
+        let shared = Arc::new(Shared::default());
+        let ui = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("memprof-live".into())
+                .spawn(move || ui::run(&info, &shared))
+                .ok()
+        };
+        LiveFeed {
+            model: LiveModel::new(start_ns),
+            namer: None,
+            last: None,
+            shared,
+            ui,
+        }
+    }
+
+    /// The view is on screen (the status line stays off meanwhile).
+    pub fn active(&self) -> bool {
+        !self.shared.is_closed()
+    }
+
+    /// Follows one applied record.
+    pub fn observe(&mut self, effect: &profiler_core::heap::Effect) {
+        self.model.observe(effect);
+    }
+
+    /// Whether a snapshot is due.
+    pub fn due(&self) -> bool {
+        self.active()
+            && self
+                .last
+                .is_none_or(|last| last.elapsed() >= SNAPSHOT_INTERVAL)
+    }
+
+    /// Leaves the view (collection ended) and waits for the terminal to be restored.
+    pub fn finish(&mut self) {
+        self.shared.close();
+        if let Some(ui) = self.ui.take() {
+            let _ = ui.join();
+        }
+    }
+}
+
+impl Drop for LiveFeed {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Collected {
+    /// Builds and publishes a snapshot if one is due; `held` counts the holds so far.
+    pub fn live_tick(&mut self, pid: u32, held: u64) {
+        if !self.live.as_ref().is_some_and(|live| live.due()) {
+            return;
+        }
+        let facts = SessionFacts {
+            rss_bytes: self.last_rss_bytes,
+            lost_events: self.lost().map_or(0, |lost| lost.total()),
+            held_threads: held,
+            ended: false,
+        };
+        let now_ns = crate::capture::monotonic_ns();
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        live.last = Some(Instant::now());
+        let namer = live
+            .namer
+            .get_or_insert_with(|| SymbolNamer::new(&self.maps, pid));
+        if namer.update(&self.maps) {
+            live.model.forget_names();
+        }
+        let snapshot = live.model.snapshot(&self.recorder, namer, now_ns, facts);
+        live.shared.publish(snapshot);
+    }
+}

@@ -1,0 +1,249 @@
+use super::*;
+use crossterm::event::KeyEvent;
+use profiler_core::live::{
+    GrowthRow, HistoryPoint, LifetimeRow, SessionFacts, SiteNames, SizeRow, ThreadRow,
+};
+use profiler_core::stacks::StackId;
+use ratatui::backend::TestBackend;
+
+fn site(id: u32, function: &str, live_bytes: u64, allocations: u64) -> SiteRow {
+    SiteRow {
+        stack: StackId(id),
+        names: SiteNames {
+            function: function.into(),
+            stack: vec![
+                format!("{function} (leak.c:12)"),
+                "main (leak.c:30)".to_string(),
+            ]
+            .into(),
+        },
+        live_bytes,
+        live_blocks: live_bytes / 1000,
+        allocations,
+        allocated_bytes: allocations * 1000,
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let sites = vec![
+        site(1, "slow_leak_site", 100_000, 100),
+        site(2, "churn_site", 0, 5000),
+    ];
+    Snapshot {
+        elapsed_secs: 5.2,
+        events: 5100,
+        events_per_sec: 980.0,
+        live_bytes: 100_000,
+        live_blocks: 100,
+        peak_bytes: 101_000,
+        peak_secs: Some(4.9),
+        facts: SessionFacts {
+            rss_bytes: Some(3 << 20),
+            lost_events: 7,
+            held_threads: 0,
+            ended: false,
+        },
+        history: (0u32..20)
+            .map(|i| HistoryPoint {
+                secs: f64::from(i) * 0.25,
+                live_bytes: u64::from(i) * 5000,
+                rss_bytes: Some(3 << 20),
+            })
+            .collect(),
+        sites: sites.clone(),
+        growing: vec![GrowthRow {
+            stack: StackId(1),
+            names: sites[0].names.clone(),
+            bytes_per_sec: 20_000.0,
+            live_bytes: 100_000,
+            window_secs: 5.0,
+        }],
+        sizes: vec![SizeRow {
+            low: 513,
+            high: 1024,
+            allocations: 5100,
+            live_blocks: 100,
+            live_bytes: 100_000,
+        }],
+        lifetimes: vec![LifetimeRow {
+            stack: StackId(2),
+            names: sites[1].names.clone(),
+            freed: 5000,
+            short_lived: 4990,
+            median_ns: 4096,
+            pool_candidate: true,
+        }],
+        threads: vec![ThreadRow {
+            tid: 4242,
+            live_bytes: 100_000,
+            live_blocks: 100,
+            allocations: 5100,
+        }],
+    }
+}
+
+fn info() -> SessionInfo {
+    SessionInfo {
+        command: "slow_leak 100".into(),
+        pid: 31337,
+        capture: "preload".into(),
+        output: "out".into(),
+        target_output: Some("out/target-output.log".into()),
+    }
+}
+
+/// The screen at 80x24, one string per line.
+fn screen(app: &App) -> Vec<String> {
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    terminal.draw(|frame| render(frame, &info(), app)).unwrap();
+    let buffer = terminal.backend().buffer();
+    (0..24)
+        .map(|y| (0..80).map(|x| buffer[(x, y)].symbol()).collect::<String>())
+        .collect()
+}
+
+fn app() -> App {
+    App {
+        snapshot: Some(Arc::new(snapshot())),
+        ..App::default()
+    }
+}
+
+fn press(app: &mut App, code: KeyCode) -> Action {
+    app.key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn contains(lines: &[String], text: &str) -> bool {
+    lines.iter().any(|line| line.contains(text))
+}
+
+#[test]
+fn header_graph_and_sites_fit_80x24() {
+    let lines = screen(&app());
+    let text = lines.join("\n");
+    assert!(lines[0].contains("pid 31337"), "{text}");
+    assert!(lines[0].contains("slow_leak 100"), "{text}");
+    assert!(lines[0].contains("[preload]"), "{text}");
+    assert!(lines[0].contains("5.2s"), "{text}");
+    assert!(lines[1].contains("980 ev/s"), "{text}");
+    assert!(lines[1].contains("live 97.7 KiB in 100 blocks"), "{text}");
+    assert!(lines[1].contains("RSS 3.0 MiB"), "{text}");
+    assert!(lines[1].contains("peak 98.6 KiB at 4.9s"), "{text}");
+    // Lost events marked by more than colour; no hold.
+    assert!(lines[2].contains("LOST! 7"), "{text}");
+    assert!(lines[2].contains("held 0"), "{text}");
+    assert!(
+        lines[2].contains("target output: out/target-output.log"),
+        "{text}"
+    );
+    assert!(contains(&lines, "peak \u{2588} 98.6 KiB at 4.9s"), "{text}");
+    assert!(contains(&lines, " RSS "), "{text}");
+    assert!(contains(&lines, "[1 Sites]"), "{text}");
+    // Largest live bytes first, selected.
+    let first = lines
+        .iter()
+        .position(|l| l.contains("slow_leak_site"))
+        .unwrap();
+    let second = lines.iter().position(|l| l.contains("churn_site")).unwrap();
+    assert!(first < second, "{text}");
+    assert!(lines[first].starts_with('>'), "{text}");
+    assert!(lines[23].contains("q:leave view"), "{text}");
+}
+
+#[test]
+fn sort_filter_views_and_stack() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('s'));
+    press(&mut app, KeyCode::Char('s'));
+    assert_eq!(app.sort, SiteSort::Allocations);
+    let lines = screen(&app);
+    let churn = lines.iter().position(|l| l.contains("churn_site")).unwrap();
+    let leak = lines
+        .iter()
+        .position(|l| l.contains("slow_leak_site"))
+        .unwrap();
+    assert!(churn < leak, "{}", lines.join("\n"));
+
+    press(&mut app, KeyCode::Char('/'));
+    for c in "LEAK".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    press(&mut app, KeyCode::Enter);
+    let lines = screen(&app);
+    assert!(contains(&lines, "filter: LEAK"));
+    assert!(contains(&lines, "slow_leak_site"));
+    assert!(!contains(&lines, "churn_site"));
+    press(&mut app, KeyCode::Char('/'));
+    press(&mut app, KeyCode::Char('z'));
+    assert!(contains(
+        &screen(&app),
+        "no site's function matches the filter"
+    ));
+    press(&mut app, KeyCode::Esc);
+    assert!(app.filter.is_empty());
+    press(&mut app, KeyCode::Char('/'));
+    for c in "LEAK".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    press(&mut app, KeyCode::Enter);
+
+    press(&mut app, KeyCode::Enter);
+    let lines = screen(&app);
+    assert!(contains(&lines, "stack of slow_leak_site"));
+    assert!(contains(&lines, "main (leak.c:30)"));
+    press(&mut app, KeyCode::Esc);
+    assert!(!app.stack_open);
+
+    press(&mut app, KeyCode::Tab);
+    let lines = screen(&app);
+    assert!(contains(&lines, "[2 Growing]"));
+    assert!(contains(&lines, "19.5 KiB/s"), "{}", lines.join("\n"));
+    press(&mut app, KeyCode::Char('3'));
+    let lines = screen(&app);
+    assert!(contains(&lines, "513 B-1.0 KiB"), "{}", lines.join("\n"));
+    press(&mut app, KeyCode::Char('4'));
+    let lines = screen(&app);
+    assert!(contains(&lines, "4242"), "{}", lines.join("\n"));
+
+    press(&mut app, KeyCode::Char('5'));
+    let lines = screen(&app);
+    let row = lines.iter().find(|l| l.contains("churn_site")).unwrap();
+    assert!(row.contains("4,990"), "{row}");
+    assert!(row.contains("~4 us"), "{row}");
+    assert!(row.contains("pool? churn_site"), "{row}");
+    press(&mut app, KeyCode::Enter);
+    assert!(contains(&screen(&app), "stack of churn_site"));
+    press(&mut app, KeyCode::Esc);
+
+    press(&mut app, KeyCode::Char('?'));
+    assert!(contains(&screen(&app), "freeze the display"));
+    press(&mut app, KeyCode::Char('x'));
+    assert!(!app.help);
+    assert_eq!(press(&mut app, KeyCode::Char('q')), Action::Quit);
+}
+
+#[test]
+fn pause_keeps_the_snapshot_on_screen() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('p'));
+    assert!(!app.update(Some(Arc::new(Snapshot::default()))));
+    assert_eq!(app.snapshot.as_ref().unwrap().events, 5100);
+    assert!(contains(&screen(&app), "[PAUSED]"));
+    press(&mut app, KeyCode::Char('p'));
+    assert!(app.update(Some(Arc::new(Snapshot::default()))));
+    assert_eq!(app.snapshot.as_ref().unwrap().events, 0);
+}
+
+#[test]
+fn size_ranges_read_as_ranges() {
+    assert_eq!(size_range(2, 2), "2 B");
+    assert_eq!(size_range(0, 1), "0-1 B");
+    assert_eq!(size_range(513, 1024), "513 B-1.0 KiB");
+}
+
+#[test]
+fn ctrl_c_interrupts() {
+    let mut app = app();
+    let key = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    assert_eq!(app.key(key), Action::Interrupt);
+}

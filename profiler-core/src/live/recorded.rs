@@ -1,0 +1,111 @@
+//! The live view over a recording (`memprof view`): the recording replayed through a
+//! [`Recorder`] as `memprof report` does, with a [`Snapshot`] taken every
+//! [`RECORDED_INTERVAL_NS`] of the target's time, for a time cursor.
+
+use std::io::Read;
+
+use super::{LiveModel, SessionFacts, Snapshot, SymbolNamer};
+use crate::recorder::Recorder;
+use crate::recording::{Header, ReadError, ReadErrorKind, Reader, Record, process_maps};
+
+/// Time between two snapshots of a recording, until there are too many.
+pub const RECORDED_INTERVAL_NS: u64 = 250_000_000;
+/// Snapshots kept: past this, every other one is dropped and the interval doubles.
+pub const MAX_RECORDED_SNAPSHOTS: usize = 480;
+
+/// A recording's snapshots, oldest first (the last one is the state at its end).
+#[derive(Debug)]
+pub struct Recorded {
+    pub header: Header,
+    pub snapshots: Vec<Snapshot>,
+    /// Why the recording stopped before its trailer, if it did.
+    pub early_end: Option<ReadError>,
+}
+
+/// Replays `reader`, taking a snapshot at each multiple of the interval from the start (of
+/// the state before the first event past it); idle stretches take no snapshot.
+pub fn recorded_snapshots<R: Read>(mut reader: Reader<R>) -> Result<Recorded, ReadError> {
+    let header = reader.header().clone();
+    let start = header.start_monotonic_ns;
+    let mut recorder = Recorder::new(header.mode);
+    let mut model = LiveModel::new(start);
+    let mut maps = header.maps.clone();
+    let mut namer = SymbolNamer::offline(&process_maps(&maps));
+    let mut facts = SessionFacts::default();
+    let mut interval = RECORDED_INTERVAL_NS;
+    let mut next = start + interval;
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    let mut last_ts = start;
+    let mut early_end = None;
+    loop {
+        let offset = reader.offset();
+        let record = match reader.next() {
+            Ok(Some(record)) => record,
+            Ok(None) => break,
+            Err(error) if error.is_early_end() => {
+                early_end = Some(error);
+                break;
+            }
+            Err(error) => return Err(error),
+        };
+        match record {
+            Record::Event { event, stack } => {
+                if event.ts_ns >= next {
+                    snapshots.push(model.snapshot(&recorder, &mut namer, next, facts.clone()));
+                    // The first grid point after this event.
+                    next += (event.ts_ns - next) / interval * interval + interval;
+                    if snapshots.len() > MAX_RECORDED_SNAPSHOTS {
+                        let mut index = 0;
+                        snapshots.retain(|_| {
+                            index += 1;
+                            index % 2 == 0
+                        });
+                        interval *= 2;
+                    }
+                }
+                let effect = recorder.apply(event, stack);
+                model.observe(&effect);
+                last_ts = last_ts.max(event.ts_ns);
+            }
+            Record::Stack { frames, truncated } => {
+                let expected = recorder.stacks.len();
+                let id = recorder.stacks.intern(frames, truncated);
+                if id.0 as usize != expected {
+                    return Err(ReadError {
+                        offset,
+                        kind: ReadErrorKind::Chunk(format!(
+                            "stack {expected} repeats stack {}",
+                            id.0
+                        )),
+                    });
+                }
+            }
+            Record::Maps(more) => {
+                maps.extend(more);
+                if namer.update(&process_maps(&maps)) {
+                    model.forget_names();
+                }
+            }
+            Record::Rss { ts_ns, bytes } => {
+                facts.rss_bytes = Some(bytes);
+                last_ts = last_ts.max(ts_ns);
+            }
+            Record::Lost(lost) => {
+                facts.lost_events = lost.by_kind.iter().sum::<u64>() + lost.inflight_full;
+            }
+            Record::LeakCheck(_) => {}
+            Record::Trailer(trailer) => {
+                last_ts = last_ts.max(trailer.end_monotonic_ns);
+                let lost = &trailer.lost;
+                facts.lost_events = lost.by_kind.iter().sum::<u64>() + lost.inflight_full;
+                facts.ended = true;
+            }
+        }
+    }
+    snapshots.push(model.snapshot(&recorder, &mut namer, last_ts, facts));
+    Ok(Recorded {
+        header,
+        snapshots,
+        early_end,
+    })
+}
