@@ -217,14 +217,17 @@ impl StatusLine {
             .capture
             .as_ref()
             .map_or(String::new(), |capture| format!(" [{}]", capture.path));
-        let _ = write!(
-            stderr,
-            "\r\x1b[Kmemprof{path}: {:.0} events/s | live {} in {} blocks | lost {}",
+        let line = format!(
+            "memprof{path}: {:.0} events/s | live {} in {} blocks | lost {}",
             rate,
             profiler_core::render::human_bytes(stats.live_bytes),
             stats.live_blocks,
             lost,
         );
+        // One screen line: a wrapped one would leave a copy behind at each refresh.
+        let width = crossterm::terminal::size().map_or(usize::MAX, |(columns, _)| columns as usize);
+        let shown: String = line.chars().take(width.saturating_sub(1)).collect();
+        let _ = write!(stderr, "\r\x1b[K{shown}");
         let _ = stderr.flush();
         self.shown = true;
     }
