@@ -49,34 +49,12 @@ struct State {
     exit_checked: bool,
 }
 
-/// Requests pending when a drain began ([`Backpressure::requests`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DrainRequests {
-    /// The target exec'd: end the old image's heap.
-    pub end_image: bool,
-    /// The target is stopped at its exit: run the leak check.
-    pub exit_check: bool,
-}
-
 /// Longest the target waits at an exec for the collector to end the old image's heap.
 const MAX_EXEC_WAIT: Duration = Duration::from_secs(10);
 
 impl Backpressure {
     pub fn new() -> Arc<Backpressure> {
         Arc::new(Backpressure::default())
-    }
-
-    /// What the tracer asks of the collector's next drain, as it stands now: taken before a
-    /// drain begins, so that only requests made before it are served after it (a request made
-    /// during a drain may follow records the drain did not read).
-    pub fn requests(&self) -> DrainRequests {
-        self.state
-            .lock()
-            .map(|state| DrainRequests {
-                end_image: state.exec_pending,
-                exit_check: state.exit_check.is_some(),
-            })
-            .unwrap_or_default()
     }
 
     /// The collector read the ring to its end.

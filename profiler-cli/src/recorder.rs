@@ -12,7 +12,7 @@ use profiler_core::{
 
 use std::sync::Arc;
 
-use crate::backpressure::{Backpressure, DrainRequests};
+use crate::backpressure::Backpressure;
 use crate::followed::Followed;
 use crate::preload_capture::RingCounters;
 use crate::probes::LossCounters;
@@ -212,31 +212,18 @@ impl Collected {
         }
     }
 
-    /// What the tracer asked of the next drain so far (exec, exit stop): to be taken before a
-    /// drain begins and handed to [`Collected::ring_drained`] after it.
-    pub fn drain_requests(&self) -> DrainRequests {
-        self.backpressure
-            .as_ref()
-            .map(|backpressure| backpressure.requests())
-            .unwrap_or_default()
-    }
-
-    /// The collector read the ring to its end. `requested` was taken before the drain: if the
-    /// target exec'd by then, every record of the old image has now been applied, its heap
-    /// ends here, and `after_exec` runs before the target is let go; if it was stopped at its
-    /// exit, every record is applied and the leak check runs. A request made during the drain
-    /// waits for the next one (records written before it may not have been read).
-    pub fn ring_drained(&mut self, requested: DrainRequests, after_exec: impl FnOnce()) {
+    /// The collector read the ring to its end. If the target exec'd meanwhile, every record of
+    /// the old image has now been applied: its heap ends here, and `after_exec` runs before
+    /// the target is let go.
+    pub fn ring_drained(&mut self, after_exec: impl FnOnce()) {
         let Some(backpressure) = self.backpressure.clone() else {
             return;
         };
-        if requested.end_image && backpressure.take_exec() {
+        if backpressure.take_exec() {
             self.end_image();
             after_exec();
         }
-        if requested.exit_check
-            && let Some(threads) = backpressure.take_exit_check()
-        {
+        if let Some(threads) = backpressure.take_exit_check() {
             self.check_leaks(&threads);
         }
         backpressure.ring_drained();

@@ -61,10 +61,9 @@ impl EventSource {
 
     /// Reads what is queued now into `collected`.
     pub fn drain(&mut self, collected: &mut Collected) {
-        // Taken before the drain: every record written before them is applied first.
-        let requested = collected.drain_requests();
         match self {
             EventSource::Kernel { ring, max_queued } => {
+                // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
                 let ring = ring.get_mut();
                 for _ in 0..*max_queued {
@@ -75,20 +74,21 @@ impl EventSource {
                 collected.apply_process_events(events, |_| {});
             }
             EventSource::Shared(ring) => {
+                // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
                 ring.drain(collected);
                 // A process that exec'd or died may have lost a thread inside a write, holding
                 // the ring's lock: it is freed if that process holds it.
                 collected.apply_process_events(events, |pid| ring.release_lock_of(pid));
                 let root = collected.followed.as_ref().map(|followed| followed.root);
-                collected.ring_drained(requested, || match root {
+                collected.ring_drained(|| match root {
                     Some(pid) => ring.release_lock_of(pid),
                     None => ring.release_lock_of(0),
                 });
                 return;
             }
         }
-        collected.ring_drained(requested, || {});
+        collected.ring_drained(|| {});
     }
 
     /// Holds of the target's threads so far.
