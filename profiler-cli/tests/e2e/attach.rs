@@ -427,6 +427,16 @@ fn a_window_ends_while_the_target_outruns_the_collector() {
         .stdout(Stdio::null())
         .spawn()
         .expect("start churn under taskset");
+    // taskset execs churn: attach to churn, not to taskset before its exec.
+    let exe = format!("/proc/{}/exe", churn.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_link(&exe).ok().as_deref() != Some(target.as_path()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "taskset did not exec churn"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let output = env.dir.path().join("out");
     let finished = crate::support::run_to_end({
         let mut cmd = Command::new("taskset");
