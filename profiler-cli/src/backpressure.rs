@@ -57,6 +57,15 @@ impl Backpressure {
         Arc::new(Backpressure::default())
     }
 
+    /// The tracer's pending requests (exec, exit stop), as they stand now: a drain during
+    /// which they changed may have missed records written before the new one.
+    pub fn requests(&self) -> (bool, bool) {
+        self.state
+            .lock()
+            .map(|state| (state.exec_pending, state.exit_check.is_some()))
+            .unwrap_or_default()
+    }
+
     /// The collector read the ring to its end.
     pub fn ring_drained(&self) {
         if let Ok(mut state) = self.state.lock() {

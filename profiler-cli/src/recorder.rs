@@ -212,6 +212,14 @@ impl Collected {
         }
     }
 
+    /// The tracer's pending requests ([`Backpressure::requests`]), none without a tracer.
+    pub fn drain_requests(&self) -> (bool, bool) {
+        self.backpressure
+            .as_ref()
+            .map(|backpressure| backpressure.requests())
+            .unwrap_or_default()
+    }
+
     /// The collector read the ring to its end. If the target exec'd meanwhile, every record of
     /// the old image has now been applied: its heap ends here, and `after_exec` runs before
     /// the target is let go.

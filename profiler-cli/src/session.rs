@@ -66,9 +66,17 @@ impl EventSource {
                 // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
                 let ring = ring.get_mut();
-                for _ in 0..*max_queued {
-                    let Some(item) = ring.next() else { break };
-                    collected.record_from_thread(&item);
+                loop {
+                    let requests = collected.drain_requests();
+                    for _ in 0..*max_queued {
+                        let Some(item) = ring.next() else { break };
+                        collected.record_from_thread(&item);
+                    }
+                    // An exec or exit stop asked for meanwhile may follow records this pass
+                    // did not read: the target is stopped now, one more pass reads them all.
+                    if collected.drain_requests() == requests {
+                        break;
+                    }
                 }
                 // No lock to free: the kernel's ring has none.
                 collected.apply_process_events(events, |_| {});
@@ -76,7 +84,14 @@ impl EventSource {
             EventSource::Shared(ring) => {
                 // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
-                ring.drain(collected);
+                loop {
+                    let requests = collected.drain_requests();
+                    ring.drain(collected);
+                    // As above: one more pass after a request made during this one.
+                    if collected.drain_requests() == requests {
+                        break;
+                    }
+                }
                 // A process that exec'd or died may have lost a thread inside a write, holding
                 // the ring's lock: it is freed if that process holds it.
                 collected.apply_process_events(events, |pid| ring.release_lock_of(pid));
