@@ -3,7 +3,8 @@
 //! The unwinder asks for the module of an address it does not know. The answer comes from the
 //! union of the target's maps seen so far; when that has nothing there, `/proc/PID/maps` is
 //! read again (a library dlopen'ed since), at most once per [`REREAD_INTERVAL`] unless the
-//! address is in a 1 MiB region not asked about before. Files are opened through
+//! address is in a page not asked about before (a 1 MiB region was too coarse: a library
+//! dlopen'ed next to one asked about went unread, and unsymbolized once dlclose'd). Files are opened through
 //! `/proc/PID/map_files/` (reaches deleted or replaced binaries), then `/proc/PID/root/PATH`,
 //! then PATH (after the target exited), and each file is read once (keyed by device and
 //! inode). Loaded modules stay loaded, so stacks drained after the target exited still unwind.
@@ -146,11 +147,11 @@ impl TargetModules {
 }
 
 impl TargetModules {
-    /// Whether to read the maps again for an address they do not cover: at once for a region
+    /// Whether to read the maps again for an address they do not cover: at once for a page
     /// not asked about before, otherwise at most once per [`REREAD_INTERVAL`].
     fn reread_due(&mut self, pc: u64) -> bool {
         let new_region =
-            self.tried_regions.len() < MAX_TRIED_REGIONS && self.tried_regions.insert(pc >> 20);
+            self.tried_regions.len() < MAX_TRIED_REGIONS && self.tried_regions.insert(pc >> 12);
         new_region
             || self
                 .last_read
