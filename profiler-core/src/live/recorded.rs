@@ -6,7 +6,7 @@ use std::io::Read;
 
 use super::{LiveModel, SessionFacts, Snapshot, SymbolNamer};
 use crate::recorder::Recorder;
-use crate::recording::{Header, ReadError, ReadErrorKind, Reader, Record, process_maps};
+use crate::recording::{Header, ReadError, Reader, Record, intern_recorded_stack, process_maps};
 
 /// Time between two snapshots of a recording, until there are too many.
 pub const RECORDED_INTERVAL_NS: u64 = 250_000_000;
@@ -68,17 +68,7 @@ pub fn recorded_snapshots<R: Read>(mut reader: Reader<R>) -> Result<Recorded, Re
                 last_ts = last_ts.max(event.ts_ns);
             }
             Record::Stack { frames, truncated } => {
-                let expected = recorder.stacks.len();
-                let id = recorder.stacks.intern(frames, truncated);
-                if id.0 as usize != expected {
-                    return Err(ReadError {
-                        offset,
-                        kind: ReadErrorKind::Chunk(format!(
-                            "stack {expected} repeats stack {}",
-                            id.0
-                        )),
-                    });
-                }
+                intern_recorded_stack(&mut recorder, frames, truncated, offset)?;
             }
             Record::Maps(more) => {
                 maps.extend(more);

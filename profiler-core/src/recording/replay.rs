@@ -66,17 +66,7 @@ pub fn replay<R: Read>(
                 replay.events += 1;
             }
             Record::Stack { frames, truncated } => {
-                let expected = recorder.stacks.len();
-                let id = recorder.stacks.intern(frames, truncated);
-                if id.0 as usize != expected {
-                    return Err(ReadError {
-                        offset,
-                        kind: ReadErrorKind::Chunk(format!(
-                            "stack {expected} repeats stack {}",
-                            id.0
-                        )),
-                    });
-                }
+                intern_recorded_stack(recorder, frames, truncated, offset)?;
             }
             Record::Maps(maps) => replay.maps.extend(maps),
             Record::Rss { ts_ns, bytes } => {
@@ -91,4 +81,23 @@ pub fn replay<R: Read>(
     }
     replay.skipped = reader.skipped_records();
     Ok(replay)
+}
+
+/// Interns a stack record: a recording lists each stack once, in id order, so the id it gets
+/// must be the next one.
+pub(crate) fn intern_recorded_stack(
+    recorder: &mut Recorder,
+    frames: &[u64],
+    truncated: bool,
+    offset: u64,
+) -> Result<(), ReadError> {
+    let expected = recorder.stacks.len();
+    let id = recorder.stacks.intern(frames, truncated);
+    if id.0 as usize != expected {
+        return Err(ReadError {
+            offset,
+            kind: ReadErrorKind::Chunk(format!("stack {expected} repeats stack {}", id.0)),
+        });
+    }
+    Ok(())
 }
