@@ -145,7 +145,15 @@ fn analyses_short_lived_and_size_mix() {
     assert_eq!(candidates.len(), 1, "{candidates:?}");
     let pool = &candidates[0];
     assert_eq!(function(&report, &pool["stack_id"]), "short_lived");
-    assert_eq!((u(&pool["freed"]), u(&pool["short_lived"])), (200, 200));
+    assert_eq!(u(&pool["freed"]), 200);
+    // Each block lives a malloc-to-free apart, well under 1 ms, unless the scheduler takes the
+    // CPU from the target between the two: then that block did live longer, and the clock that
+    // stamped both calls says so. On a loaded 2-CPU CI machine that happens to a block or two.
+    let short_lived = u(&pool["short_lived"]);
+    assert!(
+        (190..=200).contains(&short_lived),
+        "{short_lived} of 200 short-lived"
+    );
     assert_eq!(
         pool["sizes"],
         serde_json::json!([{"size": 64, "count": 200}])
