@@ -1,8 +1,7 @@
 //! `memprof attach PID`: a running process's session; the target keeps running after it.
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use profiler_core::{
     heap::Mode,
     report::{ExitStatus, ProcessEnd},
@@ -11,35 +10,48 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     backpressure::{self, Backpressure},
-    capture::{collector, monotonic_ns, prepare, probe_config, salvage},
-    cli::CaptureArgs,
-    followed::{self, Followed, TreeSession},
+    clock::monotonic_ns,
+    collect::{self, Stop},
+    meta::SessionStart,
+    options::SessionOptions,
     privileges,
-    probes::ProbeConfig,
     process_events::ProcessEvents,
-    recording, report, seize, session,
-    session::{EventSource, Stop},
+    seize,
+    session::{Ending, Session, probe_capture},
     targets::LookupOrder,
 };
 
-/// `memprof attach PID`: probe a running process, collect, detach and leave it running. With
-/// `hold`, its threads are traced so that none of their events is lost (seize.rs); with
-/// `children`, the processes it starts during the window are followed too (followed.rs).
-pub async fn attach(
-    capture: &CaptureArgs,
-    pid: u32,
-    duration: Option<std::time::Duration>,
-    hold: bool,
-    children: bool,
-    leak_check: bool,
-) -> Result<i32> {
-    if capture.live {
+/// What `memprof attach` is asked to do, besides the session's options.
+pub struct AttachOptions {
+    pub session: SessionOptions,
+    pub pid: u32,
+    /// How long the window lasts (until Ctrl-C when None).
+    pub duration: Option<std::time::Duration>,
+    /// Trace the threads so that none of their events is lost (seize.rs).
+    pub hold: bool,
+    /// Follow the processes it starts during the window.
+    pub children: bool,
+    /// Classify the window's blocks by reachability at its end.
+    pub leak_check: bool,
+}
+
+/// `memprof attach PID`: probe a running process, collect, detach and leave it running.
+pub async fn attach(attach: AttachOptions) -> Result<i32> {
+    let AttachOptions {
+        session: options,
+        pid,
+        duration,
+        hold,
+        children,
+        leak_check,
+    } = attach;
+    if options.live {
         crate::live::check_terminal()?;
     }
     check_attachable(pid)?;
     privileges::check()?;
     // Refused before the target runs, not after: an unsafe output directory loses nothing.
-    profiler_core::output_dir::OutputDir::open(&capture.output)?;
+    profiler_core::output_dir::OutputDir::open(&options.output)?;
     let backpressure = Backpressure::new();
     let _release_holds = backpressure::CloseOnDrop(backpressure.clone());
     // Seized before the probes exist, so that no hold request reaches an untraced thread;
@@ -53,60 +65,31 @@ pub async fn attach(
         )?),
         false => None,
     };
-    let config = ProbeConfig {
-        hold_threads: hold,
-        ..probe_config(capture)?
-    };
-    let (mut probes, sites, warnings) =
-        match prepare(pid, config, || LookupOrder::for_running_process(pid)) {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                // Closed first: a child forked meanwhile must not wait for a collector.
-                if let Some(events) = &process_events {
-                    events.close();
-                }
-                return Err(error);
+    let order = || LookupOrder::for_running_process(pid);
+    let mut capture = match probe_capture(Mode::Attach, pid, &options, hold, order, &backpressure) {
+        Ok(capture) => capture,
+        Err(error) => {
+            // Closed first: a child forked meanwhile must not wait for a collector.
+            if let Some(events) = &process_events {
+                events.close();
             }
-        };
-    let (ring, mut collected) = collector(
-        Mode::Attach,
-        pid,
-        capture,
-        &mut probes,
-        &sites,
-        warnings,
-        &backpressure,
-    )?;
-    collected.capture = Some(profiler_core::report::Capture {
+            return Err(error);
+        }
+    };
+    capture.collected.capture = Some(profiler_core::report::Capture {
         path: "uprobes".into(),
         reason: "attach: eBPF uprobes, nothing is injected into a running process".into(),
     });
-    let start_ns = monotonic_ns();
-    // Shared with the tree's collectors, which probe each child as it is forked.
-    let probes = Arc::new(Mutex::new(probes));
-    if let Some(events) = &process_events {
-        let followed = Followed::new(TreeSession {
-            root: pid,
-            mode: Mode::Attach,
-            capture: capture.clone(),
-            report_capture: collected.capture.clone(),
-            sites: sites.clone(),
-            start_ns,
-            probes: Some(probes.clone()),
-        });
-        collected.follow(followed, events.clone());
-    }
     // The file it runs, whatever its argv[0] says (a symlink's name, `exec -a`, a title).
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-    let command_line = cmdline(pid).unwrap_or_else(|| vec![exe.display().to_string()]);
-    let session = recording::SessionStart {
-        command: command_line,
+    let start = SessionStart {
+        command: cmdline(pid).unwrap_or_else(|| vec![exe.display().to_string()]),
         executable: Some(exe.display().to_string()).filter(|exe| !exe.is_empty()),
         pid,
         mode: Mode::Attach,
-        start_ns,
+        start_ns: monotonic_ns(),
     };
-    recording::start(&mut collected, capture, &session)?;
+    let mut session = Session::start(capture, start, options, backpressure, process_events)?;
     // Handlers first: whoever reads "attached" may send SIGINT at once.
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminations = signal(SignalKind::terminate())?;
@@ -125,36 +108,26 @@ pub async fn attach(
             _ = interrupts.recv() => Stop::Interrupted,
             _ = terminations.recv() => Stop::Interrupted,
             _ = elapsed => Stop::DurationElapsed,
-            _ = session::process_exit(pid) => Stop::TargetExited,
+            _ = collect::process_exit(pid) => Stop::TargetExited,
         }
     };
-    let mut source = EventSource::kernel(ring, capture.ring_bytes()?)?;
-    if capture.live {
-        let info = crate::live::SessionInfo {
-            command: session.command.join(" "),
-            pid,
-            capture: "uprobes".into(),
-            output: capture.output.clone(),
-            target_output: None,
-        };
-        collected.live = Some(crate::live::LiveFeed::start(info, start_ns));
-    }
-    let collect_result = session::collect(&mut source, &mut collected, pid, stop).await;
-    let end_ns = monotonic_ns();
+    let collected = session.collect(stop).await;
     // The leak check stops the process before the window closes: every block it then holds
     // is one the heap knows the fate of.
-    let paused = match (leak_check, &collect_result) {
+    let paused = match (leak_check, &collected) {
         (true, Ok(Stop::Interrupted | Stop::DurationElapsed)) => match crate::pause::pause(pid) {
             Ok(paused) => Some(paused),
             Err(error) => {
-                collected
+                session
+                    .collected
                     .warnings
                     .push(format!("leak check not done: {error:#}"));
                 None
             }
         },
         (true, Ok(Stop::TargetExited)) => {
-            collected
+            session
+                .collected
                 .warnings
                 .push("leak check not done: the process exited during the window".into());
             None
@@ -162,30 +135,17 @@ pub async fn attach(
         _ => None,
     };
     if let Some(paused) = &paused {
-        source.drain(&mut collected);
-        collected.check_leaks_paused(&paused.states, Some(paused.since));
+        session.drain();
+        session
+            .collected
+            .check_leaks_paused(&paused.states, Some(paused.since));
     }
-    if let Ok(mut probes) = probes.lock() {
-        probes.detach();
-    }
+    session.detach();
     drop(paused);
-    let reason = match collect_result {
+    let reason = match collected {
         Ok(reason) => reason,
-        Err(error) => {
-            salvage(&mut collected, &session, end_ns, &sites, capture);
-            return Err(error);
-        }
+        Err(error) => return Err(session.salvage(error)),
     };
-    source.drain(&mut collected);
-    if let Some(events) = &process_events {
-        events.close();
-    }
-    backpressure.close();
-    drop(seized);
-    collected.held = backpressure.held();
-    let counters = collected
-        .lost()
-        .context("cannot read the probes' loss counters")?;
     if reason == Stop::TargetExited {
         eprintln!("memprof: process {pid} exited");
     }
@@ -194,30 +154,17 @@ pub async fn attach(
         code: None,
         signal: None,
     });
-    if let Some(followed) = collected.followed.take() {
-        let mut tree = followed.finish();
-        if !tree.images.is_empty() {
-            let end = match exit {
-                Some(_) => ProcessEnd::Exit,
-                None => ProcessEnd::Running,
-            };
-            let root = followed::root_image(&collected, &session, (end, exit), end_ns);
-            collected.processes = std::iter::once(root).chain(tree.images).collect();
-        }
-        collected.warnings.append(&mut tree.warnings);
-    }
-    let meta = report::Meta {
-        mode: Mode::Attach,
-        command: session.command,
-        executable: session.executable,
-        pid,
+    let ending = Ending {
         exit,
-        start_ns,
-        end_ns,
-        sites: &sites,
-        counters,
+        process_end: match exit {
+            Some(_) => ProcessEnd::Exit,
+            None => ProcessEnd::Running,
+        },
+        rss_at_exit: None,
+        printed_ops: None,
     };
-    recording::finish_session(&mut collected, &meta, capture)?;
+    // Every thread detached once none is held.
+    session.finish(ending, move || drop(seized))?;
     Ok(0)
 }
 

@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result, bail};
 use profiler_common::EventKind;
 
 use crate::{
-    cli::CapturePath,
     elf::ElfObject,
+    options::CapturePath,
     targets::{self, LookupOrder},
 };
 

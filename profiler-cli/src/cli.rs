@@ -4,6 +4,8 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use profiler_common::MAX_STACK_DEPTH;
 
+use crate::options::{self, SessionOptions, StackOptions};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "memprof",
@@ -263,12 +265,12 @@ pub enum CapturePath {
     Preload,
 }
 
-impl CapturePath {
-    pub fn name(self) -> &'static str {
-        match self {
-            CapturePath::Auto => "auto",
-            CapturePath::Uprobes => "uprobes",
-            CapturePath::Preload => "preload",
+impl From<CapturePath> for options::CapturePath {
+    fn from(path: CapturePath) -> options::CapturePath {
+        match path {
+            CapturePath::Auto => options::CapturePath::Auto,
+            CapturePath::Uprobes => options::CapturePath::Uprobes,
+            CapturePath::Preload => options::CapturePath::Preload,
         }
     }
 }
@@ -282,20 +284,42 @@ pub enum Unwind {
     Dwarf,
 }
 
-impl CaptureArgs {
-    /// The recording's path, None with `--no-recording`.
-    pub fn recording_path(&self) -> Option<PathBuf> {
-        if self.no_recording {
-            return None;
+impl From<Unwind> for options::Unwind {
+    fn from(unwind: Unwind) -> options::Unwind {
+        match unwind {
+            Unwind::Fp => options::Unwind::FramePointers,
+            Unwind::Dwarf => options::Unwind::Dwarf,
         }
-        Some(
-            self.recording
-                .clone()
-                .unwrap_or_else(|| self.output.join("recording.mprof")),
-        )
+    }
+}
+
+impl CaptureArgs {
+    /// The session's options, each checked.
+    pub fn into_options(self) -> anyhow::Result<SessionOptions> {
+        let stack_bytes = self.stack_bytes()?;
+        let ring_bytes = self.ring_bytes()?;
+        Ok(SessionOptions {
+            recording: match self.no_recording {
+                true => None,
+                false => Some(
+                    self.recording
+                        .unwrap_or_else(|| options::recording_of(&self.output)),
+                ),
+            },
+            output: self.output,
+            stacks: StackOptions {
+                max_depth: self.max_depth,
+                unwind: self.unwind.into(),
+                stack_bytes,
+            },
+            ring_bytes,
+            top: self.top,
+            ops: self.ops,
+            live: self.live,
+        })
     }
 
-    pub fn stack_bytes(&self) -> anyhow::Result<u32> {
+    fn stack_bytes(&self) -> anyhow::Result<u32> {
         let max = profiler_common::MAX_STACK_BYTES as u32;
         if self.stack_bytes == 0 || self.stack_bytes > max || !self.stack_bytes.is_multiple_of(8) {
             anyhow::bail!(
@@ -306,7 +330,7 @@ impl CaptureArgs {
         Ok(self.stack_bytes)
     }
 
-    pub fn ring_bytes(&self) -> anyhow::Result<u32> {
+    fn ring_bytes(&self) -> anyhow::Result<u32> {
         if !self.ring_mib.is_power_of_two() || self.ring_mib > 1024 {
             anyhow::bail!(
                 "--ring-mib must be a power of two no larger than 1024, not {}",

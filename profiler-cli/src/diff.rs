@@ -22,7 +22,7 @@ use profiler_core::{
     output_dir::OutputDir,
     render::FlameKind,
     report::Report,
-    session::build_report,
+    session_end::build_report,
     symbolize::Symbolizer,
 };
 
@@ -66,7 +66,7 @@ fn load(path: &Path) -> Result<(PathBuf, Report)> {
     } else {
         path.to_owned()
     };
-    let replayed = crate::offline::load(&file)?;
+    let replayed = crate::report_cmd::load(&file)?;
     let mut symbolizer = Symbolizer::new(&replayed.maps);
     let report = build_report(&replayed.view(), &mut symbolizer, &replayed.meta);
     Ok((file, report))

@@ -27,41 +27,8 @@ use nix::{
 };
 
 use crate::backpressure::Backpressure;
-use crate::process_events::ProcessEvents;
+use crate::process_events::{Exit, ProcessEvents};
 use crate::traced_tree::{FirstStop, TracedTree};
-
-/// How a target ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-/// The report's form of it.
-impl From<Exit> for profiler_core::report::ExitStatus {
-    fn from(exit: Exit) -> Self {
-        match exit {
-            Exit::Code(code) => Self {
-                code: Some(code),
-                signal: None,
-            },
-            Exit::Signal(signal) => Self {
-                code: None,
-                signal: Some(signal),
-            },
-        }
-    }
-}
-
-impl Exit {
-    /// The status memprof itself exits with: the child's, or 128+signal as a shell reports it.
-    pub fn status(self) -> i32 {
-        match self {
-            Exit::Code(code) => code,
-            Exit::Signal(signal) => 128 + signal,
-        }
-    }
-}
 
 /// What to start.
 pub struct Target {
@@ -363,32 +330,5 @@ fn wait_loop(
             WaitStatus::Stopped(tid, signal) => backpressure.resume(tid, signal),
             _ => continue,
         }
-    }
-}
-
-/// The peak resident set size of a process (`VmHWM` of /proc/PID/status), in bytes. Read in
-/// the exit hook: once the process is reaped the figure is gone.
-pub fn peak_rss(pid: Pid) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_hwm(&status)
-}
-
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    Some(kib * 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vm_hwm_is_read_in_bytes() {
-        let status = "Name:\tleaks\nVmPeak:\t    2680 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(1234 * 1024));
-        assert_eq!(parse_vm_hwm("Name:\tkthread\n"), None);
-        // Our own process has one.
-        assert!(peak_rss(Pid::this()).is_some_and(|bytes| bytes > 0));
     }
 }

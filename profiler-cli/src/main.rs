@@ -1,45 +1,51 @@
 //! memprof: an out-of-process heap profiler for Linux built on eBPF uprobes.
 //!
-//! The commands: `run_cmd` and `attach_cmd` (live sessions, sharing `capture`), `offline`
-//! (`memprof report FILE`), `diff` and `compare`.
+//! The commands: `run_cmd` and `attach_cmd` (live sessions, both driving a `session::Session`
+//! with the options `cli` validated into `options`), `report_cmd` and `report_tree` (`memprof
+//! report FILE|DIR`), `diff`, `compare` and `live::view`.
 //!
 //! A live session's pipeline: `targets` finds which object provides each allocation function to
 //! the target (`operators` adds C++ operators an allocator serves itself) and `prologue` places
 //! each probe; `probes` loads the eBPF programs and attaches them (`multi_link`); `launch`
-//! starts a program stopped at exec (run mode); `session` drains the ring buffer into a
-//! `recorder` (profiler-core's engine, unwinding through `target_modules`, writing the
-//! `recording`); with `run --capture preload`, `preload_capture` replaces the probes: the
-//! target's preloaded library writes the same records into a shared ring until the target exits, the user interrupts or the duration ends; `report`
-//! turns the result into the terminal summary and the files. With `--live`, `live` shows the
-//! session on a full-screen terminal view fed by `session`'s loop (and `memprof view` shows a
-//! recording there).
+//! starts a program stopped at exec (run mode); `collect` drains the ring buffer into the
+//! `collected` state (profiler-core's engine, unwinding through `target_modules`, writing the
+//! recording through `recording_sink`); with `run --capture preload`, `preload_capture`
+//! replaces the probes: the target's preloaded library writes the same records into a shared
+//! ring. `report_writer` turns the result into the terminal summary and the files. With
+//! `--live`, `live` shows the session on a full-screen terminal view fed by `collect`'s loop
+//! (and `memprof view` shows a recording there).
 mod attach_cmd;
 mod backpressure;
-mod capture;
+mod build_ids;
 mod capture_path;
 mod cli;
+mod clock;
+mod collect;
+mod collected;
 mod compare;
 mod diff;
 mod elf;
-mod followed;
 mod kernel_btf;
 mod launch;
 mod leak_scan;
 mod live;
+mod meta;
 mod multi_link;
-mod offline;
-mod offline_tree;
 mod operators;
 mod ops_output;
+mod options;
 mod pause;
 mod preload_capture;
 mod privileges;
+mod probe_site;
 mod probes;
 mod process_events;
 mod prologue;
-mod recorder;
-mod recording;
-mod report;
+mod recording_sink;
+mod report_cmd;
+mod report_tree;
+mod report_writer;
+mod rss;
 mod run_cmd;
 mod seize;
 mod session;
@@ -86,16 +92,10 @@ fn run(cli: Cli) -> Result<i32> {
         } => match file.is_dir() {
             // A session's directory: all of a followed tree, or its one recording.
             true if format == cli::ReportFormat::All && ops.is_none() => {
-                offline_tree::report(&file, &output, top)
+                report_tree::report(&file, &output, top)
             }
-            true => offline::report(
-                &offline_tree::recording_of(&file),
-                format,
-                &output,
-                top,
-                ops,
-            ),
-            false => offline::report(&file, format, &output, top, ops),
+            true => report_cmd::report(&options::recording_of(&file), format, &output, top, ops),
+            false => report_cmd::report(&file, format, &output, top, ops),
         },
         Command::Diff(args) => diff::diff(&args),
         Command::Compare(args) => compare::compare(&compare::CompareOptions {
@@ -107,7 +107,7 @@ fn run(cli: Cli) -> Result<i32> {
             ops: args.ops,
             command: args.command,
         }),
-        Command::SynthesizeRecording { events, file } => offline::synthesize(&file, events),
+        Command::SynthesizeRecording { events, file } => report_cmd::synthesize(&file, events),
         Command::View { file } => live::view(&file),
         Command::Run {
             capture,
@@ -118,21 +118,24 @@ fn run(cli: Cli) -> Result<i32> {
             user,
             no_leak_check,
             command,
-        } => runtime.block_on(run_cmd::run_command(
-            &capture,
-            !no_leak_check,
-            launch::Target {
-                command,
-                env,
-                capture_stdout: ops_from_output,
-                inherit_fd: None,
-                output: None,
-                errors_to_output: false,
-                user: user.as_deref().map(launch::RunAs::lookup).transpose()?,
-            },
-            capture_path,
-            !no_follow,
-        )),
+        } => {
+            let run = run_cmd::RunOptions {
+                session: capture.into_options()?,
+                target: launch::Target {
+                    command,
+                    env,
+                    capture_stdout: ops_from_output,
+                    inherit_fd: None,
+                    output: None,
+                    errors_to_output: false,
+                    user: user.as_deref().map(launch::RunAs::lookup).transpose()?,
+                },
+                path: capture_path.into(),
+                follow: !no_follow,
+                leak_check: !no_leak_check,
+            };
+            runtime.block_on(run_cmd::run_command(run))
+        }
         Command::Attach {
             pid,
             duration,
@@ -141,10 +144,15 @@ fn run(cli: Cli) -> Result<i32> {
             leak_check,
             capture,
         } => {
-            let duration = cli::duration(duration)?;
-            runtime.block_on(attach_cmd::attach(
-                &capture, pid, duration, hold, children, leak_check,
-            ))
+            let attach = attach_cmd::AttachOptions {
+                session: capture.into_options()?,
+                pid,
+                duration: cli::duration(duration)?,
+                hold,
+                children,
+                leak_check,
+            };
+            runtime.block_on(attach_cmd::attach(attach))
         }
     }
 }

@@ -22,7 +22,7 @@ use std::{
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 use profiler_common::EventKind;
 
-use crate::{elf::ElfObject, targets::ProbeSite};
+use crate::{elf::ElfObject, probe_site::ProbeSite};
 
 /// A function address: (index into the objects in lookup order, virtual address).
 type Addr = (usize, u64);

@@ -21,8 +21,6 @@ use profiler_common::{
 };
 use profiler_core::report::{Held, LostCounts};
 
-use crate::recorder::Collected;
-
 /// File name of the capture library, looked for next to the memprof executable.
 pub const LIBRARY: &str = "libmemprof_capture.so";
 
@@ -144,14 +142,14 @@ impl SharedRing {
         }
     }
 
-    /// Reads every published record into `collected` (which hands each to the collector of
-    /// the process that wrote it); true if there was any.
-    pub fn drain(&mut self, collected: &mut Collected) -> bool {
+    /// Hands every published record to `deliver` with the pid of the process that wrote it;
+    /// returns how many frames could not be trusted (the rest of the ring is then skipped).
+    pub fn drain(&mut self, mut deliver: impl FnMut(u32, &[u8])) -> u64 {
         let control = self.control();
         let size = control.data_bytes;
         let write_pos = control.write_pos.load(Ordering::Acquire);
         let mut read_pos = control.read_pos.load(Ordering::Relaxed);
-        let found = read_pos != write_pos;
+        let mut malformed = 0;
         // SAFETY: the data area follows the control page inside the mapping.
         let data = unsafe { self.base.add(DATA_OFFSET) };
         while read_pos < write_pos {
@@ -164,7 +162,7 @@ impl SharedRing {
             }
             if len > MAX_RECORD_BYTES || offset + FRAME_HEADER_BYTES + len > size as usize {
                 // Not a frame the library writes: the rest cannot be trusted.
-                collected.malformed += 1;
+                malformed += 1;
                 read_pos = write_pos;
                 break;
             }
@@ -176,7 +174,7 @@ impl SharedRing {
                 std::slice::from_raw_parts(data.add(offset + FRAME_HEADER_BYTES), len)
             });
             read_pos += frame_bytes(len);
-            collected.record_from(pid, &self.record);
+            deliver(pid, &self.record);
         }
         let control = self.control();
         control.read_pos.store(read_pos, Ordering::Release);
@@ -192,7 +190,7 @@ impl SharedRing {
                 );
             }
         }
-        found
+        malformed
     }
 
     /// Frees the producers' lock if process `pid` holds it: only once none of its threads can

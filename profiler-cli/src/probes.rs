@@ -13,7 +13,8 @@ use profiler_core::report::LostCounts;
 
 use crate::{
     multi_link::{self, MultiObject, MultiProgram},
-    targets::ProbeSite,
+    options::{SessionOptions, Unwind},
+    probe_site::ProbeSite,
 };
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -32,6 +33,22 @@ pub struct ProbeConfig {
     pub stack_bytes: u32,
     /// Ask the tracer to hold a thread that allocates while half the ring is queued (run).
     pub hold_threads: bool,
+}
+
+impl ProbeConfig {
+    /// The probes a session with `options` needs; `hold_threads` as above.
+    pub fn for_session(options: &SessionOptions, hold_threads: bool) -> ProbeConfig {
+        ProbeConfig {
+            ring_bytes: options.ring_bytes,
+            stack_depth: options.stacks.max_depth,
+            unwind_mode: match options.stacks.unwind {
+                Unwind::FramePointers => profiler_common::unwind_mode::FRAME_POINTERS,
+                Unwind::Dwarf => profiler_common::unwind_mode::DWARF,
+            },
+            stack_bytes: options.stacks.stack_bytes,
+            hold_threads,
+        }
+    }
 }
 
 /// The loaded programs and their maps. Links are uprobe_multi links (one per program and

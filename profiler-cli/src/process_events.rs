@@ -15,8 +15,6 @@ use std::{
 
 use profiler_core::maps::ProcessMaps;
 
-use crate::launch::Exit;
-
 /// One change in the tree.
 #[derive(Debug)]
 pub enum ProcessEvent {
@@ -159,6 +157,39 @@ impl ProcessEvents {
     /// Resolves when an event was posted.
     pub async fn wanted(&self) {
         self.wanted.notified().await;
+    }
+}
+
+/// How a target ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// The report's form of it.
+impl From<Exit> for profiler_core::report::ExitStatus {
+    fn from(exit: Exit) -> Self {
+        match exit {
+            Exit::Code(code) => Self {
+                code: Some(code),
+                signal: None,
+            },
+            Exit::Signal(signal) => Self {
+                code: None,
+                signal: Some(signal),
+            },
+        }
+    }
+}
+
+impl Exit {
+    /// The status memprof itself exits with: the child's, or 128+signal as a shell reports it.
+    pub fn status(self) -> i32 {
+        match self {
+            Exit::Code(code) => code,
+            Exit::Signal(signal) => 128 + signal,
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::backpressure::{Backpressure, is_hold_request};
-use crate::launch::Exit;
+use crate::process_events::Exit;
 use crate::process_events::ProcessEvents;
 use crate::traced_tree::{FirstStop, TracedTree};
 

@@ -1,255 +1,279 @@
-//! One profiling session: probes in, events collected until a stop condition, probes out.
+//! One live session, whichever command started it. `run` launches its target and `attach`
+//! finds one running; each sets up a capture path ([`probe_capture`], or the in-process
+//! ring in `run_cmd.rs`) and then drives the same [`Session`]: start (followed tree,
+//! recording, live view), collect until a stop, detach, and finish with how the target ended
+//! (the last records, the tree's images, the report and the recording's trailer).
 use std::{
     future::Future,
-    io::{IsTerminal as _, Write as _},
-    os::fd::{FromRawFd as _, OwnedFd},
-    time::{Duration, Instant},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    time::MissedTickBehavior,
+use profiler_core::{
+    heap::Mode,
+    report::{ExitStatus, ProcessEnd},
+    symbolize::Symbolizer,
 };
 
-use crate::{preload_capture::SharedRing, recorder::Collected};
-
-/// How often the ring is drained when no record asked for a wakeup.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
-/// How often the status line and the maps are refreshed.
-const STATUS_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Why collection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    TargetExited,
-    Interrupted,
-    DurationElapsed,
-}
-
-/// Where the collector reads the target's records from.
-pub enum EventSource {
-    /// The probes' ring buffer, readable when a record asks for a wakeup (most do not: they
-    /// are read on the drain timer).
-    Kernel {
-        ring: AsyncFd<RingBuf<MapData>>,
-        /// The most records the ring can hold at once: one drain reads no more, so that a
-        /// target writing as fast as memprof reads cannot keep it in the drain, deaf to its
-        /// stop; being FIFO, those records include every one queued when the drain began.
-        max_queued: usize,
+use crate::{
+    backpressure::Backpressure,
+    clock::monotonic_ns,
+    collect::{self, EventSource, Stop},
+    collected::{
+        Collected, LossSource,
+        followed::{self, Followed, TreeSession},
     },
-    /// The ring shared with the in-process capture library, polled.
-    Shared(SharedRing),
+    live::{LiveFeed, SessionInfo},
+    meta::{Meta, SessionStart},
+    ops_output,
+    options::SessionOptions,
+    probe_site::ProbeSite,
+    probes::{ProbeConfig, Probes},
+    process_events::ProcessEvents,
+    report_writer,
+    targets::LookupOrder,
+};
+
+/// What a capture path set up before the session starts.
+pub struct Capture {
+    pub collected: Collected,
+    pub source: EventSource,
+    /// The probed sites (uprobes) or the providers the library forwards to (preload).
+    pub sites: Vec<ProbeSite>,
+    /// The uprobes path's probes, shared with a followed tree's collectors (which probe each
+    /// child as it is forked).
+    pub probes: Option<Arc<Mutex<Probes>>>,
 }
 
-impl EventSource {
-    /// The probes' ring of `ring_bytes`, registered for readiness.
-    pub fn kernel(ring: RingBuf<MapData>, ring_bytes: u32) -> Result<EventSource> {
-        // SAFETY: the ring owns its descriptor and keeps it open for as long as the AsyncFd
-        // holds it.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(std::io::Error::from)
-            .context("cannot poll the ring buffer")?;
-        // The smallest record: the ring's 8-byte record header and an event header.
-        let smallest_record = 8 + profiler_common::EVENT_HEADER_SIZE;
-        Ok(EventSource::Kernel {
-            ring,
-            max_queued: ring_bytes as usize / smallest_record,
+/// How the target ended, and what the command learned of it at its end.
+pub struct Ending {
+    pub exit: Option<ExitStatus>,
+    /// How the target's line in a followed tree's list ends.
+    pub process_end: ProcessEnd,
+    /// The target's RSS as it exited (monotonic ns, bytes): the timeline's last point.
+    pub rss_at_exit: Option<(u64, u64)>,
+    /// `--ops-from-output`: the reader of the target's stdout.
+    pub printed_ops: Option<JoinHandle<Option<u64>>>,
+}
+
+pub struct Session {
+    pub collected: Collected,
+    source: EventSource,
+    start: SessionStart,
+    options: SessionOptions,
+    sites: Vec<ProbeSite>,
+    probes: Option<Arc<Mutex<Probes>>>,
+    backpressure: Arc<Backpressure>,
+    process_events: Option<Arc<ProcessEvents>>,
+    /// Where the target's output goes under the live view (`run`), said at the end.
+    target_output: Option<PathBuf>,
+    /// When collection ended.
+    end_ns: Option<u64>,
+}
+
+impl Session {
+    /// Starts the session `start` describes on what `capture` set up: the tree's collectors
+    /// when `process_events` follows one, then the recording.
+    pub fn start(
+        capture: Capture,
+        start: SessionStart,
+        options: SessionOptions,
+        backpressure: Arc<Backpressure>,
+        process_events: Option<Arc<ProcessEvents>>,
+    ) -> Result<Session> {
+        let Capture {
+            mut collected,
+            source,
+            sites,
+            probes,
+        } = capture;
+        if let Some(events) = &process_events {
+            let followed = Followed::new(TreeSession {
+                root: start.pid,
+                mode: start.mode,
+                options: options.clone(),
+                report_capture: collected.capture.clone(),
+                sites: sites.clone(),
+                start_ns: start.start_ns,
+                probes: probes.clone(),
+            });
+            collected.follow(followed, events.clone());
+        }
+        collected.start_recording(&options, &start)?;
+        Ok(Session {
+            collected,
+            source,
+            start,
+            options,
+            sites,
+            probes,
+            backpressure,
+            process_events,
+            target_output: None,
+            end_ns: None,
         })
     }
 
-    /// Reads what is queued now into `collected`.
-    pub fn drain(&mut self, collected: &mut Collected) {
-        match self {
-            EventSource::Kernel { ring, max_queued } => {
-                // Taken before the drain: every record written before them is applied first.
-                let events = collected.take_process_events();
-                let ring = ring.get_mut();
-                loop {
-                    let requests = collected.drain_requests();
-                    for _ in 0..*max_queued {
-                        let Some(item) = ring.next() else { break };
-                        collected.record_from_thread(&item);
-                    }
-                    // An exec or exit stop asked for meanwhile may follow records this pass
-                    // did not read: the target is stopped now, one more pass reads them all.
-                    if collected.drain_requests() == requests {
-                        break;
-                    }
-                }
-                // No lock to free: the kernel's ring has none.
-                collected.apply_process_events(events, |_| {});
-            }
-            EventSource::Shared(ring) => {
-                // Taken before the drain: every record written before them is applied first.
-                let events = collected.take_process_events();
-                loop {
-                    let requests = collected.drain_requests();
-                    ring.drain(collected);
-                    // As above: one more pass after a request made during this one.
-                    if collected.drain_requests() == requests {
-                        break;
-                    }
-                }
-                // A process that exec'd or died may have lost a thread inside a write, holding
-                // the ring's lock: it is freed if that process holds it.
-                collected.apply_process_events(events, |pid| ring.release_lock_of(pid));
-                let root = collected.followed.as_ref().map(|followed| followed.root);
-                collected.ring_drained(|| match root {
-                    Some(pid) => ring.release_lock_of(pid),
-                    None => ring.release_lock_of(0),
-                });
-                return;
-            }
-        }
-        collected.ring_drained(|| {});
+    /// Says at the end that the target's output went to `path` (under the live view).
+    pub fn target_output_in(&mut self, path: PathBuf) {
+        self.target_output = Some(path);
     }
 
-    /// Holds of the target's threads so far.
-    fn holds(&self, collected: &Collected) -> u64 {
-        match self {
-            EventSource::Shared(ring) => ring.held().map_or(0, |held| held.times),
-            EventSource::Kernel { .. } => collected.holds(),
+    /// Collects until `stop` resolves (showing the live view if asked), and returns why it
+    /// ended.
+    pub async fn collect(&mut self, stop: impl Future<Output = Stop>) -> Result<Stop> {
+        if self.options.live {
+            let info = SessionInfo {
+                command: self.start.command.join(" "),
+                pid: self.start.pid,
+                capture: self
+                    .collected
+                    .capture
+                    .as_ref()
+                    .map_or(String::new(), |capture| capture.path.clone()),
+                output: self.options.output.clone(),
+                target_output: self.target_output.clone(),
+            };
+            self.collected.live = Some(LiveFeed::start(info, self.start.start_ns));
+        }
+        let pid = self.start.pid;
+        let stopped = collect::collect(&mut self.source, &mut self.collected, pid, stop).await;
+        if let Some(path) = &self.target_output {
+            eprintln!("memprof: the program's output is in {}", path.display());
+        }
+        self.end_ns = Some(monotonic_ns());
+        stopped
+    }
+
+    /// Reads what is queued now.
+    pub fn drain(&mut self) {
+        self.source.drain(&mut self.collected);
+    }
+
+    /// Takes the probes out of the target (the in-process path has none).
+    pub fn detach(&mut self) {
+        if let Some(probes) = &self.probes
+            && let Ok(mut probes) = probes.lock()
+        {
+            probes.detach();
         }
     }
 
-    /// Resolves when records may be waiting beyond the drain timer's pace.
-    async fn ready(&mut self) -> Result<()> {
-        match self {
-            EventSource::Kernel { ring, .. } => {
-                ring.readable_mut().await?.clear_ready();
-            }
-            // Producers write without waking memprof: a short poll keeps a fast target from
-            // waiting on a full ring for long.
-            EventSource::Shared(_) => tokio::time::sleep(SHARED_POLL_INTERVAL).await,
+    /// The collection failed: still writes what was collected (report and recording), and
+    /// returns `error` to report.
+    pub fn salvage(mut self, error: anyhow::Error) -> anyhow::Error {
+        let counters = self.collected.lost().unwrap_or_default();
+        let end_ns = self.end_ns.unwrap_or_else(monotonic_ns);
+        let meta = self.start.ended(None, end_ns, &self.sites, counters);
+        if let Err(error) = finish_session(&mut self.collected, &meta, &self.options) {
+            eprintln!("memprof: error: {error:#}");
         }
-        Ok(())
+        error
+    }
+
+    /// Ends the session: the records still queued, the followed tree's images, the report and
+    /// the recording's trailer. `release` runs once no thread is held any more (the attach
+    /// tracer lets the threads go then).
+    pub fn finish(mut self, ending: Ending, release: impl FnOnce()) -> Result<()> {
+        let end_ns = self.end_ns.unwrap_or_else(monotonic_ns);
+        let collected = &mut self.collected;
+        self.source.drain(collected);
+        if let Some(events) = &self.process_events {
+            events.close();
+        }
+        if let EventSource::Shared(ring) = &self.source {
+            // Processes left running stop recording: nothing reads the ring any more.
+            ring.close();
+        }
+        // After the last events: the timeline's last point then has the RSS at exit.
+        if let Some((ts_ns, bytes)) = ending.rss_at_exit {
+            collected.sample_rss(ts_ns, bytes);
+        }
+        self.backpressure.close();
+        release();
+        collected.held = match &self.source {
+            EventSource::Shared(ring) => ring.held(),
+            EventSource::Kernel { .. } => self.backpressure.held(),
+        };
+        if let Some(watcher) = ending.printed_ops {
+            match ops_output::printed_count(watcher) {
+                Ok(ops) => collected.recorder.analyses.set_ops(Some(ops)),
+                Err(warning) => collected.warnings.push(warning),
+            }
+        }
+        let counters = collected
+            .lost()
+            .context("cannot read the probes' loss counters")?;
+        if let Some(followed) = collected.followed.take() {
+            let mut tree = followed.finish();
+            // Listed only when the target started a process: a lone process's report is
+            // unchanged.
+            if !tree.images.is_empty() {
+                let end = (ending.process_end, ending.exit);
+                let root = followed::root_image(collected, &self.start, end, end_ns);
+                collected.processes = std::iter::once(root).chain(tree.images).collect();
+            }
+            collected.warnings.append(&mut tree.warnings);
+        }
+        let meta = self.start.ended(ending.exit, end_ns, &self.sites, counters);
+        finish_session(collected, &meta, &self.options)
     }
 }
 
-/// How often the shared ring is read.
-const SHARED_POLL_INTERVAL: Duration = Duration::from_millis(1);
-
-/// Drains `source` into `collected` until `stop` resolves. What is left queued is for the
-/// caller to drain (after merging the maps read as the target exited).
-pub async fn collect(
-    source: &mut EventSource,
+/// The end of a session: writes the report, then the recording's trailer (even when the
+/// report could not be written), and says where the recording is.
+fn finish_session(
     collected: &mut Collected,
+    meta: &Meta<'_>,
+    options: &SessionOptions,
+) -> Result<()> {
+    // Through /proc/PID/ while the target lives (attach): its namespace, its deleted files.
+    let symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
+    let mut build_ids = collected.build_ids.clone();
+    let maps = &collected.maps;
+    let reported = report_writer::finish_report(
+        &collected.view(),
+        collected.malformed,
+        symbolizer,
+        &meta.report_meta(),
+        |path| crate::build_ids::build_id_of_path(&mut build_ids, maps, path, meta.pid),
+        &options.output,
+        options.top,
+    );
+    collected.finish_recording(meta, true);
+    reported
+}
+
+/// The uprobes capture path on `pid`: finds where each allocation function is served
+/// (`order`), loads and attaches the probes, and makes the collector of their ring.
+pub fn probe_capture(
+    mode: Mode,
     pid: u32,
-    stop: impl Future<Output = Stop>,
-) -> Result<Stop> {
-    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut status = StatusLine::new();
+    options: &SessionOptions,
+    hold_threads: bool,
+    order: impl FnOnce() -> Result<LookupOrder>,
+    backpressure: &Arc<Backpressure>,
+) -> Result<Capture> {
+    let (sites, warnings) = order()?.probe_plan()?;
+    let mut probes = Probes::load(pid, ProbeConfig::for_session(options, hold_threads))?;
+    probes.attach(pid, &sites)?;
+    let ring = probes.take_ring()?;
+    let mut collected = Collected::new(mode);
+    collected.count_losses_with(LossSource::Probes(probes.take_loss_counters()?));
+    collected.release_holds_with(backpressure.clone());
+    collected.recorder.analyses.set_ops(options.ops);
+    collected.unwind_for(pid, options.stacks.max_depth);
+    collected.allocator_code(pid, &sites);
+    collected.warnings = warnings;
+    // The maps now, before anyone is told collection started: a target that exits at once
+    // (its maps are empty from then on) still has its files known for the report.
     collected.refresh_maps(pid);
-    tokio::pin!(stop);
-    let drain_wanted = collected.drain_wanted();
-    tokio::pin!(drain_wanted);
-    let reason = loop {
-        tokio::select! {
-            biased;
-            reason = &mut stop => break reason,
-            () = &mut drain_wanted => {
-                source.drain(collected);
-                drain_wanted.set(collected.drain_wanted());
-            }
-            ready = source.ready() => {
-                ready?;
-                source.drain(collected);
-            }
-            _ = drain_tick.tick() => {
-                source.drain(collected);
-                collected.tick(pid);
-                let holds = source.holds(collected);
-                collected.live_tick(pid, holds);
-                if status.due() {
-                    collected.refresh_maps(pid);
-                    let lost = collected.lost().map_or(0, |c| c.total());
-                    status.show(collected, lost);
-                }
-            }
-        }
-    };
-    status.clear();
-    // The view closes as collection ends: the report is written as without it.
-    if let Some(live) = &mut collected.live {
-        live.finish();
-    }
-    Ok(reason)
-}
-
-/// Resolves when the process exits (pidfd readability), for targets that are not our child.
-pub async fn process_exit(pid: u32) -> Result<()> {
-    // SAFETY: pidfd_open has no memory arguments; a non-negative result is a new fd we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("pidfd_open");
-    }
-    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // SAFETY: the OwnedFd keeps the pidfd open for as long as the AsyncFd holds it.
-    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-        .map_err(std::io::Error::from)?;
-    let _ready = fd.readable().await?;
-    Ok(())
-}
-
-/// A one-line progress display on stderr, only when stderr is a terminal.
-struct StatusLine {
-    enabled: bool,
-    last: Instant,
-    last_events: u64,
-    shown: bool,
-}
-
-impl StatusLine {
-    fn new() -> StatusLine {
-        StatusLine {
-            enabled: std::io::stderr().is_terminal(),
-            last: Instant::now(),
-            last_events: 0,
-            shown: false,
-        }
-    }
-
-    fn due(&self) -> bool {
-        self.last.elapsed() >= STATUS_INTERVAL
-    }
-
-    fn show(&mut self, collected: &Collected, lost: u64) {
-        let elapsed = self.last.elapsed().as_secs_f64();
-        let rate = (collected.recorder.events() - self.last_events) as f64 / elapsed.max(1e-9);
-        self.last = Instant::now();
-        self.last_events = collected.recorder.events();
-        // Not under the live view, which owns the screen.
-        if !self.enabled || collected.live.as_ref().is_some_and(|live| live.active()) {
-            return;
-        }
-        let stats = collected.recorder.heap.stats();
-        let mut stderr = std::io::stderr().lock();
-        let path = collected
-            .capture
-            .as_ref()
-            .map_or(String::new(), |capture| format!(" [{}]", capture.path));
-        let line = format!(
-            "memprof{path}: {:.0} events/s | live {} in {} blocks | lost {}",
-            rate,
-            profiler_core::render::human_bytes(stats.live_bytes),
-            stats.live_blocks,
-            lost,
-        );
-        // One screen line: a wrapped one would leave a copy behind at each refresh.
-        let width = crossterm::terminal::size().map_or(usize::MAX, |(columns, _)| columns as usize);
-        let shown: String = line.chars().take(width.saturating_sub(1)).collect();
-        let _ = write!(stderr, "\r\x1b[K{shown}");
-        let _ = stderr.flush();
-        self.shown = true;
-    }
-
-    fn clear(&mut self) {
-        if self.shown {
-            let _ = write!(std::io::stderr(), "\r\x1b[K");
-        }
-    }
+    Ok(Capture {
+        collected,
+        source: EventSource::kernel(ring, options.ring_bytes)?,
+        sites,
+        probes: Some(Arc::new(Mutex::new(probes))),
+    })
 }

@@ -20,7 +20,7 @@ use nix::{
 use profiler_core::maps::ProcessMaps;
 
 use crate::{
-    launch::Exit,
+    process_events::Exit,
     process_events::{ProcessEvent, ProcessEvents},
 };
 
@@ -118,8 +118,7 @@ impl TracedTree {
         if self.processes.contains(&tid) {
             let pid = tid.as_raw() as u32;
             let maps = ProcessMaps::read(pid).ok();
-            self.at_exit
-                .insert(tid, (maps, crate::launch::peak_rss(tid)));
+            self.at_exit.insert(tid, (maps, crate::rss::peak_rss(tid)));
         }
     }
 

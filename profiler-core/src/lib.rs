@@ -17,7 +17,7 @@
 //! 6. [`render`] writes a report as terminal text, JSON, folded stacks or a flame graph, and
 //!    [`output`] writes the files of a session atomically, through [`output_dir`], the one
 //!    way memprof writes a file (no symlink followed, nothing readable by others).
-//! 7. [`session`] ends a session, live or replayed: the report and every file built from it;
+//! 7. [`session_end`] ends a session, live or replayed: the report and every file built from it;
 //!    [`offline`] rebuilds a session from a recording (`memprof report`).
 //!
 //! [`diff`] compares two reports site by site (`memprof diff`).
@@ -46,7 +46,7 @@ pub mod recorder;
 pub mod recording;
 pub mod render;
 pub mod report;
-pub mod session;
+pub mod session_end;
 pub mod sites;
 pub mod stacks;
 pub mod symbolize;

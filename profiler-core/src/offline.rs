@@ -9,7 +9,7 @@ use crate::maps::ProcessMaps;
 use crate::recorder::Recorder;
 use crate::recording::{MappingRecord, ReadError, Reader, Replay, build_id, process_maps, replay};
 use crate::report::{LostCounts, ReportMeta};
-use crate::session::SessionView;
+use crate::session_end::SessionView;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
@@ -372,7 +372,7 @@ mod tests {
             let bytes = writer.finish(&trailer).unwrap();
             let replayed = load(crate::recording::Reader::new(&bytes[..]).unwrap(), ModuleFiles::Host).unwrap();
             let mut symbolizer = crate::symbolize::Symbolizer::new(&replayed.maps);
-            let report = crate::session::build_report(&replayed.view(), &mut symbolizer, &replayed.meta);
+            let report = crate::session_end::build_report(&replayed.view(), &mut symbolizer, &replayed.meta);
             proptest::prop_assert_eq!(report.summary.live_blocks, 1);
             proptest::prop_assert_eq!(report.leaks.len(), 1);
         }

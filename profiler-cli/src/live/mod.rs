@@ -20,8 +20,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use profiler_core::live::{LiveModel, SessionFacts, Snapshot, SymbolNamer};
 
-use crate::recorder::Collected;
-
 /// How often the collector builds a snapshot (at most).
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -39,7 +37,7 @@ pub fn check_terminal() -> Result<()> {
 pub fn view(file: &std::path::Path) -> Result<i32> {
     check_terminal()?;
     let file = match file.is_dir() {
-        true => crate::offline_tree::recording_of(file),
+        true => crate::options::recording_of(file),
         false => file.to_path_buf(),
     };
     let context = || format!("cannot read {}", file.display());
@@ -152,6 +150,26 @@ impl LiveFeed {
                 .is_none_or(|last| last.elapsed() >= SNAPSHOT_INTERVAL)
     }
 
+    /// Builds and publishes a snapshot of the session now.
+    pub fn tick(
+        &mut self,
+        recorder: &profiler_core::recorder::Recorder,
+        maps: &profiler_core::maps::ProcessMaps,
+        pid: u32,
+        facts: SessionFacts,
+    ) {
+        self.last = Some(Instant::now());
+        let namer = self
+            .namer
+            .get_or_insert_with(|| SymbolNamer::new(maps, pid));
+        if namer.update(maps) {
+            self.model.forget_names();
+        }
+        let now_ns = crate::clock::monotonic_ns();
+        let snapshot = self.model.snapshot(recorder, namer, now_ns, facts);
+        self.shared.publish(snapshot);
+    }
+
     /// Leaves the view (collection ended) and waits for the terminal to be restored.
     pub fn finish(&mut self) {
         self.shared.close();
@@ -164,33 +182,5 @@ impl LiveFeed {
 impl Drop for LiveFeed {
     fn drop(&mut self) {
         self.finish();
-    }
-}
-
-impl Collected {
-    /// Builds and publishes a snapshot if one is due; `held` counts the holds so far.
-    pub fn live_tick(&mut self, pid: u32, held: u64) {
-        if !self.live.as_ref().is_some_and(|live| live.due()) {
-            return;
-        }
-        let facts = SessionFacts {
-            rss_bytes: self.last_rss_bytes,
-            lost_events: self.lost().map_or(0, |lost| lost.total()),
-            held_threads: held,
-            ended: false,
-        };
-        let now_ns = crate::capture::monotonic_ns();
-        let Some(live) = self.live.as_mut() else {
-            return;
-        };
-        live.last = Some(Instant::now());
-        let namer = live
-            .namer
-            .get_or_insert_with(|| SymbolNamer::new(&self.maps, pid));
-        if namer.update(&self.maps) {
-            live.model.forget_names();
-        }
-        let snapshot = live.model.snapshot(&self.recorder, namer, now_ns, facts);
-        live.shared.publish(snapshot);
     }
 }

@@ -1,6 +1,6 @@
 //! Golden tests from real recordings: each tests/data/*.mprof (made with `memprof run` or
 //! `attach` on samples/c, see tests/data/README.md) is replayed through the code
-//! `memprof report` runs (`offline::load`, then `session::write_all`), and every file it
+//! `memprof report` runs (`offline::load`, then `session_end::write_all`), and every file it
 //! writes, plus the text summary, is compared byte for byte with
 //! tests/golden/recorded/NAME/. `MEMPROF_BLESS=1 cargo test -p profiler-core --test
 //! integration recorded` rewrites them; the key figures below are asserted apart, so a
@@ -16,7 +16,7 @@ use profiler_core::offline::{self, ModuleFiles, Replayed};
 use profiler_core::output::OutputDir;
 use profiler_core::recording::Reader;
 use profiler_core::render::write_text;
-use profiler_core::session::{PPROF_FILE, write_all};
+use profiler_core::session_end::{PPROF_FILE, write_all};
 use profiler_core::symbolize::Symbolizer;
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -5,23 +5,25 @@
 //! still written, and the error is printed at the end.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     fs::File,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
 use profiler_core::{
-    maps::{Mapping, ProcessMaps},
-    module_file,
+    maps::ProcessMaps,
     recorder::Ingested,
-    recording::{MappingRecord, Trailer, Writer, build_id_of},
-    report::LostCounts,
+    recording::{MappingRecord, Trailer, Writer},
+    report::{Capture, LostCounts},
     stacks::StackTable,
 };
 
-/// Build-ids by mapped path (None: the file has none or could not be read).
-pub type BuildIds = BTreeMap<PathBuf, Option<String>>;
+use crate::{
+    build_ids::{BuildIds, lookup_build_id},
+    meta::SessionStart,
+    options::StackOptions,
+};
 
 pub struct RecordingSink {
     pub path: PathBuf,
@@ -151,132 +153,51 @@ fn key(record: &MappingRecord) -> (u64, u64, u64, PathBuf) {
     (record.start, record.end, record.offset, record.path.clone())
 }
 
-/// The build-id of the file `mapping` maps, read from the file the target really maps (see
-/// profiler-core's `module_file`); cached by path.
-pub fn lookup_build_id(build_ids: &mut BuildIds, mapping: &Mapping, pid: u32) -> Option<String> {
-    if !mapping.is_file() {
-        return None;
-    }
-    build_ids
-        .entry(mapping.path.clone())
-        .or_insert_with(|| {
-            module_file::open_mapped(pid, mapping)
-                .ok()
-                .and_then(build_id_of)
-        })
-        .clone()
-}
-
-/// [`lookup_build_id`] of the first mapping of `path` in `maps`.
-pub fn build_id_of_path(
-    build_ids: &mut BuildIds,
-    maps: &ProcessMaps,
-    path: &Path,
-    pid: u32,
-) -> Option<String> {
-    if let Some(known) = build_ids.get(path) {
-        return known.clone();
-    }
-    let mapping = maps.iter().find(|mapping| mapping.path == path)?;
-    lookup_build_id(build_ids, mapping, pid)
-}
-
-/// The target's resident set size: `/proc/PID/statm`'s second field, in pages.
-pub fn read_rss(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no memory arguments.
-    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page_size).unwrap_or(4096))
-}
-
-/// Starts recording the session into `capture`'s recording path (unless `--no-recording`):
-/// the header holds the target, the clocks and its maps now.
-pub fn start(
-    collected: &mut crate::recorder::Collected,
-    capture: &crate::cli::CaptureArgs,
-    header: &SessionStart,
-) -> Result<()> {
-    let Some(path) = capture.recording_path() else {
-        return Ok(());
-    };
-    let maps = ProcessMaps::read(header.pid).unwrap_or_default();
-    let records = maps
-        .iter()
-        .map(|mapping| {
-            let id = lookup_build_id(&mut collected.build_ids, mapping, header.pid);
-            MappingRecord::new(mapping, id)
-        })
-        .collect();
-    let header = profiler_core::recording::Header {
-        memprof_version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel: nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        command: header.command.clone(),
-        executable: header.executable.clone(),
-        pid: header.pid,
-        mode: header.mode,
-        start_unix_ns: collected.started_unix_ns,
-        start_monotonic_ns: header.start_ns,
-        maps: records,
-        unwinding: Some(profiler_core::recording::Unwinding {
-            mode: match capture.unwind {
-                crate::cli::Unwind::Fp => "frame-pointers",
-                crate::cli::Unwind::Dwarf => "dwarf",
-            }
-            .to_owned(),
-            max_depth: capture.max_depth,
-        }),
-        ops: capture.ops,
-        capture: collected.capture.clone(),
-    };
-    collected.recording = Some(RecordingSink::create(&path, &header)?);
-    Ok(())
-}
-
-/// What [`start`] needs to know about the session.
-pub struct SessionStart {
-    pub command: Vec<String>,
-    /// /proc/PID/exe.
-    pub executable: Option<String>,
-    pub pid: u32,
-    pub mode: profiler_core::heap::Mode,
-    pub start_ns: u64,
-}
-
-/// The end of a session: writes the report, then the recording's trailer (even when the
-/// report could not be written), and says where the recording is.
-pub fn finish_session(
-    collected: &mut crate::recorder::Collected,
-    meta: &crate::report::Meta<'_>,
-    capture: &crate::cli::CaptureArgs,
-) -> Result<()> {
-    let reported = crate::report::finish(collected, meta, capture);
-    finish_recording(collected, meta, true);
-    reported
-}
-
-/// Writes the recording's trailer; `announce` prints where the recording is.
-pub fn finish_recording(
-    collected: &mut crate::recorder::Collected,
-    meta: &crate::report::Meta<'_>,
-    announce: bool,
-) {
-    if let Some(sink) = collected.recording.take() {
-        let trailer = Trailer {
-            end_monotonic_ns: meta.end_ns,
-            exit: meta.exit,
-            lost: (&meta.counters).into(),
-            malformed: collected.malformed,
-            probes: meta.sites.iter().map(crate::report::probe_info).collect(),
-            peak_rss_bytes: collected.peak_rss_bytes,
-            warnings: collected.warnings.clone(),
-            ops: collected.recorder.analyses.ops(),
-            held: collected.held,
+impl RecordingSink {
+    /// Starts recording the session into `path`: the header holds the target, the clocks, how
+    /// stacks are captured and the target's maps now.
+    pub fn start(
+        path: &Path,
+        start: &SessionStart,
+        stacks: StackOptions,
+        (ops, capture): (Option<u64>, Option<Capture>),
+        started_unix_ns: u64,
+        build_ids: &mut BuildIds,
+    ) -> Result<RecordingSink> {
+        let maps = ProcessMaps::read(start.pid).unwrap_or_default();
+        let records = maps
+            .iter()
+            .map(|mapping| {
+                let id = lookup_build_id(build_ids, mapping, start.pid);
+                MappingRecord::new(mapping, id)
+            })
+            .collect();
+        let header = profiler_core::recording::Header {
+            memprof_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            command: start.command.clone(),
+            executable: start.executable.clone(),
+            pid: start.pid,
+            mode: start.mode,
+            start_unix_ns: started_unix_ns,
+            start_monotonic_ns: start.start_ns,
+            maps: records,
+            unwinding: Some(profiler_core::recording::Unwinding {
+                mode: stacks.unwind.name().to_owned(),
+                max_depth: stacks.max_depth,
+            }),
+            ops,
+            capture,
         };
-        let path = sink.path.clone();
-        match sink.finish(&trailer) {
+        RecordingSink::create(path, &header)
+    }
+
+    /// Writes the trailer; `announce` prints where the recording is.
+    pub fn close(self, trailer: &Trailer, announce: bool) {
+        let path = self.path.clone();
+        match self.finish(trailer) {
             Ok((_, 0)) if announce => eprintln!("recording:  {} (0 events)", path.display()),
             Ok((bytes, events)) if announce => eprintln!(
                 "recording:  {} ({events} events, {:.1} bytes/event)",

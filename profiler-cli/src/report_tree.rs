@@ -4,25 +4,20 @@
 //! the figures of the replays. Which images there were, and how each started and ended (what
 //! the recordings alone do not say: its parent, whether an exec or an exit ended it), comes
 //! from DIR/report.json's `processes`.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use profiler_core::{
     output_dir::OutputDir,
     report::{PROCESS_TOP_LEAKS, ProcessImage, ProcessLeak, Report},
-    session::{SessionView, write_all},
+    session_end::{SessionView, write_all},
     symbolize::Symbolizer,
 };
 
-use crate::{offline, report};
-
-/// Name of a session's recording in its output directory.
-const RECORDING: &str = "recording.mprof";
-
-/// Where a session directory's recording is: `DIR/recording.mprof`.
-pub fn recording_of(dir: &Path) -> PathBuf {
-    dir.join(RECORDING)
-}
+use crate::{
+    options::{RECORDING_FILE, recording_of},
+    report_cmd, report_writer,
+};
 
 /// The images listed in `DIR/report.json` (empty when it lists none or cannot be read).
 fn listed_images(dir: &Path) -> Vec<ProcessImage> {
@@ -39,7 +34,7 @@ pub fn report(dir: &Path, output: &Path, top: usize) -> Result<i32> {
     let recording = recording_of(dir);
     if !recording.is_file() {
         bail!(
-            "{} holds no {RECORDING}: not a memprof output directory, or recorded with \
+            "{} holds no {RECORDING_FILE}: not a memprof output directory, or recorded with \
              --no-recording",
             dir.display()
         );
@@ -57,7 +52,7 @@ pub fn report(dir: &Path, output: &Path, top: usize) -> Result<i32> {
         images.push(replayed);
         symbolizer = Some(used);
     }
-    let replayed = offline::load(&recording)?;
+    let replayed = report_cmd::load(&recording)?;
     if let Some(root) = images.iter_mut().find(|image| image.output == ".") {
         let stats = replayed.recorder.heap.stats();
         root.allocations = stats.allocations;
@@ -70,7 +65,7 @@ pub fn report(dir: &Path, output: &Path, top: usize) -> Result<i32> {
         processes: &images,
         ..replayed.view()
     };
-    report::finish_report(
+    report_writer::finish_report(
         &session,
         replayed.malformed,
         Symbolizer::new(&replayed.maps),
@@ -102,7 +97,7 @@ fn replay_image(
     if name.contains('/') || name.starts_with('.') {
         bail!("report.json lists an image in {:?}", image.output);
     }
-    let replayed = offline::load(&recording_of(&dir.join(relative)))?;
+    let replayed = report_cmd::load(&recording_of(&dir.join(relative)))?;
     let image_dir = out.subdir("processes")?.subdir(&name)?;
     let mut symbolizer = Symbolizer::new(&replayed.maps);
     if let Some(previous) = previous {

@@ -3,7 +3,7 @@
 //! analyses, recording and report in `DIR/processes/PID-N/`.
 //!
 //! Records reach the launched process's collector, which hands those of another pid here
-//! ([`crate::recorder::Collected::record_from`]). The tracer's [`ProcessEvent`]s start and end
+//! ([`crate::collected::Collected::record_from`]). The tracer's [`ProcessEvent`]s start and end
 //! images: a fork starts the child with a copy of its parent's live heap (synthetic
 //! allocations flagged `FLAG_INHERITED_AT_FORK`, recorded like any event, so a replay of the
 //! child's recording starts from the same heap); an exec ends the image's heap (its blocks are
@@ -21,14 +21,14 @@ use profiler_core::{
     stacks::StackId,
 };
 
+use super::Collected;
 use crate::{
-    cli::CaptureArgs,
+    meta::{Meta, SessionStart},
+    options::SessionOptions,
+    probe_site::ProbeSite,
     probes::Probes,
     process_events::ProcessEvent,
-    recorder::Collected,
-    recording::{self, SessionStart},
-    report,
-    targets::ProbeSite,
+    report_writer,
 };
 
 /// Directory of the images' outputs, inside the session's.
@@ -40,7 +40,7 @@ pub struct Followed {
     pub root: u32,
     /// `run`, or `attach --children` (blocks from before the window are unknown).
     mode: Mode,
-    capture: CaptureArgs,
+    options: SessionOptions,
     report_capture: Option<Capture>,
     live: HashMap<u32, Image>,
     /// Images started so far, by pid (a pid's images are numbered from 1).
@@ -84,7 +84,7 @@ pub struct TreeSession {
     /// The launched (or attached) process.
     pub root: u32,
     pub mode: Mode,
-    pub capture: CaptureArgs,
+    pub options: SessionOptions,
     pub report_capture: Option<Capture>,
     /// The probed sites (uprobes) or the providers the library forwards to (preload).
     pub sites: Vec<ProbeSite>,
@@ -103,7 +103,7 @@ impl Followed {
         Followed {
             root: session.root,
             mode: session.mode,
-            capture: session.capture,
+            options: session.options,
             report_capture: session.report_capture,
             live: HashMap::new(),
             images_of: HashMap::new(),
@@ -222,12 +222,12 @@ impl Followed {
         let name = format!("{pid}-{index}");
         let output = format!("{PROCESSES_DIR}/{name}");
         // Created through the session's directory: the same checks as every output.
-        let created = OutputDir::open(&self.capture.output)
+        let created = OutputDir::open(&self.options.output)
             .and_then(|dir| dir.subdir(PROCESSES_DIR))
             .and_then(|dir| dir.subdir(&name));
-        let capture = self.image_capture(&output);
+        let options = self.image_options(&output);
         let mut collected = Collected::new(self.mode);
-        collected.unwind_for(pid, capture.max_depth);
+        collected.unwind_for(pid, options.stacks.max_depth);
         if self.probes.is_some() {
             // The probes see the allocator's calls to itself: flagged as on the launched process.
             collected.allocator_code(pid, &self.sites);
@@ -237,7 +237,7 @@ impl Followed {
         let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|exe| exe.display().to_string());
-        let start_ns = crate::capture::monotonic_ns();
+        let start_ns = crate::clock::monotonic_ns();
         match created {
             Ok(_) => {
                 let session = SessionStart {
@@ -247,7 +247,7 @@ impl Followed {
                     mode: self.mode,
                     start_ns,
                 };
-                if let Err(error) = recording::start(&mut collected, &capture, &session) {
+                if let Err(error) = collected.start_recording(&options, &session) {
                     self.warnings
                         .push(format!("pid {pid}: no recording: {error:#}"));
                 }
@@ -267,25 +267,20 @@ impl Followed {
         }
     }
 
-    /// The session's settings with the image's directory as output (and its recording there).
-    fn image_capture(&self, output: &str) -> CaptureArgs {
-        CaptureArgs {
-            output: self.capture.output.join(output),
-            recording: None,
-            live: false,
-            ..self.capture.clone()
-        }
+    /// The session's options with the image's directory as output (and its recording there).
+    fn image_options(&self, output: &str) -> SessionOptions {
+        self.options.for_image(self.options.output.join(output))
     }
 
     /// Hands the image to the writer.
     fn end_image(&mut self, image: Image, end: ProcessEnd, exit: Option<ExitStatus>) {
-        let capture = self.image_capture(&image.output);
+        let options = self.image_options(&image.output);
         self.writer.write(Ended {
             image,
             end,
             exit,
-            end_ns: crate::capture::monotonic_ns(),
-            capture,
+            end_ns: crate::clock::monotonic_ns(),
+            options,
         });
     }
 }
@@ -296,7 +291,7 @@ struct Ended {
     end: ProcessEnd,
     exit: Option<ExitStatus>,
     end_ns: u64,
-    capture: CaptureArgs,
+    options: SessionOptions,
 }
 
 /// The thread that writes ended images' files, one after the other.
@@ -367,9 +362,9 @@ fn write_ended(
         end,
         exit,
         end_ns,
-        capture,
+        options,
     } = ended;
-    let meta = report::Meta {
+    let meta = Meta {
         mode,
         command: image.command.clone(),
         executable: image.executable.clone(),
@@ -381,13 +376,18 @@ fn write_ended(
         // The ring's losses are the whole tree's: counted in the launched process's report.
         counters: LostCounts::default(),
     };
-    let (written, symbolizer) =
-        report::write_image(&image.collected, &meta, &capture.output, symbolizer);
+    let (written, symbolizer) = report_writer::write_image(
+        &image.collected.view(),
+        image.collected.build_ids.clone(),
+        &meta,
+        &options.output,
+        symbolizer,
+    );
     let (top_leaks, warning) = match written {
         Ok(report) => (ProcessLeak::top(&report.leaks, PROCESS_TOP_LEAKS), None),
         Err(error) => (Vec::new(), Some(format!("pid {}: {error:#}", image.pid))),
     };
-    recording::finish_recording(&mut image.collected, &meta, false);
+    image.collected.finish_recording(&meta, false);
     let stats = image.collected.recorder.heap.stats();
     let secs = |ns: u64| ns.saturating_sub(session_start_ns) as f64 / 1e9;
     let figures = ProcessImage {
@@ -454,7 +454,7 @@ pub fn root_image(
 /// Gives `child` its parent's live blocks and mappings, as the fork copied them: synthetic
 /// allocations with the parent's stacks, applied and recorded like any event.
 fn inherit(child: &mut Collected, parent: &Collected) {
-    let ts_ns = crate::capture::monotonic_ns();
+    let ts_ns = crate::clock::monotonic_ns();
     let heap = &parent.recorder.heap;
     let stacks = &parent.recorder.stacks;
     let mut record = Vec::new();

@@ -12,15 +12,22 @@ use profiler_core::{
 
 use std::sync::Arc;
 
-use crate::backpressure::Backpressure;
-use crate::followed::Followed;
-use crate::preload_capture::RingCounters;
-use crate::probes::LossCounters;
-use crate::process_events::{ProcessEvent, ProcessEvents};
-use crate::targets::ProbeSite;
+use crate::{
+    backpressure::Backpressure,
+    build_ids::BuildIds,
+    live::LiveFeed,
+    meta::{Meta, SessionStart, probe_info},
+    options::SessionOptions,
+    preload_capture::RingCounters,
+    probe_site::ProbeSite,
+    probes::LossCounters,
+    process_events::{ProcessEvent, ProcessEvents},
+    recording_sink::RecordingSink,
+    target_modules::{SharedMaps, TargetModules},
+};
 
-use crate::recording::{BuildIds, RecordingSink};
-use crate::target_modules::{SharedMaps, TargetModules};
+pub mod followed;
+use followed::Followed;
 
 /// How often the target's resident set size is sampled.
 const RSS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -70,7 +77,7 @@ pub struct Collected {
     /// Every process image of the tree, for the report (set at the end of the session).
     pub processes: Vec<profiler_core::report::ProcessImage>,
     /// `--live`: the view's feed, while the view is on.
-    pub live: Option<crate::live::LiveFeed>,
+    pub live: Option<LiveFeed>,
     /// The target's RSS when last sampled.
     pub last_rss_bytes: Option<u64>,
 }
@@ -279,7 +286,7 @@ impl Collected {
             .regions()
             .map(|(start, region)| (start, region.end - start))
             .collect();
-        let ts_ns = crate::capture::monotonic_ns();
+        let ts_ns = crate::clock::monotonic_ns();
         let release = |kind: EventKind, addr: u64, size: u64| EventHeader {
             kind: kind as u32,
             ts_ns,
@@ -304,6 +311,62 @@ impl Collected {
         }
     }
 
+    /// Starts recording the session into the options' recording path, if it is recorded.
+    pub fn start_recording(
+        &mut self,
+        options: &SessionOptions,
+        start: &SessionStart,
+    ) -> anyhow::Result<()> {
+        let Some(path) = &options.recording else {
+            return Ok(());
+        };
+        let sink = RecordingSink::start(
+            path,
+            start,
+            options.stacks,
+            (options.ops, self.capture.clone()),
+            self.started_unix_ns,
+            &mut self.build_ids,
+        )?;
+        self.recording = Some(sink);
+        Ok(())
+    }
+
+    /// Writes the recording's trailer; `announce` prints where the recording is.
+    pub fn finish_recording(&mut self, meta: &Meta<'_>, announce: bool) {
+        if let Some(sink) = self.recording.take() {
+            let trailer = profiler_core::recording::Trailer {
+                end_monotonic_ns: meta.end_ns,
+                exit: meta.exit,
+                lost: (&meta.counters).into(),
+                malformed: self.malformed,
+                probes: meta.sites.iter().map(probe_info).collect(),
+                peak_rss_bytes: self.peak_rss_bytes,
+                warnings: self.warnings.clone(),
+                ops: self.recorder.analyses.ops(),
+                held: self.held,
+            };
+            sink.close(&trailer, announce);
+        }
+    }
+
+    /// Builds and publishes the live view's snapshot if one is due; `held` counts the holds
+    /// so far.
+    pub fn live_tick(&mut self, pid: u32, held: u64) {
+        if !self.live.as_ref().is_some_and(LiveFeed::due) {
+            return;
+        }
+        let facts = profiler_core::live::SessionFacts {
+            rss_bytes: self.last_rss_bytes,
+            lost_events: self.lost().map_or(0, |lost| lost.total()),
+            held_threads: held,
+            ended: false,
+        };
+        if let Some(live) = self.live.as_mut() {
+            live.tick(&self.recorder, &self.maps, pid, facts);
+        }
+    }
+
     /// Where the capture path counts what it could not deliver.
     pub fn count_losses_with(&mut self, counters: LossSource) {
         self.loss_counters = Some(counters);
@@ -316,8 +379,8 @@ impl Collected {
     }
 
     /// What the report needs of the session (profiler-core's session module).
-    pub fn view(&self) -> profiler_core::session::SessionView<'_> {
-        profiler_core::session::SessionView {
+    pub fn view(&self) -> profiler_core::session_end::SessionView<'_> {
+        profiler_core::session_end::SessionView {
             recorder: &self.recorder,
             maps: &self.maps,
             started_unix_ns: self.started_unix_ns,
@@ -428,8 +491,8 @@ impl Collected {
             .is_none_or(|last| last.elapsed() >= RSS_INTERVAL);
         if due {
             self.last_rss = Some(std::time::Instant::now());
-            if let Some(bytes) = crate::recording::read_rss(pid) {
-                self.sample_rss(crate::capture::monotonic_ns(), bytes);
+            if let Some(bytes) = crate::rss::read_rss(pid) {
+                self.sample_rss(crate::clock::monotonic_ns(), bytes);
             }
         }
         let unwind_errors = self.unwind_errors();

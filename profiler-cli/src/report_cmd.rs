@@ -17,11 +17,11 @@ use profiler_core::{
     output_dir::{OutputDir, create_file},
     recording::{Reader, write_synthetic_churn},
     render::{FlameKind, write_flamegraph, write_folded, write_json, write_text},
-    session::{build_report, write_pprof_file},
+    session_end::{build_report, write_pprof_file},
     symbolize::Symbolizer,
 };
 
-use crate::{cli::ReportFormat, report};
+use crate::{cli::ReportFormat, report_writer};
 
 /// Reads the recording at `file`, rebuilds the session and writes what `format` asks for.
 /// `ops` overrides the operation count the recording holds.
@@ -41,7 +41,7 @@ pub fn report(
     let meta = &replayed.meta;
     let build_id = |path: &Path| replayed.build_id(path);
     if format == ReportFormat::All {
-        report::finish_report(
+        report_writer::finish_report(
             &session,
             replayed.malformed,
             symbolizer,

@@ -1,103 +1,50 @@
-//! The end of a session: symbolize, build the report, print the summary, write the files.
-use std::{
-    io::Write as _,
-    time::{Duration, Instant},
-};
+//! Writes a session's report: symbolize, build the report, write the files, print the
+//! summary; for a live session, a followed tree's images and a replayed recording alike.
+use std::{io::Write as _, time::Instant};
 
 use anyhow::{Context as _, Result};
 use profiler_core::{
-    heap::Mode,
     output_dir::OutputDir,
     render::write_text,
-    report::{ExitStatus, LostCounts, ProbeInfo, ReportMeta},
-    session::{SessionView, write_all},
+    report::ReportMeta,
+    session_end::{SessionView, write_all},
     symbolize::Symbolizer,
 };
 
-use crate::{cli::CaptureArgs, recorder::Collected, targets::ProbeSite};
-
-/// What the session knows beyond the events.
-pub struct Meta<'a> {
-    pub mode: Mode,
-    pub command: Vec<String>,
-    /// /proc/PID/exe, when it could be read.
-    pub executable: Option<String>,
-    pub pid: u32,
-    /// How the target ended: None while it runs; code and signal unknown when an attached
-    /// process exited (memprof is not its parent).
-    pub exit: Option<ExitStatus>,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub sites: &'a [ProbeSite],
-    pub counters: LostCounts,
-}
-
-pub fn finish(collected: &Collected, meta: &Meta<'_>, capture: &CaptureArgs) -> Result<()> {
-    // Through /proc/PID/ while the target lives (attach): its namespace, its deleted files.
-    let symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
-    let report_meta = report_meta(meta);
-    let mut build_ids = collected.build_ids.clone();
-    finish_report(
-        &collected.view(),
-        collected.malformed,
-        symbolizer,
-        &report_meta,
-        |path| crate::recording::build_id_of_path(&mut build_ids, &collected.maps, path, meta.pid),
-        &capture.output,
-        capture.top,
-    )
-}
+use crate::{
+    build_ids::{BuildIds, build_id_of_path},
+    meta::Meta,
+};
 
 /// Writes the files of one process image of a followed tree into `output`, without a
 /// summary (the launched process's summary lists every image), and returns its report. The
 /// modules `previous` (the last image's symbolizer) opened are used again where they are the
 /// same files; the symbolizer is handed back for the next image.
 pub fn write_image(
-    collected: &Collected,
+    session: &SessionView<'_>,
+    mut build_ids: BuildIds,
     meta: &Meta<'_>,
     output: &std::path::Path,
     previous: Option<Symbolizer>,
 ) -> (Result<profiler_core::report::Report>, Symbolizer) {
-    let mut symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
+    let mut symbolizer = Symbolizer::for_process(session.maps, meta.pid);
     if let Some(previous) = previous {
         symbolizer = symbolizer.with_modules_of(previous);
     }
-    let mut build_ids = collected.build_ids.clone();
     let written = OutputDir::open(output)
         .map_err(anyhow::Error::from)
         .and_then(|dir| {
             write_all(
                 &dir,
-                &collected.view(),
+                session,
                 &mut symbolizer,
-                &report_meta(meta),
-                |path| {
-                    crate::recording::build_id_of_path(
-                        &mut build_ids,
-                        &collected.maps,
-                        path,
-                        meta.pid,
-                    )
-                },
+                &meta.report_meta(),
+                |path| build_id_of_path(&mut build_ids, session.maps, path, meta.pid),
             )
             .with_context(|| format!("cannot write the report into {}", output.display()))
         })
         .map(|outputs| outputs.report);
     (written, symbolizer)
-}
-
-fn report_meta(meta: &Meta<'_>) -> ReportMeta {
-    ReportMeta {
-        command: meta.command.clone(),
-        executable: meta.executable.clone(),
-        pid: meta.pid,
-        mode: meta.mode,
-        exit: meta.exit,
-        start_ns: meta.start_ns,
-        duration: Duration::from_nanos(meta.end_ns.saturating_sub(meta.start_ns)),
-        probes: meta.sites.iter().map(probe_info).collect(),
-        lost: meta.counters,
-    }
 }
 
 /// Builds, writes and summarizes the report of `session`: the end of a live session, and of
@@ -170,18 +117,4 @@ fn print_summary(
         writeln!(stderr, "report written in {:?}", started.elapsed())?;
     }
     Ok(())
-}
-
-pub fn probe_info(site: &ProbeSite) -> ProbeInfo {
-    ProbeInfo {
-        function: site.symbol.to_owned(),
-        module: site.module.display().to_string(),
-        offset: site.file_offset,
-        single_step: site.placement.single_step,
-        aliases: site
-            .aliases
-            .iter()
-            .map(|kind| kind.symbol().to_owned())
-            .collect(),
-    }
 }
