@@ -19,6 +19,7 @@ mod bench;
 mod bench_alloc;
 mod bench_capture;
 mod bench_leak_check;
+mod bench_live;
 mod bench_redis;
 mod bench_report;
 mod demo;
@@ -72,6 +73,18 @@ enum Bench {
     Capture(CaptureArgs),
     /// The leak check's scan speed at exit and the pause of `attach --leak-check` (root).
     LeakCheck(LeakCheckArgs),
+    /// The live view's cost to the collector: CPU per event with and without `--live` (root).
+    Live(LiveArgs),
+}
+
+#[derive(Args)]
+struct LiveArgs {
+    /// Interleaved rounds; the table shows medians.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Length of each attach window, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    secs: u32,
 }
 
 #[derive(Args)]
@@ -152,5 +165,8 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             bench: Bench::LeakCheck(args),
         } => bench_leak_check::run(args.mib, args.runs),
+        Task::Bench {
+            bench: Bench::Live(args),
+        } => bench_live::run(args.runs, args.secs),
     }
 }
