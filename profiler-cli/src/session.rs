@@ -230,7 +230,11 @@ fn finish_session(
     options: &SessionOptions,
 ) -> Result<()> {
     // Through /proc/PID/ while the target lives (attach): its namespace, its deleted files.
-    let symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
+    let mut symbolizer = Symbolizer::for_process(&collected.maps, meta.pid);
+    // The live view's modules are read already.
+    if let Some(named) = collected.live.as_mut().and_then(LiveFeed::take_symbolizer) {
+        symbolizer = symbolizer.with_modules_of(named);
+    }
     let mut build_ids = collected.build_ids.clone();
     let maps = &collected.maps;
     let reported = report_writer::finish_report(

@@ -170,6 +170,11 @@ impl LiveFeed {
         self.shared.publish(snapshot);
     }
 
+    /// The symbolizer the view named sites with, if it named any, for the report to reuse.
+    pub fn take_symbolizer(&mut self) -> Option<profiler_core::symbolize::Symbolizer> {
+        self.namer.take().map(SymbolNamer::into_symbolizer)
+    }
+
     /// Leaves the view (collection ended) and waits for the terminal to be restored.
     pub fn finish(&mut self) {
         self.shared.close();

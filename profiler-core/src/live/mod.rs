@@ -64,6 +64,12 @@ impl SymbolNamer {
         }
     }
 
+    /// The symbolizer, with the modules it opened: the session's report takes them over
+    /// ([`Symbolizer::with_modules_of`]) instead of reading their symbols and DWARF again.
+    pub fn into_symbolizer(self) -> Symbolizer {
+        self.symbolizer
+    }
+
     /// Takes new maps (libraries loaded since), keeping the modules already opened. Returns
     /// whether they changed: names given before may then be better now
     /// ([`LiveModel::forget_names`]).
