@@ -1,15 +1,16 @@
-//! `cargo xtask bench live`: what the live view costs the collector. The same `memprof attach
-//! PID --duration SECS` window over an endless churn (samples/c/churn.c), with and without
-//! `--live` (the view drawn on a pseudo-terminal of 80x24 that this bench reads and throws
-//! away), in interleaved rounds. memprof's CPU time (user + system, from wait4: the attached
-//! target is not its child, so nothing else is counted) is divided by the events the window
-//! collected, since a window's event count varies with the target's pace.
+//! `cargo xtask bench live`: what the live view costs the collector. The same session, `memprof
+//! attach PID` on samples/c/churn.c, which starts PAIRS malloc/free pairs once memprof says it
+//! is attached and then exits (ending the session), with and without `--live` (the view drawn
+//! on a pseudo-terminal of 80x24 that this bench reads and throws away), in interleaved rounds.
+//! Measured: memprof's CPU time, user + system, from wait4 (the attached target is not its
+//! child, so nothing else is counted), for the same events in both.
 
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -19,10 +20,7 @@ use crate::bench::median;
 use crate::host::Identity;
 use crate::{samples, setup};
 
-/// More pairs than any window sees: the target churns until it is killed.
-const ENDLESS_PAIRS: &str = "1000000000000";
-
-pub fn run(runs: u32, secs: u32) -> Result<()> {
+pub fn run(runs: u32, pairs: u64) -> Result<()> {
     if !Identity::current()?.is_root() {
         bail!("bench live runs only as root (memprof loads eBPF probes): rerun with sudo");
     }
@@ -42,23 +40,22 @@ pub fn run(runs: u32, secs: u32) -> Result<()> {
             _ => [true, false],
         };
         for with_view in order {
-            let window = window(&memprof, &churn, &scratch, secs, with_view)?;
+            let session = session(&memprof, &churn, &scratch, pairs, with_view)?;
             println!(
-                "  round {round}/{runs}, {}: {:.3} s CPU for {} events ({:.3} s CPU per million)",
+                "  round {round}/{runs}, {}: {:.3} s CPU for {} events",
                 if with_view { "--live" } else { "plain " },
-                window.cpu_secs,
-                window.events,
-                window.per_million()
+                session.cpu_secs,
+                session.events,
             );
             match with_view {
-                true => live.push(window.per_million()),
-                false => plain.push(window.per_million()),
+                true => live.push(session.cpu_secs),
+                false => plain.push(session.cpu_secs),
             }
         }
     }
     let (plain, live) = (median(&plain), median(&live));
     println!();
-    println!("memprof CPU per million events, attach window of {secs} s on churn:");
+    println!("memprof CPU for an attach session over {pairs} malloc/free pairs of churn:");
     println!("  without the live view: {plain:.3} s");
     println!("  with --live:           {live:.3} s");
     println!(
@@ -69,47 +66,57 @@ pub fn run(runs: u32, secs: u32) -> Result<()> {
     Ok(())
 }
 
-/// One attach window's cost.
-struct Window {
+/// One session's cost.
+struct Measured {
     cpu_secs: f64,
     events: u64,
 }
 
-impl Window {
-    fn per_million(&self) -> f64 {
-        self.cpu_secs / self.events.max(1) as f64 * 1e6
-    }
-}
-
-/// Attaches to a fresh churn for `secs` seconds, with the live view or without.
-fn window(memprof: &Path, churn: &Path, scratch: &Path, secs: u32, live: bool) -> Result<Window> {
+/// Attaches to a fresh churn of `pairs` pairs, with the live view or without, and lets it run
+/// to its end.
+fn session(
+    memprof: &Path,
+    churn: &Path,
+    scratch: &Path,
+    pairs: u64,
+    live: bool,
+) -> Result<Measured> {
     let mut target = Command::new(churn)
-        .arg(ENDLESS_PAIRS)
+        .args([&pairs.to_string(), "--wait"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", churn.display()))?;
-    // Let it reach its loop (and map its libraries) first.
-    std::thread::sleep(Duration::from_millis(200));
     let out = scratch.join(if live { "live" } else { "plain" });
-    let measured = attach(memprof, target.id(), &out, secs, live);
-    stop(&mut target);
+    let measured = attach(memprof, &mut target, &out, live);
+    let _ = target.kill();
+    let _ = target.wait();
     let cpu_secs = measured?;
     let report = read_json(&out.join("report.json"))?;
     let summary = &report["summary"];
     let count = |key: &str| summary[key].as_u64().unwrap_or(0);
     let events = count("allocations") + count("frees") + count("unknown_frees");
-    if events == 0 {
-        bail!("the window collected no events: {}", out.display());
+    if count("allocations") != pairs {
+        bail!(
+            "the session saw {} of {pairs} allocations: {}",
+            count("allocations"),
+            out.display()
+        );
     }
-    Ok(Window { cpu_secs, events })
+    Ok(Measured { cpu_secs, events })
 }
 
-/// Runs `memprof attach` and returns its CPU seconds.
-fn attach(memprof: &Path, pid: u32, out: &Path, secs: u32, live: bool) -> Result<f64> {
+/// Runs `memprof attach` on `target`, starts the target's work once memprof says it is
+/// attached, and returns memprof's CPU seconds.
+fn attach(memprof: &Path, target: &mut Child, out: &Path, live: bool) -> Result<f64> {
     let mut command = Command::new(memprof);
     command
-        .args(["attach", &pid.to_string(), "--duration", &secs.to_string()])
-        .args(["--no-recording", "--output"])
+        .args([
+            "attach",
+            &target.id().to_string(),
+            "--no-recording",
+            "--output",
+        ])
         .arg(out);
     let terminal = match live {
         true => {
@@ -123,22 +130,61 @@ fn attach(memprof: &Path, pid: u32, out: &Path, secs: u32, live: bool) -> Result
             Some(terminal)
         }
         false => {
-            command.stdout(Stdio::null()).stderr(Stdio::null());
+            command.stdout(Stdio::null()).stderr(Stdio::piped());
             None
         }
     };
-    let child = command
+    let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", memprof.display()))?;
-    // The view writes to the terminal until memprof exits: read and dropped meanwhile.
-    let reader = terminal.map(Terminal::drain);
+    // The command holds copies of the terminal's slave: memprof must be its last holder.
+    drop(command);
+    // memprof's output, the view's included, read until it exits; "attached" starts the work.
+    let (attached_tx, attached) = mpsc::channel();
+    let output: Box<dyn Read + Send> = match terminal {
+        Some(terminal) => Box::new(terminal.into_reader()),
+        None => Box::new(child.stderr.take().context("memprof's stderr")?),
+    };
+    let reader = std::thread::spawn(move || watch(output, attached_tx));
+    if attached.recv_timeout(ATTACH_TIMEOUT).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("memprof did not attach within {ATTACH_TIMEOUT:?}");
+    }
+    target
+        .stdin
+        .take()
+        .context("the target's stdin")?
+        .write_all(b"g")
+        .context("starting the target")?;
     let (status, usage) = wait_with_usage(&child)?;
-    drop(reader);
+    let _ = reader.join();
     if status != 0 {
         bail!("memprof attach exited with status {status}");
     }
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// How long memprof may take to attach.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads `output` to its end, telling `attached` when memprof says it is attached.
+fn watch(mut output: impl Read, attached: mpsc::Sender<()>) {
+    const SAID: &[u8] = b"memprof: attached to";
+    let mut seen: Vec<u8> = Vec::new();
+    let mut told = false;
+    let mut buffer = [0u8; 65536];
+    while let Ok(n @ 1..) = output.read(&mut buffer) {
+        if told {
+            continue;
+        }
+        seen.extend_from_slice(&buffer[..n]);
+        if seen.windows(SAID.len()).any(|window| window == SAID) {
+            told = true;
+            let _ = attached.send(());
+        }
+    }
 }
 
 /// Waits for `child` and returns its exit status and resource usage (its own, and that of
@@ -157,11 +203,6 @@ fn wait_with_usage(child: &Child) -> Result<(i32, libc::rusage)> {
         false => 128 + libc::WTERMSIG(status),
     };
     Ok((code, usage))
-}
-
-fn stop(target: &mut Child) {
-    let _ = target.kill();
-    let _ = target.wait();
 }
 
 /// A pseudo-terminal of 80x24 for the live view.
@@ -205,16 +246,12 @@ impl Terminal {
         Ok(Stdio::from(self.slave.try_clone().context("dup")?))
     }
 
-    /// Reads the terminal until its last writer is gone, on a thread of its own.
-    fn drain(self) -> std::thread::JoinHandle<()> {
+    /// The terminal's output side. Our end of the slave is closed: reading fails (EIO) once
+    /// memprof, its last holder, exits.
+    fn into_reader(self) -> File {
         let Terminal { master, slave } = self;
-        // Ours closed: the read fails (EIO) once memprof, the last holder, exits.
         drop(slave);
-        std::thread::spawn(move || {
-            let mut master = File::from(master);
-            let mut buffer = [0u8; 65536];
-            while matches!(master.read(&mut buffer), Ok(n) if n > 0) {}
-        })
+        File::from(master)
     }
 }
 

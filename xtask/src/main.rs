@@ -82,9 +82,9 @@ struct LiveArgs {
     /// Interleaved rounds; the table shows medians.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
-    /// Length of each attach window, in seconds.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    secs: u32,
+    /// malloc/free pairs the target makes during each session.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pairs: u64,
 }
 
 #[derive(Args)]
@@ -167,6 +167,6 @@ fn run(cli: Cli) -> Result<()> {
         } => bench_leak_check::run(args.mib, args.runs),
         Task::Bench {
             bench: Bench::Live(args),
-        } => bench_live::run(args.runs, args.secs),
+        } => bench_live::run(args.runs, args.pairs),
     }
 }
