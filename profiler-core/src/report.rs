@@ -19,7 +19,7 @@ use std::time::Duration;
 mod flame_stacks;
 mod kind_map;
 mod lost;
-mod stack_names;
+pub(crate) mod stack_names;
 
 pub use flame_stacks::{FlameStacks, NO_STACK, StackWeights, TRUNCATED_ROOT, UNLISTED};
 pub use kind_map::KindMap;
@@ -119,7 +119,7 @@ pub struct Report {
     #[serde(default)]
     pub modules: Vec<ModuleFile>,
     /// Timeline, leaks and growth, lifetimes, size classes, fragmentation, realloc chains and
-    /// per-operation costs (`analysis::attach`); absent from reports built without them.
+    /// per-operation costs (`session_end::build_report`); absent from reports built without them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analyses: Option<crate::analysis::AnalysesReport>,
     /// Calls the probes cannot see, so figures that are wrong for a known reason (e.g. C++
@@ -619,6 +619,20 @@ pub fn build_report_with_sites(
     symbolizer: &mut Symbolizer,
     meta: &ReportMeta,
 ) -> Report {
+    let mut names = StackNames::new(symbolizer);
+    build_sites_report(heap, stacks, site_stats, leak_check, &mut names, meta)
+}
+
+/// [`build_report_with_sites`] naming stacks with `names`, which the rest of the report
+/// (the analyses) goes on using.
+pub(crate) fn build_sites_report(
+    heap: &HeapState,
+    stacks: &StackTable,
+    site_stats: &SiteStats,
+    leak_check: Option<&LeakCheck>,
+    names: &mut StackNames<'_>,
+    meta: &ReportMeta,
+) -> Report {
     let stats = heap.stats();
     let secs = |ts_ns: u64| ts_ns.saturating_sub(meta.start_ns) as f64 / 1e9;
     // The functions that freed a block a second time (one frame each, inlined ones expanded).
@@ -627,16 +641,10 @@ pub fn build_report_with_sites(
         .iter()
         .map(|double| match double.freed_from {
             0 => Vec::new(),
-            caller => symbolizer
-                .frames(caller)
-                .iter()
-                .cloned()
-                .map(StackFrame::from)
-                .collect(),
+            caller => names.frames(&[caller]),
         })
         .collect::<Vec<_>>()
         .into_iter();
-    let mut names = StackNames::new(symbolizer);
     // With a leak check, a site is one entry per class, and the flame graph of leaks weighs
     // only what is lost.
     let class_of = |addr: u64| leak_check.map(|check| check.class_of(addr));
@@ -649,7 +657,7 @@ pub fn build_report_with_sites(
             .iter()
             .map(|(&(stack, _), totals)| (stack, totals)),
         stacks,
-        &mut names,
+        names,
         secs,
     );
     drop(leak_sites);
@@ -669,7 +677,7 @@ pub fn build_report_with_sites(
     let (mappings, unlisted_mappings) = list_sites(
         region_totals.iter().map(|(&stack, totals)| (stack, totals)),
         stacks,
-        &mut names,
+        names,
         secs,
     );
     let double_frees = heap
@@ -680,14 +688,14 @@ pub fn build_report_with_sites(
             size: double.size,
             alloc_stack: double
                 .alloc_stack
-                .map(|id| names.frames(stacks.get(id)))
+                .map(|id| names.stack_frames(stacks, id))
                 .unwrap_or_default(),
             time_secs: secs(double.ts_ns),
             tid: double.tid,
             freed_from: double_free_callers.next().unwrap_or_default(),
         })
         .collect();
-    let (sites, unlisted_sites) = list_allocation_sites(site_stats, stacks, &mut names, secs);
+    let (sites, unlisted_sites) = list_allocation_sites(site_stats, stacks, names, secs);
 
     // The flame graphs' stacks: every site, listed or not, once per stack id (a stack that
     // allocated is in `site_stats`, with its leaks if it has any).
@@ -724,7 +732,6 @@ pub fn build_report_with_sites(
     drop(leak_totals);
     drop(lost_totals);
     let mut flames = std::mem::take(&mut names.flames);
-    drop(names);
 
     let by_function = EventKind::ALL
         .iter()
@@ -800,7 +807,8 @@ pub fn build_report_with_sites(
         double_frees,
         sites,
         unlisted_sites,
-        modules: symbolizer
+        modules: names
+            .symbolizer()
             .modules()
             .into_iter()
             .map(ModuleFile::from)
@@ -885,7 +893,7 @@ fn list_allocation_sites(
                 peak_live_bytes: counts.peak_live_bytes,
                 first_alloc_secs: secs(counts.first_ts_ns),
                 last_alloc_secs: secs(counts.last_ts_ns),
-                stack: names.frames(stacks.get(id)),
+                stack: names.stack_frames(stacks, id),
                 truncated: stacks.is_truncated(id),
             }
         })
@@ -982,7 +990,7 @@ fn list_sites<'t>(
                 last_seen_secs: secs(t.last_ns),
                 stack: candidate
                     .stack
-                    .map(|id| names.frames(stacks.get(id)))
+                    .map(|id| names.stack_frames(stacks, id))
                     .unwrap_or_default(),
                 truncated: candidate.stack.is_some_and(|id| stacks.is_truncated(id)),
                 reachability: t.class,

@@ -4,12 +4,13 @@
 //! The CLI's live collector and [`crate::offline`] both end here, so `memprof run` and
 //! `memprof report` write the same files from the same events.
 
-use crate::analysis::{self, AnalysisOptions};
+use crate::analysis::{self, AnalysisOptions, allocator::Allocator};
 use crate::maps::ProcessMaps;
 use crate::output::{OutputDir, OutputError, OutputFiles, write_outputs};
 use crate::recorder::Recorder;
 use crate::render::pprof::{PprofLine, PprofMapping, PprofMeta, write_pprof};
-use crate::report::{Report, ReportMeta, build_report_with_sites};
+use crate::report::stack_names::StackNames;
+use crate::report::{Report, ReportMeta, StackFrame, build_sites_report};
 use crate::symbolize::Symbolizer;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -46,19 +47,21 @@ pub struct AllOutputs {
     pub pprof: PathBuf,
 }
 
-/// The report of `session`, analyses included.
+/// The report of `session`, analyses included: the one place a report is built, every stack
+/// symbolized once for all its sections.
 pub fn build_report(
     session: &SessionView<'_>,
     symbolizer: &mut Symbolizer,
     meta: &ReportMeta,
 ) -> Report {
     let recorder = session.recorder;
-    let mut report = build_report_with_sites(
+    let mut names = StackNames::new(symbolizer);
+    let mut report = build_sites_report(
         &recorder.heap,
         &recorder.stacks,
         &recorder.sites,
         session.leak_check,
-        symbolizer,
+        &mut names,
         meta,
     );
     // Times are relative to the start, as in the rest of the report.
@@ -66,7 +69,10 @@ pub fn build_report(
         start_ns: meta.start_ns,
         end_ns: meta.start_ns + meta.duration.as_nanos() as u64,
     };
-    analysis::attach(&mut report, recorder, symbolizer, &options);
+    let allocator = Allocator::from_probes(&report.probes);
+    report.analyses = Some(analysis::report_with_stacks(
+        recorder, &mut names, &options, allocator,
+    ));
     report.target.peak_rss_bytes = session.peak_rss_bytes;
     report.target.held = session.held;
     report.target.capture = session.capture.cloned();
@@ -149,16 +155,14 @@ pub fn write_session_pprof(
         symbolizer
             .frames(address)
             .iter()
-            .map(|frame| PprofLine {
-                function: frame.function.clone().unwrap_or_else(|| {
-                    if frame.module == "[unknown]" {
-                        format!("{:#x}", frame.address)
-                    } else {
-                        format!("{}+{:#x}", frame.module, frame.module_offset)
-                    }
-                }),
-                file: frame.file.clone(),
-                line: frame.line,
+            .map(|frame| {
+                let frame = StackFrame::from(frame.clone());
+                PprofLine {
+                    // Named as every other output names it.
+                    function: frame.display_name(),
+                    file: frame.file,
+                    line: frame.line,
+                }
             })
             .collect()
     };

@@ -22,10 +22,10 @@ mod tests;
 use crate::event::Event;
 use crate::heap::{Effect, HeapState};
 use crate::recorder::Recorder;
-use crate::report::{Report, StackFrame};
+use crate::report::StackFrame;
+use crate::report::stack_names::StackNames;
 use crate::sites::SiteStats;
 use crate::stacks::StackId;
-use crate::symbolize::Symbolizer;
 use allocator::Allocator;
 use fragmentation::{FragmentationSnapshot, PeakBlocks};
 use growth::Growth;
@@ -409,34 +409,28 @@ pub struct AnalysisOptions {
     pub end_ns: u64,
 }
 
-/// Computes the analyses of `recorder` and puts them, with their stacks symbolized, into
-/// `report.analyses`. The serving allocator comes from the report's probe list.
-pub fn attach(
-    report: &mut Report,
+/// The analyses of `recorder`, with their stacks symbolized through `names` (the report's
+/// one cache of symbolized stacks). `allocator` is the one serving the target.
+pub(crate) fn report_with_stacks(
     recorder: &Recorder,
-    symbolizer: &mut Symbolizer,
+    names: &mut StackNames<'_>,
     options: &AnalysisOptions,
-) {
+    allocator: Allocator,
+) -> AnalysesReport {
     let input = AnalysisInput {
         heap: &recorder.heap,
         sites: &recorder.sites,
         start_ns: options.start_ns,
         end_ns: options.end_ns,
-        allocator: Allocator::from_probes(&report.probes),
+        allocator,
         ops: recorder.analyses.ops,
     };
     let mut analyses = recorder.analyses.report(&input);
     for id in analyses.stack_ids() {
-        let frames = recorder
-            .stacks
-            .get(StackId(id))
-            .iter()
-            .flat_map(|&addr| symbolizer.frames(addr).to_vec())
-            .map(StackFrame::from)
-            .collect();
+        let frames = names.stack_frames(&recorder.stacks, StackId(id));
         analyses.stacks.insert(id, frames);
     }
-    report.analyses = Some(analyses);
+    analyses
 }
 
 impl AnalysesReport {

@@ -293,6 +293,9 @@ pub struct LiveModel {
     names: HashMap<StackId, SiteNames>,
     /// Successful allocations per thread.
     thread_allocations: BTreeMap<u32, u64>,
+    /// The last allocating thread's allocations not yet in `thread_allocations`: runs of
+    /// allocations by one thread cost one map lookup, not one each.
+    pending_thread: Option<(u32, u64)>,
     /// Successful allocations per log2 size class.
     size_allocations: [u64; 65],
     history: Vec<HistoryPoint>,
@@ -308,6 +311,7 @@ impl LiveModel {
             start_ns,
             names: HashMap::new(),
             thread_allocations: BTreeMap::new(),
+            pending_thread: None,
             size_allocations: [0; 65],
             history: Vec::new(),
             growth_samples: VecDeque::new(),
@@ -324,8 +328,21 @@ impl LiveModel {
     /// Follows one applied record.
     pub fn observe(&mut self, effect: &Effect) {
         if let Some((_, block)) = &effect.created {
-            *self.thread_allocations.entry(block.tid).or_default() += 1;
+            match &mut self.pending_thread {
+                Some((tid, count)) if *tid == block.tid => *count += 1,
+                _ => {
+                    self.count_pending_thread();
+                    self.pending_thread = Some((block.tid, 1));
+                }
+            }
             self.size_allocations[size_class(block.size)] += 1;
+        }
+    }
+
+    /// Adds the pending run of one thread's allocations to the per-thread counts.
+    fn count_pending_thread(&mut self) {
+        if let Some((tid, count)) = self.pending_thread.take() {
+            *self.thread_allocations.entry(tid).or_default() += count;
         }
     }
 
@@ -399,6 +416,7 @@ impl LiveModel {
             (b.short_lived, b.freed, a.stack).cmp(&(a.short_lived, a.freed, b.stack))
         });
 
+        self.count_pending_thread();
         let mut threads: BTreeMap<u32, ThreadRow> = self
             .thread_allocations
             .iter()

@@ -6,6 +6,7 @@
 use super::StackFrame;
 use super::flame_stacks::{FlameStacksBuilder, NO_STACK, TRUNCATED_ROOT};
 use crate::fasthash::FastHashMap;
+use crate::stacks::{StackId, StackTable};
 use crate::symbolize::Symbolizer;
 use std::collections::HashMap;
 
@@ -23,6 +24,8 @@ struct AddressNames {
 pub(crate) struct StackNames<'s> {
     symbolizer: &'s mut Symbolizer,
     addresses: FastHashMap<u64, AddressNames>,
+    /// The frames of each stack symbolized in full so far (listed sites, the analyses' stacks).
+    stacks: FastHashMap<StackId, Vec<StackFrame>>,
     /// Display names, by id (the sort key of sites).
     display: Vec<String>,
     display_ids: HashMap<String, u32>,
@@ -35,6 +38,7 @@ impl<'s> StackNames<'s> {
         let mut names = StackNames {
             symbolizer,
             addresses: FastHashMap::default(),
+            stacks: FastHashMap::default(),
             display: Vec::new(),
             display_ids: HashMap::new(),
             flames: FlameStacksBuilder::default(),
@@ -51,6 +55,21 @@ impl<'s> StackNames<'s> {
             .flat_map(|&address| self.symbolizer.frames(address).to_vec())
             .map(StackFrame::from)
             .collect()
+    }
+
+    /// The symbolizer the names come from.
+    pub fn symbolizer(&self) -> &Symbolizer {
+        self.symbolizer
+    }
+
+    /// The frames of stack `id` of `stacks`, symbolized once for the whole report.
+    pub fn stack_frames(&mut self, stacks: &StackTable, id: StackId) -> Vec<StackFrame> {
+        if let Some(frames) = self.stacks.get(&id) {
+            return frames.clone();
+        }
+        let frames = self.frames(stacks.get(id));
+        self.stacks.insert(id, frames.clone());
+        frames
     }
 
     /// The id of the name a site is known by ([`super::site_frame`]'s display name; id 0,

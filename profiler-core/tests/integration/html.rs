@@ -8,15 +8,13 @@
 //! freed after the peak, a few odd-sized names, RSS samples and a free of an unknown pointer.
 
 use profiler_common::EventKind;
-use profiler_core::analysis::{self, AnalysisOptions};
 use profiler_core::event::Event;
 use profiler_core::heap::Mode;
 use profiler_core::maps::ProcessMaps;
 use profiler_core::recorder::Recorder;
 use profiler_core::render::{write_html, write_sizes_svg, write_timeline_svg};
-use profiler_core::report::{
-    ExitStatus, LostCounts, ProbeInfo, Report, ReportMeta, StackFrame, build_report_with_sites,
-};
+use profiler_core::report::{ExitStatus, LostCounts, ProbeInfo, Report, ReportMeta, StackFrame};
+use profiler_core::session_end::{SessionView, build_report};
 use profiler_core::symbolize::Symbolizer;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -156,20 +154,20 @@ fn fixture(probes: Vec<ProbeInfo>) -> Report {
         probes,
         lost: LostCounts::default(),
     };
-    let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
-    let mut report = build_report_with_sites(
-        &recorder.heap,
-        &recorder.stacks,
-        &recorder.sites,
-        None,
-        &mut symbolizer,
-        &meta,
-    );
-    let options = AnalysisOptions {
-        start_ns: START,
-        end_ns: START + END_MS * MS,
+    let maps = ProcessMaps::default();
+    let mut symbolizer = Symbolizer::new(&maps);
+    let session = SessionView {
+        recorder: &recorder,
+        maps: &maps,
+        started_unix_ns: 0,
+        peak_rss_bytes: None,
+        held: None,
+        warnings: &[],
+        capture: None,
+        leak_check: None,
+        processes: &[],
     };
-    analysis::attach(&mut report, &recorder, &mut symbolizer, &options);
+    let mut report = build_report(&session, &mut symbolizer, &meta);
     name_frames(&mut report);
     report
 }
