@@ -80,6 +80,8 @@ pub struct Collected {
     pub live: Option<LiveFeed>,
     /// The target's RSS when last sampled.
     pub last_rss_bytes: Option<u64>,
+    /// Operations the target performed (`--ops`, `--ops-from-output`), if known.
+    pub ops: Option<u64>,
 }
 
 impl Collected {
@@ -110,6 +112,7 @@ impl Collected {
             processes: Vec::new(),
             live: None,
             last_rss_bytes: None,
+            ops: None,
         }
     }
 
@@ -343,7 +346,7 @@ impl Collected {
                 probes: meta.sites.iter().map(probe_info).collect(),
                 peak_rss_bytes: self.peak_rss_bytes,
                 warnings: self.warnings.clone(),
-                ops: self.recorder.analyses.ops(),
+                ops: self.ops,
                 held: self.held,
             };
             sink.close(&trailer, announce);
@@ -390,6 +393,7 @@ impl Collected {
             capture: self.capture.as_ref(),
             leak_check: self.leak_check.as_ref(),
             processes: &self.processes,
+            ops: self.ops,
         }
     }
 

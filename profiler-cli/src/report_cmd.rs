@@ -34,7 +34,7 @@ pub fn report(
 ) -> Result<i32> {
     let mut replayed = load(file)?;
     if ops.is_some() {
-        replayed.recorder.analyses.set_ops(ops);
+        replayed.ops = ops;
     }
     let mut symbolizer = Symbolizer::new(&replayed.maps);
     let session = replayed.view();

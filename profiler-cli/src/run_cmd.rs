@@ -259,7 +259,6 @@ fn preload_capture(
 ) -> session::Capture {
     let mut collected = Collected::new(Mode::Run);
     collected.count_losses_with(LossSource::SharedRing(ring.counters()));
-    collected.recorder.analyses.set_ops(options.ops);
     collected.unwind_for(pid, options.stacks.max_depth);
     // No thread is ever held on this path, but an exec waits for a drain.
     collected.release_holds_with(backpressure.clone());

@@ -101,6 +101,7 @@ impl Session {
             });
             collected.follow(followed, events.clone());
         }
+        collected.ops = options.ops;
         collected.start_recording(&options, &start)?;
         Ok(Session {
             collected,
@@ -199,7 +200,7 @@ impl Session {
         };
         if let Some(watcher) = ending.printed_ops {
             match ops_output::printed_count(watcher) {
-                Ok(ops) => collected.recorder.analyses.set_ops(Some(ops)),
+                Ok(ops) => collected.ops = Some(ops),
                 Err(warning) => collected.warnings.push(warning),
             }
         }
@@ -267,7 +268,6 @@ pub fn probe_capture(
     let mut collected = Collected::new(mode);
     collected.count_losses_with(LossSource::Probes(probes.take_loss_counters()?));
     collected.release_holds_with(backpressure.clone());
-    collected.recorder.analyses.set_ops(options.ops);
     collected.unwind_for(pid, options.stacks.max_depth);
     collected.allocator_code(pid, &sites);
     collected.warnings = warnings;

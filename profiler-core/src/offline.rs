@@ -73,6 +73,8 @@ pub struct Replayed {
     pub capture: Option<crate::report::Capture>,
     /// The leak check the live session ran, as recorded.
     pub leak_check: Option<crate::leak_check::LeakCheck>,
+    /// Operations the target performed, as the live session knew them.
+    pub ops: Option<u64>,
 }
 
 impl Replayed {
@@ -87,6 +89,7 @@ impl Replayed {
             processes: &[],
             capture: self.capture.as_ref(),
             leak_check: self.leak_check.as_ref(),
+            ops: self.ops,
         }
     }
 
@@ -105,7 +108,7 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
     // As the live session did: the per-operation figures use the recorded `--ops`, or the
     // count the target printed (`--ops-from-output`, in the trailer).
     let printed_ops = replay.trailer.as_ref().and_then(|t| t.ops);
-    recorder.analyses.set_ops(printed_ops.or(replay.header.ops));
+    let ops = printed_ops.or(replay.header.ops);
     let (maps, replaced) = match files {
         ModuleFiles::Host => checked_maps(&replay.maps, build_id),
         ModuleFiles::Absent => {
@@ -142,6 +145,7 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
         events: replay.events,
         capture: replay.header.capture.clone(),
         leak_check: replay.leak_check.clone(),
+        ops,
         early_end: replay.early_end,
         replaced,
         recorder,

@@ -118,7 +118,7 @@ impl Recorder {
     pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {
         let effect = self.heap.apply(event, stack);
         self.sites.observe(event, stack, &effect);
-        self.analyses.observe(event, stack, &effect);
+        self.analyses.observe(event, &effect);
         self.events += 1;
         effect
     }

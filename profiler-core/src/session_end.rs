@@ -38,6 +38,8 @@ pub struct SessionView<'a> {
     pub leak_check: Option<&'a crate::leak_check::LeakCheck>,
     /// The process images of a followed tree (`run`), for `Report::processes`.
     pub processes: &'a [crate::report::ProcessImage],
+    /// Operations the target performed (`--ops`, `--ops-from-output`), if known.
+    pub ops: Option<u64>,
 }
 
 /// Everything [`write_all`] produced.
@@ -68,6 +70,7 @@ pub fn build_report(
     let options = AnalysisOptions {
         start_ns: meta.start_ns,
         end_ns: meta.start_ns + meta.duration.as_nanos() as u64,
+        ops: session.ops,
     };
     let allocator = Allocator::from_probes(&report.probes);
     report.analyses = Some(analysis::report_with_stacks(

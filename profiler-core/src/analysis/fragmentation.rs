@@ -12,7 +12,7 @@
 //! released since (kept in [`PeakBlocks`], at most as many as were live at the peak).
 
 use super::allocator::{Allocator, GlibcMmap};
-use crate::heap::Effect;
+use super::{Analysis, Observed, SessionEnd};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -34,14 +34,16 @@ pub struct PeakBlocks {
     glibc_at_peak: GlibcMmap,
 }
 
-impl PeakBlocks {
-    /// `live_blocks` is the number of live blocks after the event.
-    pub fn observe(&mut self, ts_ns: u64, live_blocks: u64, glibc: &GlibcMmap, effect: &Effect) {
+impl Analysis for PeakBlocks {
+    type Report = Snapshots;
+
+    fn observe(&mut self, seen: &Observed<'_>) {
+        let effect = seen.effect;
         if effect.new_peak {
             // This event's releases happened before the peak it set.
-            self.peak_ts_ns = Some(ts_ns);
-            self.peak_blocks = live_blocks;
-            self.glibc_at_peak = *glibc;
+            self.peak_ts_ns = Some(seen.event.ts_ns);
+            self.peak_blocks = seen.live_blocks;
+            self.glibc_at_peak = *seen.glibc;
             self.released.clear();
             return;
         }
@@ -53,6 +55,32 @@ impl PeakBlocks {
         }
     }
 
+    fn report(&self, input: &SessionEnd<'_>) -> Snapshots {
+        let live_now = || {
+            input
+                .heap
+                .blocks()
+                .map(|(addr, block)| (addr, block.size, block.ts_ns))
+        };
+        let end_blocks: Vec<(u64, u64)> = live_now().map(|(a, s, _)| (a, s)).collect();
+        let peak_blocks = self.at_peak(live_now());
+        Snapshots {
+            at_peak: self
+                .peak_ts_ns()
+                .map(|_| snapshot(&peak_blocks, input.allocator, self.glibc_at_peak())),
+            at_end: snapshot(&end_blocks, input.allocator, input.glibc),
+        }
+    }
+}
+
+/// The heap's ranges at the peak and at the end.
+pub struct Snapshots {
+    /// None when nothing was ever live.
+    pub at_peak: Option<FragmentationSnapshot>,
+    pub at_end: FragmentationSnapshot,
+}
+
+impl PeakBlocks {
     pub fn peak_ts_ns(&self) -> Option<u64> {
         self.peak_ts_ns
     }
@@ -167,4 +195,24 @@ pub fn snapshot(
         mmapped_blocks,
         largest_ranges: computed,
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FragmentationReport {
+    pub allocator: Allocator,
+    /// Null when nothing was ever live.
+    pub at_peak: Option<FragmentationSnapshot>,
+    pub at_end: FragmentationSnapshot,
+    /// Allocator overhead over time: RSS against live requested bytes, for the timeline
+    /// points that have an RSS sample.
+    pub overhead: Vec<OverheadPoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OverheadPoint {
+    pub time_secs: f64,
+    pub rss_bytes: u64,
+    pub live_bytes: u64,
+    /// Null when nothing is live.
+    pub rss_per_live_byte: Option<f64>,
 }

@@ -4,8 +4,10 @@
 //! window is computed exactly from three integrals (of y, t*y and y^2 dt), updated in O(1)
 //! when the site changes, so nothing is sampled and memory is a few words per site.
 
+use super::{Analysis, Observed, SessionEnd, TOP};
 use crate::heap::{Block, Effect};
 use crate::stacks::StackId;
+use serde::{Deserialize, Serialize};
 
 /// A site is reported as growing when its fit is at least this good...
 pub const MIN_R2: f64 = 0.8;
@@ -55,11 +57,88 @@ pub struct Growth {
     sites: Vec<SiteSeries>,
 }
 
+impl Analysis for Growth {
+    type Report = LeaksReport;
+
+    fn observe(&mut self, seen: &Observed<'_>) {
+        self.follow(seen.event.ts_ns, seen.effect);
+    }
+
+    fn report(&self, input: &SessionEnd<'_>) -> LeaksReport {
+        let end_ns = input.end_ns;
+        let secs = |ts_ns: u64| input.secs(ts_ns);
+        let mut fits: Vec<_> = self
+            .fits(end_ns)
+            .into_iter()
+            .filter(Fit::is_steady_growth)
+            .collect();
+        fits.sort_by(|a, b| {
+            b.slope_bytes_per_sec
+                .total_cmp(&a.slope_bytes_per_sec)
+                .then(a.stack.cmp(&b.stack))
+        });
+        let growing = fits
+            .iter()
+            .take(TOP)
+            .map(|fit| {
+                let counts = input.sites.get(fit.stack);
+                GrowingSite {
+                    stack_id: fit.stack.0,
+                    slope_bytes_per_sec: fit.slope_bytes_per_sec,
+                    r2: fit.r2,
+                    monotonicity: fit.monotonicity,
+                    live_blocks: counts.live_blocks,
+                    live_bytes: counts.live_bytes,
+                    allocations: counts.allocations,
+                    first_seen_secs: secs(counts.first_ts_ns),
+                    last_seen_secs: secs(counts.last_ts_ns),
+                }
+            })
+            .collect();
+        let mut oldest: Vec<(u64, u64, u64, Option<StackId>)> = input
+            .heap
+            .blocks()
+            .map(|(addr, block)| (block.ts_ns, addr, block.size, block.stack))
+            .collect();
+        oldest.sort_unstable_by_key(|&(ts, addr, _, _)| (ts, addr));
+        let stats = input.heap.stats();
+        LeaksReport {
+            live_at_end: LiveAtEnd {
+                blocks: stats.live_blocks,
+                bytes: stats.live_bytes,
+                sites: input
+                    .sites
+                    .iter()
+                    .filter(|(_, counts)| counts.live_blocks > 0)
+                    .count() as u64,
+            },
+            growing,
+            growth_rule: format!(
+                "least-squares line of the site's live bytes over the window: slope > 0, r2 >= {}, \
+                 and at least {}% of its changes were increases; ranked by slope",
+                MIN_R2,
+                MIN_MONOTONICITY * 100.0
+            ),
+            oldest: oldest
+                .into_iter()
+                .take(TOP)
+                .map(|(ts, addr, size, stack)| OldBlock {
+                    address: format!("{addr:#x}"),
+                    size,
+                    allocated_secs: secs(ts),
+                    age_secs: end_ns.saturating_sub(ts) as f64 / 1e9,
+                    stack_id: stack.map(|id| id.0),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Growth {
     /// Up to three blocks change (overwritten, released, created); blocks of one site add up
     /// to one change (a realloc at one site is one change by the difference). Only stacks and
     /// sizes are taken from the effect: copying its blocks around costs more than the fit.
-    pub fn observe(&mut self, ts_ns: u64, effect: &Effect) {
+    fn follow(&mut self, ts_ns: u64, effect: &Effect) {
         let origin = *self.origin_ns.get_or_insert(ts_ns);
         let secs = || ts_ns.saturating_sub(origin) as f64 / 1e9;
         match (&effect.overwritten, &effect.released, &effect.created) {
@@ -171,5 +250,56 @@ impl Fit {
     /// The rule for "grows steadily".
     pub fn is_steady_growth(&self) -> bool {
         self.slope_bytes_per_sec > 0.0 && self.r2 >= MIN_R2 && self.monotonicity >= MIN_MONOTONICITY
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaksReport {
+    /// What is live at the end; the sites themselves are the report's top-level `leaks`.
+    pub live_at_end: LiveAtEnd,
+    /// Sites whose live bytes grew steadily over the window (the unbounded-cache and
+    /// growing-buffer patterns), fastest first.
+    pub growing: Vec<GrowingSite>,
+    pub growth_rule: String,
+    /// The oldest live blocks.
+    pub oldest: Vec<OldBlock>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveAtEnd {
+    pub blocks: u64,
+    pub bytes: u64,
+    pub sites: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrowingSite {
+    pub stack_id: u32,
+    pub slope_bytes_per_sec: f64,
+    pub r2: f64,
+    pub monotonicity: f64,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+    pub allocations: u64,
+    /// First and last allocation at this site.
+    pub first_seen_secs: f64,
+    pub last_seen_secs: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OldBlock {
+    pub address: String,
+    pub size: u64,
+    pub allocated_secs: f64,
+    /// Time from allocation to the end of the session.
+    pub age_secs: f64,
+    pub stack_id: Option<u32>,
+}
+
+impl LeaksReport {
+    /// The stacks it refers to.
+    pub fn stack_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let growing = self.growing.iter().map(|site| site.stack_id);
+        growing.chain(self.oldest.iter().filter_map(|block| block.stack_id))
     }
 }

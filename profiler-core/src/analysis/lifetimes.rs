@@ -1,9 +1,11 @@
 //! How long blocks live, per site: log2 histograms of the time from allocation to free, and
 //! the sites whose blocks die young in numbers (pool or arena candidates).
 
+use super::{Analysis, Observed, SessionEnd, TOP};
 use crate::heap::Effect;
 use crate::stacks::StackId;
 use profiler_common::EventKind;
+use serde::{Deserialize, Serialize};
 
 /// Buckets of the lifetime histograms: bucket k holds lifetimes in [2^k, 2^(k+1)) ns (bucket
 /// 0 also holds 0), the last one everything from 2^47 ns (39 hours) on.
@@ -94,10 +96,63 @@ impl Default for Lifetimes {
     }
 }
 
+impl Analysis for Lifetimes {
+    type Report = LifetimesReport;
+
+    fn observe(&mut self, seen: &Observed<'_>) {
+        self.follow(seen.event.kind, seen.event.ts_ns, seen.effect);
+    }
+
+    fn report(&self, _input: &SessionEnd<'_>) -> LifetimesReport {
+        let mut sites: Vec<_> = self.sites().collect();
+        sites.sort_by(|(a_id, a), (b_id, b)| b.freed.cmp(&a.freed).then(a_id.cmp(b_id)));
+        let pool_candidates = sites
+            .iter()
+            .filter(|(_, site)| site.is_pool_candidate())
+            .take(TOP)
+            .map(|(id, site)| PoolCandidate {
+                stack_id: id.0,
+                freed: site.freed,
+                short_lived: site.short_lived,
+                sizes: site
+                    .sizes
+                    .iter()
+                    .filter(|(_, count)| *count > 0)
+                    .map(|&(size, count)| SizeCount { size, count })
+                    .collect(),
+                other_sizes: site.other_sizes,
+                min_size: site.min_size,
+                max_size: site.max_size,
+            })
+            .collect();
+        LifetimesReport {
+            rule: format!(
+                "pool or arena candidate: at least {} blocks freed, at least {}% of them within \
+                 {} ns of their allocation",
+                POOL_MIN_FREED,
+                POOL_MIN_SHORT_FRACTION * 100.0,
+                SHORT_LIVED_NS
+            ),
+            histogram: lifetime_buckets(&self.all),
+            sites: sites
+                .iter()
+                .take(TOP)
+                .map(|(id, site)| SiteLifetime {
+                    stack_id: id.0,
+                    freed: site.freed,
+                    short_lived: site.short_lived,
+                    histogram: lifetime_buckets(&site.histogram),
+                })
+                .collect(),
+            pool_candidates,
+        }
+    }
+}
+
 impl Lifetimes {
     /// Counts blocks that were freed (free, or realloc to size 0); a realloc that moves a
     /// block does not end its life, and an overwritten block's free was never seen.
-    pub fn observe(&mut self, kind: EventKind, ts_ns: u64, effect: &Effect) {
+    fn follow(&mut self, kind: EventKind, ts_ns: u64, effect: &Effect) {
         let Some((_, block)) = &effect.released else {
             return;
         };
@@ -122,6 +177,72 @@ impl Lifetimes {
             .iter()
             .enumerate()
             .filter_map(|(index, site)| Some((StackId(index as u32), site.as_deref()?)))
+    }
+}
+
+fn lifetime_buckets(histogram: &Histogram) -> Vec<LifetimeBucket> {
+    histogram
+        .iter()
+        .enumerate()
+        .filter(|(_, count)| **count > 0)
+        .map(|(index, &count)| LifetimeBucket {
+            min_ns: if index == 0 { 0 } else { 1 << index },
+            max_ns: (index + 1 < LIFETIME_BUCKETS).then(|| (1u64 << (index + 1)) - 1),
+            count,
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LifetimesReport {
+    pub rule: String,
+    /// Lifetimes of every freed block, in log2 buckets of nanoseconds.
+    pub histogram: Vec<LifetimeBucket>,
+    /// The sites that freed most blocks, with their histograms.
+    pub sites: Vec<SiteLifetime>,
+    pub pool_candidates: Vec<PoolCandidate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifetimeBucket {
+    pub min_ns: u64,
+    /// Null for the last, open-ended bucket.
+    pub max_ns: Option<u64>,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteLifetime {
+    pub stack_id: u32,
+    pub freed: u64,
+    pub short_lived: u64,
+    pub histogram: Vec<LifetimeBucket>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolCandidate {
+    pub stack_id: u32,
+    pub freed: u64,
+    pub short_lived: u64,
+    /// Requested sizes of the short-lived blocks (up to four distinct ones)...
+    pub sizes: Vec<SizeCount>,
+    /// ...short-lived blocks of other sizes, and the size range of all of them.
+    pub other_sizes: u64,
+    pub min_size: u64,
+    pub max_size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeCount {
+    pub size: u64,
+    pub count: u64,
+}
+
+impl LifetimesReport {
+    /// The stacks it refers to.
+    pub fn stack_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let sites = self.sites.iter().map(|site| site.stack_id);
+        sites.chain(self.pool_candidates.iter().map(|site| site.stack_id))
     }
 }
 

@@ -4,11 +4,14 @@
 //! block is freed. Only blocks reallocated at least once are tracked (bounded by the live
 //! heap), and only the [`CHAINS_KEPT`] longest finished chains are kept.
 
+use super::{Analysis, Observed, SessionEnd};
 use crate::event::Event;
 use crate::fasthash::FastHashMap;
 use crate::heap::{Block, Effect};
 use crate::stacks::StackId;
 use profiler_common::EventKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Chains with at least this many reallocs are reported.
 pub const MIN_CHAIN: u32 = 2;
@@ -59,8 +62,68 @@ impl Default for Reallocs {
     }
 }
 
+impl Analysis for Reallocs {
+    type Report = ReallocsReport;
+
+    fn observe(&mut self, seen: &Observed<'_>) {
+        self.follow(seen.event, seen.effect);
+    }
+
+    fn report(&self, input: &SessionEnd<'_>) -> ReallocsReport {
+        let stats = input.heap.stats();
+        let doubles: BTreeMap<(u64, u64), Option<StackId>> = input
+            .heap
+            .double_frees()
+            .iter()
+            .map(|double| ((double.addr, double.ts_ns), double.alloc_stack))
+            .collect();
+        ReallocsReport {
+            reallocs: self.reallocs,
+            longest_chains: self
+                .longest()
+                .into_iter()
+                .map(|chain| ChainReport {
+                    reallocs: chain.reallocs,
+                    first_size: chain.first_size,
+                    final_size: chain.final_size,
+                    stack_id: chain.origin_stack.map(|id| id.0),
+                    last_realloc_stack_id: chain.last_stack.map(|id| id.0),
+                    first_seen_secs: input.secs(chain.first_ts_ns),
+                    live: chain.live,
+                })
+                .collect(),
+            unknown_frees: stats.unknown_frees,
+            double_frees: stats.double_frees,
+            unknown_reallocs: stats.unknown_reallocs,
+            odd_frees: self
+                .odd_frees
+                .iter()
+                .map(|odd| {
+                    let double = odd
+                        .kind
+                        .is_free()
+                        .then(|| doubles.get(&(odd.addr, odd.ts_ns)))
+                        .flatten();
+                    OddFreeReport {
+                        function: odd.kind.symbol().to_owned(),
+                        address: format!("{:#x}", odd.addr),
+                        tid: odd.tid,
+                        time_secs: input.secs(odd.ts_ns),
+                        double_free: double.is_some(),
+                        alloc_stack_id: double.copied().flatten().map(|id| id.0),
+                    }
+                })
+                .collect(),
+            note: "free() is recorded without a call stack, so a free of an unknown pointer is \
+                   known only by its address, thread and time; a double free (run mode) also \
+                   by the stack that allocated the block"
+                .to_owned(),
+        }
+    }
+}
+
 impl Reallocs {
-    pub fn observe(&mut self, event: &Event, effect: &Effect) {
+    fn follow(&mut self, event: &Event, effect: &Effect) {
         let kind = event.kind;
         if let Some((addr, block)) = &effect.overwritten {
             self.end(*addr, block);
@@ -169,6 +232,59 @@ fn longer(a: &Chain, b: &Chain) -> bool {
     (a.reallocs, std::cmp::Reverse(a.first_ts_ns)) >= (b.reallocs, std::cmp::Reverse(b.first_ts_ns))
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReallocsReport {
+    /// reallocs that moved or resized a live block.
+    pub reallocs: u64,
+    /// Blocks reallocated at least twice, most reallocs first.
+    pub longest_chains: Vec<ChainReport>,
+    pub unknown_frees: u64,
+    pub double_frees: u64,
+    pub unknown_reallocs: u64,
+    /// The first frees and reallocs of pointers that were not live.
+    pub odd_frees: Vec<OddFreeReport>,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainReport {
+    pub reallocs: u32,
+    pub first_size: u64,
+    pub final_size: u64,
+    /// Where the block was first allocated, and where it was last reallocated.
+    pub stack_id: Option<u32>,
+    pub last_realloc_stack_id: Option<u32>,
+    pub first_seen_secs: f64,
+    /// The block is still live at the end.
+    pub live: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OddFreeReport {
+    /// `free` or `realloc`.
+    pub function: String,
+    pub address: String,
+    pub tid: u32,
+    pub time_secs: f64,
+    /// The pointer had been freed before (run mode); else it was never seen allocated.
+    pub double_free: bool,
+    /// For a double free: where the block had been allocated.
+    pub alloc_stack_id: Option<u32>,
+}
+
+impl ReallocsReport {
+    /// The stacks it refers to.
+    pub fn stack_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let chains = self.longest_chains.iter().flat_map(|chain| {
+            chain
+                .stack_id
+                .into_iter()
+                .chain(chain.last_realloc_stack_id)
+        });
+        chains.chain(self.odd_frees.iter().filter_map(|odd| odd.alloc_stack_id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,7 +321,7 @@ mod tests {
                     flags: 0,
                 };
                 let effect = heap.apply(&event, Some(StackId(kind as u32)));
-                reallocs.observe(&event, &effect);
+                reallocs.follow(&event, &effect);
                 for addr in reallocs.live.keys() {
                     let kind = heap.blocks().find(|(a, _)| a == addr).map(|(_, b)| b.kind);
                     prop_assert!(kind.is_some_and(is_realloc), "chain at {addr:#x}: {kind:?}");

@@ -3,7 +3,8 @@
 //! map above. The map holds at most [`MAX_LARGE_SIZES`] distinct sizes; after that, new large
 //! sizes are rounded up to 4 KiB (and the result says so), which keeps memory bounded.
 
-use super::allocator::{Allocator, GlibcMmap};
+use super::allocator::Allocator;
+use super::{Analysis, Observed, SessionEnd};
 use crate::fasthash::FastHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -17,7 +18,6 @@ pub struct Sizes {
     /// (requested size, glibc served it with mmap) -> count.
     large: FastHashMap<(u64, bool), u64>,
     coarsened: bool,
-    glibc: GlibcMmap,
 }
 
 impl Default for Sizes {
@@ -26,7 +26,6 @@ impl Default for Sizes {
             small: vec![0; DENSE_SIZES],
             large: FastHashMap::default(),
             coarsened: false,
-            glibc: GlibcMmap::default(),
         }
     }
 }
@@ -79,27 +78,33 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
+impl Analysis for Sizes {
+    type Report = SizeClassesReport;
+
+    fn observe(&mut self, seen: &Observed<'_>) {
+        if let Some((_, block)) = &seen.effect.created {
+            self.allocated(block.size, seen.glibc.is_mmapped(block.size));
+        }
+    }
+
+    fn report(&self, input: &SessionEnd<'_>) -> SizeClassesReport {
+        self.classes(input.allocator)
+    }
+}
+
 impl Sizes {
-    pub fn allocated(&mut self, size: u64) {
+    /// A block of `size` requested bytes was allocated (glibc mmapped it, or not).
+    fn allocated(&mut self, size: u64, glibc_mmapped: bool) {
         if let Some(count) = self.small.get_mut(size as usize) {
             *count += 1;
             return;
         }
-        let mut key = (size, self.glibc.is_mmapped(size));
+        let mut key = (size, glibc_mmapped);
         if !self.large.contains_key(&key) && self.large.len() >= MAX_LARGE_SIZES {
             self.coarsened = true;
             key.0 = size.div_ceil(4096) * 4096;
         }
         *self.large.entry(key).or_insert(0) += 1;
-    }
-
-    /// A block of `size` requested bytes was freed (glibc's threshold follows frees).
-    pub fn freed(&mut self, size: u64) {
-        self.glibc.freed(size);
-    }
-
-    pub fn glibc(&self) -> &GlibcMmap {
-        &self.glibc
     }
 
     /// Every (size, glibc mmapped, count), sizes ascending.
@@ -121,7 +126,8 @@ impl Sizes {
         counts
     }
 
-    pub fn report(&self, allocator: Allocator) -> SizeClassesReport {
+    /// The requests mapped onto `allocator`'s size classes.
+    fn classes(&self, allocator: Allocator) -> SizeClassesReport {
         let counts = self.counts();
         let mut requested: BTreeMap<u32, SizeBucket> = BTreeMap::new();
         let mut classes: BTreeMap<u64, SizeClass> = BTreeMap::new();

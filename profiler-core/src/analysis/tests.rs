@@ -70,9 +70,8 @@ impl Session {
             start_ns: START,
             end_ns: START + end_ms * MS,
             allocator,
-            ops,
         };
-        self.recorder.analyses.report(&input)
+        self.recorder.analyses.report(&input, ops)
     }
 }
 

@@ -2,7 +2,9 @@
 //! buckets. When the recording outgrows them, neighbouring buckets merge and the bucket width
 //! doubles, so memory stays constant however long the session.
 
+use super::{Analysis, Observed, SessionEnd, TOP};
 use crate::heap::Effect;
+use crate::sites::SiteStats;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -112,8 +114,30 @@ pub struct TimelineData {
     pub peak: Option<Peak>,
 }
 
+impl Analysis for Timeline {
+    type Report = TimelineReport;
+
+    fn observe(&mut self, seen: &Observed<'_>) {
+        self.follow(seen.event.ts_ns, seen.effect);
+    }
+
+    fn report(&self, input: &SessionEnd<'_>) -> TimelineReport {
+        let timeline = self.points(|ts_ns| input.secs(ts_ns));
+        TimelineReport {
+            bucket_secs: timeline.bucket_secs,
+            peak: timeline.peak.map(|peak| PeakReport {
+                time_secs: input.secs(peak.ts_ns),
+                live_bytes: peak.bytes,
+                live_blocks: peak.blocks,
+                sites: sites_at_peak(input.sites),
+            }),
+            points: timeline.points,
+        }
+    }
+}
+
 impl Timeline {
-    pub fn observe(&mut self, ts_ns: u64, effect: &Effect) {
+    fn follow(&mut self, ts_ns: u64, effect: &Effect) {
         for (_, block) in super::ended_blocks(effect) {
             self.live_bytes -= block.size;
             self.live_blocks -= 1;
@@ -155,11 +179,6 @@ impl Timeline {
             bucket.max_live_bytes = live_bytes;
         }
         bucket.rss_bytes = Some(rss_bytes);
-    }
-
-    /// Live malloc-family blocks after the last event.
-    pub fn live_blocks(&self) -> u64 {
-        self.live_blocks
     }
 
     /// The first thing observed, if anything was.
@@ -251,5 +270,59 @@ impl Timeline {
             points,
             peak: self.peak,
         }
+    }
+}
+
+fn sites_at_peak(sites: &SiteStats) -> Vec<SiteAtPeak> {
+    let mut at_peak: Vec<SiteAtPeak> = sites
+        .iter()
+        .filter(|(_, counts)| counts.peak_live_blocks > 0)
+        .map(|(id, counts)| SiteAtPeak {
+            stack_id: id.0,
+            live_bytes: counts.peak_live_bytes,
+            live_blocks: counts.peak_live_blocks,
+        })
+        .collect();
+    at_peak.sort_by(|a, b| {
+        b.live_bytes
+            .cmp(&a.live_bytes)
+            .then(b.live_blocks.cmp(&a.live_blocks))
+            .then(a.stack_id.cmp(&b.stack_id))
+    });
+    at_peak.truncate(TOP);
+    at_peak
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineReport {
+    /// Width of each point's bucket (it doubles as the recording outgrows the buckets).
+    pub bucket_secs: f64,
+    pub points: Vec<TimelinePoint>,
+    /// The malloc-family peak (null when nothing was ever live).
+    pub peak: Option<PeakReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeakReport {
+    pub time_secs: f64,
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+    /// What was live at the peak, by site, largest first.
+    pub sites: Vec<SiteAtPeak>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteAtPeak {
+    pub stack_id: u32,
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+}
+
+impl TimelineReport {
+    /// The stacks it refers to.
+    pub fn stack_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.peak
+            .iter()
+            .flat_map(|peak| peak.sites.iter().map(|site| site.stack_id))
     }
 }

@@ -166,6 +166,7 @@ fn fixture(probes: Vec<ProbeInfo>) -> Report {
         capture: None,
         leak_check: None,
         processes: &[],
+        ops: None,
     };
     let mut report = build_report(&session, &mut symbolizer, &meta);
     name_frames(&mut report);
