@@ -18,7 +18,9 @@ const TARGET_EVENTS_PER_SEC: f64 = 10e6;
 /// that one run slowed by other work on the machine does not decide the figure.
 const RUNS: usize = 3;
 
-pub fn run(sizes: &[u64]) -> Result<()> {
+/// Replays recordings of `sizes` events; with `baseline` (another build's memprof), that one
+/// replays each in the same rounds, interleaved, for a before/after of a change.
+pub fn run(sizes: &[u64], baseline: Option<&std::path::Path>) -> Result<()> {
     println!("== build");
     let memprof = samples::build_memprof()?;
     let scratch = samples::target_dir()?.join("bench/report");
@@ -34,28 +36,35 @@ pub fn run(sizes: &[u64]) -> Result<()> {
                 .arg(&file),
         )?;
         let bytes = std::fs::metadata(&file)?.len();
-        let mut times = Vec::with_capacity(RUNS);
-        let mut peak_kib = 0;
+        let builds: Vec<(&str, &std::path::Path)> = std::iter::once(("memprof", &*memprof))
+            .chain(baseline.map(|path| ("baseline", path)))
+            .collect();
+        let mut times = vec![Vec::with_capacity(RUNS); builds.len()];
+        let mut peaks = vec![0; builds.len()];
         for _ in 0..RUNS {
-            let mut cmd = exec::command(&memprof);
-            cmd.arg("report")
-                .arg(&file)
-                .args(["--format", "json", "--output"])
-                .arg(scratch.join("out"));
-            let (secs, peak) = timed_with_peak_rss(&mut cmd)?;
-            times.push(secs);
-            peak_kib = peak_kib.max(peak);
+            for (index, (_, binary)) in builds.iter().enumerate() {
+                let mut cmd = exec::command(binary);
+                cmd.arg("report")
+                    .arg(&file)
+                    .args(["--format", "json", "--output"])
+                    .arg(scratch.join("out"));
+                let (secs, peak) = timed_with_peak_rss(&mut cmd)?;
+                times[index].push(secs);
+                peaks[index] = peaks[index].max(peak);
+            }
         }
-        rows.push((events, bytes, median(&mut times), peak_kib));
+        for (index, (name, _)) in builds.iter().enumerate() {
+            rows.push((*name, events, bytes, median(&mut times[index]), peaks[index]));
+        }
     }
     println!();
     println!("replay: median of {RUNS} runs; peak RSS: the highest of them");
-    println!("| events | file | bytes/event | replay | events/s | peak RSS |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for &(events, bytes, secs, peak_kib) in &rows {
+    println!("| build | events | file | bytes/event | replay | events/s | peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for &(name, events, bytes, secs, peak_kib) in &rows {
         let rate = events as f64 / secs;
         println!(
-            "| {events} | {:.1} MiB | {:.2} | {secs:.2} s | {:.1} M{} | {:.1} MiB |",
+            "| {name} | {events} | {:.1} MiB | {:.2} | {secs:.2} s | {:.1} M{} | {:.1} MiB |",
             bytes as f64 / (1 << 20) as f64,
             bytes as f64 / events as f64,
             rate / 1e6,

@@ -113,6 +113,10 @@ struct ReportArgs {
     /// Events per synthetic recording, one run each (memory must not grow with them).
     #[arg(long, value_delimiter = ',', default_values_t = [10_000_000u64, 50_000_000])]
     events: Vec<u64>,
+    /// Another build's memprof, replaying the same recordings in the same rounds: a change's
+    /// before and after, side by side.
+    #[arg(long, value_name = "MEMPROF")]
+    baseline: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -158,7 +162,7 @@ fn run(cli: Cli) -> Result<()> {
         } => bench_alloc::run(args.ops, args.runs),
         Task::Bench {
             bench: Bench::Report(args),
-        } => bench_report::run(&args.events),
+        } => bench_report::run(&args.events, args.baseline.as_deref()),
         Task::Bench {
             bench: Bench::Capture(args),
         } => bench_capture::run(args.runs, args.baseline.as_deref()),
