@@ -191,6 +191,43 @@ pub struct DiffArgs {
 }
 
 /// `memprof diff --flame`: what the differential flame graph weighs.
+impl DiffArgs {
+    /// The comparison's options.
+    pub fn into_options(self) -> crate::diff::DiffOptions {
+        use profiler_core::render::FlameKind;
+        crate::diff::DiffOptions {
+            a: self.a,
+            b: self.b,
+            output: self.output,
+            top: self.top,
+            flame: match self.flame {
+                // Every live byte, as the diff's live_bytes_at_end: comparable with or
+                // without a leak check on either side.
+                DiffFlame::Leaks => FlameKind::LiveAtEnd,
+                DiffFlame::Lost => FlameKind::Lost,
+                DiffFlame::AllocBytes => FlameKind::AllocBytes,
+                DiffFlame::AllocCount => FlameKind::AllocCount,
+                DiffFlame::Peak => FlameKind::Peak,
+            },
+        }
+    }
+}
+
+impl CompareArgs {
+    /// The comparison's options.
+    pub fn into_options(self) -> crate::compare::CompareOptions {
+        crate::compare::CompareOptions {
+            allocators: self.allocators,
+            libraries: self.allocator_libs,
+            output: self.output,
+            runs: self.runs,
+            load: self.load,
+            ops: self.ops,
+            command: self.command,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiffFlame {
     /// Bytes live at the end.

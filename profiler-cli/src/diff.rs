@@ -26,20 +26,22 @@ use profiler_core::{
     symbolize::Symbolizer,
 };
 
-use crate::cli::{DiffArgs, DiffFlame};
+/// What `memprof diff` compares and where it writes.
+pub struct DiffOptions {
+    /// The runs before and after: recordings or session directories.
+    pub a: PathBuf,
+    pub b: PathBuf,
+    pub output: PathBuf,
+    /// Sites in the terminal table.
+    pub top: usize,
+    /// The flame graph diff.svg draws.
+    pub flame: FlameKind,
+}
 
-pub fn diff(args: &DiffArgs) -> Result<i32> {
+pub fn diff(args: &DiffOptions) -> Result<i32> {
     let (a_file, a) = load(&args.a)?;
     let (b_file, b) = load(&args.b)?;
-    let kind = match args.flame {
-        // Every live byte, as the diff's live_bytes_at_end: comparable with or without a
-        // leak check on either side.
-        DiffFlame::Leaks => FlameKind::LiveAtEnd,
-        DiffFlame::Lost => FlameKind::Lost,
-        DiffFlame::AllocBytes => FlameKind::AllocBytes,
-        DiffFlame::AllocCount => FlameKind::AllocCount,
-        DiffFlame::Peak => FlameKind::Peak,
-    };
+    let kind = args.flame;
     let report = DiffReport::new((a_file, &a), (b_file, &b));
     let dir = OutputDir::open(&args.output)?;
     let json = dir.write_atomically("diff.json", |out| {

@@ -97,16 +97,8 @@ fn run(cli: Cli) -> Result<i32> {
             true => report_cmd::report(&options::recording_of(&file), format, &output, top, ops),
             false => report_cmd::report(&file, format, &output, top, ops),
         },
-        Command::Diff(args) => diff::diff(&args),
-        Command::Compare(args) => compare::compare(&compare::CompareOptions {
-            allocators: args.allocators,
-            libraries: args.allocator_libs,
-            output: args.output,
-            runs: args.runs,
-            load: args.load,
-            ops: args.ops,
-            command: args.command,
-        }),
+        Command::Diff(args) => diff::diff(&args.into_options()),
+        Command::Compare(args) => compare::compare(&args.into_options()),
         Command::SynthesizeRecording { events, file } => report_cmd::synthesize(&file, events),
         Command::View { file } => live::view(&file),
         Command::Run {

@@ -54,7 +54,13 @@ pub fn run(sizes: &[u64], baseline: Option<&std::path::Path>) -> Result<()> {
             }
         }
         for (index, (name, _)) in builds.iter().enumerate() {
-            rows.push((*name, events, bytes, median(&mut times[index]), peaks[index]));
+            rows.push((
+                *name,
+                events,
+                bytes,
+                median(&mut times[index]),
+                peaks[index],
+            ));
         }
     }
     println!();
