@@ -5,7 +5,7 @@
 //! Each analysis is an [`Analysis`]: its own state, fed with every applied event
 //! ([`Analysis::observe`]), and its section of the report with the stacks it refers to
 //! ([`Analysis::report`]), in its own module with its schema. [`Analyses`] only composes them:
-//! it keeps the two facts several of them read (the live block count and glibc's mmap
+//! it keeps the facts several of them read (the live bytes and blocks, and glibc's mmap
 //! threshold), feeds each event to all, and puts their sections into [`AnalysesReport`], the
 //! `analyses` section of report.json. Memory is bounded by the live heap and the number of
 //! sites, never by the number of events (histograms and timelines are fixed-size and
@@ -64,7 +64,8 @@ pub struct Observed<'a> {
     pub event: &'a Event,
     /// What it did to the heap.
     pub effect: &'a Effect,
-    /// Live malloc-family blocks after it.
+    /// Live malloc-family bytes and blocks after it.
+    pub live_bytes: u64,
     pub live_blocks: u64,
     /// glibc's mmap threshold after it (which of its blocks glibc would mmap).
     pub glibc: &'a GlibcMmap,
@@ -110,7 +111,8 @@ pub struct Analyses {
     sizes: Sizes,
     peak_blocks: PeakBlocks,
     reallocs: Reallocs,
-    /// Live malloc-family blocks now.
+    /// Live malloc-family bytes and blocks now.
+    live_bytes: u64,
     live_blocks: u64,
     /// glibc's mmap threshold now (it follows frees).
     glibc: GlibcMmap,
@@ -131,10 +133,12 @@ impl Analyses {
     /// Follows one applied event.
     pub fn observe(&mut self, event: &Event, effect: &Effect) {
         self.last_ns = self.last_ns.max(event.ts_ns);
-        for _ in ended_blocks(effect) {
+        for (_, block) in ended_blocks(effect) {
+            self.live_bytes -= block.size;
             self.live_blocks -= 1;
         }
-        if effect.created.is_some() {
+        if let Some((_, block)) = &effect.created {
+            self.live_bytes += block.size;
             self.live_blocks += 1;
         }
         // A free (not a realloc's release) moves glibc's threshold. No event both frees and
@@ -147,6 +151,7 @@ impl Analyses {
         let seen = Observed {
             event,
             effect,
+            live_bytes: self.live_bytes,
             live_blocks: self.live_blocks,
             glibc: &self.glibc,
         };

@@ -118,7 +118,7 @@ impl Analysis for Timeline {
     type Report = TimelineReport;
 
     fn observe(&mut self, seen: &Observed<'_>) {
-        self.follow(seen.event.ts_ns, seen.effect);
+        self.follow(seen.event.ts_ns, seen.effect, (seen.live_bytes, seen.live_blocks));
     }
 
     fn report(&self, input: &SessionEnd<'_>) -> TimelineReport {
@@ -137,16 +137,10 @@ impl Analysis for Timeline {
 }
 
 impl Timeline {
-    fn follow(&mut self, ts_ns: u64, effect: &Effect) {
-        for (_, block) in super::ended_blocks(effect) {
-            self.live_bytes -= block.size;
-            self.live_blocks -= 1;
-        }
-        if let Some((_, block)) = &effect.created {
-            self.live_bytes += block.size;
-            self.live_blocks += 1;
-        }
-        let (live_bytes, live_blocks) = (self.live_bytes, self.live_blocks);
+    /// `live` is the live bytes and blocks after the event.
+    fn follow(&mut self, ts_ns: u64, effect: &Effect, live: (u64, u64)) {
+        (self.live_bytes, self.live_blocks) = live;
+        let (live_bytes, live_blocks) = live;
         let bucket = self.bucket_mut(ts_ns);
         bucket.touched = true;
         // A realloc releases and creates: it is neither a free nor counted twice.
