@@ -29,6 +29,48 @@ pub struct Event {
     pub flags: u32,
 }
 
+/// Events for tests: `Event::of(kind)` is a call of `kind` by thread 1 at time 0 with every
+/// other field 0, and each setter sets one field.
+#[cfg(test)]
+impl Event {
+    pub fn of(kind: EventKind) -> Event {
+        Event {
+            kind,
+            tid: 1,
+            ts_ns: 0,
+            addr: 0,
+            size: 0,
+            old_addr: 0,
+            aux: 0,
+            flags: 0,
+        }
+    }
+
+    pub fn addr(self, addr: u64) -> Event {
+        Event { addr, ..self }
+    }
+
+    pub fn size(self, size: u64) -> Event {
+        Event { size, ..self }
+    }
+
+    pub fn old(self, old_addr: u64) -> Event {
+        Event { old_addr, ..self }
+    }
+
+    pub fn tid(self, tid: u32) -> Event {
+        Event { tid, ..self }
+    }
+
+    pub fn at(self, ts_ns: u64) -> Event {
+        Event { ts_ns, ..self }
+    }
+
+    pub fn aux(self, aux: u64) -> Event {
+        Event { aux, ..self }
+    }
+}
+
 impl Event {
     /// The probe cut the stack at its depth limit: the outermost frames are missing.
     pub fn stack_truncated(&self) -> bool {

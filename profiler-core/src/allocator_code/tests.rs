@@ -48,19 +48,6 @@ impl ModuleSource for Source {
     }
 }
 
-fn event(kind: EventKind, addr: u64, aux: u64) -> Event {
-    Event {
-        kind,
-        tid: 1,
-        ts_ns: 1,
-        addr,
-        size: 4096,
-        old_addr: 0,
-        aux,
-        flags: 0,
-    }
-}
-
 fn flagged(
     code: &mut AllocatorCode,
     mut event: Event,
@@ -81,7 +68,13 @@ fn frees_and_munmaps_from_the_allocator_module_are_internal() {
         maps: maps(),
         asks: 0,
     };
-    let free = |caller| event(EventKind::Free, 0x10, caller);
+    let free = |caller| {
+        Event::of(EventKind::Free)
+            .addr(0x10)
+            .aux(caller)
+            .size(4096)
+            .at(1)
+    };
     assert!(flagged(&mut code, free(LIBC_CODE), &[], &heap, &mut source));
     assert!(flagged(
         &mut code,
@@ -99,7 +92,13 @@ fn frees_and_munmaps_from_the_allocator_module_are_internal() {
     ));
     // No caller recorded (an older recording, an unreadable stack): the program's.
     assert!(!flagged(&mut code, free(0), &[], &heap, &mut source));
-    let munmap = |caller| event(EventKind::Munmap, 0x4000_0000, caller);
+    let munmap = |caller| {
+        Event::of(EventKind::Munmap)
+            .addr(0x4000_0000)
+            .aux(caller)
+            .size(4096)
+            .at(1)
+    };
     assert!(flagged(
         &mut code,
         munmap(LIBC_CODE),
@@ -127,7 +126,11 @@ fn mmaps_are_internal_only_inside_free() {
         maps: maps(),
         asks: 0,
     };
-    let mmap = event(EventKind::Mmap, 0x4000_0000, 0x22);
+    let mmap = Event::of(EventKind::Mmap)
+        .addr(0x4000_0000)
+        .aux(0x22)
+        .size(4096)
+        .at(1);
     // A new thread's arena: alloc_new_heap <- ... <- free <- the program.
     let arena = [LIBC_CODE, LIBC_CODE + 0x40, FREE_AT + 0x1f0, PROG_CODE];
     assert!(flagged(&mut code, mmap, &arena, &heap, &mut source));
@@ -155,9 +158,17 @@ fn an_allocator_in_the_executable_flags_only_mmaps_inside_its_free() {
         asks: 0,
     };
     // The program's own double free stays the program's.
-    let free = event(EventKind::Free, 0x10, PROG_CODE);
+    let free = Event::of(EventKind::Free)
+        .addr(0x10)
+        .aux(PROG_CODE)
+        .size(4096)
+        .at(1);
     assert!(!flagged(&mut code, free, &[], &heap, &mut source));
-    let mmap = event(EventKind::Mmap, 0x4000_0000, 0x22);
+    let mmap = Event::of(EventKind::Mmap)
+        .addr(0x4000_0000)
+        .aux(0x22)
+        .size(4096)
+        .at(1);
     let inside = [0x5555_0000_1440, PROG_CODE];
     assert!(flagged(&mut code, mmap, &inside, &heap, &mut source));
 }
@@ -171,16 +182,31 @@ fn unknown_callers_refresh_the_maps_once_per_region_and_only_for_anomalies() {
         asks: 0,
     };
     // A free of a live block is the program's whatever its caller: no need to look.
-    heap.apply(&event(EventKind::Malloc, 0x10, 0), Some(StackId(0)));
-    let live = event(EventKind::Free, 0x10, LIBC_CODE);
+    heap.apply(
+        &Event::of(EventKind::Malloc).addr(0x10).size(4096).at(1),
+        Some(StackId(0)),
+    );
+    let live = Event::of(EventKind::Free)
+        .addr(0x10)
+        .aux(LIBC_CODE)
+        .size(4096)
+        .at(1);
     assert!(!flagged(&mut code, live, &[], &heap, &mut source));
     assert_eq!(source.asks, 0);
     // A free of an unknown block from code not located yet: libc was mapped since.
-    let unknown = event(EventKind::Free, 0x20, LIBC_CODE);
+    let unknown = Event::of(EventKind::Free)
+        .addr(0x20)
+        .aux(LIBC_CODE)
+        .size(4096)
+        .at(1);
     assert!(flagged(&mut code, unknown, &[], &heap, &mut source));
     assert_eq!(source.asks, 1);
     // The program's code: looked up once for its region, then remembered.
-    let program = event(EventKind::Free, 0x30, PROG_CODE);
+    let program = Event::of(EventKind::Free)
+        .addr(0x30)
+        .aux(PROG_CODE)
+        .size(4096)
+        .at(1);
     assert!(!flagged(&mut code, program, &[], &heap, &mut source));
     assert!(!flagged(&mut code, program, &[], &heap, &mut source));
     assert_eq!(source.asks, 2);
@@ -196,7 +222,11 @@ fn no_allocator_module_flags_nothing() {
         maps: maps(),
         asks: 0,
     };
-    let free = event(EventKind::Free, 0x10, LIBC_CODE);
+    let free = Event::of(EventKind::Free)
+        .addr(0x10)
+        .aux(LIBC_CODE)
+        .size(4096)
+        .at(1);
     assert!(!flagged(&mut code, free, &[], &heap, &mut source));
     assert_eq!(source.asks, 0);
 }

@@ -118,7 +118,11 @@ impl Analysis for Timeline {
     type Report = TimelineReport;
 
     fn observe(&mut self, seen: &Observed<'_>) {
-        self.follow(seen.event.ts_ns, seen.effect, (seen.live_bytes, seen.live_blocks));
+        self.follow(
+            seen.event.ts_ns,
+            seen.effect,
+            (seen.live_bytes, seen.live_blocks),
+        );
     }
 
     fn report(&self, input: &SessionEnd<'_>) -> TimelineReport {

@@ -2,37 +2,33 @@ use super::*;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
-fn event(kind: EventKind, addr: u64, size: u64, old_addr: u64, aux: u64, ts_ns: u64) -> Event {
-    Event {
-        kind,
-        tid: 7,
-        ts_ns,
-        addr,
-        size,
-        old_addr,
-        aux,
-        flags: 0,
-    }
-}
-
 fn malloc(addr: u64, size: u64, ts: u64) -> Event {
-    event(EventKind::Malloc, addr, size, 0, 0, ts)
+    Event::of(EventKind::Malloc)
+        .addr(addr)
+        .size(size)
+        .at(ts)
+        .tid(7)
 }
 
 fn free(addr: u64, ts: u64) -> Event {
-    event(EventKind::Free, addr, 0, 0, 0, ts)
+    Event::of(EventKind::Free).addr(addr).at(ts).tid(7)
 }
 
 fn realloc(old: u64, addr: u64, size: u64, ts: u64) -> Event {
-    event(EventKind::Realloc, addr, size, old, 0, ts)
+    Event::of(EventKind::Realloc)
+        .addr(addr)
+        .size(size)
+        .old(old)
+        .at(ts)
+        .tid(7)
 }
 
 fn mmap(addr: u64, size: u64) -> Event {
-    event(EventKind::Mmap, addr, size, 0, 0, 0)
+    Event::of(EventKind::Mmap).addr(addr).size(size).tid(7)
 }
 
 fn munmap(addr: u64, size: u64) -> Event {
-    event(EventKind::Munmap, addr, size, 0, 0, 0)
+    Event::of(EventKind::Munmap).addr(addr).size(size).tid(7)
 }
 
 fn run(mode: Mode, events: &[Event]) -> HeapState {
@@ -54,11 +50,20 @@ fn cxx_operators_allocate_and_free_like_malloc_and_free() {
     let heap = run(
         Mode::Run,
         &[
-            event(EventKind::OperatorNew, 0x10, 16, 0, 0, 1),
-            event(EventKind::OperatorNew, 0x40, 64, 0, 64, 2),
+            Event::of(EventKind::OperatorNew)
+                .addr(0x10)
+                .size(16)
+                .at(1)
+                .tid(7),
+            Event::of(EventKind::OperatorNew)
+                .addr(0x40)
+                .size(64)
+                .aux(64)
+                .at(2)
+                .tid(7),
             malloc(0x80, 8, 3),
-            event(EventKind::OperatorDelete, 0x10, 0, 0, 0, 4),
-            event(EventKind::OperatorDelete, 0x80, 0, 0, 0, 5),
+            Event::of(EventKind::OperatorDelete).addr(0x10).at(4).tid(7),
+            Event::of(EventKind::OperatorDelete).addr(0x80).at(5).tid(7),
             free(0x40, 6),
         ],
     );
@@ -81,7 +86,11 @@ fn malloc_free_counts_and_peak() {
         Mode::Run,
         &[
             malloc(0x10, 100, 1),
-            event(EventKind::Calloc, 0x20, 50, 0, 0, 2),
+            Event::of(EventKind::Calloc)
+                .addr(0x20)
+                .size(50)
+                .at(2)
+                .tid(7),
             free(0x10, 3),
             malloc(0x30, 120, 4),
         ],
@@ -229,7 +238,11 @@ fn double_free_in_run_mode_is_recorded_with_the_alloc_site() {
             malloc(0x10, 24, 1),
             free(0x10, 2),
             // The second free's caller returns to 0x401234.
-            event(EventKind::Free, 0x10, 0, 0, 0x40_1234, 3),
+            Event::of(EventKind::Free)
+                .addr(0x10)
+                .aux(0x40_1234)
+                .at(3)
+                .tid(7),
         ],
     );
     let s = heap.stats();
@@ -496,8 +509,18 @@ fn mremap_moves_a_region_and_ignores_failures() {
         Mode::Run,
         &[
             mmap(0x10_0000, 4096),
-            event(EventKind::Mremap, MAP_FAILED, 8192, 0x10_0000, 4096, 0),
-            event(EventKind::Mremap, 0x20_0000, 3 * 4096, 0x10_0000, 4096, 0),
+            Event::of(EventKind::Mremap)
+                .addr(MAP_FAILED)
+                .size(8192)
+                .old(0x10_0000)
+                .aux(4096)
+                .tid(7),
+            Event::of(EventKind::Mremap)
+                .addr(0x20_0000)
+                .size(3 * 4096)
+                .old(0x10_0000)
+                .aux(4096)
+                .tid(7),
         ],
     );
     assert_eq!(regions(&heap), [(0x20_0000, 0x20_3000)]);
@@ -594,7 +617,11 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn to_event(op: &Op, ts: u64) -> Event {
     match *op {
-        Op::Alloc { kind, slot, size } => event(ALLOCATORS[kind], slot_addr(slot), size, 0, 0, ts),
+        Op::Alloc { kind, slot, size } => Event::of(ALLOCATORS[kind])
+            .addr(slot_addr(slot))
+            .size(size)
+            .at(ts)
+            .tid(7),
         Op::Realloc {
             array,
             old,
@@ -606,14 +633,30 @@ fn to_event(op: &Op, ts: u64) -> Event {
             } else {
                 EventKind::Realloc
             };
-            event(kind, slot_addr(new), size, slot_addr(old), 0, ts)
+            Event::of(kind)
+                .addr(slot_addr(new))
+                .size(size)
+                .old(slot_addr(old))
+                .at(ts)
+                .tid(7)
         }
-        Op::Free { slot } => event(EventKind::Free, slot_addr(slot), 0, 0, 0, ts),
+        Op::Free { slot } => Event::of(EventKind::Free)
+            .addr(slot_addr(slot))
+            .at(ts)
+            .tid(7),
         Op::Mmap { page, size, failed } => {
             let addr = if failed { MAP_FAILED } else { page_addr(page) };
-            event(EventKind::Mmap, addr, size, 0, 0, ts)
+            Event::of(EventKind::Mmap)
+                .addr(addr)
+                .size(size)
+                .at(ts)
+                .tid(7)
         }
-        Op::Munmap { page, size } => event(EventKind::Munmap, page_addr(page), size, 0, 0, ts),
+        Op::Munmap { page, size } => Event::of(EventKind::Munmap)
+            .addr(page_addr(page))
+            .size(size)
+            .at(ts)
+            .tid(7),
         Op::Mremap {
             old,
             old_size,
@@ -622,7 +665,13 @@ fn to_event(op: &Op, ts: u64) -> Event {
             failed,
         } => {
             let addr = if failed { MAP_FAILED } else { page_addr(new) };
-            event(EventKind::Mremap, addr, size, page_addr(old), old_size, ts)
+            Event::of(EventKind::Mremap)
+                .addr(addr)
+                .size(size)
+                .old(page_addr(old))
+                .aux(old_size)
+                .at(ts)
+                .tid(7)
         }
     }
 }

@@ -54,31 +54,26 @@ fn trailer() -> Trailer {
     }
 }
 
-fn event(kind: EventKind, tid: u32, ts_ns: u64, addr: u64, size: u64) -> Event {
-    Event {
-        kind,
-        tid,
-        ts_ns,
-        addr,
-        size,
-        old_addr: 0,
-        aux: 0,
-        flags: 0,
-    }
-}
-
 /// Every record kind and every optional field, including values at the edges of their types.
 fn write_sample() -> Vec<u8> {
     let mut writer = Writer::create(Vec::new(), &header()).unwrap();
     writer
         .event(
-            &event(EventKind::Malloc, 1, 6_000, 0x1000, 32),
+            &Event::of(EventKind::Malloc)
+                .tid(1)
+                .at(6_000)
+                .addr(0x1000)
+                .size(32),
             Some(StackId(0)),
             Some((&[0x40_1000, 0x40_0100], false)),
         )
         .unwrap();
     writer.rss(6_500, 1 << 20);
-    let mut realloc = event(EventKind::Realloc, u32::MAX, 5_900, 0x2000, 64);
+    let mut realloc = Event::of(EventKind::Realloc)
+        .tid(u32::MAX)
+        .at(5_900)
+        .addr(0x2000)
+        .size(64);
     realloc.old_addr = 0x1000;
     realloc.flags = FLAG_STACK_TRUNCATED;
     writer
@@ -96,11 +91,19 @@ fn write_sample() -> Vec<u8> {
     writer.lost(&LostRecord::default()).unwrap();
     writer.lost(&lost_so_far()).unwrap();
     writer.lost(&lost_so_far()).unwrap();
-    let mut memalign = event(EventKind::Memalign, 1, 7_000, u64::MAX, u64::MAX);
+    let mut memalign = Event::of(EventKind::Memalign)
+        .tid(1)
+        .at(7_000)
+        .addr(u64::MAX)
+        .size(u64::MAX);
     memalign.aux = 4096;
     writer.event(&memalign, Some(StackId(0)), None).unwrap();
     writer
-        .event(&event(EventKind::Free, 1, 7_001, 0x2000, 0), None, None)
+        .event(
+            &Event::of(EventKind::Free).tid(1).at(7_001).addr(0x2000),
+            None,
+            None,
+        )
         .unwrap();
     writer.finish(&trailer()).unwrap()
 }
@@ -139,7 +142,11 @@ fn round_trips_every_record_and_field() {
         truncated: false,
     });
     expect(Record::Event {
-        event: &event(EventKind::Malloc, 1, 6_000, 0x1000, 32),
+        event: &Event::of(EventKind::Malloc)
+            .tid(1)
+            .at(6_000)
+            .addr(0x1000)
+            .size(32),
         stack: Some(StackId(0)),
     });
     expect(Record::Rss {
@@ -150,7 +157,11 @@ fn round_trips_every_record_and_field() {
         frames: &[u64::MAX, 0, 1],
         truncated: true,
     });
-    let mut realloc = event(EventKind::Realloc, u32::MAX, 5_900, 0x2000, 64);
+    let mut realloc = Event::of(EventKind::Realloc)
+        .tid(u32::MAX)
+        .at(5_900)
+        .addr(0x2000)
+        .size(64);
     realloc.old_addr = 0x1000;
     realloc.flags = FLAG_STACK_TRUNCATED;
     expect(Record::Event {
@@ -162,7 +173,11 @@ fn round_trips_every_record_and_field() {
     };
     assert_eq!(maps[0].path, std::path::Path::new(""));
     assert_eq!(reader.next().unwrap().unwrap(), Record::Lost(lost_so_far()));
-    let mut memalign = event(EventKind::Memalign, 1, 7_000, u64::MAX, u64::MAX);
+    let mut memalign = Event::of(EventKind::Memalign)
+        .tid(1)
+        .at(7_000)
+        .addr(u64::MAX)
+        .size(u64::MAX);
     memalign.aux = 4096;
     let mut expect = |want: Record<'_>| assert_eq!(reader.next().unwrap().unwrap(), want);
     expect(Record::Event {
@@ -170,7 +185,7 @@ fn round_trips_every_record_and_field() {
         stack: Some(StackId(0)),
     });
     expect(Record::Event {
-        event: &event(EventKind::Free, 1, 7_001, 0x2000, 0),
+        event: &Event::of(EventKind::Free).tid(1).at(7_001).addr(0x2000),
         stack: None,
     });
     expect(Record::Trailer(Box::new(trailer())));
@@ -258,7 +273,11 @@ fn a_recording_cut_between_chunks_ends_early_without_a_trailer() {
 #[test]
 fn a_recording_without_trailer_keeps_its_last_loss_counters() {
     let mut writer = Writer::create(Vec::new(), &header()).unwrap();
-    let mut malloc = event(EventKind::Malloc, 1, 6_000, 0x1000, 32);
+    let mut malloc = Event::of(EventKind::Malloc)
+        .tid(1)
+        .at(6_000)
+        .addr(0x1000)
+        .size(32);
     for lost in [1, 5] {
         writer.event(&malloc, None, None).unwrap();
         malloc.ts_ns += 1;
@@ -523,7 +542,11 @@ fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
     codec::put_event(
         &mut records,
         &mut state,
-        &event(EventKind::Malloc, 0, 6_000, 0x1000, 64),
+        &Event::of(EventKind::Malloc)
+            .tid(0)
+            .at(6_000)
+            .addr(0x1000)
+            .size(64),
         None,
     );
     // Kind 40 and record type 0xe0 mean nothing to this reader.
@@ -532,20 +555,27 @@ fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
     codec::put_event(
         &mut records,
         &mut state,
-        &event(EventKind::Free, 0, 7_000, 0x1000, 0),
+        &Event::of(EventKind::Free).tid(0).at(7_000).addr(0x1000),
         None,
     );
     // Operator delete is kind 15: escaped from format 2 on.
     codec::put_event(
         &mut records,
         &mut state,
-        &event(EventKind::Malloc, 0, 7_100, 0x2000, 8),
+        &Event::of(EventKind::Malloc)
+            .tid(0)
+            .at(7_100)
+            .addr(0x2000)
+            .size(8),
         None,
     );
     codec::put_event(
         &mut records,
         &mut state,
-        &event(EventKind::OperatorDelete, 0, 7_200, 0x2000, 0),
+        &Event::of(EventKind::OperatorDelete)
+            .tid(0)
+            .at(7_200)
+            .addr(0x2000),
         None,
     );
     let (replay, recorder) = replay_bytes(&handmade(FORMAT_VERSION, &records));
@@ -570,7 +600,11 @@ fn version_1_files_hold_operator_delete_in_the_tag_nibble() {
     codec::put_event(
         &mut records,
         &mut state,
-        &event(EventKind::Malloc, 0, 6_000, 0x1000, 64),
+        &Event::of(EventKind::Malloc)
+            .tid(0)
+            .at(6_000)
+            .addr(0x1000)
+            .size(64),
         None,
     );
     // Version 1's operator delete: tag 0x0f, then the body (no kind varint).
@@ -626,7 +660,15 @@ fn the_leak_check_round_trips_and_a_corrupt_one_is_an_error() {
     let check = LeakCheck::new(&blocks, &classes, scan);
     let mut writer = Writer::create(Vec::new(), &header()).unwrap();
     writer
-        .event(&event(EventKind::Malloc, 1, 6_000, 0x1000, 32), None, None)
+        .event(
+            &Event::of(EventKind::Malloc)
+                .tid(1)
+                .at(6_000)
+                .addr(0x1000)
+                .size(32),
+            None,
+            None,
+        )
         .unwrap();
     writer.leak_check(&check);
     let bytes = writer.finish(&trailer()).unwrap();

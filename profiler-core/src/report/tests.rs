@@ -4,17 +4,9 @@ use crate::maps::ProcessMaps;
 
 const START: u64 = 10_000_000_000;
 
-fn event(kind: EventKind, addr: u64, size: u64, old_addr: u64, ts_from_start_ms: u64) -> Event {
-    Event {
-        kind,
-        tid: 99,
-        ts_ns: START + ts_from_start_ms * 1_000_000,
-        addr,
-        size,
-        old_addr,
-        aux: 0,
-        flags: 0,
-    }
+/// `ms` milliseconds after the session's start.
+fn ms(ms: u64) -> u64 {
+    START + ms * 1_000_000
 }
 
 pub(crate) fn meta(mode: Mode) -> ReportMeta {
@@ -48,14 +40,62 @@ pub(crate) fn sample() -> (HeapState, StackTable) {
     let b = stacks.intern(&[0x3000], true);
     let mut heap = HeapState::new(Mode::Run);
     let mut apply = |e: Event, stack| heap.apply(&e, stack);
-    apply(event(EventKind::Malloc, 0x10, 100, 0, 100), Some(a));
-    apply(event(EventKind::Calloc, 0x20, 200, 0, 300), Some(a));
-    apply(event(EventKind::Malloc, 0x30, 300, 0, 200), Some(b));
-    apply(event(EventKind::Malloc, 0x40, 7, 0, 400), None);
-    apply(event(EventKind::Malloc, 0x50, 1000, 0, 500), Some(a));
-    apply(event(EventKind::Free, 0x50, 0, 0, 600), None);
-    apply(event(EventKind::Free, 0x50, 0, 0, 700), None);
-    apply(event(EventKind::Mmap, 0x7000_0000, 5000, 0, 800), Some(b));
+    apply(
+        Event::of(EventKind::Malloc)
+            .addr(0x10)
+            .size(100)
+            .at(ms(100))
+            .tid(99),
+        Some(a),
+    );
+    apply(
+        Event::of(EventKind::Calloc)
+            .addr(0x20)
+            .size(200)
+            .at(ms(300))
+            .tid(99),
+        Some(a),
+    );
+    apply(
+        Event::of(EventKind::Malloc)
+            .addr(0x30)
+            .size(300)
+            .at(ms(200))
+            .tid(99),
+        Some(b),
+    );
+    apply(
+        Event::of(EventKind::Malloc)
+            .addr(0x40)
+            .size(7)
+            .at(ms(400))
+            .tid(99),
+        None,
+    );
+    apply(
+        Event::of(EventKind::Malloc)
+            .addr(0x50)
+            .size(1000)
+            .at(ms(500))
+            .tid(99),
+        Some(a),
+    );
+    apply(
+        Event::of(EventKind::Free).addr(0x50).at(ms(600)).tid(99),
+        None,
+    );
+    apply(
+        Event::of(EventKind::Free).addr(0x50).at(ms(700)).tid(99),
+        None,
+    );
+    apply(
+        Event::of(EventKind::Mmap)
+            .addr(0x7000_0000)
+            .size(5000)
+            .at(ms(800))
+            .tid(99),
+        Some(b),
+    );
     (heap, stacks)
 }
 
@@ -127,8 +167,22 @@ fn sites_with_equal_size_and_count_sort_by_first_frame_name() {
     let late = stacks.intern(&[0x9000], false);
     let early = stacks.intern(&[0x100], false);
     let mut heap = HeapState::new(Mode::Attach);
-    heap.apply(&event(EventKind::Malloc, 0x10, 8, 0, 1), Some(late));
-    heap.apply(&event(EventKind::Malloc, 0x20, 8, 0, 2), Some(early));
+    heap.apply(
+        &Event::of(EventKind::Malloc)
+            .addr(0x10)
+            .size(8)
+            .at(ms(1))
+            .tid(99),
+        Some(late),
+    );
+    heap.apply(
+        &Event::of(EventKind::Malloc)
+            .addr(0x20)
+            .size(8)
+            .at(ms(2))
+            .tid(99),
+        Some(early),
+    );
     let mut symbolizer = Symbolizer::new(&ProcessMaps::default());
     let report = build_report(&heap, &stacks, &mut symbolizer, &meta(Mode::Attach));
     let first: Vec<String> = report
@@ -213,14 +267,62 @@ fn sites_list_every_allocating_stack_with_live_and_peak_figures() {
     let a = StackId(0);
     let b = StackId(1);
     for (e, stack) in [
-        (event(EventKind::Malloc, 0x10, 100, 0, 100), Some(a)),
-        (event(EventKind::Calloc, 0x20, 200, 0, 300), Some(a)),
-        (event(EventKind::Malloc, 0x30, 300, 0, 200), Some(b)),
-        (event(EventKind::Malloc, 0x40, 7, 0, 400), None),
-        (event(EventKind::Malloc, 0x50, 1000, 0, 500), Some(a)),
-        (event(EventKind::Free, 0x50, 0, 0, 600), None),
-        (event(EventKind::Free, 0x50, 0, 0, 700), None),
-        (event(EventKind::Mmap, 0x7000_0000, 5000, 0, 800), Some(b)),
+        (
+            Event::of(EventKind::Malloc)
+                .addr(0x10)
+                .size(100)
+                .at(ms(100))
+                .tid(99),
+            Some(a),
+        ),
+        (
+            Event::of(EventKind::Calloc)
+                .addr(0x20)
+                .size(200)
+                .at(ms(300))
+                .tid(99),
+            Some(a),
+        ),
+        (
+            Event::of(EventKind::Malloc)
+                .addr(0x30)
+                .size(300)
+                .at(ms(200))
+                .tid(99),
+            Some(b),
+        ),
+        (
+            Event::of(EventKind::Malloc)
+                .addr(0x40)
+                .size(7)
+                .at(ms(400))
+                .tid(99),
+            None,
+        ),
+        (
+            Event::of(EventKind::Malloc)
+                .addr(0x50)
+                .size(1000)
+                .at(ms(500))
+                .tid(99),
+            Some(a),
+        ),
+        (
+            Event::of(EventKind::Free).addr(0x50).at(ms(600)).tid(99),
+            None,
+        ),
+        (
+            Event::of(EventKind::Free).addr(0x50).at(ms(700)).tid(99),
+            None,
+        ),
+        (
+            Event::of(EventKind::Mmap)
+                .addr(0x7000_0000)
+                .size(5000)
+                .at(ms(800))
+                .tid(99),
+            Some(b),
+        ),
     ] {
         let effect = replay.apply(&e, stack);
         sites.observe(&e, stack, &effect);
@@ -315,7 +417,11 @@ fn many_sites(count: u64, size: impl Fn(u64) -> u64) -> (HeapState, StackTable, 
     for i in 0..count {
         let id = stacks.intern(&[0x1000 + 0x10 * i, 0x40_0000], false);
         assert_eq!(id, StackId(i as u32));
-        let e = event(EventKind::Malloc, 0x10_0000 + 0x100 * i, size(i), 0, i);
+        let e = Event::of(EventKind::Malloc)
+            .addr(0x10_0000 + 0x100 * i)
+            .size(size(i))
+            .at(ms(i))
+            .tid(99);
         let effect = heap.apply(&e, Some(id));
         sites.observe(&e, Some(id), &effect);
     }

@@ -7,19 +7,6 @@ use std::collections::BTreeMap;
 const SLOTS: u64 = 8;
 const STACKS: u32 = 4;
 
-fn event(kind: EventKind, addr: u64, size: u64, old_addr: u64, ts_ns: u64) -> Event {
-    Event {
-        kind,
-        tid: 1,
-        ts_ns,
-        addr,
-        size,
-        old_addr,
-        aux: 0,
-        flags: 0,
-    }
-}
-
 fn slot_addr(slot: u64) -> u64 {
     if slot == 0 { 0 } else { 0x1000 + slot * 16 }
 }
@@ -48,13 +35,20 @@ impl Harness {
 fn counts_allocations_live_blocks_and_the_peak_snapshot() {
     let mut h = Harness::new();
     let (a, b) = (Some(StackId(0)), Some(StackId(2)));
-    h.apply(&event(EventKind::Malloc, 0x10, 100, 0, 5), a);
-    h.apply(&event(EventKind::Malloc, 0x20, 50, 0, 6), b);
-    h.apply(&event(EventKind::Malloc, 0x30, 30, 0, 7), a); // peak: a 130 in 2, b 50 in 1
-    h.apply(&event(EventKind::Free, 0x10, 0, 0, 8), None);
-    h.apply(&event(EventKind::Malloc, 0x40, 0, 0, 9), b); // zero-byte block, still a block
-    h.apply(&event(EventKind::Malloc, 0, 70, 0, 10), b); // failed: not an allocation
-    h.apply(&event(EventKind::Realloc, 0x50, 60, 0x20, 11), a); // b's block moves to a
+    h.apply(&Event::of(EventKind::Malloc).addr(0x10).size(100).at(5), a);
+    h.apply(&Event::of(EventKind::Malloc).addr(0x20).size(50).at(6), b);
+    h.apply(&Event::of(EventKind::Malloc).addr(0x30).size(30).at(7), a); // peak: a 130 in 2, b 50 in 1
+    h.apply(&Event::of(EventKind::Free).addr(0x10).at(8), None);
+    h.apply(&Event::of(EventKind::Malloc).addr(0x40).at(9), b); // zero-byte block, still a block
+    h.apply(&Event::of(EventKind::Malloc).size(70).at(10), b); // failed: not an allocation
+    h.apply(
+        &Event::of(EventKind::Realloc)
+            .addr(0x50)
+            .size(60)
+            .old(0x20)
+            .at(11),
+        a,
+    ); // b's block moves to a
 
     assert_eq!(
         h.sites.get(StackId(0)),
@@ -92,13 +86,13 @@ fn counts_allocations_live_blocks_and_the_peak_snapshot() {
 fn a_later_peak_replaces_the_snapshot_of_sites_that_did_not_change() {
     let mut h = Harness::new();
     let (a, b) = (Some(StackId(0)), Some(StackId(1)));
-    h.apply(&event(EventKind::Malloc, 0x10, 100, 0, 1), a); // peak 100: a 100
-    h.apply(&event(EventKind::Free, 0x10, 0, 0, 2), None);
-    h.apply(&event(EventKind::Malloc, 0x20, 40, 0, 3), b);
-    h.apply(&event(EventKind::Malloc, 0x30, 70, 0, 4), b); // peak 110: a 0, b 110
+    h.apply(&Event::of(EventKind::Malloc).addr(0x10).size(100).at(1), a); // peak 100: a 100
+    h.apply(&Event::of(EventKind::Free).addr(0x10).at(2), None);
+    h.apply(&Event::of(EventKind::Malloc).addr(0x20).size(40).at(3), b);
+    h.apply(&Event::of(EventKind::Malloc).addr(0x30).size(70).at(4), b); // peak 110: a 0, b 110
     assert_eq!(h.sites.get(StackId(0)).peak_live_bytes, 0);
     assert_eq!(h.sites.get(StackId(1)).peak_live_bytes, 110);
-    h.apply(&event(EventKind::Free, 0x20, 0, 0, 5), None); // below the peak: no change
+    h.apply(&Event::of(EventKind::Free).addr(0x20).at(5), None); // below the peak: no change
     assert_eq!(h.sites.get(StackId(1)).peak_live_bytes, 110);
     assert_eq!(h.sites.get(StackId(1)).peak_live_blocks, 2);
 }
@@ -106,8 +100,14 @@ fn a_later_peak_replaces_the_snapshot_of_sites_that_did_not_change() {
 #[test]
 fn overwritten_blocks_leave_their_site() {
     let mut h = Harness::new();
-    h.apply(&event(EventKind::Malloc, 0x10, 10, 0, 1), Some(StackId(0)));
-    h.apply(&event(EventKind::Malloc, 0x10, 20, 0, 2), Some(StackId(1)));
+    h.apply(
+        &Event::of(EventKind::Malloc).addr(0x10).size(10).at(1),
+        Some(StackId(0)),
+    );
+    h.apply(
+        &Event::of(EventKind::Malloc).addr(0x10).size(20).at(2),
+        Some(StackId(1)),
+    );
     assert_eq!(h.sites.get(StackId(0)).live_bytes, 0);
     assert_eq!(h.sites.get(StackId(0)).peak_live_bytes, 0);
     assert_eq!(h.sites.get(StackId(1)).live_bytes, 20);
@@ -145,7 +145,10 @@ fn op() -> impl Strategy<Value = Op> {
 fn to_event(op: &Op, ts: u64) -> (Event, Option<StackId>) {
     match *op {
         Op::Malloc { slot, size, stack } => (
-            event(EventKind::Malloc, slot_addr(slot), size, 0, ts),
+            Event::of(EventKind::Malloc)
+                .addr(slot_addr(slot))
+                .size(size)
+                .at(ts),
             stack.map(StackId),
         ),
         Op::Realloc {
@@ -154,10 +157,17 @@ fn to_event(op: &Op, ts: u64) -> (Event, Option<StackId>) {
             size,
             stack,
         } => (
-            event(EventKind::Realloc, slot_addr(new), size, slot_addr(old), ts),
+            Event::of(EventKind::Realloc)
+                .addr(slot_addr(new))
+                .size(size)
+                .old(slot_addr(old))
+                .at(ts),
             stack.map(StackId),
         ),
-        Op::Free { slot } => (event(EventKind::Free, slot_addr(slot), 0, 0, ts), None),
+        Op::Free { slot } => (
+            Event::of(EventKind::Free).addr(slot_addr(slot)).at(ts),
+            None,
+        ),
     }
 }
 
