@@ -37,6 +37,7 @@ pub struct PeakBlocks {
 impl Analysis for PeakBlocks {
     type Report = Snapshots;
 
+    #[inline]
     fn observe(&mut self, seen: &Observed<'_>) {
         let effect = seen.effect;
         if effect.new_peak {

@@ -60,6 +60,7 @@ pub struct Growth {
 impl Analysis for Growth {
     type Report = LeaksReport;
 
+    #[inline]
     fn observe(&mut self, seen: &Observed<'_>) {
         self.follow(seen.event.ts_ns, seen.effect);
     }

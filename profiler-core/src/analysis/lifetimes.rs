@@ -99,6 +99,7 @@ impl Default for Lifetimes {
 impl Analysis for Lifetimes {
     type Report = LifetimesReport;
 
+    #[inline]
     fn observe(&mut self, seen: &Observed<'_>) {
         self.follow(seen.event.kind, seen.event.ts_ns, seen.effect);
     }

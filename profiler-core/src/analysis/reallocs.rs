@@ -65,6 +65,7 @@ impl Default for Reallocs {
 impl Analysis for Reallocs {
     type Report = ReallocsReport;
 
+    #[inline]
     fn observe(&mut self, seen: &Observed<'_>) {
         self.follow(seen.event, seen.effect);
     }

@@ -3,7 +3,7 @@
 //! map above. The map holds at most [`MAX_LARGE_SIZES`] distinct sizes; after that, new large
 //! sizes are rounded up to 4 KiB (and the result says so), which keeps memory bounded.
 
-use super::allocator::Allocator;
+use super::allocator::{Allocator, GlibcMmap};
 use super::{Analysis, Observed, SessionEnd};
 use crate::fasthash::FastHashMap;
 use serde::{Deserialize, Serialize};
@@ -81,9 +81,10 @@ fn ratio(part: u64, whole: u64) -> f64 {
 impl Analysis for Sizes {
     type Report = SizeClassesReport;
 
+    #[inline]
     fn observe(&mut self, seen: &Observed<'_>) {
         if let Some((_, block)) = &seen.effect.created {
-            self.allocated(block.size, seen.glibc.is_mmapped(block.size));
+            self.allocated(block.size, seen.glibc);
         }
     }
 
@@ -93,13 +94,14 @@ impl Analysis for Sizes {
 }
 
 impl Sizes {
-    /// A block of `size` requested bytes was allocated (glibc mmapped it, or not).
-    fn allocated(&mut self, size: u64, glibc_mmapped: bool) {
+    /// A block of `size` requested bytes was allocated (`glibc` tells whether glibc would
+    /// mmap it).
+    fn allocated(&mut self, size: u64, glibc: &GlibcMmap) {
         if let Some(count) = self.small.get_mut(size as usize) {
             *count += 1;
             return;
         }
-        let mut key = (size, glibc_mmapped);
+        let mut key = (size, glibc.is_mmapped(size));
         if !self.large.contains_key(&key) && self.large.len() >= MAX_LARGE_SIZES {
             self.coarsened = true;
             key.0 = size.div_ceil(4096) * 4096;

@@ -117,6 +117,7 @@ pub struct TimelineData {
 impl Analysis for Timeline {
     type Report = TimelineReport;
 
+    #[inline]
     fn observe(&mut self, seen: &Observed<'_>) {
         self.follow(
             seen.event.ts_ns,
