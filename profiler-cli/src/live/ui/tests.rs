@@ -1,7 +1,8 @@
+use super::views::size_range;
 use super::*;
 use crossterm::event::KeyEvent;
 use profiler_core::live::{
-    GrowthRow, HistoryPoint, LifetimeRow, SessionFacts, SiteNames, SizeRow, ThreadRow,
+    GrowthRow, HistoryPoint, LifetimeRow, SessionFacts, SiteNames, SiteRow, SizeRow, ThreadRow,
 };
 use profiler_core::stacks::StackId;
 use ratatui::backend::TestBackend;
