@@ -4,7 +4,9 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use profiler_common::MAX_STACK_DEPTH;
 
+use crate::compare::AllocatorName;
 use crate::options::{self, SessionOptions, StackOptions};
+use crate::report_cmd;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -132,14 +134,14 @@ pub struct CompareArgs {
     /// Allocators to compare, comma-separated.
     #[arg(
         long = "allocator",
-        value_enum,
+        value_parser = allocator_names(),
         value_delimiter = ',',
         default_value = "glibc,jemalloc,mimalloc,tcmalloc,memprof"
     )]
-    pub allocators: Vec<crate::compare::AllocatorName>,
+    pub allocators: Vec<AllocatorName>,
     /// Use this library for an allocator (repeatable), e.g. `memprof=/path/libmemprof_alloc.so`.
     #[arg(long = "allocator-lib", value_name = "NAME=PATH", value_parser = parse_allocator_lib)]
-    pub allocator_libs: Vec<(crate::compare::AllocatorName, PathBuf)>,
+    pub allocator_libs: Vec<(AllocatorName, PathBuf)>,
     /// Directory for compare.json, compare.svg and one subdirectory per allocator.
     #[arg(long, short, default_value = "memprof-out/compare", value_name = "DIR")]
     pub output: PathBuf,
@@ -161,14 +163,27 @@ pub struct CompareArgs {
 }
 
 /// `--allocator-lib NAME=PATH`.
-fn parse_allocator_lib(text: &str) -> Result<(crate::compare::AllocatorName, PathBuf), String> {
-    use clap::ValueEnum as _;
+/// `--allocator`'s values: the allocators `compare` knows, by name.
+fn allocator_names() -> impl clap::builder::TypedValueParser<Value = AllocatorName> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    let names = crate::compare::ALL_ALLOCATORS.map(|allocator| {
+        let name = PossibleValue::new(allocator.name());
+        match allocator.description() {
+            Some(description) => name.help(description),
+            None => name,
+        }
+    });
+    PossibleValuesParser::new(names)
+        .map(|name| AllocatorName::from_name(&name).expect("one of the possible values"))
+}
+
+fn parse_allocator_lib(text: &str) -> Result<(AllocatorName, PathBuf), String> {
     let (name, path) = text
         .split_once('=')
         .filter(|(_, path)| !path.is_empty())
         .ok_or_else(|| format!("expected NAME=PATH, not {text:?}"))?;
-    let allocator = crate::compare::AllocatorName::from_str(name, true)
-        .map_err(|_| format!("unknown allocator {name:?}"))?;
+    let allocator =
+        AllocatorName::from_name(name).ok_or_else(|| format!("unknown allocator {name:?}"))?;
     Ok((allocator, PathBuf::from(path)))
 }
 
@@ -248,6 +263,19 @@ pub enum ReportFormat {
     Folded,
     Pprof,
     All,
+}
+
+impl From<ReportFormat> for report_cmd::Format {
+    fn from(format: ReportFormat) -> report_cmd::Format {
+        match format {
+            ReportFormat::Text => report_cmd::Format::Text,
+            ReportFormat::Json => report_cmd::Format::Json,
+            ReportFormat::Flamegraph => report_cmd::Format::Flamegraph,
+            ReportFormat::Folded => report_cmd::Format::Folded,
+            ReportFormat::Pprof => report_cmd::Format::Pprof,
+            ReportFormat::All => report_cmd::Format::All,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -89,13 +89,15 @@ fn run(cli: Cli) -> Result<i32> {
             output,
             top,
             ops,
-        } => match file.is_dir() {
+        } => match (file.is_dir(), report_cmd::Format::from(format)) {
             // A session's directory: all of a followed tree, or its one recording.
-            true if format == cli::ReportFormat::All && ops.is_none() => {
+            (true, report_cmd::Format::All) if ops.is_none() => {
                 report_tree::report(&file, &output, top)
             }
-            true => report_cmd::report(&options::recording_of(&file), format, &output, top, ops),
-            false => report_cmd::report(&file, format, &output, top, ops),
+            (true, format) => {
+                report_cmd::report(&options::recording_of(&file), format, &output, top, ops)
+            }
+            (false, format) => report_cmd::report(&file, format, &output, top, ops),
         },
         Command::Diff(args) => diff::diff(&args.into_options()),
         Command::Compare(args) => compare::compare(&args.into_options()),

@@ -21,13 +21,26 @@ use profiler_core::{
     symbolize::Symbolizer,
 };
 
-use crate::{cli::ReportFormat, report_writer};
+use crate::report_writer;
+
+/// What `memprof report` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The terminal summary, on stdout.
+    Text,
+    Json,
+    Flamegraph,
+    Folded,
+    Pprof,
+    /// Every file a live session writes, and the summary.
+    All,
+}
 
 /// Reads the recording at `file`, rebuilds the session and writes what `format` asks for.
 /// `ops` overrides the operation count the recording holds.
 pub fn report(
     file: &Path,
-    format: ReportFormat,
+    format: Format,
     output: &Path,
     top: usize,
     ops: Option<u64>,
@@ -40,7 +53,7 @@ pub fn report(
     let session = replayed.view();
     let meta = &replayed.meta;
     let build_id = |path: &Path| replayed.build_id(path);
-    if format == ReportFormat::All {
+    if format == Format::All {
         report_writer::finish_report(
             &session,
             replayed.malformed,
@@ -53,7 +66,7 @@ pub fn report(
         return Ok(0);
     }
     let report = build_report(&session, &mut symbolizer, meta);
-    if format == ReportFormat::Text {
+    if format == Format::Text {
         let mut stdout = std::io::stdout().lock();
         write_text(&report, &mut stdout, top)?;
         stdout.flush()?;
@@ -62,13 +75,13 @@ pub fn report(
     let dir = OutputDir::open(output)?;
     let mut written = Vec::new();
     match format {
-        ReportFormat::Json => {
+        Format::Json => {
             written.push(dir.write_atomically("report.json", |out| write_json(&report, out))?);
         }
-        ReportFormat::Flamegraph | ReportFormat::Folded => {
+        Format::Flamegraph | Format::Folded => {
             for kind in FlameKind::ALL {
                 let stem = kind.file_stem();
-                written.push(if format == ReportFormat::Flamegraph {
+                written.push(if format == Format::Flamegraph {
                     dir.write_atomically(&format!("{stem}.svg"), |out| {
                         write_flamegraph(&report, kind, out)
                     })?
@@ -79,7 +92,7 @@ pub fn report(
                 });
             }
         }
-        ReportFormat::Pprof => {
+        Format::Pprof => {
             written.push(write_pprof_file(
                 &dir,
                 &session,
@@ -88,7 +101,7 @@ pub fn report(
                 build_id,
             )?);
         }
-        ReportFormat::All | ReportFormat::Text => unreachable!("handled above"),
+        Format::All | Format::Text => unreachable!("handled above"),
     }
     for path in written {
         eprintln!("wrote {}", path.display());
@@ -177,7 +190,7 @@ mod tests {
     /// `analyses.per_operation` of `memprof report FILE --format json [--ops OPS]`.
     fn per_operation(file: &Path, ops: Option<u64>) -> serde_json::Value {
         let output = file.with_extension("out");
-        report(file, ReportFormat::Json, &output, 10, ops).unwrap();
+        report(file, Format::Json, &output, 10, ops).unwrap();
         let json = std::fs::read_to_string(output.join("report.json")).unwrap();
         let report: serde_json::Value = serde_json::from_str(&json).unwrap();
         report["analyses"]["per_operation"].clone()

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use profiler_core::analysis::allocator::Allocator;
 
 /// An allocator to compare (`--allocator`).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AllocatorName {
     /// The C library's malloc: no preload.
     Glibc,
@@ -31,6 +31,23 @@ pub const ALL: [AllocatorName; 5] = [
 const DEBIAN_LIBS: &str = "/usr/lib/x86_64-linux-gnu";
 
 impl AllocatorName {
+    /// The allocator called `name` (any case).
+    pub fn from_name(name: &str) -> Option<AllocatorName> {
+        ALL.into_iter()
+            .find(|allocator| allocator.name().eq_ignore_ascii_case(name))
+    }
+
+    /// What it is, when its name does not say.
+    pub fn description(self) -> Option<&'static str> {
+        match self {
+            AllocatorName::Glibc => Some("The C library's malloc: no preload"),
+            AllocatorName::Memprof => {
+                Some("The project's own allocator, libmemprof_alloc.so (samples/alloc-preload)")
+            }
+            AllocatorName::Jemalloc | AllocatorName::Mimalloc | AllocatorName::Tcmalloc => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             AllocatorName::Glibc => "glibc",

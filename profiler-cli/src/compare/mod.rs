@@ -28,7 +28,7 @@ use anyhow::{Context as _, Result, bail};
 use profiler_core::{output_dir::OutputDir, report::Report};
 use std::io::Write as _;
 
-pub use allocators::{AllocatorName, executable};
+pub use allocators::{ALL as ALL_ALLOCATORS, AllocatorName, executable};
 use column::{Column, RunResult};
 use figures::Figures;
 
