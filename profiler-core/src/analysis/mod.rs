@@ -170,7 +170,7 @@ impl Analyses {
     }
 
     /// The analyses' results, with stacks as ids (`stacks` is left empty: see
-    /// [`report_with_stacks`]); `ops`, the operations the target performed, gives the
+    /// `report_with_stacks`); `ops`, the operations the target performed, gives the
     /// per-operation costs.
     pub fn report(&self, input: &AnalysisInput<'_>, ops: Option<u64>) -> AnalysesReport {
         let input = SessionEnd {
