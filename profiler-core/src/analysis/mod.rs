@@ -83,19 +83,23 @@ pub struct AnalysisInput<'a> {
     pub allocator: Allocator,
 }
 
-/// The session's end as each [`Analysis`] reports it: [`AnalysisInput`], with an end never
-/// before the last event, and glibc's mmap threshold then.
+/// The session's end as each [`Analysis`] reports it: [`AnalysisInput`] (read through it),
+/// with an end never before the last event, and glibc's mmap threshold then.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionEnd<'a> {
-    pub heap: &'a HeapState,
-    pub sites: &'a SiteStats,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub allocator: Allocator,
+    input: AnalysisInput<'a>,
     pub glibc: &'a GlibcMmap,
 }
 
-impl SessionEnd<'_> {
+impl<'a> std::ops::Deref for SessionEnd<'a> {
+    type Target = AnalysisInput<'a>;
+
+    fn deref(&self) -> &AnalysisInput<'a> {
+        &self.input
+    }
+}
+
+impl AnalysisInput<'_> {
     /// Seconds from the session's start to `ts_ns`.
     pub fn secs(&self, ts_ns: u64) -> f64 {
         ts_ns.saturating_sub(self.start_ns) as f64 / 1e9
@@ -174,11 +178,10 @@ impl Analyses {
     /// per-operation costs.
     pub fn report(&self, input: &AnalysisInput<'_>, ops: Option<u64>) -> AnalysesReport {
         let input = SessionEnd {
-            heap: input.heap,
-            sites: input.sites,
-            start_ns: input.start_ns,
-            end_ns: input.end_ns.max(self.last_ns),
-            allocator: input.allocator,
+            input: AnalysisInput {
+                end_ns: input.end_ns.max(self.last_ns),
+                ..*input
+            },
             glibc: &self.glibc,
         };
         let timeline = self.timeline.report(&input);
