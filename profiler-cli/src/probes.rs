@@ -1,5 +1,10 @@
 //! Loading memprof's eBPF programs and attaching them to one process.
-use std::{collections::HashMap, os::fd::OwnedFd, path::Path, thread};
+use std::{
+    collections::HashMap,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    thread,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -20,6 +25,8 @@ use crate::{
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 const RETURN_PROGRAM: &str = "memprof_return";
+/// Holds a thread entering dlclose until the collector has read its calls (`run`).
+const DLCLOSE_PROGRAM: &str = "dlclose_enter";
 
 /// Settings that shape the probes.
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +70,9 @@ pub struct Probes {
     return_links: Vec<OwnedFd>,
     /// The other processes of a followed tree: (entry links, return links) by pid.
     process_links: HashMap<u32, (Vec<OwnedFd>, Vec<OwnedFd>)>,
+    /// dlclose's entry (object, file offset), once [`Probes::hold_at_dlclose`] probed it:
+    /// followed processes get the same probe.
+    dlclose: Option<(PathBuf, u64)>,
 }
 
 /// Links released concurrently at the end of a session.
@@ -108,6 +118,7 @@ impl Probes {
             links: Vec::new(),
             return_links: Vec::new(),
             process_links: HashMap::new(),
+            dlclose: None,
         })
     }
 
@@ -125,6 +136,18 @@ impl Probes {
         Ok(())
     }
 
+    /// Holds `pid`'s threads at dlclose's entry (`object` at file offset `offset`) until the
+    /// collector has read their calls: frames in the library it unloads are still unwound and
+    /// its maps read. Only with holds on (`run`); the probe does nothing otherwise.
+    pub fn hold_at_dlclose(&mut self, pid: u32, object: PathBuf, offset: u64) -> Result<()> {
+        let link = self
+            .attach_program(DLCLOSE_PROGRAM, &object, &[offset], pid, false)
+            .context("cannot probe dlclose")?;
+        self.links.push(link);
+        self.dlclose = Some((object, offset));
+        Ok(())
+    }
+
     /// Probes process `pid` too: a child of a followed tree, held before its first
     /// instruction, so neither the order of its links nor the stop flag matters (the other
     /// processes keep running).
@@ -133,8 +156,11 @@ impl Probes {
             let mut followed = aya::maps::HashMap::<&mut MapData, u32, u32>::try_from(map)?;
             followed.insert(pid, 1, 0)?;
         }
-        let links = self.attach_links(pid, sites)?;
-        self.process_links.insert(pid, links);
+        let (mut entries, returns) = self.attach_links(pid, sites)?;
+        if let Some((object, offset)) = self.dlclose.clone() {
+            entries.push(self.attach_program(DLCLOSE_PROGRAM, &object, &[offset], pid, false)?);
+        }
+        self.process_links.insert(pid, (entries, returns));
         Ok(())
     }
 
@@ -316,10 +342,11 @@ fn kind_program(kind: EventKind) -> &'static str {
 }
 
 fn program_names() -> impl Iterator<Item = &'static str> {
-    EventKind::ALL
-        .into_iter()
-        .map(kind_program)
-        .chain([OPERATOR_NEW_ALIGNED, RETURN_PROGRAM])
+    EventKind::ALL.into_iter().map(kind_program).chain([
+        OPERATOR_NEW_ALIGNED,
+        RETURN_PROGRAM,
+        DLCLOSE_PROGRAM,
+    ])
 }
 
 fn btf_hint() -> &'static str {

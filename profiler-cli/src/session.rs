@@ -261,9 +261,13 @@ pub fn probe_capture(
     order: impl FnOnce() -> Result<LookupOrder>,
     backpressure: &Arc<Backpressure>,
 ) -> Result<Capture> {
-    let (sites, warnings) = order()?.probe_plan()?;
+    let order = order()?;
+    let (sites, warnings) = order.probe_plan()?;
     let mut probes = Probes::load(pid, ProbeConfig::for_session(options, hold_threads))?;
     probes.attach(pid, &sites)?;
+    if hold_threads && let Some((object, offset)) = order.dlclose_entry() {
+        probes.hold_at_dlclose(pid, object, offset)?;
+    }
     let ring = probes.take_ring()?;
     let mut collected = Collected::new(mode);
     collected.count_losses_with(LossSource::Probes(probes.take_loss_counters()?));

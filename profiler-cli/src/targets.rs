@@ -147,6 +147,16 @@ impl LookupOrder {
         sites.extend(operator_sites);
         Ok((sites, warnings))
     }
+
+    /// Where the target's `dlclose` starts, as (object, file offset): in the first object
+    /// defining it (libc since glibc 2.34, libdl before). None for a program without one.
+    pub fn dlclose_entry(&self) -> Option<(PathBuf, u64)> {
+        self.objects.iter().find_map(|path| {
+            let object = ElfObject::read(&self.open_path(path), &["dlclose"]).ok()?;
+            let (vaddr, _) = object.function("dlclose")?;
+            Some((object.path.clone(), object.file_offset(vaddr)?))
+        })
+    }
 }
 
 /// How many integer arguments the entry probe of `kind` (at `symbol`) reads: what its
@@ -445,6 +455,20 @@ mod tests {
             ]
         );
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn dlclose_is_found_in_the_first_object_defining_it() {
+        let libc = "/lib/x86_64-linux-gnu/libc.so.6";
+        // Neither true nor libstdc++ defines dlclose; libc does (glibc 2.34 merged libdl).
+        let (path, offset) = order(&["/bin/true", &format!("{LIB}/libstdc++.so.6"), libc])
+            .dlclose_entry()
+            .unwrap();
+        assert_eq!(path, PathBuf::from(libc));
+        let object = ElfObject::read(Path::new(libc), &["dlclose"]).unwrap();
+        let (vaddr, _) = object.function("dlclose").unwrap();
+        assert_eq!(Some(offset), object.file_offset(vaddr));
+        assert_eq!(order(&["/bin/true"]).dlclose_entry(), None);
     }
 
     #[test]

@@ -168,14 +168,7 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     // The collector is falling behind: this thread stops (held by the tracer) as it returns to
     // user space, after this record, which still has room.
     if hold_at != 0 && queued >= hold_at {
-        let signal = if blocks_hold_signal() {
-            HOLD_SIGNAL_BLOCKED
-        } else {
-            HOLD_SIGNAL
-        };
-        // SAFETY: signals the current thread, which belongs to the target (checked by callers).
-        unsafe { bpf_send_signal_thread(signal) };
-        bump(counter::HOLDS);
+        hold();
     }
     let len = EVENT_HEADER_SIZE + body_bytes;
     // SAFETY: `len` is at most size_of::<EventRecord>() and the record is initialised that far.
@@ -184,6 +177,20 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         bump(counter::LOST_BASE + header.kind);
     }
+}
+
+/// Stops the current thread, a target's, as it returns to user space: the tracer holds it
+/// until the collector has drained the ring once more.
+#[inline(always)]
+fn hold() {
+    let signal = if blocks_hold_signal() {
+        HOLD_SIGNAL_BLOCKED
+    } else {
+        HOLD_SIGNAL
+    };
+    // SAFETY: signals the current thread, which belongs to the target (checked by callers).
+    unsafe { bpf_send_signal_thread(signal) };
+    bump(counter::HOLDS);
 }
 
 /// The current thread blocks [`HOLD_SIGNAL`] (its `task_struct.blocked`, at the offset the
@@ -524,5 +531,22 @@ pub fn operator_delete_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
     release(&ctx, EventKind::Munmap, arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+/// dlclose may unmap a library whose calls are still queued. With holds on (`run`), the
+/// thread stops until the collector has read them, so their frames are unwound and the
+/// library's maps read while it is still mapped (the in-process path waits the same way).
+#[uprobe]
+pub fn dlclose_enter(_ctx: ProbeContext) -> u32 {
+    if target_thread().is_none() || stopped() {
+        return 0;
+    }
+    // SAFETY: a volatile read of a loader-set global.
+    let hold_at = unsafe { read_volatile(&HOLD_BYTES) };
+    // Held even with the ring empty: the collector may still be unwinding records it took.
+    if hold_at != 0 {
+        hold();
+    }
     0
 }

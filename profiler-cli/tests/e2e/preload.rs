@@ -185,6 +185,22 @@ fn frames_of_a_library_unloaded_before_the_end_are_symbolized() {
     let Some(env) = privileged("frames_of_a_library_unloaded_before_the_end_are_symbolized") else {
         return;
     };
+    frames_of_an_unloaded_library(&env, Capture::Preload);
+}
+
+/// The same on the probes' path: a probe on dlclose holds the thread (as backpressure does)
+/// until the collector has read its calls.
+#[test]
+fn frames_of_a_library_unloaded_before_the_end_are_symbolized_uprobes() {
+    let Some(env) =
+        privileged("frames_of_a_library_unloaded_before_the_end_are_symbolized_uprobes")
+    else {
+        return;
+    };
+    frames_of_an_unloaded_library(&env, Capture::Uprobes);
+}
+
+fn frames_of_an_unloaded_library(env: &crate::support::Privileged, capture: Capture) {
     // libstackdemo.so, built beside stacks.c's binary.
     let stacks = crate::support::compile_stacks(env.dir.path(), Build::NoFramePointers);
     let dir = stacks.parent().unwrap();
@@ -198,7 +214,7 @@ fn frames_of_a_library_unloaded_before_the_end_are_symbolized() {
         .status()
         .expect("gcc");
     assert!(status.success(), "gcc {}", source.display());
-    let report = profile_on(Capture::Preload, env.dir.path(), &target, &[]);
+    let report = profile_on(capture, env.dir.path(), &target, &[]);
     assert_nothing_lost(&report);
     assert_sites(
         &report,
