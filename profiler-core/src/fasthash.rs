@@ -74,6 +74,14 @@ pub type FastBuildHasher = BuildHasherDefault<FastHasher>;
 /// A `HashMap` keyed by integers from the target process.
 pub type FastHashMap<K, V> = std::collections::HashMap<K, V, FastBuildHasher>;
 
+/// Hashes one word with the same function as [`FastHasher`].
+#[inline]
+pub fn hash_word(word: u64) -> u64 {
+    let mut hasher = FastHasher::default();
+    hasher.add(word);
+    hasher.finish()
+}
+
 /// Hashes a slice of words (a stack) with the same function as [`FastHasher`].
 #[inline]
 pub fn hash_words(words: &[u64], extra: u64) -> u64 {

@@ -8,6 +8,7 @@
 use crate::event::Event;
 use crate::fasthash::FastHashMap;
 use crate::stacks::StackId;
+use address_table::AddressTable;
 use profiler_common::{
     EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_INHERITED_AT_FORK, FLAG_REALLOC_ENTRY,
     FLAG_RELEASED_BY_EXEC, KIND_SLOTS,
@@ -16,7 +17,8 @@ use profiler_common::{
 /// Flags of the collector's synthetic events, which are no calls of the program.
 const SYNTHETIC: u32 = FLAG_RELEASED_BY_EXEC | FLAG_INHERITED_AT_FORK;
 use std::collections::BTreeMap;
-use std::collections::hash_map::Entry;
+
+mod address_table;
 
 /// What mmap returns on failure: `(void *)-1`.
 pub const MAP_FAILED: u64 = u64::MAX;
@@ -215,7 +217,7 @@ pub struct HeapState {
     mode: Mode,
     stats: HeapStats,
     /// Live blocks and, in Run mode, freed ones, by address.
-    blocks: FastHashMap<u64, Slot>,
+    blocks: AddressTable<Slot>,
     double_free_records: Vec<DoubleFree>,
     /// Non-overlapping live regions by start address.
     regions: BTreeMap<u64, Region>,
@@ -246,6 +248,17 @@ enum Slot {
     Freed(FreedBlock),
 }
 
+/// What an empty entry of the table holds (never read as a block).
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot::Freed(FreedBlock {
+            size: 0,
+            stack: None,
+            free_ts_ns: 0,
+        })
+    }
+}
+
 fn page_round_up(len: u64) -> u64 {
     len.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
 }
@@ -255,7 +268,7 @@ impl HeapState {
         Self {
             mode,
             stats: HeapStats::default(),
-            blocks: FastHashMap::default(),
+            blocks: AddressTable::default(),
             double_free_records: Vec::new(),
             regions: BTreeMap::new(),
             reallocs_in_flight: FastHashMap::default(),
@@ -273,7 +286,7 @@ impl HeapState {
     /// Live malloc-family blocks by address, in no particular order.
     pub fn blocks(&self) -> impl Iterator<Item = (u64, &Block)> {
         self.blocks.iter().filter_map(|(addr, slot)| match slot {
-            Slot::Live(block) => Some((*addr, block)),
+            Slot::Live(block) => Some((addr, block)),
             Slot::Freed(_) => None,
         })
     }
@@ -282,12 +295,12 @@ impl HeapState {
     /// live blocks and, in Run mode, every freed one not handed out again (so in Run mode,
     /// every address a block ever had). In no particular order.
     pub fn block_addresses(&self) -> impl Iterator<Item = u64> + '_ {
-        self.blocks.keys().copied()
+        self.blocks.iter().map(|(addr, _)| addr)
     }
 
     /// `addr` is a live malloc-family block.
     pub fn is_live(&self, addr: u64) -> bool {
-        matches!(self.blocks.get(&addr), Some(Slot::Live(_)))
+        matches!(self.blocks.get(addr), Some(Slot::Live(_)))
     }
 
     /// Live mmap regions by start address, ascending.
@@ -514,21 +527,21 @@ impl HeapState {
     /// freed block it remembers, if any.
     #[inline]
     fn release(&mut self, addr: u64, ts_ns: u64) -> Result<Block, Option<FreedBlock>> {
-        let Entry::Occupied(mut entry) = self.blocks.entry(addr) else {
+        let Some(slot) = self.blocks.get_mut(addr) else {
             return Err(None);
         };
-        let block = match *entry.get() {
+        let block = match *slot {
             Slot::Live(block) => block,
             Slot::Freed(freed) => return Err(Some(freed)),
         };
         if self.mode == Mode::Run {
-            entry.insert(Slot::Freed(FreedBlock {
+            *slot = Slot::Freed(FreedBlock {
                 size: block.size,
                 stack: block.stack,
                 free_ts_ns: ts_ns,
-            }));
+            });
         } else {
-            entry.remove();
+            self.blocks.remove(addr);
         }
         Ok(block)
     }

@@ -154,9 +154,10 @@ fn analyses_short_lived_and_size_mix() {
         (190..=200).contains(&short_lived),
         "{short_lived} of 200 short-lived"
     );
+    // The sizes are those of the short-lived blocks only.
     assert_eq!(
         pool["sizes"],
-        serde_json::json!([{"size": 64, "count": 200}])
+        serde_json::json!([{"size": 64, "count": short_lived}])
     );
     let lifetimes: u64 = analyses["lifetimes"]["histogram"]
         .as_array()
