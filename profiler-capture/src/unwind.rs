@@ -54,9 +54,11 @@ struct Modules {
 }
 
 impl Modules {
-    fn covers(&self, pc: u64) -> bool {
+    /// The executable range holding `pc`, if a known module has one.
+    fn text_covering(&self, pc: u64) -> Option<&Range<u64>> {
         let i = self.text.partition_point(|range| range.start <= pc);
-        i > 0 && pc < self.text[i - 1].end
+        let range = self.text.get(i.checked_sub(1)?)?;
+        range.contains(&pc).then_some(range)
     }
 }
 
@@ -98,6 +100,9 @@ fn walk(
     let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
     let mut modules = read_modules();
     let mut rescanned = false;
+    // Most frames of a stack lie in the module of the frame below: checked first, it spares
+    // most of the searches.
+    let mut last_text = 0..0;
     let mut pc = ip;
     frames[0] = pc;
     let mut depth = 1;
@@ -106,11 +111,17 @@ fn walk(
         let Some(address) = FrameAddress::from_return_address(pc) else {
             return (depth, Outcome::Complete);
         };
-        if !rescanned && !modules.as_ref().is_some_and(|m| m.covers(pc - 1)) {
-            drop(modules);
-            rescan();
-            rescanned = true;
-            modules = read_modules();
+        if !last_text.contains(&(pc - 1)) {
+            match modules.as_ref().and_then(|m| m.text_covering(pc - 1)) {
+                Some(text) => last_text = text.clone(),
+                None if !rescanned => {
+                    drop(modules);
+                    rescan();
+                    rescanned = true;
+                    modules = read_modules();
+                }
+                None => {}
+            }
         }
         let Some(known) = modules.as_ref() else {
             return (depth, Outcome::Failed);

@@ -14,7 +14,10 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use crate::{collected::Collected, preload_capture::SharedRing};
+use crate::{
+    collected::Collected,
+    preload_capture::{Drained, SharedRing},
+};
 
 /// How often the ring is drained when no record asked for a wakeup.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -87,7 +90,14 @@ impl EventSource {
                 let events = collected.take_process_events();
                 loop {
                     let requests = collected.drain_requests();
-                    let malformed = ring.drain(|pid, record| collected.record_from(pid, record));
+                    let malformed = ring.drain(|drained| match drained {
+                        Drained::Ahead {
+                            pid,
+                            addr,
+                            old_addr,
+                        } => collected.prefetch_for(pid, addr, old_addr),
+                        Drained::Record { pid, record } => collected.record_from(pid, record),
+                    });
                     collected.malformed += malformed;
                     // As above: one more pass after a request made during this one.
                     if collected.drain_requests() == requests {

@@ -131,6 +131,15 @@ impl Collected {
         }
     }
 
+    /// A hint from the ring's reader: process `pid` has a record about `addr` (and `old_addr`)
+    /// a few records ahead. Changes nothing; its heap entries are brought into the cache.
+    pub fn prefetch_for(&self, pid: u32, addr: u64, old_addr: u64) {
+        match &self.followed {
+            Some(followed) if pid != followed.root => followed.prefetch(pid, addr, old_addr),
+            _ => self.recorder.prefetch(addr, old_addr),
+        }
+    }
+
     /// A probes' record: its thread names its process (which may be another of the tree).
     pub fn record_from_thread(&mut self, bytes: &[u8]) {
         match (&self.followed, &self.process_events) {

@@ -6,6 +6,7 @@
 //! it on the collector's timer. A producer that finds the ring full sleeps on a futex until
 //! the next drain, so nothing is lost; how often and how long is reported as held time.
 use std::{
+    mem::offset_of,
     os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
@@ -13,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use profiler_common::{
-    EventKind,
+    EVENT_HEADER_SIZE, EventHeader, EventKind,
     shared_ring::{
         DATA_OFFSET, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RING_PATH_ENV,
         RingControl, frame_bytes,
@@ -64,6 +65,33 @@ pub fn target_env(
         format!("/proc/{}/fd/{}", std::process::id(), ring.fd()),
     ));
     env
+}
+
+/// Frames [`SharedRing::drain`] announces before it delivers them.
+const READ_AHEAD: usize = 8;
+
+/// What [`SharedRing::drain`] hands its sink.
+pub enum Drained<'a> {
+    /// A record about `addr` (and `old_addr`) comes [`READ_AHEAD`] frames later: a hint only,
+    /// read from bytes the target could still be scribbling on.
+    Ahead { pid: u32, addr: u64, old_addr: u64 },
+    /// The next record, copied out of the ring, written by process `pid`.
+    Record { pid: u32, record: &'a [u8] },
+}
+
+/// A frame of the ring as [`SharedRing::frame_at`] reads it.
+enum Frame {
+    /// Unused room up to the ring's end; the next frame starts at `next`.
+    Padding { next: u64 },
+    /// A record of `len` bytes at data offset `offset`.
+    Record {
+        pid: u32,
+        offset: usize,
+        len: usize,
+        next: u64,
+    },
+    /// Not a frame the library writes.
+    Malformed,
 }
 
 /// memprof's mapping of the ring.
@@ -142,39 +170,62 @@ impl SharedRing {
         }
     }
 
-    /// Hands every published record to `deliver` with the pid of the process that wrote it;
+    /// Hands every published record to `sink` with the pid of the process that wrote it;
     /// returns how many frames could not be trusted (the rest of the ring is then skipped).
-    pub fn drain(&mut self, mut deliver: impl FnMut(u32, &[u8])) -> u64 {
+    /// Records [`READ_AHEAD`] frames on are announced first ([`Drained::Ahead`]), so that the
+    /// heap entries they touch are in the cache by the time they are applied.
+    pub fn drain(&mut self, mut sink: impl FnMut(Drained<'_>)) -> u64 {
         let control = self.control();
-        let size = control.data_bytes;
         let write_pos = control.write_pos.load(Ordering::Acquire);
         let mut read_pos = control.read_pos.load(Ordering::Relaxed);
+        let mut ahead_pos = read_pos;
+        let mut ahead_frames = 0;
         let mut malformed = 0;
-        // SAFETY: the data area follows the control page inside the mapping.
-        let data = unsafe { self.base.add(DATA_OFFSET) };
         while read_pos < write_pos {
-            let offset = (read_pos & (size - 1)) as usize;
-            // SAFETY: offsets are 8-aligned and below `size`; a frame header is 8 bytes.
-            let len = unsafe { data.add(offset).cast::<u32>().read_volatile() } as usize;
-            if len == PADDING as usize {
-                read_pos += size - offset as u64;
-                continue;
+            while ahead_frames < READ_AHEAD && ahead_pos < write_pos {
+                match self.frame_at(ahead_pos) {
+                    Frame::Padding { next } => ahead_pos = next,
+                    Frame::Record {
+                        pid, offset, next, ..
+                    } => {
+                        let (addr, old_addr) = self.addresses_at(offset);
+                        sink(Drained::Ahead {
+                            pid,
+                            addr,
+                            old_addr,
+                        });
+                        ahead_pos = next;
+                        ahead_frames += 1;
+                    }
+                    Frame::Malformed => break,
+                }
             }
-            if len > MAX_RECORD_BYTES || offset + FRAME_HEADER_BYTES + len > size as usize {
-                // Not a frame the library writes: the rest cannot be trusted.
-                malformed += 1;
-                read_pos = write_pos;
-                break;
+            match self.frame_at(read_pos) {
+                Frame::Padding { next } => read_pos = next,
+                Frame::Record {
+                    pid,
+                    offset,
+                    len,
+                    next,
+                } => {
+                    self.record.clear();
+                    // SAFETY: the frame's bytes lie inside the data area (frame_at checked).
+                    self.record.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(self.data().add(offset), len)
+                    });
+                    read_pos = next;
+                    ahead_frames = ahead_frames.saturating_sub(1);
+                    sink(Drained::Record {
+                        pid,
+                        record: &self.record,
+                    });
+                }
+                Frame::Malformed => {
+                    // Not a frame the library writes: the rest cannot be trusted.
+                    malformed += 1;
+                    read_pos = write_pos;
+                }
             }
-            // SAFETY: as the length, the frame's second word.
-            let pid = unsafe { data.add(offset + 4).cast::<u32>().read_volatile() };
-            self.record.clear();
-            // SAFETY: the frame's bytes lie inside the data area (checked above).
-            self.record.extend_from_slice(unsafe {
-                std::slice::from_raw_parts(data.add(offset + FRAME_HEADER_BYTES), len)
-            });
-            read_pos += frame_bytes(len);
-            deliver(pid, &self.record);
         }
         let control = self.control();
         control.read_pos.store(read_pos, Ordering::Release);
@@ -191,6 +242,58 @@ impl SharedRing {
             }
         }
         malformed
+    }
+
+    /// The start of the data area, after the control page.
+    fn data(&self) -> *const u8 {
+        // SAFETY: the data area follows the control page inside the mapping.
+        unsafe { self.base.add(DATA_OFFSET) }
+    }
+
+    /// What the frame at ring position `pos` (published, below the write position) is.
+    fn frame_at(&self, pos: u64) -> Frame {
+        let size = self.control().data_bytes;
+        let offset = (pos & (size - 1)) as usize;
+        // SAFETY: offsets are 8-aligned and below `size`; a frame header is 8 bytes.
+        let len = unsafe { self.data().add(offset).cast::<u32>().read_volatile() } as usize;
+        if len == PADDING as usize {
+            return Frame::Padding {
+                next: pos + size - offset as u64,
+            };
+        }
+        if len > MAX_RECORD_BYTES || offset + FRAME_HEADER_BYTES + len > size as usize {
+            return Frame::Malformed;
+        }
+        // SAFETY: as the length, the frame's second word.
+        let pid = unsafe { self.data().add(offset + 4).cast::<u32>().read_volatile() };
+        Frame::Record {
+            pid,
+            offset: offset + FRAME_HEADER_BYTES,
+            len,
+            next: pos + frame_bytes(len),
+        }
+    }
+
+    /// The block addresses of the record at data offset `offset`, read for a prefetch hint
+    /// only (0 where the record is too short to hold them).
+    fn addresses_at(&self, offset: usize) -> (u64, u64) {
+        let size = self.control().data_bytes as usize;
+        if offset + EVENT_HEADER_SIZE > size {
+            return (0, 0);
+        }
+        let word = |field: usize| {
+            // SAFETY: inside the data area (checked above); 8-aligned like every record.
+            unsafe {
+                self.data()
+                    .add(offset + field)
+                    .cast::<u64>()
+                    .read_volatile()
+            }
+        };
+        (
+            word(offset_of!(EventHeader, addr)),
+            word(offset_of!(EventHeader, old_addr)),
+        )
     }
 
     /// Frees the producers' lock if process `pid` holds it: only once none of its threads can

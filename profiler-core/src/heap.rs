@@ -313,6 +313,12 @@ impl HeapState {
         &self.double_free_records
     }
 
+    /// A hint that an event about `addr` comes soon: its entry is brought into the cache.
+    #[inline]
+    pub fn prefetch(&self, addr: u64) {
+        self.blocks.prefetch(addr);
+    }
+
     /// Applies one event and says what it did to the blocks. `stack` is where the call was
     /// made (ignored by free and munmap, which create nothing that a report attributes).
     pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {

@@ -123,6 +123,16 @@ impl Recorder {
         effect
     }
 
+    /// A hint from a collector reading ahead: a record about `addr` (and `old_addr`, a
+    /// realloc's) follows soon. Changes nothing.
+    #[inline]
+    pub fn prefetch(&self, addr: u64, old_addr: u64) {
+        self.heap.prefetch(addr);
+        if old_addr != 0 {
+            self.heap.prefetch(old_addr);
+        }
+    }
+
     /// Records applied so far.
     pub fn events(&self) -> u64 {
         self.events

@@ -123,6 +123,13 @@ impl Followed {
         }
     }
 
+    /// [`Collected::prefetch_for`] for a followed process.
+    pub fn prefetch(&self, pid: u32, addr: u64, old_addr: u64) {
+        if let Some(image) = self.live.get(&pid) {
+            image.collected.recorder.prefetch(addr, old_addr);
+        }
+    }
+
     /// Before a drain: maps read as processes exited go to their unwinders first (what is
     /// still queued may point into libraries the periodic reads never saw).
     pub fn prepare(&mut self, events: &[ProcessEvent]) {
