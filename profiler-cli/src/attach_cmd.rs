@@ -136,12 +136,14 @@ pub async fn attach(attach: AttachOptions) -> Result<i32> {
     };
     if let Some(paused) = &paused {
         session.drain();
-        session
-            .collected
-            .check_leaks_paused(&paused.states, Some(paused.since));
+        session.collected.check_leaks_paused(&paused.states);
     }
     session.detach();
-    drop(paused);
+    if let Some(paused) = paused {
+        let since = paused.since;
+        drop(paused); // lets every thread go
+        session.collected.leak_check_resumed(since.elapsed());
+    }
     let reason = match collected {
         Ok(reason) => reason,
         Err(error) => return Err(session.salvage(error)),

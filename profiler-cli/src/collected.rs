@@ -259,32 +259,40 @@ impl Collected {
     /// Runs the leak check on the target, stopped (at its exit, or by `attach --leak-check`)
     /// with every record applied. A failure is a warning: the rest of the session stands.
     pub fn check_leaks(&mut self, threads: &[crate::leak_scan::ThreadState]) {
-        self.check_leaks_paused(threads, None);
+        self.check_leaks_paused(threads);
+        self.record_leak_check();
     }
 
-    /// [`Collected::check_leaks`], the target stopped since `paused_since` for it.
-    pub fn check_leaks_paused(
-        &mut self,
-        threads: &[crate::leak_scan::ThreadState],
-        paused_since: Option<std::time::Instant>,
-    ) {
+    /// [`Collected::check_leaks`] on a process memprof paused for it (`attach --leak-check`):
+    /// recorded by [`Collected::leak_check_resumed`] once the process goes on, with the
+    /// whole pause.
+    pub fn check_leaks_paused(&mut self, threads: &[crate::leak_scan::ThreadState]) {
         let check = crate::leak_scan::check(
             self.target_pid,
             &self.recorder.heap,
             threads,
             &self.allocator_files,
-            paused_since,
         );
         match check {
-            Ok(check) => {
-                if let Some(sink) = &mut self.recording {
-                    sink.leak_check(&check);
-                }
-                self.leak_check = Some(check);
-            }
+            Ok(check) => self.leak_check = Some(check),
             Err(error) => self
                 .warnings
                 .push(format!("leak check not done: {error:#}")),
+        }
+    }
+
+    /// The process paused for the leak check runs again after `paused` (the scan, the probes'
+    /// detach and the threads' release included): the check is recorded with it.
+    pub fn leak_check_resumed(&mut self, paused: std::time::Duration) {
+        if let Some(check) = &mut self.leak_check {
+            check.summary.scan.paused_secs = paused.as_secs_f64();
+        }
+        self.record_leak_check();
+    }
+
+    fn record_leak_check(&mut self) {
+        if let (Some(check), Some(sink)) = (&self.leak_check, &mut self.recording) {
+            sink.leak_check(check);
         }
     }
 

@@ -40,14 +40,12 @@ pub fn thread_state(tid: Pid) -> Result<ThreadState> {
 }
 
 /// Runs the leak check on process `pid`, stopped (its threads in `threads`), against `heap`.
-/// `paused` is how long the process has been stopped for it so far (none at exit: the
-/// program had ended).
+/// The pause is left at zero: only the caller knows when the process goes on.
 pub fn check(
     pid: u32,
     heap: &HeapState,
     threads: &[ThreadState],
     allocator_files: &[std::path::PathBuf],
-    paused_since: Option<Instant>,
 ) -> Result<LeakCheck> {
     let started = Instant::now();
     let maps = ProcessMaps::read(pid).with_context(|| format!("cannot read the maps of {pid}"))?;
@@ -66,6 +64,15 @@ pub fn check(
         Mode::Attach => Vec::new(),
     };
     allocator_addresses.sort_unstable();
+    // In `attach`, the memory of the blocks the window saw freed is the allocator's again.
+    let mut freed: Vec<LiveBlock> = match heap.mode() {
+        Mode::Run => Vec::new(),
+        Mode::Attach => heap
+            .freed_blocks()
+            .map(|(addr, size)| LiveBlock { addr, size })
+            .collect(),
+    };
+    freed.sort_unstable();
     let program_regions: Vec<(u64, u64)> = heap
         .regions()
         .map(|(start, region)| (start, region.end))
@@ -76,6 +83,7 @@ pub fn check(
         allocator_addresses: &allocator_addresses,
         program_regions: &program_regions,
         blocks: &blocks,
+        freed: &freed,
         stack_pointers: &stack_pointers,
         allocator_files,
     });
@@ -103,7 +111,7 @@ pub fn check(
         bytes_scanned: result.bytes_scanned,
         bytes_unreadable: result.bytes_unreadable,
         secs: started.elapsed().as_secs_f64(),
-        paused_secs: paused_since.map_or(0.0, |since| since.elapsed().as_secs_f64()),
+        paused_secs: 0.0,
     };
     Ok(LeakCheck::new(&blocks, &result.classes, scan))
 }
@@ -243,7 +251,7 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         let heap = HeapState::new(Mode::Run);
-        let error = check(pid, &heap, &[], &[], None).unwrap_err();
+        let error = check(pid, &heap, &[], &[]).unwrap_err();
         assert!(format!("{error:#}").contains(&pid.to_string()), "{error:#}");
         let mut memory = ProcessMemory::new(pid);
         let mut out = [0xffu8; 16];

@@ -56,7 +56,8 @@ pub struct Block {
 }
 
 /// A block that was freed (or released by realloc) and whose address has not been handed out
-/// again. Kept only in [`Mode::Run`] to recognize double frees.
+/// again: in [`Mode::Run`], a second free of it is a double free; in either mode, the leak
+/// check knows its memory for the allocator's, not the program's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FreedBlock {
     pub size: u64,
@@ -292,10 +293,19 @@ impl HeapState {
     }
 
     /// Every address the allocator handed a block out at, as far as the heap remembers: the
-    /// live blocks and, in Run mode, every freed one not handed out again (so in Run mode,
-    /// every address a block ever had). In no particular order.
+    /// live blocks and every freed one not handed out again (so in Run mode, every address a
+    /// block ever had). In no particular order.
     pub fn block_addresses(&self) -> impl Iterator<Item = u64> + '_ {
         self.blocks.iter().map(|(addr, _)| addr)
+    }
+
+    /// Blocks freed while observed whose address was not handed out again, as (address,
+    /// size), in no particular order.
+    pub fn freed_blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.blocks.iter().filter_map(|(addr, slot)| match slot {
+            Slot::Freed(freed) => Some((addr, freed.size)),
+            Slot::Live(_) => None,
+        })
     }
 
     /// `addr` is a live malloc-family block.
@@ -510,8 +520,11 @@ impl HeapState {
         if event.flags & FLAG_ALLOCATOR_INTERNAL != 0 {
             // The allocator handing back its own caches; what it frees was freed before.
             self.stats.allocator_internal_frees += 1;
-        } else if let Some(freed) = freed {
-            // Freed blocks are only kept in Run mode.
+        } else if let Some(freed) = freed
+            && self.mode == Mode::Run
+        {
+            // In Attach mode a call can be missed as a probe comes or goes (a malloc handing
+            // the address out again): a second free is only unknown there.
             self.stats.double_frees += 1;
             if self.double_free_records.len() < MAX_DOUBLE_FREE_RECORDS {
                 self.double_free_records.push(DoubleFree {
@@ -528,9 +541,9 @@ impl HeapState {
         }
     }
 
-    /// Ends the life of the live block at `addr` (freed at `ts_ns`) and returns it; in Run
-    /// mode the address then remembers it as freed. When `addr` holds no live block: the
-    /// freed block it remembers, if any.
+    /// Ends the life of the live block at `addr` (freed at `ts_ns`) and returns it; the address
+    /// then remembers it as freed. When `addr` holds no live block: the freed block it
+    /// remembers, if any.
     #[inline]
     fn release(&mut self, addr: u64, ts_ns: u64) -> Result<Block, Option<FreedBlock>> {
         let Some(slot) = self.blocks.get_mut(addr) else {
@@ -540,15 +553,11 @@ impl HeapState {
             Slot::Live(block) => block,
             Slot::Freed(freed) => return Err(Some(freed)),
         };
-        if self.mode == Mode::Run {
-            *slot = Slot::Freed(FreedBlock {
-                size: block.size,
-                stack: block.stack,
-                free_ts_ns: ts_ns,
-            });
-        } else {
-            self.blocks.remove(addr);
-        }
+        *slot = Slot::Freed(FreedBlock {
+            size: block.size,
+            stack: block.stack,
+            free_ts_ns: ts_ns,
+        });
         Ok(block)
     }
 

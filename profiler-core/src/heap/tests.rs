@@ -270,6 +270,20 @@ fn the_same_sequence_in_attach_mode_is_an_unknown_free() {
     let s = heap.stats();
     assert_eq!((s.frees, s.double_frees, s.unknown_frees), (1, 0, 1));
     assert!(heap.double_frees().is_empty());
+    // Still remembered as freed, for the leak check: its memory is the allocator's.
+    assert_eq!(heap.freed_blocks().collect::<Vec<_>>(), [(0x10, 24)]);
+}
+
+#[test]
+fn a_freed_address_handed_out_again_is_live_not_freed() {
+    for mode in [Mode::Run, Mode::Attach] {
+        let heap = run(
+            mode,
+            &[malloc(0x10, 24, 1), free(0x10, 2), malloc(0x10, 8, 3)],
+        );
+        assert_eq!(heap.freed_blocks().count(), 0, "{mode:?}");
+        assert!(heap.is_live(0x10), "{mode:?}");
+    }
 }
 
 fn internal(mut event: Event) -> Event {

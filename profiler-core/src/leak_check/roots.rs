@@ -35,6 +35,9 @@ pub struct RootInputs<'a> {
     pub program_regions: &'a [(u64, u64)],
     /// Live blocks (sorted): never roots themselves, scanned only once reached.
     pub blocks: &'a [LiveBlock],
+    /// Blocks freed while memprof watched, sorted (`attach`, where the allocator's memory is
+    /// otherwise a root): what they still hold are stale pointers, not the program's.
+    pub freed: &'a [LiveBlock],
     /// Stack pointers of the stopped threads: their stacks are scanned from there up.
     pub stack_pointers: &'a [u64],
     /// Files of the allocator serving the target (the module defining `malloc`): their
@@ -90,7 +93,23 @@ pub fn root_ranges(inputs: &RootInputs) -> Vec<Root> {
     }
     ranges.sort_unstable();
     ranges.dedup();
-    subtract_blocks(&ranges, inputs.blocks)
+    let ranges = subtract_blocks(&ranges, inputs.blocks);
+    subtract_blocks(&ranges, &merge_overlapping(inputs.freed))
+}
+
+/// Sorted `blocks` as stretches that do not overlap: freed blocks can (the allocator merged a
+/// freed chunk with its neighbour, handed part of it out and that was freed too).
+fn merge_overlapping(blocks: &[LiveBlock]) -> Vec<LiveBlock> {
+    let mut merged: Vec<LiveBlock> = Vec::with_capacity(blocks.len());
+    for &block in blocks {
+        match merged.last_mut() {
+            Some(last) if block.addr <= last.addr + last.size => {
+                last.size = last.size.max(block.addr + block.size - last.addr);
+            }
+            _ => merged.push(block),
+        }
+    }
+    merged
 }
 
 /// Readable and writable, and not a device (memcheck's rule), nor memprof's own ring.

@@ -315,6 +315,7 @@ fn the_allocators_mappings_are_no_roots_but_the_programs_regions_in_them_are() {
         allocator_addresses: &[0x10010, 0x30020],
         program_regions: &[(0x38000, 0x39000)],
         blocks: &[block(0x1100, 0x10)],
+        freed: &[],
         stack_pointers: &[0x7ff88],
         allocator_files: &["/usr/lib/libc.so.6".into()],
     };
@@ -331,6 +332,40 @@ fn the_allocators_mappings_are_no_roots_but_the_programs_regions_in_them_are() {
             (0x38000, 0x39000, false),
             (0x50000, 0x60000, false),
             (0x7ff88, 0x80000, false),
+        ]
+    );
+}
+
+#[test]
+fn blocks_freed_in_an_attach_window_are_no_roots_even_where_they_overlap() {
+    // attach: no allocator addresses, so the heap mapping is a root but for the window's
+    // blocks, live or freed. 0x10100 was freed (0x40 bytes), merged with its neighbour, handed
+    // out again at 0x10120 and freed again (0x60 bytes): the two overlap.
+    let maps = ProcessMaps::parse("10000-11000 rw-p 00000000 00:00 0 [heap]\n").expect("maps");
+    let inputs = RootInputs {
+        maps: &maps,
+        allocator_addresses: &[],
+        program_regions: &[],
+        blocks: &[block(0x10400, 0x10)],
+        freed: &[
+            block(0x10100, 0x40),
+            block(0x10120, 0x60),
+            block(0x10200, 0x8),
+        ],
+        stack_pointers: &[],
+        allocator_files: &[],
+    };
+    let ranges: Vec<(u64, u64)> = root_ranges(&inputs)
+        .iter()
+        .map(|root| (root.start, root.end))
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            (0x10000, 0x10100),
+            (0x10180, 0x10200),
+            (0x10208, 0x10400),
+            (0x10410, 0x11000),
         ]
     );
 }

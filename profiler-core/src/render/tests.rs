@@ -522,3 +522,54 @@ fn text_lists_each_process_image_and_the_leak_sites_across_them() {
     let parent = across.find("pid 10 #1  parent_leak").unwrap();
     assert!(child < parent, "{across}");
 }
+
+#[test]
+fn the_leak_check_line_says_what_could_not_be_read_and_how_long_the_process_paused() {
+    use crate::leak_check::{ClassTotal, LeakCheckSummary, ScanStats};
+    let mut report = report();
+    let mut check = LeakCheckSummary {
+        definitely_lost: ClassTotal {
+            blocks: 5,
+            bytes: 388,
+        },
+        indirectly_lost: ClassTotal {
+            blocks: 0,
+            bytes: 0,
+        },
+        possibly_lost: ClassTotal {
+            blocks: 1,
+            bytes: 256,
+        },
+        still_reachable: ClassTotal {
+            blocks: 2000,
+            bytes: 3 << 20,
+        },
+        scan: ScanStats {
+            bytes_scanned: 2 << 20,
+            bytes_unreadable: 0,
+            secs: 0.25,
+            paused_secs: 0.0,
+        },
+    };
+    report.summary.leak_check = Some(check.clone());
+    let text = render_text(&report, 2);
+    assert!(
+        text.contains(
+            "Leak check: 5 blocks (388 B) definitely lost, 0 blocks (0 B) indirectly lost, \
+             1 block (256 B) possibly lost; 2,000 blocks (3.0 MiB (3,145,728 bytes)) still \
+             reachable\n  (2.0 MiB (2,097,152 bytes) of memory scanned in 0.250 s)\n"
+        ),
+        "{text}"
+    );
+    check.scan.bytes_unreadable = 8192;
+    check.scan.paused_secs = 0.5;
+    report.summary.leak_check = Some(check);
+    let text = render_text(&report, 2);
+    assert!(
+        text.contains(
+            "  (2.0 MiB (2,097,152 bytes) of memory scanned in 0.250 s, 8.0 KiB (8,192 bytes) \
+             unreadable, taken as zeros, the process paused 0.500 s)\n"
+        ),
+        "{text}"
+    );
+}

@@ -275,17 +275,25 @@ fn write_leak_check(report: &Report, out: &mut impl Write) -> io::Result<()> {
         class(Reachability::PossiblyLost),
         class(Reachability::StillReachable),
     )?;
-    writeln!(
-        out,
-        "  ({} of memory scanned in {:.3} s{})",
+    let mut scan = format!(
+        "{} of memory scanned in {:.3} s",
         human_bytes(check.scan.bytes_scanned),
-        check.scan.secs,
-        if check.scan.paused_secs > 0.0 {
-            format!(", the process paused {:.3} s", check.scan.paused_secs)
-        } else {
-            String::new()
-        }
-    )
+        check.scan.secs
+    );
+    if check.scan.bytes_unreadable > 0 {
+        // Read as zeros: a block only they point to would be called lost.
+        scan.push_str(&format!(
+            ", {} unreadable, taken as zeros",
+            human_bytes(check.scan.bytes_unreadable)
+        ));
+    }
+    if check.scan.paused_secs > 0.0 {
+        scan.push_str(&format!(
+            ", the process paused {:.3} s",
+            check.scan.paused_secs
+        ));
+    }
+    writeln!(out, "  ({scan})")
 }
 
 fn leak_title(report: &Report) -> String {
