@@ -261,7 +261,8 @@ pub fn run(info: &SessionInfo, shared: &Shared) {
 }
 
 /// `memprof view`: the UI over a recording's snapshots, Left and Right move the time cursor
-/// (PgUp and PgDn move the selection, Shift-Left and Shift-Right ten snapshots).
+/// (PgUp and PgDn move the selection, Shift-Left and Shift-Right ten snapshots), `[` and `]`
+/// go to the first and the last, `m` to the one holding the most live bytes.
 pub fn browse(info: &SessionInfo, snapshots: Vec<Arc<Snapshot>>) {
     let Ok(mut guard) = TerminalGuard::enter() else {
         return;
@@ -292,9 +293,17 @@ pub fn browse(info: &SessionInfo, snapshots: Vec<Arc<Snapshot>>) {
             1
         };
         let moved = match key.code {
-            KeyCode::Left if !app.editing_filter => at.saturating_sub(step),
-            KeyCode::Right if !app.editing_filter => (at + step).min(count.saturating_sub(1)),
-            _ => {
+            _ if app.editing_filter => None,
+            KeyCode::Left => Some(at.saturating_sub(step)),
+            KeyCode::Right => Some((at + step).min(count.saturating_sub(1))),
+            KeyCode::Char('[') => Some(0),
+            KeyCode::Char(']') => Some(count.saturating_sub(1)),
+            KeyCode::Char('m') => Some(peak_snapshot(&snapshots)),
+            _ => None,
+        };
+        let moved = match moved {
+            Some(moved) => moved,
+            None => {
                 if app.key(key) != Action::Continue {
                     break;
                 }
@@ -304,6 +313,17 @@ pub fn browse(info: &SessionInfo, snapshots: Vec<Arc<Snapshot>>) {
         app.cursor = Some((moved, count));
         app.snapshot = snapshots.get(moved).cloned();
     }
+}
+
+/// The first snapshot holding the most live bytes (0 when there is none).
+fn peak_snapshot(snapshots: &[Arc<Snapshot>]) -> usize {
+    let mut peak = 0;
+    for (index, snapshot) in snapshots.iter().enumerate() {
+        if snapshot.live_bytes > snapshots[peak].live_bytes {
+            peak = index;
+        }
+    }
+    peak
 }
 
 /// The terminal in raw mode on the alternate screen, restored on drop.
@@ -398,9 +418,24 @@ pub fn render(frame: &mut Frame, info: &SessionInfo, app: &App) {
             "p          freeze the display / resume",
             "Ctrl-C     leave the view and interrupt (as without --live)",
         ];
+        // `memprof view`: the time cursor's keys.
+        let recording: &[&str] = if app.cursor.is_some() {
+            &[
+                "Left/Right step through the recording (Shift: ten at a time)",
+                "[ ]        the first, the last snapshot",
+                "m          the snapshot with the most live bytes",
+            ]
+        } else {
+            &[]
+        };
         frame.render_widget(
-            Paragraph::new(help.iter().map(|&l| Line::from(l)).collect::<Vec<_>>())
-                .block(Block::bordered().title(" keys ")),
+            Paragraph::new(
+                help.iter()
+                    .chain(recording)
+                    .map(|&l| Line::from(l))
+                    .collect::<Vec<_>>(),
+            )
+            .block(Block::bordered().title(" keys ")),
             popup,
         );
     }

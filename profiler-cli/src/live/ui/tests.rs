@@ -248,3 +248,32 @@ fn ctrl_c_interrupts() {
     let key = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
     assert_eq!(app.key(key), Action::Interrupt);
 }
+
+#[test]
+fn the_peak_snapshot_is_the_first_holding_the_most_live_bytes() {
+    let with_live = |live_bytes| {
+        Arc::new(Snapshot {
+            live_bytes,
+            ..snapshot()
+        })
+    };
+    let snapshots: Vec<Arc<Snapshot>> = [10, 70, 30, 70, 5].into_iter().map(with_live).collect();
+    assert_eq!(peak_snapshot(&snapshots), 1);
+    assert_eq!(peak_snapshot(&[]), 0);
+}
+
+#[test]
+fn the_help_of_a_recording_lists_the_time_cursors_keys() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('?'));
+    assert!(!contains(&screen(&app), "Left/Right"));
+    app.cursor = Some((3, 10));
+    let lines = screen(&app);
+    for key in [
+        "Left/Right step through the recording",
+        "[ ]        the first, the last snapshot",
+        "m          the snapshot with the most live bytes",
+    ] {
+        assert!(contains(&lines, key), "{key}: {lines:#?}");
+    }
+}
