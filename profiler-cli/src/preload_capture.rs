@@ -99,6 +99,9 @@ pub struct SharedRing {
     fd: OwnedFd,
     base: *mut u8,
     len: usize,
+    /// The data area's size, as created: the control page's copy is the target's to write,
+    /// and every offset read must stay inside the mapping whatever it says.
+    data_bytes: u64,
     /// One record, copied out of the shared area before it is decoded (the target can write
     /// the area at any time; the decoder must see bytes that hold still).
     record: Vec<u8>,
@@ -139,6 +142,7 @@ impl SharedRing {
             fd,
             base: base.cast(),
             len,
+            data_bytes,
             record: Vec::with_capacity(MAX_RECORD_BYTES),
         };
         // SAFETY: the control page is at the start of the mapping, zeroed, not shared yet.
@@ -252,7 +256,7 @@ impl SharedRing {
 
     /// What the frame at ring position `pos` (published, below the write position) is.
     fn frame_at(&self, pos: u64) -> Frame {
-        let size = self.control().data_bytes;
+        let size = self.data_bytes;
         let offset = (pos & (size - 1)) as usize;
         // SAFETY: offsets are 8-aligned and below `size`; a frame header is 8 bytes.
         let len = unsafe { self.data().add(offset).cast::<u32>().read_volatile() } as usize;
@@ -277,8 +281,7 @@ impl SharedRing {
     /// The block addresses of the record at data offset `offset`, read for a prefetch hint
     /// only (0 where the record is too short to hold them).
     fn addresses_at(&self, offset: usize) -> (u64, u64) {
-        let size = self.control().data_bytes as usize;
-        if offset + EVENT_HEADER_SIZE > size {
+        if offset + EVENT_HEADER_SIZE > self.data_bytes as usize {
             return (0, 0);
         }
         let word = |field: usize| {
@@ -379,5 +382,41 @@ impl RingCounters {
         // SAFETY: unmapping the page mapped above.
         unsafe { libc::munmap(page, DATA_OFFSET) };
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The target owns the control page: a size it writes there must not take the reader
+    /// outside the mapping.
+    #[test]
+    fn a_size_the_target_wrote_in_the_control_page_is_not_trusted() {
+        let mut ring = SharedRing::create(4096, (0, 0), false).expect("ring");
+        // A frame 16 bytes before the end whose record runs 512 bytes on: past the real end,
+        // inside the size the target claims.
+        let (at, record_bytes) = (4096 - 16, 512u32);
+        // SAFETY: the control page and a data word of the ring this test owns.
+        unsafe {
+            let control = ring.base.cast::<RingControl>();
+            std::ptr::addr_of_mut!((*control).data_bytes).write(1 << 20);
+            let frame = ring.base.add(DATA_OFFSET + at).cast::<u32>();
+            frame.write(record_bytes);
+            frame.add(1).write(1);
+        }
+        let control = ring.control();
+        control.read_pos.store(at as u64, Ordering::Release);
+        control.write_pos.store(
+            at as u64 + frame_bytes(record_bytes as usize),
+            Ordering::Release,
+        );
+        let mut records = 0;
+        let malformed = ring.drain(|drained| {
+            if let Drained::Record { .. } = drained {
+                records += 1;
+            }
+        });
+        assert_eq!((malformed, records), (1, 0));
     }
 }

@@ -217,7 +217,7 @@ impl Default for HeapStats {
 pub struct HeapState {
     mode: Mode,
     stats: HeapStats,
-    /// Live blocks and, in Run mode, freed ones, by address.
+    /// Live blocks and freed ones (until their address is handed out again), by address.
     blocks: AddressTable<Slot>,
     double_free_records: Vec<DoubleFree>,
     /// Non-overlapping live regions by start address.
