@@ -22,7 +22,7 @@ use crate::{
     probe_site::ProbeSite,
     probes::LossCounters,
     process_events::{ProcessEvent, ProcessEvents},
-    recording_sink::RecordingSink,
+    recording_sink::{HeaderFacts, RecordingSink},
     target_modules::{SharedMaps, TargetModules},
 };
 
@@ -344,7 +344,11 @@ impl Collected {
             path,
             start,
             options.stacks,
-            (options.ops, self.capture.clone()),
+            HeaderFacts {
+                ops: options.ops,
+                capture: self.capture.clone(),
+                allocator: self.allocator_kind(),
+            },
             self.started_unix_ns,
             &mut self.build_ids,
         )?;
@@ -381,6 +385,7 @@ impl Collected {
             lost_events: self.lost().map_or(0, |lost| lost.total()),
             held_threads: held,
             ended: false,
+            allocator: self.allocator_kind(),
         };
         if let Some(live) = self.live.as_mut() {
             live.tick(&self.recorder, &self.maps, pid, facts);
@@ -446,6 +451,16 @@ impl Collected {
                 }
             }
         }
+    }
+
+    /// Which allocator serves the target, from the files of its malloc family (None before
+    /// they are known or when none is one memprof knows).
+    pub fn allocator_kind(&self) -> Option<profiler_core::analysis::allocator::Allocator> {
+        use profiler_core::analysis::allocator::Allocator;
+        self.allocator_files
+            .iter()
+            .map(|path| Allocator::from_module(&path.to_string_lossy()))
+            .find(|allocator| *allocator != Allocator::Unknown)
     }
 
     /// Where the launcher leaves the maps it reads as the target exits (`run`).

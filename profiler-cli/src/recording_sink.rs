@@ -153,6 +153,15 @@ fn key(record: &MappingRecord) -> (u64, u64, u64, PathBuf) {
     (record.start, record.end, record.offset, record.path.clone())
 }
 
+/// What the header says of the session besides the target and its maps.
+pub struct HeaderFacts {
+    /// `--ops`.
+    pub ops: Option<u64>,
+    pub capture: Option<Capture>,
+    /// The allocator serving the target, when known.
+    pub allocator: Option<profiler_core::analysis::allocator::Allocator>,
+}
+
 impl RecordingSink {
     /// Starts recording the session into `path`: the header holds the target, the clocks, how
     /// stacks are captured and the target's maps now.
@@ -160,7 +169,7 @@ impl RecordingSink {
         path: &Path,
         start: &SessionStart,
         stacks: StackOptions,
-        (ops, capture): (Option<u64>, Option<Capture>),
+        facts: HeaderFacts,
         started_unix_ns: u64,
         build_ids: &mut BuildIds,
     ) -> Result<RecordingSink> {
@@ -188,8 +197,9 @@ impl RecordingSink {
                 mode: stacks.unwind.name().to_owned(),
                 max_depth: stacks.max_depth,
             }),
-            ops,
-            capture,
+            ops: facts.ops,
+            capture: facts.capture,
+            allocator: facts.allocator,
         };
         RecordingSink::create(path, &header)
     }

@@ -344,6 +344,7 @@ mod tests {
                 unwinding: None,
                 ops: None,
                 capture: None,
+                allocator: None,
             };
             let mut writer = Writer::create(Vec::new(), &header).unwrap();
             let later: Vec<MappingRecord> = picks.iter().rev().copied().map(mapping).collect();

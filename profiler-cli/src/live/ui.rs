@@ -2,14 +2,14 @@
 //! [`render`] draws an [`App`] (what the user chose) over a [`Snapshot`]; it is tested on
 //! ratatui's `TestBackend`.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{borrow::Cow, io, sync::Arc, time::Duration};
 
 use crossterm::{
     event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
     execute,
     terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
 };
-use profiler_core::live::{SiteSort, Snapshot, growth_rows, site_rows};
+use profiler_core::live::{SiteRow, SiteSort, Snapshot, growth_rows, site_rows, thread_site_rows};
 use ratatui::{
     Frame, Terminal,
     backend::CrosstermBackend,
@@ -79,6 +79,8 @@ pub struct App {
     pub stack_open: bool,
     pub stack_scroll: u16,
     pub selected: usize,
+    /// `t`: Sites shows this thread's share of each site.
+    pub thread: Option<u32>,
     pub snapshot: Option<Arc<Snapshot>>,
     /// `memprof view`: the snapshot shown (Left and Right move it) and how many there are.
     pub cursor: Option<(usize, usize)>,
@@ -150,6 +152,20 @@ impl App {
                 self.filter.clear();
             }
             KeyCode::Char('p') => self.paused = !self.paused,
+            KeyCode::Char('t') => {
+                self.thread = self.next_thread();
+                self.selected = 0;
+            }
+            KeyCode::Enter if self.view == View::Threads => {
+                if let Some(snapshot) = &self.snapshot
+                    && let Some(row) = snapshot
+                        .threads
+                        .get(self.selected.min(snapshot.threads.len().saturating_sub(1)))
+                {
+                    self.thread = Some(row.tid);
+                    self.switch(View::Sites);
+                }
+            }
             KeyCode::Down => self.selected = self.selected.saturating_add(1),
             KeyCode::Up => self.selected = self.selected.saturating_sub(1),
             KeyCode::PageDown => self.selected = self.selected.saturating_add(10),
@@ -165,6 +181,28 @@ impl App {
             _ => {}
         }
         Action::Continue
+    }
+
+    /// The thread after the picked one, by tid; after the last, all threads again.
+    fn next_thread(&self) -> Option<u32> {
+        let mut tids: Vec<u32> = self
+            .snapshot
+            .as_ref()
+            .map(|s| s.threads.iter().map(|t| t.tid).collect())
+            .unwrap_or_default();
+        tids.sort_unstable();
+        match self.thread {
+            None => tids.first().copied(),
+            Some(picked) => tids.into_iter().find(|&tid| tid > picked),
+        }
+    }
+
+    /// The rows Sites lists: every site, or the picked thread's share of each.
+    pub fn site_source<'a>(&self, snapshot: &'a Snapshot) -> Cow<'a, [SiteRow]> {
+        match self.thread {
+            Some(tid) => Cow::Owned(thread_site_rows(snapshot, tid)),
+            None => Cow::Borrowed(&snapshot.sites),
+        }
     }
 
     fn switch(&mut self, view: View) {
@@ -189,7 +227,8 @@ impl App {
     fn selected_stack(&self, snapshot: &Snapshot) -> Option<(String, Vec<String>)> {
         let names = match self.view {
             View::Sites => {
-                let rows = site_rows(&snapshot.sites, self.sort, &self.filter);
+                let source = self.site_source(snapshot);
+                let rows = site_rows(&source, self.sort, &self.filter);
                 rows.get(self.selected.min(rows.len().saturating_sub(1)))
                     .map(|row| row.names.clone())
             }
@@ -383,7 +422,7 @@ pub fn render(frame: &mut Frame, info: &SessionInfo, app: &App) {
         View::Lifetimes => render_lifetimes(frame, body, app, snapshot),
     }
     let keys = format!(
-        "q:leave view ?:help Tab/1-5:view s:sort({}) /:filter p:pause Enter:stack",
+        "q:leave ?:help Tab:view s:sort({}) /:filter t:thread p:pause Enter:stack",
         app.sort.label()
     );
     frame.render_widget(
@@ -412,7 +451,9 @@ pub fn render(frame: &mut Frame, info: &SessionInfo, app: &App) {
             "Tab, 1-5   views: Sites, Growing, Sizes, Threads, Lifetimes",
             "Up/Down, PgUp/PgDn, Home/End   move the selection",
             "s          Sites: cycle the sort (live bytes, live blocks,",
-            "           allocations, bytes allocated)",
+            "           allocations, bytes allocated, growth)",
+            "t          Sites of one thread, the next by tid (then all again);",
+            "           Enter in Threads picks the selected one",
             "Enter      the full stack of the selected site",
             "/          filter sites by function name (Enter keeps, Esc clears)",
             "p          freeze the display / resume",

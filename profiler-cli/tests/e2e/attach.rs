@@ -17,14 +17,14 @@ use crate::support::{
 };
 
 /// The waiter, started and past its "ready" line: it has allocated nothing yet.
-struct Waiter {
-    child: Child,
-    stdin: Option<ChildStdin>,
+pub(crate) struct Waiter {
+    pub(crate) child: Child,
+    pub(crate) stdin: Option<ChildStdin>,
     stdout: Receiver<String>,
 }
 
 impl Waiter {
-    fn start(dir: &std::path::Path, build: Build) -> Waiter {
+    pub(crate) fn start(dir: &std::path::Path, build: Build) -> Waiter {
         Self::start_under(dir, build, &[])
     }
 
@@ -64,7 +64,7 @@ impl Waiter {
     }
 
     /// Tells the waiter to allocate, and waits until it has.
-    fn allocate(&mut self) {
+    pub(crate) fn allocate(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
         stdin.write_all(b"go\n").expect("write to waiter");
         stdin.flush().expect("flush waiter stdin");
@@ -112,7 +112,7 @@ fn attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> (Child, Receive
 }
 
 /// What the waiter does between "go" and "done", and nothing else.
-fn assert_waiter_window(report: &Value) {
+pub(crate) fn assert_waiter_window(report: &Value) {
     assert_nothing_lost(report);
     assert_eq!(report["mode"], "attach");
     // 5 x 4096 (attach_leak) + 100 x 128 (attach_churn).

@@ -1,5 +1,7 @@
-//! `memprof run --live` in a real terminal (tmux): the view shows the leak as it happens, `q`
-//! leaves it while profiling goes on, and the files are those of a run without `--live`.
+//! `memprof run --live` and `memprof attach --live` in a real terminal (tmux): the view shows
+//! the leak as it happens, `q` leaves it while profiling goes on, and the files are those of a
+//! session without `--live`.
+use crate::attach::{Waiter, assert_waiter_window};
 use crate::report::{Name, assert_sites};
 use crate::support::{Build, compile_c, memprof, privileged, run_to_end};
 use std::path::Path;
@@ -110,7 +112,7 @@ fn live_view_shows_the_leak_and_q_leaves_it() {
         screen.contains("slow_leak_site")
     });
     assert!(screen.contains("slow_leak.fp 100"), "no command:\n{screen}");
-    assert!(screen.contains("q:leave view"), "no key line:\n{screen}");
+    assert!(screen.contains("q:leave ?:help"), "no key line:\n{screen}");
     assert!(
         screen.contains("target output: "),
         "no output path:\n{screen}"
@@ -118,7 +120,7 @@ fn live_view_shows_the_leak_and_q_leaves_it() {
     tmux.send("q");
     // The view is gone while the target still runs (100 x 50 ms): profiling goes on.
     tmux.wait_for(Duration::from_secs(3), "the view's end", |screen| {
-        !screen.contains("q:leave view")
+        !screen.contains("q:leave ?:help")
     });
     assert!(
         !status.exists(),
@@ -167,8 +169,76 @@ fn live_view_shows_the_leak_and_q_leaves_it() {
     assert!(!before.contains("live 97.7 KiB in 100 blocks"), "{before}");
     tmux.send("q");
     tmux.wait_for(Duration::from_secs(5), "the view's end", |screen| {
-        !screen.contains("q:leave view")
+        !screen.contains("q:leave ?:help")
     });
+}
+
+/// `attach --live` on the waiter: the view is up once the probes are, shows what the waiter
+/// allocates when told to, `q` leaves it while the window stays open, and the report is the
+/// window's, exactly as without `--live`.
+#[test]
+fn attach_live_shows_the_window_and_q_leaves_it() {
+    let Some(p) = privileged("attach_live_shows_the_window_and_q_leaves_it") else {
+        return;
+    };
+    let mut waiter = Waiter::start(p.dir.path(), Build::FramePointers);
+    let pid = waiter.child.id();
+    let output = p.dir.path().join("out");
+    let status = p.dir.path().join("status");
+    let command = format!(
+        "{} attach {pid} --live --output {}; echo $? > {}",
+        memprof().display(),
+        output.display(),
+        status.display()
+    );
+    let tmux = Tmux::start(
+        format!("memprof-attach-live-{}", std::process::id()),
+        80,
+        24,
+        &command,
+    );
+    let header = format!("pid {pid} [uprobes]");
+    tmux.wait_for(Duration::from_secs(60), "the attached view", |screen| {
+        screen.contains(&header) && screen.contains("q:leave ?:help")
+    });
+    waiter.allocate();
+    // attach_leak's 5 blocks of 4 KiB, live, and attach_churn's 100 allocations, all freed.
+    let screen = tmux.wait_for(Duration::from_secs(10), "attach_leak's blocks", |screen| {
+        screen.contains("attach_leak") && screen.contains("attach_churn")
+    });
+    let leak = screen
+        .lines()
+        .find(|line| line.contains("attach_leak"))
+        .unwrap();
+    assert!(
+        leak.contains("20.0 KiB") && leak.contains(" 5 "),
+        "attach_leak's row: {leak}\n{screen}"
+    );
+    let churn = screen
+        .lines()
+        .find(|line| line.contains("attach_churn"))
+        .unwrap();
+    assert!(
+        churn.contains("0 B") && churn.contains(" 100 "),
+        "attach_churn's row: {churn}\n{screen}"
+    );
+    tmux.send("q");
+    tmux.wait_for(Duration::from_secs(3), "the view's end", |screen| {
+        !screen.contains("q:leave ?:help")
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !status.exists(),
+        "memprof attach ended with the view: the window should stay open until the target exits"
+    );
+    // EOF: the waiter exits 0, which ends the window.
+    drop(waiter.stdin.take());
+    let code = wait_for_file(&status, Duration::from_secs(60));
+    assert_eq!(code.trim(), "0", "memprof attach exited {code}");
+    let text = std::fs::read_to_string(output.join("report.json")).expect("report.json");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("report.json is JSON");
+    assert_waiter_window(&report);
+    assert_eq!(report["target"]["pid"].as_u64(), Some(u64::from(pid)));
 }
 
 #[test]

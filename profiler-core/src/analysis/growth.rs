@@ -201,6 +201,11 @@ impl Growth {
         }
     }
 
+    /// When the first change was seen: the start of every line's window.
+    pub fn origin_ns(&self) -> Option<u64> {
+        self.origin_ns
+    }
+
     /// Every site's line over [origin, end_ns], for sites that changed at least twice.
     pub fn fits(&self, end_ns: u64) -> Vec<Fit> {
         let Some(origin) = self.origin_ns else {

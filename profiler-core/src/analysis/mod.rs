@@ -134,6 +134,16 @@ impl Analyses {
         &self.lifetimes
     }
 
+    /// Each site's least-squares growth so far (the live view's Growing).
+    pub fn growth(&self) -> &Growth {
+        &self.growth
+    }
+
+    /// Requested sizes so far (the live view's Sizes).
+    pub fn sizes(&self) -> &Sizes {
+        &self.sizes
+    }
+
     /// Follows one applied event.
     pub fn observe(&mut self, event: &Event, effect: &Effect) {
         self.last_ns = self.last_ns.max(event.ts_ns);

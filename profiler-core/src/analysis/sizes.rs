@@ -109,8 +109,9 @@ impl Sizes {
         *self.large.entry(key).or_insert(0) += 1;
     }
 
-    /// Every (size, glibc mmapped, count), sizes ascending.
-    fn counts(&self) -> Vec<(u64, bool, u64)> {
+    /// Every (requested size, glibc mmapped, count) so far, sizes ascending (the live view
+    /// buckets them).
+    pub fn counts(&self) -> Vec<(u64, bool, u64)> {
         let mut counts: Vec<(u64, bool, u64)> = self
             .small
             .iter()

@@ -9,9 +9,10 @@
 //! the names are kept as shared strings, so a snapshot costs a pass over the sites and the
 //! live blocks, never a symbolization of a known stack.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::analysis::allocator::Allocator;
 use crate::heap::Effect;
 use crate::maps::ProcessMaps;
 use crate::recorder::Recorder;
@@ -22,8 +23,11 @@ use crate::symbolize::Symbolizer;
 mod recorded;
 #[cfg(test)]
 mod tests;
+mod threads;
 
 pub use recorded::{MAX_RECORDED_SNAPSHOTS, RECORDED_INTERVAL_NS, Recorded, recorded_snapshots};
+use threads::ThreadTallies;
+pub use threads::{ThreadRow, ThreadSite, thread_site_rows};
 
 /// The names of one stack: the function its site is known by, and every frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -128,17 +132,27 @@ pub struct SiteRow {
     pub live_blocks: u64,
     pub allocations: u64,
     pub allocated_bytes: u64,
+    /// How fast its live bytes changed over the last [`RATE_WINDOW_NS`] (at most), in bytes
+    /// per second, negative when they fell; None before a second has passed, and in one
+    /// thread's rows (rates are kept per site).
+    pub growth_bytes_per_sec: Option<f64>,
 }
 
-/// A site whose live bytes rose over the growth window.
+/// A site whose live bytes grow steadily: the growth analysis's least-squares line over the
+/// session fits ([`Fit::is_steady_growth`](crate::analysis::growth::Fit::is_steady_growth)),
+/// as the report's `growing` list.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GrowthRow {
     pub stack: StackId,
     pub names: SiteNames,
-    /// Bytes per second over the window.
+    /// The line's slope, bytes per second.
     pub bytes_per_sec: f64,
     pub live_bytes: u64,
-    /// The window the rate was measured over, in seconds.
+    /// How well the line fits (1 = a perfect line).
+    pub r2: f64,
+    /// The share of the site's changes that were increases.
+    pub monotonicity: f64,
+    /// The window the line was fitted over: the session so far, in seconds.
     pub window_secs: f64,
 }
 
@@ -163,17 +177,14 @@ pub struct LifetimeRow {
 pub struct SizeRow {
     pub low: u64,
     pub high: u64,
+    /// Every allocation so far of a size in the class, and the bytes they asked for.
     pub allocations: u64,
+    pub requested_bytes: u64,
+    /// What the serving allocator gave them ([`Allocator::usable_size`]); None when the
+    /// allocator is unknown. `usable - requested` is the class's internal fragmentation.
+    pub usable_bytes: Option<u64>,
     pub live_blocks: u64,
     pub live_bytes: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ThreadRow {
-    pub tid: u32,
-    pub live_bytes: u64,
-    pub live_blocks: u64,
-    pub allocations: u64,
 }
 
 /// One point of the heap graph.
@@ -192,6 +203,8 @@ pub struct SessionFacts {
     pub held_threads: u64,
     /// The target has exited (the view stays until `q`).
     pub ended: bool,
+    /// The allocator serving the target, for the usable sizes in Sizes.
+    pub allocator: Option<Allocator>,
 }
 
 /// Everything the UI shows, at one moment.
@@ -211,6 +224,9 @@ pub struct Snapshot {
     pub growing: Vec<GrowthRow>,
     pub sizes: Vec<SizeRow>,
     pub threads: Vec<ThreadRow>,
+    /// Each thread's share of each site, when more than one thread allocated (one thread's
+    /// sites are `sites`); see [`thread_site_rows`].
+    pub thread_sites: Vec<ThreadSite>,
     /// Short-lived sites, most short-lived blocks first.
     pub lifetimes: Vec<LifetimeRow>,
 }
@@ -223,6 +239,7 @@ pub enum SiteSort {
     LiveBlocks,
     Allocations,
     AllocatedBytes,
+    Growth,
 }
 
 impl SiteSort {
@@ -231,7 +248,8 @@ impl SiteSort {
             SiteSort::LiveBytes => SiteSort::LiveBlocks,
             SiteSort::LiveBlocks => SiteSort::Allocations,
             SiteSort::Allocations => SiteSort::AllocatedBytes,
-            SiteSort::AllocatedBytes => SiteSort::LiveBytes,
+            SiteSort::AllocatedBytes => SiteSort::Growth,
+            SiteSort::Growth => SiteSort::LiveBytes,
         }
     }
 
@@ -241,15 +259,18 @@ impl SiteSort {
             SiteSort::LiveBlocks => "live blocks",
             SiteSort::Allocations => "allocations",
             SiteSort::AllocatedBytes => "bytes allocated",
+            SiteSort::Growth => "growth",
         }
     }
 
-    fn key(self, row: &SiteRow) -> u64 {
+    /// Larger first; an unknown growth after every known one.
+    fn key(self, row: &SiteRow) -> f64 {
         match self {
-            SiteSort::LiveBytes => row.live_bytes,
-            SiteSort::LiveBlocks => row.live_blocks,
-            SiteSort::Allocations => row.allocations,
-            SiteSort::AllocatedBytes => row.allocated_bytes,
+            SiteSort::LiveBytes => row.live_bytes as f64,
+            SiteSort::LiveBlocks => row.live_blocks as f64,
+            SiteSort::Allocations => row.allocations as f64,
+            SiteSort::AllocatedBytes => row.allocated_bytes as f64,
+            SiteSort::Growth => row.growth_bytes_per_sec.unwrap_or(f64::NEG_INFINITY),
         }
     }
 }
@@ -264,7 +285,7 @@ pub fn site_rows<'a>(sites: &'a [SiteRow], sort: SiteSort, filter: &str) -> Vec<
         .collect();
     rows.sort_by(|a, b| {
         sort.key(b)
-            .cmp(&sort.key(a))
+            .total_cmp(&sort.key(a))
             .then_with(|| a.names.function.cmp(&b.names.function))
             .then_with(|| a.stack.cmp(&b.stack))
     });
@@ -279,10 +300,10 @@ pub fn growth_rows<'a>(rows: &'a [GrowthRow], filter: &str) -> Vec<&'a GrowthRow
         .collect()
 }
 
-/// How far back growth is measured.
-const GROWTH_WINDOW_NS: u64 = 10_000_000_000;
-/// How often a growth sample is kept.
-const GROWTH_SAMPLE_NS: u64 = 1_000_000_000;
+/// How far back a site's growth rate (Sites) is measured.
+pub const RATE_WINDOW_NS: u64 = 10_000_000_000;
+/// How often a sample of every site's live bytes is kept for the rates.
+const RATE_SAMPLE_NS: u64 = 1_000_000_000;
 /// Graph points kept before the history is halved (pairs merged, keeping the larger value).
 const HISTORY_POINTS: usize = 1200;
 
@@ -291,16 +312,10 @@ const HISTORY_POINTS: usize = 1200;
 pub struct LiveModel {
     start_ns: u64,
     names: HashMap<StackId, SiteNames>,
-    /// Successful allocations per thread.
-    thread_allocations: BTreeMap<u32, u64>,
-    /// The last allocating thread's allocations not yet in `thread_allocations`: runs of
-    /// allocations by one thread cost one map lookup, not one each.
-    pending_thread: Option<(u32, u64)>,
-    /// Successful allocations per log2 size class.
-    size_allocations: [u64; 65],
+    threads: ThreadTallies,
     history: Vec<HistoryPoint>,
-    /// Live bytes per stack at past moments, oldest first (for growth).
-    growth_samples: VecDeque<(u64, Vec<u64>)>,
+    /// Live bytes per stack at past moments, oldest first (for the sites' rates).
+    rate_samples: VecDeque<(u64, Vec<u64>)>,
     last_snapshot: Option<(u64, u64)>,
 }
 
@@ -310,11 +325,9 @@ impl LiveModel {
         Self {
             start_ns,
             names: HashMap::new(),
-            thread_allocations: BTreeMap::new(),
-            pending_thread: None,
-            size_allocations: [0; 65],
+            threads: ThreadTallies::default(),
             history: Vec::new(),
-            growth_samples: VecDeque::new(),
+            rate_samples: VecDeque::new(),
             last_snapshot: None,
         }
     }
@@ -326,23 +339,10 @@ impl LiveModel {
     }
 
     /// Follows one applied record.
+    #[inline]
     pub fn observe(&mut self, effect: &Effect) {
         if let Some((_, block)) = &effect.created {
-            match &mut self.pending_thread {
-                Some((tid, count)) if *tid == block.tid => *count += 1,
-                _ => {
-                    self.count_pending_thread();
-                    self.pending_thread = Some((block.tid, 1));
-                }
-            }
-            self.size_allocations[size_class(block.size)] += 1;
-        }
-    }
-
-    /// Adds the pending run of one thread's allocations to the per-thread counts.
-    fn count_pending_thread(&mut self) {
-        if let Some((tid, count)) = self.pending_thread.take() {
-            *self.thread_allocations.entry(tid).or_default() += count;
+            self.threads.allocated(block);
         }
     }
 
@@ -390,9 +390,11 @@ impl LiveModel {
                 live_blocks: counts.live_blocks,
                 allocations: counts.allocations,
                 allocated_bytes: counts.allocated_bytes,
+                growth_bytes_per_sec: None,
             });
         }
-        let growing = self.growth(&sites, now_ns);
+        self.rates(&mut sites, now_ns);
+        let growing = self.growing(recorder, &sites, now_ns);
         let mut lifetimes = Vec::new();
         for (stack, site) in recorder.analyses.lifetimes().sites() {
             if site.short_lived == 0 {
@@ -416,50 +418,14 @@ impl LiveModel {
             (b.short_lived, b.freed, a.stack).cmp(&(a.short_lived, a.freed, b.stack))
         });
 
-        self.count_pending_thread();
-        let mut threads: BTreeMap<u32, ThreadRow> = self
-            .thread_allocations
-            .iter()
-            .map(|(&tid, &allocations)| {
-                let row = ThreadRow {
-                    tid,
-                    live_bytes: 0,
-                    live_blocks: 0,
-                    allocations,
-                };
-                (tid, row)
-            })
-            .collect();
-        let mut sizes: Vec<SizeRow> = (0..65)
-            .map(|class| {
-                let (low, high) = class_bounds(class);
-                SizeRow {
-                    low,
-                    high,
-                    allocations: self.size_allocations[class],
-                    live_blocks: 0,
-                    live_bytes: 0,
-                }
-            })
-            .collect();
+        let mut sizes = size_rows(recorder, facts.allocator.unwrap_or(Allocator::Unknown));
         for (_, block) in recorder.heap.blocks() {
-            let thread = threads.entry(block.tid).or_insert(ThreadRow {
-                tid: block.tid,
-                live_bytes: 0,
-                live_blocks: 0,
-                allocations: 0,
-            });
-            thread.live_bytes += block.size;
-            thread.live_blocks += 1;
             let size = &mut sizes[size_class(block.size)];
             size.live_blocks += 1;
             size.live_bytes += block.size;
         }
-        let mut threads: Vec<ThreadRow> = threads.into_values().collect();
-        threads.sort_by(|a, b| {
-            (b.live_bytes, b.allocations, a.tid).cmp(&(a.live_bytes, a.allocations, b.tid))
-        });
         sizes.retain(|row| row.allocations > 0 || row.live_blocks > 0);
+        let (threads, thread_sites) = self.threads.rows(recorder, now_ns);
 
         Snapshot {
             elapsed_secs: secs(now_ns),
@@ -475,6 +441,7 @@ impl LiveModel {
             growing,
             sizes,
             threads,
+            thread_sites,
             lifetimes,
         }
     }
@@ -498,36 +465,23 @@ impl LiveModel {
         self.history.push(point);
     }
 
-    /// Ranks sites by how fast their live bytes rose since the oldest sample of the window,
-    /// and keeps a sample of now when one is due.
-    fn growth(&mut self, sites: &[SiteRow], now_ns: u64) -> Vec<GrowthRow> {
-        let mut rows = Vec::new();
-        if let Some((then_ns, live)) = self.growth_samples.front()
+    /// Sets each site's rate: its live bytes now against the oldest sample of the window; and
+    /// keeps a sample of now when one is due.
+    fn rates(&mut self, sites: &mut [SiteRow], now_ns: u64) {
+        if let Some((then_ns, live)) = self.rate_samples.front()
             && now_ns > *then_ns
         {
             let window_secs = (now_ns - then_ns) as f64 / 1e9;
-            for site in sites {
+            for site in sites.iter_mut() {
                 let before = live.get(site.stack.0 as usize).copied().unwrap_or(0);
-                if site.live_bytes > before {
-                    rows.push(GrowthRow {
-                        stack: site.stack,
-                        names: site.names.clone(),
-                        bytes_per_sec: (site.live_bytes - before) as f64 / window_secs,
-                        live_bytes: site.live_bytes,
-                        window_secs,
-                    });
-                }
+                site.growth_bytes_per_sec =
+                    Some((site.live_bytes as f64 - before as f64) / window_secs);
             }
         }
-        rows.sort_by(|a, b| {
-            b.bytes_per_sec
-                .total_cmp(&a.bytes_per_sec)
-                .then_with(|| a.stack.cmp(&b.stack))
-        });
         let due = self
-            .growth_samples
+            .rate_samples
             .back()
-            .is_none_or(|(ts, _)| now_ns >= ts + GROWTH_SAMPLE_NS);
+            .is_none_or(|(ts, _)| now_ns >= ts + RATE_SAMPLE_NS);
         if due {
             let len = sites
                 .iter()
@@ -535,20 +489,83 @@ impl LiveModel {
                 .max()
                 .unwrap_or(0);
             let mut live = vec![0; len];
-            for site in sites {
+            for site in sites.iter() {
                 live[site.stack.0 as usize] = site.live_bytes;
             }
-            self.growth_samples.push_back((now_ns, live));
+            self.rate_samples.push_back((now_ns, live));
             while self
-                .growth_samples
+                .rate_samples
                 .front()
-                .is_some_and(|(ts, _)| now_ns - ts > GROWTH_WINDOW_NS)
+                .is_some_and(|(ts, _)| now_ns - ts > RATE_WINDOW_NS)
             {
-                self.growth_samples.pop_front();
+                self.rate_samples.pop_front();
             }
         }
+    }
+
+    /// The sites the growth analysis finds growing steadily up to `now_ns`, fastest first.
+    fn growing(&self, recorder: &Recorder, sites: &[SiteRow], now_ns: u64) -> Vec<GrowthRow> {
+        let by_stack: HashMap<StackId, &SiteRow> = sites.iter().map(|s| (s.stack, s)).collect();
+        let window_secs = recorder
+            .analyses
+            .growth()
+            .origin_ns()
+            .map_or(0.0, |origin| now_ns.saturating_sub(origin) as f64 / 1e9);
+        let mut rows: Vec<GrowthRow> = recorder
+            .analyses
+            .growth()
+            .fits(now_ns)
+            .into_iter()
+            .filter(|fit| fit.is_steady_growth())
+            .filter_map(|fit| {
+                let site = by_stack.get(&fit.stack)?;
+                Some(GrowthRow {
+                    stack: fit.stack,
+                    names: site.names.clone(),
+                    bytes_per_sec: fit.slope_bytes_per_sec,
+                    live_bytes: site.live_bytes,
+                    r2: fit.r2,
+                    monotonicity: fit.monotonicity,
+                    window_secs,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.bytes_per_sec
+                .total_cmp(&a.bytes_per_sec)
+                .then_with(|| a.stack.cmp(&b.stack))
+        });
         rows
     }
+}
+
+/// Every power-of-two class, with what was requested in it so far and what `allocator` gave.
+fn size_rows(recorder: &Recorder, allocator: Allocator) -> Vec<SizeRow> {
+    let mut rows: Vec<SizeRow> = (0..65)
+        .map(|class| {
+            let (low, high) = class_bounds(class);
+            SizeRow {
+                low,
+                high,
+                allocations: 0,
+                requested_bytes: 0,
+                usable_bytes: (allocator != Allocator::Unknown).then_some(0),
+                live_blocks: 0,
+                live_bytes: 0,
+            }
+        })
+        .collect();
+    for (size, mmapped, count) in recorder.analyses.sizes().counts() {
+        let row = &mut rows[size_class(size)];
+        row.allocations += count;
+        row.requested_bytes += size * count;
+        if let (Some(total), Some(usable)) =
+            (&mut row.usable_bytes, allocator.usable_size(size, mmapped))
+        {
+            *total += usable * count;
+        }
+    }
+    rows
 }
 
 /// The lower bound of the log2 bucket holding the median of `count` lifetimes.

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use super::{LiveModel, SessionFacts, Snapshot, SymbolNamer};
+use super::{Allocator, LiveModel, SessionFacts, Snapshot, SymbolNamer};
 use crate::recorder::Recorder;
 use crate::recording::{Header, ReadError, Reader, Record, intern_recorded_stack, process_maps};
 
@@ -31,7 +31,10 @@ pub fn recorded_snapshots<R: Read>(mut reader: Reader<R>) -> Result<Recorded, Re
     let mut model = LiveModel::new(start);
     let mut maps = header.maps.clone();
     let mut namer = SymbolNamer::offline(&process_maps(&maps));
-    let mut facts = SessionFacts::default();
+    let mut facts = SessionFacts {
+        allocator: header.allocator,
+        ..SessionFacts::default()
+    };
     let mut interval = RECORDED_INTERVAL_NS;
     let mut next = start + interval;
     let mut snapshots: Vec<Snapshot> = Vec::new();
@@ -89,6 +92,10 @@ pub fn recorded_snapshots<R: Read>(mut reader: Reader<R>) -> Result<Recorded, Re
                 let lost = &trailer.lost;
                 facts.lost_events = lost.by_kind.iter().sum::<u64>() + lost.inflight_full;
                 facts.ended = true;
+                let probed = Allocator::from_probes(&trailer.probes);
+                if probed != Allocator::Unknown {
+                    facts.allocator = Some(probed);
+                }
             }
         }
     }

@@ -2,6 +2,7 @@ use super::*;
 use crate::event::Event;
 use crate::heap::Mode;
 use profiler_common::EventKind;
+use std::collections::BTreeMap;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -23,6 +24,7 @@ struct Harness {
     recorder: Recorder,
     model: LiveModel,
     namer: ByAddress,
+    facts: SessionFacts,
 }
 
 impl Harness {
@@ -31,6 +33,7 @@ impl Harness {
             recorder: Recorder::new(Mode::Run),
             model: LiveModel::new(0),
             namer: ByAddress(0),
+            facts: SessionFacts::default(),
         }
     }
 
@@ -59,12 +62,8 @@ impl Harness {
     }
 
     fn snapshot(&mut self, now_ns: u64) -> Snapshot {
-        self.model.snapshot(
-            &self.recorder,
-            &mut self.namer,
-            now_ns,
-            SessionFacts::default(),
-        )
+        self.model
+            .snapshot(&self.recorder, &mut self.namer, now_ns, self.facts.clone())
     }
 }
 
@@ -117,13 +116,13 @@ fn sites_sort_by_each_key() {
 fn sort_cycles_through_every_key() {
     let mut sort = SiteSort::default();
     let mut seen = vec![sort];
-    for _ in 0..3 {
+    for _ in 0..4 {
         sort = sort.next();
         seen.push(sort);
     }
     assert_eq!(sort.next(), SiteSort::LiveBytes);
     seen.dedup();
-    assert_eq!(seen.len(), 4);
+    assert_eq!(seen.len(), 5);
 }
 
 #[test]
@@ -154,10 +153,11 @@ fn each_stack_is_named_once() {
 }
 
 #[test]
-fn growth_ranks_sites_by_rate() {
+fn growing_lists_the_steady_sites_of_the_growth_analysis_by_slope() {
     let mut h = Harness::new();
     let mut addr = 0x10000;
-    // 0xa grows by 100 B/s, 0xb by 1000 B/s, 0xc is flat, 0xd shrinks.
+    // 0xa grows by 100 B/s, 0xb by 1000 B/s, 0xc is flat, 0xd shrinks, 0xe saws up and down
+    // (it ends higher but half its changes are falls: not steady).
     h.malloc(1, 0x100, 50, 0, 0xc);
     h.malloc(1, 0x200, 5000, 0, 0xd);
     h.malloc(1, 0x300, 5000, 0, 0xd);
@@ -165,6 +165,10 @@ fn growth_ranks_sites_by_rate() {
     for second in 1..=4u64 {
         h.malloc(1, addr, 100, second * SEC, 0xa);
         h.malloc(1, addr + 0x1000, 1000, second * SEC, 0xb);
+        h.malloc(1, addr + 0x1800, 3000, second * SEC, 0xe);
+        if second < 4 {
+            h.free(addr + 0x1800, second * SEC + SEC / 2);
+        }
         addr += 0x2000;
         if second == 2 {
             h.free(0x200, second * SEC);
@@ -172,16 +176,62 @@ fn growth_ranks_sites_by_rate() {
         h.snapshot(second * SEC);
     }
     let snapshot = h.snapshot(4 * SEC);
-    let growing: Vec<(String, f64)> = snapshot
+    let growing: Vec<(String, f64, f64)> = snapshot
         .growing
         .iter()
-        .map(|row| (row.names.function.to_string(), row.bytes_per_sec))
+        .map(|row| {
+            let name = row.names.function.to_string();
+            (name, row.bytes_per_sec, row.monotonicity)
+        })
         .collect();
+    // The least-squares slope of the step function 0, 1000 (1 s), 2000 (2 s), 3000 (3 s) over
+    // [0, 4 s] (the step at 4 s adds nothing to the integrals): 937.5 B/s, as the report's
+    // growth analysis computes it.
     assert_eq!(
         growing,
-        [("fb".to_string(), 1000.0), ("fa".to_string(), 100.0)]
+        [
+            ("fb".to_string(), 937.5, 1.0),
+            ("fa".to_string(), 93.75, 1.0)
+        ]
     );
+    assert!(snapshot.growing.iter().all(|row| row.r2 >= 0.8));
+    assert_eq!(snapshot.growing[0].window_secs, 4.0);
     assert_eq!(growth_rows(&snapshot.growing, "FA").len(), 1);
+    // Sites has every site's rate over the last 10 s, falls included: 0xe rose 3000 B in
+    // 4 s, though it is not steady.
+    let rates: BTreeMap<String, Option<f64>> = snapshot
+        .sites
+        .iter()
+        .map(|row| (row.names.function.to_string(), row.growth_bytes_per_sec))
+        .collect();
+    let expected = [
+        ("fa", 100.0),
+        ("fb", 1000.0),
+        ("fc", 0.0),
+        ("fd", -1250.0),
+        ("fe", 750.0),
+    ];
+    let expected: BTreeMap<String, Option<f64>> = expected
+        .iter()
+        .map(|(name, rate)| (name.to_string(), Some(*rate)))
+        .collect();
+    assert_eq!(rates, expected);
+    let by_growth = functions(&site_rows(&snapshot.sites, SiteSort::Growth, ""));
+    assert_eq!(by_growth, ["fb", "fe", "fa", "fc", "fd"]);
+}
+
+#[test]
+fn a_sites_rate_is_unknown_until_a_sample_is_older_than_now() {
+    let mut h = three_sites();
+    let first = h.snapshot(SEC);
+    assert!(first.sites.iter().all(|s| s.growth_bytes_per_sec.is_none()));
+    let second = h.snapshot(SEC + SEC / 2);
+    assert!(
+        second
+            .sites
+            .iter()
+            .all(|s| s.growth_bytes_per_sec == Some(0.0))
+    );
 }
 
 #[test]
@@ -222,6 +272,7 @@ fn lifetimes_list_short_lived_sites_first() {
 #[test]
 fn threads_and_sizes() {
     let mut h = three_sites();
+    h.facts.allocator = Some(Allocator::Glibc);
     let snapshot = h.snapshot(SEC);
     let threads: Vec<(u32, u64, u64, u64)> = snapshot
         .threads
@@ -229,19 +280,105 @@ fn threads_and_sizes() {
         .map(|t| (t.tid, t.live_bytes, t.live_blocks, t.allocations))
         .collect();
     assert_eq!(threads, [(2, 1000, 1, 1), (1, 300, 3, 13)]);
-    let sizes: Vec<(u64, u64, u64, u64, u64)> = snapshot
+    /// (low, high, allocations, requested, usable, live blocks, live bytes)
+    type Row = (u64, u64, u64, u64, Option<u64>, u64, u64);
+    let sizes: Vec<Row> = snapshot
         .sizes
         .iter()
-        .map(|s| (s.low, s.high, s.allocations, s.live_blocks, s.live_bytes))
+        .map(|s| {
+            let requested = s.requested_bytes;
+            let (low, high, allocs) = (s.low, s.high, s.allocations);
+            (
+                low,
+                high,
+                allocs,
+                requested,
+                s.usable_bytes,
+                s.live_blocks,
+                s.live_bytes,
+            )
+        })
         .collect();
+    // glibc's usable sizes: 10 -> 24, 100 -> 104, 1000 -> 1000 (chunk 1008 less its size
+    // field).
     assert_eq!(
         sizes,
         [
-            (9, 16, 10, 0, 0),
-            (65, 128, 3, 3, 300),
-            (513, 1024, 1, 1, 1000)
+            (9, 16, 10, 100, Some(240), 0, 0),
+            (65, 128, 3, 300, Some(312), 3, 300),
+            (513, 1024, 1, 1000, Some(1000), 1, 1000)
         ]
     );
+    h.facts.allocator = None;
+    let unknown = h.snapshot(2 * SEC);
+    assert!(unknown.sizes.iter().all(|s| s.usable_bytes.is_none()));
+}
+
+#[test]
+fn each_threads_share_of_each_site_and_its_allocation_rate() {
+    let mut h = three_sites();
+    let first = h.snapshot(SEC);
+    assert!(first.threads.iter().all(|t| t.allocations_per_sec == 0.0));
+    // Thread 2 allocates 4 more at 0xa in the next 2 s, and frees one.
+    for i in 0..4 {
+        h.malloc(2, 0x5000 + i * 0x100, 50, SEC + i, 0xa);
+    }
+    h.free(0x5000, SEC + 10);
+    let snapshot = h.snapshot(3 * SEC);
+    let rates: Vec<(u32, f64)> = snapshot
+        .threads
+        .iter()
+        .map(|t| (t.tid, t.allocations_per_sec))
+        .collect();
+    assert_eq!(rates, [(2, 2.0), (1, 0.0)]);
+    let of = |tid| {
+        let mut rows: Vec<(String, u64, u64, u64, u64)> = thread_site_rows(&snapshot, tid)
+            .into_iter()
+            .map(|r| {
+                let name = r.names.function.to_string();
+                (
+                    name,
+                    r.live_bytes,
+                    r.live_blocks,
+                    r.allocations,
+                    r.allocated_bytes,
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(
+        of(1),
+        [
+            ("fa".to_string(), 300, 3, 3, 300),
+            ("fc".to_string(), 0, 0, 10, 100)
+        ]
+    );
+    assert_eq!(
+        of(2),
+        [
+            ("fa".to_string(), 150, 3, 4, 200),
+            ("fb".to_string(), 1000, 1, 1, 1000)
+        ]
+    );
+    assert!(of(99).is_empty());
+    assert!(
+        thread_site_rows(&snapshot, 2)
+            .iter()
+            .all(|r| r.growth_bytes_per_sec.is_none())
+    );
+}
+
+#[test]
+fn one_threads_sites_are_all_the_sites() {
+    let mut h = Harness::new();
+    h.malloc(7, 0x100, 10, 1, 0xa);
+    h.malloc(7, 0x200, 20, 2, 0xb);
+    let snapshot = h.snapshot(SEC);
+    assert!(snapshot.thread_sites.is_empty());
+    assert_eq!(thread_site_rows(&snapshot, 7), snapshot.sites);
+    assert!(thread_site_rows(&snapshot, 8).is_empty());
 }
 
 #[test]

@@ -123,6 +123,10 @@ pub struct Header {
     /// The capture path and why (`run --capture`); absent from older recordings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<crate::report::Capture>,
+    /// The allocator serving the target when recording started (the trailer's probes say it
+    /// at the end); absent from older recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocator: Option<crate::analysis::allocator::Allocator>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,6 +42,7 @@ pub fn synthetic_header() -> Header {
         unwinding: None,
         ops: None,
         capture: None,
+        allocator: None,
     }
 }
 

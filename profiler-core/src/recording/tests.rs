@@ -30,6 +30,7 @@ fn header() -> Header {
         }),
         ops: Some(1_000),
         capture: None,
+        allocator: Some(crate::analysis::allocator::Allocator::Jemalloc),
     }
 }
 

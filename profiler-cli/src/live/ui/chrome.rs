@@ -183,6 +183,9 @@ pub(super) fn render_tabs(frame: &mut Frame, area: Rect, app: &App) {
         }
         spans.push(Span::raw(" "));
     }
+    if let Some(tid) = app.thread {
+        spans.push(Span::styled(format!("thread {tid} "), bold()));
+    }
     if app.editing_filter || !app.filter.is_empty() {
         let cursor = if app.editing_filter { "_" } else { "" };
         spans.push(Span::styled(

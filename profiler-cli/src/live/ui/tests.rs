@@ -1,8 +1,10 @@
 use super::views::size_range;
 use super::*;
 use crossterm::event::KeyEvent;
+use profiler_core::analysis::allocator::Allocator;
 use profiler_core::live::{
     GrowthRow, HistoryPoint, LifetimeRow, SessionFacts, SiteNames, SiteRow, SizeRow, ThreadRow,
+    ThreadSite,
 };
 use profiler_core::stacks::StackId;
 use ratatui::backend::TestBackend;
@@ -22,6 +24,7 @@ fn site(id: u32, function: &str, live_bytes: u64, allocations: u64) -> SiteRow {
         live_blocks: live_bytes / 1000,
         allocations,
         allocated_bytes: allocations * 1000,
+        growth_bytes_per_sec: Some(if live_bytes > 0 { 19_500.0 } else { -12.0 }),
     }
 }
 
@@ -43,6 +46,7 @@ fn snapshot() -> Snapshot {
             lost_events: 7,
             held_threads: 0,
             ended: false,
+            allocator: Some(Allocator::Glibc),
         },
         history: (0u32..20)
             .map(|i| HistoryPoint {
@@ -57,15 +61,30 @@ fn snapshot() -> Snapshot {
             names: sites[0].names.clone(),
             bytes_per_sec: 20_000.0,
             live_bytes: 100_000,
+            r2: 0.97,
+            monotonicity: 1.0,
             window_secs: 5.0,
         }],
-        sizes: vec![SizeRow {
-            low: 513,
-            high: 1024,
-            allocations: 5100,
-            live_blocks: 100,
-            live_bytes: 100_000,
-        }],
+        sizes: vec![
+            SizeRow {
+                low: 513,
+                high: 1024,
+                allocations: 5000,
+                requested_bytes: 5_000_000,
+                usable_bytes: Some(5_040_000),
+                live_blocks: 0,
+                live_bytes: 0,
+            },
+            SizeRow {
+                low: 1025,
+                high: 2048,
+                allocations: 100,
+                requested_bytes: 100_000,
+                usable_bytes: Some(200_000),
+                live_blocks: 100,
+                live_bytes: 100_000,
+            },
+        ],
         lifetimes: vec![LifetimeRow {
             stack: StackId(2),
             names: sites[1].names.clone(),
@@ -74,12 +93,40 @@ fn snapshot() -> Snapshot {
             median_ns: 4096,
             pool_candidate: true,
         }],
-        threads: vec![ThreadRow {
-            tid: 4242,
-            live_bytes: 100_000,
-            live_blocks: 100,
-            allocations: 5100,
-        }],
+        threads: vec![
+            ThreadRow {
+                tid: 4242,
+                live_bytes: 100_000,
+                live_blocks: 100,
+                allocations: 100,
+                allocations_per_sec: 20.0,
+            },
+            ThreadRow {
+                tid: 4243,
+                live_bytes: 0,
+                live_blocks: 0,
+                allocations: 5000,
+                allocations_per_sec: 1234.4,
+            },
+        ],
+        thread_sites: vec![
+            ThreadSite {
+                tid: 4242,
+                stack: StackId(1),
+                live_bytes: 100_000,
+                live_blocks: 100,
+                allocations: 100,
+                allocated_bytes: 100_000,
+            },
+            ThreadSite {
+                tid: 4243,
+                stack: StackId(2),
+                live_bytes: 0,
+                live_blocks: 0,
+                allocations: 5000,
+                allocated_bytes: 5_000_000,
+            },
+        ],
     }
 }
 
@@ -148,7 +195,7 @@ fn header_graph_and_sites_fit_80x24() {
     let second = lines.iter().position(|l| l.contains("churn_site")).unwrap();
     assert!(first < second, "{text}");
     assert!(lines[first].starts_with('>'), "{text}");
-    assert!(lines[23].contains("q:leave view"), "{text}");
+    assert!(lines[23].contains("q:leave ?:help"), "{text}");
 }
 
 #[test]
@@ -198,7 +245,7 @@ fn sort_filter_views_and_stack() {
     press(&mut app, KeyCode::Tab);
     let lines = screen(&app);
     assert!(contains(&lines, "[2 Growing]"));
-    assert!(contains(&lines, "19.5 KiB/s"), "{}", lines.join("\n"));
+    assert!(contains(&lines, "+19.5 KiB/s"), "{}", lines.join("\n"));
     press(&mut app, KeyCode::Char('3'));
     let lines = screen(&app);
     assert!(contains(&lines, "513 B-1.0 KiB"), "{}", lines.join("\n"));
@@ -276,4 +323,128 @@ fn the_help_of_a_recording_lists_the_time_cursors_keys() {
     ] {
         assert!(contains(&lines, key), "{key}: {lines:#?}");
     }
+}
+
+/// Prints the screen, for a failing comparison.
+fn show(lines: &[String]) -> String {
+    lines.join("\n")
+}
+
+/// The body of a view: the lines between the tab bar and the footer, without trailing
+/// blanks and blank lines.
+fn body(app: &App) -> Vec<String> {
+    let lines = screen(app);
+    let tabs = lines.iter().position(|l| l.contains("1 Sites")).unwrap();
+    let mut body: Vec<String> = lines[tabs + 1..23]
+        .iter()
+        .map(|l| l.trim_end().to_string())
+        .collect();
+    while body.last().is_some_and(String::is_empty) {
+        body.pop();
+    }
+    body
+}
+
+#[test]
+fn the_whole_sites_screen_at_80x24() {
+    let lines: Vec<String> = screen(&app())
+        .into_iter()
+        .map(|l| l.trim_end().to_string())
+        .collect();
+    let expected = [
+        "memprof pid 31337 [preload] 5.2s | slow_leak 100 | out out",
+        "980 ev/s | live 97.7 KiB in 100 blocks | RSS 3.0 MiB | peak 98.6 KiB at 4.9s",
+        "LOST! 7 | held 0 | 5,100 events | target output: out/target-output.log",
+        " live heap, peak █ 98.6 KiB at 4.9s ──────   RSS ───────────────────────────────",
+        "97.4 KiB│                      ⢀⣀⡠⠤⠤⠔⠒⠉     3.1 MiB│⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠉⠁",
+        "        │               ⣀⡠⠤⠒⠒⠒⠉⠁                   │",
+        "        │     ⢀⣀⣀⡠⠤⠒⠒⠉⠉⠉                           │",
+        "0       │⣀⠤⠔⠒⠉⠁                             0      │",
+        "        └─────────────────────────────────         └────────────────────────────",
+        "     0.0s                             5.2s      0.0s                        5.2s",
+        "[1 Sites]  2 Growing   3 Sizes   4 Threads   5 Lifetimes",
+        " live▼      blocks    allocs    allocated  growth       function",
+        ">  97.7 KiB       100       100   97.7 KiB  +19.0 KiB/s slow_leak_site",
+        "        0 B         0     5,000    4.8 MiB      -12 B/s churn_site",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "q:leave ?:help Tab:view s:sort(live bytes) /:filter t:thread p:pause Enter:stack",
+    ];
+    assert_eq!(lines, expected, "{}", show(&lines));
+}
+
+#[test]
+fn each_views_table_at_80x24() {
+    let mut app = app();
+    let expected: [(char, &[&str]); 4] = [
+        (
+            '2',
+            &[
+                " slope▼       live       r2    rises over    function",
+                "> +19.5 KiB/s   97.7 KiB  0.97  100%    5.0s slow_leak_site",
+            ],
+        ),
+        (
+            '3',
+            &[
+                "glibc: 5.0 MiB usable for 4.9 MiB requested, internal fragmentation 2.7%",
+                " size              allocs     live     live bytes unused allocations",
+                ">    513 B-1.0 KiB      5,000        0        0 B   0.8% #######################",
+                "   1.0 KiB-2.0 KiB        100      100   97.7 KiB  50.0% #",
+            ],
+        ),
+        (
+            '4',
+            &[
+                " tid       live▼       blocks     allocs       allocs/s",
+                ">     4242    97.7 KiB        100          100         20/s",
+                "      4243         0 B          0        5,000      1,234/s",
+            ],
+        ),
+        (
+            '5',
+            &[
+                " short-lived▼ freed      short  median    function",
+                ">       4,990      5,000   100%     ~4 us pool? churn_site",
+            ],
+        ),
+    ];
+    for (key, view) in expected {
+        press(&mut app, KeyCode::Char(key));
+        let lines = body(&app);
+        assert_eq!(lines, view, "view {key}:\n{}", show(&lines));
+    }
+}
+
+#[test]
+fn t_shows_one_threads_sites_then_the_next_then_all() {
+    let mut app = app();
+    press(&mut app, KeyCode::Char('t'));
+    assert_eq!(app.thread, Some(4242));
+    press(&mut app, KeyCode::Char('t'));
+    assert_eq!(app.thread, Some(4243));
+    let lines = body(&app);
+    let expected = [
+        " live▼      blocks    allocs    allocated  growth       function",
+        ">       0 B         0     5,000    4.8 MiB            - churn_site",
+    ];
+    assert_eq!(lines, expected, "{}", show(&lines));
+    assert!(contains(&screen(&app), "thread 4243"));
+    press(&mut app, KeyCode::Char('t'));
+    assert_eq!(app.thread, None);
+    assert!(!contains(&screen(&app), "thread 42"));
+    // Enter in Threads picks the selected thread and shows its sites.
+    press(&mut app, KeyCode::Char('4'));
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Enter);
+    assert_eq!((app.thread, app.view), (Some(4243), View::Sites));
+    press(&mut app, KeyCode::Char('4'));
+    assert!(contains(&body(&app), "*4243"));
 }

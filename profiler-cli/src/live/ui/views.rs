@@ -1,10 +1,11 @@
 //! The live view's five views, each a table over the snapshot: Sites, Growing, Sizes,
 //! Threads, Lifetimes.
+use profiler_core::analysis::allocator::Allocator;
 use profiler_core::live::{SiteRow, SiteSort, Snapshot, growth_rows, site_rows};
 use profiler_core::render::{short_bytes, thousands};
 use ratatui::{
     Frame,
-    layout::{Constraint, Rect},
+    layout::{Constraint, Layout, Rect},
     style::{Modifier, Style},
     text::Line,
     widgets::{Cell, Paragraph, Row, Table, TableState},
@@ -38,8 +39,19 @@ pub(super) fn right(text: String) -> Cell<'static> {
     Cell::from(Line::from(text).right_aligned())
 }
 
+/// A signed rate of bytes: `+1.2 KiB/s`, `-300 B/s`, `0 B/s`; `-` when unknown.
+pub(super) fn byte_rate(bytes_per_sec: Option<f64>) -> String {
+    match bytes_per_sec {
+        None => "-".to_string(),
+        Some(rate) if rate >= 0.5 => format!("+{}/s", short_bytes(rate.round() as u64)),
+        Some(rate) if rate <= -0.5 => format!("-{}/s", short_bytes((-rate).round() as u64)),
+        Some(_) => "0 B/s".to_string(),
+    }
+}
+
 pub(super) fn render_sites(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
-    let rows = site_rows(&s.sites, app.sort, &app.filter);
+    let source = app.site_source(s);
+    let rows = site_rows(&source, app.sort, &app.filter);
     let mark = |sort: SiteSort, name: &str| {
         if sort == app.sort {
             format!("{name}▼")
@@ -52,6 +64,7 @@ pub(super) fn render_sites(frame: &mut Frame, area: Rect, app: &App, s: &Snapsho
         mark(SiteSort::LiveBlocks, "blocks"),
         mark(SiteSort::Allocations, "allocs"),
         mark(SiteSort::AllocatedBytes, "allocated"),
+        mark(SiteSort::Growth, "growth"),
         "function".to_string(),
     ];
     let rows: Vec<Row> = rows
@@ -62,6 +75,7 @@ pub(super) fn render_sites(frame: &mut Frame, area: Rect, app: &App, s: &Snapsho
                 right(thousands(row.live_blocks)),
                 right(thousands(row.allocations)),
                 right(short_bytes(row.allocated_bytes)),
+                right(byte_rate(row.growth_bytes_per_sec)),
                 Cell::from(row.names.function.to_string()),
             ])
         })
@@ -71,20 +85,15 @@ pub(super) fn render_sites(frame: &mut Frame, area: Rect, app: &App, s: &Snapsho
         Constraint::Length(9),
         Constraint::Length(9),
         Constraint::Length(10),
+        Constraint::Length(12),
         Constraint::Min(10),
     ];
-    table(
-        frame,
-        area,
-        app.selected,
-        header,
-        widths,
-        rows,
-        match app.filter.is_empty() {
-            true => "no allocation site yet",
-            false => "no site's function matches the filter",
-        },
-    );
+    let empty = match (app.filter.is_empty(), app.thread) {
+        (false, _) => "no site's function matches the filter".to_string(),
+        (true, Some(tid)) => format!("thread {tid} holds and made no allocation (t: next thread)"),
+        (true, None) => "no allocation site yet".to_string(),
+    };
+    table(frame, area, app.selected, header, widths, rows, &empty);
 }
 
 pub(super) fn render_growing(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
@@ -92,19 +101,23 @@ pub(super) fn render_growing(frame: &mut Frame, area: Rect, app: &App, s: &Snaps
         .into_iter()
         .map(|row| {
             Row::new(vec![
-                right(format!("{}/s", short_bytes(row.bytes_per_sec as u64))),
+                right(byte_rate(Some(row.bytes_per_sec))),
                 right(short_bytes(row.live_bytes)),
+                right(format!("{:.2}", row.r2)),
+                right(format!("{:.0}%", row.monotonicity * 100.0)),
                 right(secs(row.window_secs)),
                 Cell::from(row.names.function.to_string()),
             ])
         })
         .collect();
-    let header = ["growth▼", "live", "over", "function"]
+    let header = ["slope▼", "live", "r2", "rises", "over", "function"]
         .map(String::from)
         .to_vec();
     let widths = vec![
-        Constraint::Length(13),
+        Constraint::Length(12),
         Constraint::Length(10),
+        Constraint::Length(5),
+        Constraint::Length(5),
         Constraint::Length(7),
         Constraint::Min(10),
     ];
@@ -115,11 +128,41 @@ pub(super) fn render_growing(frame: &mut Frame, area: Rect, app: &App, s: &Snaps
         header,
         widths,
         rows,
-        "no site's live bytes rose in the last 10 s",
+        "no site grows steadily yet (a line through its live bytes with r2 >= 0.8, \
+         and 90% of its changes increases)",
     );
 }
 
+/// The Sizes summary: how much of what the allocator gave went unused.
+pub(super) fn fragmentation_line(s: &Snapshot) -> String {
+    let requested: u64 = s.sizes.iter().map(|r| r.requested_bytes).sum();
+    let usable: Option<u64> = s.sizes.iter().map(|r| r.usable_bytes).sum();
+    let allocator = s.facts.allocator.unwrap_or(Allocator::Unknown);
+    match usable {
+        Some(usable) if allocator != Allocator::Unknown => format!(
+            "{}: {} usable for {} requested, internal fragmentation {}",
+            allocator.name(),
+            short_bytes(usable),
+            short_bytes(requested),
+            percent(usable - requested.min(usable), usable)
+        ),
+        _ => format!(
+            "allocator unknown: {} requested, usable sizes not known",
+            short_bytes(requested)
+        ),
+    }
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    match whole {
+        0 => "-".to_string(),
+        _ => format!("{:.1}%", part as f64 * 100.0 / whole as f64),
+    }
+}
+
 pub(super) fn render_sizes(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
+    let [summary, area] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
+    frame.render_widget(Paragraph::new(fragmentation_line(s)), summary);
     let most = s
         .sizes
         .iter()
@@ -137,18 +180,29 @@ pub(super) fn render_sizes(frame: &mut Frame, area: Rect, app: &App, s: &Snapsho
                 right(thousands(row.allocations)),
                 right(thousands(row.live_blocks)),
                 right(short_bytes(row.live_bytes)),
+                right(row.usable_bytes.map_or("-".to_string(), |usable| {
+                    percent(usable - row.requested_bytes.min(usable), usable)
+                })),
                 Cell::from(bar),
             ])
         })
         .collect();
-    let header = ["size", "allocs", "live", "live bytes", "allocations"]
-        .map(String::from)
-        .to_vec();
+    let header = [
+        "size",
+        "allocs",
+        "live",
+        "live bytes",
+        "unused",
+        "allocations",
+    ]
+    .map(String::from)
+    .to_vec();
     let widths = vec![
-        Constraint::Length(19),
+        Constraint::Length(17),
         Constraint::Length(10),
-        Constraint::Length(9),
+        Constraint::Length(8),
         Constraint::Length(10),
+        Constraint::Length(6),
         Constraint::Min(10),
     ];
     table(
@@ -178,21 +232,27 @@ pub(super) fn render_threads(frame: &mut Frame, area: Rect, app: &App, s: &Snaps
         .threads
         .iter()
         .map(|row| {
+            let picked = if app.thread == Some(row.tid) { "*" } else { "" };
             Row::new(vec![
-                right(row.tid.to_string()),
+                right(format!("{picked}{}", row.tid)),
                 right(short_bytes(row.live_bytes)),
                 right(thousands(row.live_blocks)),
                 right(thousands(row.allocations)),
+                right(format!(
+                    "{}/s",
+                    thousands(row.allocations_per_sec.round() as u64)
+                )),
             ])
         })
         .collect();
-    let header = ["tid", "live▼", "blocks", "allocs"]
+    let header = ["tid", "live▼", "blocks", "allocs", "allocs/s"]
         .map(String::from)
         .to_vec();
     let widths = vec![
         Constraint::Length(9),
         Constraint::Length(11),
         Constraint::Length(10),
+        Constraint::Length(12),
         Constraint::Length(12),
     ];
     table(
