@@ -115,14 +115,19 @@ fn frames_end(sp: usize, mapping_end: usize) -> usize {
 }
 
 /// The `[start, end)` of the mapping of this process holding `address`.
+///
+/// Read through `/proc/thread-self`: once the main thread has ended (`pthread_exit` in
+/// `main`), `/proc/self` is that zombie's, whose maps read empty.
 fn mapping_of(address: usize) -> Option<(usize, usize)> {
     // SAFETY: open, read and close on a buffer of ours; no allocation on this path.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
+    let open = |path: &std::ffi::CStr| unsafe {
+        libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
     };
+    let mut fd = open(c"/proc/thread-self/maps");
+    if fd < 0 {
+        // Kernels before 3.17.
+        fd = open(c"/proc/self/maps");
+    }
     if fd < 0 {
         return None;
     }

@@ -28,6 +28,7 @@ use nix::{
 
 use crate::backpressure::Backpressure;
 use crate::process_events::{Exit, ProcessEvents};
+use crate::thread_group::ThreadGroup;
 use crate::traced_tree::{FirstStop, TracedTree};
 
 /// What to start.
@@ -102,7 +103,8 @@ impl Launched {
 pub type Ended<T> = (Result<Exit>, Option<T>);
 
 /// Starts `command` stopped at exec on a dedicated tracer thread. Once resumed, `at_exit`
-/// runs while the exiting child still has its memory mapped, and the outcome is sent to
+/// runs at the exit stop of the process's last thread (given its tid: the main thread may
+/// have ended before), while its memory is still mapped, and the outcome is sent to
 /// `done`; threads the probes signal are held through `backpressure`. With `follow`, every
 /// process the target starts is traced and its forks, execs and exits are posted there; the
 /// run still ends when the launched process exits (those still running are then let go).
@@ -260,6 +262,7 @@ fn wait_loop(
 ) -> Result<Exit> {
     // Threads seen stopped: a new thread's first stop is the SIGSTOP it is attached with.
     let mut started = HashSet::from([pid]);
+    let mut group = ThreadGroup::new(pid);
     loop {
         let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
             Ok(status) => status,
@@ -273,19 +276,27 @@ fn wait_loop(
             }
             WaitStatus::Exited(tid, code) => {
                 started.remove(&tid);
+                group.gone(tid);
                 if let Some(tree) = tree.as_deref_mut() {
                     tree.gone(tid, Exit::Code(code));
                 }
             }
             WaitStatus::Signaled(tid, signal, _) => {
                 started.remove(&tid);
+                group.gone(tid);
                 if let Some(tree) = tree.as_deref_mut() {
                     tree.gone(tid, Exit::Signal(signal as i32));
                 }
             }
             WaitStatus::PtraceEvent(tid, _, event) => {
-                if tid == pid && event == libc::PTRACE_EVENT_EXIT {
-                    at_exit(pid);
+                // The process ends with this thread: read it while it is still mapped.
+                if event == libc::PTRACE_EVENT_EXIT && group.exit_stop(tid) {
+                    at_exit(tid);
+                }
+                if event == libc::PTRACE_EVENT_CLONE
+                    && let Ok(child) = ptrace::getevent(tid)
+                {
+                    group.cloned(tid, Pid::from_raw(child as i32));
                 }
                 // The old image's heap ends with it: the collector applies its last records
                 // and releases what was live before the new program runs.

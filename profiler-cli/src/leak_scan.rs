@@ -21,6 +21,7 @@ const PAGE: u64 = 4096;
 /// A stopped thread, as the scan needs it.
 #[derive(Clone, Debug, Default)]
 pub struct ThreadState {
+    pub tid: u32,
     /// Its general-purpose registers (roots, like memory).
     pub registers: Vec<u64>,
     pub stack_pointer: u64,
@@ -31,6 +32,7 @@ pub fn thread_state(tid: Pid) -> Result<ThreadState> {
     let regs =
         ptrace::getregs(tid).with_context(|| format!("cannot read the registers of {tid}"))?;
     Ok(ThreadState {
+        tid: tid.as_raw() as u32,
         registers: vec![
             regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.rsp,
             regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
@@ -48,6 +50,9 @@ pub fn check(
     allocator_files: &[std::path::PathBuf],
 ) -> Result<LeakCheck> {
     let started = Instant::now();
+    // Read through a stopped thread: a main thread that ended before the others no longer
+    // has the memory (its maps read empty, process_vm_readv fails).
+    let pid = threads.first().map_or(pid, |thread| thread.tid);
     let maps = ProcessMaps::read(pid).with_context(|| format!("cannot read the maps of {pid}"))?;
     let mut blocks: Vec<LiveBlock> = heap
         .blocks()

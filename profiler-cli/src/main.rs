@@ -51,6 +51,7 @@ mod seize;
 mod session;
 mod target_modules;
 mod targets;
+mod thread_group;
 mod traced_tree;
 
 use std::{io::Write as _, process::ExitCode};

@@ -109,20 +109,23 @@ pub async fn run_command(run: RunOptions) -> Result<i32> {
     let read_maps = {
         let exit_maps = exit_maps.clone();
         let backpressure = backpressure.clone();
-        move |pid: nix::unistd::Pid| {
-            let maps = ProcessMaps::read(pid.as_raw() as u32).ok();
+        move |tid: nix::unistd::Pid| {
+            // The last thread's tid: /proc/TID has the process's maps and memory even after
+            // the main thread ended.
+            let maps = ProcessMaps::read(tid.as_raw() as u32).ok();
             if let Ok(mut shared) = exit_maps.lock() {
                 shared.clone_from(&maps);
             }
             if leak_check {
-                // The exiting thread's registers; the others are on their way out too, and
-                // their stacks are scanned whole.
-                let threads = crate::leak_scan::thread_state(pid).into_iter().collect();
+                // The last thread's registers: the others have ended (their stacks are
+                // scanned whole), or are being killed by an exit_group, which the kernel
+                // never stops at their exit.
+                let threads = crate::leak_scan::thread_state(tid).into_iter().collect();
                 backpressure.exit_stop(threads);
             }
-            let rss = crate::rss::read_rss(pid.as_raw() as u32)
+            let rss = crate::rss::read_rss(tid.as_raw() as u32)
                 .map(|bytes| (crate::clock::monotonic_ns(), bytes));
-            Some((maps, crate::rss::peak_rss(pid), rss))
+            Some((maps, crate::rss::peak_rss(tid), rss))
         }
     };
     // Threads the probes signal when the ring is half full wait for the collector to drain it.
