@@ -17,6 +17,7 @@ pub mod mark;
 pub mod roots;
 #[cfg(test)]
 mod tests;
+mod words;
 
 use serde::{Deserialize, Serialize};
 

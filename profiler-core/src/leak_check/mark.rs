@@ -11,8 +11,10 @@
 //!    lost*.
 //!
 //! Blocks are read in batches of up to 1024 ranges and 512 KiB, so a
-//! heap of small blocks costs one read per thousand blocks, not one per block.
+//! heap of small blocks costs one read per thousand blocks, not one per block; the words the
+//! heuristics need for a batch are read ahead of it the same way ([`Words`]).
 
+use super::words::Words;
 use super::{LiveBlock, Memory, Reachability, Segment, roots::Root};
 
 /// Most ranges read at once (`process_vm_readv` takes at most 1024 remote iovecs).
@@ -60,6 +62,8 @@ pub fn classify(
             .last()
             .map_or(0, |block| block.addr + block.size.max(1)),
         buffer: Vec::new(),
+        words: Words::default(),
+        wanted: Vec::new(),
         bytes_scanned: 0,
         bytes_unreadable: 0,
     };
@@ -104,6 +108,9 @@ struct Marker<'a> {
     low: u64,
     high: u64,
     buffer: Vec<u8>,
+    words: Words,
+    /// The words a batch's heuristics will need, gathered before they are read.
+    wanted: Vec<u64>,
     bytes_scanned: u64,
     bytes_unreadable: u64,
 }
@@ -179,7 +186,8 @@ impl Marker<'_> {
         if mark == Mark::Reachable {
             return;
         }
-        let at_start = value == block.addr || heuristic(value, block, self.segments, memory);
+        let at_start =
+            value == block.addr || heuristic(value, block, self.segments, &mut self.words, memory);
         if at_start && definite {
             self.marks[index] = Mark::Reachable;
             self.push(index);
@@ -286,6 +294,9 @@ impl Marker<'_> {
         }
         self.bytes_unreadable += memory.read(ranges, &mut buffer[..bytes]);
         self.bytes_scanned += bytes as u64;
+        if clique.is_none() {
+            self.read_ahead(pieces, &buffer[..bytes], memory);
+        }
         let mut offset = 0;
         for piece in pieces {
             let words = &buffer[offset..offset + piece.len];
@@ -299,13 +310,43 @@ impl Marker<'_> {
             }
         }
         self.buffer = buffer;
+        self.words.forget();
     }
-}
 
-/// One aligned word of the target, or None if it cannot be read.
-fn word_at(addr: u64, memory: &mut dyn Memory) -> Option<u64> {
-    let mut bytes = [0u8; 8];
-    (memory.read(&[(addr, 8)], &mut bytes) == 0).then(|| u64::from_ne_bytes(bytes))
+    /// Reads in one go the words [`heuristic`] may look at for the interior pointers of
+    /// `bytes` (the batch just read) into blocks not yet reachable.
+    fn read_ahead(&mut self, pieces: &[Stretch], bytes: &[u8], memory: &mut dyn Memory) {
+        let mut wanted = std::mem::take(&mut self.wanted);
+        wanted.clear();
+        let mut offset = 0;
+        for piece in pieces {
+            let words = &bytes[offset..offset + piece.len];
+            offset += piece.len;
+            for word in words.chunks_exact(WORD as usize) {
+                let value = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
+                if value.wrapping_sub(self.low) >= self.high - self.low {
+                    continue;
+                }
+                let Some(index) = self.block_at(value) else {
+                    continue;
+                };
+                let block = self.blocks[index];
+                if value == block.addr || self.marks[index] == Mark::Reachable {
+                    continue;
+                }
+                // The block's length, capacity or count, or its vtable pointer.
+                wanted.push(block.addr);
+                if value - block.addr == 3 * WORD {
+                    wanted.push(block.addr + WORD);
+                }
+                if value.is_multiple_of(WORD) {
+                    wanted.push(value);
+                }
+            }
+        }
+        self.words.prefetch(&mut wanted, memory);
+        self.wanted = wanted;
+    }
 }
 
 /// memcheck's interior-pointer heuristics (all on by default there): an interior pointer
@@ -316,20 +357,28 @@ fn word_at(addr: u64, memory: &mut dyn Memory) -> Option<u64> {
 /// - newarray: 8 bytes in, after the element count `new[]` stores for destructors.
 /// - multipleinheritance: a pointer to a base-class sub-object: both it and the block's
 ///   first word hold vtable pointers.
-fn heuristic(value: u64, block: LiveBlock, segments: &[Segment], memory: &mut dyn Memory) -> bool {
+fn heuristic(
+    value: u64,
+    block: LiveBlock,
+    segments: &[Segment],
+    words: &mut Words,
+    memory: &mut dyn Memory,
+) -> bool {
     let offset = value - block.addr;
     if offset == 3 * WORD
-        && let Some(capacity) = word_at(block.addr + WORD, memory)
+        && let Some(capacity) = words.get(block.addr + WORD, memory)
         && (3 * WORD)
             .checked_add(capacity)
             .and_then(|n| n.checked_add(1))
             == Some(block.size)
-        && word_at(block.addr, memory).is_some_and(|length| length <= capacity)
+        && words
+            .get(block.addr, memory)
+            .is_some_and(|length| length <= capacity)
     {
         return true;
     }
     if offset == WORD
-        && let Some(first) = word_at(block.addr, memory)
+        && let Some(first) = words.get(block.addr, memory)
         && first > 0
     {
         let rest = block.size - WORD;
@@ -339,21 +388,22 @@ fn heuristic(value: u64, block: LiveBlock, segments: &[Segment], memory: &mut dy
         }
     }
     if value.is_multiple_of(WORD)
-        && let Some(inner) = word_at(value, memory)
+        && let Some(inner) = words.get(value, memory)
         && inner.is_multiple_of(WORD)
         && inner >= 4096
-        && let Some(first) = word_at(block.addr, memory)
+        && let Some(first) = words.get(block.addr, memory)
         && first.is_multiple_of(WORD)
         && first >= 4096
     {
-        return is_vtable(inner, segments, memory) && is_vtable(first, segments, memory);
+        return words.is_vtable(inner, |words| is_vtable(inner, segments, words, memory))
+            && words.is_vtable(first, |words| is_vtable(first, segments, words, memory));
     }
     false
 }
 
 /// memcheck's test: `addr` is in a readable file mapping and, of its next 20 words, two
 /// non-null ones point into executable file mappings before any points elsewhere.
-fn is_vtable(addr: u64, segments: &[Segment], memory: &mut dyn Memory) -> bool {
+fn is_vtable(addr: u64, segments: &[Segment], words: &mut Words, memory: &mut dyn Memory) -> bool {
     const MAX_CHECK: u64 = 20;
     let segment_of = |addr: u64| {
         let index = segments.partition_point(|segment| segment.start <= addr);
@@ -366,13 +416,22 @@ fn is_vtable(addr: u64, segments: &[Segment], memory: &mut dyn Memory) -> bool {
         return false;
     };
     let last = (addr + MAX_CHECK * WORD).min(table.end - WORD);
+    if last < addr {
+        return false;
+    }
+    // The entries in one read; word by word if some cannot be read (the first such one
+    // ends the test).
+    let count = (last - addr) / WORD + 1;
+    let entries = words.run(addr, count, memory);
     let mut functions = 0;
-    let mut at = addr;
-    while at <= last {
-        let Some(entry) = word_at(at, memory) else {
-            return false;
+    for index in 0..count {
+        let entry = match &entries {
+            Some(entries) => entries[index as usize],
+            None => match words.get(addr + index * WORD, memory) {
+                Some(entry) => entry,
+                None => return false,
+            },
         };
-        at += WORD;
         if entry == 0 {
             continue;
         }
