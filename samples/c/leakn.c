@@ -1,7 +1,7 @@
 /* leakn.c -- a leak whose size is a command-line argument, for `memprof diff`.
  *
  * Build: gcc -O2 -g -fno-builtin [-fno-omit-frame-pointer | -fomit-frame-pointer] leakn.c
- * Usage: leakn [N [free]]   (default 5)
+ * Usage: leakn [N [free|lose]]   (default 5)
  *
  * Expected, exact, for N:
  *   churn        100 x malloc(64), each freed at once: 100 allocations, 6400 bytes, nothing live
@@ -15,7 +15,12 @@
  * `leakn N free` is the same program with its leaks fixed: the same allocations, then
  * release_all frees the 3 + N blocks before main returns, so nothing is live at the end (the
  * peak is unchanged). Checked with valgrind, N = 5: "108 allocs, 108 frees, 6,940 bytes
- * allocated", "in use at exit: 0 bytes in 0 blocks". */
+ * allocated", "in use at exit: 0 bytes in 0 blocks".
+ * `leakn N lose` drops the only pointer to the chain instead (lose_all, which also zeroes the
+ * stack below main: see scrub_stack): the same blocks live at the end, but none reachable. The chain's head, the last leak_n block, is definitely lost
+ * and the other 2 + N indirectly. Checked with valgrind, N = 5: "definitely lost: 48 bytes in
+ * 1 blocks", "indirectly lost: 492 bytes in 7 blocks". Without `lose`, all 3 + N are still
+ * reachable (valgrind: "still reachable: 540 bytes in 8 blocks"). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +62,20 @@ NOIPA void release_all(void) {
     }
 }
 
+/* Zeroes the stack below main's frame: the frames exit() pushes there do not initialise every
+ * slot, and a slot malloc's own frames left a block's address in would be a (stale) root. */
+NOIPA void scrub_stack(void) {
+    volatile char pad[16384];
+    for (unsigned long i = 0; i < sizeof pad; i++)
+        pad[i] = 0;
+}
+
+NOIPA void lose_all(void) {
+    *(void *volatile *)&kept = NULL;
+    sink = NULL;
+    scrub_stack();
+}
+
 int main(int argc, char **argv) {
     unsigned long n = 5;
     if (argc > 1) {
@@ -66,12 +85,15 @@ int main(int argc, char **argv) {
             return 2;
     }
     int fixed = argc > 2 && strcmp(argv[2], "free") == 0;
-    if (argc > 3 || (argc > 2 && !fixed))
+    int lost = argc > 2 && strcmp(argv[2], "lose") == 0;
+    if (argc > 3 || (argc > 2 && !fixed && !lost))
         return 2;
     churn();
     leak_fixed();
     leak_n(n);
     if (fixed)
         release_all();
+    if (lost)
+        lose_all();
     return 0;
 }

@@ -214,3 +214,88 @@ fn frame_of(svg: &str, function: &str) -> String {
     let end = title.find(')').unwrap() + 1;
     title[..end].to_owned()
 }
+
+/// `--flame lost`: the same blocks live at the end in both runs, all still reachable in A
+/// (`leakn 5`), none in B (`leakn 5 lose` drops the pointer to their chain). The live bytes do
+/// not change; the lost bytes, from each run's leak check, do.
+#[test]
+fn diff_of_lost_bytes_shows_the_leaks_that_became_unreachable() {
+    let Some(guard) = privileged("diff_of_lost_bytes_shows_the_leaks_that_became_unreachable")
+    else {
+        return;
+    };
+    let dir = guard.dir.path();
+    let target = compile_c(dir, "leakn", Build::FramePointers);
+    for (name, args) in [("kept", &["5"][..]), ("lost", &["5", "lose"][..])] {
+        let run = memprof_run(&dir.join(name), &target, args);
+        assert!(run.status.success(), "leakn {args:?}: {}", run.stderr);
+    }
+    let out = dir.join("diff");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("diff")
+        .arg(dir.join("kept"))
+        .arg(dir.join("lost"))
+        .args(["--flame", "lost", "--output"])
+        .arg(&out);
+    let diff = run_to_end(cmd);
+    assert!(diff.status.success(), "{}", diff.stderr);
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("diff.json")).unwrap()).unwrap();
+    let change = |value: &Value| {
+        (
+            value["a"].as_u64().unwrap(),
+            value["b"].as_u64().unwrap(),
+            value["delta"].as_i64().unwrap(),
+        )
+    };
+    let totals = &json["totals"];
+    assert_eq!(change(&totals["live_bytes_at_end"]), (540, 540, 0));
+    // valgrind on `leakn 5 lose`: 48 bytes definitely and 492 indirectly lost (leakn.c).
+    assert_eq!(change(&totals["lost_bytes_at_end"]), (0, 540, 540));
+    let site = |function: &str| {
+        json["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|site| {
+                let stack = site["stack"].as_array().unwrap();
+                let innermost = stack.last().unwrap().as_str().unwrap();
+                innermost.starts_with(&format!("{function} (leakn.c:"))
+            })
+            .unwrap_or_else(|| panic!("no {function} in {json:#}"))
+            .clone()
+    };
+    assert_eq!(change(&site("leak_n")["lost_bytes_at_end"]), (0, 240, 240));
+    assert_eq!(
+        change(&site("leak_fixed")["lost_bytes_at_end"]),
+        (0, 300, 300)
+    );
+    assert_eq!(change(&site("churn")["lost_bytes_at_end"]), (0, 0, 0));
+    for function in ["leak_n", "leak_fixed"] {
+        assert_eq!(
+            site(function)["live_bytes_at_end"]["delta"],
+            0,
+            "{function}"
+        );
+    }
+    let table = &diff.stdout;
+    let lost_line = table
+        .lines()
+        .find(|line| line.contains("lost at the end"))
+        .unwrap_or_else(|| panic!("no lost line in\n{table}"));
+    assert!(lost_line.contains("+540"), "{lost_line}");
+    let svg = std::fs::read_to_string(out.join("diff.svg")).unwrap();
+    assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert!(svg.contains("memprof diff: lost bytes"), "{svg}");
+    assert_eq!(
+        title_of(&svg, "leak_fixed"),
+        format!(
+            "{} (300 bytes, 55.56%; +55.56%)",
+            frame_of(&svg, "leak_fixed")
+        )
+    );
+    assert_eq!(
+        title_of(&svg, "leak_n"),
+        format!("{} (240 bytes, 44.44%; +44.44%)", frame_of(&svg, "leak_n"))
+    );
+}

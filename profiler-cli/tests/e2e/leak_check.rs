@@ -180,6 +180,7 @@ fn check_at_exit(test: &str, build: Build, capture: Capture) {
     assert_eq!(scan["bytes_unreadable"], 0, "{scan}");
     // At exit nothing is left to pause: the program had ended.
     assert_eq!(scan["paused_secs"], 0.0, "{scan}");
+    assert_html_and_flame(&p.dir.path().join("out"));
 
     // The replay shows what the live session found (the target's memory is gone by then).
     let output = p.dir.path().join("out");
@@ -205,6 +206,70 @@ fn check_at_exit(test: &str, build: Build, capture: Capture) {
         "{}",
         finished.stderr
     );
+}
+
+/// report.html and leaks.svg of leak_classes.c: the four classes in the summary, the lost
+/// sites first in the leak table with their class, the lost bytes drawn and the reachable ones
+/// counted but not drawn.
+fn assert_html_and_flame(output: &Path) {
+    let html = std::fs::read_to_string(output.join("report.html")).expect("report.html");
+    assert!(
+        html.contains(
+            "definitely lost 460 B in 6 blocks; indirectly lost 136 B in 3 blocks; \
+             possibly lost 256 B in 1 blocks; still reachable 224 B in 3 blocks"
+        ),
+        "no leak check row in report.html"
+    );
+    assert!(
+        html.contains(
+            "the program can no longer reach 852 B of them (definitely, indirectly or \
+             possibly lost, listed first), 224 B is still reachable"
+        ),
+        "no leak paragraph in report.html"
+    );
+    // Each leak row: bytes, blocks, then the class (the first plain <td>).
+    let rows: Vec<(String, String)> = html
+        .split("<tr class=\"leak\">")
+        .skip(1)
+        .map(|row| {
+            let bytes = row
+                .split("<td class=\"n\">")
+                .nth(1)
+                .and_then(|cell| cell.split("</td>").next())
+                .unwrap()
+                .to_string();
+            let class = row
+                .split("<td>")
+                .nth(1)
+                .and_then(|cell| cell.split("</td>").next())
+                .unwrap()
+                .to_string();
+            (class, bytes)
+        })
+        .collect();
+    let expected: Vec<(String, String)> = expected_sites()
+        .into_iter()
+        .map(|(_, class, _, bytes)| (class.replace('_', " "), bytes.to_string()))
+        .collect();
+    assert_eq!(rows, expected);
+    let svg = std::fs::read_to_string(output.join("leaks.svg")).expect("leaks.svg");
+    let title = svg
+        .split("lost bytes of ")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("no lost-bytes title in leaks.svg");
+    assert!(
+        title.ends_with(
+            "leak_classes.fp - 852 B in 10 blocks (definitely 460 B, indirectly 136 B, \
+             possibly 256 B); 224 B still reachable, not shown"
+        ) || title.ends_with(
+            "leak_classes.nofp - 852 B in 10 blocks (definitely 460 B, indirectly 136 B, \
+             possibly 256 B); 224 B still reachable, not shown"
+        ),
+        "{title}"
+    );
+    assert!(svg.contains("lose_blocks"), "lose_blocks not drawn");
+    assert!(!svg.contains("keep_blocks"), "a still reachable site drawn");
 }
 
 on_both_paths!(
