@@ -102,6 +102,8 @@ pub struct SharedRing {
     /// The data area's size, as created: the control page's copy is the target's to write,
     /// and every offset read must stay inside the mapping whatever it says.
     data_bytes: u64,
+    /// Where the reader is: its own copy, the control page's is for the producers to read.
+    read_pos: u64,
     /// One record, copied out of the shared area before it is decoded (the target can write
     /// the area at any time; the decoder must see bytes that hold still).
     record: Vec<u8>,
@@ -143,6 +145,7 @@ impl SharedRing {
             base: base.cast(),
             len,
             data_bytes,
+            read_pos: 0,
             record: Vec::with_capacity(MAX_RECORD_BYTES),
         };
         // SAFETY: the control page is at the start of the mapping, zeroed, not shared yet.
@@ -181,10 +184,16 @@ impl SharedRing {
     pub fn drain(&mut self, mut sink: impl FnMut(Drained<'_>)) -> u64 {
         let control = self.control();
         let write_pos = control.write_pos.load(Ordering::Acquire);
-        let mut read_pos = control.read_pos.load(Ordering::Relaxed);
+        let mut read_pos = self.read_pos;
+        let mut malformed = 0;
+        // Producers never write more than the ring holds past the reader: a position beyond
+        // that was written by something else, and walking up to it could take forever.
+        if write_pos < read_pos || write_pos - read_pos > self.data_bytes {
+            malformed += 1;
+            read_pos = write_pos;
+        }
         let mut ahead_pos = read_pos;
         let mut ahead_frames = 0;
-        let mut malformed = 0;
         while read_pos < write_pos {
             while ahead_frames < READ_AHEAD && ahead_pos < write_pos {
                 match self.frame_at(ahead_pos) {
@@ -231,6 +240,7 @@ impl SharedRing {
                 }
             }
         }
+        self.read_pos = read_pos;
         let control = self.control();
         control.read_pos.store(read_pos, Ordering::Release);
         control.drained.fetch_add(1, Ordering::Release);
@@ -418,5 +428,36 @@ mod tests {
             }
         });
         assert_eq!((malformed, records), (1, 0));
+    }
+
+    /// The target owns the control page: a write position it sets far ahead must not keep the
+    /// reader walking the ring round and round, nor a read position it sets move the reader.
+    #[test]
+    fn positions_the_target_wrote_in_the_control_page_are_not_followed() {
+        let mut ring = SharedRing::create(4096, (0, 0), false).expect("ring");
+        // Padding frames all the way round: a reader walking to a far write position would
+        // go round the ring 2^28 times.
+        // SAFETY: data words of the ring this test owns.
+        unsafe {
+            for at in (0..4096).step_by(16) {
+                let frame = ring.base.add(DATA_OFFSET + at).cast::<u32>();
+                frame.write(0);
+                frame.add(1).write(0);
+            }
+        }
+        let control = ring.control();
+        control.write_pos.store(1 << 40, Ordering::Release);
+        let started = std::time::Instant::now();
+        let malformed = ring.drain(|_| {});
+        assert_eq!(malformed, 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Behind the reader: skipped too.
+        ring.control().write_pos.store(16, Ordering::Release);
+        assert_eq!(ring.drain(|_| {}), 1);
+        // A read position written by the target is not where the reader reads from.
+        ring.control().read_pos.store(1 << 50, Ordering::Release);
+        ring.control().write_pos.store(16, Ordering::Release);
+        assert_eq!(ring.drain(|_| {}), 0);
+        assert_eq!(ring.read_pos, 16);
     }
 }

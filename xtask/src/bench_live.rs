@@ -33,6 +33,7 @@ pub fn run(runs: u32, pairs: u64) -> Result<()> {
 
     let mut plain = Vec::new();
     let mut live = Vec::new();
+    let mut own = Vec::new();
     for round in 1..=runs {
         // Alternate which goes first, so that neither always runs on a warmer machine.
         let order = match round % 2 {
@@ -41,8 +42,12 @@ pub fn run(runs: u32, pairs: u64) -> Result<()> {
         };
         for with_view in order {
             let session = session(&memprof, &churn, &scratch, pairs, with_view)?;
+            let view = match session.view_secs {
+                Some(secs) => format!(", the view's own {secs:.3} s"),
+                None => String::new(),
+            };
             println!(
-                "  round {round}/{runs}, {}: {:.3} s CPU for {} events",
+                "  round {round}/{runs}, {}: {:.3} s CPU for {} events{view}",
                 if with_view { "--live" } else { "plain " },
                 session.cpu_secs,
                 session.events,
@@ -51,8 +56,12 @@ pub fn run(runs: u32, pairs: u64) -> Result<()> {
                 true => live.push(session.cpu_secs),
                 false => plain.push(session.cpu_secs),
             }
+            if let Some(secs) = session.view_secs {
+                own.push(secs / session.cpu_secs);
+            }
         }
     }
+    let (plain_all, live_all) = (plain.clone(), live.clone());
     let (plain, live) = (median(&plain), median(&live));
     println!();
     println!("memprof CPU for an attach session over {pairs} malloc/free pairs of churn:");
@@ -62,6 +71,21 @@ pub fn run(runs: u32, pairs: u64) -> Result<()> {
         "  live view's cost:      {:+.1}%   (goal: at most +5%)",
         (live / plain - 1.0) * 100.0
     );
+    println!(
+        "  the view's own share:  {:.1}%   (snapshots built by the collector + the view's \
+         thread, of a --live session's CPU, as memprof measures them)",
+        median(&own) * 100.0
+    );
+    let spread = |values: &[f64]| {
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(0.0, f64::max);
+        format!("{low:.3}-{high:.3} s")
+    };
+    println!(
+        "  single sessions:       {} plain, {} --live",
+        spread(&plain_all),
+        spread(&live_all)
+    );
     println!("(medians of {runs} rounds)");
     Ok(())
 }
@@ -70,6 +94,9 @@ pub fn run(runs: u32, pairs: u64) -> Result<()> {
 struct Measured {
     cpu_secs: f64,
     events: u64,
+    /// With `--live`: the collector's time building snapshots plus the view thread's CPU,
+    /// as memprof reports them (`MEMPROF_TIMINGS`).
+    view_secs: Option<f64>,
 }
 
 /// Attaches to a fresh churn of `pairs` pairs, with the live view or without, and lets it run
@@ -91,7 +118,7 @@ fn session(
     let measured = attach(memprof, &mut target, &out, live);
     let _ = target.kill();
     let _ = target.wait();
-    let cpu_secs = measured?;
+    let (cpu_secs, view_secs) = measured?;
     let report = read_json(&out.join("report.json"))?;
     let summary = &report["summary"];
     let count = |key: &str| summary[key].as_u64().unwrap_or(0);
@@ -103,12 +130,21 @@ fn session(
             out.display()
         );
     }
-    Ok(Measured { cpu_secs, events })
+    Ok(Measured {
+        cpu_secs,
+        events,
+        view_secs,
+    })
 }
 
 /// Runs `memprof attach` on `target`, starts the target's work once memprof says it is
-/// attached, and returns memprof's CPU seconds.
-fn attach(memprof: &Path, target: &mut Child, out: &Path, live: bool) -> Result<f64> {
+/// attached, and returns memprof's CPU seconds and, with the view, the view's own.
+fn attach(
+    memprof: &Path,
+    target: &mut Child,
+    out: &Path,
+    live: bool,
+) -> Result<(f64, Option<f64>)> {
     let mut command = Command::new(memprof);
     command
         .args([
@@ -124,6 +160,7 @@ fn attach(memprof: &Path, target: &mut Child, out: &Path, live: bool) -> Result<
             command
                 .arg("--live")
                 .env("TERM", "xterm-256color")
+                .env("MEMPROF_TIMINGS", "1")
                 .stdin(terminal.slave()?)
                 .stdout(terminal.slave()?)
                 .stderr(terminal.slave()?);
@@ -158,33 +195,50 @@ fn attach(memprof: &Path, target: &mut Child, out: &Path, live: bool) -> Result<
         .write_all(b"g")
         .context("starting the target")?;
     let (status, usage) = wait_with_usage(&child)?;
-    let _ = reader.join();
+    let printed = reader.join().unwrap_or_default();
     if status != 0 {
         bail!("memprof attach exited with status {status}");
     }
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+    let view_secs = match live {
+        true => Some(view_cost(&printed).context("memprof did not say what the view cost")?),
+        false => None,
+    };
+    Ok((seconds(usage.ru_utime) + seconds(usage.ru_stime), view_secs))
+}
+
+/// From "memprof: live view: N snapshots built in X s; its thread used Y s of CPU": X + Y.
+fn view_cost(printed: &str) -> Option<f64> {
+    let line = printed.lines().find(|line| line.contains("live view: "))?;
+    let number_before = |unit: &str| -> Option<f64> {
+        let (before, _) = line.split_once(unit)?;
+        before.split_whitespace().last()?.parse().ok()
+    };
+    Some(number_before(" s;")? + number_before(" s of CPU")?)
 }
 
 /// How long memprof may take to attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Reads `output` to its end, telling `attached` when memprof says it is attached.
-fn watch(mut output: impl Read, attached: mpsc::Sender<()>) {
+/// Reads `output` to its end, telling `attached` when memprof says it is attached; returns
+/// the lines printed after the view closed (those after its last escape sequence).
+fn watch(mut output: impl Read, attached: mpsc::Sender<()>) -> String {
     const SAID: &[u8] = b"memprof: attached to";
     let mut seen: Vec<u8> = Vec::new();
     let mut told = false;
     let mut buffer = [0u8; 65536];
     while let Ok(n @ 1..) = output.read(&mut buffer) {
-        if told {
-            continue;
-        }
         seen.extend_from_slice(&buffer[..n]);
-        if seen.windows(SAID.len()).any(|window| window == SAID) {
+        if !told && seen.windows(SAID.len()).any(|window| window == SAID) {
             told = true;
             let _ = attached.send(());
         }
+        // Only the end matters once attached: keep the last 64 KiB.
+        if told && seen.len() > 1 << 20 {
+            seen.drain(..seen.len() - (64 << 10));
+        }
     }
+    String::from_utf8_lossy(&seen).into_owned()
 }
 
 /// Waits for `child` and returns its exit status and resource usage (its own, and that of

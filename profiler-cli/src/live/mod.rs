@@ -11,7 +11,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -81,6 +81,8 @@ pub struct Shared {
     latest: Mutex<Option<Arc<Snapshot>>>,
     /// The UI thread has left (`q`), or is to leave (collection ended).
     closed: AtomicBool,
+    /// CPU time the UI thread used, in ns, once it has left.
+    ui_cpu_ns: AtomicU64,
 }
 
 impl Shared {
@@ -101,6 +103,24 @@ impl Shared {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+
+    /// The UI thread records its CPU time as it leaves.
+    pub fn ui_done(&self) {
+        self.ui_cpu_ns.store(thread_cpu_ns(), Ordering::Release);
+    }
+}
+
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The collector's side of the live view.
@@ -110,6 +130,9 @@ pub struct LiveFeed {
     last: Option<Instant>,
     shared: Arc<Shared>,
     ui: Option<JoinHandle<()>>,
+    /// Snapshots built, and the collector's time building and publishing them.
+    snapshots: u64,
+    building: Duration,
 }
 
 impl LiveFeed {
@@ -129,6 +152,8 @@ impl LiveFeed {
             last: None,
             shared,
             ui,
+            snapshots: 0,
+            building: Duration::ZERO,
         }
     }
 
@@ -158,7 +183,8 @@ impl LiveFeed {
         pid: u32,
         facts: SessionFacts,
     ) {
-        self.last = Some(Instant::now());
+        let started = Instant::now();
+        self.last = Some(started);
         let namer = self
             .namer
             .get_or_insert_with(|| SymbolNamer::new(maps, pid));
@@ -168,6 +194,8 @@ impl LiveFeed {
         let now_ns = crate::clock::monotonic_ns();
         let snapshot = self.model.snapshot(recorder, namer, now_ns, facts);
         self.shared.publish(snapshot);
+        self.snapshots += 1;
+        self.building += started.elapsed();
     }
 
     /// The symbolizer the view named sites with, if it named any, for the report to reuse.
@@ -180,6 +208,17 @@ impl LiveFeed {
         self.shared.close();
         if let Some(ui) = self.ui.take() {
             let _ = ui.join();
+            // What the view itself cost (`cargo xtask bench live` reads it).
+            if std::env::var_os("MEMPROF_TIMINGS").is_some() {
+                let ui_secs = self.shared.ui_cpu_ns.load(Ordering::Acquire) as f64 / 1e9;
+                eprintln!(
+                    "memprof: live view: {} snapshots built in {:.3} s; its thread used {:.3} s \
+                     of CPU",
+                    self.snapshots,
+                    self.building.as_secs_f64(),
+                    ui_secs
+                );
+            }
         }
     }
 }

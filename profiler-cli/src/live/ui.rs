@@ -290,6 +290,7 @@ pub fn run(info: &SessionInfo, shared: &Shared) {
         }
     }
     shared.close();
+    shared.ui_done();
     drop(guard);
     if action == Action::Interrupt {
         // What the terminal does with Ctrl-C outside raw mode: SIGINT to the foreground group
