@@ -12,8 +12,8 @@
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use profiler_common::shared_ring::{
-    DATA_OFFSET, FRAME_HEADER_BYTES, MAGIC, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RING_PATH_ENV,
-    RingControl, UNCLAIMED, frame_bytes, place,
+    DATA_OFFSET, FRAME_HEADER_BYTES, LOCK_WAITERS, MAGIC, MAX_RECORD_BYTES, PADDING, RING_FD_ENV,
+    RING_PATH_ENV, RingControl, UNCLAIMED, frame_bytes, place,
 };
 
 const DETACHED: u8 = 0;
@@ -341,27 +341,48 @@ impl Ring {
         alive
     }
 
+    /// Takes the lock with this process's pid in its word (see [`RingControl::lock`]).
     fn lock(&self) {
-        let control = self.control();
-        let lock = &control.lock;
+        let lock = &self.control().lock;
+        // Never 0, which would read as free.
+        let me = PID.load(Ordering::Relaxed).max(1) & !LOCK_WAITERS;
         if lock
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
         {
-            // Contended: mark it so (2) and sleep until the holder wakes one waiter.
-            while lock.swap(2, Ordering::Acquire) != 0 {
-                futex_wait(lock, 2, None);
-            }
+            return;
         }
-        control
-            .lock_owner
-            .store(PID.load(Ordering::Relaxed), Ordering::Relaxed);
+        loop {
+            let word = lock.load(Ordering::Relaxed);
+            if word == 0 {
+                // Taken after sleeping: others may sleep still, so the word says so.
+                if lock
+                    .compare_exchange(0, me | LOCK_WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            if word & LOCK_WAITERS == 0
+                && lock
+                    .compare_exchange(
+                        word,
+                        word | LOCK_WAITERS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+            {
+                continue;
+            }
+            futex_wait(lock, word | LOCK_WAITERS, None);
+        }
     }
 
     fn unlock(&self) {
-        self.control().lock_owner.store(0, Ordering::Relaxed);
         let lock = &self.control().lock;
-        if lock.swap(0, Ordering::Release) == 2 {
+        if lock.swap(0, Ordering::Release) & LOCK_WAITERS != 0 {
             futex_wake(lock, 1);
         }
     }

@@ -16,8 +16,8 @@ use anyhow::{Context as _, Result, bail};
 use profiler_common::{
     EVENT_HEADER_SIZE, EventHeader, EventKind,
     shared_ring::{
-        DATA_OFFSET, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PADDING, RING_FD_ENV, RING_PATH_ENV,
-        RingControl, frame_bytes,
+        DATA_OFFSET, FRAME_HEADER_BYTES, LOCK_WAITERS, MAX_RECORD_BYTES, PADDING, RING_FD_ENV,
+        RING_PATH_ENV, RingControl, frame_bytes,
     },
 };
 use profiler_core::report::{Held, LostCounts};
@@ -314,15 +314,17 @@ impl SharedRing {
     /// lock may have left it taken. Other processes of the tree may hold it legitimately.
     pub fn release_lock_of(&self, pid: u32) {
         let control = self.control();
-        // Alone in the ring, the process may have died before it named itself the owner.
+        // Alone in the ring, the process that exec'd or died can only be the one holding it.
         let alone = control.follow_children == 0;
-        if alone
-            || control
-                .lock_owner
-                .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire)
+        let word = control.lock.load(Ordering::Acquire);
+        let owner = word & !LOCK_WAITERS;
+        if word != 0
+            && (alone || owner == pid)
+            && control
+                .lock
+                .compare_exchange(word, 0, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            control.lock.store(0, Ordering::Release);
             // SAFETY: FUTEX_WAKE on the aligned u32 of the shared mapping.
             unsafe {
                 libc::syscall(
@@ -459,5 +461,21 @@ mod tests {
         ring.control().write_pos.store(16, Ordering::Release);
         assert_eq!(ring.drain(|_| {}), 0);
         assert_eq!(ring.read_pos, 16);
+    }
+
+    /// The lock's word names its holder from the moment it is taken: a process killed inside
+    /// a write leaves a lock memprof can give back, and only that process's.
+    #[test]
+    fn only_the_holders_lock_is_given_back() {
+        let ring = SharedRing::create(4096, (0, 0), true).expect("ring");
+        let lock = &ring.control().lock;
+        lock.store(4242 | LOCK_WAITERS, Ordering::Release);
+        ring.release_lock_of(4243);
+        assert_eq!(lock.load(Ordering::Acquire), 4242 | LOCK_WAITERS);
+        ring.release_lock_of(4242);
+        assert_eq!(lock.load(Ordering::Acquire), 0);
+        // A free lock stays free.
+        ring.release_lock_of(4242);
+        assert_eq!(lock.load(Ordering::Acquire), 0);
     }
 }

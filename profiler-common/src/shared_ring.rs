@@ -51,6 +51,9 @@ pub const STACKS_FRAME_POINTERS: u32 = 2;
 /// `RingControl::state`: no process has claimed the ring yet.
 pub const UNCLAIMED: u32 = 0;
 
+/// The bit of [`RingControl::lock`] saying producers sleep on it (pids stay below 2^22).
+pub const LOCK_WAITERS: u32 = 1 << 31;
+
 /// The control page. memprof writes the first fields before the target starts. Unless
 /// [`RingControl::follow_children`] is set, the target's first allocation claims the ring for
 /// its process ([`RingControl::owner_pid`]), so that processes it starts (which inherit the
@@ -80,7 +83,10 @@ pub struct RingControl {
 
     /// Bytes published so far (producers, under `lock`).
     pub write_pos: AtomicU64,
-    /// 0 free, 1 taken, 2 taken with waiters (a futex word).
+    /// 0 free; taken: the pid of the process holding it, with [`LOCK_WAITERS`] set when
+    /// others sleep on it (a futex word). The owner is in the word taken, not written after:
+    /// memprof frees the lock of a process that died or exec'd inside a write, and only of
+    /// that one.
     pub lock: AtomicU32,
     /// Producers sleeping until memprof drains.
     pub waiters: AtomicU32,
@@ -89,10 +95,7 @@ pub struct RingControl {
     pub holds: AtomicU64,
     /// Nanoseconds producers spent waiting for room, summed.
     pub held_ns: AtomicU64,
-    /// The process holding `lock` (0: none, or not written yet): memprof frees the lock of a
-    /// process that died or exec'd inside a write, and only of that one.
-    pub lock_owner: AtomicU32,
-    _producer_pad: [u8; 28],
+    _producer_pad: [u8; 32],
 
     /// Bytes consumed so far (memprof).
     pub read_pos: AtomicU64,
@@ -136,8 +139,7 @@ impl RingControl {
             waiters: AtomicU32::new(0),
             holds: AtomicU64::new(0),
             held_ns: AtomicU64::new(0),
-            lock_owner: AtomicU32::new(0),
-            _producer_pad: [0; 28],
+            _producer_pad: [0; 32],
             read_pos: AtomicU64::new(0),
             drained: AtomicU32::new(0),
             _consumer_pad: [0; 52],

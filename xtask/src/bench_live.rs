@@ -207,14 +207,15 @@ fn attach(
     Ok((seconds(usage.ru_utime) + seconds(usage.ru_stime), view_secs))
 }
 
-/// From "memprof: live view: N snapshots built in X s; its thread used Y s of CPU": X + Y.
+/// From "memprof: live view: N snapshots built in X s (and Z s naming stacks, which the
+/// report reuses); its thread used Y s of CPU": X + Y (Z moves work the report would do).
 fn view_cost(printed: &str) -> Option<f64> {
     let line = printed.lines().find(|line| line.contains("live view: "))?;
     let number_before = |unit: &str| -> Option<f64> {
         let (before, _) = line.split_once(unit)?;
         before.split_whitespace().last()?.parse().ok()
     };
-    Some(number_before(" s;")? + number_before(" s of CPU")?)
+    Some(number_before(" s (and")? + number_before(" s of CPU")?)
 }
 
 /// How long memprof may take to attach.

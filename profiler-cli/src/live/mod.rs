@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use profiler_core::live::{LiveModel, SessionFacts, Snapshot, SymbolNamer};
+use profiler_core::live::{LiveModel, Namer, SessionFacts, Snapshot, SymbolNamer};
 
 /// How often the collector builds a snapshot (at most).
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
@@ -130,9 +130,28 @@ pub struct LiveFeed {
     last: Option<Instant>,
     shared: Arc<Shared>,
     ui: Option<JoinHandle<()>>,
-    /// Snapshots built, and the collector's time building and publishing them.
+    /// Snapshots built, and the collector's CPU time building and publishing them; of which
+    /// naming stacks (symbols and DWARF read, frames symbolized: the report takes the
+    /// symbolizer over, see [`LiveFeed::take_symbolizer`], so that time moves, it is not
+    /// added).
     snapshots: u64,
     building: Duration,
+    naming: Duration,
+}
+
+/// A [`Namer`] that counts the CPU time its names take.
+struct TimedNamer<'a> {
+    namer: &'a mut SymbolNamer,
+    spent: Duration,
+}
+
+impl Namer for TimedNamer<'_> {
+    fn name(&mut self, frames: &[u64]) -> profiler_core::live::SiteNames {
+        let started = thread_cpu_ns();
+        let names = self.namer.name(frames);
+        self.spent += Duration::from_nanos(thread_cpu_ns().saturating_sub(started));
+        names
+    }
 }
 
 impl LiveFeed {
@@ -154,6 +173,7 @@ impl LiveFeed {
             ui,
             snapshots: 0,
             building: Duration::ZERO,
+            naming: Duration::ZERO,
         }
     }
 
@@ -183,8 +203,9 @@ impl LiveFeed {
         pid: u32,
         facts: SessionFacts,
     ) {
-        let started = Instant::now();
-        self.last = Some(started);
+        self.last = Some(Instant::now());
+        let started = thread_cpu_ns();
+        let spent = || Duration::from_nanos(thread_cpu_ns().saturating_sub(started));
         let namer = self
             .namer
             .get_or_insert_with(|| SymbolNamer::new(maps, pid));
@@ -192,10 +213,15 @@ impl LiveFeed {
             self.model.forget_names();
         }
         let now_ns = crate::clock::monotonic_ns();
-        let snapshot = self.model.snapshot(recorder, namer, now_ns, facts);
+        let mut timed = TimedNamer {
+            namer,
+            spent: Duration::ZERO,
+        };
+        let snapshot = self.model.snapshot(recorder, &mut timed, now_ns, facts);
+        self.naming += timed.spent;
         self.shared.publish(snapshot);
         self.snapshots += 1;
-        self.building += started.elapsed();
+        self.building += spent();
     }
 
     /// The symbolizer the view named sites with, if it named any, for the report to reuse.
@@ -211,11 +237,13 @@ impl LiveFeed {
             // What the view itself cost (`cargo xtask bench live` reads it).
             if std::env::var_os("MEMPROF_TIMINGS").is_some() {
                 let ui_secs = self.shared.ui_cpu_ns.load(Ordering::Acquire) as f64 / 1e9;
+                let building = self.building.saturating_sub(self.naming);
                 eprintln!(
-                    "memprof: live view: {} snapshots built in {:.3} s; its thread used {:.3} s \
-                     of CPU",
+                    "memprof: live view: {} snapshots built in {:.3} s (and {:.3} s naming \
+                     stacks, which the report reuses); its thread used {:.3} s of CPU",
                     self.snapshots,
-                    self.building.as_secs_f64(),
+                    building.as_secs_f64(),
+                    self.naming.as_secs_f64(),
                     ui_secs
                 );
             }
