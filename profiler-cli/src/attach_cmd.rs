@@ -88,6 +88,7 @@ pub async fn attach(attach: AttachOptions) -> Result<i32> {
         pid,
         mode: Mode::Attach,
         start_ns: monotonic_ns(),
+        lineage: None,
     };
     let mut session = Session::start(capture, start, options, backpressure, process_events)?;
     // Handlers first: whoever reads "attached" may send SIGINT at once.

@@ -18,6 +18,8 @@ pub struct SessionStart {
     pub pid: u32,
     pub mode: Mode,
     pub start_ns: u64,
+    /// Its place in the tree `run` follows (None: the launched or attached process).
+    pub lineage: Option<profiler_core::recording::Lineage>,
 }
 
 impl SessionStart {

@@ -200,6 +200,7 @@ impl RecordingSink {
             ops: facts.ops,
             capture: facts.capture,
             allocator: facts.allocator,
+            lineage: start.lineage,
         };
         RecordingSink::create(path, &header)
     }

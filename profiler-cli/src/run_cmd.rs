@@ -174,6 +174,7 @@ pub async fn run_command(run: RunOptions) -> Result<i32> {
         pid,
         mode: Mode::Run,
         start_ns: monotonic_ns(),
+        lineage: None,
     };
     let mut session = match Session::start(capture, start, options, backpressure, process_events) {
         Ok(session) => session,

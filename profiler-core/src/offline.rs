@@ -345,6 +345,7 @@ mod tests {
                 ops: None,
                 capture: None,
                 allocator: None,
+                lineage: None,
             };
             let mut writer = Writer::create(Vec::new(), &header).unwrap();
             let later: Vec<MappingRecord> = picks.iter().rev().copied().map(mapping).collect();

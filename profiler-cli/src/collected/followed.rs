@@ -253,6 +253,10 @@ impl Followed {
                     pid,
                     mode: self.mode,
                     start_ns,
+                    lineage: Some(profiler_core::recording::Lineage {
+                        parent_pid: parent,
+                        image: index,
+                    }),
                 };
                 if let Err(error) = collected.start_recording(&options, &session) {
                     self.warnings

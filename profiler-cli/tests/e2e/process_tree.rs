@@ -246,6 +246,20 @@ fn exec_chain(test: &str, capture: Capture) {
     for (n, step) in steps.iter().enumerate() {
         assert_eq!(step["pid"], pid, "one pid through the chain");
         assert_eq!(step["image"].as_u64(), Some(first + 1 + n as u64));
+        // Its recording says where it stands in the tree.
+        let file = out
+            .join(step["output"].as_str().unwrap())
+            .join("recording.mprof");
+        let reader = profiler_core::recording::Reader::new(std::fs::File::open(&file).unwrap())
+            .expect("the image's recording");
+        let header = reader.header();
+        assert_eq!(Some(u64::from(header.pid)), pid.as_u64());
+        let lineage = header.lineage.expect("a followed image's lineage");
+        assert_eq!(
+            lineage.parent_pid.map(u64::from),
+            step["parent_pid"].as_u64()
+        );
+        assert_eq!(u64::from(lineage.image), first + 1 + n as u64);
     }
     // Each step's blocks are released by its exec, neither freed nor leaked.
     for (step, k) in steps[..2].iter().zip([2u64, 1]) {

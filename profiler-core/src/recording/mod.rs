@@ -127,6 +127,21 @@ pub struct Header {
     /// at the end); absent from older recordings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocator: Option<crate::analysis::allocator::Allocator>,
+    /// Where the image stands in the process tree `run` followed: absent for the launched
+    /// process (and in older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
+}
+
+/// A process image of a followed tree: one recording per image (each has its own heap, and a
+/// fork copies its parent's blocks into the child's recording as flagged allocations, so each
+/// recording replays alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The process that forked it; None for an image of the launched process after an exec.
+    pub parent_pid: Option<u32>,
+    /// Which image of its pid it is, from 1 (each exec starts the next).
+    pub image: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

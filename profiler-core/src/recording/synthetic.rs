@@ -43,6 +43,7 @@ pub fn synthetic_header() -> Header {
         ops: None,
         capture: None,
         allocator: None,
+        lineage: None,
     }
 }
 

@@ -31,6 +31,10 @@ fn header() -> Header {
         ops: Some(1_000),
         capture: None,
         allocator: Some(crate::analysis::allocator::Allocator::Jemalloc),
+        lineage: Some(Lineage {
+            parent_pid: Some(76),
+            image: 2,
+        }),
     }
 }
 
