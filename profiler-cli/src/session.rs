@@ -167,6 +167,13 @@ impl Session {
     pub fn salvage(mut self, error: anyhow::Error) -> anyhow::Error {
         let counters = self.collected.lost().unwrap_or_default();
         let end_ns = self.end_ns.unwrap_or_else(monotonic_ns);
+        // The followed images are written too (how the launched process ends is unknown).
+        finish_tree(
+            &mut self.collected,
+            &self.start,
+            (ProcessEnd::Running, None),
+            end_ns,
+        );
         let meta = self.start.ended(None, end_ns, &self.sites, counters);
         if let Err(error) = finish_session(&mut self.collected, &meta, &self.options) {
             eprintln!("memprof: error: {error:#}");
@@ -207,20 +214,31 @@ impl Session {
         let counters = collected
             .lost()
             .context("cannot read the probes' loss counters")?;
-        if let Some(followed) = collected.followed.take() {
-            let mut tree = followed.finish();
-            // Listed only when the target started a process: a lone process's report is
-            // unchanged.
-            if !tree.images.is_empty() {
-                let end = (ending.process_end, ending.exit);
-                let root = followed::root_image(collected, &self.start, end, end_ns);
-                collected.processes = std::iter::once(root).chain(tree.images).collect();
-            }
-            collected.warnings.append(&mut tree.warnings);
-        }
+        let end = (ending.process_end, ending.exit);
+        finish_tree(collected, &self.start, end, end_ns);
         let meta = self.start.ended(ending.exit, end_ns, &self.sites, counters);
         finish_session(collected, &meta, &self.options)
     }
+}
+
+/// Writes the followed tree's images and lists them, with the launched process's line (how it
+/// ended in `end`), in `collected.processes`.
+fn finish_tree(
+    collected: &mut Collected,
+    start: &SessionStart,
+    end: (ProcessEnd, Option<ExitStatus>),
+    end_ns: u64,
+) {
+    let Some(followed) = collected.followed.take() else {
+        return;
+    };
+    let mut tree = followed.finish();
+    // Listed only when the target started a process: a lone process's report is unchanged.
+    if !tree.images.is_empty() {
+        let root = followed::root_image(collected, start, end, end_ns);
+        collected.processes = std::iter::once(root).chain(tree.images).collect();
+    }
+    collected.warnings.append(&mut tree.warnings);
 }
 
 /// The end of a session: writes the report, then the recording's trailer (even when the
