@@ -248,6 +248,11 @@ impl Collected {
         };
         if backpressure.take_exec() {
             self.end_image();
+            // Following the tree, the image that ended gets its own files.
+            if let Some(mut followed) = self.followed.take() {
+                followed.root_execd(self);
+                self.followed = Some(followed);
+            }
             after_exec();
         }
         if let Some(threads) = backpressure.take_exit_check() {
@@ -329,6 +334,34 @@ impl Collected {
             profiler_core::event::encode(&header, &[], &mut record);
             self.record(&record);
         }
+    }
+
+    /// The launched process exec'd while its tree is followed: hands over the image that ended
+    /// (heap, analyses, maps, recording) as a collector of its own, and goes on afresh for the
+    /// new program, with the same capture settings. Its blocks must be released first
+    /// ([`Collected::end_image`]).
+    pub fn split_image(&mut self) -> Collected {
+        let mode = self.recorder.heap.mode();
+        let mut fresh = Recorder::new(mode);
+        fresh
+            .unwinder
+            .set_max_depth(self.recorder.unwinder.max_depth());
+        fresh.allocator = self.recorder.allocator.renewed();
+        let mut ended = Collected::new(mode);
+        ended.recorder = std::mem::replace(&mut self.recorder, fresh);
+        ended.maps = std::mem::take(&mut self.maps);
+        ended.recording = self.recording.take();
+        ended.build_ids = self.build_ids.clone();
+        ended.target_pid = self.target_pid;
+        ended.allocator_files = self.allocator_files.clone();
+        ended.capture = self.capture.clone();
+        ended.peak_rss_bytes = self.peak_rss_bytes.take();
+        ended.modules = std::mem::replace(&mut self.modules, TargetModules::new(self.target_pid));
+        self.stacks_at_last_read = usize::MAX;
+        if let Some(live) = &mut self.live {
+            live.new_image();
+        }
+        ended
     }
 
     /// Starts recording the session into the options' recording path, if it is recorded.

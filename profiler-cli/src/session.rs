@@ -98,6 +98,8 @@ impl Session {
                 sites: sites.clone(),
                 start_ns: start.start_ns,
                 probes: probes.clone(),
+                command: start.command.clone(),
+                executable: start.executable.clone(),
             });
             collected.follow(followed, events.clone());
         }
@@ -170,7 +172,7 @@ impl Session {
         // The followed images are written too (how the launched process ends is unknown).
         finish_tree(
             &mut self.collected,
-            &self.start,
+            &mut self.start,
             (ProcessEnd::Running, None),
             end_ns,
         );
@@ -215,17 +217,18 @@ impl Session {
             .lost()
             .context("cannot read the probes' loss counters")?;
         let end = (ending.process_end, ending.exit);
-        finish_tree(collected, &self.start, end, end_ns);
+        finish_tree(collected, &mut self.start, end, end_ns);
         let meta = self.start.ended(ending.exit, end_ns, &self.sites, counters);
         finish_session(collected, &meta, &self.options)
     }
 }
 
 /// Writes the followed tree's images and lists them, with the launched process's line (how it
-/// ended in `end`), in `collected.processes`.
+/// ended in `end`), in `collected.processes`. The session's own report is the launched
+/// process's last image: `start` takes its command line if it exec'd.
 fn finish_tree(
     collected: &mut Collected,
-    start: &SessionStart,
+    start: &mut SessionStart,
     end: (ProcessEnd, Option<ExitStatus>),
     end_ns: u64,
 ) {
@@ -233,10 +236,17 @@ fn finish_tree(
         return;
     };
     let mut tree = followed.finish();
-    // Listed only when the target started a process: a lone process's report is unchanged.
+    if tree.root.index > 1 {
+        start.command = tree.root.command.clone();
+        start.executable = tree.root.executable.clone();
+    }
+    // Listed only when the target started a process or another program: a lone process's
+    // report is unchanged.
     if !tree.images.is_empty() {
-        let root = followed::root_image(collected, start, end, end_ns);
-        collected.processes = std::iter::once(root).chain(tree.images).collect();
+        let root = followed::root_image(collected, start, &tree.root, end, end_ns);
+        let mut images: Vec<_> = std::iter::once(root).chain(tree.images).collect();
+        images.sort_by(|a, b| a.start_secs.total_cmp(&b.start_secs));
+        collected.processes = images;
     }
     collected.warnings.append(&mut tree.warnings);
 }

@@ -60,6 +60,11 @@ impl AllocatorCode {
         }
     }
 
+    /// The same modules, mapped nowhere yet: for a new program of the same process (exec).
+    pub fn renewed(&self) -> AllocatorCode {
+        AllocatorCode::new(self.modules.clone())
+    }
+
     /// No allocator module is known (offline replay: the recorded flags already say).
     pub fn is_empty(&self) -> bool {
         self.modules.is_empty()

@@ -190,6 +190,15 @@ impl OutputDir {
         self.create_exclusive(name).map(File::from).map_err(fail)
     }
 
+    /// Moves the file `name` to `to_name` in `to` (rename: the name only, whatever it is; an
+    /// open file stays open and is written on under its new name).
+    pub fn move_to(&self, name: &str, to: &OutputDir, to_name: &str) -> Result<(), OutputError> {
+        rustix::fs::renameat(&self.fd, name, &to.fd, to_name).map_err(|errno| OutputError::Write {
+            path: to.join(to_name),
+            source: errno.into(),
+        })
+    }
+
     /// Removes `name` if it exists (the name only: a symlink is removed, not its target).
     pub fn remove(&self, name: &str) -> Result<(), OutputError> {
         match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {

@@ -9,9 +9,10 @@
  *           live at exit 3 blocks / 300 bytes at parent_leak; nothing of the child's.
  *   exec    before_exec: 2 x malloc(64), leaked; then execv(self, "after"), same pid.
  *   after   after_exec: 7 x malloc(50), leaked.
- *           Expected for `exec`: malloc 9 calls, 478 bytes over the two images (memprof
- *           follows the exec of its target); the exec releases before_exec's 2 blocks (128
- *           bytes: neither freed nor leaked); leaks: after_exec 7 blocks, 350 bytes.
+ *           Expected for `exec`: two images of one pid: the first mallocs 2 calls, 128
+ *           bytes, and the exec releases them (neither freed nor leaked); the second, the
+ *           session's own report, mallocs 7 calls, 350 bytes, leaked by after_exec. With
+ *           `--no-follow`, one heap: malloc 9 calls, 478 bytes, the same leaks.
  *   signal  handler_leak: a SIGUSR1 handler mallocs 1 x 4000 (leaked); main raises SIGUSR1
  *           twice between 10 malloc(16)/free pairs (main_churn).
  *           Expected: malloc 12 calls, 8160 bytes; frees 10; live 2 blocks / 8000 bytes at

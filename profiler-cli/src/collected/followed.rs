@@ -24,7 +24,7 @@ use profiler_core::{
 use super::Collected;
 use crate::{
     meta::{Meta, SessionStart},
-    options::SessionOptions,
+    options::{RECORDING_FILE, SessionOptions},
     probe_site::ProbeSite,
     probes::Probes,
     process_events::ProcessEvent,
@@ -57,13 +57,30 @@ pub struct Followed {
     probes: Option<Arc<Mutex<Probes>>>,
     /// The probed sites (uprobes) or the providers the library forwards to (preload).
     sites: Vec<ProbeSite>,
+    /// The launched process's image now (it changes at each of its execs).
+    root_image: RootImage,
+    /// When the session started: the clock origin of the launched process's report and
+    /// recording, whichever image they are of.
+    session_start_ns: u64,
 }
 
 /// What following the tree produced, for the launched process's report.
 pub struct Tree {
-    /// Every image but the launched process's, in order of start.
+    /// Every image but the launched process's last, in order of start.
     pub images: Vec<ProcessImage>,
     pub warnings: Vec<String>,
+    /// The launched process's last image: the session's own report is its.
+    pub root: RootImage,
+}
+
+/// One image of the launched process: the program it runs since its start or last exec.
+#[derive(Clone, Debug)]
+pub struct RootImage {
+    /// Which image of the pid it is, from 1.
+    pub index: u32,
+    pub command: Vec<String>,
+    pub executable: Option<String>,
+    pub start_ns: u64,
 }
 
 /// One live process image.
@@ -92,6 +109,9 @@ pub struct TreeSession {
     pub start_ns: u64,
     /// The uprobes path's probes, which each child gets its own links of.
     pub probes: Option<Arc<Mutex<Probes>>>,
+    /// The launched process's command line and executable.
+    pub command: Vec<String>,
+    pub executable: Option<String>,
 }
 
 impl Followed {
@@ -112,7 +132,86 @@ impl Followed {
             warnings: Vec::new(),
             probes: session.probes,
             sites: session.sites,
+            root_image: RootImage {
+                index: 1,
+                command: session.command,
+                executable: session.executable,
+                start_ns: session.start_ns,
+            },
+            session_start_ns: session.start_ns,
         }
+    }
+
+    /// The launched process exec'd (`root`, its collector, has released the old program's
+    /// blocks): its image so far becomes one of the tree, in `processes/PID-N/` with the
+    /// recording made so far, and `root` goes on with the new program and a new recording.
+    pub fn root_execd(&mut self, root: &mut Collected) {
+        let pid = self.root;
+        let ended = root.split_image();
+        let now_ns = crate::clock::monotonic_ns();
+        let new = RootImage {
+            index: self.root_image.index + 1,
+            command: read_cmdline(pid),
+            executable: std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|exe| exe.display().to_string()),
+            start_ns: now_ns,
+        };
+        let old = std::mem::replace(&mut self.root_image, new);
+        let name = format!("{pid}-{}", old.index);
+        let output = format!("{PROCESSES_DIR}/{name}");
+        let mut image = Image {
+            collected: ended,
+            pid,
+            parent: None,
+            index: old.index,
+            command: old.command,
+            executable: old.executable,
+            start_ns: old.start_ns,
+            output: output.clone(),
+        };
+        // The recording so far is the old image's: moved into its directory, written on
+        // there; the new program gets a new one.
+        let session = OutputDir::open(&self.options.output);
+        let moved = session.as_ref().map_err(|e| e.to_string()).and_then(|dir| {
+            let target = dir
+                .subdir(PROCESSES_DIR)
+                .and_then(|processes| processes.subdir(&name))
+                .map_err(|e| e.to_string())?;
+            match &image.collected.recording {
+                Some(_) => dir
+                    .move_to(RECORDING_FILE, &target, RECORDING_FILE)
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        });
+        if let Err(error) = moved {
+            self.warnings.push(format!(
+                "pid {pid} image {}: no recording (it could not be moved into {output}): \
+                 {error}",
+                old.index
+            ));
+            image.collected.recording = None;
+        }
+        let start = SessionStart {
+            command: self.root_image.command.clone(),
+            executable: self.root_image.executable.clone(),
+            pid,
+            mode: self.mode,
+            start_ns: self.session_start_ns,
+            lineage: Some(profiler_core::recording::Lineage {
+                parent_pid: None,
+                image: self.root_image.index,
+            }),
+        };
+        if self.options.recording.is_some()
+            && let Err(error) = root.start_recording(&self.options, &start)
+        {
+            self.warnings.push(format!(
+                "pid {pid}: no recording of its new program: {error:#}"
+            ));
+        }
+        self.end_image(image, ProcessEnd::Exec, None);
     }
 
     /// A record written by process `pid` (not the launched one).
@@ -219,7 +318,11 @@ impl Followed {
                 self.unattributed
             ));
         }
-        Tree { images, warnings }
+        Tree {
+            images,
+            warnings,
+            root: self.root_image,
+        }
     }
 
     fn start_image(&mut self, pid: u32, parent: Option<u32>) -> Image {
@@ -425,11 +528,13 @@ fn write_ended(
     (figures, warning, symbolizer)
 }
 
-/// The launched (or attached) process's line in `Report::processes`: its figures are the
-/// session's own, its report the session's (`.`); `end` and `exit` say how it ended.
+/// The launched (or attached) process's line in `Report::processes`, of its last image
+/// (`image`): its figures are the session's own, its report the session's (`.`); `end` and
+/// `exit` say how it ended.
 pub fn root_image(
     collected: &Collected,
     session: &SessionStart,
+    image: &RootImage,
     (end, exit): (ProcessEnd, Option<ExitStatus>),
     end_ns: u64,
 ) -> ProcessImage {
@@ -437,10 +542,10 @@ pub fn root_image(
     ProcessImage {
         pid: session.pid,
         parent_pid: None,
-        image: 1,
-        command: session.command.clone(),
-        executable: session.executable.clone(),
-        start_secs: 0.0,
+        image: image.index,
+        command: image.command.clone(),
+        executable: image.executable.clone(),
+        start_secs: image.start_ns.saturating_sub(session.start_ns) as f64 / 1e9,
         end_secs: (end != ProcessEnd::Running)
             .then(|| end_ns.saturating_sub(session.start_ns) as f64 / 1e9),
         end,

@@ -126,6 +126,8 @@ fn thread_cpu_ns() -> u64 {
 /// The collector's side of the live view.
 pub struct LiveFeed {
     model: LiveModel,
+    /// When the session started (the graph's origin).
+    start_ns: u64,
     namer: Option<SymbolNamer>,
     last: Option<Instant>,
     shared: Arc<Shared>,
@@ -167,6 +169,7 @@ impl LiveFeed {
         };
         LiveFeed {
             model: LiveModel::new(start_ns),
+            start_ns,
             namer: None,
             last: None,
             shared,
@@ -175,6 +178,11 @@ impl LiveFeed {
             building: Duration::ZERO,
             naming: Duration::ZERO,
         }
+    }
+
+    /// The launched process exec'd: the view follows the new program's heap from here.
+    pub fn new_image(&mut self) {
+        self.model = LiveModel::new(self.start_ns);
     }
 
     /// The view is on screen (the status line stays off meanwhile).

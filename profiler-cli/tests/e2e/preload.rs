@@ -46,28 +46,56 @@ fn exec_image(test: &str, capture: Capture) {
     let target = compile_c(env.dir.path(), "processes", Build::NoFramePointers);
     let report = profile_on(capture, env.dir.path(), &target, &["exec"]);
     assert_nothing_lost(&report);
-    // 2 x 64 before the exec, 7 x 50 after it, in the same process.
-    assert_function(&report, "malloc", 9, 478);
+    // The session's own report is the image after the exec: 7 x 50.
+    assert_function(&report, "malloc", 7, 350);
     assert_sites(&report, "leaks", Name::Exact("after_exec"), 7, 350);
     assert_chain(&report, "leaks", &["after_exec", "main"]);
-    // The old image's blocks end with it: released by the exec, neither freed nor leaked.
-    assert_sites(&report, "leaks", Name::Exact("before_exec"), 0, 0);
     assert_section_total(&report, "leaks", 7, 350);
     assert_num(&report, "summary.frees", 0);
+    // The image before it has its own report: 2 x 64, released by the exec, neither freed
+    // nor leaked.
+    let before = &report["processes"][0];
+    assert_eq!(before["image"], 1, "{:#}", report["processes"]);
+    assert_eq!(before["end"], "exec");
+    let out = env.dir.path().join("out");
+    let dir = out.join(before["output"].as_str().unwrap());
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_function(&first, "malloc", 2, 128);
+    assert_sites(&first, "leaks", Name::Exact("before_exec"), 0, 0);
+    assert_eq!(
+        first["summary"]["released_by_exec"],
+        serde_json::json!({"blocks": 2, "bytes": 128})
+    );
+    // Its recording holds the releases: a replay ends the old heap the same way.
+    let mut cmd = Command::new(memprof());
+    cmd.args(["report", "--format", "json", "--output"])
+        .arg(env.dir.path().join("replayed"))
+        .arg(dir.join("recording.mprof"));
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{finished:?}");
+    let replayed = finished.report(&env.dir.path().join("replayed"));
+    assert_eq!(replayed["summary"], first["summary"]);
+    assert_eq!(replayed["leaks"], first["leaks"]);
+
+    // `--no-follow`: the launched process alone, one heap across its exec.
+    let alone = env.dir.path().join("alone");
+    let mut cmd = Command::new(memprof());
+    cmd.args(["run", "--no-follow", "--capture", capture.arg(), "--output"])
+        .arg(&alone)
+        .arg("--")
+        .arg(&target)
+        .arg("exec");
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{finished:?}");
+    let report = finished.report(&alone);
+    assert_function(&report, "malloc", 9, 478);
+    assert_sites(&report, "leaks", Name::Exact("before_exec"), 0, 0);
+    assert_sites(&report, "leaks", Name::Exact("after_exec"), 7, 350);
     assert_eq!(
         report["summary"]["released_by_exec"],
         serde_json::json!({"blocks": 2, "bytes": 128})
     );
-    // The releases are in the recording: a replay ends the old heap the same way.
-    let mut cmd = Command::new(memprof());
-    cmd.args(["report", "--format", "json", "--output"])
-        .arg(env.dir.path().join("replayed"))
-        .arg(env.dir.path().join("out").join("recording.mprof"));
-    let finished = run_to_end(cmd);
-    assert!(finished.status.success(), "{finished:?}");
-    let replayed = finished.report(&env.dir.path().join("replayed"));
-    assert_eq!(replayed["summary"], report["summary"]);
-    assert_eq!(replayed["leaks"], report["leaks"]);
 }
 
 on_both_paths!(

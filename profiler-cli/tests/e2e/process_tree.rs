@@ -326,6 +326,114 @@ fn shell_sequence(test: &str, capture: Capture) {
 }
 
 on_both_paths!(
+    launched_execs(),
+    each_program_the_launched_process_execs_is_an_image,
+    each_program_the_launched_process_execs_is_an_image_preload
+);
+
+/// The launched process itself execs: `bash -c "A; B"` forks for A and execs B; `env` execs
+/// a chain of three. Each program it runs is an image; the session's own report is the last
+/// one's, and the ones before have their own directories and recordings.
+fn launched_execs(test: &str, capture: Capture) {
+    let Some(env) = privileged(test) else { return };
+    let tree = compile_c(env.dir.path(), "tree", Build::NoFramePointers);
+    let tree = tree.to_str().unwrap();
+    let script = format!("{tree} seq 1; {tree} seq 2");
+    let (_, report) = run(capture, env.dir.path(), &[], &["bash", "-c", &script]);
+    let out = env.dir.path().join("out");
+    assert_nothing_lost(&report);
+    // The top is bash's last program, B, alone: 2 blocks of 128 bytes.
+    assert_eq!(
+        report["target"]["command"],
+        serde_json::json!([tree, "seq", "2"])
+    );
+    assert_num(&report, "summary.allocations", 2);
+    assert_num(&report, "summary.live_bytes", 256);
+    let root_pid = report["target"]["pid"].clone();
+    let launched: Vec<&Value> = processes(&report)
+        .iter()
+        .filter(|image| image["pid"] == root_pid)
+        .collect();
+    assert_eq!(launched.len(), 2, "{:#?}", processes(&report));
+    let (bash, last) = (launched[0], launched[1]);
+    assert_eq!(bash["command"], serde_json::json!(["bash", "-c", script]));
+    assert_eq!(
+        (bash["image"].as_u64(), last["image"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(bash["end"], "exec");
+    assert_eq!(bash["output"], format!("processes/{root_pid}-1"));
+    assert_eq!(
+        bash["leaked_bytes"], 0,
+        "bash's blocks are released by the exec"
+    );
+    assert_eq!(last["output"], ".");
+    assert_image(last, [2, 0, 2, 256, 0, 0]);
+    assert_eq!(exit_code(last), 0);
+    let bash_report = image_report(&out, bash);
+    assert_eq!(bash_report["summary"]["live_bytes"], 0);
+    assert!(
+        bash_report["summary"]["released_by_exec"]["blocks"].as_u64() > Some(0),
+        "{}",
+        bash_report["summary"]
+    );
+    // A: bash's child, its own images (the fork's copy of bash, then A).
+    let a = images_of(&report, &[tree, "seq", "1"]);
+    assert_eq!(a.len(), 1, "{:#?}", processes(&report));
+    assert_image(a[0], [1, 0, 1, 128, 0, 0]);
+    // bash's image replays alone from its own recording, and the tree from DIR.
+    let replayed = env.dir.path().join("bash-replayed");
+    let mut cmd = Command::new(memprof());
+    cmd.args(["report", "--format", "json", "--output"])
+        .arg(&replayed)
+        .arg(
+            out.join(bash["output"].as_str().unwrap())
+                .join("recording.mprof"),
+        );
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{finished:?}");
+    assert_eq!(
+        finished.report(&replayed)["summary"],
+        bash_report["summary"]
+    );
+    let tree_dir = env.dir.path().join("tree-replayed");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("report").arg(&out).arg("--output").arg(&tree_dir);
+    let finished = run_to_end(cmd);
+    assert!(finished.status.success(), "{finished:?}");
+    let whole = finished.report(&tree_dir);
+    assert_eq!(whole["processes"], report["processes"]);
+    assert_eq!(whole["summary"], report["summary"]);
+
+    // An exec chain of the launched process: env, then chain 2, 1 and 0, one pid.
+    let chain_dir = env.dir.path().join("chain");
+    std::fs::create_dir(&chain_dir).unwrap();
+    let (_, report) = run(capture, &chain_dir, &[], &["env", tree, "chain", "2"]);
+    assert_nothing_lost(&report);
+    let images = processes(&report);
+    let commands: Vec<&Value> = images.iter().map(|image| &image["command"]).collect();
+    assert_eq!(
+        commands,
+        [
+            &serde_json::json!(["env", tree, "chain", "2"]),
+            &serde_json::json!([tree, "chain", "2"]),
+            &serde_json::json!([tree, "chain", "1"]),
+            &serde_json::json!([tree, "chain", "0"]),
+        ]
+    );
+    for (n, image) in images.iter().enumerate() {
+        assert_eq!(image["pid"], images[0]["pid"]);
+        assert_eq!(image["image"].as_u64(), Some(n as u64 + 1));
+    }
+    // Each step's blocks are released by its exec; the last is the session's own.
+    assert_image(&images[1], [3, 0, 0, 0, 0, 0]);
+    assert_image(&images[2], [2, 0, 0, 0, 0, 0]);
+    assert_image(&images[3], [6, 0, 6, 224, 0, 0]);
+    assert_eq!(images[3]["output"], ".");
+    assert_num(&report, "summary.allocations", 6);
+}
+
+on_both_paths!(
     closed_descriptors(),
     a_child_that_closes_its_descriptors_before_exec_is_profiled,
     a_child_that_closes_its_descriptors_before_exec_is_profiled_preload
