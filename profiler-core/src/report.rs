@@ -205,6 +205,62 @@ pub enum ProcessEnd {
     Running,
 }
 
+/// A leak site across a process tree: the top leak sites of every image with the same
+/// innermost frame, summed (four pre-fork workers leaking in one function are one line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeLeak {
+    pub frame: String,
+    pub blocks: u64,
+    pub bytes: u64,
+    /// The images it leaked in: (pid, image), in the order of `processes`.
+    pub images: Vec<(u32, u32)>,
+}
+
+/// The leak sites of `processes` merged by frame, the most bytes first (then by frame).
+pub fn tree_leaks(processes: &[ProcessImage]) -> Vec<TreeLeak> {
+    let mut merged: Vec<TreeLeak> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for process in processes {
+        for leak in &process.top_leaks {
+            let at = *index.entry(leak.frame.as_str()).or_insert_with(|| {
+                merged.push(TreeLeak {
+                    frame: leak.frame.clone(),
+                    blocks: 0,
+                    bytes: 0,
+                    images: Vec::new(),
+                });
+                merged.len() - 1
+            });
+            let site = &mut merged[at];
+            site.blocks += leak.blocks;
+            site.bytes += leak.bytes;
+            let image = (process.pid, process.image);
+            if !site.images.contains(&image) {
+                site.images.push(image);
+            }
+        }
+    }
+    merged.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.frame.cmp(&b.frame)));
+    merged
+}
+
+impl TreeLeak {
+    /// `pid 11 #1`, or `3 images: pid 11 #1, pid 12 #1, ...` (the first four named).
+    pub fn where_(&self) -> String {
+        let named: Vec<String> = self
+            .images
+            .iter()
+            .take(4)
+            .map(|(pid, image)| format!("pid {pid} #{image}"))
+            .collect();
+        let more = if self.images.len() > 4 { ", ..." } else { "" };
+        match self.images.len() {
+            1 => named.join(""),
+            n => format!("{n} images: {}{more}", named.join(", ")),
+        }
+    }
+}
+
 /// One leak site of a process image, for the summary across the tree.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessLeak {

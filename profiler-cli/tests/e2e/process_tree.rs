@@ -208,7 +208,7 @@ fn tree_of_processes(test: &str, capture: Capture) {
     assert!(
         finished
             .stderr
-            .contains("Top leak sites across the processes:"),
+            .contains("Top leak sites across the processes (merged by function):"),
         "{}",
         finished.stderr
     );

@@ -279,27 +279,21 @@ impl Page {
             );
         }
         self.html.push_str("</table>\n");
-        let mut leaks: Vec<_> = report
-            .processes
-            .iter()
-            .flat_map(|process| process.top_leaks.iter().map(move |leak| (process, leak)))
-            .collect();
-        leaks.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.pid.cmp(&b.0.pid)));
+        let leaks = crate::report::tree_leaks(&report.processes);
         if !leaks.is_empty() {
             self.html.push_str(
-                "<h3>Largest leak sites across the processes</h3>\n<table>\n<tr><th>bytes</th>\
-                 <th>blocks</th><th>pid</th><th>image</th><th>allocated in</th></tr>\n",
+                "<h3>Largest leak sites across the processes (merged by function)</h3>\n<table>\n\
+                 <tr><th>bytes</th><th>blocks</th><th>allocated in</th><th>images</th></tr>\n",
             );
-            for (process, leak) in leaks.iter().take(MAX_LEAK_ROWS) {
+            for leak in leaks.iter().take(MAX_LEAK_ROWS) {
                 let _ = writeln!(
                     self.html,
-                    "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-                     <td class=\"n\">{}</td><td>{}</td></tr>",
+                    "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td>\
+                     <td>{}</td></tr>",
                     thousands(leak.bytes),
                     thousands(leak.blocks),
-                    process.pid,
-                    process.image,
-                    escape(&leak.frame)
+                    escape(&leak.frame),
+                    escape(&leak.where_())
                 );
             }
             self.html.push_str("</table>\n");

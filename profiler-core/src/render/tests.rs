@@ -506,21 +506,29 @@ fn text_lists_each_process_image_and_the_leak_sites_across_them() {
     report.processes = vec![
         image(10, ".", 100, "parent_leak"),
         image(11, "processes/11-1", 5000, "child_leak"),
+        image(12, "processes/12-1", 3000, "child_leak"),
     ];
     let text = render_text(&report, 10);
-    assert!(text.contains("Processes: 2 images"), "{text}");
+    assert!(text.contains("Processes: 3 images"), "{text}");
     assert!(
         text.contains("     11   1          4    4.9 KiB    4.9 KiB       2  exit 3        processes/11-1       ./tree tree"),
         "{text}"
     );
-    // Across the processes, the largest first.
-    let across = text
-        .split("Top leak sites across the processes:")
+    // Across the processes, merged by function, the largest first.
+    let across: Vec<&str> = text
+        .split("Top leak sites across the processes (merged by function):\n")
         .nth(1)
-        .unwrap();
-    let child = across.find("pid 11 #1  child_leak").unwrap();
-    let parent = across.find("pid 10 #1  parent_leak").unwrap();
-    assert!(child < parent, "{across}");
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(
+        across,
+        [
+            "     7.8 KiB in      4 blocks  child_leak  2 images: pid 11 #1, pid 12 #1",
+            "       100 B in      2 blocks  parent_leak  pid 10 #1",
+        ],
+        "{text}"
+    );
 }
 
 #[test]

@@ -55,25 +55,22 @@ fn write_processes(report: &Report, out: &mut impl Write, top: usize) -> io::Res
             process.command.join(" "),
         )?;
     }
-    let mut leaks: Vec<(&crate::report::ProcessImage, &crate::report::ProcessLeak)> = report
-        .processes
-        .iter()
-        .flat_map(|process| process.top_leaks.iter().map(move |leak| (process, leak)))
-        .collect();
+    let leaks = crate::report::tree_leaks(&report.processes);
     if leaks.is_empty() {
         return Ok(());
     }
-    leaks.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.pid.cmp(&b.0.pid)));
-    writeln!(out, "Top leak sites across the processes:")?;
-    for (process, leak) in leaks.iter().take(top) {
+    writeln!(
+        out,
+        "Top leak sites across the processes (merged by function):"
+    )?;
+    for leak in leaks.iter().take(top) {
         writeln!(
             out,
-            "  {:>10} in {:>6} blocks  pid {} #{}  {}",
+            "  {:>10} in {:>6} blocks  {}  {}",
             short_bytes(leak.bytes),
             thousands(leak.blocks),
-            process.pid,
-            process.image,
-            leak.frame
+            leak.frame,
+            leak.where_()
         )?;
     }
     Ok(())
