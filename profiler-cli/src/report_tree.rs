@@ -3,13 +3,15 @@
 //! (`processes/PID-N/`), then the launched process's, whose report lists them all again with
 //! the figures of the replays. Which images there were, and how each started and ended (what
 //! the recordings alone do not say: its parent, whether an exec or an exit ended it), comes
-//! from DIR/report.json's `processes`.
+//! from DIR/report.json's `processes`; without it (memprof was killed before writing it), from
+//! the recordings under DIR/processes/: their headers' lineage, and each replay's end.
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use profiler_core::{
     output_dir::OutputDir,
-    report::{PROCESS_TOP_LEAKS, ProcessImage, ProcessLeak, Report},
+    recording::{Header, Reader},
+    report::{PROCESS_TOP_LEAKS, ProcessEnd, ProcessImage, ProcessLeak, Report},
     session_end::{SessionView, write_all},
     symbolize::Symbolizer,
 };
@@ -39,7 +41,11 @@ pub fn report(dir: &Path, output: &Path, top: usize) -> Result<i32> {
             dir.display()
         );
     }
-    let listed = listed_images(dir);
+    let mut listed = listed_images(dir);
+    let discovered = listed.is_empty();
+    if discovered {
+        listed = discovered_images(dir, &recording);
+    }
     let out = OutputDir::open(output)?;
     let mut images = Vec::with_capacity(listed.len());
     let mut symbolizer: Option<Symbolizer> = None;
@@ -60,6 +66,12 @@ pub fn report(dir: &Path, output: &Path, top: usize) -> Result<i32> {
         root.peak_live_bytes = stats.peak_live_bytes;
         root.leaked_blocks = stats.live_blocks;
         root.leaked_bytes = stats.live_bytes;
+        if discovered {
+            root.exit = replayed.meta.exit;
+        }
+    }
+    if discovered {
+        settle_ends(&mut images);
     }
     let session = SessionView {
         processes: &images,
@@ -75,6 +87,94 @@ pub fn report(dir: &Path, output: &Path, top: usize) -> Result<i32> {
         top,
     )?;
     Ok(0)
+}
+
+/// The images of the tree recorded in `dir` whose report.json is missing, from the headers of
+/// the recordings in `DIR/processes/PID-N/` and of `root` (the launched process's): each
+/// image's pid, parent, number, command and start; figures and ends come from the replays.
+fn discovered_images(dir: &Path, root: &Path) -> Vec<ProcessImage> {
+    let header = |file: &Path| {
+        let source = std::fs::File::open(file).ok()?;
+        Reader::new(source)
+            .ok()
+            .map(|reader| reader.header().clone())
+    };
+    let Some(root_header) = header(root) else {
+        return Vec::new();
+    };
+    let origin = root_header.start_monotonic_ns;
+    let line = |header: &Header, image: u32, output: String| ProcessImage {
+        pid: header.pid,
+        parent_pid: header.lineage.and_then(|lineage| lineage.parent_pid),
+        image,
+        command: header.command.clone(),
+        executable: header.executable.clone(),
+        start_secs: header.start_monotonic_ns.saturating_sub(origin) as f64 / 1e9,
+        end_secs: None,
+        end: ProcessEnd::Running,
+        exit: None,
+        capture: header
+            .capture
+            .as_ref()
+            .map_or_else(String::new, |capture| capture.path.clone()),
+        output,
+        allocations: 0,
+        frees: 0,
+        peak_live_bytes: 0,
+        leaked_blocks: 0,
+        leaked_bytes: 0,
+        inherited_blocks: 0,
+        inherited_bytes: 0,
+        top_leaks: Vec::new(),
+    };
+    let mut images = Vec::new();
+    let entries = std::fs::read_dir(dir.join("processes"))
+        .into_iter()
+        .flatten();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((Ok(pid), Ok(image))) = name
+            .split_once('-')
+            .map(|(pid, image)| (pid.parse::<u32>(), image.parse::<u32>()))
+        else {
+            continue;
+        };
+        let Some(found) = header(&recording_of(&entry.path())).filter(|h| h.pid == pid) else {
+            continue;
+        };
+        images.push(line(&found, image, format!("processes/{name}")));
+    }
+    if images.is_empty() {
+        return images;
+    }
+    let index = root_header.lineage.map_or(1, |lineage| lineage.image);
+    images.push(line(&root_header, index, ".".to_owned()));
+    images.sort_by(|a, b| {
+        (a.start_secs, a.pid, a.image)
+            .partial_cmp(&(b.start_secs, b.pid, b.image))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    images
+}
+
+/// How each discovered image ended: an exec when a later image of its pid exists, an exit
+/// when its recording says how it exited, else it was running when memprof stopped.
+fn settle_ends(images: &mut [ProcessImage]) {
+    let later: Vec<bool> = images
+        .iter()
+        .map(|image| {
+            images
+                .iter()
+                .any(|other| other.pid == image.pid && other.image > image.image)
+        })
+        .collect();
+    for (image, execd) in images.iter_mut().zip(later) {
+        image.end = match (execd, image.exit) {
+            (true, _) => ProcessEnd::Exec,
+            (false, Some(_)) => ProcessEnd::Exit,
+            (false, None) => ProcessEnd::Running,
+        };
+    }
 }
 
 /// Replays one image's recording into the same relative directory of `out`; returns its line
@@ -125,5 +225,8 @@ fn replay_image(
     image.inherited_blocks = stats.inherited_blocks;
     image.inherited_bytes = stats.inherited_bytes;
     image.top_leaks = ProcessLeak::top(&outputs.report.leaks, PROCESS_TOP_LEAKS);
+    if image.exit.is_none() {
+        image.exit = replayed.meta.exit;
+    }
     Ok((image, symbolizer))
 }

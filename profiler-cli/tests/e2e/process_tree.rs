@@ -179,6 +179,49 @@ fn tree_of_processes(test: &str, capture: Capture) {
         a_report["summary"],
         "A replayed from the tree"
     );
+    // Without report.json (memprof killed before it wrote it), the tree comes from the
+    // recordings' headers and replays: the same images, parents, figures and ends.
+    let bare = env.dir.path().join("bare");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&out)
+        .arg(&bare)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    std::fs::remove_file(bare.join("report.json")).unwrap();
+    let bare_replayed = env.dir.path().join("bare-replayed");
+    let mut cmd = Command::new(memprof());
+    cmd.arg("report")
+        .arg(&bare)
+        .arg("--output")
+        .arg(&bare_replayed);
+    let replay = run_to_end(cmd);
+    assert!(replay.status.success(), "{replay:?}");
+    let rebuilt = replay.report(&bare_replayed);
+    let essentials = |report: &Value| -> Vec<Vec<Value>> {
+        processes(report)
+            .iter()
+            .map(|image| {
+                [
+                    "pid",
+                    "image",
+                    "parent_pid",
+                    "command",
+                    "output",
+                    "allocations",
+                    "frees",
+                    "leaked_bytes",
+                    "end",
+                    "exit",
+                ]
+                .iter()
+                .map(|field| image[*field].clone())
+                .collect()
+            })
+            .collect()
+    };
+    assert_eq!(essentials(&rebuilt), essentials(&report));
     // A directory without a recording: one line, no panic.
     let mut cmd = Command::new(memprof());
     cmd.arg("report")
