@@ -53,6 +53,7 @@ mod target_modules;
 mod targets;
 mod thread_group;
 mod traced_tree;
+mod unseen;
 
 use std::{io::Write as _, process::ExitCode};
 

@@ -29,6 +29,7 @@ use crate::{
     probes::Probes,
     process_events::ProcessEvent,
     report_writer,
+    unseen::UnseenCheck,
 };
 
 /// Directory of the images' outputs, inside the session's.
@@ -62,6 +63,8 @@ pub struct Followed {
     /// When the session started: the clock origin of the launched process's report and
     /// recording, whichever image they are of.
     session_start_ns: u64,
+    /// Says which exec'd programs' calls the capture path cannot see.
+    unseen: UnseenCheck,
 }
 
 /// What following the tree produced, for the launched process's report.
@@ -139,6 +142,7 @@ impl Followed {
                 start_ns: session.start_ns,
             },
             session_start_ns: session.start_ns,
+            unseen: UnseenCheck::default(),
         }
     }
 
@@ -212,6 +216,21 @@ impl Followed {
             ));
         }
         self.end_image(image, ProcessEnd::Exec, None);
+        // In the session's warnings, which are this image's too.
+        self.unseen_calls(pid, self.root_image.index);
+    }
+
+    /// Why image `index` of `pid`, a program just exec'd, will miss calls, if it will: said
+    /// in the session's warnings (returned for the image's own).
+    fn unseen_calls(&mut self, pid: u32, index: u32) -> Option<String> {
+        let capture = self
+            .report_capture
+            .as_ref()
+            .map_or("", |capture| capture.path.as_str());
+        let why = self.unseen.why(pid, capture, &self.sites)?;
+        let warning = format!("pid {pid} image {index}: {why}");
+        self.warnings.push(warning.clone());
+        Some(warning)
     }
 
     /// A record written by process `pid` (not the launched one).
@@ -279,7 +298,10 @@ impl Followed {
                 old.collected.end_image();
                 let parent = old.parent;
                 self.end_image(old, ProcessEnd::Exec, None);
-                let image = self.start_image(pid, parent);
+                let mut image = self.start_image(pid, parent);
+                if let Some(warning) = self.unseen_calls(pid, image.index) {
+                    image.collected.warnings.push(warning);
+                }
                 self.live.insert(pid, image);
             }
             ProcessEvent::Exited {

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use crate::report::{Name, assert_nothing_lost, assert_num, assert_sites};
 use crate::support::{
-    Build, Capture, DEADLINE, Finished, compile_c, line_channel, memprof, on_both_paths,
-    privileged, rest_of, run_to_end, wait_deadline, wait_for_line,
+    Build, Capture, DEADLINE, Finished, compile_c, compile_c_static, line_channel, memprof,
+    on_both_paths, privileged, rest_of, run_to_end, wait_deadline, wait_for_line,
 };
 
 /// `memprof run --capture PATH [FLAGS] --output DIR/out -- COMMAND...`, required to succeed.
@@ -474,6 +474,89 @@ fn launched_execs(test: &str, capture: Capture) {
     assert_image(&images[3], [6, 0, 6, 224, 0, 0]);
     assert_eq!(images[3]["output"], ".");
     assert_num(&report, "summary.allocations", 6);
+}
+
+on_both_paths!(
+    unseen_programs(),
+    programs_whose_calls_cannot_be_seen_are_named,
+    programs_whose_calls_cannot_be_seen_are_named_preload
+);
+
+/// Children that exec programs neither capture path reaches are named in the warnings, not
+/// left as images with no calls: a statically linked program (both paths); one served by
+/// another allocator than the probed files (uprobes); one whose environment dropped the
+/// capture library (preload).
+fn unseen_programs(test: &str, capture: Capture) {
+    let Some(env) = privileged(test) else { return };
+    let tree = compile_c(env.dir.path(), "tree", Build::NoFramePointers);
+    let tree = tree.to_str().unwrap();
+    let fixed = compile_c_static(env.dir.path(), "leakn");
+    let fixed = fixed.to_str().unwrap();
+    let jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+    let script = format!(
+        "{fixed} 3; LD_PRELOAD={jemalloc} {tree} seq 1; env -u LD_PRELOAD {tree} seq 2; true"
+    );
+    let (_, report) = run(capture, env.dir.path(), &[], &["sh", "-c", &script]);
+    let warnings: Vec<String> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_owned())
+        .collect();
+    let about = |command: &[&str]| -> Vec<String> {
+        let found = images_of(&report, command);
+        assert_eq!(found.len(), 1, "{command:?}: {:#?}", processes(&report));
+        let prefix = format!("pid {} image {}: ", found[0]["pid"], found[0]["image"]);
+        warnings
+            .iter()
+            .filter_map(|w| w.strip_prefix(&prefix).map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        about(&[fixed, "3"]),
+        [format!(
+            "{fixed} is statically linked: its allocator is part of it, which no capture path \
+             reaches; its calls are not seen"
+        )]
+    );
+    assert_image(images_of(&report, &[fixed, "3"])[0], [0, 0, 0, 0, 0, 0]);
+    let preloaded = about(&[tree, "seq", "1"]);
+    let dropped = about(&[tree, "seq", "2"]);
+    match capture {
+        Capture::Uprobes => {
+            assert_eq!(
+                preloaded,
+                [
+                    "its malloc comes from libjemalloc.so.2, which the probes (on the launched \
+                  process's allocator) do not cover: its calls are not seen"
+                ]
+            );
+            // The probes do not need LD_PRELOAD: seen, no warning.
+            assert!(dropped.is_empty(), "{dropped:?}");
+            assert_image(
+                images_of(&report, &[tree, "seq", "2"])[0],
+                [2, 0, 2, 256, 0, 0],
+            );
+        }
+        Capture::Preload => {
+            let gone = "its environment no longer preloads libmemprof_capture.so: its calls \
+                        are not seen";
+            assert_eq!(preloaded, [gone]);
+            assert_eq!(dropped, [gone]);
+        }
+    }
+    // The image's own report says it too.
+    let out = env.dir.path().join("out");
+    let own = image_report(&out, images_of(&report, &[fixed, "3"])[0]);
+    assert!(
+        own["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("is statically linked")),
+        "{}",
+        own["warnings"]
+    );
 }
 
 on_both_paths!(

@@ -98,6 +98,18 @@ pub fn compile_c(dir: &Path, name: &str, build: Build) -> PathBuf {
     output
 }
 
+/// samples/c/NAME.c linked statically (its allocator inside the program).
+pub fn compile_c_static(dir: &Path, name: &str) -> PathBuf {
+    let source = samples_dir().join("c").join(format!("{name}.c"));
+    let output = dir.join(format!("{name}.static"));
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-O2", "-g", "-fno-builtin", "-static", "-o"])
+        .arg(&output)
+        .arg(&source);
+    run_compiler(gcc, &source);
+    output
+}
+
 /// The static, libc-free noalloc target.
 pub fn compile_noalloc(dir: &Path) -> PathBuf {
     let source = samples_dir().join("c/noalloc.c");
