@@ -14,7 +14,6 @@
 use super::allocator::{Allocator, GlibcMmap};
 use super::{Analysis, Observed, SessionEnd};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// log2 of the window size that groups blocks into ranges.
 pub const RANGE_SHIFT: u32 = 26;
@@ -63,13 +62,20 @@ impl Analysis for PeakBlocks {
                 .blocks()
                 .map(|(addr, block)| (addr, block.size, block.ts_ns))
         };
-        let end_blocks: Vec<(u64, u64)> = live_now().map(|(a, s, _)| (a, s)).collect();
-        let peak_blocks = self.at_peak(live_now());
+        // Streamed, not collected: at the end of a long session these are millions of blocks.
+        let live = input.heap.stats().live_blocks as usize;
         Snapshots {
-            at_peak: self
-                .peak_ts_ns()
-                .map(|_| snapshot(&peak_blocks, input.allocator, self.glibc_at_peak())),
-            at_end: snapshot(&end_blocks, input.allocator, input.glibc),
+            at_peak: self.peak_ts_ns().map(|_| {
+                let count = live + self.released.len();
+                let blocks = self.at_peak(live_now());
+                snapshot(blocks, count, input.allocator, self.glibc_at_peak())
+            }),
+            at_end: snapshot(
+                live_now().map(|(addr, size, _)| (addr, size)),
+                live,
+                input.allocator,
+                input.glibc,
+            ),
         }
     }
 }
@@ -91,15 +97,15 @@ impl PeakBlocks {
     }
 
     /// The blocks live at the peak, given the blocks live now as (address, size, alloc time).
-    pub fn at_peak(&self, live_now: impl Iterator<Item = (u64, u64, u64)>) -> Vec<(u64, u64)> {
-        let Some(peak) = self.peak_ts_ns else {
-            return Vec::new();
-        };
+    pub fn at_peak(
+        &self,
+        live_now: impl Iterator<Item = (u64, u64, u64)>,
+    ) -> impl Iterator<Item = (u64, u64)> {
+        let peak = self.peak_ts_ns;
         live_now
-            .filter(|&(_, _, ts)| ts <= peak)
+            .filter(move |&(_, _, ts)| peak.is_some_and(|peak| ts <= peak))
             .map(|(addr, size, _)| (addr, size))
-            .chain(self.released.iter().copied())
-            .collect()
+            .chain(self.released.iter().copied().filter(move |_| peak.is_some()))
     }
 }
 
@@ -130,17 +136,20 @@ pub struct FragmentationSnapshot {
     pub largest_ranges: Vec<RangeFragmentation>,
 }
 
-/// Computes a snapshot from (address, requested size) pairs; `glibc` tells which blocks glibc
-/// mmapped (its threshold at the time of the snapshot).
+/// Computes a snapshot from (address, requested size) pairs (about `count` of them); `glibc`
+/// tells which blocks glibc mmapped (its threshold at the time of the snapshot). The
+/// footprints are held once, in one vector sorted by address: the ranges are its runs of one
+/// window.
 pub fn snapshot(
-    blocks: &[(u64, u64)],
+    blocks: impl IntoIterator<Item = (u64, u64)>,
+    count: usize,
     allocator: Allocator,
     glibc: &GlibcMmap,
 ) -> FragmentationSnapshot {
     let header = allocator.header_bytes();
     let mut mmapped_blocks = 0;
-    let mut ranges: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-    for &(addr, size) in blocks {
+    let mut footprints: Vec<(u64, u64)> = Vec::with_capacity(count);
+    for (addr, size) in blocks {
         let mmapped = allocator == Allocator::Glibc && glibc.is_mmapped(size);
         if mmapped {
             mmapped_blocks += 1;
@@ -149,18 +158,15 @@ pub fn snapshot(
         let usable = allocator.usable_size(size, false).unwrap_or(size);
         let start = addr.saturating_sub(header);
         let end = addr.saturating_add(usable);
-        ranges
-            .entry(start >> RANGE_SHIFT)
-            .or_default()
-            .push((start, end));
+        footprints.push((start, end));
     }
-    let mut computed: Vec<RangeFragmentation> = ranges
-        .into_values()
-        .map(|mut footprints| {
-            footprints.sort_unstable();
+    footprints.sort_unstable();
+    let mut computed: Vec<RangeFragmentation> = footprints
+        .chunk_by(|a, b| a.0 >> RANGE_SHIFT == b.0 >> RANGE_SHIFT)
+        .map(|footprints| {
             let first = footprints[0].0;
             let (mut used, mut free, mut largest, mut reached) = (0, 0, 0, first);
-            for &(start, end) in &footprints {
+            for &(start, end) in footprints {
                 if start > reached {
                     free += start - reached;
                     largest = largest.max(start - reached);
