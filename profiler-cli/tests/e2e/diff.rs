@@ -5,6 +5,20 @@ use serde_json::Value;
 
 use crate::support::{Build, compile_c, memprof, memprof_run, privileged, run_to_end};
 
+/// DIR/diff.json.
+fn diff_json(dir: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("diff.json")).unwrap()).unwrap()
+}
+
+/// A change of diff.json as (a, b, delta).
+fn change(value: &Value) -> (u64, u64, i64) {
+    (
+        value["a"].as_u64().unwrap(),
+        value["b"].as_u64().unwrap(),
+        value["delta"].as_i64().unwrap(),
+    )
+}
+
 #[test]
 fn diff_finds_exactly_the_leak_that_grew() {
     let Some(guard) = privileged("diff_finds_exactly_the_leak_that_grew") else {
@@ -27,15 +41,7 @@ fn diff_finds_exactly_the_leak_that_grew() {
     let diff = run_to_end(cmd);
     assert!(diff.status.success(), "{}", diff.stderr);
 
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("diff.json")).unwrap()).unwrap();
-    let change = |value: &Value| {
-        (
-            value["a"].as_u64().unwrap(),
-            value["b"].as_u64().unwrap(),
-            value["delta"].as_i64().unwrap(),
-        )
-    };
+    let json = diff_json(&out);
     // leakn.c's header: 108 / 115 allocations, 540 / 876 bytes live at the end.
     assert_eq!(change(&json["totals"]["allocations"]), (108, 115, 7));
     assert_eq!(
@@ -141,8 +147,7 @@ fn diff_against_a_run_that_leaks_nothing() {
             "diff {a} {b}: {}",
             finished.stderr
         );
-        let json: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("diff.json")).unwrap()).unwrap();
+        let json = diff_json(&out);
         let svg = std::fs::read_to_string(out.join("diff.svg")).unwrap();
         (finished.stdout, json, svg)
     };
@@ -239,15 +244,7 @@ fn diff_of_lost_bytes_shows_the_leaks_that_became_unreachable() {
         .arg(&out);
     let diff = run_to_end(cmd);
     assert!(diff.status.success(), "{}", diff.stderr);
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("diff.json")).unwrap()).unwrap();
-    let change = |value: &Value| {
-        (
-            value["a"].as_u64().unwrap(),
-            value["b"].as_u64().unwrap(),
-            value["delta"].as_i64().unwrap(),
-        )
-    };
+    let json = diff_json(&out);
     let totals = &json["totals"];
     assert_eq!(change(&totals["live_bytes_at_end"]), (540, 540, 0));
     // valgrind on `leakn 5 lose`: 48 bytes definitely and 492 indirectly lost (leakn.c).

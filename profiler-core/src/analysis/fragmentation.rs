@@ -105,7 +105,12 @@ impl PeakBlocks {
         live_now
             .filter(move |&(_, _, ts)| peak.is_some_and(|peak| ts <= peak))
             .map(|(addr, size, _)| (addr, size))
-            .chain(self.released.iter().copied().filter(move |_| peak.is_some()))
+            .chain(
+                self.released
+                    .iter()
+                    .copied()
+                    .filter(move |_| peak.is_some()),
+            )
     }
 }
 

@@ -297,16 +297,10 @@ impl Marker<'_> {
         if clique.is_none() {
             self.read_ahead(pieces, &buffer[..bytes], memory);
         }
-        let mut offset = 0;
-        for piece in pieces {
-            let words = &buffer[offset..offset + piece.len];
-            offset += piece.len;
-            for word in words.chunks_exact(WORD as usize) {
-                let value = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
-                // The cheap filter first: most words are small numbers or point elsewhere.
-                if value.wrapping_sub(self.low) < self.high - self.low {
-                    self.reach(value, piece.origin, clique, memory);
-                }
+        for (origin, value) in words_of(pieces, &buffer[..bytes]) {
+            // The cheap filter first: most words are small numbers or point elsewhere.
+            if value.wrapping_sub(self.low) < self.high - self.low {
+                self.reach(value, origin, clique, memory);
             }
         }
         self.buffer = buffer;
@@ -318,35 +312,45 @@ impl Marker<'_> {
     fn read_ahead(&mut self, pieces: &[Stretch], bytes: &[u8], memory: &mut dyn Memory) {
         let mut wanted = std::mem::take(&mut self.wanted);
         wanted.clear();
-        let mut offset = 0;
-        for piece in pieces {
-            let words = &bytes[offset..offset + piece.len];
-            offset += piece.len;
-            for word in words.chunks_exact(WORD as usize) {
-                let value = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
-                if value.wrapping_sub(self.low) >= self.high - self.low {
-                    continue;
-                }
-                let Some(index) = self.block_at(value) else {
-                    continue;
-                };
-                let block = self.blocks[index];
-                if value == block.addr || self.marks[index] == Mark::Reachable {
-                    continue;
-                }
-                // The block's length, capacity or count, or its vtable pointer.
-                wanted.push(block.addr);
-                if value - block.addr == 3 * WORD {
-                    wanted.push(block.addr + WORD);
-                }
-                if value.is_multiple_of(WORD) {
-                    wanted.push(value);
-                }
+        for (_, value) in words_of(pieces, bytes) {
+            if value.wrapping_sub(self.low) >= self.high - self.low {
+                continue;
+            }
+            let Some(index) = self.block_at(value) else {
+                continue;
+            };
+            let block = self.blocks[index];
+            if value == block.addr || self.marks[index] == Mark::Reachable {
+                continue;
+            }
+            // The block's length, capacity or count, or its vtable pointer.
+            wanted.push(block.addr);
+            if value - block.addr == 3 * WORD {
+                wanted.push(block.addr + WORD);
+            }
+            if value.is_multiple_of(WORD) {
+                wanted.push(value);
             }
         }
         self.words.prefetch(&mut wanted, memory);
         self.wanted = wanted;
     }
+}
+
+/// Every word of a read batch (`bytes`, the `pieces` back to back) with what its memory is.
+fn words_of<'a>(
+    pieces: &'a [Stretch],
+    bytes: &'a [u8],
+) -> impl Iterator<Item = (Origin, u64)> + 'a {
+    let mut offset = 0;
+    pieces.iter().flat_map(move |piece| {
+        let words = &bytes[offset..offset + piece.len];
+        offset += piece.len;
+        words.chunks_exact(WORD as usize).map(move |word| {
+            let value = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
+            (piece.origin, value)
+        })
+    })
 }
 
 /// memcheck's interior-pointer heuristics (all on by default there): an interior pointer
