@@ -69,17 +69,7 @@ impl LookupOrder {
             .entry(exe.clone())
             .or_insert_with(|| PathBuf::from(format!("/proc/{pid}/exe")));
         let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let preloads = environ
-            .split(|b| *b == 0)
-            .filter_map(|entry| entry.strip_prefix(b"LD_PRELOAD="))
-            .flat_map(|value| {
-                String::from_utf8_lossy(value)
-                    .split([' ', ':'])
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>();
+        let preloads = preload_list(&environ);
         let objects = link_order(&exe, &preloads, &mapped, |path| {
             ElfObject::read(opened.get(path)?, &[]).ok()
         });
@@ -223,6 +213,21 @@ impl ProbeSite {
 /// The libraries ld.so would load for `exe` in the environment `env` (only that one), in
 /// lookup order, as `ld.so --list` says (none of the program's code runs); none for a static
 /// executable.
+/// The entries of `LD_PRELOAD` in a NUL-separated environment block (`/proc/PID/environ`).
+pub fn preload_list(environ: &[u8]) -> Vec<String> {
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|entry| entry.strip_prefix(b"LD_PRELOAD="))
+        .flat_map(|value| {
+            String::from_utf8_lossy(value)
+                .split([' ', ':'])
+                .filter(|lib| !lib.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 pub fn libraries(exe: &Path, env: &[(String, String)]) -> Result<Vec<PathBuf>> {
     let object = ElfObject::read(exe, &[])?;
     let Some(interpreter) = object.interpreter else {

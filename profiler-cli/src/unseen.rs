@@ -10,17 +10,18 @@
 //! - Probes: a program preloading or linking another allocator than the files probed.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use profiler_core::analysis::allocator::Allocator;
 
-use crate::{elf::ElfObject, probe_site::ProbeSite};
+use crate::{elf::ElfObject, probe_site::ProbeSite, targets::preload_list};
 
-/// What is known of executables already looked at: why their calls are unseen, if they are,
-/// and the libraries they link.
+/// What is known of executables already looked at (by device and inode): why their calls are
+/// unseen, if they are, and the libraries they link.
 #[derive(Default)]
 pub struct UnseenCheck {
-    executables: HashMap<PathBuf, Executable>,
+    executables: HashMap<(u64, u64), Executable>,
 }
 
 #[derive(Clone)]
@@ -34,11 +35,15 @@ impl UnseenCheck {
     /// Why process `pid`'s new program will be listed with calls missing, on `capture`
     /// (`preload` or `uprobes`) with `probed` the sites of the session; None if nothing says so.
     pub fn why(&mut self, pid: u32, capture: &str, probed: &[ProbeSite]) -> Option<String> {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        // Read through /proc/PID/exe, the file the kernel runs: the path it names is the
+        // target's to change.
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let file = std::fs::metadata(&exe).ok()?;
+        let shown = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
         let executable = self
             .executables
-            .entry(exe.clone())
-            .or_insert_with(|| look_at(&exe))
+            .entry((file.dev(), file.ino()))
+            .or_insert_with(|| look_at(&exe, &shown))
             .clone();
         if let Some(why) = executable.private_allocator {
             return Some(why);
@@ -89,7 +94,8 @@ impl UnseenCheck {
     }
 }
 
-fn look_at(exe: &Path) -> Executable {
+/// `exe` is read, `shown` named.
+fn look_at(exe: &Path, shown: &Path) -> Executable {
     let Ok(object) = ElfObject::read(exe, &["malloc"]) else {
         // Not an ELF program: nothing to say.
         return Executable {
@@ -101,12 +107,12 @@ fn look_at(exe: &Path) -> Executable {
         Some(format!(
             "{} is statically linked: its allocator is part of it, which no capture path \
              reaches; its calls are not seen",
-            exe.display()
+            shown.display()
         ))
     } else if object.function("malloc").is_some() {
         Some(format!(
             "{} defines malloc itself, which no capture path reaches: its calls are not seen",
-            exe.display()
+            shown.display()
         ))
     } else {
         None
@@ -115,21 +121,6 @@ fn look_at(exe: &Path) -> Executable {
         private_allocator,
         needed: object.needed,
     }
-}
-
-/// The entries of `LD_PRELOAD` in a NUL-separated environment block.
-fn preload_list(environ: &[u8]) -> Vec<String> {
-    environ
-        .split(|&b| b == 0)
-        .filter_map(|entry| entry.strip_prefix(b"LD_PRELOAD="))
-        .flat_map(|value| {
-            String::from_utf8_lossy(value)
-                .split([' ', ':'])
-                .filter(|lib| !lib.is_empty())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 /// Whether the loader runs the process in secure mode: its real and effective user or group
