@@ -12,7 +12,7 @@
 //!
 //! Blocks are read in batches of up to 1024 ranges and 512 KiB, so a
 //! heap of small blocks costs one read per thousand blocks, not one per block; the words the
-//! heuristics need for a batch are read ahead of it the same way ([`Words`]).
+//! heuristics need for a batch are read ahead of it the same way (`Words`).
 
 use super::words::Words;
 use super::{LiveBlock, Memory, Reachability, Segment, roots::Root};
