@@ -13,6 +13,7 @@
 
 use core::arch::naked_asm;
 use core::ffi::c_void;
+use core::mem::MaybeUninit;
 
 use libc::{c_int, off_t, size_t};
 use profiler_common::{
@@ -94,8 +95,8 @@ fn allocation(
     } else {
         sp
     };
-    let mut frames = [0u64; MAX_STACK_DEPTH];
-    let frames = &mut frames[..max_depth];
+    let mut buffer = [MaybeUninit::<u64>::uninit(); MAX_STACK_DEPTH];
+    let frames = &mut buffer[..max_depth];
     let (depth, outcome) = match mode {
         STACKS_FRAME_POINTERS => unwind::frame_pointers(ip, sp, entry_bp as u64, stack_end, frames),
         _ => unwind::eh_frame(ip, sp, entry_bp as u64, stack_end, frames),
@@ -111,7 +112,13 @@ fn allocation(
     }
     ring.write(
         header.kind,
-        &[bytes_of(&header), words_as_bytes(&frames[..depth])],
+        // SAFETY: the unwinders initialised the first `depth` entries.
+        &[
+            bytes_of(&header),
+            words_as_bytes(unsafe {
+                core::slice::from_raw_parts(buffer.as_ptr().cast::<u64>(), depth)
+            }),
+        ],
     );
     set_errno(saved);
 }

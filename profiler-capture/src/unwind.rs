@@ -20,6 +20,7 @@
 //! ([`crate::arena`]), never from the program's allocator.
 
 use core::ffi::{CStr, c_int, c_void};
+use core::mem::MaybeUninit;
 use core::ops::Range;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
@@ -77,8 +78,16 @@ pub fn forked() {
 
 /// Return addresses of the stack whose innermost frame returns to `ip` with the caller's
 /// `sp` and `bp`, innermost first, into `frames` (at most its length; `Cut` if there were
-/// more). `stack_end` bounds every read. Returns the frames written and how the walk ended.
-pub fn eh_frame(ip: u64, sp: u64, bp: u64, stack_end: u64, frames: &mut [u64]) -> (usize, Outcome) {
+/// more). `stack_end` bounds every read. Returns the frames written (the first ones of
+/// `frames`, initialised; the buffer is not cleared first, since that cost more than the walk's
+/// work at a typical depth) and how the walk ended.
+pub fn eh_frame(
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    stack_end: u64,
+    frames: &mut [MaybeUninit<u64>],
+) -> (usize, Outcome) {
     if frames.is_empty() {
         return (0, Outcome::Cut);
     }
@@ -93,7 +102,7 @@ fn walk(
     sp: u64,
     bp: u64,
     stack_end: u64,
-    frames: &mut [u64],
+    frames: &mut [MaybeUninit<u64>],
     cache: &mut Cache,
 ) -> (usize, Outcome) {
     let mut read_stack = |addr: u64| read_word(addr, sp, stack_end);
@@ -104,7 +113,7 @@ fn walk(
     // most of the searches.
     let mut last_text = 0..0;
     let mut pc = ip;
-    frames[0] = pc;
+    frames[0].write(pc);
     let mut depth = 1;
     loop {
         // A return address is looked up at `pc - 1`, inside its call instruction.
@@ -137,7 +146,7 @@ fn walk(
                 if depth == frames.len() {
                     return (depth, Outcome::Cut);
                 }
-                frames[depth] = return_address;
+                frames[depth].write(return_address);
                 depth += 1;
                 pc = return_address;
             }
@@ -153,12 +162,12 @@ pub fn frame_pointers(
     sp: u64,
     bp: u64,
     stack_end: u64,
-    frames: &mut [u64],
+    frames: &mut [MaybeUninit<u64>],
 ) -> (usize, Outcome) {
     if frames.is_empty() {
         return (0, Outcome::Cut);
     }
-    frames[0] = ip;
+    frames[0].write(ip);
     let mut depth = 1;
     let mut bp = bp;
     let mut floor = sp;
@@ -176,7 +185,7 @@ pub fn frame_pointers(
         if depth == frames.len() {
             return (depth, Outcome::Cut);
         }
-        frames[depth] = return_address;
+        frames[depth].write(return_address);
         depth += 1;
         // Frames only go up the stack: a chain that does not is not one.
         if next_bp <= bp {

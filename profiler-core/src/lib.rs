@@ -34,6 +34,7 @@ pub mod diff;
 pub mod event;
 pub mod fasthash;
 pub mod heap;
+mod huge_pages;
 pub mod leak_check;
 pub mod live;
 pub mod load_segments;

@@ -138,7 +138,10 @@ impl<V: Copy + Default> AddressTable<V> {
             key: EMPTY,
             value: V::default(),
         };
-        let old = std::mem::replace(&mut self.entries, vec![empty; capacity].into_boxed_slice());
+        let mut entries = Vec::with_capacity(capacity);
+        crate::huge_pages::advise(entries.spare_capacity_mut());
+        entries.resize(capacity, empty);
+        let old = std::mem::replace(&mut self.entries, entries.into_boxed_slice());
         for entry in old.iter().filter(|entry| entry.key != EMPTY) {
             let Err(index) = self.probe(entry.key) else {
                 unreachable!("keys are unique");

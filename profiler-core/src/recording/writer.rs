@@ -11,9 +11,10 @@ use crate::stacks::{StackId, StackTable};
 use std::io::{self, Write};
 use std::time::Instant;
 
-/// zstd level: 3 (its default) compresses churn to a few bytes per event at several hundred
-/// MB/s; higher levels gain little on this data and cost the collector CPU.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level 1: on these chunks it compresses as well as level 3 (zstd's default; python3
+/// and sqlite3 recordings came out a few percent smaller) and costs the collector less CPU,
+/// which the target waits on when memprof falls behind.
+const ZSTD_LEVEL: i32 = 1;
 /// A chunk is also written once its records take this many bytes (large maps updates).
 const CHUNK_BYTES: usize = 4 << 20;
 
