@@ -110,16 +110,9 @@ fn allocation(
             ring.stack_error();
         }
     }
-    ring.write(
-        header.kind,
-        // SAFETY: the unwinders initialised the first `depth` entries.
-        &[
-            bytes_of(&header),
-            words_as_bytes(unsafe {
-                core::slice::from_raw_parts(buffer.as_ptr().cast::<u64>(), depth)
-            }),
-        ],
-    );
+    // SAFETY: the unwinders initialised the first `depth` entries.
+    let walked = unsafe { core::slice::from_raw_parts(buffer.as_ptr().cast::<u64>(), depth) };
+    ring.write(header.kind, &[bytes_of(&header), words_as_bytes(walked)]);
     set_errno(saved);
 }
 
