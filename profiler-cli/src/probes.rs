@@ -17,6 +17,7 @@ use profiler_common::{
 use profiler_core::report::LostCounts;
 
 use crate::{
+    main_stack::MainStack,
     multi_link::{self, MultiObject, MultiProgram},
     options::{SessionOptions, Unwind},
     probe_site::ProbeSite,
@@ -95,6 +96,7 @@ impl Probes {
         };
         let stack_depth = config.stack_depth;
         let task_blocked_offset = crate::kernel_btf::task_blocked_offset().unwrap_or(0);
+        let main_stack = MainStack::of(tgid);
         // aya creates the maps (the ring, the in-flight table, .rodata with the globals);
         // the programs are loaded for uprobe_multi by `multi_link` against those maps.
         let ebpf = EbpfLoader::new()
@@ -105,6 +107,8 @@ impl Probes {
             .override_global(config::STACK_DEPTH, &stack_depth, true)
             .override_global(config::UNWIND_MODE, &config.unwind_mode, true)
             .override_global(config::STACK_BYTES, &config.stack_bytes, true)
+            .override_global(config::MAIN_STACK_TOP, &main_stack.top, true)
+            .override_global(config::MAIN_STACK_ARGV0, &main_stack.argv0, true)
             .map_max_entries(RING_MAP, config.ring_bytes)
             .load(PROGRAMS)
             .map_err(|error| anyhow!("cannot load the eBPF programs: {error}{}", btf_hint()))?;

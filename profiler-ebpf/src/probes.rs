@@ -39,6 +39,10 @@ static STACK_BYTES: u32 = 0;
 static HOLD_BYTES: u64 = 0;
 #[unsafe(no_mangle)]
 static TASK_BLOCKED_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static MAIN_STACK_TOP: u64 = 0;
+#[unsafe(no_mangle)]
+static MAIN_STACK_ARGV0: u64 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -245,6 +249,26 @@ fn frames<C: EbpfContext>(
     bytes
 }
 
+/// Bytes from `sp` to just above `argc` when `sp` is on the main thread's stack within a
+/// copy's reach, else `u64::MAX`. Above `argc` lie only argv, the environment and the auxiliary
+/// vector (kilobytes of strings: 7 KiB in a typical shell), which no frame reads, so the
+/// main thread's copies stop there. The word after `argc` must still be `argv[0]`: after an
+/// exec the old top means nothing.
+#[inline(always)]
+fn main_stack_room(sp: u64) -> u64 {
+    // SAFETY: volatile reads of loader-set globals.
+    let (top, argv0) = unsafe { (read_volatile(&MAIN_STACK_TOP), read_volatile(&MAIN_STACK_ARGV0)) };
+    if top == 0 || sp > top || top - sp >= MAX_STACK_BYTES as u64 {
+        return u64::MAX;
+    }
+    // SAFETY: the helper copes with any user address.
+    match unsafe { bpf_probe_read_user((top + 8) as *const u64) } {
+        // argc and argv[0] are copied too, and the length rounded up to whole words.
+        Ok(word) if word == argv0 => (top + 16 - sp + 7) & !7,
+        _ => u64::MAX,
+    }
+}
+
 /// DWARF mode: the user registers and a copy of the user stack from `sp` upward, for the
 /// collector to unwind. Copies page by page and stops at the first unreadable page (the top of
 /// the stack) or at `STACK_BYTES`. Returns the bytes of the record body used.
@@ -254,7 +278,10 @@ fn snapshot<C: EbpfContext>(ctx: &C, record: &mut EventRecord, header: &mut Even
     // SAFETY: uprobe programs get the user registers as their context.
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     // SAFETY: volatile read of a loader-set global.
-    let limit = (unsafe { read_volatile(&STACK_BYTES) } as u64).min(MAX_STACK_BYTES as u64) & !7;
+    let configured = (unsafe { read_volatile(&STACK_BYTES) } as u64).min(MAX_STACK_BYTES as u64);
+    let room = main_stack_room(sp);
+    let bounded = room < configured;
+    let limit = (if bounded { room } else { configured }) & !7;
     let stack = record.body.as_mut_ptr().cast::<u8>();
     let mut copied: u64 = 0;
     let mut addr = sp;
@@ -293,7 +320,11 @@ fn snapshot<C: EbpfContext>(ctx: &C, record: &mut EventRecord, header: &mut Even
         sp,
         bp,
         stack_bytes: copied as u32,
-        flags: if copied == limit { SNAPSHOT_CUT } else { 0 },
+        flags: if copied == limit && !bounded {
+            SNAPSHOT_CUT
+        } else {
+            0
+        },
     };
     // SAFETY: the body starts 8-aligned and holds the snapshot header first.
     unsafe {

@@ -150,7 +150,7 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
     );
     println!();
     println!("== redis");
-    crate::bench_redis::run(&memprof, &scratch, runs)
+    crate::bench_redis::run(&memprof, baseline, &scratch, runs)
 }
 
 fn workloads(scratch: &Path) -> Result<Vec<Workload>> {

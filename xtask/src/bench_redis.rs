@@ -1,7 +1,8 @@
 //! The server workload of `cargo xtask bench capture`: redis-server under redis-benchmark
 //! (SET, GET, LPUSH, LRANGE_100), bare, under `memprof run` on each capture path, under
-//! heaptrack, and with `memprof attach` (probes) on the bare server, in interleaved rounds.
-//! The figure is the server's throughput: requests per second over the four tests.
+//! heaptrack, and with `memprof attach` (probes) on the bare server, in interleaved rounds;
+//! with `--baseline`, also that build's `memprof attach` in the same rounds. The figure is the
+//! server's throughput: requests per second over the four tests.
 //!
 //! Debian's redis-tools ships the server as `redis-check-rdb`, which serves when its argv[0]
 //! says `redis-server`: the bench runs it through a symlink of that name.
@@ -29,6 +30,8 @@ enum Setup {
     Run(&'static str),
     Heaptrack,
     Attach,
+    /// `memprof attach` with the `--baseline` build.
+    BaselineAttach,
 }
 
 impl Setup {
@@ -38,6 +41,7 @@ impl Setup {
             Setup::Run(path) => format!("memprof run {path}"),
             Setup::Heaptrack => "heaptrack".into(),
             Setup::Attach => "memprof attach".into(),
+            Setup::BaselineAttach => "baseline attach".into(),
         }
     }
 }
@@ -50,13 +54,21 @@ const SETUPS: [Setup; 5] = [
     Setup::Attach,
 ];
 
-pub fn run(memprof: &Path, scratch: &Path, runs: u32) -> Result<()> {
+pub fn run(memprof: &Path, baseline: Option<&Path>, scratch: &Path, runs: u32) -> Result<()> {
     let server = server_link(scratch)?;
-    let mut rates = vec![Vec::new(); SETUPS.len()];
+    let mut setups = SETUPS.to_vec();
+    if baseline.is_some() {
+        setups.push(Setup::BaselineAttach);
+    }
+    let mut rates = vec![Vec::new(); setups.len()];
     for round in 1..=runs {
-        for (s, &setup) in SETUPS.iter().enumerate() {
+        for (s, &setup) in setups.iter().enumerate() {
             let out = scratch.join(format!("redis-{s}"));
-            let rate = run_once(memprof, &server, setup, &out)?;
+            let binary = match setup {
+                Setup::BaselineAttach => baseline.unwrap_or(memprof),
+                _ => memprof,
+            };
+            let rate = run_once(binary, &server, setup, &out)?;
             println!(
                 "  round {round}/{runs} redis    {:<20} {rate:>10.0} req/s",
                 setup.label()
@@ -67,7 +79,7 @@ pub fn run(memprof: &Path, scratch: &Path, runs: u32) -> Result<()> {
     let bare = median(&rates[0]);
     println!();
     println!("redis-server under redis-benchmark ({TESTS}, {REQUESTS} requests each):");
-    for (s, setup) in SETUPS.iter().enumerate() {
+    for (s, setup) in setups.iter().enumerate() {
         let rate = median(&rates[s]);
         println!(
             "  {:<20} {rate:>10.0} req/s  {:>5.2}x fewer than bare",
@@ -108,7 +120,7 @@ fn run_once(memprof: &Path, server: &Path, setup: Setup, out: &Path) -> Result<f
         "no",
     ];
     let mut cmd = match setup {
-        Setup::Bare | Setup::Attach => exec::command(server),
+        Setup::Bare | Setup::Attach | Setup::BaselineAttach => exec::command(server),
         Setup::Run(path) => {
             let mut cmd = exec::command(memprof);
             cmd.args(["run", "--capture", path, "--output"])
@@ -148,7 +160,7 @@ fn run_once(memprof: &Path, server: &Path, setup: Setup, out: &Path) -> Result<f
 fn measure(memprof: &Path, setup: Setup, out: &Path, server: &mut Child) -> Result<f64> {
     wait_until_serving(server)?;
     let attached = match setup {
-        Setup::Attach => Some(attach(memprof, server.id(), out)?),
+        Setup::Attach | Setup::BaselineAttach => Some(attach(memprof, server.id(), out)?),
         _ => None,
     };
     let rate = benchmark();

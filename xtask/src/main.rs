@@ -103,7 +103,8 @@ struct CaptureArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// Another build's memprof (with its libmemprof_capture.so beside it), run with
-    /// `--capture preload` in the same rounds: a change's before and after, side by side.
+    /// `--capture preload` and as `attach` on redis in the same rounds: a change's before and
+    /// after, side by side.
     #[arg(long, value_name = "MEMPROF")]
     baseline: Option<std::path::PathBuf>,
 }
