@@ -13,12 +13,14 @@ use profiler_common::{
     EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_INHERITED_AT_FORK, FLAG_REALLOC_ENTRY,
     FLAG_RELEASED_BY_EXEC, KIND_SLOTS,
 };
+use slot::{Slot, SlotView};
 
 /// Flags of the collector's synthetic events, which are no calls of the program.
 const SYNTHETIC: u32 = FLAG_RELEASED_BY_EXEC | FLAG_INHERITED_AT_FORK;
 use std::collections::BTreeMap;
 
 mod address_table;
+mod slot;
 
 /// What mmap returns on failure: `(void *)-1`.
 pub const MAP_FAILED: u64 = u64::MAX;
@@ -240,26 +242,6 @@ struct ReallocInFlight {
 /// Most reallocs in flight remembered: one per thread of the target.
 const MAX_REALLOCS_IN_FLIGHT: usize = 1 << 16;
 
-/// What the heap knows about an address: a live block or, in Run mode only, the block last
-/// freed there (to recognize a double free until the address is handed out again). One map
-/// holds both, so that a free or an allocation costs one lookup, not two.
-#[derive(Clone, Copy, Debug)]
-enum Slot {
-    Live(Block),
-    Freed(FreedBlock),
-}
-
-/// What an empty entry of the table holds (never read as a block).
-impl Default for Slot {
-    fn default() -> Slot {
-        Slot::Freed(FreedBlock {
-            size: 0,
-            stack: None,
-            free_ts_ns: 0,
-        })
-    }
-}
-
 fn page_round_up(len: u64) -> u64 {
     len.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
 }
@@ -285,11 +267,10 @@ impl HeapState {
     }
 
     /// Live malloc-family blocks by address, in no particular order.
-    pub fn blocks(&self) -> impl Iterator<Item = (u64, &Block)> {
-        self.blocks.iter().filter_map(|(addr, slot)| match slot {
-            Slot::Live(block) => Some((addr, block)),
-            Slot::Freed(_) => None,
-        })
+    pub fn blocks(&self) -> impl Iterator<Item = (u64, Block)> + '_ {
+        self.blocks
+            .iter()
+            .filter_map(|(addr, slot)| Some((addr, slot.live_block()?)))
     }
 
     /// Every address the allocator handed a block out at, as far as the heap remembers: the
@@ -302,15 +283,17 @@ impl HeapState {
     /// Blocks freed while observed whose address was not handed out again, as (address,
     /// size), in no particular order.
     pub fn freed_blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.blocks.iter().filter_map(|(addr, slot)| match slot {
-            Slot::Freed(freed) => Some((addr, freed.size)),
-            Slot::Live(_) => None,
-        })
+        self.blocks
+            .iter()
+            .filter_map(|(addr, slot)| match slot.view() {
+                SlotView::Freed(freed) => Some((addr, freed.size)),
+                SlotView::Live(_) => None,
+            })
     }
 
     /// `addr` is a live malloc-family block.
     pub fn is_live(&self, addr: u64) -> bool {
-        matches!(self.blocks.get(addr), Some(Slot::Live(_)))
+        self.blocks.get(addr).is_some_and(Slot::is_live)
     }
 
     /// Live mmap regions by start address, ascending.
@@ -392,7 +375,8 @@ impl HeapState {
             stack,
         };
         // Replaces what a Run-mode free left there: the address is no longer a freed block.
-        if let Some(Slot::Live(missed)) = self.blocks.insert(event.addr, Slot::Live(block)) {
+        let replaced = self.blocks.insert(event.addr, Slot::live(&block));
+        if let Some(missed) = replaced.as_ref().and_then(Slot::live_block) {
             self.stats.live_blocks -= 1;
             self.stats.live_bytes -= missed.size;
             // Another thread's realloc released it before its own record was written (the
@@ -431,7 +415,8 @@ impl HeapState {
             ts_ns: event.ts_ns,
             stack,
         };
-        if let Some(Slot::Live(_)) = self.blocks.insert(event.addr, Slot::Live(block)) {
+        let replaced = self.blocks.insert(event.addr, Slot::live(&block));
+        if replaced.is_some_and(|slot| slot.is_live()) {
             // Never happens: the parent's heap holds each address once.
             return;
         }
@@ -549,11 +534,11 @@ impl HeapState {
         let Some(slot) = self.blocks.get_mut(addr) else {
             return Err(None);
         };
-        let block = match *slot {
-            Slot::Live(block) => block,
-            Slot::Freed(freed) => return Err(Some(freed)),
+        let block = match slot.view() {
+            SlotView::Live(block) => block,
+            SlotView::Freed(freed) => return Err(Some(freed)),
         };
-        *slot = Slot::Freed(FreedBlock {
+        *slot = Slot::freed(&FreedBlock {
             size: block.size,
             stack: block.stack,
             free_ts_ns: ts_ns,

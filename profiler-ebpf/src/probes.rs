@@ -257,7 +257,12 @@ fn frames<C: EbpfContext>(
 #[inline(always)]
 fn main_stack_room(sp: u64) -> u64 {
     // SAFETY: volatile reads of loader-set globals.
-    let (top, argv0) = unsafe { (read_volatile(&MAIN_STACK_TOP), read_volatile(&MAIN_STACK_ARGV0)) };
+    let (top, argv0) = unsafe {
+        (
+            read_volatile(&MAIN_STACK_TOP),
+            read_volatile(&MAIN_STACK_ARGV0),
+        )
+    };
     if top == 0 || sp > top || top - sp >= MAX_STACK_BYTES as u64 {
         return u64::MAX;
     }

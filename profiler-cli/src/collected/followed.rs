@@ -613,7 +613,7 @@ fn inherit(child: &mut Collected, parent: &Collected) {
         profiler_core::event::encode(&header, frames, &mut record);
         child.record(&record);
     };
-    let mut blocks: Vec<(u64, _)> = heap.blocks().map(|(addr, block)| (addr, *block)).collect();
+    let mut blocks: Vec<(u64, _)> = heap.blocks().collect();
     // In address order: the child's recording does not depend on hash order.
     blocks.sort_by_key(|(addr, _)| *addr);
     for (addr, block) in blocks {

@@ -209,7 +209,7 @@ fn replay_rebuilds_the_live_recorder_exactly() {
     assert_eq!(offline.events(), live.events());
     assert_eq!(offline.stacks.len(), live.stacks.len());
     assert_eq!(offline.heap.stats(), live.heap.stats());
-    let blocks = |r: &Recorder| r.heap.blocks().map(|(a, b)| (a, *b)).collect::<Vec<_>>();
+    let blocks = |r: &Recorder| r.heap.blocks().collect::<Vec<_>>();
     let mut offline_blocks = blocks(&offline);
     let mut live_blocks = blocks(&live);
     offline_blocks.sort_by_key(|(a, _)| *a);
