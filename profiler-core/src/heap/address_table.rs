@@ -15,7 +15,10 @@ const EMPTY: u64 = 0;
 /// Entries the first insertion makes room for.
 const FIRST_CAPACITY: usize = 1024;
 
+/// Aligned to 32 bytes: the heap's 32-byte entries then never straddle two cache lines (a
+/// large allocation from glibc starts 16 bytes into a page, which split every other one).
 #[derive(Clone, Copy)]
+#[repr(align(32))]
 struct Entry<V> {
     key: u64,
     value: V,
@@ -93,12 +96,15 @@ impl<V: Copy + Default> AddressTable<V> {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            // An entry can straddle two cache lines: both are asked for.
-            let last = entry.wrapping_add(std::mem::size_of::<Entry<V>>() - 1);
+            // An entry whose size does not divide a cache line can straddle two: both are
+            // asked for.
+            let size = std::mem::size_of::<Entry<V>>();
             // SAFETY: a prefetch reads nothing the program sees and cannot fault.
             unsafe {
                 _mm_prefetch(entry, _MM_HINT_T0);
-                _mm_prefetch(last, _MM_HINT_T0);
+                if 64 % size != 0 {
+                    _mm_prefetch(entry.wrapping_add(size - 1), _MM_HINT_T0);
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -170,6 +176,18 @@ mod tests {
     enum Op {
         Insert(u64, u32),
         Get(u64),
+    }
+
+    /// The heap's entries fill half a cache line each and start on a half-line boundary:
+    /// none straddles two lines.
+    #[test]
+    fn heap_entries_never_straddle_cache_lines() {
+        assert_eq!(std::mem::size_of::<Entry<super::super::slot::Slot>>(), 32);
+        let mut table = AddressTable::<super::super::slot::Slot>::default();
+        for key in 1..5000 {
+            table.insert(key * 16, Default::default());
+        }
+        assert_eq!(table.entries.as_ptr() as usize % 32, 0);
     }
 
     /// Keys from a small range, so that operations hit the same keys and long probe runs form.
