@@ -41,6 +41,37 @@ pub fn thread_state(tid: Pid) -> Result<ThreadState> {
     })
 }
 
+/// `addresses` reduced to one per mapping holding any (and one outside every mapping, if
+/// any is), sorted: all the root search asks of them is whether a mapping holds one. Sorting
+/// every address a block ever had (4.5 million on python3) held the exiting target 0.2 s.
+fn one_address_per_mapping(addresses: impl Iterator<Item = u64>, maps: &ProcessMaps) -> Vec<u64> {
+    let mut kept = Vec::new();
+    let mut mappings_seen = std::collections::HashSet::new();
+    let mut unmapped_seen = false;
+    // Blocks come in table order, mostly from one arena: the last mapping is tried first.
+    let mut last = 0..0;
+    for addr in addresses {
+        if last.contains(&addr) {
+            continue;
+        }
+        match maps.find(addr) {
+            Some(mapping) => {
+                last = mapping.start..mapping.end;
+                if mappings_seen.insert(mapping.start) {
+                    kept.push(addr);
+                }
+            }
+            None if !unmapped_seen => {
+                unmapped_seen = true;
+                kept.push(addr);
+            }
+            None => {}
+        }
+    }
+    kept.sort_unstable();
+    kept
+}
+
 /// Runs the leak check on process `pid`, stopped (its threads in `threads`), against `heap`.
 /// The pause is left at zero: only the caller knows when the process goes on.
 pub fn check(
@@ -64,11 +95,10 @@ pub fn check(
     blocks.sort_unstable();
     // In `run` every address a block ever had marks the allocator's memory; in `attach` the
     // blocks from before the window are unknown, so the allocator's memory stays a root.
-    let mut allocator_addresses: Vec<u64> = match heap.mode() {
-        Mode::Run => heap.block_addresses().collect(),
+    let allocator_addresses: Vec<u64> = match heap.mode() {
+        Mode::Run => one_address_per_mapping(heap.block_addresses(), &maps),
         Mode::Attach => Vec::new(),
     };
-    allocator_addresses.sort_unstable();
     // In `attach`, the memory of the blocks the window saw freed is the allocator's again.
     let mut freed: Vec<LiveBlock> = match heap.mode() {
         Mode::Run => Vec::new(),
@@ -232,6 +262,22 @@ pub const MAX_CHECK_WAIT: Duration = Duration::from_secs(120);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_address_is_kept_per_mapping_and_one_outside_them() {
+        let maps = ProcessMaps::parse(
+            "10000-20000 rw-p 00000000 00:00 0 [heap]\n\
+             30000-40000 rw-p 00000000 00:00 0\n\
+             50000-60000 rw-p 00000000 00:00 0\n",
+        )
+        .unwrap();
+        let addresses = [
+            0x30010, 0x10010, 0x30020, 0x10020, 0x90000, 0x30030, 0x95000,
+        ];
+        let kept = one_address_per_mapping(addresses.into_iter(), &maps);
+        assert_eq!(kept, [0x10010, 0x30010, 0x90000]);
+        assert!(one_address_per_mapping(std::iter::empty(), &maps).is_empty());
+    }
 
     #[test]
     fn reads_our_own_memory_and_zeroes_an_unmapped_page() {
