@@ -265,6 +265,8 @@ fn finish_session(
         symbolizer = symbolizer.with_modules_of(named);
     }
     let mut build_ids = collected.build_ids.clone();
+    // Nothing is applied to the heap any more, and the leak check has run.
+    collected.recorder.heap.forget_freed();
     let maps = &collected.maps;
     let reported = report_writer::finish_report(
         &collected.view(),

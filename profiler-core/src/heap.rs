@@ -291,6 +291,15 @@ impl HeapState {
             })
     }
 
+    /// Forgets the freed blocks (keeping the live ones), once no event will follow and the
+    /// leak check is done: the reports then step over the live blocks only, not every address
+    /// a block ever had (python3: 4.5 million entries for 497 live blocks at the end).
+    /// [`HeapState::block_addresses`] and [`HeapState::freed_blocks`] then hold the live ones
+    /// only, and a free of a forgotten block would count as unknown.
+    pub fn forget_freed(&mut self) {
+        self.blocks.retain(Slot::is_live);
+    }
+
     /// `addr` is a live malloc-family block.
     pub fn is_live(&self, addr: u64) -> bool {
         self.blocks.get(addr).is_some_and(Slot::is_live)

@@ -138,6 +138,18 @@ impl<V: Copy + Default> AddressTable<V> {
             .map(|entry| (entry.key, &entry.value))
     }
 
+    /// Keeps only the entries whose value passes `keep`, in a table sized for them.
+    pub fn retain(&mut self, keep: impl Fn(&V) -> bool) {
+        let old = std::mem::take(&mut self.entries);
+        self.len = 0;
+        let kept = old
+            .iter()
+            .filter(|entry| entry.key != EMPTY && keep(&entry.value));
+        for entry in kept {
+            self.insert(entry.key, entry.value);
+        }
+    }
+
     fn grow(&mut self) {
         let capacity = (self.entries.len() * 2).max(FIRST_CAPACITY);
         let empty = Entry {
@@ -176,6 +188,19 @@ mod tests {
     enum Op {
         Insert(u64, u32),
         Get(u64),
+    }
+
+    #[test]
+    fn retain_keeps_what_passes_in_a_smaller_table() {
+        let mut table = AddressTable::<u32>::default();
+        for key in 1..=10_000u64 {
+            table.insert(key * 16, key as u32);
+        }
+        table.retain(|value| value % 1000 == 0);
+        assert_eq!(table.len(), 10);
+        assert_eq!(table.entries.len(), FIRST_CAPACITY);
+        assert_eq!(table.get(16_000), Some(&1000));
+        assert_eq!(table.get(16), None);
     }
 
     /// The heap's entries fill half a cache line each and start on a half-line boundary:
