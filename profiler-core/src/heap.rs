@@ -292,8 +292,9 @@ impl HeapState {
     }
 
     /// Forgets the freed blocks (keeping the live ones), once no event will follow and the
-    /// leak check is done: the reports then step over the live blocks only, not every address
-    /// a block ever had (python3: 4.5 million entries for 497 live blocks at the end).
+    /// leak check is done (a live session's end, a replay's end): the reports' passes then
+    /// step over the live blocks only, not every address a block ever had (python3: 4.5
+    /// million entries for 497 live blocks at the end).
     /// [`HeapState::block_addresses`] and [`HeapState::freed_blocks`] then hold the live ones
     /// only, and a free of a forgotten block would count as unknown.
     pub fn forget_freed(&mut self) {

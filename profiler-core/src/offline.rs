@@ -105,6 +105,9 @@ impl Replayed {
 pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, ReadError> {
     let mut recorder = Recorder::new(reader.header().mode);
     let replay = replay(reader, &mut recorder)?;
+    // Every event is applied and the leak check came recorded: the reports need only the
+    // live blocks.
+    recorder.heap.forget_freed();
     // As the live session did: the per-operation figures use the recorded `--ops`, or the
     // count the target printed (`--ops-from-output`, in the trailer).
     let printed_ops = replay.trailer.as_ref().and_then(|t| t.ops);

@@ -5,7 +5,7 @@
 //! Stacks are innermost first: frame 0 is the function that called the allocator.
 
 use crate::fasthash::FastHashMap;
-use crate::heap::{Block, HeapState, Mode};
+use crate::heap::{HeapState, Mode};
 use crate::leak_check::{LeakCheck, LeakCheckSummary, Reachability};
 use crate::sites::{SiteCounts, SiteStats};
 use crate::stacks::{StackId, StackTable};
@@ -704,12 +704,9 @@ pub(crate) fn build_sites_report(
     // With a leak check, a site is one entry per class, and the flame graph of leaks weighs
     // only what is lost.
     let class_of = |addr: u64| leak_check.map(|check| check.class_of(addr));
-    // Read out of the heap's table once: it also holds every freed address not reused (tens
-    // of millions of entries to step over on a long run), and three passes follow.
-    let live: Vec<(u64, Block)> = heap.blocks().collect();
     let leak_sites = site_totals_by_class(
-        live.iter()
-            .map(|&(addr, block)| ((block.stack, class_of(addr)), block.size, block.ts_ns)),
+        heap.blocks()
+            .map(|(addr, block)| ((block.stack, class_of(addr)), block.size, block.ts_ns)),
     );
     let (leaks, unlisted_leaks) = list_sites(
         leak_sites
@@ -721,12 +718,12 @@ pub(crate) fn build_sites_report(
     );
     drop(leak_sites);
     let leak_totals = site_totals(
-        live.iter()
+        heap.blocks()
             .map(|(_, block)| (block.stack, block.size, block.ts_ns)),
     );
     let lost_totals = site_totals(
-        live.iter()
-            .filter(|&&(addr, _)| class_of(addr).is_some_and(Reachability::is_lost))
+        heap.blocks()
+            .filter(|&(addr, _)| class_of(addr).is_some_and(Reachability::is_lost))
             .map(|(_, block)| (block.stack, block.size, block.ts_ns)),
     );
     let region_totals = site_totals(

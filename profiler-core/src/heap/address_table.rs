@@ -207,8 +207,8 @@ mod tests {
     /// none straddles two lines.
     #[test]
     fn heap_entries_never_straddle_cache_lines() {
-        assert_eq!(std::mem::size_of::<Entry<super::super::slot::Slot>>(), 32);
-        let mut table = AddressTable::<super::super::slot::Slot>::default();
+        assert_eq!(std::mem::size_of::<Entry<crate::heap::slot::Slot>>(), 32);
+        let mut table = AddressTable::<crate::heap::slot::Slot>::default();
         for key in 1..5000 {
             table.insert(key * 16, Default::default());
         }
