@@ -573,6 +573,7 @@ impl Collected {
 
     /// An RSS sample taken at `ts_ns` (monotonic): into the timeline and the recording.
     pub fn sample_rss(&mut self, ts_ns: u64, bytes: u64) {
+        let ts_ns = profiler_core::event::to_clock_tick(ts_ns);
         self.last_rss_bytes = Some(bytes);
         self.recorder.analyses.observe_rss(ts_ns, bytes);
         if let Some(sink) = &mut self.recording {

@@ -13,6 +13,19 @@ use profiler_common::{
 };
 use std::mem::offset_of;
 
+/// Resolution of event times from [`decode`] on: a microsecond. Finer than what either capture
+/// path can tell apart (a uprobe hit alone costs about a microsecond; a hooked call tens of
+/// nanoseconds, jittered by the clock read), and what lets a recording hold a time in well
+/// under a byte: the low bits of nanosecond deltas are noise that does not compress.
+pub const CLOCK_TICK_NS: u64 = 1_000;
+
+/// `ts_ns` rounded down to [`CLOCK_TICK_NS`]: what every consumer of a session sees, live or
+/// replayed.
+#[inline]
+pub fn to_clock_tick(ts_ns: u64) -> u64 {
+    ts_ns - ts_ns % CLOCK_TICK_NS
+}
+
 /// One probed call, as the kernel side saw it. Field meanings per kind are documented on
 /// [`EventHeader`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,7 +184,7 @@ pub fn decode(record: &[u8]) -> Result<(Event, RecordStack<'_>), DecodeError> {
     let event = Event {
         kind,
         tid: read_u32(record, offset_of!(EventHeader, tid)),
-        ts_ns: read_u64(record, offset_of!(EventHeader, ts_ns)),
+        ts_ns: to_clock_tick(read_u64(record, offset_of!(EventHeader, ts_ns))),
         addr: read_u64(record, offset_of!(EventHeader, addr)),
         size: read_u64(record, offset_of!(EventHeader, size)),
         old_addr: read_u64(record, offset_of!(EventHeader, old_addr)),
@@ -302,7 +315,8 @@ mod tests {
             Event {
                 kind: EventKind::Realloc,
                 tid: 4242,
-                ts_ns: 1_000_000_007,
+                // Rounded down to the microsecond.
+                ts_ns: 1_000_000_000,
                 addr: 0x5555_0000_1230,
                 size: 48,
                 old_addr: 0x5555_0000_0ff0,

@@ -1,7 +1,8 @@
 //! Record encoding shared by the writer and the reader: tags, varints, and the delta state
 //! both sides keep in step.
 
-use crate::event::Event;
+use super::recent::RecentBlocks;
+use crate::event::{CLOCK_TICK_NS, Event};
 use crate::stacks::StackId;
 use profiler_common::EventKind;
 
@@ -33,11 +34,52 @@ const EXTRA_AUX: u8 = 1 << 1;
 const EXTRA_FLAGS: u8 = 1 << 2;
 
 /// What each side remembers between records: deltas are taken from it.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DeltaState {
     pub tid: u32,
-    pub ts_ns: u64,
+    /// Time of the previous event or RSS sample, in ticks of `tick_ns`.
+    pub ts_ticks: u64,
     pub addr: u64,
+    /// Version 3 on: times are in ticks of [`CLOCK_TICK_NS`], and an event without a size
+    /// names its address by its distance in `recent` when it can. Before: nanoseconds and
+    /// address deltas only.
+    compact: bool,
+    recent: RecentBlocks,
+}
+
+impl DeltaState {
+    /// The state at the start of a file of format `version` whose header gives `start_ns`.
+    pub fn new(version: u32, start_ns: u64) -> DeltaState {
+        let mut state = DeltaState {
+            tid: 0,
+            ts_ticks: 0,
+            addr: 0,
+            compact: version >= 3,
+            recent: RecentBlocks::default(),
+        };
+        state.ts_ticks = state.ticks(start_ns);
+        state
+    }
+
+    /// `ts_ns` in this file's time unit (rounded down).
+    #[inline]
+    pub fn ticks(&self, ts_ns: u64) -> u64 {
+        if self.compact {
+            ts_ns / CLOCK_TICK_NS
+        } else {
+            ts_ns
+        }
+    }
+
+    /// Nanoseconds of a time in this file's unit (wrapping: a corrupt file cannot panic).
+    #[inline]
+    pub fn nanoseconds(&self, ticks: u64) -> u64 {
+        if self.compact {
+            ticks.wrapping_mul(CLOCK_TICK_NS)
+        } else {
+            ticks
+        }
+    }
 }
 
 #[inline]
@@ -67,8 +109,20 @@ pub fn put_delta(out: &mut Vec<u8>, value: u64, base: u64) {
 }
 
 /// Appends one event record.
+#[inline]
 pub fn put_event(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event, stack: Option<StackId>) {
-    let kind = event.kind as u8;
+    put_event_of_kind(out, state, event.kind as u8, event, stack);
+}
+
+/// Appends one event record of kind `kind` (any number, for tests of kinds a later memprof
+/// adds; `event.kind` is not read).
+pub fn put_event_of_kind(
+    out: &mut Vec<u8>,
+    state: &mut DeltaState,
+    kind: u8,
+    event: &Event,
+    stack: Option<StackId>,
+) {
     let mut tag = kind.min(KIND_ESCAPE);
     let mut extras = 0u8;
     if event.old_addr != 0 {
@@ -99,8 +153,9 @@ pub fn put_event(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event, stack
     if event.tid != state.tid {
         put_varint(out, u64::from(event.tid));
     }
-    put_delta(out, event.ts_ns, state.ts_ns);
-    put_delta(out, event.addr, state.addr);
+    let ticks = state.ticks(event.ts_ns);
+    put_delta(out, ticks, state.ts_ticks);
+    put_address(out, state, event);
     if event.size != 0 {
         put_varint(out, event.size);
     }
@@ -120,8 +175,27 @@ pub fn put_event(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event, stack
         put_varint(out, u64::from(id.0));
     }
     state.tid = event.tid;
-    state.ts_ns = event.ts_ns;
+    state.ts_ticks = ticks;
     state.addr = event.addr;
+}
+
+/// An event's address: a zigzag delta from the previous event's; from version 3 on, an event
+/// without a size first says how recently its block was created (1 to
+/// [`recent::WINDOW`](super::recent::WINDOW), or 0: a delta follows), and an event with one
+/// adds its address to the recent ones.
+#[inline]
+fn put_address(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event) {
+    if state.compact {
+        if event.size != 0 {
+            state.recent.push(event.addr);
+        } else if let Some(distance) = state.recent.find(event.addr) {
+            put_varint(out, distance);
+            return;
+        } else {
+            out.push(0);
+        }
+    }
+    put_delta(out, event.addr, state.addr);
 }
 
 /// Appends a stack definition: count, truncated, first frame, then deltas between frames
@@ -146,9 +220,10 @@ pub fn put_blob(out: &mut Vec<u8>, tag: u8, blob: &[u8]) {
 
 pub fn put_rss(out: &mut Vec<u8>, state: &mut DeltaState, ts_ns: u64, bytes: u64) {
     out.push(TAG_RSS);
-    put_delta(out, ts_ns, state.ts_ns);
+    let ticks = state.ticks(ts_ns);
+    put_delta(out, ticks, state.ts_ticks);
     put_varint(out, bytes);
-    state.ts_ns = ts_ns;
+    state.ts_ticks = ticks;
 }
 
 /// Longest LEB128 encoding of a u64.
@@ -275,13 +350,10 @@ impl<'a> Cursor<'a> {
         if tag & EVENT_TID != 0 {
             state.tid = self.u32("thread id above 32 bits")?;
         }
-        state.ts_ns = self.delta(state.ts_ns)?;
-        state.addr = self.delta(state.addr)?;
-        let size = if tag & EVENT_SIZE != 0 {
-            self.varint()?
-        } else {
-            0
-        };
+        state.ts_ticks = self.delta(state.ts_ticks)?;
+        let sized = tag & EVENT_SIZE != 0;
+        state.addr = self.address(state, sized)?;
+        let size = if sized { self.varint()? } else { 0 };
         let (mut old_addr, mut aux, mut flags) = (0, 0, 0);
         if tag & EVENT_EXTRAS != 0 {
             let extras = self.byte()?;
@@ -310,7 +382,7 @@ impl<'a> Cursor<'a> {
         *out = Event {
             kind,
             tid: state.tid,
-            ts_ns: state.ts_ns,
+            ts_ns: state.nanoseconds(state.ts_ticks),
             addr: state.addr,
             size,
             old_addr,
@@ -318,6 +390,26 @@ impl<'a> Cursor<'a> {
             flags,
         };
         Ok(stack)
+    }
+
+    /// An event's address (see [`put_address`]); `sized`: the event has a size.
+    #[inline(always)]
+    fn address(&mut self, state: &mut DeltaState, sized: bool) -> DecodeResult<u64> {
+        if !state.compact {
+            return self.delta(state.addr);
+        }
+        if sized {
+            let addr = self.delta(state.addr)?;
+            state.recent.push(addr);
+            return Ok(addr);
+        }
+        match self.varint()? {
+            0 => self.delta(state.addr),
+            distance => state
+                .recent
+                .get(distance)
+                .ok_or("event names a block further back than any recent one"),
+        }
     }
 
     /// Decodes a stack definition's body into `frames`; returns `truncated`.
@@ -341,8 +433,8 @@ impl<'a> Cursor<'a> {
     }
 
     pub fn rss(&mut self, state: &mut DeltaState) -> DecodeResult<(u64, u64)> {
-        state.ts_ns = self.delta(state.ts_ns)?;
-        Ok((state.ts_ns, self.varint()?))
+        state.ts_ticks = self.delta(state.ts_ticks)?;
+        Ok((state.nanoseconds(state.ts_ticks), self.varint()?))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Recordings: everything a session saw, in a file that `memprof report` replays offline
 //! through the same [`Recorder`](crate::recorder::Recorder) a live session uses.
 //!
-//! # Format (version 2)
+//! # Format (version 3)
 //!
 //! ```text
 //! magic      8 bytes   "MPROF\r\n\x1a" (a text-mode copy or a truncated header breaks it)
@@ -46,9 +46,17 @@
 //!
 //! ```text
 //! [kind, when the nibble is 15] [tid] ts delta (zigzag, from the previous event or RSS
-//! sample), addr delta (zigzag, from the previous event), [size],
-//! [extras, [old_addr - addr zigzag], [aux], [flags]], [stack id]
+//! sample), [recent], addr delta (zigzag, from the previous event) unless `recent` named it,
+//! [size], [extras, [old_addr - addr zigzag], [aux], [flags]], [stack id]
 //! ```
+//!
+//! Times are in microseconds ([`CLOCK_TICK_NS`](crate::event::CLOCK_TICK_NS): events are
+//! timed to it from the moment they are decoded, so a live report and a replay agree). An
+//! event without a size (a free, mostly) starts its address with `recent`: 1 to 64 for the
+//! address of the block created that many sized events ago, 0 when the delta follows. Both
+//! took most of a recording before version 3, which kept nanoseconds and deltas only (the
+//! low bits of nanosecond deltas and the deltas to unrelated addresses do not compress):
+//! redis under load 2.7 bytes per event, sqlite3 inserting 1.7.
 //!
 //! Integers are LEB128 varints. free and munmap carry their caller in `aux`, and
 //! `flags` may hold the collector's `FLAG_ALLOCATOR_INTERNAL` (same layout: an older file
@@ -60,6 +68,7 @@ mod buildid;
 mod codec;
 mod leak_record;
 mod reader;
+mod recent;
 mod replay;
 mod synthetic;
 mod writer;
@@ -84,8 +93,9 @@ pub use writer::Writer;
 /// First bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"MPROF\r\n\x1a";
 /// The version written; bumped on any incompatible change of the layout above.
-pub const FORMAT_VERSION: u32 = 2;
-/// The oldest version still read (version 1 differs only in its event tags: see above).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest version still read (versions 1 and 2 differ only in their event tags, times and
+/// addresses: see above).
 pub const FIRST_FORMAT_VERSION: u32 = 1;
 /// Events per chunk before it is written.
 pub const CHUNK_EVENTS: u32 = 64 * 1024;

@@ -174,10 +174,7 @@ impl<R: Read> Reader<R> {
             source,
             offset: 20 + u64::from(len),
             chunk_offset: 20 + u64::from(len),
-            state: DeltaState {
-                ts_ns: header.start_monotonic_ns,
-                ..DeltaState::default()
-            },
+            state: DeltaState::new(version, header.start_monotonic_ns),
             header,
             version,
             skipped: 0,

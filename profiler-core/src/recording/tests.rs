@@ -14,7 +14,7 @@ fn header() -> Header {
         pid: 77,
         mode: Mode::Run,
         start_unix_ns: 1_700_000_000_000_000_000,
-        start_monotonic_ns: 5_000,
+        start_monotonic_ns: 5_000_000,
         maps: vec![MappingRecord {
             start: 0x40_0000,
             end: 0x40_2000,
@@ -66,17 +66,17 @@ fn write_sample() -> Vec<u8> {
         .event(
             &Event::of(EventKind::Malloc)
                 .tid(1)
-                .at(6_000)
+                .at(6_000_000)
                 .addr(0x1000)
                 .size(32),
             Some(StackId(0)),
             Some((&[0x40_1000, 0x40_0100], false)),
         )
         .unwrap();
-    writer.rss(6_500, 1 << 20);
+    writer.rss(6_500_000, 1 << 20);
     let mut realloc = Event::of(EventKind::Realloc)
         .tid(u32::MAX)
-        .at(5_900)
+        .at(5_900_000)
         .addr(0x2000)
         .size(64);
     realloc.old_addr = 0x1000;
@@ -98,14 +98,14 @@ fn write_sample() -> Vec<u8> {
     writer.lost(&lost_so_far()).unwrap();
     let mut memalign = Event::of(EventKind::Memalign)
         .tid(1)
-        .at(7_000)
+        .at(7_000_000)
         .addr(u64::MAX)
         .size(u64::MAX);
     memalign.aux = 4096;
     writer.event(&memalign, Some(StackId(0)), None).unwrap();
     writer
         .event(
-            &Event::of(EventKind::Free).tid(1).at(7_001).addr(0x2000),
+            &Event::of(EventKind::Free).tid(1).at(7_001_000).addr(0x2000),
             None,
             None,
         )
@@ -149,13 +149,13 @@ fn round_trips_every_record_and_field() {
     expect(Record::Event {
         event: &Event::of(EventKind::Malloc)
             .tid(1)
-            .at(6_000)
+            .at(6_000_000)
             .addr(0x1000)
             .size(32),
         stack: Some(StackId(0)),
     });
     expect(Record::Rss {
-        ts_ns: 6_500,
+        ts_ns: 6_500_000,
         bytes: 1 << 20,
     });
     expect(Record::Stack {
@@ -164,7 +164,7 @@ fn round_trips_every_record_and_field() {
     });
     let mut realloc = Event::of(EventKind::Realloc)
         .tid(u32::MAX)
-        .at(5_900)
+        .at(5_900_000)
         .addr(0x2000)
         .size(64);
     realloc.old_addr = 0x1000;
@@ -180,7 +180,7 @@ fn round_trips_every_record_and_field() {
     assert_eq!(reader.next().unwrap().unwrap(), Record::Lost(lost_so_far()));
     let mut memalign = Event::of(EventKind::Memalign)
         .tid(1)
-        .at(7_000)
+        .at(7_000_000)
         .addr(u64::MAX)
         .size(u64::MAX);
     memalign.aux = 4096;
@@ -190,7 +190,7 @@ fn round_trips_every_record_and_field() {
         stack: Some(StackId(0)),
     });
     expect(Record::Event {
-        event: &Event::of(EventKind::Free).tid(1).at(7_001).addr(0x2000),
+        event: &Event::of(EventKind::Free).tid(1).at(7_001_000).addr(0x2000),
         stack: None,
     });
     expect(Record::Trailer(Box::new(trailer())));
@@ -280,12 +280,12 @@ fn a_recording_without_trailer_keeps_its_last_loss_counters() {
     let mut writer = Writer::create(Vec::new(), &header()).unwrap();
     let mut malloc = Event::of(EventKind::Malloc)
         .tid(1)
-        .at(6_000)
+        .at(6_000_000)
         .addr(0x1000)
         .size(32);
     for lost in [1, 5] {
         writer.event(&malloc, None, None).unwrap();
-        malloc.ts_ns += 1;
+        malloc.ts_ns += 1_000;
         writer
             .lost(&LostRecord {
                 by_kind: vec![0, lost],
@@ -343,7 +343,7 @@ fn corruption_is_one_error_with_its_offset() {
     let (_, error) = read_all(&version);
     assert_eq!(
         error.unwrap().to_string(),
-        "recording format version 9 is not supported (this memprof reads versions 1 to 2) (at byte 8)"
+        "recording format version 9 is not supported (this memprof reads versions 1 to 3) (at byte 8)"
     );
 }
 
@@ -514,23 +514,6 @@ fn handmade(version: u32, records: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// An event record whose kind is given as a number, as a writer that knows more kinds than
-/// `EventKind` would write it (format 2: the escape nibble, then the kind).
-fn escaped_event(
-    out: &mut Vec<u8>,
-    state: &mut codec::DeltaState,
-    kind: u64,
-    ts_ns: u64,
-    addr: u64,
-) {
-    out.push(codec::KIND_ESCAPE);
-    codec::put_varint(out, kind);
-    codec::put_delta(out, ts_ns, state.ts_ns);
-    codec::put_delta(out, addr, state.addr);
-    state.ts_ns = ts_ns;
-    state.addr = addr;
-}
-
 fn replay_bytes(bytes: &[u8]) -> (Replay, Recorder) {
     let mut recorder = Recorder::new(Mode::Run);
     let replay = replay(Reader::new(bytes).unwrap(), &mut recorder).unwrap();
@@ -540,27 +523,28 @@ fn replay_bytes(bytes: &[u8]) -> (Replay, Recorder) {
 #[test]
 fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
     let mut records = Vec::new();
-    let mut state = codec::DeltaState {
-        ts_ns: header().start_monotonic_ns,
-        ..Default::default()
-    };
+    let mut state = codec::DeltaState::new(FORMAT_VERSION, header().start_monotonic_ns);
     codec::put_event(
         &mut records,
         &mut state,
         &Event::of(EventKind::Malloc)
             .tid(0)
-            .at(6_000)
+            .at(6_000_000)
             .addr(0x1000)
             .size(64),
         None,
     );
     // Kind 40 and record type 0xe0 mean nothing to this reader.
-    escaped_event(&mut records, &mut state, 40, 6_500, 0x9000);
+    let unknown = Event::of(EventKind::Malloc)
+        .tid(0)
+        .at(6_500_000)
+        .addr(0x9000);
+    codec::put_event_of_kind(&mut records, &mut state, 40, &unknown, None);
     codec::put_blob(&mut records, 0xe0, b"new");
     codec::put_event(
         &mut records,
         &mut state,
-        &Event::of(EventKind::Free).tid(0).at(7_000).addr(0x1000),
+        &Event::of(EventKind::Free).tid(0).at(7_000_000).addr(0x1000),
         None,
     );
     // Operator delete is kind 15: escaped from format 2 on.
@@ -569,7 +553,7 @@ fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
         &mut state,
         &Event::of(EventKind::Malloc)
             .tid(0)
-            .at(7_100)
+            .at(7_100_000)
             .addr(0x2000)
             .size(8),
         None,
@@ -579,7 +563,7 @@ fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
         &mut state,
         &Event::of(EventKind::OperatorDelete)
             .tid(0)
-            .at(7_200)
+            .at(7_200_000)
             .addr(0x2000),
         None,
     );
@@ -587,7 +571,7 @@ fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
     assert_eq!(replay.skipped, 2);
     assert_eq!(replay.events, 4);
     assert_eq!(
-        replay.last_ts_ns, 7_200,
+        replay.last_ts_ns, 7_200_000,
         "deltas stay in step past the skipped records"
     );
     let stats = recorder.heap.stats();
@@ -598,23 +582,20 @@ fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
 #[test]
 fn version_1_files_hold_operator_delete_in_the_tag_nibble() {
     let mut records = Vec::new();
-    let mut state = codec::DeltaState {
-        ts_ns: header().start_monotonic_ns,
-        ..Default::default()
-    };
+    let mut state = codec::DeltaState::new(1, header().start_monotonic_ns);
     codec::put_event(
         &mut records,
         &mut state,
         &Event::of(EventKind::Malloc)
             .tid(0)
-            .at(6_000)
+            .at(6_000_000)
             .addr(0x1000)
             .size(64),
         None,
     );
     // Version 1's operator delete: tag 0x0f, then the body (no kind varint).
     records.push(0x0f);
-    codec::put_delta(&mut records, 6_100, state.ts_ns);
+    codec::put_delta(&mut records, 6_100_000, state.ts_ticks);
     codec::put_delta(&mut records, 0x1000, state.addr);
     let (replayed, recorder) = replay_bytes(&handmade(1, &records));
     assert_eq!((replayed.events, replayed.skipped), (2, 0));
@@ -668,7 +649,7 @@ fn the_leak_check_round_trips_and_a_corrupt_one_is_an_error() {
         .event(
             &Event::of(EventKind::Malloc)
                 .tid(1)
-                .at(6_000)
+                .at(6_000_000)
                 .addr(0x1000)
                 .size(32),
             None,
@@ -688,4 +669,68 @@ fn the_leak_check_round_trips_and_a_corrupt_one_is_an_error() {
     body.extend_from_slice(b"{}");
     codec::put_varint(&mut body, u64::MAX);
     assert!(leak_record::decode(&body).is_err());
+}
+
+/// A free names a block created up to 64 sized events before it by that distance, and any
+/// older one by an address delta; both come back exactly, and a distance to a block that was
+/// never created is corruption.
+#[test]
+fn frees_name_recent_blocks_by_distance_and_older_ones_by_delta() {
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    let mut written = Vec::new();
+    let addr = |i: u64| 0x7f00_0000_0000 + i * 48;
+    for i in 0..100 {
+        written.push(
+            Event::of(EventKind::Malloc)
+                .tid(1)
+                .at(6_000_000 + i * 1_000)
+                .addr(addr(i))
+                .size(40),
+        );
+    }
+    // Newest first: the first 64 are within reach, the rest are not; one is freed twice.
+    for i in (0..100).rev().chain([99]) {
+        written.push(
+            Event::of(EventKind::Free)
+                .tid(1)
+                .at(7_000_000 + i * 1_000)
+                .addr(addr(i)),
+        );
+    }
+    for event in &written {
+        writer.event(event, None, None).unwrap();
+    }
+    let bytes = writer.finish(&trailer()).unwrap();
+    let mut reader = Reader::new(&bytes[..]).unwrap();
+    for want in &written {
+        assert_eq!(
+            reader.next().unwrap().unwrap(),
+            Record::Event {
+                event: want,
+                stack: None
+            }
+        );
+    }
+
+    let mut records = Vec::new();
+    let mut state = codec::DeltaState::new(FORMAT_VERSION, header().start_monotonic_ns);
+    let malloc = Event::of(EventKind::Malloc)
+        .tid(0)
+        .at(6_000_000)
+        .addr(0x1000)
+        .size(8);
+    codec::put_event(&mut records, &mut state, &malloc, None);
+    // A free whose distance is 2, with one block created so far.
+    records.extend([EventKind::Free as u8, 0, 2]);
+    let error = replay(
+        Reader::new(&handmade(FORMAT_VERSION, &records)[..]).unwrap(),
+        &mut Recorder::new(Mode::Run),
+    )
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("further back than any recent one"),
+        "{error}"
+    );
 }

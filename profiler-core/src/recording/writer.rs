@@ -51,10 +51,7 @@ impl<W: Write> Writer<W> {
             records: Vec::with_capacity(1 << 20),
             chunk: Vec::new(),
             compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
-            state: DeltaState {
-                ts_ns: header.start_monotonic_ns,
-                ..DeltaState::default()
-            },
+            state: DeltaState::new(FORMAT_VERSION, header.start_monotonic_ns),
             events_in_chunk: 0,
             pending_since: None,
             bytes_written: prefix.len() as u64,
