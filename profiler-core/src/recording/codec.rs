@@ -40,11 +40,16 @@ pub struct DeltaState {
     /// Time of the previous event or RSS sample, in ticks of `tick_ns`.
     pub ts_ticks: u64,
     pub addr: u64,
-    /// Version 3 on: times are in ticks of [`CLOCK_TICK_NS`], and an event without a size
-    /// names its address by its distance in `recent` when it can. Before: nanoseconds and
+    /// Version 3 on: times are in ticks of [`CLOCK_TICK_NS`], and addresses are named by
+    /// their distance in `created` or `released` when they can. Before: nanoseconds and
     /// address deltas only.
     compact: bool,
-    recent: RecentBlocks,
+    /// Addresses of the last events with a size (the blocks they created), which an event
+    /// without one (a free) names.
+    created: RecentBlocks,
+    /// Addresses of the last events without a size (the blocks they released), which an
+    /// allocation handed the same address again (a free list's head) names.
+    released: RecentBlocks,
 }
 
 impl DeltaState {
@@ -55,10 +60,21 @@ impl DeltaState {
             ts_ticks: 0,
             addr: 0,
             compact: version >= 3,
-            recent: RecentBlocks::default(),
+            created: RecentBlocks::default(),
+            released: RecentBlocks::default(),
         };
         state.ts_ticks = state.ticks(start_ns);
         state
+    }
+
+    /// The recent addresses an event looks its address up in, and those it adds it to.
+    #[inline]
+    fn sides(&mut self, sized: bool) -> (&mut RecentBlocks, &mut RecentBlocks) {
+        if sized {
+            (&mut self.released, &mut self.created)
+        } else {
+            (&mut self.created, &mut self.released)
+        }
     }
 
     /// `ts_ns` in this file's time unit (rounded down).
@@ -179,21 +195,20 @@ pub fn put_event_of_kind(
     state.addr = event.addr;
 }
 
-/// An event's address: a zigzag delta from the previous event's; from version 3 on, an event
-/// without a size first says how recently its block was created (1 to
-/// [`recent::WINDOW`](super::recent::WINDOW), or 0: a delta follows), and an event with one
-/// adds its address to the recent ones.
+/// An event's address: a zigzag delta from the previous event's. From version 3 on, first the
+/// distance of the address in the recent addresses of the other side (1 to
+/// [`recent::WINDOW`](super::recent::WINDOW), or 0: the delta follows): an event without a size
+/// (a free) looks in the blocks recently created, one with a size in those recently released.
 #[inline]
 fn put_address(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event) {
     if state.compact {
-        if event.size != 0 {
-            state.recent.push(event.addr);
-        } else if let Some(distance) = state.recent.find(event.addr) {
+        let (look_in, push_to) = state.sides(event.size != 0);
+        push_to.push(event.addr);
+        if let Some(distance) = look_in.find(event.addr) {
             put_varint(out, distance);
             return;
-        } else {
-            out.push(0);
         }
+        out.push(0);
     }
     put_delta(out, event.addr, state.addr);
 }
@@ -398,18 +413,16 @@ impl<'a> Cursor<'a> {
         if !state.compact {
             return self.delta(state.addr);
         }
-        if sized {
-            let addr = self.delta(state.addr)?;
-            state.recent.push(addr);
-            return Ok(addr);
-        }
-        match self.varint()? {
-            0 => self.delta(state.addr),
-            distance => state
-                .recent
+        let previous = state.addr;
+        let (look_in, push_to) = state.sides(sized);
+        let addr = match self.varint()? {
+            0 => self.delta(previous)?,
+            distance => look_in
                 .get(distance)
-                .ok_or("event names a block further back than any recent one"),
-        }
+                .ok_or("event names an address further back than any recent one")?,
+        };
+        push_to.push(addr);
+        Ok(addr)
     }
 
     /// Decodes a stack definition's body into `frames`; returns `truncated`.

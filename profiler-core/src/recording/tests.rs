@@ -671,9 +671,10 @@ fn the_leak_check_round_trips_and_a_corrupt_one_is_an_error() {
     assert!(leak_record::decode(&body).is_err());
 }
 
-/// A free names a block created up to 64 sized events before it by that distance, and any
-/// older one by an address delta; both come back exactly, and a distance to a block that was
-/// never created is corruption.
+/// A free names a block created up to 64 sized events before it by that distance, an
+/// allocation an address freed up to 64 unsized events before, and any other address is a
+/// delta; all come back exactly, and a distance to a block that was never created is
+/// corruption.
 #[test]
 fn frees_name_recent_blocks_by_distance_and_older_ones_by_delta() {
     let mut writer = Writer::create(Vec::new(), &header()).unwrap();
@@ -695,6 +696,16 @@ fn frees_name_recent_blocks_by_distance_and_older_ones_by_delta() {
                 .tid(1)
                 .at(7_000_000 + i * 1_000)
                 .addr(addr(i)),
+        );
+    }
+    // Handed out again, newest first (a free list), then one never freed.
+    for i in (90..100).rev().chain([200]) {
+        written.push(
+            Event::of(EventKind::Malloc)
+                .tid(1)
+                .at(8_000_000)
+                .addr(addr(i))
+                .size(40),
         );
     }
     for event in &written {
