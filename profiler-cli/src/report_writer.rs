@@ -115,6 +115,23 @@ fn print_summary(
     }
     if std::env::var_os("MEMPROF_TIMINGS").is_some() {
         writeln!(stderr, "report written in {:?}", started.elapsed())?;
+        writeln!(stderr, "memprof itself: {}", own_usage())?;
     }
     Ok(())
+}
+
+/// memprof's own CPU time and peak resident set so far (the target's are not in them).
+fn own_usage() -> String {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return "unknown (getrusage failed)".into();
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    format!(
+        "{:.3} s user, {:.3} s system, peak RSS {} MiB",
+        secs(usage.ru_utime),
+        secs(usage.ru_stime),
+        usage.ru_maxrss / 1024
+    )
 }
