@@ -74,6 +74,9 @@ pub type FastBuildHasher = BuildHasherDefault<FastHasher>;
 /// A `HashMap` keyed by integers from the target process.
 pub type FastHashMap<K, V> = std::collections::HashMap<K, V, FastBuildHasher>;
 
+/// A `HashSet` of integers from the target process.
+pub type FastHashSet<K> = std::collections::HashSet<K, FastBuildHasher>;
+
 /// Hashes one word with the same function as [`FastHasher`].
 #[inline]
 pub fn hash_word(word: u64) -> u64 {

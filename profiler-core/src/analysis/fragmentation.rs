@@ -9,11 +9,19 @@
 //!
 //! The heap at the peak is rebuilt at the end, without replaying: the blocks live then are the
 //! blocks still live that were allocated by the peak, plus those allocated by the peak and
-//! released since (kept in [`PeakBlocks`], at most as many as were live at the peak).
+//! released since (kept in [`PeakBlocks`], at most as many as were live at the peak). "By the
+//! peak" goes by allocation time, and times are in whole clock ticks
+//! ([`CLOCK_TICK_NS`](crate::event::CLOCK_TICK_NS)): the blocks created after the peak in its
+//! own tick are remembered, so that they are not taken for blocks live at the peak.
 
 use super::allocator::{Allocator, GlibcMmap};
 use super::{Analysis, Observed, SessionEnd};
+use crate::fasthash::FastHashSet;
 use serde::{Deserialize, Serialize};
+
+/// Most blocks remembered as created in the peak's tick after it (see
+/// [`PeakBlocks::created_in_peak_tick`]).
+const MAX_CREATED_IN_PEAK_TICK: usize = 1 << 16;
 
 /// log2 of the window size that groups blocks into ranges.
 pub const RANGE_SHIFT: u32 = 26;
@@ -29,6 +37,10 @@ pub struct PeakBlocks {
     /// the peak; the cap keeps memory bounded even then.
     peak_blocks: u64,
     released: Vec<(u64, u64)>,
+    /// Addresses of the blocks created after the peak within its clock tick: their times
+    /// equal the peak's, but they were not live at it. A tick holds a few events; the cap
+    /// only matters for a clock that stood still.
+    created_in_peak_tick: FastHashSet<u64>,
     /// glibc's mmap threshold at the peak, to tell its mmapped blocks then.
     glibc_at_peak: GlibcMmap,
 }
@@ -45,13 +57,22 @@ impl Analysis for PeakBlocks {
             self.peak_blocks = seen.live_blocks;
             self.glibc_at_peak = *seen.glibc;
             self.released.clear();
+            self.created_in_peak_tick.clear();
             return;
         }
         let Some(peak) = self.peak_ts_ns else { return };
         for (addr, block) in super::ended_blocks(effect) {
-            if block.ts_ns <= peak && (self.released.len() as u64) < self.peak_blocks {
+            if self.live_at_peak(*addr, block.ts_ns)
+                && (self.released.len() as u64) < self.peak_blocks
+            {
                 self.released.push((*addr, block.size));
             }
+        }
+        if let Some((addr, block)) = &effect.created
+            && block.ts_ns == peak
+            && self.created_in_peak_tick.len() < MAX_CREATED_IN_PEAK_TICK
+        {
+            self.created_in_peak_tick.insert(*addr);
         }
     }
 
@@ -96,6 +117,14 @@ impl PeakBlocks {
         &self.glibc_at_peak
     }
 
+    /// Whether the block at `addr` allocated at `ts_ns` was live at the peak, if it is live
+    /// now or was released after the peak.
+    fn live_at_peak(&self, addr: u64, ts_ns: u64) -> bool {
+        self.peak_ts_ns.is_some_and(|peak| {
+            ts_ns < peak || (ts_ns == peak && !self.created_in_peak_tick.contains(&addr))
+        })
+    }
+
     /// The blocks live at the peak, given the blocks live now as (address, size, alloc time).
     pub fn at_peak(
         &self,
@@ -103,7 +132,7 @@ impl PeakBlocks {
     ) -> impl Iterator<Item = (u64, u64)> {
         let peak = self.peak_ts_ns;
         live_now
-            .filter(move |&(_, _, ts)| peak.is_some_and(|peak| ts <= peak))
+            .filter(move |&(addr, _, ts)| self.live_at_peak(addr, ts))
             .map(|(addr, size, _)| (addr, size))
             .chain(
                 self.released

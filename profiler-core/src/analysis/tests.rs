@@ -376,6 +376,32 @@ fn fragmentation_measures_gaps_at_the_peak_and_at_the_end() {
     golden("fragmentation", fragmentation);
 }
 
+/// Times are whole clock ticks: blocks created after the peak in the peak's own tick have the
+/// peak's time, and are still not part of the heap at the peak.
+#[test]
+fn the_heap_at_the_peak_leaves_out_blocks_created_after_it_in_its_tick() {
+    let mut s = Session::new(Mode::Run);
+    let site = s.stack(0x40_1900);
+    // All in one tick: five 64-byte blocks (the 5th sets the peak), two of them freed, then
+    // two new ones right after the 5th (no new peak), one of which is freed again.
+    for i in 0..5u64 {
+        s.malloc(1.0, 0x1_0000 + i * 64, 64, site);
+    }
+    s.free(1.0, 0x1_0040);
+    s.free(1.0, 0x1_00c0);
+    s.malloc(1.0, 0x1_0140, 64, site);
+    s.malloc(1.0, 0x1_0180, 64, site);
+    s.free(1.0, 0x1_0180);
+    let report = s.report(Allocator::Jemalloc, 20, None);
+    let at_peak = report.fragmentation.at_peak.as_ref().unwrap();
+    assert_eq!(
+        (at_peak.ranges, at_peak.used_bytes, at_peak.free_bytes),
+        (1, 5 * 64, 0),
+        "the five blocks of the peak, back to back"
+    );
+    assert_eq!(at_peak.largest_ranges[0].blocks, 5);
+}
+
 #[test]
 fn realloc_chains_and_odd_frees() {
     let mut s = Session::new(Mode::Run);
