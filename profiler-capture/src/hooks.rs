@@ -17,12 +17,14 @@ use core::mem::MaybeUninit;
 
 use libc::{c_int, off_t, size_t};
 use profiler_common::{
-    EventHeader, EventKind, FLAG_REALLOC_ENTRY, FLAG_STACK_TRUNCATED, MAX_STACK_DEPTH,
+    EventHeader, EventKind, FLAG_REALLOC_ENTRY, FLAG_STACK_NUMBERED, FLAG_STACK_TRUNCATED,
+    MAX_STACK_DEPTH,
     shared_ring::{STACKS_FRAME_POINTERS, STACKS_NONE},
 };
 
 use crate::real::{self, BOOTSTRAP};
 use crate::ring::{self, now_ns};
+use crate::stack_numbers::{self, Numbered};
 use crate::thread::{self, Entered};
 use crate::unwind::{self, Outcome};
 
@@ -112,7 +114,26 @@ fn allocation(
     }
     // SAFETY: the unwinders initialised the first `depth` entries.
     let walked = unsafe { core::slice::from_raw_parts(buffer.as_ptr().cast::<u64>(), depth) };
-    ring.write(header.kind, &[bytes_of(&header), words_as_bytes(walked)]);
+    let truncated = header.flags & FLAG_STACK_TRUNCATED != 0;
+    stack_numbers::send(walked, truncated, |numbered| match numbered {
+        Numbered::Known(number) => {
+            header.flags |= FLAG_STACK_NUMBERED;
+            header.stack_depth = 0;
+            ring.write(header.kind, &[bytes_of(&header), &number.to_le_bytes()])
+        }
+        Numbered::New(number) => {
+            header.flags |= FLAG_STACK_NUMBERED;
+            let parts = [
+                bytes_of(&header),
+                &number.to_le_bytes(),
+                words_as_bytes(walked),
+            ];
+            ring.write(header.kind, &parts)
+        }
+        Numbered::Unnumbered => {
+            ring.write(header.kind, &[bytes_of(&header), words_as_bytes(walked)])
+        }
+    });
     set_errno(saved);
 }
 

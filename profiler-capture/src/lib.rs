@@ -18,6 +18,8 @@
 //! - `thread`: per-thread state (a reentrancy guard, the thread id, the stack's bounds).
 //! - `ring`: attaching to the shared ring and writing records into it, waiting (never
 //!   dropping) while memprof drains a full ring.
+//! - `stack_numbers`: the stacks already sent, so that a stack seen again goes into the ring
+//!   as its number instead of its frames.
 //!
 //! - `arena`: the library's own allocator: its Rust code never allocates through the hooked
 //!   functions, nor in the program's heap.
@@ -32,6 +34,7 @@ mod fork_safe;
 mod hooks;
 mod real;
 mod ring;
+mod stack_numbers;
 mod thread;
 mod unwind;
 

@@ -87,6 +87,7 @@ extern "C" fn forked_child() {
     // SAFETY: getpid has no arguments.
     PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
     crate::thread::forget_tid();
+    crate::stack_numbers::forked();
 }
 
 /// Maps the ring named by the environment and claims it; None if this process is not the one

@@ -144,6 +144,13 @@ pub const FLAG_REALLOC_ENTRY: u32 = 1 << 5;
 /// recordings: a synthetic allocation of a block or mapping that was live in the parent when
 /// this process was forked: the child starts with it (and may free it), but never made the call.
 pub const FLAG_INHERITED_AT_FORK: u32 = 1 << 6;
+/// `EventHeader::flags` of a record from the in-process capture, which numbers the stacks it
+/// has sent (0, 1, ... per process image): the body starts with the stack's number (a u64).
+/// With `stack_depth` frames after it, this record defines that number (number 0 starts a new
+/// numbering: a new image, or a forked child); with `stack_depth` 0, the record's stack is
+/// the one that number was defined as. The collector drops the bit as it decodes: it never
+/// reaches a recording.
+pub const FLAG_STACK_NUMBERED: u32 = 1 << 7;
 
 /// How the probes capture user stacks, selected at load time (`UNWIND_MODE`).
 pub mod unwind_mode {

@@ -8,8 +8,8 @@
 //! `from_le_bytes` at its offset rather than by casting a reference.
 
 use profiler_common::{
-    EVENT_HEADER_SIZE, EventHeader, EventKind, FLAG_STACK_MISSING, FLAG_STACK_SNAPSHOT,
-    FLAG_STACK_TRUNCATED, SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE, StackSnapshot,
+    EVENT_HEADER_SIZE, EventHeader, EventKind, FLAG_STACK_MISSING, FLAG_STACK_NUMBERED,
+    FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE, StackSnapshot,
 };
 use std::mem::offset_of;
 
@@ -117,6 +117,14 @@ pub enum DecodeError {
 pub enum RecordStack<'a> {
     Frames(Frames<'a>),
     Snapshot(Snapshot<'a>),
+    /// Return addresses the in-process capture numbered (`FLAG_STACK_NUMBERED`): later
+    /// records of the same stack carry only `number`.
+    Define {
+        number: u64,
+        frames: Frames<'a>,
+    },
+    /// The stack the in-process capture defined as this number.
+    Numbered(u64),
 }
 
 /// Registers and a copy of the user stack at a probed function's return (DWARF mode).
@@ -194,20 +202,35 @@ pub fn decode(record: &[u8]) -> Result<(Event, RecordStack<'_>), DecodeError> {
     if event.flags & FLAG_STACK_SNAPSHOT != 0 {
         return Ok((event, RecordStack::Snapshot(decode_snapshot(record)?)));
     }
+    let numbered = event.flags & FLAG_STACK_NUMBERED != 0;
+    let mut event = event;
+    // How a stack travelled is not part of the event.
+    event.flags &= !FLAG_STACK_NUMBERED;
+    let number_bytes = if numbered { 8 } else { 0 };
+    let frames_start = EVENT_HEADER_SIZE + number_bytes;
     let depth = read_u32(record, offset_of!(EventHeader, stack_depth));
-    let room = (record.len() - EVENT_HEADER_SIZE) / 8;
-    if depth as usize > room {
+    let room = record.len().saturating_sub(frames_start) / 8;
+    if depth as usize > room || record.len() < frames_start {
         return Err(DecodeError::StackTooDeep {
             depth,
             len: record.len(),
             room,
         });
     }
-    let stack_end = EVENT_HEADER_SIZE + depth as usize * 8;
+    let stack_end = frames_start + depth as usize * 8;
     let frames = Frames {
-        bytes: record[EVENT_HEADER_SIZE..stack_end].chunks_exact(8),
+        bytes: record[frames_start..stack_end].chunks_exact(8),
     };
-    Ok((event, RecordStack::Frames(frames)))
+    if !numbered {
+        return Ok((event, RecordStack::Frames(frames)));
+    }
+    let number = read_u64(record, EVENT_HEADER_SIZE);
+    let stack = if depth == 0 {
+        RecordStack::Numbered(number)
+    } else {
+        RecordStack::Define { number, frames }
+    };
+    Ok((event, stack))
 }
 
 fn decode_snapshot(record: &[u8]) -> Result<Snapshot<'_>, DecodeError> {
@@ -457,5 +480,40 @@ mod tests {
                 len: 60
             }
         );
+    }
+
+    /// A numbered definition carries its number before the frames, a numbered reference only
+    /// the number; the flag itself is dropped, and a record too short for its number or
+    /// frames is refused.
+    #[test]
+    fn numbered_stacks_decode_to_their_number() {
+        let mut header = header(EventKind::Malloc, 2);
+        header.flags = FLAG_STACK_NUMBERED;
+        let mut bytes = Vec::new();
+        encode(&header, &[7, 0x401000, 0x402000], &mut bytes);
+        let (event, RecordStack::Define { number, frames }) = decode(&bytes).unwrap() else {
+            panic!("a definition expected");
+        };
+        assert_eq!((number, event.flags), (7, 0));
+        assert_eq!(frames.collect::<Vec<_>>(), [0x401000, 0x402000]);
+
+        header.stack_depth = 0;
+        bytes.clear();
+        encode(&header, &[7], &mut bytes);
+        let (_, stack) = decode(&bytes).unwrap();
+        assert!(matches!(stack, RecordStack::Numbered(7)), "{stack:?}");
+
+        bytes.truncate(EVENT_HEADER_SIZE + 4);
+        assert!(matches!(
+            decode(&bytes),
+            Err(DecodeError::StackTooDeep { .. })
+        ));
+        header.stack_depth = 3;
+        bytes.clear();
+        encode(&header, &[7, 0x401000, 0x402000], &mut bytes);
+        assert!(matches!(
+            decode(&bytes),
+            Err(DecodeError::StackTooDeep { .. })
+        ));
     }
 }

@@ -11,7 +11,7 @@ use crate::analysis::Analyses;
 use crate::event::{DecodeError, Event, RecordStack, decode};
 use crate::heap::{Effect, HeapState, Mode};
 use crate::sites::SiteStats;
-use crate::stacks::{StackId, StackTable};
+use crate::stacks::{StackId, StackNumbers, StackTable};
 use crate::unwind::{ModuleSource, NoModuleSource, StackUnwinder};
 
 /// The engine's state during a session: every stack seen and the live heap.
@@ -28,6 +28,8 @@ pub struct Recorder {
     /// Where the allocator's code is, to flag the calls it makes for itself (live sessions;
     /// empty in a replay, whose events carry the flag).
     pub allocator: AllocatorCode,
+    /// The in-process capture's numbers of the stacks it sent.
+    stack_numbers: StackNumbers,
     /// Frames of the record being ingested; reused to avoid an allocation per event.
     scratch: Vec<u64>,
     events: u64,
@@ -52,6 +54,7 @@ impl Recorder {
             analyses: Analyses::new(),
             unwinder: StackUnwinder::default(),
             allocator: AllocatorCode::default(),
+            stack_numbers: StackNumbers::default(),
             scratch: Vec::with_capacity(profiler_common::MAX_STACK_DEPTH),
             events: 0,
         }
@@ -76,19 +79,34 @@ impl Recorder {
         let wants_stack = event.kind.needs_return_probe();
         let known_stacks = self.stacks.len();
         let snapshot = matches!(record_stack, RecordStack::Snapshot(_));
-        let truncated = match record_stack {
+        let mut defines = None;
+        let stack = match record_stack {
             _ if !wants_stack || event.stack_missing() => None,
-            RecordStack::Frames(frames) if frames.len() > 0 => {
-                frames.copy_into(&mut self.scratch);
-                Some(event.stack_truncated())
+            RecordStack::Numbered(number) => self.stack_numbers.get(number),
+            RecordStack::Frames(frames) | RecordStack::Define { frames, .. }
+                if frames.len() == 0 =>
+            {
+                None
             }
-            RecordStack::Frames(_) => None,
+            RecordStack::Frames(frames) => {
+                frames.copy_into(&mut self.scratch);
+                Some(self.stacks.intern(&self.scratch, event.stack_truncated()))
+            }
+            RecordStack::Define { number, frames } => {
+                frames.copy_into(&mut self.scratch);
+                let id = self.stacks.intern(&self.scratch, event.stack_truncated());
+                defines = Some((number, id));
+                Some(id)
+            }
             RecordStack::Snapshot(snapshot) => {
                 let outcome = self.unwinder.unwind(&snapshot, modules, &mut self.scratch);
-                (!self.scratch.is_empty()).then_some(outcome.truncated())
+                (!self.scratch.is_empty())
+                    .then(|| self.stacks.intern(&self.scratch, outcome.truncated()))
             }
         };
-        let stack = truncated.map(|truncated| self.stacks.intern(&self.scratch, truncated));
+        if let Some((number, id)) = defines {
+            self.stack_numbers.define(number, id);
+        }
         if self.stacks.len() > known_stacks && !snapshot {
             // Frames unwound by the capture path: the first sight of a library's addresses
             // (dlopen) is when its maps must be read, before a dlclose can take them away.
@@ -96,11 +114,7 @@ impl Recorder {
                 modules.maps_covering(frame.saturating_sub(1));
             }
         }
-        let frames = if stack.is_some() {
-            &self.scratch[..]
-        } else {
-            &[]
-        };
+        let frames = stack.map_or(&[][..], |id| self.stacks.get(id));
         self.allocator
             .classify(&mut event, frames, &self.heap, modules);
         let effect = self.apply(&event, stack);

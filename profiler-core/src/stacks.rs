@@ -180,4 +180,54 @@ mod tests {
         }
         assert_eq!(table.len(), 10_000);
     }
+
+    /// Numbers are defined in order; a reference finds its stack; a definition of 0 starts
+    /// over; a number out of sequence or never defined names no stack.
+    #[test]
+    fn stack_numbers_follow_their_definitions() {
+        let mut numbers = StackNumbers::default();
+        numbers.define(0, StackId(5));
+        numbers.define(1, StackId(9));
+        numbers.define(3, StackId(11));
+        assert_eq!(
+            (
+                numbers.get(0),
+                numbers.get(1),
+                numbers.get(2),
+                numbers.get(3)
+            ),
+            (Some(StackId(5)), Some(StackId(9)), None, None)
+        );
+        numbers.define(0, StackId(2));
+        assert_eq!((numbers.get(0), numbers.get(1)), (Some(StackId(2)), None));
+        assert_eq!(numbers.get(u64::MAX), None);
+    }
+}
+
+/// The numbers the in-process capture gave the stacks it sent (`FLAG_STACK_NUMBERED`), for
+/// one process image: number `n` is the `n`th defined, and a definition of 0 starts a new
+/// numbering (an exec'd program; a forked child has a heap of its own).
+#[derive(Debug, Default)]
+pub struct StackNumbers {
+    ids: Vec<StackId>,
+}
+
+impl StackNumbers {
+    /// Records that `number` is `id`. A number out of sequence is not recorded (the records
+    /// naming it then have no stack): only a damaged ring sends one.
+    pub fn define(&mut self, number: u64, id: StackId) {
+        if number == 0 {
+            self.ids.clear();
+        }
+        if number == self.ids.len() as u64 {
+            self.ids.push(id);
+        }
+    }
+
+    pub fn get(&self, number: u64) -> Option<StackId> {
+        usize::try_from(number)
+            .ok()
+            .and_then(|index| self.ids.get(index))
+            .copied()
+    }
 }

@@ -154,3 +154,45 @@ fn records_to_report_files() {
     let svg = std::fs::read_to_string(&files.flamegraph).unwrap();
     assert!(svg.contains("memprof: leaked bytes of ./leaky - 8.0 KiB in 3 blocks"));
 }
+
+/// The in-process capture sends a stack's frames once, with a number, and the number after:
+/// every record gets the same stack, interned once.
+#[test]
+fn numbered_stacks_resolve_to_the_stack_they_were_defined_as() {
+    use profiler_common::FLAG_STACK_NUMBERED;
+    let numbered = |addr: u64, body: &[u64], depth: u32| {
+        let header = EventHeader {
+            kind: EventKind::Malloc as u32,
+            tid: 5,
+            ts_ns: 1_000,
+            addr,
+            size: 16,
+            old_addr: 0,
+            aux: 0,
+            stack_depth: depth,
+            flags: FLAG_STACK_NUMBERED,
+        };
+        let mut bytes = Vec::new();
+        encode(&header, body, &mut bytes);
+        bytes
+    };
+    let mut recorder = Recorder::new(Mode::Run);
+    let defined = recorder
+        .ingest(&numbered(0x1000, &[0, 0x40_1000, 0x40_2000], 2))
+        .unwrap();
+    let again = recorder.ingest(&numbered(0x2000, &[0], 0)).unwrap();
+    let unknown = recorder.ingest(&numbered(0x3000, &[1], 0)).unwrap();
+    assert!(defined.new_stack && !again.new_stack);
+    assert_eq!(again.stack, defined.stack);
+    assert_eq!(
+        recorder.stacks.get(again.stack.unwrap()),
+        [0x40_1000, 0x40_2000]
+    );
+    assert_eq!(
+        again.event.flags, 0,
+        "the transport flag is not part of the event"
+    );
+    assert_eq!(unknown.stack, None, "number 1 was never defined");
+    assert_eq!(recorder.stacks.len(), 1);
+    assert_eq!(recorder.heap.stats().allocations, 3);
+}
