@@ -2,7 +2,10 @@
 
 use super::reader::{ReadError, ReadErrorKind, Reader, Record};
 use super::{Header, LostRecord, MappingRecord, Trailer};
+use crate::event::Event;
 use crate::recorder::Recorder;
+use crate::stacks::StackId;
+use std::collections::VecDeque;
 use std::io::Read;
 
 /// What a replay found besides the heap (which is in the recorder).
@@ -48,6 +51,7 @@ pub fn replay<R: Read>(
         skipped: 0,
         leak_check: None,
     };
+    let mut ahead = ReadAhead::default();
     loop {
         let offset = reader.offset();
         let record = match reader.next() {
@@ -57,14 +61,19 @@ pub fn replay<R: Read>(
                 replay.early_end = Some(error);
                 break;
             }
-            Err(error) => return Err(error),
-        };
-        match record {
-            Record::Event { event, stack } => {
-                recorder.apply(event, stack);
-                replay.last_ts_ns = replay.last_ts_ns.max(event.ts_ns);
-                replay.events += 1;
+            Err(error) => {
+                ahead.apply_all(recorder, &mut replay);
+                return Err(error);
             }
+        };
+        if let Record::Event { event, stack } = record {
+            ahead.push(*event, stack, recorder, &mut replay);
+            continue;
+        }
+        // Everything else takes effect in order, after the events before it.
+        ahead.apply_all(recorder, &mut replay);
+        match record {
+            Record::Event { .. } => unreachable!("handled above"),
             Record::Stack { frames, truncated } => {
                 intern_recorded_stack(recorder, frames, truncated, offset)?;
             }
@@ -79,8 +88,53 @@ pub fn replay<R: Read>(
             Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
     }
+    ahead.apply_all(recorder, &mut replay);
     replay.skipped = reader.skipped_records();
     Ok(replay)
+}
+
+/// Events read but not applied yet: each event's heap entry is prefetched as it is read and
+/// the event applied [`READ_AHEAD`] events later, when the entry is in the cache (as the live
+/// collector does with its ring). On python3's recording (21.8 million events, 4.7 million
+/// addresses) nearly every lookup otherwise waited on memory.
+#[derive(Default)]
+struct ReadAhead {
+    events: VecDeque<(Event, Option<StackId>)>,
+}
+
+/// How many events are read before the first is applied.
+const READ_AHEAD: usize = 16;
+
+impl ReadAhead {
+    #[inline]
+    fn push(
+        &mut self,
+        event: Event,
+        stack: Option<StackId>,
+        recorder: &mut Recorder,
+        replay: &mut Replay,
+    ) {
+        recorder.prefetch(event.addr, event.old_addr);
+        if self.events.len() == READ_AHEAD
+            && let Some((event, stack)) = self.events.pop_front()
+        {
+            apply(recorder, replay, &event, stack);
+        }
+        self.events.push_back((event, stack));
+    }
+
+    fn apply_all(&mut self, recorder: &mut Recorder, replay: &mut Replay) {
+        for (event, stack) in self.events.drain(..) {
+            apply(recorder, replay, &event, stack);
+        }
+    }
+}
+
+#[inline]
+fn apply(recorder: &mut Recorder, replay: &mut Replay, event: &Event, stack: Option<StackId>) {
+    recorder.apply(event, stack);
+    replay.last_ts_ns = replay.last_ts_ns.max(event.ts_ns);
+    replay.events += 1;
 }
 
 /// Interns a stack record: a recording lists each stack once, in id order, so the id it gets
