@@ -79,34 +79,29 @@ impl Recorder {
         let wants_stack = event.kind.needs_return_probe();
         let known_stacks = self.stacks.len();
         let snapshot = matches!(record_stack, RecordStack::Snapshot(_));
-        let mut defines = None;
         let stack = match record_stack {
+            // A definition is recorded whatever its event: every later number depends on it.
+            RecordStack::Define { number, frames } if frames.len() > 0 => {
+                frames.copy_into(&mut self.scratch);
+                let id = self.stacks.intern(&self.scratch, event.stack_truncated());
+                self.stack_numbers.define(number, id);
+                (wants_stack && !event.stack_missing()).then_some(id)
+            }
             _ if !wants_stack || event.stack_missing() => None,
             RecordStack::Numbered(number) => self.stack_numbers.get(number),
-            RecordStack::Frames(frames) | RecordStack::Define { frames, .. }
-                if frames.len() == 0 =>
-            {
-                None
-            }
+            RecordStack::Frames(frames) if frames.len() == 0 => None,
             RecordStack::Frames(frames) => {
                 frames.copy_into(&mut self.scratch);
                 Some(self.stacks.intern(&self.scratch, event.stack_truncated()))
             }
-            RecordStack::Define { number, frames } => {
-                frames.copy_into(&mut self.scratch);
-                let id = self.stacks.intern(&self.scratch, event.stack_truncated());
-                defines = Some((number, id));
-                Some(id)
-            }
+            // Decoding gives a definition only with frames, matched above.
+            RecordStack::Define { .. } => None,
             RecordStack::Snapshot(snapshot) => {
                 let outcome = self.unwinder.unwind(&snapshot, modules, &mut self.scratch);
                 (!self.scratch.is_empty())
                     .then(|| self.stacks.intern(&self.scratch, outcome.truncated()))
             }
         };
-        if let Some((number, id)) = defines {
-            self.stack_numbers.define(number, id);
-        }
         if self.stacks.len() > known_stacks && !snapshot {
             // Frames unwound by the capture path: the first sight of a library's addresses
             // (dlopen) is when its maps must be read, before a dlclose can take them away.

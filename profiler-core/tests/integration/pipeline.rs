@@ -160,9 +160,9 @@ fn records_to_report_files() {
 #[test]
 fn numbered_stacks_resolve_to_the_stack_they_were_defined_as() {
     use profiler_common::FLAG_STACK_NUMBERED;
-    let numbered = |addr: u64, body: &[u64], depth: u32| {
+    let numbered_as = |kind: EventKind, addr: u64, body: &[u64], depth: u32| {
         let header = EventHeader {
-            kind: EventKind::Malloc as u32,
+            kind: kind as u32,
             tid: 5,
             ts_ns: 1_000,
             addr,
@@ -176,6 +176,8 @@ fn numbered_stacks_resolve_to_the_stack_they_were_defined_as() {
         encode(&header, body, &mut bytes);
         bytes
     };
+    let numbered =
+        |addr: u64, body: &[u64], depth: u32| numbered_as(EventKind::Malloc, addr, body, depth);
     let mut recorder = Recorder::new(Mode::Run);
     let defined = recorder
         .ingest(&numbered(0x1000, &[0, 0x40_1000, 0x40_2000], 2))
@@ -195,4 +197,13 @@ fn numbered_stacks_resolve_to_the_stack_they_were_defined_as() {
     assert_eq!(unknown.stack, None, "number 1 was never defined");
     assert_eq!(recorder.stacks.len(), 1);
     assert_eq!(recorder.heap.stats().allocations, 3);
+
+    // A definition counts even on a record that takes no stack: the numbers after it stay
+    // in step.
+    let free = recorder
+        .ingest(&numbered_as(EventKind::Free, 0x1000, &[1, 0x40_3000], 1))
+        .unwrap();
+    assert_eq!(free.stack, None);
+    let later = recorder.ingest(&numbered(0x4000, &[1], 0)).unwrap();
+    assert_eq!(recorder.stacks.get(later.stack.unwrap()), [0x40_3000]);
 }
