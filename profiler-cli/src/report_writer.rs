@@ -122,8 +122,9 @@ fn print_summary(
 
 /// memprof's own CPU time and peak resident set so far (the target's are not in them).
 fn own_usage() -> String {
-    // SAFETY: getrusage fills the struct it is given.
+    // SAFETY: rusage is plain integers: all zero is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF and a pointer to a struct this function owns.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
         return "unknown (getrusage failed)".into();
     }

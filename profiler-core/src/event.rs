@@ -189,6 +189,7 @@ pub fn decode(record: &[u8]) -> Result<(Event, RecordStack<'_>), DecodeError> {
     }
     let raw_kind = read_u32(record, offset_of!(EventHeader, kind));
     let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind { kind: raw_kind })?;
+    let flags = read_u32(record, offset_of!(EventHeader, flags));
     let event = Event {
         kind,
         tid: read_u32(record, offset_of!(EventHeader, tid)),
@@ -197,15 +198,13 @@ pub fn decode(record: &[u8]) -> Result<(Event, RecordStack<'_>), DecodeError> {
         size: read_u64(record, offset_of!(EventHeader, size)),
         old_addr: read_u64(record, offset_of!(EventHeader, old_addr)),
         aux: read_u64(record, offset_of!(EventHeader, aux)),
-        flags: read_u32(record, offset_of!(EventHeader, flags)),
+        // How a stack travelled is not part of the event.
+        flags: flags & !FLAG_STACK_NUMBERED,
     };
     if event.flags & FLAG_STACK_SNAPSHOT != 0 {
         return Ok((event, RecordStack::Snapshot(decode_snapshot(record)?)));
     }
-    let numbered = event.flags & FLAG_STACK_NUMBERED != 0;
-    let mut event = event;
-    // How a stack travelled is not part of the event.
-    event.flags &= !FLAG_STACK_NUMBERED;
+    let numbered = flags & FLAG_STACK_NUMBERED != 0;
     let number_bytes = if numbered { 8 } else { 0 };
     let frames_start = EVENT_HEADER_SIZE + number_bytes;
     let depth = read_u32(record, offset_of!(EventHeader, stack_depth));

@@ -57,7 +57,11 @@ impl Analysis for PeakBlocks {
             self.peak_blocks = seen.live_blocks;
             self.glibc_at_peak = *seen.glibc;
             self.released.clear();
-            self.created_in_peak_tick.clear();
+            // Most events of a growing heap set a new peak: clearing an empty set (which
+            // rewrites its control bytes) is skipped.
+            if !self.created_in_peak_tick.is_empty() {
+                self.created_in_peak_tick.clear();
+            }
             return;
         }
         let Some(peak) = self.peak_ts_ns else { return };

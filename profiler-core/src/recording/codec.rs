@@ -37,7 +37,7 @@ const EXTRA_FLAGS: u8 = 1 << 2;
 #[derive(Clone, Debug)]
 pub struct DeltaState {
     pub tid: u32,
-    /// Time of the previous event or RSS sample, in ticks of `tick_ns`.
+    /// Time of the previous event or RSS sample, in this file's unit ([`DeltaState::ticks`]).
     pub ts_ticks: u64,
     pub addr: u64,
     /// Version 3 on: times are in ticks of [`CLOCK_TICK_NS`], and addresses are named by
