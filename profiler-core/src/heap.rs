@@ -8,19 +8,19 @@
 use crate::event::Event;
 use crate::fasthash::FastHashMap;
 use crate::stacks::StackId;
-use address_table::AddressTable;
+use block_table::{BlockTable, Remembered};
 use profiler_common::{
     EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_INHERITED_AT_FORK, FLAG_REALLOC_ENTRY,
     FLAG_RELEASED_BY_EXEC, KIND_SLOTS,
 };
-use slot::{Slot, SlotView};
 
 /// Flags of the collector's synthetic events, which are no calls of the program.
 const SYNTHETIC: u32 = FLAG_RELEASED_BY_EXEC | FLAG_INHERITED_AT_FORK;
 use std::collections::BTreeMap;
 
 mod address_table;
-mod slot;
+mod block_infos;
+mod block_table;
 
 /// What mmap returns on failure: `(void *)-1`.
 pub const MAP_FAILED: u64 = u64::MAX;
@@ -220,7 +220,7 @@ pub struct HeapState {
     mode: Mode,
     stats: HeapStats,
     /// Live blocks and freed ones (until their address is handed out again), by address.
-    blocks: AddressTable<Slot>,
+    blocks: BlockTable,
     double_free_records: Vec<DoubleFree>,
     /// Non-overlapping live regions by start address.
     regions: BTreeMap<u64, Region>,
@@ -251,7 +251,7 @@ impl HeapState {
         Self {
             mode,
             stats: HeapStats::default(),
-            blocks: AddressTable::default(),
+            blocks: BlockTable::default(),
             double_free_records: Vec::new(),
             regions: BTreeMap::new(),
             reallocs_in_flight: FastHashMap::default(),
@@ -268,9 +268,10 @@ impl HeapState {
 
     /// Live malloc-family blocks by address, in no particular order.
     pub fn blocks(&self) -> impl Iterator<Item = (u64, Block)> + '_ {
-        self.blocks
-            .iter()
-            .filter_map(|(addr, slot)| Some((addr, slot.live_block()?)))
+        self.blocks.iter().filter_map(|(addr, held)| match held {
+            Remembered::Live(block) => Some((addr, block)),
+            Remembered::Freed(_) => None,
+        })
     }
 
     /// Every address the allocator handed a block out at, as far as the heap remembers: the
@@ -283,12 +284,10 @@ impl HeapState {
     /// Blocks freed while observed whose address was not handed out again, as (address,
     /// size), in no particular order.
     pub fn freed_blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.blocks
-            .iter()
-            .filter_map(|(addr, slot)| match slot.view() {
-                SlotView::Freed(freed) => Some((addr, freed.size)),
-                SlotView::Live(_) => None,
-            })
+        self.blocks.iter().filter_map(|(addr, held)| match held {
+            Remembered::Freed(freed) => Some((addr, freed.size)),
+            Remembered::Live(_) => None,
+        })
     }
 
     /// Forgets the freed blocks (keeping the live ones), once no event will follow and the
@@ -298,12 +297,12 @@ impl HeapState {
     /// [`HeapState::block_addresses`] and [`HeapState::freed_blocks`] then hold the live ones
     /// only, and a free of a forgotten block would count as unknown.
     pub fn forget_freed(&mut self) {
-        self.blocks.retain(Slot::is_live);
+        self.blocks.retain_live();
     }
 
     /// `addr` is a live malloc-family block.
     pub fn is_live(&self, addr: u64) -> bool {
-        self.blocks.get(addr).is_some_and(Slot::is_live)
+        self.blocks.is_live(addr)
     }
 
     /// Live mmap regions by start address, ascending.
@@ -385,8 +384,8 @@ impl HeapState {
             stack,
         };
         // Replaces what a Run-mode free left there: the address is no longer a freed block.
-        let replaced = self.blocks.insert(event.addr, Slot::live(&block));
-        if let Some(missed) = replaced.as_ref().and_then(Slot::live_block) {
+        let replaced = self.blocks.insert_live(event.addr, &block);
+        if let Some(Remembered::Live(missed)) = replaced {
             self.stats.live_blocks -= 1;
             self.stats.live_bytes -= missed.size;
             // Another thread's realloc released it before its own record was written (the
@@ -425,8 +424,8 @@ impl HeapState {
             ts_ns: event.ts_ns,
             stack,
         };
-        let replaced = self.blocks.insert(event.addr, Slot::live(&block));
-        if replaced.is_some_and(|slot| slot.is_live()) {
+        let replaced = self.blocks.insert_live(event.addr, &block);
+        if let Some(Remembered::Live(_)) = replaced {
             // Never happens: the parent's heap holds each address once.
             return;
         }
@@ -484,7 +483,7 @@ impl HeapState {
 
     #[inline] // into `apply`, which then writes the Effect in place instead of copying it
     fn release_for_realloc(&mut self, event: &Event, effect: &mut Effect) {
-        match self.release(event.old_addr, event.ts_ns) {
+        match self.blocks.release(event.old_addr, event.ts_ns) {
             Ok(block) => {
                 self.stats.live_blocks -= 1;
                 self.stats.live_bytes -= block.size;
@@ -496,7 +495,7 @@ impl HeapState {
 
     #[inline] // into `apply`, which then writes the Effect in place instead of copying it
     fn free(&mut self, event: &Event, effect: &mut Effect) {
-        let freed = match self.release(event.addr, event.ts_ns) {
+        let freed = match self.blocks.release(event.addr, event.ts_ns) {
             Ok(block) => {
                 if event.flags & FLAG_RELEASED_BY_EXEC != 0 {
                     self.stats.released_by_exec_blocks += 1;
@@ -534,26 +533,6 @@ impl HeapState {
         } else {
             self.stats.unknown_frees += 1;
         }
-    }
-
-    /// Ends the life of the live block at `addr` (freed at `ts_ns`) and returns it; the address
-    /// then remembers it as freed. When `addr` holds no live block: the freed block it
-    /// remembers, if any.
-    #[inline]
-    fn release(&mut self, addr: u64, ts_ns: u64) -> Result<Block, Option<FreedBlock>> {
-        let Some(slot) = self.blocks.get_mut(addr) else {
-            return Err(None);
-        };
-        let block = match slot.view() {
-            SlotView::Live(block) => block,
-            SlotView::Freed(freed) => return Err(Some(freed)),
-        };
-        *slot = Slot::freed(&FreedBlock {
-            size: block.size,
-            stack: block.stack,
-            free_ts_ns: ts_ns,
-        });
-        Ok(block)
     }
 
     fn mmap(&mut self, event: &Event, stack: Option<StackId>) {

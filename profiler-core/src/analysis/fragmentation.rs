@@ -15,6 +15,7 @@
 //! own tick are remembered, so that they are not taken for blocks live at the peak.
 
 use super::allocator::{Allocator, GlibcMmap};
+use super::packed_blocks::PackedBlocks;
 use super::{Analysis, Observed, SessionEnd};
 use crate::fasthash::FastHashSet;
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,7 @@ pub struct PeakBlocks {
     /// nanosecond (or of CPUs whose clocks disagree) can make a later block look as old as
     /// the peak; the cap keeps memory bounded even then.
     peak_blocks: u64,
-    released: Vec<(u64, u64)>,
+    released: PackedBlocks,
     /// Addresses of the blocks created after the peak within its clock tick: their times
     /// equal the peak's, but they were not live at it. A tick holds a few events; the cap
     /// only matters for a clock that stood still.
@@ -69,7 +70,7 @@ impl Analysis for PeakBlocks {
             if self.live_at_peak(*addr, block.ts_ns)
                 && (self.released.len() as u64) < self.peak_blocks
             {
-                self.released.push((*addr, block.size));
+                self.released.push(*addr, block.size);
             }
         }
         if let Some((addr, block)) = &effect.created
@@ -138,12 +139,7 @@ impl PeakBlocks {
         live_now
             .filter(move |&(addr, _, ts)| self.live_at_peak(addr, ts))
             .map(|(addr, size, _)| (addr, size))
-            .chain(
-                self.released
-                    .iter()
-                    .copied()
-                    .filter(move |_| peak.is_some()),
-            )
+            .chain(self.released.iter().filter(move |_| peak.is_some()))
     }
 }
 

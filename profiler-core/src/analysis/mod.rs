@@ -15,6 +15,7 @@ pub mod allocator;
 pub mod fragmentation;
 pub mod growth;
 pub mod lifetimes;
+mod packed_blocks;
 pub mod reallocs;
 pub mod sizes;
 pub mod timeline;

@@ -7,43 +7,69 @@
 //! most of the collector's time on a program with a million live blocks (`perf` on python3).
 //! Nothing is ever taken out (the heap remembers a freed block until its address is handed
 //! out again), so there are no tombstones and no deletion.
+//!
+//! An entry is 16 bytes, four to a cache line: a 48-bit key (every user-space address of
+//! x86-64's 4-level paging) and an 80-bit value share two words. On python3 (4.75 million
+//! addresses) the table was most of memprof's memory at 32 bytes an entry.
 
 use crate::fasthash::hash_word;
 
+/// Bits of a key: keys are below 2^48 (see [`AddressTable::holds`]).
+pub const KEY_BITS: u32 = 48;
+const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
+/// Bits of a value: values are below 2^80.
+pub const VALUE_BITS: u32 = 64 + (64 - KEY_BITS);
 /// Key of an empty entry: no block lives at address 0.
 const EMPTY: u64 = 0;
 /// Entries the first insertion makes room for.
 const FIRST_CAPACITY: usize = 1024;
 
-/// Aligned to 32 bytes: the heap's 32-byte entries then never straddle two cache lines (a
-/// large allocation from glibc starts 16 bytes into a page, which split every other one).
-#[derive(Clone, Copy)]
-#[repr(align(32))]
-struct Entry<V> {
-    key: u64,
-    value: V,
+/// The key in the low bits of `head`, the value's high bits above it, its low 64 in `tail`.
+/// All zero is an empty entry. Aligned to 16 bytes: an entry never straddles two cache lines.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct Entry {
+    head: u64,
+    tail: u64,
 }
 
-/// A map from addresses to `V`; address 0 is never held (no block lives there).
-pub struct AddressTable<V> {
-    /// A power of two in length (or empty); at most 3/4 full.
-    entries: Box<[Entry<V>]>,
-    len: usize,
-}
-
-impl<V: Copy + Default> Default for AddressTable<V> {
-    fn default() -> Self {
-        AddressTable {
-            entries: Box::default(),
-            len: 0,
+impl Entry {
+    fn new(key: u64, value: u128) -> Entry {
+        debug_assert!(key & !KEY_MASK == 0 && value >> VALUE_BITS == 0);
+        Entry {
+            head: key | ((value >> 64) as u64) << KEY_BITS,
+            tail: value as u64,
         }
+    }
+
+    #[inline]
+    fn key(&self) -> u64 {
+        self.head & KEY_MASK
+    }
+
+    #[inline]
+    fn value(&self) -> u128 {
+        u128::from(self.head >> KEY_BITS) << 64 | u128::from(self.tail)
     }
 }
 
-impl<V: Copy + Default> AddressTable<V> {
-    /// Entries held; the heap keeps its own counts, so only the tests ask.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+/// A map from addresses to 80-bit values; address 0 is never held.
+#[derive(Default)]
+pub struct AddressTable {
+    /// A power of two in length (or empty); at most 3/4 full.
+    entries: Box<[Entry]>,
+    len: usize,
+}
+
+impl AddressTable {
+    /// Whether `key` can be held: not 0, below 2^48. Others are the caller's to keep.
+    #[inline]
+    pub fn holds(key: u64) -> bool {
+        key != EMPTY && key & !KEY_MASK == 0
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
         self.len
     }
 
@@ -58,7 +84,7 @@ impl<V: Copy + Default> AddressTable<V> {
         let mask = self.entries.len() - 1;
         let mut index = self.home(key);
         loop {
-            match self.entries[index].key {
+            match self.entries[index].key() {
                 found if found == key => return Ok(index),
                 EMPTY => return Err(index),
                 _ => index = (index + 1) & mask,
@@ -66,22 +92,14 @@ impl<V: Copy + Default> AddressTable<V> {
         }
     }
 
+    /// `key`'s value, if held.
     #[inline]
-    pub fn get(&self, key: u64) -> Option<&V> {
-        if key == EMPTY || self.entries.is_empty() {
+    pub fn get(&self, key: u64) -> Option<u128> {
+        if !Self::holds(key) || self.entries.is_empty() {
             return None;
         }
         let index = self.probe(key).ok()?;
-        Some(&self.entries[index].value)
-    }
-
-    #[inline]
-    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
-        if key == EMPTY || self.entries.is_empty() {
-            return None;
-        }
-        let index = self.probe(key).ok()?;
-        Some(&mut self.entries[index].value)
+        Some(self.entries[index].value())
     }
 
     /// Asks the CPU to bring `key`'s home entry into the cache, so that a lookup a few events
@@ -94,36 +112,30 @@ impl<V: Copy + Default> AddressTable<V> {
         }
         let entry = std::ptr::from_ref(&self.entries[self.home(key)]).cast::<i8>();
         #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            // An entry whose size does not divide a cache line can straddle two: both are
-            // asked for.
-            let size = std::mem::size_of::<Entry<V>>();
-            // SAFETY: a prefetch reads nothing the program sees and cannot fault.
-            unsafe {
-                _mm_prefetch(entry, _MM_HINT_T0);
-                if 64 % size != 0 {
-                    _mm_prefetch(entry.wrapping_add(size - 1), _MM_HINT_T0);
-                }
-            }
+        // SAFETY: a prefetch reads nothing the program sees and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(entry, std::arch::x86_64::_MM_HINT_T0);
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = entry;
     }
 
-    /// Sets `key`'s value; returns the one it replaces. Key 0 is never held.
+    /// Sets `key`'s value; returns the one it replaces. `key` must be one the table
+    /// [`holds`](Self::holds) and `value` below 2^80.
     #[inline]
-    pub fn insert(&mut self, key: u64, value: V) -> Option<V> {
-        if key == EMPTY {
-            return None;
-        }
+    pub fn insert(&mut self, key: u64, value: u128) -> Option<u128> {
+        assert!(Self::holds(key), "key {key:#x} cannot be held");
         if (self.len + 1) * 4 > self.entries.len() * 3 {
             self.grow();
         }
         match self.probe(key) {
-            Ok(index) => Some(std::mem::replace(&mut self.entries[index].value, value)),
+            Ok(index) => {
+                let old = self.entries[index].value();
+                self.entries[index] = Entry::new(key, value);
+                Some(old)
+            }
             Err(index) => {
-                self.entries[index] = Entry { key, value };
+                self.entries[index] = Entry::new(key, value);
                 self.len += 1;
                 None
             }
@@ -131,37 +143,42 @@ impl<V: Copy + Default> AddressTable<V> {
     }
 
     /// Every (key, value), in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u128)> + '_ {
         self.entries
             .iter()
-            .filter(|entry| entry.key != EMPTY)
-            .map(|entry| (entry.key, &entry.value))
+            .filter(|entry| entry.key() != EMPTY)
+            .map(|entry| (entry.key(), entry.value()))
     }
 
-    /// Keeps only the entries whose value passes `keep`, in a table sized for them.
-    pub fn retain(&mut self, keep: impl Fn(&V) -> bool) {
+    /// Keeps only the entries that pass `keep`, in a table sized for them.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, u128) -> bool) {
         let old = std::mem::take(&mut self.entries);
         self.len = 0;
-        let kept = old
-            .iter()
-            .filter(|entry| entry.key != EMPTY && keep(&entry.value));
-        for entry in kept {
-            self.insert(entry.key, entry.value);
+        for entry in old.iter().filter(|entry| entry.key() != EMPTY) {
+            if keep(entry.key(), entry.value()) {
+                self.insert(entry.key(), entry.value());
+            }
+        }
+    }
+
+    /// Rewrites every value in place (keys stay where they are).
+    pub fn map_values(&mut self, mut map: impl FnMut(u128) -> u128) {
+        for entry in self.entries.iter_mut().filter(|entry| entry.key() != EMPTY) {
+            *entry = Entry::new(entry.key(), map(entry.value()));
         }
     }
 
     fn grow(&mut self) {
         let capacity = (self.entries.len() * 2).max(FIRST_CAPACITY);
-        let empty = Entry {
-            key: EMPTY,
-            value: V::default(),
-        };
-        let mut entries = Vec::with_capacity(capacity);
-        crate::huge_pages::advise(entries.spare_capacity_mut());
-        entries.resize(capacity, empty);
-        let old = std::mem::replace(&mut self.entries, entries.into_boxed_slice());
-        for entry in old.iter().filter(|entry| entry.key != EMPTY) {
-            let Err(index) = self.probe(entry.key) else {
+        // Zeroed memory is empty entries: a large allocation comes from fresh pages the
+        // kernel zeroes as they are first touched, instead of being written here first.
+        let mut entries = Box::<[Entry]>::new_zeroed_slice(capacity);
+        crate::huge_pages::advise(&mut entries);
+        // SAFETY: an all-zero Entry is a valid (empty) one.
+        let entries = unsafe { entries.assume_init() };
+        let old = std::mem::replace(&mut self.entries, entries);
+        for entry in old.iter().filter(|entry| entry.key() != EMPTY) {
+            let Err(index) = self.probe(entry.key()) else {
                 unreachable!("keys are unique");
             };
             self.entries[index] = *entry;
@@ -169,7 +186,7 @@ impl<V: Copy + Default> AddressTable<V> {
     }
 }
 
-impl<V> std::fmt::Debug for AddressTable<V> {
+impl std::fmt::Debug for AddressTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AddressTable")
             .field("len", &self.len)
@@ -186,40 +203,67 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Insert(u64, u32),
+        Insert(u64, u128),
         Get(u64),
     }
 
     #[test]
-    fn retain_keeps_what_passes_in_a_smaller_table() {
-        let mut table = AddressTable::<u32>::default();
-        for key in 1..=10_000u64 {
-            table.insert(key * 16, key as u32);
+    fn an_entry_is_16_bytes_and_none_straddles_cache_lines() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        let mut table = AddressTable::default();
+        for key in 1..5000 {
+            table.insert(key * 16, 1);
         }
-        table.retain(|value| value % 1000 == 0);
+        assert_eq!(table.entries.as_ptr() as usize % 16, 0);
+    }
+
+    #[test]
+    fn the_widest_keys_and_values_round_trip() {
+        let mut table = AddressTable::default();
+        let key = KEY_MASK;
+        let value = (1u128 << VALUE_BITS) - 1;
+        assert!(AddressTable::holds(key));
+        assert!(!AddressTable::holds(key + 1));
+        assert!(!AddressTable::holds(0));
+        table.insert(key, value);
+        table.insert(16, 1 << 64);
+        assert_eq!(table.get(key), Some(value));
+        assert_eq!(table.get(16), Some(1 << 64));
+        assert_eq!(table.get(key + 1), None);
+    }
+
+    #[test]
+    fn retain_keeps_what_passes_in_a_smaller_table() {
+        let mut table = AddressTable::default();
+        for key in 1..=10_000u64 {
+            table.insert(key * 16, key.into());
+        }
+        table.retain(|key, value| key == value as u64 * 16 && value % 1000 == 0);
         assert_eq!(table.len(), 10);
         assert_eq!(table.entries.len(), FIRST_CAPACITY);
-        assert_eq!(table.get(16_000), Some(&1000));
+        assert_eq!(table.get(16_000), Some(1000));
         assert_eq!(table.get(16), None);
     }
 
-    /// The heap's entries fill half a cache line each and start on a half-line boundary:
-    /// none straddles two lines.
     #[test]
-    fn heap_entries_never_straddle_cache_lines() {
-        assert_eq!(std::mem::size_of::<Entry<crate::heap::slot::Slot>>(), 32);
-        let mut table = AddressTable::<crate::heap::slot::Slot>::default();
-        for key in 1..5000 {
-            table.insert(key * 16, Default::default());
+    fn map_values_rewrites_every_value() {
+        let mut table = AddressTable::default();
+        for key in 1..=3000u64 {
+            table.insert(key * 16, key.into());
         }
-        assert_eq!(table.entries.as_ptr() as usize % 32, 0);
+        table.map_values(|value| value + (1 << 70));
+        assert_eq!(table.len(), 3000);
+        for key in 1..=3000u64 {
+            assert_eq!(table.get(key * 16), Some(u128::from(key) + (1 << 70)));
+        }
     }
 
     /// Keys from a small range, so that operations hit the same keys and long probe runs form.
     fn op() -> impl Strategy<Value = Op> {
-        let key = 0..1500u64;
+        let key = 1..1500u64;
+        let value = any::<u128>().prop_map(|v| v >> (128 - VALUE_BITS));
         prop_oneof![
-            (key.clone(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k * 16, v)),
+            (key.clone(), value).prop_map(|(k, v)| Op::Insert(k * 16, v)),
             key.prop_map(|k| Op::Get(k * 16)),
         ]
     }
@@ -227,23 +271,18 @@ mod tests {
     proptest! {
         #[test]
         fn behaves_like_a_hash_map(ops in prop::collection::vec(op(), 1..2500)) {
-            let mut table = AddressTable::<u32>::default();
+            let mut table = AddressTable::default();
             let mut model = HashMap::new();
             for op in ops {
-                // Address 0 is never held: the model forgets it.
-                let op = match op {
-                    Op::Insert(0, _) => Op::Get(0),
-                    op => op,
-                };
                 match op {
                     Op::Insert(k, v) => prop_assert_eq!(table.insert(k, v), model.insert(k, v)),
-                    Op::Get(k) => prop_assert_eq!(table.get(k), model.get(&k)),
+                    Op::Get(k) => prop_assert_eq!(table.get(k), model.get(&k).copied()),
                 }
                 prop_assert_eq!(table.len(), model.len());
             }
-            let mut entries: Vec<(u64, u32)> = table.iter().map(|(k, v)| (k, *v)).collect();
+            let mut entries: Vec<(u64, u128)> = table.iter().collect();
             entries.sort_unstable();
-            let mut expected: Vec<(u64, u32)> = model.into_iter().collect();
+            let mut expected: Vec<(u64, u128)> = model.into_iter().collect();
             expected.sort_unstable();
             prop_assert_eq!(entries, expected);
         }
@@ -251,32 +290,27 @@ mod tests {
 
     #[test]
     fn a_probe_run_wraps_past_the_tables_end() {
-        let mut table = AddressTable::<u32>::default();
+        let mut table = AddressTable::default();
         table.insert(16, 0);
         let last = FIRST_CAPACITY - 1;
-        let keys: Vec<u64> = (1..u64::MAX / 2)
+        let keys: Vec<u64> = (1..KEY_MASK / 16)
             .map(|k| k * 16)
             .filter(|&k| table.home(k) == last)
             .take(4)
             .collect();
         for (value, &key) in keys.iter().enumerate() {
-            table.insert(key, value as u32);
+            table.insert(key, value as u128);
         }
         for (value, &key) in keys.iter().enumerate() {
-            assert_eq!(table.get(key), Some(&(value as u32)), "key {key:#x}");
+            assert_eq!(table.get(key), Some(value as u128), "key {key:#x}");
         }
         assert_eq!(table.len(), 5);
     }
 
     #[test]
-    fn get_mut_changes_the_value_in_place() {
-        let mut table = AddressTable::<u32>::default();
-        assert_eq!(table.get_mut(32), None);
-        assert_eq!(table.insert(0, 5), None, "address 0 is never held");
+    fn keys_it_cannot_hold_are_never_found() {
+        let table = AddressTable::default();
         assert_eq!(table.get(0), None);
-        table.insert(32, 1);
-        *table.get_mut(32).unwrap() = 7;
-        assert_eq!(table.get(32), Some(&7));
-        assert_eq!(table.len(), 1);
+        assert_eq!(table.get(1 << KEY_BITS), None);
     }
 }

@@ -68,7 +68,7 @@
 //! interns them in that order gets the same [`StackId`](crate::stacks::StackId)s.
 
 mod buildid;
-mod codec;
+pub(crate) mod codec;
 mod leak_record;
 mod reader;
 mod recent;
