@@ -13,6 +13,7 @@
 //! addresses) the table was most of memprof's memory at 32 bytes an entry.
 
 use crate::fasthash::hash_word;
+use crate::huge_pages::ZeroedPages;
 
 /// Bits of a key: keys are below 2^48 (see [`AddressTable::holds`]).
 pub const KEY_BITS: u32 = 48;
@@ -21,8 +22,6 @@ const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
 pub const VALUE_BITS: u32 = 64 + (64 - KEY_BITS);
 /// Key of an empty entry: no block lives at address 0.
 const EMPTY: u64 = 0;
-/// Entries the first insertion makes room for.
-const FIRST_CAPACITY: usize = 1024;
 
 /// The key in the low bits of `head`, the value's high bits above it, its low 64 in `tail`.
 /// All zero is an empty entry. Aligned to 16 bytes: an entry never straddles two cache lines.
@@ -53,12 +52,62 @@ impl Entry {
     }
 }
 
-/// A map from addresses to 80-bit values; address 0 is never held.
+/// log2 of the number of parts: a part doubles on its own, so the table never holds its old
+/// and its new entries at once (python3: memprof's peak RSS was the moment its 64 MiB table
+/// became 128 MiB).
+const PART_BITS: u32 = 4;
+const PARTS: usize = 1 << PART_BITS;
+/// Entries a part's first insertion makes room for.
+const FIRST_PART_CAPACITY: usize = 256;
+
+/// A map from addresses to 80-bit values; address 0 is never held. A key's hash picks its part
+/// by its top bits and its home entry in the part by its low bits.
 #[derive(Default)]
 pub struct AddressTable {
-    /// A power of two in length (or empty); at most 3/4 full.
-    entries: Box<[Entry]>,
+    parts: [Part; PARTS],
     len: usize,
+}
+
+/// A linear-probing table of its own.
+#[derive(Default)]
+struct Part {
+    /// A power of two in length (or empty); at most 3/4 full.
+    entries: ZeroedPages<Entry>,
+    len: usize,
+}
+
+impl Part {
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & (self.entries.len() - 1)
+    }
+
+    /// The index holding `key`, or the empty one where it would go. The part is not empty.
+    #[inline]
+    fn probe(&self, key: u64, hash: u64) -> Result<usize, usize> {
+        let mask = self.entries.len() - 1;
+        let mut index = self.home(hash);
+        loop {
+            match self.entries[index].key() {
+                found if found == key => return Ok(index),
+                EMPTY => return Err(index),
+                _ => index = (index + 1) & mask,
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let capacity = (self.entries.len() * 2).max(FIRST_PART_CAPACITY);
+        // SAFETY: an all-zero Entry is a valid (empty) one.
+        let entries = unsafe { ZeroedPages::new(capacity) };
+        let old = std::mem::replace(&mut self.entries, entries);
+        for entry in old.iter().filter(|entry| entry.key() != EMPTY) {
+            let Err(index) = self.probe(entry.key(), hash_word(entry.key())) else {
+                unreachable!("keys are unique");
+            };
+            self.entries[index] = *entry;
+        }
+    }
 }
 
 impl AddressTable {
@@ -73,33 +122,25 @@ impl AddressTable {
         self.len
     }
 
+    /// `key`'s part and hash.
     #[inline]
-    fn home(&self, key: u64) -> usize {
-        hash_word(key) as usize & (self.entries.len() - 1)
-    }
-
-    /// The index holding `key`, or the empty one where it would go. The table is not empty.
-    #[inline]
-    fn probe(&self, key: u64) -> Result<usize, usize> {
-        let mask = self.entries.len() - 1;
-        let mut index = self.home(key);
-        loop {
-            match self.entries[index].key() {
-                found if found == key => return Ok(index),
-                EMPTY => return Err(index),
-                _ => index = (index + 1) & mask,
-            }
-        }
+    fn locate(&self, key: u64) -> (&Part, u64) {
+        let hash = hash_word(key);
+        (&self.parts[(hash >> (64 - PART_BITS)) as usize], hash)
     }
 
     /// `key`'s value, if held.
     #[inline]
     pub fn get(&self, key: u64) -> Option<u128> {
-        if !Self::holds(key) || self.entries.is_empty() {
+        if !Self::holds(key) {
             return None;
         }
-        let index = self.probe(key).ok()?;
-        Some(self.entries[index].value())
+        let (part, hash) = self.locate(key);
+        if part.entries.is_empty() {
+            return None;
+        }
+        let index = part.probe(key, hash).ok()?;
+        Some(part.entries[index].value())
     }
 
     /// Asks the CPU to bring `key`'s home entry into the cache, so that a lookup a few events
@@ -107,10 +148,11 @@ impl AddressTable {
     /// ring). Only a hint: it changes nothing.
     #[inline]
     pub fn prefetch(&self, key: u64) {
-        if self.entries.is_empty() {
+        let (part, hash) = self.locate(key);
+        if part.entries.is_empty() {
             return;
         }
-        let entry = std::ptr::from_ref(&self.entries[self.home(key)]).cast::<i8>();
+        let entry = std::ptr::from_ref(&part.entries[part.home(hash)]).cast::<i8>();
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch reads nothing the program sees and cannot fault.
         unsafe {
@@ -125,64 +167,61 @@ impl AddressTable {
     #[inline]
     pub fn insert(&mut self, key: u64, value: u128) -> Option<u128> {
         assert!(Self::holds(key), "key {key:#x} cannot be held");
-        if (self.len + 1) * 4 > self.entries.len() * 3 {
-            self.grow();
+        let hash = hash_word(key);
+        let part = &mut self.parts[(hash >> (64 - PART_BITS)) as usize];
+        if (part.len + 1) * 4 > part.entries.len() * 3 {
+            part.grow();
         }
-        match self.probe(key) {
+        match part.probe(key, hash) {
             Ok(index) => {
-                let old = self.entries[index].value();
-                self.entries[index] = Entry::new(key, value);
+                let old = part.entries[index].value();
+                part.entries[index] = Entry::new(key, value);
                 Some(old)
             }
             Err(index) => {
-                self.entries[index] = Entry::new(key, value);
+                part.entries[index] = Entry::new(key, value);
+                part.len += 1;
                 self.len += 1;
                 None
             }
         }
     }
 
+    fn occupied(&self) -> impl Iterator<Item = &Entry> {
+        self.parts
+            .iter()
+            .flat_map(|part| part.entries.iter())
+            .filter(|entry| entry.key() != EMPTY)
+    }
+
     /// Every (key, value), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u128)> + '_ {
-        self.entries
-            .iter()
-            .filter(|entry| entry.key() != EMPTY)
-            .map(|entry| (entry.key(), entry.value()))
+        self.occupied().map(|entry| (entry.key(), entry.value()))
     }
 
     /// Keeps only the entries that pass `keep`, in a table sized for them.
     pub fn retain(&mut self, mut keep: impl FnMut(u64, u128) -> bool) {
-        let old = std::mem::take(&mut self.entries);
-        self.len = 0;
-        for entry in old.iter().filter(|entry| entry.key() != EMPTY) {
-            if keep(entry.key(), entry.value()) {
-                self.insert(entry.key(), entry.value());
+        let old = std::mem::take(self);
+        for (key, value) in old.iter() {
+            if keep(key, value) {
+                self.insert(key, value);
             }
         }
     }
 
     /// Rewrites every value in place (keys stay where they are).
     pub fn map_values(&mut self, mut map: impl FnMut(u128) -> u128) {
-        for entry in self.entries.iter_mut().filter(|entry| entry.key() != EMPTY) {
-            *entry = Entry::new(entry.key(), map(entry.value()));
+        for part in &mut self.parts {
+            for entry in part.entries.iter_mut().filter(|entry| entry.key() != EMPTY) {
+                *entry = Entry::new(entry.key(), map(entry.value()));
+            }
         }
     }
 
-    fn grow(&mut self) {
-        let capacity = (self.entries.len() * 2).max(FIRST_CAPACITY);
-        // Zeroed memory is empty entries: a large allocation comes from fresh pages the
-        // kernel zeroes as they are first touched, instead of being written here first.
-        let mut entries = Box::<[Entry]>::new_zeroed_slice(capacity);
-        crate::huge_pages::advise(&mut entries);
-        // SAFETY: an all-zero Entry is a valid (empty) one.
-        let entries = unsafe { entries.assume_init() };
-        let old = std::mem::replace(&mut self.entries, entries);
-        for entry in old.iter().filter(|entry| entry.key() != EMPTY) {
-            let Err(index) = self.probe(entry.key()) else {
-                unreachable!("keys are unique");
-            };
-            self.entries[index] = *entry;
-        }
+    /// Entries allocated, held or empty (for tests).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.parts.iter().map(|part| part.entries.len()).sum()
     }
 }
 
@@ -190,7 +229,10 @@ impl std::fmt::Debug for AddressTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AddressTable")
             .field("len", &self.len)
-            .field("capacity", &self.entries.len())
+            .field(
+                "capacity",
+                &self.parts.iter().map(|p| p.entries.len()).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -214,7 +256,9 @@ mod tests {
         for key in 1..5000 {
             table.insert(key * 16, 1);
         }
-        assert_eq!(table.entries.as_ptr() as usize % 16, 0);
+        for part in &table.parts {
+            assert_eq!(part.entries.as_ptr() as usize % 16, 0);
+        }
     }
 
     #[test]
@@ -240,7 +284,11 @@ mod tests {
         }
         table.retain(|key, value| key == value as u64 * 16 && value % 1000 == 0);
         assert_eq!(table.len(), 10);
-        assert_eq!(table.entries.len(), FIRST_CAPACITY);
+        assert!(
+            table.capacity() <= 10 * FIRST_PART_CAPACITY,
+            "{}",
+            table.capacity()
+        );
         assert_eq!(table.get(16_000), Some(1000));
         assert_eq!(table.get(16), None);
     }
@@ -291,11 +339,16 @@ mod tests {
     #[test]
     fn a_probe_run_wraps_past_the_tables_end() {
         let mut table = AddressTable::default();
-        table.insert(16, 0);
-        let last = FIRST_CAPACITY - 1;
-        let keys: Vec<u64> = (1..KEY_MASK / 16)
+        let last = FIRST_PART_CAPACITY - 1;
+        // Keys of one part whose home is that part's last entry.
+        let part_of = |k: u64| hash_word(k) >> (64 - PART_BITS);
+        let first = 16;
+        table.insert(first, 0);
+        let keys: Vec<u64> = (2..KEY_MASK / 16)
             .map(|k| k * 16)
-            .filter(|&k| table.home(k) == last)
+            .filter(|&k| {
+                part_of(k) == part_of(first) && hash_word(k) as usize % FIRST_PART_CAPACITY == last
+            })
             .take(4)
             .collect();
         for (value, &key) in keys.iter().enumerate() {
