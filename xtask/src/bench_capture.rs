@@ -10,6 +10,10 @@
 //! heaptrack, and the allocation calls each tool counted (memprof's `summary.allocations`,
 //! heaptrack_print's "calls to allocation functions"). With `--baseline MEMPROF`, another
 //! build's preload path runs in the same rounds, and its time is compared with this build's.
+//! Footprint: the peak RSS of each tool's own processes (memprof's, which includes the ring it
+//! shares with the target; heaptrack's heaptrack_interpret and its compressor), and the
+//! offline report of each run (`memprof report` of the preload path's recording,
+//! heaptrack_print of heaptrack's trace): peak RSS and time.
 //! Then a server: redis-server's throughput under redis-benchmark (bench_redis.rs).
 
 use std::fs;
@@ -21,7 +25,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::bench::median;
 use crate::host::Identity;
-use crate::{exec, samples, setup};
+use crate::{exec, footprint, samples, setup};
 
 /// One program to profile.
 struct Workload {
@@ -86,6 +90,9 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
     // seconds[workload][runner] over the rounds; counts from the last round.
     let mut seconds = vec![vec![Vec::new(); runners.len()]; workloads.len()];
     let mut counts = vec![vec![None; runners.len()]; workloads.len()];
+    // Peak RSS in MiB of each tool's own processes, and of the offline reports, per round.
+    let mut footprints = vec![vec![Vec::new(); runners.len()]; workloads.len()];
+    let mut reports = vec![vec![Vec::new(); runners.len()]; workloads.len()];
     for round in 1..=runs {
         for (w, workload) in workloads.iter().enumerate() {
             for (r, &runner) in runners.iter().enumerate() {
@@ -94,15 +101,23 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
                     Runner::BaselinePreload => baseline.unwrap_or(&memprof),
                     _ => &memprof,
                 };
-                let (secs, count) = run_once(binary, workload, runner, &out)?;
+                let run = run_once(binary, workload, runner, &out)?;
                 println!(
-                    "  round {round}/{runs} {:<8} {:<16} {secs:>8.3} s{}",
+                    "  round {round}/{runs} {:<8} {:<16} {:>8.3} s{}{}",
                     workload.name,
                     runner.label(),
-                    count.map_or(String::new(), |n| format!("  {n} allocations"))
+                    run.secs,
+                    run.count
+                        .map_or(String::new(), |n| format!("  {n} allocations")),
+                    run.footprint.as_ref().map_or(String::new(), |f| format!(
+                        "  peak RSS {} MiB",
+                        f.total_mib()
+                    ))
                 );
-                seconds[w][r].push(secs);
-                counts[w][r] = count;
+                seconds[w][r].push(run.secs);
+                counts[w][r] = run.count;
+                footprints[w][r].extend(run.footprint);
+                reports[w][r].extend(run.report);
             }
         }
     }
@@ -148,6 +163,7 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
         "(slowdown = median wall time / bare; preload/heaptrack = the time each adds to the \
          bare run, medians of {runs})"
     );
+    print_footprints(&workloads, &footprints, &reports, runs);
     println!();
     println!("== redis");
     crate::bench_redis::run(&memprof, baseline, &scratch, runs)
@@ -194,13 +210,41 @@ fn workloads(scratch: &Path) -> Result<Vec<Workload>> {
     ])
 }
 
-/// Runs `workload` once under `runner`; its wall time and the allocation calls counted.
-fn run_once(
-    memprof: &Path,
-    workload: &Workload,
-    runner: Runner,
-    out: &Path,
-) -> Result<(f64, Option<u64>)> {
+/// What one run measured.
+struct Measured {
+    secs: f64,
+    /// Allocation calls the tool counted.
+    count: Option<u64>,
+    /// Peak RSS of the tool's own processes.
+    footprint: Option<Footprint>,
+    /// The offline report of the run.
+    report: Option<OfflineReport>,
+}
+
+/// What reading a run's trace or recording into a report cost.
+#[derive(Clone, Copy)]
+struct OfflineReport {
+    peak_mib: u64,
+    secs: f64,
+}
+
+/// Peak RSS in KiB of a tool's processes, by process.
+#[derive(Clone)]
+struct Footprint {
+    parts: Vec<(&'static str, u64)>,
+}
+
+impl Footprint {
+    fn total_mib(&self) -> u64 {
+        self.parts.iter().map(|(_, kib)| kib).sum::<u64>() / 1024
+    }
+}
+
+/// heaptrack's own processes: the trace interpreter and whichever compressor it pipes into.
+const HEAPTRACK_PROCESSES: [&str; 3] = ["heaptrack_interpret", "zstd", "gzip"];
+
+/// Runs `workload` once under `runner`.
+fn run_once(memprof: &Path, workload: &Workload, runner: Runner, out: &Path) -> Result<Measured> {
     if out.exists() {
         fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
@@ -216,7 +260,8 @@ fn run_once(
             cmd.args(["run", "--capture", path, "--output"])
                 .arg(out)
                 .arg("--")
-                .arg(&workload.program);
+                .arg(&workload.program)
+                .env("MEMPROF_TIMINGS", "1");
             cmd
         }
         Runner::Heaptrack => {
@@ -230,7 +275,9 @@ fn run_once(
         .envs(workload.env.iter().copied())
         .stdin(Stdio::null());
     let start = Instant::now();
-    let output = exec::output(&mut cmd)?;
+    let (output, heaptrack_kib) =
+        footprint::watching(&HEAPTRACK_PROCESSES, || exec::output(&mut cmd));
+    let output = output?;
     let secs = start.elapsed().as_secs_f64();
     if !output.status.success() {
         bail!(
@@ -240,14 +287,131 @@ fn run_once(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let count = match runner {
-        Runner::Bare => None,
-        Runner::Uprobes | Runner::Preload | Runner::BaselinePreload => {
-            memprof_allocations(&out.join("report.json"))
-        }
-        Runner::Heaptrack => heaptrack_allocations(out)?,
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let memprof_footprint = || {
+        let mib = footprint::memprof_peak_mib(&stderr)?;
+        Some(Footprint {
+            parts: vec![("memprof", mib * 1024)],
+        })
     };
-    Ok((secs, count))
+    Ok(match runner {
+        Runner::Bare => Measured {
+            secs,
+            count: None,
+            footprint: None,
+            report: None,
+        },
+        Runner::Uprobes | Runner::BaselinePreload => Measured {
+            secs,
+            count: memprof_allocations(&out.join("report.json")),
+            footprint: memprof_footprint(),
+            report: None,
+        },
+        Runner::Preload => Measured {
+            secs,
+            count: memprof_allocations(&out.join("report.json")),
+            footprint: memprof_footprint(),
+            report: Some(memprof_report(memprof, out)?),
+        },
+        Runner::Heaptrack => {
+            let parts = HEAPTRACK_PROCESSES.iter().copied().zip(heaptrack_kib);
+            let (count, report) = heaptrack_allocations(out)?;
+            Measured {
+                secs,
+                count,
+                footprint: Some(Footprint {
+                    parts: parts.filter(|&(_, kib)| kib > 0).collect(),
+                }),
+                report,
+            }
+        }
+    })
+}
+
+/// `memprof report` of the run's recording: its peak RSS in MiB and its time.
+fn memprof_report(memprof: &Path, out: &Path) -> Result<OfflineReport> {
+    let replayed = out.join("replayed");
+    let mut cmd = exec::command(memprof);
+    cmd.arg("report")
+        .arg(out.join("recording.mprof"))
+        .arg("--output")
+        .arg(&replayed)
+        .env("MEMPROF_TIMINGS", "1");
+    let start = Instant::now();
+    let output = exec::output(&mut cmd)?;
+    let secs = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("`{}` failed: {}", exec::shown(&cmd), stderr.trim());
+    }
+    let mib = footprint::memprof_peak_mib(&stderr)
+        .with_context(|| format!("`{}` printed no peak RSS", exec::shown(&cmd)))?;
+    Ok(OfflineReport {
+        peak_mib: mib,
+        secs,
+    })
+}
+
+fn print_footprints(
+    workloads: &[Workload],
+    footprints: &[Vec<Vec<Footprint>>],
+    reports: &[Vec<Vec<OfflineReport>>],
+    runs: u32,
+) {
+    let (uprobes, preload, heaptrack) = (1, 2, 3);
+    let median_mib = |runs: &[Footprint]| {
+        let mib: Vec<f64> = runs.iter().map(|f| f.total_mib() as f64).collect();
+        median(&mib)
+    };
+    println!();
+    println!(
+        "footprint: peak RSS of each tool's own processes (memprof includes the ring it shares \
+         with the target), medians of {runs}"
+    );
+    println!(
+        "{:<8} {:>16} {:>16} {:>16} {:>18}   heaptrack's processes (last round)",
+        "workload", "memprof uprobes", "memprof preload", "heaptrack", "preload/heaptrack"
+    );
+    for (w, workload) in workloads.iter().enumerate() {
+        let (u, p, h) = (
+            median_mib(&footprints[w][uprobes]),
+            median_mib(&footprints[w][preload]),
+            median_mib(&footprints[w][heaptrack]),
+        );
+        let parts = footprints[w][heaptrack].last().map_or(String::new(), |f| {
+            let parts: Vec<String> = f
+                .parts
+                .iter()
+                .map(|(name, kib)| format!("{name} {} MiB", kib / 1024))
+                .collect();
+            parts.join(" + ")
+        });
+        println!(
+            "{:<8} {u:>12.0} MiB {p:>12.0} MiB {h:>12.0} MiB {:>17.2}x   {parts}",
+            workload.name,
+            p / h
+        );
+    }
+    println!(
+        "offline report of the same runs (memprof report of the preload recording, \
+         heaptrack_print of heaptrack's trace): peak RSS, time"
+    );
+    for (w, workload) in workloads.iter().enumerate() {
+        let medians = |runs: &[OfflineReport]| {
+            let mib: Vec<f64> = runs.iter().map(|r| r.peak_mib as f64).collect();
+            let secs: Vec<f64> = runs.iter().map(|r| r.secs).collect();
+            (median(&mib), median(&secs))
+        };
+        let (mm, ms) = medians(&reports[w][preload]);
+        let (hm, hs) = medians(&reports[w][heaptrack]);
+        println!(
+            "{:<8} memprof report {mm:>5.0} MiB {ms:>6.2} s   heaptrack_print {hm:>5.0} MiB \
+             {hs:>6.2} s   memory {:.2}x, time {:.2}x",
+            workload.name,
+            mm / hm,
+            ms / hs
+        );
+    }
 }
 
 fn memprof_allocations(report: &Path) -> Option<u64> {
@@ -256,14 +420,15 @@ fn memprof_allocations(report: &Path) -> Option<u64> {
     json["summary"]["allocations"].as_u64()
 }
 
-/// heaptrack_print's "calls to allocation functions: N" for the trace in `dir`.
-fn heaptrack_allocations(dir: &Path) -> Result<Option<u64>> {
+/// heaptrack_print's "calls to allocation functions: N" for the trace in `dir`, and
+/// heaptrack_print's peak RSS in MiB and time.
+fn heaptrack_allocations(dir: &Path) -> Result<(Option<u64>, Option<OfflineReport>)> {
     let Some(trace) = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .find(|path| path.to_string_lossy().contains("trace"))
     else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let mut print = Command::new("heaptrack_print");
     print
@@ -277,10 +442,18 @@ fn heaptrack_allocations(dir: &Path) -> Result<Option<u64>> {
         ])
         .args(["--print-temporary", "0"])
         .arg(&trace);
-    let output = exec::output(&mut print)?;
+    let start = Instant::now();
+    let (output, kib) = footprint::watching(&["heaptrack_print"], || exec::output(&mut print));
+    let secs = start.elapsed().as_secs_f64();
+    let output = output?;
     let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text.lines().find_map(|line| {
+    let count = text.lines().find_map(|line| {
         let rest = line.split_once("calls to allocation functions:")?.1;
         rest.split_whitespace().next()?.parse().ok()
-    }))
+    });
+    let report = OfflineReport {
+        peak_mib: kib[0] / 1024,
+        secs,
+    };
+    Ok((count, Some(report)))
 }

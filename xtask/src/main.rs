@@ -24,6 +24,7 @@ mod bench_redis;
 mod bench_report;
 mod demo;
 mod exec;
+mod footprint;
 mod host;
 mod samples;
 mod server_trace;
