@@ -302,10 +302,11 @@ pub struct CaptureArgs {
     /// Do not record the session.
     #[arg(long)]
     pub no_recording: bool,
-    /// Ring buffer size in MiB (a power of two). In `run`, threads that allocate while half of it
-    /// is queued wait for memprof to drain it; in `attach`, larger rings lose fewer events.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
-    pub ring_mib: u32,
+    /// Ring buffer size in MiB (a power of two) [default: 32 for the in-process capture, 64
+    /// for the probes]. In `run`, threads that allocate while it is full (half full, with
+    /// probes) wait for memprof to drain it; in `attach`, larger rings lose fewer events.
+    #[arg(long, value_name = "MIB")]
+    pub ring_mib: Option<u32>,
     /// Leak sites printed in the terminal summary.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
@@ -395,14 +396,14 @@ impl CaptureArgs {
         Ok(self.stack_bytes)
     }
 
-    fn ring_bytes(&self) -> anyhow::Result<u32> {
-        if !self.ring_mib.is_power_of_two() || self.ring_mib > 1024 {
-            anyhow::bail!(
-                "--ring-mib must be a power of two no larger than 1024, not {}",
-                self.ring_mib
-            );
+    fn ring_bytes(&self) -> anyhow::Result<Option<u32>> {
+        let Some(mib) = self.ring_mib else {
+            return Ok(None);
+        };
+        if !mib.is_power_of_two() || mib > 1024 {
+            anyhow::bail!("--ring-mib must be a power of two no larger than 1024, not {mib}");
         }
-        Ok(self.ring_mib << 20)
+        Ok(Some(mib << 20))
     }
 }
 

@@ -161,6 +161,7 @@ fn spawn_stopped(target: &Target) -> Result<(Pid, Option<ChildStdout>)> {
     let mut child = Command::new(program);
     child
         .args(args)
+        .env_remove(crate::timings::VAR)
         .envs(target.env.iter().map(|(k, v)| (k, v)));
     if target.capture_stdout {
         child.stdout(Stdio::piped());

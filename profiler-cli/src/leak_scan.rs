@@ -131,7 +131,7 @@ pub fn check(
     let prepared = started.elapsed();
     let mut memory = ProcessMemory::new(pid);
     let result = leak_check::classify(&blocks, &roots, &registers, &segments, &mut memory);
-    if std::env::var_os("MEMPROF_TIMINGS").is_some() {
+    if crate::timings::enabled() {
         eprintln!(
             "leak check: {} blocks, {} root ranges; prepared in {prepared:?}, classified in {:?}",
             blocks.len(),

@@ -53,6 +53,7 @@ mod session;
 mod target_modules;
 mod targets;
 mod thread_group;
+mod timings;
 mod traced_tree;
 mod unseen;
 

@@ -113,7 +113,7 @@ fn print_summary(
             flame.folded.display()
         )?;
     }
-    if std::env::var_os("MEMPROF_TIMINGS").is_some() {
+    if crate::timings::enabled() {
         writeln!(stderr, "report written in {:?}", started.elapsed())?;
         writeln!(stderr, "memprof itself: {}", own_usage())?;
     }

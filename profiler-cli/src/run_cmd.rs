@@ -246,7 +246,7 @@ fn preload(
         (_, Unwind::FramePointers) => STACKS_FRAME_POINTERS,
     };
     let stacks = (stack_mode, options.stacks.max_depth);
-    let ring = SharedRing::create(u64::from(options.ring_bytes), stacks, follow)?;
+    let ring = SharedRing::create(u64::from(options.shared_ring_bytes()), stacks, follow)?;
     target.env = preload_capture::target_env(&library, &ring, std::mem::take(&mut target.env));
     target.inherit_fd = Some(ring.fd());
     Ok(ring)

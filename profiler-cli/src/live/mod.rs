@@ -243,7 +243,7 @@ impl LiveFeed {
         if let Some(ui) = self.ui.take() {
             let _ = ui.join();
             // What the view itself cost (`cargo xtask bench live` reads it).
-            if std::env::var_os("MEMPROF_TIMINGS").is_some() {
+            if crate::timings::enabled() {
                 let ui_secs = self.shared.ui_cpu_ns.load(Ordering::Acquire) as f64 / 1e9;
                 let building = self.building.saturating_sub(self.naming);
                 eprintln!(
