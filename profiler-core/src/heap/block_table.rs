@@ -234,6 +234,7 @@ mod tests {
     use super::*;
     use crate::stacks::StackId;
     use profiler_common::EventKind;
+    use proptest::prelude::*;
 
     fn block(size: u64, ts_ns: u64, tid: u32) -> Block {
         Block {
@@ -331,6 +332,87 @@ mod tests {
             )
             .collect();
         assert_eq!(live, expected);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Allocate(u64, Block),
+        Release(u64, u64),
+        Get(u64),
+        RetainLive,
+    }
+
+    /// Addresses from a small set, half of them beyond what the table holds; times, sizes and
+    /// stacks that pack and that do not.
+    fn op() -> impl Strategy<Value = Op> {
+        let addr = (1..64u64, any::<bool>()).prop_map(|(a, high)| a * 16 + (u64::from(high) << 48));
+        let ts = prop_oneof![
+            (0..1_000u64).prop_map(|t| t * CLOCK_TICK_NS),
+            0..1_000_000u64,
+            Just((1 << TICK_BITS) * CLOCK_TICK_NS),
+        ];
+        let block = (
+            1..100u64,
+            ts.clone(),
+            0..4u32,
+            prop_oneof![
+                Just(None),
+                (0..3u32).prop_map(|s| Some(StackId(s))),
+                Just(Some(StackId(u32::MAX)))
+            ],
+            any::<bool>(),
+        )
+            .prop_map(|(size, ts_ns, tid, stack, huge)| Block {
+                size: if huge { size << 56 } else { size },
+                kind: EventKind::Malloc,
+                tid,
+                ts_ns,
+                stack,
+            });
+        prop_oneof![
+            4 => (addr.clone(), block).prop_map(|(a, b)| Op::Allocate(a, b)),
+            3 => (addr.clone(), ts).prop_map(|(a, t)| Op::Release(a, t)),
+            2 => addr.prop_map(Op::Get),
+            1 => Just(Op::RetainLive),
+        ]
+    }
+
+    proptest! {
+        /// The table remembers exactly what a plain map of whole blocks would.
+        #[test]
+        fn behaves_like_a_map_of_whole_blocks(ops in prop::collection::vec(op(), 1..400)) {
+            let mut blocks = BlockTable::default();
+            let mut model: std::collections::HashMap<u64, Remembered> = Default::default();
+            for op in ops {
+                match op {
+                    Op::Allocate(addr, block) => {
+                        let old = model.insert(addr, Remembered::Live(block));
+                        prop_assert_eq!(blocks.insert_live(addr, &block), old);
+                    }
+                    Op::Release(addr, ts_ns) => {
+                        let expected = match model.get(&addr).copied() {
+                            None => Err(None),
+                            Some(Remembered::Freed(freed)) => Err(Some(freed)),
+                            Some(Remembered::Live(block)) => {
+                                model.insert(addr, Remembered::Freed(freed_from(&block, ts_ns)));
+                                Ok(block)
+                            }
+                        };
+                        prop_assert_eq!(blocks.release(addr, ts_ns), expected);
+                    }
+                    Op::Get(addr) => prop_assert_eq!(blocks.get(addr), model.get(&addr).copied()),
+                    Op::RetainLive => {
+                        model.retain(|_, held| matches!(held, Remembered::Live(_)));
+                        blocks.retain_live();
+                    }
+                }
+            }
+            let mut held: Vec<(u64, Remembered)> = blocks.iter().collect();
+            held.sort_unstable_by_key(|&(addr, _)| addr);
+            let mut expected: Vec<(u64, Remembered)> = model.into_iter().collect();
+            expected.sort_unstable_by_key(|&(addr, _)| addr);
+            prop_assert_eq!(held, expected);
+        }
     }
 
     /// Threads that come and go make infos no block refers to any more: they are dropped once
