@@ -90,7 +90,7 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
     // seconds[workload][runner] over the rounds; counts from the last round.
     let mut seconds = vec![vec![Vec::new(); runners.len()]; workloads.len()];
     let mut counts = vec![vec![None; runners.len()]; workloads.len()];
-    // Peak RSS in MiB of each tool's own processes, and of the offline reports, per round.
+    // Each tool's own processes' peak RSS, and what the offline reports cost, per round.
     let mut footprints = vec![vec![Vec::new(); runners.len()]; workloads.len()];
     let mut reports = vec![vec![Vec::new(); runners.len()]; workloads.len()];
     for round in 1..=runs {
@@ -275,8 +275,12 @@ fn run_once(memprof: &Path, workload: &Workload, runner: Runner, out: &Path) -> 
         .envs(workload.env.iter().copied())
         .stdin(Stdio::null());
     let start = Instant::now();
-    let (output, heaptrack_kib) =
-        footprint::watching(&HEAPTRACK_PROCESSES, || exec::output(&mut cmd));
+    // /proc is polled only while heaptrack runs: the others' times stay free of it.
+    let (output, heaptrack_kib) = if runner == Runner::Heaptrack {
+        footprint::watching(&HEAPTRACK_PROCESSES, || exec::output(&mut cmd))
+    } else {
+        (exec::output(&mut cmd), Vec::new())
+    };
     let output = output?;
     let secs = start.elapsed().as_secs_f64();
     if !output.status.success() {
