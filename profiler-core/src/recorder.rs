@@ -68,6 +68,10 @@ impl Recorder {
 
     /// [`Recorder::ingest`], asking `modules` for the module of any address of a stack
     /// snapshot that no known module covers (a library loaded since they were last read).
+    /// Inlined into the collector's loop: the `Ingested` it returns (a few hundred bytes) is
+    /// then built where it is used instead of copied out (`perf` on python3: 6% of memprof's
+    /// time in that copy).
+    #[inline]
     pub fn ingest_with(
         &mut self,
         record: &[u8],
