@@ -12,7 +12,8 @@
 //!   stack pointer (and frame pointer) on to a Rust hook, so the stack walk starts exactly
 //!   where the eBPF return probe's does: at the caller, after the return.
 //! - `unwind`: the walk, with framehop over the loaded objects' `.eh_frame` (or the frame
-//!   pointers with `--unwind fp`); `fork_safe`: the lock its tables sit behind.
+//!   pointers with `--unwind fp`); `last_walk`: the walk before, which the next one joins
+//!   where they share a frame; `fork_safe`: the lock its tables sit behind.
 //! - `real`: the next definitions, found with `dlsym(RTLD_NEXT)` on first use; allocations
 //!   `dlsym` itself makes meanwhile come from a small static arena.
 //! - `thread`: per-thread state (a reentrancy guard, the thread id, the stack's bounds).
@@ -32,6 +33,7 @@
 mod arena;
 mod fork_safe;
 mod hooks;
+mod last_walk;
 mod real;
 mod ring;
 mod stack_numbers;

@@ -30,9 +30,28 @@ use framehop::{
 };
 
 use crate::fork_safe::{ForkSafeLock, ReadGuard};
+use crate::last_walk::Walk;
 
 type Policy = MustNotAllocateDuringUnwind;
 type Cache = CacheX86_64<Policy>;
+
+/// What one walking thread uses, pooled: framehop's rule cache and the walk before, which the
+/// next walk joins where they share a frame ([`crate::last_walk`]).
+struct Walker {
+    cache: Cache,
+    previous: Walk,
+    current: Walk,
+}
+
+impl Walker {
+    fn new() -> Walker {
+        Walker {
+            cache: Cache::new_in(),
+            previous: Walk::default(),
+            current: Walk::default(),
+        }
+    }
+}
 
 /// How a walk ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +71,9 @@ struct Modules {
     text: Vec<Range<u64>>,
     /// The loader's counts of objects loaded and unloaded at the last scan.
     generation: (u64, u64),
+    /// Moves on whenever a module is added or removed: a walk recorded under another epoch
+    /// may have used other rules.
+    epoch: u64,
 }
 
 impl Modules {
@@ -64,7 +86,7 @@ impl Modules {
 }
 
 static MODULES: ForkSafeLock<Option<Modules>> = ForkSafeLock::new(None);
-static CACHES: ForkSafeLock<Vec<Cache>> = ForkSafeLock::new(Vec::new());
+static WALKERS: ForkSafeLock<Vec<Walker>> = ForkSafeLock::new(Vec::new());
 
 /// In a forked child, before anything else runs: the locks as if no thread held them.
 pub fn forked() {
@@ -72,7 +94,7 @@ pub fn forked() {
     // SAFETY: called from the child's fork handler.
     unsafe {
         MODULES.reset_in_child(None);
-        CACHES.reset_in_child(Vec::new());
+        WALKERS.reset_in_child(Vec::new());
     }
 }
 
@@ -91,9 +113,9 @@ pub fn eh_frame(
     if frames.is_empty() {
         return (0, Outcome::Cut);
     }
-    let mut cache = take_cache();
-    let walked = walk(ip, sp, bp, stack_end, frames, &mut cache);
-    give_back(cache);
+    let mut walker = take_walker();
+    let walked = walk(ip, sp, bp, stack_end, frames, &mut walker);
+    give_back(walker);
     walked
 }
 
@@ -103,22 +125,54 @@ fn walk(
     bp: u64,
     stack_end: u64,
     frames: &mut [MaybeUninit<u64>],
-    cache: &mut Cache,
+    walker: &mut Walker,
 ) -> (usize, Outcome) {
-    let mut read_stack = |addr: u64| read_word(addr, sp, stack_end);
-    let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+    let Walker {
+        cache,
+        previous,
+        current,
+    } = walker;
     let mut modules = read_modules();
+    let epoch = modules.as_ref().map_or(0, |m| m.epoch);
+    current.begin(epoch);
+    // Whether `current` may be joined later: not if a read was refused (the bounds are the
+    // walk's own) or the modules were read again midway.
+    let mut reusable = true;
+    let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
     let mut rescanned = false;
     // Most frames of a stack lie in the module of the frame below: checked first, it spares
     // most of the searches.
     let mut last_text = 0..0;
     let mut pc = ip;
+    let mut cursor = 0;
     frames[0].write(pc);
     let mut depth = 1;
-    loop {
+    let outcome = loop {
+        let registers = (pc, regs.sp(), regs.bp());
+        let read = |addr: u64| read_word(addr, sp, stack_end);
+        if let Some(joined) = previous.join(&mut cursor, epoch, registers, read) {
+            let above = previous.frames_above(joined);
+            let (count, room) = (above.len(), frames.len() - depth);
+            for (slot, pc) in frames[depth..].iter_mut().zip(above) {
+                slot.write(pc);
+            }
+            let outcome = if count > room {
+                Outcome::Cut
+            } else {
+                previous.outcome()
+            };
+            depth += count.min(room);
+            // Joined at the first frame: the previous walk is this one already.
+            if !current.is_empty() {
+                current.complete_from(previous, joined);
+                core::mem::swap(previous, current);
+            }
+            return (depth, outcome);
+        }
+        current.enter(registers.0, registers.1, registers.2);
         // A return address is looked up at `pc - 1`, inside its call instruction.
         let Some(address) = FrameAddress::from_return_address(pc) else {
-            return (depth, Outcome::Complete);
+            break Outcome::Complete;
         };
         if !last_text.contains(&(pc - 1)) {
             match modules.as_ref().and_then(|m| m.text_covering(pc - 1)) {
@@ -133,26 +187,42 @@ fn walk(
             }
         }
         let Some(known) = modules.as_ref() else {
-            return (depth, Outcome::Failed);
+            break Outcome::Failed;
+        };
+        let mut read_stack = |addr: u64| match read_word(addr, sp, stack_end) {
+            Ok(value) => {
+                current.read(addr, value);
+                Ok(value)
+            }
+            Err(()) => {
+                reusable = false;
+                Err(())
+            }
         };
         match known
             .unwinder
             .unwind_frame(address, &mut regs, cache, &mut read_stack)
         {
             Ok(None) | Ok(Some(0)) | Err(FrameError::ReturnAddressIsNull) => {
-                return (depth, Outcome::Complete);
+                break Outcome::Complete;
             }
             Ok(Some(return_address)) => {
                 if depth == frames.len() {
-                    return (depth, Outcome::Cut);
+                    break Outcome::Cut;
                 }
                 frames[depth].write(return_address);
                 depth += 1;
                 pc = return_address;
             }
-            Err(_) => return (depth, Outcome::Failed),
+            Err(_) => break Outcome::Failed,
         }
+    };
+    // A cut walk does not know its frames above the limit.
+    if reusable && !rescanned && outcome != Outcome::Cut {
+        current.end(outcome);
+        core::mem::swap(previous, current);
     }
+    (depth, outcome)
 }
 
 /// [`eh_frame`] by the frame-pointer chain: each frame's saved `rbp` and return address sit
@@ -218,6 +288,7 @@ pub fn forget_modules() {
                     modules.unwinder.remove_module(range.start);
                 }
                 modules.generation = (u64::MAX, u64::MAX);
+                modules.epoch += 1;
             }
             return;
         }
@@ -229,22 +300,22 @@ fn read_modules() -> ReadGuard<'static, Option<Modules>> {
     MODULES.read()
 }
 
-fn take_cache() -> Cache {
+fn take_walker() -> Walker {
     let pooled = with_pool(|pool| pool.pop()).flatten();
-    pooled.unwrap_or_else(Cache::new_in)
+    pooled.unwrap_or_else(Walker::new)
 }
 
-fn give_back(cache: Cache) {
-    let mut cache = Some(cache);
-    with_pool(|pool| pool.extend(cache.take()));
+fn give_back(walker: Walker) {
+    let mut walker = Some(walker);
+    with_pool(|pool| pool.extend(walker.take()));
     // Not pooled (the pool stayed busy): dropped here, inside the hook.
 }
 
 /// Runs `f` on the cache pool, unless it stays busy for a few tries (a push or a pop holds
 /// it; the fork handler frees it in a child).
-fn with_pool<T>(f: impl FnOnce(&mut Vec<Cache>) -> T) -> Option<T> {
+fn with_pool<T>(f: impl FnOnce(&mut Vec<Walker>) -> T) -> Option<T> {
     for _ in 0..64 {
-        if let Some(mut pool) = CACHES.try_write() {
+        if let Some(mut pool) = WALKERS.try_write() {
             return Some(f(&mut pool));
         }
         core::hint::spin_loop();
@@ -281,11 +352,14 @@ fn rescan() {
         unwinder: UnwinderX86_64::new(),
         text: Vec::new(),
         generation: (u64::MAX, u64::MAX),
+        // 0 is the epoch of no modules at all.
+        epoch: 1,
     });
     if modules.generation == generation {
         return;
     }
     modules.generation = generation;
+    modules.epoch += 1;
     let gone: Vec<u64> = modules
         .text
         .iter()

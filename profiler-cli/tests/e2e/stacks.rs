@@ -6,8 +6,8 @@
 use serde_json::Value;
 
 use crate::support::{
-    Build, Capture, compile_cpp, compile_rust_bin, compile_stacks, marker_line, on_both_paths,
-    privileged, profile_on,
+    Build, Capture, compile_c, compile_cpp, compile_rust_bin, compile_stacks, marker_line,
+    on_both_paths, privileged, profile_on,
 };
 
 /// What one frame must be: its function, and its file base name and line for our own code
@@ -362,4 +362,54 @@ on_both_paths!(
     rust_vec(Build::NoFramePointers),
     rust_vec_growth_without_frame_pointers,
     rust_vec_growth_without_frame_pointers_preload
+);
+
+/// One leaf called on four paths in turn, its frame at the same address with the same
+/// registers on the first two: each path's allocations stay on its own stack (the preloaded
+/// capture joins the walk before only where the words above a shared frame are unchanged).
+fn same_depth(test: &str, capture: Capture) {
+    let Some(p) = privileged(test) else { return };
+    let target = compile_c(p.dir.path(), "same_depth", Build::NoFramePointers);
+    let report = profile_on(capture, p.dir.path(), &target, &[]);
+    let s = &report["summary"];
+    assert_eq!(
+        (s["allocations"].as_u64(), s["frees"].as_u64()),
+        (Some(4000), Some(4000))
+    );
+    let at = |function: &str, marker: &str| {
+        format!(
+            "{function} (same_depth.c:{})",
+            marker_line("c/same_depth.c", marker)
+        )
+    };
+    let leaf = at("leaf", "leaf-malloc");
+    let paths = [
+        vec![at("main", "main-left"), at("left", "left-call")],
+        vec![at("main", "main-right"), at("right", "right-call")],
+        vec![
+            at("main", "main-deep"),
+            at("descend", "descend-call"),
+            at("descend", "descend-call"),
+            at("descend", "descend-leaf"),
+        ],
+        vec![at("main", "main-shallow"), at("descend", "descend-leaf")],
+    ];
+    let counts =
+        std::fs::read_to_string(p.dir.path().join("out").join("alloc-count.folded")).unwrap();
+    for path in paths {
+        let folded = format!("{};{leaf} 1000", path.join(";"));
+        let found = counts
+            .lines()
+            .filter(|l| l.ends_with(&folded) && l[..l.len() - folded.len()].ends_with(';'))
+            .count();
+        assert_eq!(found, 1, "{folded} in:\n{counts}");
+    }
+    let leaf_lines = counts.lines().filter(|l| l.contains(&leaf)).count();
+    assert_eq!(leaf_lines, 4, "{counts}");
+}
+
+on_both_paths!(
+    same_depth(),
+    stacks_sharing_frames_at_one_address,
+    stacks_sharing_frames_at_one_address_preload
 );
