@@ -18,6 +18,8 @@ use crate::unwind::Outcome;
 pub struct Walk {
     /// The modules' epoch the walk ran under.
     epoch: u64,
+    /// The end of the stack it walked: every word it read lies below it, 8-aligned.
+    stack_end: u64,
     /// How it ended; `None` while it is written, and for a walk that cannot be joined.
     outcome: Option<Outcome>,
     frames: Vec<FrameState>,
@@ -44,9 +46,10 @@ struct StackRead {
 pub struct Joined(usize);
 
 impl Walk {
-    /// Starts recording a walk under the modules' `epoch`.
-    pub fn begin(&mut self, epoch: u64) {
+    /// Starts recording a walk of the stack ending at `stack_end` under the modules' `epoch`.
+    pub fn begin(&mut self, epoch: u64, stack_end: u64) {
         self.epoch = epoch;
+        self.stack_end = stack_end;
         self.outcome = None;
         self.frames.clear();
         self.reads.clear();
@@ -76,18 +79,20 @@ impl Walk {
     }
 
     /// The frame of this (previous) walk with registers `(pc, sp, bp)` under the modules'
-    /// `epoch`, if every word read from it on still holds its value. `cursor` carries the
-    /// search along one walk: frames only go up the stack, so it only moves forward.
-    /// `read_word(address)` reads as the new walk would (inside its bounds).
+    /// `epoch`, on the stack ending at `stack_end`, if every word read from it on still holds
+    /// its value. `cursor` carries the search along one walk: frames only go up the stack, so
+    /// it only moves forward. `read_word(address)` reads as the new walk would; the words it
+    /// is asked for are 8-aligned and below `stack_end` (this walk read them there), so it
+    /// only has the new walk's lower bound left to check.
     #[inline]
     pub fn join(
         &self,
         cursor: &mut usize,
-        epoch: u64,
+        (epoch, stack_end): (u64, u64),
         (pc, sp, bp): (u64, u64, u64),
         read_word: impl Fn(u64) -> Result<u64, ()>,
     ) -> Option<Joined> {
-        if self.outcome.is_none() || self.epoch != epoch {
+        if self.outcome.is_none() || self.epoch != epoch || self.stack_end != stack_end {
             return None;
         }
         while self.frames.get(*cursor).is_some_and(|frame| frame.sp < sp) {
@@ -138,10 +143,13 @@ impl Walk {
 mod tests {
     use super::*;
 
+    /// The end of the stack the tests' walks read.
+    const END: u64 = 0x1000;
+
     /// A walk of three frames, each read at `sp - 8` (its return address).
     fn three_frames(stack: &[(u64, u64)]) -> Walk {
         let mut walk = Walk::default();
-        walk.begin(7);
+        walk.begin(7, END);
         for &(pc, sp) in stack {
             walk.enter(pc, sp, 0);
             walk.read(sp + 8, pc + 1);
@@ -161,7 +169,9 @@ mod tests {
             _ => Err(()),
         };
         let mut cursor = 0;
-        let joined = walk.join(&mut cursor, 7, (0x20, 0x110, 0), same).unwrap();
+        let joined = walk
+            .join(&mut cursor, (7, END), (0x20, 0x110, 0), same)
+            .unwrap();
         assert_eq!(walk.frames_above(joined).collect::<Vec<_>>(), [0x30]);
         assert_eq!(walk.outcome(), Outcome::Complete);
 
@@ -175,7 +185,7 @@ mod tests {
         };
         let mut cursor = 0;
         assert!(
-            walk.join(&mut cursor, 7, (0x20, 0x110, 0), changed)
+            walk.join(&mut cursor, (7, END), (0x20, 0x110, 0), changed)
                 .is_none()
         );
         // A word below it changed: no matter.
@@ -187,31 +197,49 @@ mod tests {
             }
         };
         let mut cursor = 0;
-        assert!(walk.join(&mut cursor, 7, (0x20, 0x110, 0), below).is_some());
+        assert!(
+            walk.join(&mut cursor, (7, END), (0x20, 0x110, 0), below)
+                .is_some()
+        );
     }
 
     #[test]
-    fn different_registers_or_modules_do_not_join() {
+    fn different_registers_modules_or_stacks_do_not_join() {
         let walk = three_frames(&[(0x10, 0x100), (0x20, 0x110)]);
         let any = |_: u64| Ok(0);
         let same = |address: u64| Ok(if address == 0x108 { 0x11 } else { 0x21 });
-        assert!(walk.join(&mut 0, 7, (0x20, 0x110, 1), any).is_none(), "bp");
-        assert!(walk.join(&mut 0, 7, (0x21, 0x110, 0), any).is_none(), "pc");
         assert!(
-            walk.join(&mut 0, 8, (0x20, 0x110, 0), same).is_none(),
+            walk.join(&mut 0, (7, END), (0x20, 0x110, 1), any).is_none(),
+            "bp"
+        );
+        assert!(
+            walk.join(&mut 0, (7, END), (0x21, 0x110, 0), any).is_none(),
+            "pc"
+        );
+        assert!(
+            walk.join(&mut 0, (8, END), (0x20, 0x110, 0), same)
+                .is_none(),
             "epoch"
         );
-        assert!(walk.join(&mut 0, 7, (0x20, 0x110, 0), same).is_some());
+        assert!(
+            walk.join(&mut 0, (7, END + 0x1000), (0x20, 0x110, 0), same)
+                .is_none(),
+            "another stack"
+        );
+        assert!(
+            walk.join(&mut 0, (7, END), (0x20, 0x110, 0), same)
+                .is_some()
+        );
     }
 
     #[test]
     fn a_walk_being_written_never_joins() {
         let mut walk = three_frames(&[(0x10, 0x100)]);
-        walk.begin(7);
+        walk.begin(7, END);
         walk.enter(0x10, 0x100, 0);
         walk.read(0x108, 0x11);
         assert!(
-            walk.join(&mut 0, 7, (0x10, 0x100, 0), |_| Ok(0x11))
+            walk.join(&mut 0, (7, END), (0x10, 0x100, 0), |_| Ok(0x11))
                 .is_none()
         );
     }
@@ -220,19 +248,19 @@ mod tests {
     fn a_completed_walk_is_the_walk_in_full() {
         let previous = three_frames(&[(0x10, 0x100), (0x20, 0x110), (0x30, 0x120)]);
         let mut walk = Walk::default();
-        walk.begin(7);
+        walk.begin(7, END);
         walk.enter(0x5, 0xf0, 0);
         walk.read(0xf8, 0x21);
         walk.read(0xf0, 0x3);
         let joined = previous
-            .join(&mut 0, 7, (0x20, 0x110, 0), |address| {
+            .join(&mut 0, (7, END), (0x20, 0x110, 0), |address| {
                 Ok(if address == 0x118 { 0x21 } else { 0x31 })
             })
             .unwrap();
         walk.complete_from(&previous, joined);
         let expected = {
             let mut full = Walk::default();
-            full.begin(7);
+            full.begin(7, END);
             full.enter(0x5, 0xf0, 0);
             full.read(0xf8, 0x21);
             full.read(0xf0, 0x3);
