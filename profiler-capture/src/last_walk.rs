@@ -73,6 +73,11 @@ impl Walk {
         self.reads.push(StackRead { address, value });
     }
 
+    /// The walk may no longer be joined.
+    pub fn forget(&mut self) {
+        self.outcome = None;
+    }
+
     /// The walk ended, and may be joined.
     pub fn end(&mut self, outcome: Outcome) {
         self.outcome = Some(outcome);

@@ -13,7 +13,8 @@
 //!   where the eBPF return probe's does: at the caller, after the return.
 //! - `unwind`: the walk, with framehop over the loaded objects' `.eh_frame` (or the frame
 //!   pointers with `--unwind fp`); `last_walk`: the walk before, which the next one joins
-//!   where they share a frame; `fork_safe`: the lock its tables sit behind.
+//!   where they share a frame; `walkers`: each thread's own walker (rule cache and walk
+//!   before), pooled between threads; `fork_safe`: the lock its tables sit behind.
 //! - `real`: the next definitions, found with `dlsym(RTLD_NEXT)` on first use; allocations
 //!   `dlsym` itself makes meanwhile come from a small static arena.
 //! - `thread`: per-thread state (a reentrancy guard, the thread id, the stack's bounds).
@@ -39,6 +40,7 @@ mod ring;
 mod stack_numbers;
 mod thread;
 mod unwind;
+mod walkers;
 
 /// The library's own allocations never go through the program's allocator (see `arena`).
 #[global_allocator]

@@ -1,6 +1,6 @@
 //! Per-thread state: whether the thread is inside a hook already (calls made from there are
-//! forwarded unrecorded), its id, and the bounds of its stack (a stack walk never reads past
-//! them).
+//! forwarded unrecorded), its id, the bounds of its stack (a stack walk never reads past
+//! them) and its stack walker.
 //!
 //! Every field is const-initialised and needs no destructor, so the thread-local block is
 //! plain static TLS: reading it never allocates and stays valid while the thread exits.
@@ -15,6 +15,8 @@ struct State {
     /// `[low, high)` of the stack, once read (high 0: not yet).
     stack_low: Cell<usize>,
     stack_high: Cell<usize>,
+    /// The thread's own stack walker ([`crate::walkers`]), as that module keeps it.
+    walker: Cell<usize>,
 }
 
 thread_local! {
@@ -24,6 +26,7 @@ thread_local! {
             tid: Cell::new(0),
             stack_low: Cell::new(0),
             stack_high: Cell::new(0),
+            walker: Cell::new(0),
         }
     };
 }
@@ -70,6 +73,16 @@ pub fn tid() -> u32 {
 /// of a new process.
 pub fn forget_tid() {
     STATE.with(|state| state.tid.set(0));
+}
+
+/// The word [`crate::walkers`] keeps for the calling thread (0 until it sets one).
+#[inline]
+pub fn walker() -> usize {
+    STATE.with(|state| state.walker.get())
+}
+
+pub fn set_walker(word: usize) {
+    STATE.with(|state| state.walker.set(word));
 }
 
 /// `[low, high)` of the mapping holding `sp`, the calling thread's stack pointer; `(0, 0)` if

@@ -13,9 +13,8 @@
 //!
 //! Both read the stack only inside the calling thread's stack (`[sp, end)`), so a wrong rule
 //! or a stray frame pointer ends the walk instead of faulting. framehop runs with
-//! `MustNotAllocateDuringUnwind`; its rule caches are kept in a pool, one per thread unwinding
-//! at the moment (a thread-local one would need a destructor, which glibc registers with a
-//! malloc charged to the program). Both live behind locks a forked child resets
+//! `MustNotAllocateDuringUnwind`; each thread keeps its rule cache and last walk
+//! ([`crate::walkers`]). The modules live behind a lock a forked child resets
 //! ([`crate::fork_safe`]). What it allocates comes from the library's own arena
 //! ([`crate::arena`]), never from the program's allocator.
 
@@ -35,11 +34,9 @@ use crate::last_walk::Walk;
 type Policy = MustNotAllocateDuringUnwind;
 type Cache = CacheX86_64<Policy>;
 
-/// What one walking thread uses, pooled: framehop's rule cache and the walk before, which the
-/// next walk joins where they share a frame ([`crate::last_walk`]). Pooled boxed, so that
-/// taking and giving one back moves a pointer, not its 168 bytes (three `memcpy` calls per
-/// allocation, ~10% of python3's time in `perf`).
-struct Walker {
+/// What one walking thread uses ([`crate::walkers`]): framehop's rule cache and the walk
+/// before, which the next walk joins where they share a frame ([`crate::last_walk`]).
+pub struct Walker {
     cache: Cache,
     previous: Walk,
     current: Walk,
@@ -51,7 +48,7 @@ struct Walker {
 }
 
 impl Walker {
-    fn new() -> Box<Walker> {
+    pub fn new() -> Box<Walker> {
         Box::new(Walker {
             cache: Cache::new_in(),
             previous: Walk::default(),
@@ -59,6 +56,12 @@ impl Walker {
             last_text: 0..0,
             text_epoch: 0,
         })
+    }
+
+    /// Forgets the walk before and its module: the next walk joins nothing.
+    pub fn forget_walks(&mut self) {
+        self.previous.forget();
+        self.last_text = 0..0;
     }
 }
 
@@ -95,20 +98,14 @@ impl Modules {
 }
 
 static MODULES: ForkSafeLock<Option<Modules>> = ForkSafeLock::new(None);
-#[allow(
-    clippy::vec_box,
-    reason = "a walker moves in and out of the pool on every walk: boxed, it moves as a pointer"
-)]
-static WALKERS: ForkSafeLock<Vec<Box<Walker>>> = ForkSafeLock::new(Vec::new());
-
 /// In a forked child, before anything else runs: the locks as if no thread held them.
 pub fn forked() {
     crate::arena::forked();
     // SAFETY: called from the child's fork handler.
     unsafe {
         MODULES.reset_in_child(None);
-        WALKERS.reset_in_child(Vec::new());
     }
+    crate::walkers::forked();
 }
 
 /// Return addresses of the stack whose innermost frame returns to `ip` with the caller's
@@ -126,10 +123,7 @@ pub fn eh_frame(
     if frames.is_empty() {
         return (0, Outcome::Cut);
     }
-    let mut walker = take_walker();
-    let walked = walk(ip, sp, bp, stack_end, frames, &mut walker);
-    give_back(walker);
-    walked
+    crate::walkers::with_walker(|walker| walk(ip, sp, bp, stack_end, frames, walker))
 }
 
 fn walk(
@@ -315,7 +309,7 @@ pub fn forget_modules() {
     for _ in 0..1000 {
         if let Some(mut guard) = MODULES.try_write() {
             // Removed from the same unwinder, not replaced by a new one: its generation moves
-            // on, so the pooled caches' rules for the old modules no longer match.
+            // on, so the walkers' cached rules for the old modules no longer match.
             if let Some(modules) = guard.as_mut() {
                 for range in modules.text.drain(..) {
                     modules.unwinder.remove_module(range.start);
@@ -331,29 +325,6 @@ pub fn forget_modules() {
 
 fn read_modules() -> ReadGuard<'static, Option<Modules>> {
     MODULES.read()
-}
-
-fn take_walker() -> Box<Walker> {
-    let pooled = with_pool(|pool| pool.pop()).flatten();
-    pooled.unwrap_or_else(Walker::new)
-}
-
-fn give_back(walker: Box<Walker>) {
-    let mut walker = Some(walker);
-    with_pool(|pool| pool.extend(walker.take()));
-    // Not pooled (the pool stayed busy): dropped here, inside the hook.
-}
-
-/// Runs `f` on the cache pool, unless it stays busy for a few tries (a push or a pop holds
-/// it; the fork handler frees it in a child).
-fn with_pool<T>(f: impl FnOnce(&mut Vec<Box<Walker>>) -> T) -> Option<T> {
-    for _ in 0..64 {
-        if let Some(mut pool) = WALKERS.try_write() {
-            return Some(f(&mut pool));
-        }
-        core::hint::spin_loop();
-    }
-    None
 }
 
 /// Lists the loader's objects again if any was loaded or unloaded since the last scan, adding
