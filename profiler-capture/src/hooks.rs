@@ -99,7 +99,11 @@ fn allocation(
     };
     let mut buffer = [MaybeUninit::<u64>::uninit(); MAX_STACK_DEPTH];
     let frames = &mut buffer[..max_depth];
-    let (depth, outcome) = match mode {
+    let unwind::Walked {
+        depth,
+        outcome,
+        folded,
+    } = match mode {
         STACKS_FRAME_POINTERS => unwind::frame_pointers(ip, sp, entry_bp as u64, stack_end, frames),
         _ => unwind::eh_frame(ip, sp, entry_bp as u64, stack_end, frames),
     };
@@ -115,7 +119,7 @@ fn allocation(
     // SAFETY: the unwinders initialised the first `depth` entries.
     let walked = unsafe { core::slice::from_raw_parts(buffer.as_ptr().cast::<u64>(), depth) };
     let truncated = header.flags & FLAG_STACK_TRUNCATED != 0;
-    stack_numbers::send(walked, truncated, |numbered| match numbered {
+    stack_numbers::send(walked, truncated, folded, |numbered| match numbered {
         Numbered::Known(number) => {
             header.flags |= FLAG_STACK_NUMBERED;
             header.stack_depth = 0;

@@ -11,6 +11,7 @@
 //! previous walk did: its remaining frames and its ending are copied instead. Checking those
 //! words is a few loads per frame against a rule-cache lookup, a module search and a rule.
 
+use crate::stack_numbers::{FOLD_START, fold_frame};
 use crate::unwind::Outcome;
 
 /// One walk: the registers at each frame and every stack word read, in order.
@@ -33,6 +34,9 @@ struct FrameState {
     bp: u64,
     /// Index in `reads` of the first word read to unwind this frame.
     reads_from: u32,
+    /// The fold of the frames' `pc`s from the outermost down to this one
+    /// ([`fold_frame`]), once the walk ended: a walk joining here folds only its own frames.
+    folded: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -64,6 +68,7 @@ impl Walk {
             sp,
             bp,
             reads_from,
+            folded: 0,
         });
     }
 
@@ -80,7 +85,24 @@ impl Walk {
 
     /// The walk ended, and may be joined.
     pub fn end(&mut self, outcome: Outcome) {
+        self.fold_frames(self.frames.len(), FOLD_START);
         self.outcome = Some(outcome);
+    }
+
+    /// Folds the first `count` frames, from the last of them in, onto `outer`.
+    fn fold_frames(&mut self, count: usize, outer: u64) {
+        let mut folded = outer;
+        for frame in self.frames[..count].iter_mut().rev() {
+            folded = fold_frame(folded, frame.pc);
+            frame.folded = folded;
+        }
+    }
+
+    /// The fold of all its frames' `pc`s (the frames a walk returned, in a walk that was not
+    /// cut), once it ended.
+    pub fn folded(&self) -> Option<u64> {
+        self.outcome?;
+        Some(self.frames.first().map_or(FOLD_START, |frame| frame.folded))
     }
 
     /// The frame of this (previous) walk with registers `(pc, sp, bp)` under the modules'
@@ -127,6 +149,7 @@ impl Walk {
     /// `previous`'s frames and reads from there on: the walk as a full unwinding would have
     /// recorded it.
     pub fn complete_from(&mut self, previous: &Walk, joined: Joined) {
+        let own = self.frames.len();
         let from = previous.frames[joined.0].reads_from as usize;
         let shift = self.reads.len() as i64 - from as i64;
         self.frames
@@ -135,12 +158,18 @@ impl Walk {
                 ..*frame
             }));
         self.reads.extend_from_slice(&previous.reads[from..]);
+        self.fold_frames(own, previous.frames[joined.0].folded);
         self.outcome = previous.outcome;
     }
 
     /// Whether nothing was recorded since [`Walk::begin`].
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// The frames entered.
+    pub fn len(&self) -> usize {
+        self.frames.len()
     }
 }
 
@@ -277,6 +306,13 @@ mod tests {
             full
         };
         assert!(walk.frames == expected.frames);
+        let fold_all = |pcs: &[u64]| {
+            pcs.iter()
+                .rev()
+                .fold(FOLD_START, |h, &pc| fold_frame(h, pc))
+        };
+        assert_eq!(walk.folded(), Some(fold_all(&[0x5, 0x20, 0x30])));
+        assert_eq!(expected.folded(), walk.folded());
         let reads = |w: &Walk| {
             w.reads
                 .iter()

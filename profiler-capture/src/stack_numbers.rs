@@ -96,13 +96,19 @@ impl Stacks {
 static STACKS: ForkSafeLock<Stacks> = ForkSafeLock::new(Stacks::new());
 
 /// Sends `frames` through `write`, which writes the record as [`Numbered`] says and returns
-/// whether it reached the ring. A new stack is numbered only once its record did.
-pub fn send(frames: &[u64], truncated: bool, write: impl FnOnce(Numbered) -> bool) {
+/// whether it reached the ring. A new stack is numbered only once its record did. `folded`
+/// is the frames' fold ([`fold_frame`]) if the walk knew it.
+pub fn send(
+    frames: &[u64],
+    truncated: bool,
+    folded: Option<u64>,
+    write: impl FnOnce(Numbered) -> bool,
+) {
     if frames.is_empty() {
         write(Numbered::Unnumbered);
         return;
     }
-    let hash = hash(frames, truncated);
+    let hash = hash(frames, truncated, folded);
     let known = STACKS.read().find(hash, frames, truncated);
     if let Some(number) = known {
         write(Numbered::Known(number));
@@ -138,30 +144,38 @@ pub fn forked() {
     }
 }
 
-/// A hash of the frames and the truncation. It runs on every recorded allocation, over up to
-/// 127 frames: four lanes of xor-multiply that do not wait on each other, folded into one
-/// with a 128-bit multiply at the end (equal hashes are told apart by their frames anyway).
-fn hash(frames: &[u64], truncated: bool) -> u64 {
-    const MUL: u64 = 0xf135_7aea_2e62_a9c5;
-    let fold = |a: u64, b: u64| {
-        let product = u128::from(a) * u128::from(b);
-        (product as u64) ^ ((product >> 64) as u64)
-    };
-    let mut lanes = [
-        0x243f_6a88_85a3_08d3 ^ u64::from(truncated),
-        0x1319_8a2e_0370_7344,
-        0xa409_3822_299f_31d0,
-        0x082e_fa98_ec4e_6c89,
-    ];
-    for chunk in frames.chunks(4) {
-        for (lane, &word) in lanes.iter_mut().zip(chunk) {
-            *lane = (*lane ^ word).wrapping_mul(MUL);
-        }
-    }
+/// Where a stack's fold starts (see [`fold_frame`]).
+pub const FOLD_START: u64 = 0x243f_6a88_85a3_08d3;
+const MUL: u64 = 0xf135_7aea_2e62_a9c5;
+
+/// The high and low halves of `a * b` xored: every bit of both in every bit of the result.
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// One step of a stack's hash, which folds its frames from the outermost in: the frames a
+/// stack shares with the one before are its outer ones, so a walk that joined the walk
+/// before ([`crate::last_walk`]) takes their fold from it and folds only its own frames.
+#[inline(always)]
+pub fn fold_frame(outer: u64, frame: u64) -> u64 {
+    fold(outer ^ frame, MUL)
+}
+
+/// A hash of the frames and the truncation; `folded` is the frames' fold when the caller
+/// knows it already (equal hashes are told apart by their frames anyway).
+fn hash(frames: &[u64], truncated: bool, folded: Option<u64>) -> u64 {
+    let folded = folded.unwrap_or_else(|| {
+        frames
+            .iter()
+            .rev()
+            .fold(FOLD_START, |h, &pc| fold_frame(h, pc))
+    });
     fold(
-        fold(lanes[0], lanes[1]) ^ lanes[2].rotate_left(29),
-        lanes[3] | 1,
-    ) ^ frames.len() as u64
+        folded ^ frames.len() as u64,
+        MUL ^ (u64::from(truncated) << 1),
+    )
 }
 
 /// The table's keys are hashes already.
@@ -189,7 +203,7 @@ mod tests {
     /// Sends `frames` and returns what `write` was told.
     fn sent(frames: &[u64], truncated: bool, reaches_ring: bool) -> Numbered {
         let mut told = None;
-        send(frames, truncated, |numbered| {
+        send(frames, truncated, None, |numbered| {
             told = Some(numbered);
             reaches_ring
         });
@@ -224,6 +238,21 @@ mod tests {
         assert_eq!(sent(&[0x60_0000], false, true), Numbered::New(4));
         forked();
         assert_eq!(sent(&b, false, true), Numbered::New(0));
+    }
+
+    #[test]
+    fn a_known_fold_gives_the_hash_of_the_frames() {
+        let frames = [0x40_1000, 0x40_2000, 0x40_3000];
+        let folded = fold_frame(
+            fold_frame(fold_frame(FOLD_START, 0x40_3000), 0x40_2000),
+            0x40_1000,
+        );
+        assert_eq!(
+            hash(&frames, false, Some(folded)),
+            hash(&frames, false, None)
+        );
+        assert_ne!(hash(&frames, false, None), hash(&frames, true, None));
+        assert_ne!(hash(&frames, false, None), hash(&frames[1..], false, None));
     }
 
     #[test]

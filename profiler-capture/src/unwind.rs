@@ -108,20 +108,32 @@ pub fn forked() {
     crate::walkers::forked();
 }
 
+/// What a walk wrote into its frames buffer.
+pub struct Walked {
+    /// The frames written: the first ones of the buffer, initialised (it is not cleared
+    /// first, since that cost more than the walk's work at a typical depth).
+    pub depth: usize,
+    pub outcome: Outcome,
+    /// The frames' fold ([`crate::stack_numbers::fold_frame`]) when the walk knew it.
+    pub folded: Option<u64>,
+}
+
 /// Return addresses of the stack whose innermost frame returns to `ip` with the caller's
 /// `sp` and `bp`, innermost first, into `frames` (at most its length; `Cut` if there were
-/// more). `stack_end` bounds every read. Returns the frames written (the first ones of
-/// `frames`, initialised; the buffer is not cleared first, since that cost more than the walk's
-/// work at a typical depth) and how the walk ended.
+/// more). `stack_end` bounds every read.
 pub fn eh_frame(
     ip: u64,
     sp: u64,
     bp: u64,
     stack_end: u64,
     frames: &mut [MaybeUninit<u64>],
-) -> (usize, Outcome) {
+) -> Walked {
     if frames.is_empty() {
-        return (0, Outcome::Cut);
+        return Walked {
+            depth: 0,
+            outcome: Outcome::Cut,
+            folded: None,
+        };
     }
     crate::walkers::with_walker(|walker| walk(ip, sp, bp, stack_end, frames, walker))
 }
@@ -133,7 +145,7 @@ fn walk(
     stack_end: u64,
     frames: &mut [MaybeUninit<u64>],
     walker: &mut Walker,
-) -> (usize, Outcome) {
+) -> Walked {
     let Walker {
         cache,
         previous,
@@ -189,7 +201,17 @@ fn walk(
                 current.complete_from(previous, joined);
                 core::mem::swap(previous, current);
             }
-            return (depth, outcome);
+            // Cut short of the walk it joined, the frames are not all of that walk's.
+            let folded = if count > room {
+                None
+            } else {
+                previous.folded()
+            };
+            return Walked {
+                depth,
+                outcome,
+                folded,
+            };
         }
         current.enter(registers.0, registers.1, registers.2);
         // A return address is looked up at `pc - 1`, inside its call instruction.
@@ -248,13 +270,39 @@ fn walk(
     if reusable && !rescanned && outcome != Outcome::Cut {
         current.end(outcome);
         core::mem::swap(previous, current);
+        // It entered a frame for each one it wrote.
+        debug_assert_eq!(previous.len(), depth);
+        return Walked {
+            depth,
+            outcome,
+            folded: previous.folded(),
+        };
     }
-    (depth, outcome)
+    Walked {
+        depth,
+        outcome,
+        folded: None,
+    }
 }
 
 /// [`eh_frame`] by the frame-pointer chain: each frame's saved `rbp` and return address sit
 /// at `[rbp]` and `[rbp + 8]`, as the kernel's walk for the probes reads them.
 pub fn frame_pointers(
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    stack_end: u64,
+    frames: &mut [MaybeUninit<u64>],
+) -> Walked {
+    let (depth, outcome) = frame_pointer_chain(ip, sp, bp, stack_end, frames);
+    Walked {
+        depth,
+        outcome,
+        folded: None,
+    }
+}
+
+fn frame_pointer_chain(
     ip: u64,
     sp: u64,
     bp: u64,
