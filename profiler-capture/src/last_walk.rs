@@ -8,35 +8,22 @@
 //! stack words it reads. A walk that reaches a frame whose registers equal those of a frame of
 //! the previous walk, under the same modules, where every stack word the previous walk read
 //! from that frame on still holds the value it read, would read and compute exactly what the
-//! previous walk did: its remaining frames and its ending are copied instead. Checking those
+//! previous walk did: its remaining frames and its ending are taken instead. Checking those
 //! words is a few loads per frame against a rule-cache lookup, a module search and a rule.
+//!
+//! The kept walk is stored outermost frame first: the frames a walk shares with it are its
+//! outer ones, a prefix, so joining cuts the kept walk at the shared frame and appends the
+//! new walk's own frames, instead of copying the shared ones.
 
 use crate::stack_numbers::{FOLD_START, fold_frame};
 use crate::unwind::Outcome;
 
-/// One walk: the registers at each frame and every stack word read, in order.
-#[derive(Default)]
-pub struct Walk {
-    /// The modules' epoch the walk ran under.
-    epoch: u64,
-    /// The end of the stack it walked: every word it read lies below it, 8-aligned.
-    stack_end: u64,
-    /// How it ended; `None` while it is written, and for a walk that cannot be joined.
-    outcome: Option<Outcome>,
-    frames: Vec<FrameState>,
-    reads: Vec<StackRead>,
-}
-
+/// A frame's registers, as the walk reached it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct FrameState {
+struct Registers {
     pc: u64,
     sp: u64,
     bp: u64,
-    /// Index in `reads` of the first word read to unwind this frame.
-    reads_from: u32,
-    /// The fold of the frames' `pc`s from the outermost down to this one
-    /// ([`fold_frame`]), once the walk ended: a walk joining here folds only its own frames.
-    folded: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -45,16 +32,23 @@ struct StackRead {
     value: u64,
 }
 
-/// Where a walk joins the previous one: the index of the shared frame there.
-#[derive(Clone, Copy)]
-pub struct Joined(usize);
+/// The walk in progress, innermost frame first: the frames not found in the kept walk.
+#[derive(Default)]
+pub struct Fresh {
+    frames: Vec<FreshFrame>,
+    reads: Vec<StackRead>,
+}
 
-impl Walk {
-    /// Starts recording a walk of the stack ending at `stack_end` under the modules' `epoch`.
-    pub fn begin(&mut self, epoch: u64, stack_end: u64) {
-        self.epoch = epoch;
-        self.stack_end = stack_end;
-        self.outcome = None;
+#[derive(Clone, Copy)]
+struct FreshFrame {
+    registers: Registers,
+    /// Index in `reads` of the first word read to unwind this frame.
+    reads_from: u32,
+}
+
+impl Fresh {
+    /// Starts a walk.
+    pub fn begin(&mut self) {
         self.frames.clear();
         self.reads.clear();
     }
@@ -63,12 +57,9 @@ impl Walk {
     #[inline]
     pub fn enter(&mut self, pc: u64, sp: u64, bp: u64) {
         let reads_from = self.reads.len() as u32;
-        self.frames.push(FrameState {
-            pc,
-            sp,
-            bp,
+        self.frames.push(FreshFrame {
+            registers: Registers { pc, sp, bp },
             reads_from,
-            folded: 0,
         });
     }
 
@@ -78,43 +69,65 @@ impl Walk {
         self.reads.push(StackRead { address, value });
     }
 
-    /// The walk may no longer be joined.
-    pub fn forget(&mut self) {
-        self.outcome = None;
+    /// Frame `index`'s reads.
+    fn reads_of(&self, index: usize) -> &[StackRead] {
+        let from = self.frames[index].reads_from as usize;
+        let to = self
+            .frames
+            .get(index + 1)
+            .map_or(self.reads.len(), |next| next.reads_from as usize);
+        &self.reads[from..to]
+    }
+}
+
+/// The walk kept for the next one to join, outermost frame first.
+#[derive(Default)]
+pub struct Walk {
+    /// The modules' epoch the walk ran under.
+    epoch: u64,
+    /// The end of the stack it walked: every word it read lies below it, 8-aligned.
+    stack_end: u64,
+    /// How it ended; `None` for a walk that cannot be joined.
+    outcome: Option<Outcome>,
+    frames: Vec<KeptFrame>,
+    /// The words read, the outermost frame's first.
+    reads: Vec<StackRead>,
+}
+
+#[derive(Clone, Copy)]
+struct KeptFrame {
+    registers: Registers,
+    /// Where this frame's reads end in `reads`: `reads[..reads_end]` are the words read to
+    /// unwind it and every frame above it.
+    reads_end: u32,
+    /// The fold of the frames' `pc`s from the outermost down to this one ([`fold_frame`]):
+    /// a walk joining here folds only its own frames onto it.
+    folded: u64,
+}
+
+/// Where a walk joins the kept one: the index of the shared frame there.
+#[derive(Clone, Copy)]
+pub struct Joined(usize);
+
+/// How far a walk's search for a join has come down the kept walk: frames only go up the
+/// stack, so it only moves outward. Counts the kept frames not passed yet.
+pub struct Cursor(usize);
+
+impl Walk {
+    /// A search for a join, from the innermost kept frame.
+    pub fn cursor(&self) -> Cursor {
+        Cursor(self.frames.len())
     }
 
-    /// The walk ended, and may be joined.
-    pub fn end(&mut self, outcome: Outcome) {
-        self.fold_frames(self.frames.len(), FOLD_START);
-        self.outcome = Some(outcome);
-    }
-
-    /// Folds the first `count` frames, from the last of them in, onto `outer`.
-    fn fold_frames(&mut self, count: usize, outer: u64) {
-        let mut folded = outer;
-        for frame in self.frames[..count].iter_mut().rev() {
-            folded = fold_frame(folded, frame.pc);
-            frame.folded = folded;
-        }
-    }
-
-    /// The fold of all its frames' `pc`s (the frames a walk returned, in a walk that was not
-    /// cut), once it ended.
-    pub fn folded(&self) -> Option<u64> {
-        self.outcome?;
-        Some(self.frames.first().map_or(FOLD_START, |frame| frame.folded))
-    }
-
-    /// The frame of this (previous) walk with registers `(pc, sp, bp)` under the modules'
-    /// `epoch`, on the stack ending at `stack_end`, if every word read from it on still holds
-    /// its value. `cursor` carries the search along one walk: frames only go up the stack, so
-    /// it only moves forward. `read_word(address)` reads as the new walk would; the words it
-    /// is asked for are 8-aligned and below `stack_end` (this walk read them there), so it
-    /// only has the new walk's lower bound left to check.
+    /// The kept frame with registers `(pc, sp, bp)` under the modules' `epoch`, on the stack
+    /// ending at `stack_end`, if every word read from it on still holds its value.
+    /// `read_word(address)` reads as the new walk would; the words it is asked for are
+    /// 8-aligned and below `stack_end` (this walk read them there), so it only has the new
+    /// walk's lower bound left to check.
     #[inline]
     pub fn join(
         &self,
-        cursor: &mut usize,
+        cursor: &mut Cursor,
         (epoch, stack_end): (u64, u64),
         (pc, sp, bp): (u64, u64, u64),
         read_word: impl Fn(u64) -> Result<u64, ()>,
@@ -122,22 +135,26 @@ impl Walk {
         if self.outcome.is_none() || self.epoch != epoch || self.stack_end != stack_end {
             return None;
         }
-        while self.frames.get(*cursor).is_some_and(|frame| frame.sp < sp) {
-            *cursor += 1;
+        while cursor.0 > 0 && self.frames[cursor.0 - 1].registers.sp < sp {
+            cursor.0 -= 1;
         }
-        let frame = self.frames.get(*cursor)?;
-        if (frame.pc, frame.sp, frame.bp) != (pc, sp, bp) {
+        let index = cursor.0.checked_sub(1)?;
+        let frame = &self.frames[index];
+        if frame.registers != (Registers { pc, sp, bp }) {
             return None;
         }
-        let unchanged = self.reads[frame.reads_from as usize..]
+        let unchanged = self.reads[..frame.reads_end as usize]
             .iter()
             .all(|read| read_word(read.address) == Ok(read.value));
-        unchanged.then_some(Joined(*cursor))
+        unchanged.then_some(Joined(index))
     }
 
-    /// The return addresses above the joined frame, outermost last.
+    /// The return addresses above the joined frame, innermost first.
     pub fn frames_above(&self, joined: Joined) -> impl ExactSizeIterator<Item = u64> + '_ {
-        self.frames[joined.0 + 1..].iter().map(|frame| frame.pc)
+        self.frames[..joined.0]
+            .iter()
+            .rev()
+            .map(|frame| frame.registers.pc)
     }
 
     /// How the walk ended (after a successful [`Walk::join`], always known).
@@ -145,31 +162,54 @@ impl Walk {
         self.outcome.unwrap_or(Outcome::Failed)
     }
 
-    /// Completes this walk (which reached `previous`'s joined frame, not entered yet) with
-    /// `previous`'s frames and reads from there on: the walk as a full unwinding would have
-    /// recorded it.
-    pub fn complete_from(&mut self, previous: &Walk, joined: Joined) {
-        let own = self.frames.len();
-        let from = previous.frames[joined.0].reads_from as usize;
-        let shift = self.reads.len() as i64 - from as i64;
-        self.frames
-            .extend(previous.frames[joined.0..].iter().map(|frame| FrameState {
-                reads_from: (frame.reads_from as i64 + shift) as u32,
-                ..*frame
-            }));
-        self.reads.extend_from_slice(&previous.reads[from..]);
-        self.fold_frames(own, previous.frames[joined.0].folded);
-        self.outcome = previous.outcome;
+    /// Makes this the walk `fresh` became by joining it at `joined`: its frames from there
+    /// on, then `fresh`'s (which reached the joined frame but did not enter it).
+    pub fn rejoin(&mut self, joined: Joined, fresh: &Fresh) {
+        self.frames.truncate(joined.0 + 1);
+        self.reads
+            .truncate(self.frames[joined.0].reads_end as usize);
+        self.append(fresh);
     }
 
-    /// Whether nothing was recorded since [`Walk::begin`].
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+    /// Keeps `fresh`, which ended without joining, as the walk to join.
+    pub fn replace(&mut self, fresh: &Fresh, epoch: u64, stack_end: u64, outcome: Outcome) {
+        self.epoch = epoch;
+        self.stack_end = stack_end;
+        self.outcome = Some(outcome);
+        self.frames.clear();
+        self.reads.clear();
+        self.append(fresh);
     }
 
-    /// The frames entered.
+    /// Appends `fresh`'s frames, outermost first, onto the frames kept.
+    fn append(&mut self, fresh: &Fresh) {
+        let mut folded = self.frames.last().map_or(FOLD_START, |frame| frame.folded);
+        for index in (0..fresh.frames.len()).rev() {
+            self.reads.extend_from_slice(fresh.reads_of(index));
+            let registers = fresh.frames[index].registers;
+            folded = fold_frame(folded, registers.pc);
+            self.frames.push(KeptFrame {
+                registers,
+                reads_end: self.reads.len() as u32,
+                folded,
+            });
+        }
+    }
+
+    /// The fold of the `pc`s of its frames (the frames a walk returned, when it was not cut).
+    pub fn folded(&self) -> Option<u64> {
+        self.outcome?;
+        Some(self.frames.last().map_or(FOLD_START, |frame| frame.folded))
+    }
+
+    /// The frames kept.
     pub fn len(&self) -> usize {
         self.frames.len()
+    }
+
+    /// The walk may no longer be joined.
+    pub fn forget(&mut self) {
+        self.outcome = None;
     }
 }
 
@@ -180,21 +220,43 @@ mod tests {
     /// The end of the stack the tests' walks read.
     const END: u64 = 0x1000;
 
-    /// A walk of three frames, each read at `sp - 8` (its return address).
-    fn three_frames(stack: &[(u64, u64)]) -> Walk {
-        let mut walk = Walk::default();
-        walk.begin(7, END);
+    /// A fresh walk of frames `(pc, sp)`, innermost first, each read at `sp + 8`, where the
+    /// word is `pc + 1`.
+    fn fresh(stack: &[(u64, u64)]) -> Fresh {
+        let mut fresh = Fresh::default();
+        fresh.begin();
         for &(pc, sp) in stack {
-            walk.enter(pc, sp, 0);
-            walk.read(sp + 8, pc + 1);
+            fresh.enter(pc, sp, 0);
+            fresh.read(sp + 8, pc + 1);
         }
-        walk.end(Outcome::Complete);
+        fresh
+    }
+
+    /// The kept walk of those frames.
+    fn kept(stack: &[(u64, u64)]) -> Walk {
+        let mut walk = Walk::default();
+        walk.replace(&fresh(stack), 7, END, Outcome::Complete);
         walk
+    }
+
+    fn pcs(walk: &Walk) -> Vec<u64> {
+        walk.frames.iter().map(|frame| frame.registers.pc).collect()
+    }
+
+    fn reads(walk: &Walk) -> Vec<(u64, u64)> {
+        walk.reads.iter().map(|r| (r.address, r.value)).collect()
+    }
+
+    fn fold_all(pcs_innermost_first: &[u64]) -> u64 {
+        pcs_innermost_first
+            .iter()
+            .rev()
+            .fold(FOLD_START, |h, &pc| fold_frame(h, pc))
     }
 
     #[test]
     fn joins_at_the_shared_frame_while_its_words_are_unchanged() {
-        let walk = three_frames(&[(0x10, 0x100), (0x20, 0x110), (0x30, 0x120)]);
+        let walk = kept(&[(0x10, 0x100), (0x20, 0x110), (0x30, 0x120)]);
         // The words as the walk read them.
         let same = |address: u64| match address {
             0x108 => Ok(0x11),
@@ -202,7 +264,7 @@ mod tests {
             0x128 => Ok(0x31),
             _ => Err(()),
         };
-        let mut cursor = 0;
+        let mut cursor = walk.cursor();
         let joined = walk
             .join(&mut cursor, (7, END), (0x20, 0x110, 0), same)
             .unwrap();
@@ -217,7 +279,7 @@ mod tests {
                 same(address)
             }
         };
-        let mut cursor = 0;
+        let mut cursor = walk.cursor();
         assert!(
             walk.join(&mut cursor, (7, END), (0x20, 0x110, 0), changed)
                 .is_none()
@@ -230,7 +292,7 @@ mod tests {
                 same(address)
             }
         };
-        let mut cursor = 0;
+        let mut cursor = walk.cursor();
         assert!(
             walk.join(&mut cursor, (7, END), (0x20, 0x110, 0), below)
                 .is_some()
@@ -239,87 +301,91 @@ mod tests {
 
     #[test]
     fn different_registers_modules_or_stacks_do_not_join() {
-        let walk = three_frames(&[(0x10, 0x100), (0x20, 0x110)]);
+        let walk = kept(&[(0x10, 0x100), (0x20, 0x110)]);
         let any = |_: u64| Ok(0);
         let same = |address: u64| Ok(if address == 0x108 { 0x11 } else { 0x21 });
-        assert!(
-            walk.join(&mut 0, (7, END), (0x20, 0x110, 1), any).is_none(),
-            "bp"
-        );
-        assert!(
-            walk.join(&mut 0, (7, END), (0x21, 0x110, 0), any).is_none(),
-            "pc"
-        );
-        assert!(
-            walk.join(&mut 0, (8, END), (0x20, 0x110, 0), same)
-                .is_none(),
-            "epoch"
-        );
-        assert!(
-            walk.join(&mut 0, (7, END + 0x1000), (0x20, 0x110, 0), same)
-                .is_none(),
-            "another stack"
-        );
-        assert!(
-            walk.join(&mut 0, (7, END), (0x20, 0x110, 0), same)
+        let join = |epoch_end, registers, read: &dyn Fn(u64) -> Result<u64, ()>| {
+            walk.join(&mut walk.cursor(), epoch_end, registers, read)
                 .is_some()
-        );
+        };
+        assert!(!join((7, END), (0x20, 0x110, 1), &any), "bp");
+        assert!(!join((7, END), (0x21, 0x110, 0), &any), "pc");
+        assert!(!join((8, END), (0x20, 0x110, 0), &same), "epoch");
+        assert!(!join((7, END + 0x1000), (0x20, 0x110, 0), &same), "stack");
+        assert!(join((7, END), (0x20, 0x110, 0), &same));
     }
 
     #[test]
-    fn a_walk_being_written_never_joins() {
-        let mut walk = three_frames(&[(0x10, 0x100)]);
-        walk.begin(7, END);
-        walk.enter(0x10, 0x100, 0);
-        walk.read(0x108, 0x11);
+    fn a_forgotten_walk_never_joins() {
+        let mut walk = kept(&[(0x10, 0x100)]);
+        walk.forget();
         assert!(
-            walk.join(&mut 0, (7, END), (0x10, 0x100, 0), |_| Ok(0x11))
+            walk.join(&mut walk.cursor(), (7, END), (0x10, 0x100, 0), |_| Ok(0x11))
                 .is_none()
         );
+        assert_eq!(walk.folded(), None);
     }
 
     #[test]
-    fn a_completed_walk_is_the_walk_in_full() {
-        let previous = three_frames(&[(0x10, 0x100), (0x20, 0x110), (0x30, 0x120)]);
-        let mut walk = Walk::default();
-        walk.begin(7, END);
-        walk.enter(0x5, 0xf0, 0);
-        walk.read(0xf8, 0x21);
-        walk.read(0xf0, 0x3);
-        let joined = previous
-            .join(&mut 0, (7, END), (0x20, 0x110, 0), |address| {
+    fn a_rejoined_walk_is_the_walk_in_full() {
+        let mut walk = kept(&[(0x10, 0x100), (0x20, 0x110), (0x30, 0x120)]);
+        // A new walk: two frames of its own, then the kept walk's second frame.
+        let mut new = Fresh::default();
+        new.begin();
+        new.enter(0x5, 0xf0, 0);
+        new.read(0xf8, 0x6);
+        new.read(0xf0, 0x3);
+        new.enter(0x7, 0x100, 0);
+        new.read(0x108, 0x21);
+        let joined = walk
+            .join(&mut walk.cursor(), (7, END), (0x20, 0x110, 0), |address| {
                 Ok(if address == 0x118 { 0x21 } else { 0x31 })
             })
             .unwrap();
-        walk.complete_from(&previous, joined);
+        walk.rejoin(joined, &new);
         let expected = {
-            let mut full = Walk::default();
-            full.begin(7, END);
+            let mut full = Fresh::default();
+            full.begin();
             full.enter(0x5, 0xf0, 0);
-            full.read(0xf8, 0x21);
+            full.read(0xf8, 0x6);
             full.read(0xf0, 0x3);
+            full.enter(0x7, 0x100, 0);
+            full.read(0x108, 0x21);
             full.enter(0x20, 0x110, 0);
             full.read(0x118, 0x21);
             full.enter(0x30, 0x120, 0);
             full.read(0x128, 0x31);
-            full.end(Outcome::Complete);
-            full
+            let mut walk = Walk::default();
+            walk.replace(&full, 7, END, Outcome::Complete);
+            walk
         };
-        assert!(walk.frames == expected.frames);
-        let fold_all = |pcs: &[u64]| {
-            pcs.iter()
-                .rev()
-                .fold(FOLD_START, |h, &pc| fold_frame(h, pc))
-        };
-        assert_eq!(walk.folded(), Some(fold_all(&[0x5, 0x20, 0x30])));
-        assert_eq!(expected.folded(), walk.folded());
-        let reads = |w: &Walk| {
-            w.reads
-                .iter()
-                .map(|r| (r.address, r.value))
-                .collect::<Vec<_>>()
-        };
+        assert_eq!(pcs(&walk), pcs(&expected));
+        assert_eq!(pcs(&walk), [0x30, 0x20, 0x7, 0x5]);
         assert_eq!(reads(&walk), reads(&expected));
+        let ends = |w: &Walk| w.frames.iter().map(|f| f.reads_end).collect::<Vec<_>>();
+        assert_eq!(ends(&walk), ends(&expected));
+        assert!(
+            walk.frames
+                .iter()
+                .zip(&expected.frames)
+                .all(|(a, b)| a.registers == b.registers)
+        );
         assert_eq!(walk.outcome, expected.outcome);
+        assert_eq!(walk.folded(), Some(fold_all(&[0x5, 0x7, 0x20, 0x30])));
+        assert_eq!(walk.folded(), expected.folded());
+    }
+
+    #[test]
+    fn a_walk_joining_at_its_first_frame_keeps_only_the_frames_from_there() {
+        let mut walk = kept(&[(0x10, 0x100), (0x20, 0x110), (0x30, 0x120)]);
+        let joined = walk
+            .join(&mut walk.cursor(), (7, END), (0x20, 0x110, 0), |address| {
+                Ok(if address == 0x118 { 0x21 } else { 0x31 })
+            })
+            .unwrap();
+        walk.rejoin(joined, &Fresh::default());
+        assert_eq!(pcs(&walk), [0x30, 0x20]);
+        assert_eq!(reads(&walk), [(0x128, 0x31), (0x118, 0x21)]);
+        assert_eq!(walk.folded(), Some(fold_all(&[0x20, 0x30])));
     }
 }

@@ -29,7 +29,7 @@ use framehop::{
 };
 
 use crate::fork_safe::{ForkSafeLock, ReadGuard};
-use crate::last_walk::Walk;
+use crate::last_walk::{Fresh, Walk};
 
 type Policy = MustNotAllocateDuringUnwind;
 type Cache = CacheX86_64<Policy>;
@@ -48,7 +48,7 @@ pub struct Walker {
     /// Created as frames first need them (a cache is ~20 KiB).
     caches: [Option<Cache>; RULE_CACHES],
     previous: Walk,
-    current: Walk,
+    current: Fresh,
     /// The executable range the last frame of the walk before lay in, under the modules'
     /// epoch `text_epoch`: the next walk's first frame is mostly in it, and is then spared
     /// the search of every module.
@@ -61,7 +61,7 @@ impl Walker {
         Box::new(Walker {
             caches: [const { None }; RULE_CACHES],
             previous: Walk::default(),
-            current: Walk::default(),
+            current: Fresh::default(),
             last_text: 0..0,
             text_epoch: 0,
         })
@@ -164,7 +164,7 @@ fn walk(
     } = walker;
     let mut modules = read_modules();
     let epoch = modules.as_ref().map_or(0, |m| m.epoch);
-    current.begin(epoch, stack_end);
+    current.begin();
     // Whether `current` may be joined later: not if a read was refused (the bounds are the
     // walk's own) or the modules were read again midway.
     let mut reusable = true;
@@ -178,7 +178,7 @@ fn walk(
         0..0
     };
     let mut pc = ip;
-    let mut cursor = 0;
+    let mut cursor = previous.cursor();
     frames[0].write(pc);
     let mut depth = 1;
     let outcome = loop {
@@ -205,11 +205,7 @@ fn walk(
                 previous.outcome()
             };
             depth += count.min(room);
-            // Joined at the first frame: the previous walk is this one already.
-            if !current.is_empty() {
-                current.complete_from(previous, joined);
-                core::mem::swap(previous, current);
-            }
+            previous.rejoin(joined, current);
             // Cut short of the walk it joined, the frames are not all of that walk's.
             let folded = if count > room {
                 None
@@ -279,8 +275,7 @@ fn walk(
     };
     // A cut walk does not know its frames above the limit.
     if reusable && !rescanned && outcome != Outcome::Cut {
-        current.end(outcome);
-        core::mem::swap(previous, current);
+        previous.replace(current, epoch, stack_end, outcome);
         // It entered a frame for each one it wrote.
         debug_assert_eq!(previous.len(), depth);
         return Walked {
