@@ -23,7 +23,7 @@ use profiler_common::{
 };
 
 use crate::real::{self, BOOTSTRAP};
-use crate::ring::{self, now_ns};
+use crate::ring;
 use crate::stack_numbers::{self, Numbered};
 use crate::thread::{self, Entered};
 use crate::unwind::{self, Outcome};
@@ -74,7 +74,7 @@ fn allocation(
     let mut header = EventHeader {
         kind: kind as u32,
         tid: thread::tid(),
-        ts_ns: now_ns(),
+        ts_ns: ring.event_ns(),
         addr,
         size,
         old_addr,
@@ -149,7 +149,7 @@ fn release(kind: EventKind, addr: u64, size: u64, entry_sp: usize) {
     let header = EventHeader {
         kind: kind as u32,
         tid: thread::tid(),
-        ts_ns: now_ns(),
+        ts_ns: ring.event_ns(),
         addr,
         size,
         old_addr: 0,
@@ -170,7 +170,7 @@ fn realloc_entry(kind: EventKind, old: u64) {
     let header = EventHeader {
         kind: kind as u32,
         tid: thread::tid(),
-        ts_ns: now_ns(),
+        ts_ns: ring.event_ns(),
         addr: 0,
         size: 0,
         old_addr: old,

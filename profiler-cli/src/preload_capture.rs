@@ -17,10 +17,45 @@ use profiler_common::{
     EVENT_HEADER_SIZE, EventHeader, EventKind,
     shared_ring::{
         DATA_OFFSET, FRAME_HEADER_BYTES, LOCK_WAITERS, MAX_RECORD_BYTES, PADDING, RING_FD_ENV,
-        RING_PATH_ENV, RingControl, frame_bytes,
+        RING_PATH_ENV, RingControl, TscAnchor, frame_bytes,
     },
 };
 use profiler_core::report::{Held, LostCounts};
+
+/// How long the event clock's rate is measured before producers use it: a clock read's ~30 ns
+/// of jitter over 20 ms is a rate off by 1.5 parts per million, 1.5 ns over the millisecond
+/// between anchors.
+const CLOCK_CALIBRATION_NS: u64 = 20_000_000;
+
+/// Whether the kernel keeps CLOCK_MONOTONIC from the TSC: only then is the clock a linear
+/// function of the counter, and the counter the same on every CPU.
+fn kernel_clock_is_tsc() -> bool {
+    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .is_ok_and(|source| source.trim() == "tsc")
+}
+
+/// The TSC and CLOCK_MONOTONIC at one moment: the clock read between two counter reads, the
+/// closest of a few tries (a try the scheduler cut into is wide).
+fn tsc_and_ns() -> Option<(u64, u64)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut best: Option<(u64, u64, u64)> = None;
+        for _ in 0..3 {
+            // SAFETY: rdtsc has no preconditions.
+            let before = unsafe { core::arch::x86_64::_rdtsc() };
+            let ns = crate::clock::monotonic_ns();
+            // SAFETY: as above.
+            let after = unsafe { core::arch::x86_64::_rdtsc() };
+            let width = after.wrapping_sub(before);
+            if after >= before && best.is_none_or(|(_, _, best_width)| width < best_width) {
+                best = Some((before + width / 2, ns, width));
+            }
+        }
+        best.map(|(tsc, ns, _)| (tsc, ns))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
 
 /// File name of the capture library, looked for next to the memprof executable.
 pub const LIBRARY: &str = "libmemprof_capture.so";
@@ -116,6 +151,9 @@ pub struct SharedRing {
     /// One record, copied out of the shared area before it is decoded (the target can write
     /// the area at any time; the decoder must see bytes that hold still).
     record: Vec<u8>,
+    /// The counter and the clock when the ring was made, which the event clock's rate is
+    /// measured from (see [`TscAnchor`]); `None` where the kernel's clock is not the TSC.
+    clock_start: Option<(u64, u64)>,
 }
 
 // SAFETY: the mapping is owned by this value and only read through it.
@@ -156,6 +194,7 @@ impl SharedRing {
             data_bytes,
             read_pos: 0,
             record: Vec::with_capacity(MAX_RECORD_BYTES),
+            clock_start: kernel_clock_is_tsc().then(tsc_and_ns).flatten(),
         };
         // SAFETY: the control page is at the start of the mapping, zeroed, not shared yet.
         unsafe {
@@ -191,6 +230,7 @@ impl SharedRing {
     /// Records [`READ_AHEAD`] frames on are announced first ([`Drained::Ahead`]), so that the
     /// heap entries they touch are in the cache by the time they are applied.
     pub fn drain(&mut self, mut sink: impl FnMut(Drained<'_>)) -> u64 {
+        self.anchor_clock();
         let control = self.control();
         let write_pos = control.write_pos.load(Ordering::Acquire);
         let mut read_pos = self.read_pos;
@@ -257,6 +297,23 @@ impl SharedRing {
         }
         self.publish(read_pos);
         malformed
+    }
+
+    /// Re-anchors the producers' event clock at the counter and the clock now, with the rate
+    /// measured since the ring was made, once that spans [`CLOCK_CALIBRATION_NS`].
+    fn anchor_clock(&mut self) {
+        let Some((start_tsc, start_ns)) = self.clock_start else {
+            return;
+        };
+        let Some((tsc, ns)) = tsc_and_ns() else {
+            return;
+        };
+        if ns.saturating_sub(start_ns) < CLOCK_CALIBRATION_NS {
+            return;
+        }
+        if let Some(anchor) = TscAnchor::measured(start_tsc, start_ns, tsc, ns) {
+            self.control().set_tsc_anchor(anchor);
+        }
     }
 
     /// Hands the bytes up to `read_pos` back to the producers, waking any waiting for room.

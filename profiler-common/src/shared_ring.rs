@@ -19,7 +19,7 @@
 //! with release ordering. memprof reads up to `write_pos` (acquire), then stores `read_pos`.
 //! Positions grow without wrapping; offsets are positions modulo the data size.
 
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::{EVENT_HEADER_SIZE, MAX_STACK_DEPTH};
 
@@ -32,7 +32,7 @@ pub const RING_PATH_ENV: &str = "MEMPROF_RING_PATH";
 /// target's maps): like the ring, never a root of the leak check.
 pub const ARENA_NAME: &core::ffi::CStr = c"memprof-capture-arena";
 /// [`RingControl::magic`]: the layout's name and version.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"MPRING03");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"MPRING04");
 /// Offset of the data area in the shared file (the control page comes first).
 pub const DATA_OFFSET: usize = 4096;
 /// Bytes before each record in its frame.
@@ -101,7 +101,14 @@ pub struct RingControl {
     pub read_pos: AtomicU64,
     /// Bumped by memprof after each drain: the futex word full producers sleep on.
     pub drained: AtomicU32,
-    _consumer_pad: [u8; 52],
+    /// The event clock's anchor ([`TscAnchor`]), behind a sequence count memprof makes odd
+    /// while it writes it. Next to `read_pos`, which producers read on every write anyway.
+    pub clock_seq: AtomicU32,
+    pub clock_tsc: AtomicU64,
+    pub clock_ns: AtomicU64,
+    /// 0: no anchor (producers read CLOCK_MONOTONIC).
+    pub clock_ns_per_tick: AtomicU64,
+    _consumer_pad: [u8; 24],
 
     /// Calls that could not be recorded, by event kind: memprof went away while the ring was
     /// full. (A call made while its thread is inside a hook, by the allocator itself or by a
@@ -142,10 +149,88 @@ impl RingControl {
             _producer_pad: [0; 32],
             read_pos: AtomicU64::new(0),
             drained: AtomicU32::new(0),
-            _consumer_pad: [0; 52],
+            clock_seq: AtomicU32::new(0),
+            clock_tsc: AtomicU64::new(0),
+            clock_ns: AtomicU64::new(0),
+            clock_ns_per_tick: AtomicU64::new(0),
+            _consumer_pad: [0; 24],
             unrecorded: [const { AtomicU64::new(0) }; crate::KIND_SLOTS as usize],
             stack_errors: AtomicU64::new(0),
         }
+    }
+}
+
+/// How producers turn the CPU's time-stamp counter into CLOCK_MONOTONIC nanoseconds, as
+/// memprof measured it: `ns` at `tsc`, and the nanoseconds per tick in 32.32 fixed point.
+///
+/// Reading the TSC costs a third of `clock_gettime` (which reads it too, ordered, then scales
+/// it the same way from the kernel's anchor); memprof publishes an anchor only where the
+/// kernel's own clock source is the TSC, re-anchors it at every drain and measures the rate
+/// over the whole session, so a converted time strays from the clock's by nanoseconds, far
+/// below the microsecond events are kept at (`profiler_core::event::CLOCK_TICK_NS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TscAnchor {
+    pub tsc: u64,
+    pub ns: u64,
+    pub ns_per_tick: u64,
+}
+
+impl TscAnchor {
+    /// CLOCK_MONOTONIC nanoseconds at counter value `tsc` (before or after the anchor).
+    #[inline]
+    pub const fn ns_at(&self, tsc: u64) -> u64 {
+        let ticks = tsc.wrapping_sub(self.tsc) as i64 as i128;
+        // Rounded to the nearest nanosecond.
+        let ns = self.ns as i128 + ((ticks * self.ns_per_tick as i128 + (1 << 31)) >> 32);
+        if ns < 0 { 0 } else { ns as u64 }
+    }
+
+    /// The anchor `ns` at `tsc` with the rate measured since `(start_tsc, start_ns)`; `None`
+    /// if the counter did not move forward.
+    pub const fn measured(start_tsc: u64, start_ns: u64, tsc: u64, ns: u64) -> Option<TscAnchor> {
+        if tsc <= start_tsc || ns <= start_ns {
+            return None;
+        }
+        let ns_per_tick = (((ns - start_ns) as u128) << 32) / (tsc - start_tsc) as u128;
+        if ns_per_tick == 0 || ns_per_tick > u64::MAX as u128 {
+            return None;
+        }
+        Some(TscAnchor {
+            tsc,
+            ns,
+            ns_per_tick: ns_per_tick as u64,
+        })
+    }
+}
+
+impl RingControl {
+    /// The event clock's anchor, if memprof published one and is not rewriting it now.
+    #[inline]
+    pub fn tsc_anchor(&self) -> Option<TscAnchor> {
+        let seq = self.clock_seq.load(Ordering::Acquire);
+        let ns_per_tick = self.clock_ns_per_tick.load(Ordering::Relaxed);
+        if seq & 1 != 0 || ns_per_tick == 0 {
+            return None;
+        }
+        let anchor = TscAnchor {
+            tsc: self.clock_tsc.load(Ordering::Relaxed),
+            ns: self.clock_ns.load(Ordering::Relaxed),
+            ns_per_tick,
+        };
+        core::sync::atomic::fence(Ordering::Acquire);
+        (self.clock_seq.load(Ordering::Relaxed) == seq).then_some(anchor)
+    }
+
+    /// Publishes `anchor` (memprof: the only writer).
+    pub fn set_tsc_anchor(&self, anchor: TscAnchor) {
+        let seq = self.clock_seq.load(Ordering::Relaxed);
+        self.clock_seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::Release);
+        self.clock_tsc.store(anchor.tsc, Ordering::Relaxed);
+        self.clock_ns.store(anchor.ns, Ordering::Relaxed);
+        self.clock_ns_per_tick
+            .store(anchor.ns_per_tick, Ordering::Relaxed);
+        self.clock_seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 }
 
@@ -175,6 +260,38 @@ pub const fn place(write_pos: u64, read_pos: u64, data_bytes: u64, frame: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_anchor_converts_ticks_at_the_measured_rate() {
+        // 3 GHz: a third of a nanosecond per tick.
+        let anchor = TscAnchor::measured(1_000, 5_000, 3_001_000, 1_005_000).unwrap();
+        assert_eq!(anchor.ns_at(3_001_000), 1_005_000);
+        assert_eq!(anchor.ns_at(6_001_000), 2_005_000);
+        // Before the anchor (a record read before memprof re-anchored), and before 0.
+        assert_eq!(anchor.ns_at(1_000), 5_000);
+        assert_eq!(anchor.ns_at(0), 4_667);
+        let early = TscAnchor { ns: 10, ..anchor };
+        assert_eq!(early.ns_at(1_000), 0);
+        // A counter that did not move gives no anchor.
+        assert_eq!(TscAnchor::measured(5, 5, 5, 9), None);
+        assert_eq!(TscAnchor::measured(5, 9, 7, 9), None);
+    }
+
+    #[test]
+    fn an_anchor_is_read_only_whole() {
+        let control = RingControl::new(1 << 20, (0, 0), 1, false);
+        assert_eq!(control.tsc_anchor(), None, "none published");
+        let anchor = TscAnchor {
+            tsc: 7,
+            ns: 11,
+            ns_per_tick: 1 << 31,
+        };
+        control.set_tsc_anchor(anchor);
+        assert_eq!(control.tsc_anchor(), Some(anchor));
+        // A write in progress (odd count): producers read the clock instead.
+        control.clock_seq.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(control.tsc_anchor(), None);
+    }
 
     #[test]
     fn frames_are_whole_words() {
