@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::support::{
-    Build, DEADLINE, compile_c, line_channel, memprof, privileged, rest_of, run_to_end,
-    wait_deadline, wait_for_line,
+    Build, Capture, DEADLINE, compile_c, line_channel, memprof, memprof_run_on, on_both_paths,
+    privileged, rest_of, run_to_end, wait_deadline, wait_for_line,
 };
 
 const MIB: u64 = 1 << 20;
@@ -272,4 +272,48 @@ fn analyses_attach_finds_the_growing_cache() {
     );
     assert!(site["r2"].as_f64().unwrap() > 0.95, "{site}");
     assert!(summary.contains("Growing sites"), "summary:\n{summary}");
+}
+
+on_both_paths!(
+    event_times(),
+    event_times_span_what_the_program_measured,
+    event_times_span_what_the_program_measured_preload
+);
+
+/// The recorded times of two calls 390 ms apart are as far apart as the program's own clock
+/// reads around them say: on the preload path the first is stamped by `clock_gettime`, before
+/// memprof has measured the TSC's rate, and the last from the TSC (see `TscAnchor`), so a
+/// rate or an anchor off by a ten-thousandth shows.
+fn event_times(test: &str, capture: Capture) {
+    let Some(env) = privileged(test) else { return };
+    let target = compile_c(env.dir.path(), "analyses", Build::FramePointers);
+    let output = env.dir.path().join("out");
+    let finished = memprof_run_on(capture, &output, &target, &["clock"]);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let report = finished.report(&output);
+    let line = finished
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("clock: "))
+        .unwrap_or_else(|| panic!("no clock line in {:?}", finished.stdout));
+    let bounds: Vec<u64> = line
+        .split(' ')
+        .map(|n| n.parse().expect("nanoseconds"))
+        .collect();
+    let (inner, outer) = (bounds[0], bounds[1]);
+    let growing = report["analyses"]["leaks"]["growing"]
+        .as_array()
+        .expect("growing sites");
+    let site = growing
+        .iter()
+        .find(|site| function(&report, &site["stack_id"]) == "cache_put")
+        .unwrap_or_else(|| panic!("no growing cache_put site: {growing:?}"));
+    assert_eq!(u(&site["allocations"]), 40);
+    let secs = |key: &str| site[key].as_f64().expect(key);
+    let span_ns = ((secs("last_seen_secs") - secs("first_seen_secs")) * 1e9).round() as u64;
+    // Times are kept in whole microseconds: each end may round down by up to one.
+    assert!(
+        inner.saturating_sub(1_000) <= span_ns && span_ns <= outer + 1_000,
+        "recorded span {span_ns} ns, the program measured {inner}..{outer} ns"
+    );
 }
