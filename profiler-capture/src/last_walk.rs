@@ -271,31 +271,27 @@ mod tests {
         assert_eq!(walk.frames_above(joined).collect::<Vec<_>>(), [0x30]);
         assert_eq!(walk.outcome(), Outcome::Complete);
 
-        // A word above the frame changed: the rest must be walked.
-        let changed = |address: u64| {
-            if address == 0x128 {
-                Ok(0x99)
-            } else {
-                same(address)
+        // The words as the walk read them, but the one at `changed`.
+        let with_changed = |changed: u64| {
+            move |address: u64| {
+                if address == changed {
+                    Ok(0x99)
+                } else {
+                    same(address)
+                }
             }
         };
-        let mut cursor = walk.cursor();
-        assert!(
-            walk.join(&mut cursor, (7, END), (0x20, 0x110, 0), changed)
-                .is_none()
-        );
-        // A word below it changed: no matter.
-        let below = |address: u64| {
-            if address == 0x108 {
-                Ok(0x99)
-            } else {
-                same(address)
-            }
-        };
-        let mut cursor = walk.cursor();
-        assert!(
-            walk.join(&mut cursor, (7, END), (0x20, 0x110, 0), below)
+        let joins = |read: &dyn Fn(u64) -> Result<u64, ()>| {
+            walk.join(&mut walk.cursor(), (7, END), (0x20, 0x110, 0), read)
                 .is_some()
+        };
+        assert!(
+            !joins(&with_changed(0x128)),
+            "a word above the frame changed: the rest must be walked"
+        );
+        assert!(
+            joins(&with_changed(0x108)),
+            "a word below it changed: no matter"
         );
     }
 
@@ -330,13 +326,16 @@ mod tests {
     fn a_rejoined_walk_is_the_walk_in_full() {
         let mut walk = kept(&[(0x10, 0x100), (0x20, 0x110), (0x30, 0x120)]);
         // A new walk: two frames of its own, then the kept walk's second frame.
+        let own_frames = |walk: &mut Fresh| {
+            walk.begin();
+            walk.enter(0x5, 0xf0, 0);
+            walk.read(0xf8, 0x6);
+            walk.read(0xf0, 0x3);
+            walk.enter(0x7, 0x100, 0);
+            walk.read(0x108, 0x21);
+        };
         let mut new = Fresh::default();
-        new.begin();
-        new.enter(0x5, 0xf0, 0);
-        new.read(0xf8, 0x6);
-        new.read(0xf0, 0x3);
-        new.enter(0x7, 0x100, 0);
-        new.read(0x108, 0x21);
+        own_frames(&mut new);
         let joined = walk
             .join(&mut walk.cursor(), (7, END), (0x20, 0x110, 0), |address| {
                 Ok(if address == 0x118 { 0x21 } else { 0x31 })
@@ -345,12 +344,7 @@ mod tests {
         walk.rejoin(joined, &new);
         let expected = {
             let mut full = Fresh::default();
-            full.begin();
-            full.enter(0x5, 0xf0, 0);
-            full.read(0xf8, 0x6);
-            full.read(0xf0, 0x3);
-            full.enter(0x7, 0x100, 0);
-            full.read(0x108, 0x21);
+            own_frames(&mut full);
             full.enter(0x20, 0x110, 0);
             full.read(0x118, 0x21);
             full.enter(0x30, 0x120, 0);

@@ -283,7 +283,8 @@ on_both_paths!(
 /// The recorded times of two calls 390 ms apart are as far apart as the program's own clock
 /// reads around them say: on the preload path the first is stamped by `clock_gettime`, before
 /// memprof has measured the TSC's rate, and the last from the TSC (see `TscAnchor`), so a
-/// rate or an anchor off by a ten-thousandth shows.
+/// converted time off by more than the program's window around a call (tens of
+/// microseconds) shows: checked with the TSC times set 200 us late.
 fn event_times(test: &str, capture: Capture) {
     let Some(env) = privileged(test) else { return };
     let target = compile_c(env.dir.path(), "analyses", Build::FramePointers);
