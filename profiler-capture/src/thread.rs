@@ -81,6 +81,7 @@ pub fn walker() -> usize {
     STATE.with(|state| state.walker.get())
 }
 
+/// Sets the calling thread's [`walker`] word.
 pub fn set_walker(word: usize) {
     STATE.with(|state| state.walker.set(word));
 }

@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::support::{
-    Build, Capture, DEADLINE, compile_c, line_channel, memprof, memprof_run_on, on_both_paths,
-    privileged, rest_of, run_to_end, wait_deadline, wait_for_line,
+    Build, Capture, DEADLINE, compile_c, line_channel, memprof, on_both_paths, privileged,
+    profile_output_on, rest_of, run_to_end, wait_deadline, wait_for_line,
 };
 
 const MIB: u64 = 1 << 20;
@@ -288,16 +288,9 @@ on_both_paths!(
 fn event_times(test: &str, capture: Capture) {
     let Some(env) = privileged(test) else { return };
     let target = compile_c(env.dir.path(), "analyses", Build::FramePointers);
-    let output = env.dir.path().join("out");
-    let finished = memprof_run_on(capture, &output, &target, &["clock"]);
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let report = finished.report(&output);
-    let line = finished
-        .stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("clock: "))
-        .unwrap_or_else(|| panic!("no clock line in {:?}", finished.stdout));
-    let bounds: Vec<u64> = line
+    let (report, finished) = profile_output_on(capture, env.dir.path(), &target, &["clock"]);
+    let bounds: Vec<u64> = finished
+        .printed("clock: ")
         .split(' ')
         .map(|n| n.parse().expect("nanoseconds"))
         .collect();

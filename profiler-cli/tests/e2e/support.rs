@@ -160,6 +160,15 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// The rest of the first line of standard output that starts with `label` (what the
+    /// target printed, passed through memprof); panics with the output when there is none.
+    pub fn printed(&self, label: &str) -> &str {
+        self.stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in the output:\n{}", self.stdout))
+    }
+
     /// The report memprof wrote; panics with memprof's stderr when there is none.
     pub fn report(&self, output: &Path) -> Value {
         let path = output.join("report.json");
@@ -259,6 +268,16 @@ pub fn memprof_run_on(capture: Capture, output: &Path, target: &Path, args: &[&s
 /// Runs TARGET under memprof on the given capture path, requires success, and returns the
 /// report (which must say it ran there).
 pub fn profile_on(capture: Capture, dir: &Path, target: &Path, args: &[&str]) -> Value {
+    profile_output_on(capture, dir, target, args).0
+}
+
+/// [`profile_on`], and the run itself (for what the target printed).
+pub fn profile_output_on(
+    capture: Capture,
+    dir: &Path,
+    target: &Path,
+    args: &[&str],
+) -> (Value, Finished) {
     let output = dir.join("out");
     let finished = memprof_run_on(capture, &output, target, args);
     assert!(
@@ -275,7 +294,7 @@ pub fn profile_on(capture: Capture, dir: &Path, target: &Path, args: &[&str]) ->
         "target.capture: {}",
         report["target"]
     );
-    report
+    (report, finished)
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {

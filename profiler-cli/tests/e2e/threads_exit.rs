@@ -7,7 +7,7 @@
 use crate::report::{Name, assert_function, assert_nothing_lost, assert_num, assert_sites};
 use crate::support::{
     Build, Capture, compile_c, marker_line, memprof, on_both_paths, privileged, profile_on,
-    run_to_end,
+    profile_output_on, run_to_end,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -185,12 +185,7 @@ fn check_realloc_race(test: &str, capture: Capture) {
     ] {
         assert_num(&report, &format!("summary.{anomaly}"), 0);
     }
-    let printed: u64 = finished
-        .stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("calls: "))
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or_else(|| panic!("no call count from the target: {}", finished.stdout));
+    let printed: u64 = finished.printed("calls: ").parse().expect("a call count");
     let at_work = |section: &str, field: &str| -> u64 {
         crate::report::sites_with(&report, section, Name::Exact("work"))
             .iter()
@@ -218,19 +213,11 @@ on_both_paths!(
 fn thread_churn(test: &str, capture: Capture) {
     let Some(env) = privileged(test) else { return };
     let target = compile_c(env.dir.path(), "thread_churn", Build::NoFramePointers);
-    let output = env.dir.path().join("out");
-    let finished = crate::support::memprof_run_on(capture, &output, &target, &["300"]);
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let report = finished.report(&output);
+    let (report, finished) = profile_output_on(capture, env.dir.path(), &target, &["300"]);
     assert_nothing_lost(&report);
     assert_sites(&report, "leaks", Name::Exact("churn_leak"), 300, 300 * 32);
     crate::report::assert_chain(&report, "leaks", &["churn_leak", "descend", "descend"]);
-    let arena_kib: u64 = finished
-        .stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("arena_rss_kib: "))
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or_else(|| panic!("no arena size from the target: {}", finished.stdout));
+    let arena_kib: u64 = finished.printed("arena_rss_kib: ").parse().expect("KiB");
     match capture {
         Capture::Uprobes => assert_eq!(arena_kib, 0, "no library, no arena"),
         Capture::Preload => assert!(
