@@ -101,7 +101,9 @@ impl Recorder {
             // Decoding gives a definition only with frames, matched above.
             RecordStack::Define { .. } => None,
             RecordStack::Snapshot(snapshot) => {
-                let outcome = self.unwinder.unwind(&snapshot, modules, &mut self.scratch);
+                let outcome =
+                    self.unwinder
+                        .unwind(&snapshot, event.tid, modules, &mut self.scratch);
                 (!self.scratch.is_empty())
                     .then(|| self.stacks.intern(&self.scratch, outcome.truncated()))
             }

@@ -17,6 +17,7 @@
 //! into the caller's buffer.
 
 mod image;
+mod kept_walks;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,7 @@ use framehop::{Error as FrameError, FrameAddress, MustNotAllocateDuringUnwind, U
 pub use image::{ImageError, ModuleImage};
 
 use crate::event::Snapshot;
+use kept_walks::{Ending, KeptWalks, Registers, Walk};
 
 type Policy = MustNotAllocateDuringUnwind;
 
@@ -66,6 +68,8 @@ pub struct LoadedModule {
 pub struct ModuleSet {
     unwinder: UnwinderX86_64<Arc<[u8]>, Policy>,
     by_start: BTreeMap<u64, LoadedModule>,
+    /// Moved by every change: a walk kept under another epoch is not joined.
+    epoch: u64,
 }
 
 impl ModuleSet {
@@ -73,12 +77,14 @@ impl ModuleSet {
         ModuleSet {
             unwinder: UnwinderX86_64::new(),
             by_start: BTreeMap::new(),
+            epoch: 0,
         }
     }
 
     /// Adds the mapping `range` of `image` loaded with `bias`; modules it overlaps (an unloaded
     /// library whose addresses were reused) are removed first.
     pub fn add(&mut self, range: Range<u64>, bias: u64, image: &Arc<ModuleImage>) {
+        self.epoch += 1;
         let overlapping: Vec<u64> = self
             .by_start
             .range(..range.end)
@@ -144,6 +150,10 @@ pub struct UnwindStats {
     /// Stacks whose unwinding failed before reaching the root or a limit (bad or missing
     /// call-frame information, a frame-pointer guess gone wrong).
     pub errors: u64,
+    /// Stacks that joined their thread's previous walk ([`kept_walks`]).
+    pub joined: u64,
+    /// Frames unwound (the frames taken from a joined walk are not).
+    pub frames_unwound: u64,
 }
 
 /// What became of one snapshot.
@@ -171,6 +181,9 @@ pub struct StackUnwinder {
     pub modules: ModuleSet,
     cache: CacheX86_64<Policy>,
     max_depth: usize,
+    kept: KeptWalks,
+    /// The walk in progress (its buffers reused from walk to walk).
+    fresh: Walk,
     pub stats: UnwindStats,
 }
 
@@ -197,6 +210,8 @@ impl StackUnwinder {
             modules: ModuleSet::new(),
             cache: CacheX86_64::new_in(),
             max_depth,
+            kept: KeptWalks::default(),
+            fresh: Walk::default(),
             stats: UnwindStats::default(),
         }
     }
@@ -209,16 +224,22 @@ impl StackUnwinder {
         self.max_depth
     }
 
-    /// Replaces `frames` with the return addresses of `snapshot`, innermost first, and says
-    /// whether the stack is whole. `source` is asked about addresses in no known module.
+    /// Replaces `frames` with the return addresses of `snapshot`, a stack of `thread`,
+    /// innermost first, and says whether the stack is whole. `source` is asked about addresses
+    /// in no known module.
     pub fn unwind(
         &mut self,
         snapshot: &Snapshot<'_>,
+        thread: u32,
         source: &mut dyn ModuleSource,
         frames: &mut Vec<u64>,
     ) -> Outcome {
         frames.clear();
-        let outcome = self.walk(snapshot, source, frames);
+        let outcome = if self.max_depth == 0 {
+            Outcome::CutByDepth
+        } else {
+            self.walk(snapshot, thread, source, frames)
+        };
         self.stats.stacks += 1;
         match outcome {
             Outcome::Complete => self.stats.complete += 1,
@@ -229,57 +250,105 @@ impl StackUnwinder {
         outcome
     }
 
+    /// Walks `snapshot` frame by frame until a frame joins `thread`'s previous walk; keeps
+    /// the result as the thread's walk.
     fn walk(
         &mut self,
         snapshot: &Snapshot<'_>,
+        thread: u32,
         source: &mut dyn ModuleSource,
         frames: &mut Vec<u64>,
     ) -> Outcome {
-        if self.max_depth == 0 {
-            return Outcome::CutByDepth;
-        }
         let stack = snapshot.stack;
         let stack_start = snapshot.sp;
-        let stack_end = snapshot.sp.saturating_add(stack.len() as u64);
-        let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            let offset = addr.checked_sub(stack_start).ok_or(())? as usize;
-            let bytes = stack
-                .get(offset..offset.checked_add(8).ok_or(())?)
-                .ok_or(())?;
-            Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+        let read_word = |addr: u64| -> Option<u64> {
+            let offset = usize::try_from(addr.checked_sub(stack_start)?).ok()?;
+            let bytes = stack.get(offset..offset.checked_add(8)?)?;
+            Some(u64::from_le_bytes(bytes.try_into().ok()?))
         };
+        let start_epoch = self.modules.epoch;
+        let kept = self.kept.get(thread);
+        let fresh = &mut self.fresh;
+        fresh.begin(start_epoch);
+        let mut cursor = 0;
         let mut regs = UnwindRegsX86_64::new(snapshot.ip, snapshot.sp, snapshot.bp);
         let mut pc = snapshot.ip;
         frames.push(pc);
-        loop {
+        let ending = loop {
+            let here = Registers {
+                pc,
+                sp: regs.sp(),
+                bp: regs.bp(),
+            };
+            if let Some(kept) = kept {
+                let epoch = self.modules.epoch;
+                if let Some(index) = kept.joinable_at(&mut cursor, here, epoch, read_word) {
+                    // `pc` is the joined frame's, already in `frames`.
+                    let total = frames.len() + kept.frames_from(index) - 1;
+                    let ending = kept.ending().expect("a kept walk has ended");
+                    if total > self.max_depth {
+                        frames.extend(kept.pcs_from(index).skip(1));
+                        frames.truncate(self.max_depth);
+                        self.stats.joined += 1;
+                        // Not kept: the walk is not whole.
+                        return Outcome::CutByDepth;
+                    }
+                    if total < self.max_depth && ending == Ending::Deeper {
+                        // The kept walk stopped at the depth limit before frames this one needs.
+                    } else {
+                        frames.extend(kept.pcs_from(index).skip(1));
+                        fresh.take_rest(kept, index);
+                        self.stats.joined += 1;
+                        break ending;
+                    }
+                }
+            }
+            fresh.enter(here);
             // A return address is looked up at `pc - 1`, inside its call instruction.
             let Some(address) = FrameAddress::from_return_address(pc) else {
-                return Outcome::Complete;
+                break Ending::Root;
             };
             if self.modules.find(pc - 1).is_none() {
                 source.find_module(pc - 1, &mut self.modules);
             }
+            self.stats.frames_unwound += 1;
             let next = self.modules.unwinder.unwind_frame(
                 address,
                 &mut regs,
                 &mut self.cache,
-                &mut read_stack,
+                &mut |addr| fresh.read(addr, read_word).ok_or(()),
             );
             match next {
-                Ok(None) | Err(FrameError::ReturnAddressIsNull) => return Outcome::Complete,
-                Ok(Some(0)) => return Outcome::Complete,
+                Ok(None) | Err(FrameError::ReturnAddressIsNull) | Ok(Some(0)) => {
+                    break Ending::Root;
+                }
                 Ok(Some(return_address)) => {
                     if frames.len() == self.max_depth {
-                        return Outcome::CutByDepth;
+                        break Ending::Deeper;
                     }
                     frames.push(return_address);
                     pc = return_address;
                 }
-                Err(FrameError::CouldNotReadStack(addr)) if snapshot.cut && addr >= stack_end => {
-                    return Outcome::CutByBytes;
-                }
-                Err(error) => return Outcome::Failed(error),
+                Err(error) => break Ending::Error(error),
             }
+        };
+        fresh.end(ending);
+        if self.modules.epoch == start_epoch {
+            self.kept.keep(thread, &mut self.fresh);
         }
+        outcome(ending, snapshot)
+    }
+}
+
+/// What `ending` means for `snapshot`: a read past the end of a cut copy is a cut stack.
+fn outcome(ending: Ending, snapshot: &Snapshot<'_>) -> Outcome {
+    let stack_end = snapshot.sp.saturating_add(snapshot.stack.len() as u64);
+    match ending {
+        Ending::Root => Outcome::Complete,
+        Ending::Deeper => Outcome::CutByDepth,
+        Ending::Error(FrameError::CouldNotReadStack(addr)) if snapshot.cut && addr >= stack_end => {
+            Outcome::CutByBytes
+        }
+        Ending::Error(error) => Outcome::Failed(error),
     }
 }

@@ -133,6 +133,8 @@ fn outer_caller(limit: u64) -> Captured {
 }
 
 const WHOLE_STACK: u64 = 1 << 20;
+/// The thread the snapshots are said to be of.
+const THREAD: u32 = 7;
 
 #[test]
 fn unwinds_own_stack_through_the_calling_functions_to_the_root() {
@@ -140,7 +142,7 @@ fn unwinds_own_stack_through_the_calling_functions_to_the_root() {
     let mut unwinder = StackUnwinder::new(127);
     let mut source = SelfMaps::default();
     let mut frames = Vec::new();
-    let outcome = unwinder.unwind(&captured.snapshot(), &mut source, &mut frames);
+    let outcome = unwinder.unwind(&captured.snapshot(), THREAD, &mut source, &mut frames);
     let names = names(&frames);
     assert_eq!(outcome, Outcome::Complete, "{names:#?}");
     assert_eq!(frames[0], captured.ip, "frame 0 is the snapshot's ip");
@@ -165,6 +167,7 @@ fn unwinds_own_stack_through_the_calling_functions_to_the_root() {
         UnwindStats {
             stacks: 1,
             complete: 1,
+            frames_unwound: frames.len() as u64,
             ..UnwindStats::default()
         }
     );
@@ -172,7 +175,7 @@ fn unwinds_own_stack_through_the_calling_functions_to_the_root() {
     // Known modules are not asked for again, and the same stack unwinds the same.
     let asked = source.asked;
     let mut again = Vec::new();
-    let outcome = unwinder.unwind(&captured.snapshot(), &mut source, &mut again);
+    let outcome = unwinder.unwind(&captured.snapshot(), THREAD, &mut source, &mut again);
     assert_eq!((outcome, &again), (Outcome::Complete, &frames));
     assert_eq!(source.asked, asked);
 }
@@ -183,7 +186,12 @@ fn a_short_copy_cuts_the_stack_and_says_so() {
     assert!(captured.cut);
     let mut unwinder = StackUnwinder::new(127);
     let mut frames = Vec::new();
-    let outcome = unwinder.unwind(&captured.snapshot(), &mut SelfMaps::default(), &mut frames);
+    let outcome = unwinder.unwind(
+        &captured.snapshot(),
+        THREAD,
+        &mut SelfMaps::default(),
+        &mut frames,
+    );
     assert_eq!(outcome, Outcome::CutByBytes);
     assert!(outcome.truncated());
     assert_eq!(frames[0], captured.ip);
@@ -195,7 +203,12 @@ fn the_depth_limit_cuts_the_stack_and_says_so() {
     let captured = outer_caller(WHOLE_STACK);
     let mut unwinder = StackUnwinder::new(2);
     let mut frames = Vec::new();
-    let outcome = unwinder.unwind(&captured.snapshot(), &mut SelfMaps::default(), &mut frames);
+    let outcome = unwinder.unwind(
+        &captured.snapshot(),
+        THREAD,
+        &mut SelfMaps::default(),
+        &mut frames,
+    );
     assert_eq!(outcome, Outcome::CutByDepth);
     assert_eq!(frames.len(), 2);
     let names = names(&frames);
@@ -203,7 +216,12 @@ fn the_depth_limit_cuts_the_stack_and_says_so() {
     assert_eq!(unwinder.stats.cut_by_depth, 1);
 
     unwinder.set_max_depth(0);
-    let outcome = unwinder.unwind(&captured.snapshot(), &mut SelfMaps::default(), &mut frames);
+    let outcome = unwinder.unwind(
+        &captured.snapshot(),
+        THREAD,
+        &mut SelfMaps::default(),
+        &mut frames,
+    );
     assert_eq!((outcome, frames.len()), (Outcome::CutByDepth, 0));
 }
 
@@ -214,7 +232,12 @@ fn without_modules_unwinding_falls_back_and_fails_visibly() {
     let captured = outer_caller(WHOLE_STACK);
     let mut unwinder = StackUnwinder::new(127);
     let mut frames = Vec::new();
-    let outcome = unwinder.unwind(&captured.snapshot(), &mut NoModuleSource, &mut frames);
+    let outcome = unwinder.unwind(
+        &captured.snapshot(),
+        THREAD,
+        &mut NoModuleSource,
+        &mut frames,
+    );
     assert_eq!(frames[0], captured.ip);
     assert_eq!(unwinder.stats.stacks, 1);
     assert_eq!(
@@ -267,7 +290,12 @@ fn unwinds_through_libc_without_frame_pointers() {
     let captured = FROM_COMPARATOR.lock().unwrap().take().expect("captured");
     let mut unwinder = StackUnwinder::new(127);
     let mut frames = Vec::new();
-    let outcome = unwinder.unwind(&captured.snapshot(), &mut SelfMaps::default(), &mut frames);
+    let outcome = unwinder.unwind(
+        &captured.snapshot(),
+        THREAD,
+        &mut SelfMaps::default(),
+        &mut frames,
+    );
     let names = names(&frames);
     assert_eq!(outcome, Outcome::Complete, "{names:#?}");
     let comparator = position(&names, "compare_and_capture", 1);
@@ -292,4 +320,120 @@ fn unwinds_through_libc_without_frame_pointers() {
         "unwinds_through_libc_without_frame_pointers",
         sorter + 1,
     );
+}
+
+/// An unwinder that has unwound `captured` once, as a stack of another thread: the modules
+/// are loaded (a walk that loads one is not kept: the module set changed under it), the
+/// figures zero.
+fn warm_unwinder(max_depth: usize, captured: &Captured, source: &mut SelfMaps) -> StackUnwinder {
+    let mut unwinder = StackUnwinder::new(max_depth);
+    unwinder.unwind(&captured.snapshot(), 0, source, &mut Vec::new());
+    unwinder.stats = UnwindStats::default();
+    unwinder
+}
+
+/// Unwinds `first` then `then` as stacks of one thread with an unwinder keeping at most
+/// `max_depth` frames, checks that `then` comes out as a fresh unwinder gives it, and returns
+/// the first unwinder's figures.
+fn after_a_walk_of_the_same_thread(
+    first: &Captured,
+    then: &Captured,
+    depths: (usize, usize),
+) -> (Vec<u64>, UnwindStats) {
+    let mut source = SelfMaps::default();
+    let mut unwinder = warm_unwinder(depths.0, first, &mut source);
+    let mut frames = Vec::new();
+    unwinder.unwind(&first.snapshot(), THREAD, &mut source, &mut frames);
+    unwinder.set_max_depth(depths.1);
+    let outcome = unwinder.unwind(&then.snapshot(), THREAD, &mut source, &mut frames);
+    let mut fresh = StackUnwinder::new(depths.1);
+    let mut fresh_frames = Vec::new();
+    let fresh_outcome = fresh.unwind(&then.snapshot(), THREAD, &mut source, &mut fresh_frames);
+    assert_eq!(
+        (outcome, &frames),
+        (fresh_outcome, &fresh_frames),
+        "after a walk: {:#?}\nfresh: {:#?}",
+        names(&frames),
+        names(&fresh_frames)
+    );
+    (frames, unwinder.stats)
+}
+
+#[test]
+fn a_walk_joins_its_threads_previous_one_where_they_share_a_frame() {
+    let through_outer = outer_caller(WHOLE_STACK);
+    let through_middle = middle_caller(WHOLE_STACK);
+    let (frames, stats) =
+        after_a_walk_of_the_same_thread(&through_outer, &through_middle, (127, 127));
+    let names = names(&frames);
+    position(&names, "a_walk_joins_its_threads_previous_one", 2);
+    assert_eq!(stats.joined, 1, "{stats:?}");
+    // The first walk unwound each of its frames (one more than this one's: outer_caller);
+    // the second only its own (capture, middle_caller, this test), none of the harness's.
+    let first_walk = frames.len() as u64 + 1;
+    assert_eq!(stats.frames_unwound - first_walk, 3, "{stats:?}");
+
+    // The same stack again joins at its first frame and unwinds none.
+    let (_, stats) = after_a_walk_of_the_same_thread(&through_outer, &through_outer, (127, 127));
+    assert_eq!(
+        (stats.joined, stats.frames_unwound),
+        (1, first_walk),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn a_changed_stack_word_is_not_joined_over() {
+    let kept = outer_caller(WHOLE_STACK);
+    let mut source = SelfMaps::default();
+    let mut frames = Vec::new();
+    StackUnwinder::new(127).unwind(&kept.snapshot(), THREAD, &mut source, &mut frames);
+    // The same registers and stack, but the word holding the third frame's return address
+    // now holds the fourth's: every frame from there on differs.
+    let mut changed = Captured {
+        stack: kept.stack.clone(),
+        ..kept
+    };
+    let at = changed
+        .stack
+        .chunks_exact(8)
+        .position(|word| u64::from_le_bytes(word.try_into().unwrap()) == frames[3])
+        .expect("the return address is on the stack");
+    changed.stack[at * 8..at * 8 + 8].copy_from_slice(&frames[4].to_le_bytes());
+    let (changed_frames, stats) = after_a_walk_of_the_same_thread(&kept, &changed, (127, 127));
+    assert_ne!(changed_frames, frames);
+    assert_eq!(changed_frames[..3], frames[..3]);
+    assert_eq!(stats.joined, 0, "{stats:?}");
+}
+
+#[test]
+fn a_joined_walk_keeps_the_depth_limit() {
+    let whole = outer_caller(WHOLE_STACK);
+    // Joined at its first frame, cut at 5.
+    let (frames, stats) = after_a_walk_of_the_same_thread(&whole, &whole, (127, 5));
+    assert_eq!((frames.len(), stats.joined), (5, 1));
+    // A walk cut at the limit has no frames for a later, deeper one: not joined.
+    let (frames, stats) = after_a_walk_of_the_same_thread(&whole, &whole, (5, 127));
+    assert!(frames.len() > 5);
+    assert_eq!(stats.joined, 0, "{stats:?}");
+    // Cut exactly where the kept walk was: joined, and cut the same.
+    let (frames, stats) = after_a_walk_of_the_same_thread(&whole, &whole, (5, 5));
+    assert_eq!((frames.len(), stats.joined), (5, 1));
+}
+
+#[test]
+fn walks_of_other_threads_or_module_sets_are_not_joined() {
+    let whole = outer_caller(WHOLE_STACK);
+    let mut source = SelfMaps::default();
+    let mut unwinder = warm_unwinder(127, &whole, &mut source);
+    let mut frames = Vec::new();
+    unwinder.unwind(&whole.snapshot(), THREAD, &mut source, &mut frames);
+    unwinder.unwind(&whole.snapshot(), THREAD + 1, &mut source, &mut frames);
+    assert_eq!(unwinder.stats.joined, 0);
+    let image = Arc::clone(&unwinder.modules.find(frames[0] - 1).unwrap().image);
+    unwinder.modules.add(0x1000..0x2000, 0, &image);
+    unwinder.unwind(&whole.snapshot(), THREAD, &mut source, &mut frames);
+    assert_eq!(unwinder.stats.joined, 0, "the modules changed since");
+    unwinder.unwind(&whole.snapshot(), THREAD, &mut source, &mut frames);
+    assert_eq!(unwinder.stats.joined, 1);
 }
