@@ -31,7 +31,7 @@ use framehop::{Error as FrameError, FrameAddress, MustNotAllocateDuringUnwind, U
 pub use image::{ImageError, ModuleImage};
 
 use crate::event::Snapshot;
-use kept_walks::{Ending, KeptWalks, Registers, Walk};
+use kept_walks::{BpUse, Ending, KeptWalks, Registers, Walk};
 
 type Policy = MustNotAllocateDuringUnwind;
 
@@ -184,6 +184,9 @@ pub struct StackUnwinder {
     kept: KeptWalks,
     /// The walk in progress (its buffers reused from walk to walk).
     fresh: Walk,
+    /// What each pc's rule does with `%rbp`, learned under the module set of `bp_uses_epoch`.
+    bp_uses: crate::fasthash::FastHashMap<u64, BpUse>,
+    bp_uses_epoch: u64,
     pub stats: UnwindStats,
 }
 
@@ -212,6 +215,8 @@ impl StackUnwinder {
             max_depth,
             kept: KeptWalks::default(),
             fresh: Walk::default(),
+            bp_uses: Default::default(),
+            bp_uses_epoch: 0,
             stats: UnwindStats::default(),
         }
     }
@@ -267,10 +272,15 @@ impl StackUnwinder {
             Some(u64::from_le_bytes(bytes.try_into().ok()?))
         };
         let start_epoch = self.modules.epoch;
+        if self.bp_uses_epoch != start_epoch {
+            self.bp_uses.clear();
+            self.bp_uses_epoch = start_epoch;
+        }
         let kept = self.kept.get(thread);
         let fresh = &mut self.fresh;
         fresh.begin(start_epoch);
         let mut cursor = 0;
+        let mut joined = false;
         let mut regs = UnwindRegsX86_64::new(snapshot.ip, snapshot.sp, snapshot.bp);
         let mut pc = snapshot.ip;
         frames.push(pc);
@@ -282,24 +292,34 @@ impl StackUnwinder {
             };
             if let Some(kept) = kept {
                 let epoch = self.modules.epoch;
-                if let Some(index) = kept.joinable_at(&mut cursor, here, epoch, read_word) {
-                    // `pc` is the joined frame's, already in `frames`.
-                    let total = frames.len() + kept.frames_from(index) - 1;
+                if let Some(join) = kept.join(&mut cursor, here, epoch, read_word) {
+                    let whole = join.until == kept.len();
+                    // The frames after the joined one (whose pc is in `frames`) this join adds:
+                    // up to the last if whole, else up to the one to unwind next.
+                    let added = kept.pcs(join.index + 1, (join.until + 1).min(kept.len()));
+                    let total = frames.len() + added.len();
                     let ending = kept.ending().expect("a kept walk has ended");
                     if total > self.max_depth {
-                        frames.extend(kept.pcs_from(index).skip(1));
+                        frames.extend(added);
                         frames.truncate(self.max_depth);
-                        self.stats.joined += 1;
+                        self.stats.joined += u64::from(!joined);
                         // Not kept: the walk is not whole.
                         return Outcome::CutByDepth;
                     }
-                    if total < self.max_depth && ending == Ending::Deeper {
-                        // The kept walk stopped at the depth limit before frames this one needs.
-                    } else {
-                        frames.extend(kept.pcs_from(index).skip(1));
-                        fresh.take_rest(kept, index);
-                        self.stats.joined += 1;
-                        break ending;
+                    // A whole kept walk cut at the depth limit has no frames for a walk that
+                    // reaches it at a lower depth.
+                    if !(whole && total < self.max_depth && ending == Ending::Deeper) {
+                        frames.extend(added);
+                        fresh.take(kept, &join);
+                        self.stats.joined += u64::from(!joined);
+                        joined = true;
+                        if whole {
+                            break ending;
+                        }
+                        let next = kept.registers(join.until);
+                        regs = UnwindRegsX86_64::new(next.pc, next.sp, join.bp);
+                        pc = next.pc;
+                        continue;
                     }
                 }
             }
@@ -323,6 +343,16 @@ impl StackUnwinder {
                     break Ending::Root;
                 }
                 Ok(Some(return_address)) => {
+                    let bp_use = *self.bp_uses.entry(pc).or_insert_with(|| {
+                        bp_use(
+                            &self.modules.unwinder,
+                            &mut self.cache,
+                            (here, address, read_word),
+                            (&regs, return_address),
+                            fresh.last_frame_reads(),
+                        )
+                    });
+                    fresh.set_bp_use(bp_use);
                     if frames.len() == self.max_depth {
                         break Ending::Deeper;
                     }
@@ -337,6 +367,43 @@ impl StackUnwinder {
             self.kept.keep(thread, &mut self.fresh);
         }
         outcome(ending, snapshot)
+    }
+}
+
+/// What the rule of the frame at `here` does with `%rbp`, from one successful unwinding of it
+/// (which gave `after` and `return_address` reading `reads`): the frame is unwound again with
+/// another `%rbp`. A rule that reads it reads elsewhere then (or fails); one that does not
+/// reads the same words and gives the same caller, with the other `%rbp` passed on or the
+/// same one restored.
+fn bp_use(
+    unwinder: &UnwinderX86_64<Arc<[u8]>, Policy>,
+    cache: &mut CacheX86_64<Policy>,
+    (here, address, read_word): (Registers, FrameAddress, impl Fn(u64) -> Option<u64>),
+    (after, return_address): (&UnwindRegsX86_64, u64),
+    reads: impl ExactSizeIterator<Item = u64>,
+) -> BpUse {
+    const MAX_READS: usize = 16;
+    let other_bp = here.bp ^ (1 << 44);
+    let mut regs = UnwindRegsX86_64::new(here.pc, here.sp, other_bp);
+    let mut probed = [0u64; MAX_READS];
+    let mut count = 0;
+    let result = unwinder.unwind_frame(address, &mut regs, cache, &mut |addr| {
+        if count < MAX_READS {
+            probed[count] = addr;
+        }
+        count += 1;
+        read_word(addr).ok_or(())
+    });
+    let same_reads =
+        count <= MAX_READS && reads.len() == count && reads.eq(probed[..count].iter().copied());
+    if result != Ok(Some(return_address)) || !same_reads || regs.sp() != after.sp() {
+        BpUse::Reads
+    } else if after.bp() == here.bp && regs.bp() == other_bp {
+        BpUse::PassesOn
+    } else if regs.bp() == after.bp() {
+        BpUse::Restores
+    } else {
+        BpUse::Reads
     }
 }
 

@@ -11,6 +11,12 @@
 //! under the same module set, where every read the previous walk made from that frame on gives
 //! the same result in this snapshot (the same word, or unreadable again), would compute
 //! exactly what the previous walk computed from there: its remaining frames and its ending.
+//!
+//! `%rbp` is a data register in code built without frame pointers, so two walks through the
+//! same frames often reach them with different values in it until a frame restores it from the
+//! stack. A frame whose rule neither reads `%rbp` nor lets an outer rule read it ([`BpUse`]:
+//! it passes it through to a frame that restores it) unwinds the same whatever it holds: a
+//! join is allowed there with `%rbp` differing.
 
 use framehop::Error as FrameError;
 
@@ -35,11 +41,24 @@ struct StackRead {
     value: Option<u64>,
 }
 
+/// What a frame's unwind rule does with the `%rbp` it is reached with (rules depend on the
+/// frame's pc alone: the unwinder learns this once per pc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BpUse {
+    /// Unknown, or read: the frame's unwinding depends on it.
+    Reads,
+    /// Neither read nor changed: the caller is reached with the same `%rbp`.
+    PassesOn,
+    /// Replaced by a word read from the stack, unread otherwise.
+    Restores,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct KeptFrame {
     registers: Registers,
     /// Index in the walk's reads of the first read made to unwind this frame.
     reads_from: u32,
+    bp_use: BpUse,
 }
 
 /// How a walk ended after its last frame, before the snapshot's limits say what that means
@@ -76,7 +95,24 @@ impl Walk {
         self.frames.push(KeptFrame {
             registers,
             reads_from: self.reads.len() as u32,
+            bp_use: BpUse::Reads,
         });
+    }
+
+    /// What the frame entered last does with `%rbp`.
+    pub fn set_bp_use(&mut self, bp_use: BpUse) {
+        if let Some(frame) = self.frames.last_mut() {
+            frame.bp_use = bp_use;
+        }
+    }
+
+    /// The addresses the frame entered last has read so far.
+    pub fn last_frame_reads(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        let from = self
+            .frames
+            .last()
+            .map_or(0, |frame| frame.reads_from as usize);
+        self.reads[from..].iter().map(|read| read.address)
     }
 
     /// Reads the word at `address` through `read` and remembers what it gave.
@@ -91,15 +127,17 @@ impl Walk {
         self.ending = Some(ending);
     }
 
-    /// The kept walk's frame with `registers`, if every read made from it on gives the same
-    /// now (through `read`) and the walk was made under `module_epoch`: its index.
-    pub fn joinable_at(
+    /// Where a walk at a frame with `registers` can take frames from this kept walk (made under
+    /// `module_epoch`, or none is): from the kept frame with those registers (`%rbp` aside
+    /// where no rule reads it) on, as far as each frame's reads give the same now through
+    /// `read`.
+    pub fn join(
         &self,
         cursor: &mut usize,
         registers: Registers,
         module_epoch: u64,
         read: impl Fn(u64) -> Option<u64>,
-    ) -> Option<usize> {
+    ) -> Option<Join> {
         if self.module_epoch != module_epoch || self.ending.is_none() {
             return None;
         }
@@ -107,44 +145,102 @@ impl Walk {
         while *cursor < self.frames.len() && self.frames[*cursor].registers.sp < registers.sp {
             *cursor += 1;
         }
-        let same = self.frames[*cursor..]
-            .iter()
-            .take_while(|frame| frame.registers.sp == registers.sp)
-            .position(|frame| frame.registers == registers)?;
-        let index = *cursor + same;
-        let from = self.frames[index].reads_from as usize;
-        self.reads[from..]
-            .iter()
-            .all(|kept| read(kept.address) == kept.value)
-            .then_some(index)
+        let index = (*cursor..self.frames.len())
+            .take_while(|&index| self.frames[index].registers.sp == registers.sp)
+            .find(|&index| self.frames[index].registers.pc == registers.pc)?;
+        let mut bp_differs = self.frames[index].registers.bp != registers.bp;
+        let mut until = index;
+        while until < self.frames.len() {
+            let frame = &self.frames[until];
+            if bp_differs && frame.bp_use == BpUse::Reads {
+                break;
+            }
+            let reads_end = self
+                .frames
+                .get(until + 1)
+                .map_or(self.reads.len(), |next| next.reads_from as usize);
+            let reads = &self.reads[frame.reads_from as usize..reads_end];
+            if !reads.iter().all(|kept| read(kept.address) == kept.value) {
+                break;
+            }
+            if frame.bp_use == BpUse::Restores {
+                bp_differs = false;
+            }
+            until += 1;
+        }
+        (until > index).then(|| {
+            let bp = match self.frames.get(until) {
+                Some(frame) if !bp_differs => frame.registers.bp,
+                _ => registers.bp,
+            };
+            Join {
+                index,
+                until,
+                bp,
+                walk_bp: registers.bp,
+            }
+        })
     }
 
-    /// The pcs of frames `index..` (the first is the frame joined at).
-    pub fn pcs_from(&self, index: usize) -> impl Iterator<Item = u64> + '_ {
-        self.frames[index..].iter().map(|frame| frame.registers.pc)
+    pub fn len(&self) -> usize {
+        self.frames.len()
     }
 
-    pub fn frames_from(&self, index: usize) -> usize {
-        self.frames.len() - index
+    /// The registers frame `index` was reached with (`%rbp` aside: see [`Join::bp`]).
+    pub fn registers(&self, index: usize) -> Registers {
+        self.frames[index].registers
+    }
+
+    /// The pcs of frames `from..to`.
+    pub fn pcs(&self, from: usize, to: usize) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.frames[from..to].iter().map(|frame| frame.registers.pc)
     }
 
     pub fn ending(&self) -> Option<Ending> {
         self.ending
     }
 
-    /// Appends `kept`'s frames from `index` on, their reads and its ending: this walk joined
-    /// it there.
-    pub fn take_rest(&mut self, kept: &Walk, index: usize) {
-        let from = kept.frames[index].reads_from;
+    /// Appends `kept`'s frames `join.index..join.until`, with the reads that unwound them, and
+    /// when they are all of its frames, its ending: this walk joined it.
+    pub fn take(&mut self, kept: &Walk, join: &Join) {
+        let from = kept.frames[join.index].reads_from;
+        let to = kept
+            .frames
+            .get(join.until)
+            .map_or(kept.reads.len(), |frame| frame.reads_from as usize);
         let base = self.reads.len() as u32;
+        // The %rbp this walk reached the joined frame with is the one of each frame that passes
+        // it on, up to the first that restores it.
+        let mut passed_on = true;
         self.frames
-            .extend(kept.frames[index..].iter().map(|frame| KeptFrame {
-                registers: frame.registers,
-                reads_from: frame.reads_from - from + base,
+            .extend(kept.frames[join.index..join.until].iter().map(|frame| {
+                let mut registers = frame.registers;
+                if passed_on {
+                    registers.bp = join.walk_bp;
+                    passed_on = frame.bp_use == BpUse::PassesOn;
+                }
+                KeptFrame {
+                    registers,
+                    reads_from: frame.reads_from - from + base,
+                    bp_use: frame.bp_use,
+                }
             }));
-        self.reads.extend_from_slice(&kept.reads[from as usize..]);
-        self.ending = kept.ending;
+        self.reads.extend_from_slice(&kept.reads[from as usize..to]);
+        if join.until == kept.frames.len() {
+            self.ending = kept.ending;
+        }
     }
+}
+
+/// Frames `index..until` of a kept walk unwind alike in the walk joining it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Join {
+    pub index: usize,
+    pub until: usize,
+    /// The `%rbp` frame `until` is reached with (if it is a frame).
+    pub bp: u64,
+    /// The `%rbp` the joining walk reached frame `index` with.
+    pub walk_bp: u64,
 }
 
 /// The last whole walk of each thread.

@@ -403,7 +403,14 @@ fn a_changed_stack_word_is_not_joined_over() {
     let (changed_frames, stats) = after_a_walk_of_the_same_thread(&kept, &changed, (127, 127));
     assert_ne!(changed_frames, frames);
     assert_eq!(changed_frames[..3], frames[..3]);
-    assert_eq!(stats.joined, 0, "{stats:?}");
+    // Frames 0 and 1 are taken from the kept walk; frame 2 read the changed word, so it and
+    // every frame after it are unwound again.
+    assert_eq!(stats.joined, 1, "{stats:?}");
+    assert_eq!(
+        stats.frames_unwound - frames.len() as u64,
+        changed_frames.len() as u64 - 2,
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -436,4 +443,25 @@ fn walks_of_other_threads_or_module_sets_are_not_joined() {
     assert_eq!(unwinder.stats.joined, 0, "the modules changed since");
     unwinder.unwind(&whole.snapshot(), THREAD, &mut source, &mut frames);
     assert_eq!(unwinder.stats.joined, 1);
+}
+
+#[test]
+fn another_rbp_is_joined_over_only_up_to_a_rule_that_reads_it() {
+    // The inner frames' rules do not read %rbp, an outer one does (it computes its caller's
+    // frame from it): the same stack reached with another %rbp takes the inner frames from the
+    // kept walk, then unwinds the rest as a fresh walk does, and fails where the kept one did
+    // not.
+    let kept = outer_caller(WHOLE_STACK);
+    let other_bp = Captured {
+        stack: kept.stack.clone(),
+        bp: kept.bp ^ (1 << 44),
+        ..kept
+    };
+    let (frames, stats) = after_a_walk_of_the_same_thread(&kept, &other_bp, (127, 127));
+    assert_eq!(
+        (stats.joined, stats.complete, stats.errors),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(frames[0], kept.ip);
 }
