@@ -162,6 +162,7 @@ fn spawn_stopped(target: &Target) -> Result<(Pid, Option<ChildStdout>)> {
     child
         .args(args)
         .env_remove(crate::timings::VAR)
+        .env_remove(crate::probes::TID_SLOTS_VAR)
         .envs(target.env.iter().map(|(k, v)| (k, v)));
     if target.capture_stdout {
         child.stdout(Stdio::piped());

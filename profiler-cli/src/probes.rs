@@ -12,7 +12,8 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
 };
 use profiler_common::{
-    CONTROL_MAP, COUNTERS_MAP, EventKind, FOLLOWED_MAP, RING_MAP, config, counter,
+    CALLS_BY_TID_MAP, CONTROL_MAP, COUNTERS_MAP, EventKind, FOLLOWED_MAP, MAX_TID_SLOTS, RING_MAP,
+    config, counter,
 };
 use profiler_core::report::LostCounts;
 
@@ -79,6 +80,24 @@ pub struct Probes {
 /// Links released concurrently at the end of a session.
 const CONCURRENT_RELEASES: usize = 64;
 
+/// Slots of the probes' table of calls in flight by thread id: one per possible thread id
+/// (`/proc/sys/kernel/pid_max`, 32768 on small machines), at most [`MAX_TID_SLOTS`]. Threads
+/// with larger ids use the hash map; [`TID_SLOTS_VAR`] sets fewer slots (the tests send every
+/// thread that way).
+fn tid_slots() -> u32 {
+    let slots = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .map_or(MAX_TID_SLOTS, |pid_max| pid_max.clamp(1, MAX_TID_SLOTS));
+    std::env::var(TID_SLOTS_VAR)
+        .ok()
+        .and_then(|text| text.parse::<u32>().ok())
+        .map_or(slots, |asked| asked.clamp(1, slots))
+}
+
+/// memprof's own knob: how many thread ids get a slot (fewer than the default only).
+pub const TID_SLOTS_VAR: &str = "MEMPROF_TID_SLOTS";
+
 impl Probes {
     pub fn load(tgid: u32, config: ProbeConfig) -> Result<Probes> {
         if !multi_link::uprobe_multi_supported() {
@@ -97,6 +116,7 @@ impl Probes {
         let stack_depth = config.stack_depth;
         let task_blocked_offset = crate::kernel_btf::task_blocked_offset().unwrap_or(0);
         let main_stack = MainStack::of(tgid);
+        let tid_slots = tid_slots();
         // aya creates the maps (the ring, the in-flight table, .rodata with the globals);
         // the programs are loaded for uprobe_multi by `multi_link` against those maps.
         let ebpf = EbpfLoader::new()
@@ -109,7 +129,9 @@ impl Probes {
             .override_global(config::STACK_BYTES, &config.stack_bytes, true)
             .override_global(config::MAIN_STACK_TOP, &main_stack.top, true)
             .override_global(config::MAIN_STACK_ARGV0, &main_stack.argv0, true)
+            .override_global(config::TID_SLOTS, &tid_slots, true)
             .map_max_entries(RING_MAP, config.ring_bytes)
+            .map_max_entries(CALLS_BY_TID_MAP, tid_slots)
             .load(PROGRAMS)
             .map_err(|error| anyhow!("cannot load the eBPF programs: {error}{}", btf_hint()))?;
         let object = MultiObject::new(PROGRAMS, &ebpf)?;

@@ -287,6 +287,9 @@ pub mod config {
     /// kernel (from its BTF; 0: unknown): a thread blocking [`super::HOLD_SIGNAL`] is held
     /// with [`super::HOLD_SIGNAL_BLOCKED`] instead.
     pub const TASK_BLOCKED_OFFSET: &str = "TASK_BLOCKED_OFFSET";
+    /// Name of the global holding the number of slots of [`super::CALLS_BY_TID_MAP`]: a thread
+    /// whose id is below it keeps its call in flight in the slot of that index.
+    pub const TID_SLOTS: &str = "TID_SLOTS";
 }
 
 /// The signal a probe sends its own thread when the ring is filling faster than the collector
@@ -306,6 +309,13 @@ pub const HOLD_SIGNAL_BLOCKED: u32 = 19;
 
 /// Name of the ring buffer map.
 pub const RING_MAP: &str = "EVENTS";
+/// Name of the array of calls in flight by thread id (sized at load time: see
+/// [`config::TID_SLOTS`]).
+pub const CALLS_BY_TID_MAP: &str = "CALLS_BY_TID";
+/// The most slots [`CALLS_BY_TID_MAP`] gets (48 bytes each): the thread ids below
+/// `/proc/sys/kernel/pid_max` up to this; a thread with a larger id keeps its call in a hash
+/// map instead.
+pub const MAX_TID_SLOTS: u32 = 1 << 17;
 /// Name of the control array: slot 0 set to 1 stops every probe from starting a call.
 pub const CONTROL_MAP: &str = "CONTROL";
 /// Name of the map of the other processes of a followed tree (`run`), by tgid.

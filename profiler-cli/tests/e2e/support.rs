@@ -253,8 +253,20 @@ pub fn memprof_run(output: &Path, target: &Path, args: &[&str]) -> Finished {
 
 /// `memprof run --capture PATH --output OUT -- TARGET ARGS...`
 pub fn memprof_run_on(capture: Capture, output: &Path, target: &Path, args: &[&str]) -> Finished {
+    memprof_run_with(capture, &[], output, target, args)
+}
+
+/// [`memprof_run_on`] with memprof's environment variables `env` set.
+pub fn memprof_run_with(
+    capture: Capture,
+    env: &[(&str, &str)],
+    output: &Path,
+    target: &Path,
+    args: &[&str],
+) -> Finished {
     let mut cmd = Command::new(memprof());
-    cmd.arg("run")
+    cmd.envs(env.iter().copied())
+        .arg("run")
         .arg("--capture")
         .arg(capture.arg())
         .arg("--output")

@@ -6,8 +6,8 @@
 //! with the events).
 use crate::report::{Name, assert_function, assert_nothing_lost, assert_num, assert_sites};
 use crate::support::{
-    Build, Capture, compile_c, marker_line, memprof, on_both_paths, privileged, profile_on,
-    profile_output_on, run_to_end,
+    Build, Capture, compile_c, marker_line, memprof, memprof_run_with, on_both_paths, privileged,
+    profile_on, profile_output_on, run_to_end,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -225,4 +225,28 @@ fn thread_churn(test: &str, capture: Capture) {
             "the library's arena holds {arena_kib} KiB after 300 threads"
         ),
     }
+}
+
+/// The probes keep each thread's call in flight in a slot by thread id, and in a hash map when
+/// the id is past the slots (pid_max above 2^17): with one slot, every thread of thread_churn
+/// goes the hash map's way, and every leak is still counted with its stack.
+#[test]
+fn threads_past_the_probes_slots_are_counted_alike() {
+    let Some(env) = privileged("threads_past_the_probes_slots_are_counted_alike") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "thread_churn", Build::NoFramePointers);
+    let output = env.dir.path().join("out");
+    let finished = memprof_run_with(
+        Capture::Uprobes,
+        &[("MEMPROF_TID_SLOTS", "1")],
+        &output,
+        &target,
+        &["300"],
+    );
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let report = finished.report(&output);
+    assert_nothing_lost(&report);
+    assert_sites(&report, "leaks", Name::Exact("churn_leak"), 300, 300 * 32);
+    crate::report::assert_chain(&report, "leaks", &["churn_leak", "descend", "descend"]);
 }
