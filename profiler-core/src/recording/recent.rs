@@ -18,9 +18,11 @@ pub struct RecentBlocks {
     /// `(n - 1) % WINDOW`.
     addrs: [u64; WINDOW as usize],
     pushed: u64,
-    /// By a hash of the address: the push number that last stored an address with that hash
-    /// (0: none). A collision only costs a miss; `find` checks the ring.
-    index: [u64; INDEX_SLOTS],
+    /// By a hash of the address: the ring position where an address with that hash was last
+    /// stored (the ring says whether it still is). A collision only costs a miss. Positions
+    /// are bytes: the collector's lookups into its heap evict these lines from the cache
+    /// between events, and 256 bytes are four lines where push numbers took 32.
+    index: [u8; INDEX_SLOTS],
 }
 
 impl Default for RecentBlocks {
@@ -36,19 +38,21 @@ impl Default for RecentBlocks {
 impl RecentBlocks {
     #[inline]
     pub fn push(&mut self, addr: u64) {
+        let position = (self.pushed % WINDOW) as usize;
         self.pushed += 1;
-        self.addrs[((self.pushed - 1) % WINDOW) as usize] = addr;
-        self.index[slot(addr)] = self.pushed;
+        self.addrs[position] = addr;
+        self.index[slot(addr)] = position as u8;
     }
 
     /// How recently `addr` was pushed (1: the last push, up to [`WINDOW`]), if it is within
     /// reach.
     #[inline]
     pub fn find(&self, addr: u64) -> Option<u64> {
-        let number = self.index[slot(addr)];
-        let distance = self.pushed.wrapping_sub(number) + 1;
-        (number != 0 && distance <= WINDOW && self.addrs[((number - 1) % WINDOW) as usize] == addr)
-            .then_some(distance)
+        let position = u64::from(self.index[slot(addr)]);
+        // The position of the last push, and how many pushes back `position` was written.
+        let last = self.pushed.wrapping_sub(1) % WINDOW;
+        let distance = (last + WINDOW - position) % WINDOW + 1;
+        (distance <= self.pushed && self.addrs[position as usize] == addr).then_some(distance)
     }
 
     /// The address pushed `distance` pushes ago (1: the last), if there was one.

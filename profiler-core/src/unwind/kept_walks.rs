@@ -24,7 +24,7 @@ use crate::fasthash::FastHashMap;
 
 /// Threads whose walks are kept at most; past it they are all forgotten (threads come and go,
 /// their last walks must not pile up).
-const MAX_THREADS: usize = 4096;
+const MAX_THREADS: usize = 1024;
 
 /// A frame's registers as the walk reached it, before unwinding it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -403,13 +403,13 @@ fn a_changed_stack_word_is_not_joined_over() {
     let (changed_frames, stats) = after_a_walk_of_the_same_thread(&kept, &changed, (127, 127));
     assert_ne!(changed_frames, frames);
     assert_eq!(changed_frames[..3], frames[..3]);
-    // Frames 0 and 1 are taken from the kept walk; frame 2 read the changed word, so it and
-    // every frame after it are unwound again.
+    // Frames 0 and 1 are taken from the kept walk; frame 2 read the changed word, so it is
+    // unwound again (and the frames after it, up to where the walks meet again, if they do).
     assert_eq!(stats.joined, 1, "{stats:?}");
-    assert_eq!(
-        stats.frames_unwound - frames.len() as u64,
-        changed_frames.len() as u64 - 2,
-        "{stats:?}"
+    let unwound = stats.frames_unwound - frames.len() as u64;
+    assert!(
+        (1..=changed_frames.len() as u64 - 2).contains(&unwound),
+        "{unwound} frames unwound: {stats:?}"
     );
 }
 
