@@ -277,6 +277,9 @@ impl StackUnwinder {
             self.bp_uses_epoch = start_epoch;
         }
         let kept = self.kept.get(thread);
+        if let Some(kept) = kept {
+            kept.prefetch_reads(stack, stack_start);
+        }
         let fresh = &mut self.fresh;
         fresh.begin(start_epoch);
         let mut cursor = 0;

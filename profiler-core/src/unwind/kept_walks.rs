@@ -127,6 +127,26 @@ impl Walk {
         self.ending = Some(ending);
     }
 
+    /// Asks the CPU to bring the words of `stack` (the snapshot's bytes from `start`) this
+    /// walk read into the cache, all at once: the snapshot was just written by another CPU
+    /// (the kernel's ring), and checking the reads one after the other waited on each line in
+    /// turn (half of [`Walk::join`]'s time under `attach` on redis). Only a hint.
+    pub fn prefetch_reads(&self, stack: &[u8], start: u64) {
+        for read in &self.reads {
+            let offset = read.address.wrapping_sub(start);
+            if offset < stack.len() as u64 {
+                let line = stack[offset as usize..].as_ptr().cast::<i8>();
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a prefetch reads nothing the program sees and cannot fault.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(line, std::arch::x86_64::_MM_HINT_T0);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = line;
+            }
+        }
+    }
+
     /// Where a walk at a frame with `registers` can take frames from this kept walk (made under
     /// `module_epoch`, or none is): from the kept frame with those registers (`%rbp` aside
     /// where no rule reads it) on, as far as each frame's reads give the same now through
