@@ -278,6 +278,17 @@ fn finish_session(
         options.top,
     );
     collected.finish_recording(meta, true);
+    let unwound = collected.recorder.unwinder.stats;
+    if crate::timings::enabled() && unwound.stacks > 0 {
+        eprintln!(
+            "unwinding: {} stacks, {} joined their thread's last walk, {} frames unwound \
+             ({:.1} per stack)",
+            unwound.stacks,
+            unwound.joined,
+            unwound.frames_unwound,
+            unwound.frames_unwound as f64 / unwound.stacks as f64
+        );
+    }
     reported
 }
 
