@@ -122,44 +122,6 @@ pub struct RingControl {
 const _: () = assert!(core::mem::size_of::<RingControl>() == 192 + 192);
 const _: () = assert!(core::mem::size_of::<RingControl>() <= DATA_OFFSET);
 
-impl RingControl {
-    /// A fresh control page for a data area of `data_bytes` (a power of two).
-    pub const fn new(
-        data_bytes: u64,
-        stacks: (u32, u32),
-        collector_pid: u32,
-        follow_children: bool,
-    ) -> RingControl {
-        let (stack_mode, max_depth) = stacks;
-        RingControl {
-            magic: MAGIC,
-            data_bytes,
-            stack_mode,
-            max_depth,
-            owner_pid: AtomicU32::new(UNCLAIMED),
-            collector_pid,
-            follow_children: follow_children as u32,
-            closed: AtomicU32::new(0),
-            _config_pad: [0; 24],
-            write_pos: AtomicU64::new(0),
-            lock: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
-            holds: AtomicU64::new(0),
-            held_ns: AtomicU64::new(0),
-            _producer_pad: [0; 32],
-            read_pos: AtomicU64::new(0),
-            drained: AtomicU32::new(0),
-            clock_seq: AtomicU32::new(0),
-            clock_tsc: AtomicU64::new(0),
-            clock_ns: AtomicU64::new(0),
-            clock_ns_per_tick: AtomicU64::new(0),
-            _consumer_pad: [0; 24],
-            unrecorded: [const { AtomicU64::new(0) }; crate::KIND_SLOTS as usize],
-            stack_errors: AtomicU64::new(0),
-        }
-    }
-}
-
 /// How producers turn the CPU's time-stamp counter into CLOCK_MONOTONIC nanoseconds, as
 /// memprof measured it: `ns` at `tsc`, and the nanoseconds per tick in 32.32 fixed point.
 ///
@@ -204,6 +166,42 @@ impl TscAnchor {
 }
 
 impl RingControl {
+    /// A fresh control page for a data area of `data_bytes` (a power of two).
+    pub const fn new(
+        data_bytes: u64,
+        stacks: (u32, u32),
+        collector_pid: u32,
+        follow_children: bool,
+    ) -> RingControl {
+        let (stack_mode, max_depth) = stacks;
+        RingControl {
+            magic: MAGIC,
+            data_bytes,
+            stack_mode,
+            max_depth,
+            owner_pid: AtomicU32::new(UNCLAIMED),
+            collector_pid,
+            follow_children: follow_children as u32,
+            closed: AtomicU32::new(0),
+            _config_pad: [0; 24],
+            write_pos: AtomicU64::new(0),
+            lock: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+            holds: AtomicU64::new(0),
+            held_ns: AtomicU64::new(0),
+            _producer_pad: [0; 32],
+            read_pos: AtomicU64::new(0),
+            drained: AtomicU32::new(0),
+            clock_seq: AtomicU32::new(0),
+            clock_tsc: AtomicU64::new(0),
+            clock_ns: AtomicU64::new(0),
+            clock_ns_per_tick: AtomicU64::new(0),
+            _consumer_pad: [0; 24],
+            unrecorded: [const { AtomicU64::new(0) }; crate::KIND_SLOTS as usize],
+            stack_errors: AtomicU64::new(0),
+        }
+    }
+
     /// The event clock's anchor, if memprof published one and is not rewriting it now.
     #[inline]
     pub fn tsc_anchor(&self) -> Option<TscAnchor> {

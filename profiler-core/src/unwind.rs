@@ -150,7 +150,7 @@ pub struct UnwindStats {
     /// Stacks whose unwinding failed before reaching the root or a limit (bad or missing
     /// call-frame information, a frame-pointer guess gone wrong).
     pub errors: u64,
-    /// Stacks that joined their thread's previous walk ([`kept_walks`]).
+    /// Stacks that joined their thread's previous walk (see `unwind/kept_walks.rs`).
     pub joined: u64,
     /// Frames unwound (the frames taken from a joined walk are not).
     pub frames_unwound: u64,
