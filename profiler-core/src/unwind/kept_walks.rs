@@ -8,9 +8,10 @@
 //! registers (pc, sp, bp: framehop's rules read no other), of the module set and of the stack
 //! words it reads (framehop reads the stack only through the unwinder's read function). A
 //! walk that reaches a frame whose registers equal those of a frame of the previous walk,
-//! under the same module set, where every read the previous walk made from that frame on gives
-//! the same result in this snapshot (the same word, or unreadable again), would compute
-//! exactly what the previous walk computed from there: its remaining frames and its ending.
+//! under the same module set, computes what the previous walk computed for each frame from
+//! there whose reads give the same results in this snapshot (the same word, or unreadable
+//! again): it takes those frames (and the previous walk's ending, if all of its frames hold),
+//! and unwinds on from the first frame whose reads differ.
 //!
 //! `%rbp` is a data register in code built without frame pointers, so two walks through the
 //! same frames often reach them with different values in it until a frame restores it from the
