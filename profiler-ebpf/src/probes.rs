@@ -116,36 +116,64 @@ fn bump(index: u32) {
     }
 }
 
-/// The thread's slot in [`CALLS_BY_TID`], if its id has one.
-#[inline(always)]
-fn tid_slot(id: u64) -> Option<*mut InFlight> {
-    let tid = id as u32;
-    // SAFETY: a volatile read of a loader-set global.
-    if tid >= unsafe { read_volatile(&TID_SLOTS) } {
-        return None;
-    }
-    CALLS_BY_TID.get_ptr_mut(tid)
+/// Where a thread keeps its call in flight: its slot in [`CALLS_BY_TID`], or (an id past the
+/// slots) the [`INFLIGHT`] hash map. Looked up once per probe hit.
+#[derive(Clone, Copy)]
+enum CallStore {
+    Slot(*mut InFlight),
+    Hashed,
 }
 
-/// The call this thread is inside, if any.
-#[inline(always)]
-fn call_in_flight(id: u64) -> Option<*mut InFlight> {
-    match tid_slot(id) {
-        // SAFETY: the slot is this thread's (its id) or unused; only this thread writes it
-        // while it holds its id.
-        Some(slot) => unsafe { ((*slot).id == id && (*slot).depth > 0).then_some(slot) },
-        None => INFLIGHT.get_ptr_mut(id),
+impl CallStore {
+    #[inline(always)]
+    fn of(id: u64) -> CallStore {
+        let tid = id as u32;
+        // SAFETY: a volatile read of a loader-set global.
+        if tid < unsafe { read_volatile(&TID_SLOTS) }
+            && let Some(slot) = CALLS_BY_TID.get_ptr_mut(tid)
+        {
+            return CallStore::Slot(slot);
+        }
+        CallStore::Hashed
     }
-}
 
-/// The thread's outermost call returned.
-#[inline(always)]
-fn call_returned(id: u64, call: *mut InFlight) {
-    if tid_slot(id).is_some() {
-        // SAFETY: `call` is this thread's slot.
-        unsafe { (*call).depth = 0 };
-    } else {
-        let _ = INFLIGHT.remove(id);
+    /// The call the thread `id` is inside, if any.
+    #[inline(always)]
+    fn in_flight(self, id: u64) -> Option<*mut InFlight> {
+        match self {
+            // SAFETY: the slot is this thread's (its id) or unused; only this thread writes it
+            // while it holds its id.
+            CallStore::Slot(slot) => unsafe {
+                ((*slot).id == id && (*slot).depth > 0).then_some(slot)
+            },
+            CallStore::Hashed => INFLIGHT.get_ptr_mut(id),
+        }
+    }
+
+    /// Starts the thread's outermost call.
+    #[inline(always)]
+    fn start(self, id: u64, call: InFlight) {
+        match self {
+            // SAFETY: the thread's own slot, not in use (its caller checked).
+            CallStore::Slot(slot) => unsafe { slot.write(call) },
+            CallStore::Hashed => {
+                if INFLIGHT.insert(id, call, 0).is_err() {
+                    bump(counter::INFLIGHT_FULL);
+                }
+            }
+        }
+    }
+
+    /// The thread's outermost call returned.
+    #[inline(always)]
+    fn end(self, id: u64) {
+        match self {
+            // SAFETY: the thread's own slot.
+            CallStore::Slot(slot) => unsafe { (*slot).depth = 0 },
+            CallStore::Hashed => {
+                let _ = INFLIGHT.remove(id);
+            }
+        }
     }
 }
 
@@ -153,7 +181,8 @@ fn call_returned(id: u64, call: *mut InFlight) {
 #[inline(always)]
 fn enter(kind: EventKind, size: u64, old_addr: u64, aux: u64, out_ptr: u64) {
     let Some(id) = target_thread() else { return };
-    if let Some(call) = call_in_flight(id) {
+    let store = CallStore::of(id);
+    if let Some(call) = store.in_flight(id) {
         // SAFETY: the entry belongs to this thread only.
         unsafe { (*call).depth += 1 };
         return;
@@ -170,21 +199,13 @@ fn enter(kind: EventKind, size: u64, old_addr: u64, aux: u64, out_ptr: u64) {
         aux,
         out_ptr,
     };
-    match tid_slot(id) {
-        // SAFETY: the thread's own slot, not in use (checked above).
-        Some(slot) => unsafe { slot.write(call) },
-        None => {
-            if INFLIGHT.insert(id, call, 0).is_err() {
-                bump(counter::INFLIGHT_FULL);
-            }
-        }
-    }
+    store.start(id, call);
 }
 
 /// True when this thread is inside a call that will be reported (its inner calls are not).
 #[inline(always)]
 fn nested(id: u64) -> bool {
-    call_in_flight(id).is_some()
+    CallStore::of(id).in_flight(id).is_some()
 }
 
 /// Builds the record in the per-CPU scratch area and copies its used part to the ring.
@@ -404,7 +425,8 @@ fn snapshot<C: EbpfContext>(ctx: &C, record: &mut EventRecord, header: &mut Even
 #[uretprobe]
 pub fn memprof_return(ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let Some(in_flight) = call_in_flight(id) else {
+    let store = CallStore::of(id);
+    let Some(in_flight) = store.in_flight(id) else {
         return 0;
     };
     // SAFETY: the entry belongs to this thread only.
@@ -414,7 +436,7 @@ pub fn memprof_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let call = *call;
-    call_returned(id, in_flight);
+    store.end(id);
 
     let ret: u64 = ctx.ret();
     let addr = if call.kind == EventKind::PosixMemalign as u32 {

@@ -6,9 +6,8 @@
 //! `PYTHONMALLOC=malloc` turning 300,000 dicts into JSON and back. Each workload runs bare,
 //! under `memprof run --capture uprobes`, under `memprof run --capture preload` and under
 //! heaptrack, in interleaved rounds so that noise hits all alike (each round starts one tool
-//! later, so that no tool always holds the same place in a round: see [`round_order`]); the
-//! table shows medians of
-//! wall time, the slowdown of each tool (its time / bare), the ratio of the preload path to
+//! later, so that no tool always holds the same place in a round: see
+//! [`crate::bench::round_order`]); the table shows medians of wall time, the slowdown of each tool (its time / bare), the ratio of the preload path to
 //! heaptrack, and the allocation calls each tool counted (memprof's `summary.allocations`,
 //! heaptrack_print's "calls to allocation functions"). With `--baseline MEMPROF`, another
 //! build's preload path runs in the same rounds, and its time is compared with this build's.
@@ -97,7 +96,7 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
     let mut reports = vec![vec![Vec::new(); runners.len()]; workloads.len()];
     for round in 1..=runs {
         for (w, workload) in workloads.iter().enumerate() {
-            for r in round_order(round, runners.len()) {
+            for r in crate::bench::round_order(round, runners.len()) {
                 let runner = runners[r];
                 let out = scratch.join(format!("{}-{}", workload.name, r));
                 let binary = match runner {
@@ -211,15 +210,6 @@ fn workloads(scratch: &Path) -> Result<Vec<Workload>> {
             env: vec![("PYTHONMALLOC", "malloc")],
         },
     ])
-}
-
-/// The order of `count` setups in round `round` (from 1): each round starts one later. Where
-/// a run sits in the round shows in its time: python3 on the preload path under two builds,
-/// alternately first in 6 pairs of runs, was faster in whichever run came second all 6 times
-/// (by 0.2-1.0 s of 5-7 s), so a fixed order charged the same tools every round.
-pub fn round_order(round: u32, count: usize) -> impl Iterator<Item = usize> {
-    let first = (round as usize - 1) % count.max(1);
-    (0..count).map(move |k| (first + k) % count)
 }
 
 /// What one run measured.
@@ -472,24 +462,4 @@ fn heaptrack_allocations(dir: &Path) -> Result<(Option<u64>, Option<OfflineRepor
         secs,
     };
     Ok((count, Some(report)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::round_order;
-
-    #[test]
-    fn each_round_runs_every_setup_once_starting_one_later() {
-        let rounds: Vec<Vec<usize>> = (1..=6)
-            .map(|round| round_order(round, 5).collect())
-            .collect();
-        assert_eq!(rounds[0], [0, 1, 2, 3, 4]);
-        assert_eq!(rounds[1], [1, 2, 3, 4, 0]);
-        assert_eq!(rounds[5], [0, 1, 2, 3, 4]);
-        for order in &rounds {
-            let mut sorted = order.clone();
-            sorted.sort_unstable();
-            assert_eq!(sorted, [0, 1, 2, 3, 4]);
-        }
-    }
 }

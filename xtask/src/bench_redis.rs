@@ -62,7 +62,7 @@ pub fn run(memprof: &Path, baseline: Option<&Path>, scratch: &Path, runs: u32) -
     }
     let mut rates = vec![Vec::new(); setups.len()];
     for round in 1..=runs {
-        for s in crate::bench_capture::round_order(round, setups.len()) {
+        for s in crate::bench::round_order(round, setups.len()) {
             let setup = setups[s];
             let out = scratch.join(format!("redis-{s}"));
             let binary = match setup {
