@@ -1,57 +1,134 @@
-//! One fact the probes need from the running kernel's BTF (`/sys/kernel/btf/vmlinux`): where
+//! Facts the probes need from the running kernel's BTF (`/sys/kernel/btf/vmlinux`): where
 //! `task_struct.blocked` (the thread's blocked-signal mask) lies, so that a probe can tell
-//! whether its thread blocks the hold signal. Read with a small BTF walker: the format is a
-//! header, a type section of variable-length records, and a string section.
+//! whether its thread blocks the hold signal; and where `task_struct.mm` and
+//! `mm_struct.start_stack` lie, so that a probe can bound its stack copy at the main thread's
+//! `argc`. Read with a small BTF walker: the format is a header, a type section of
+//! variable-length records (numbered from 1 in order), and a string section.
 
 use anyhow::{Context as _, Result, bail};
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+/// The type records of a BTF blob, indexed by type id.
+struct Types<'a> {
+    btf: &'a [u8],
+    strings: &'a [u8],
+    /// Where each type's record starts in `btf`; type id N is at index N - 1.
+    records: Vec<usize>,
+}
+
+/// One struct or union member: its name's string offset, type id and offset in bytes.
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    offset: u32,
+}
+
+impl<'a> Types<'a> {
+    fn parse(btf: &'a [u8]) -> Result<Types<'a>> {
+        if btf.len() < 24 || u16::from_le_bytes([btf[0], btf[1]]) != MAGIC {
+            bail!("not little-endian BTF");
+        }
+        let header_len = u32_at(btf, 4)? as usize;
+        let (type_off, type_len) = (u32_at(btf, 8)? as usize, u32_at(btf, 12)? as usize);
+        let (str_off, str_len) = (u32_at(btf, 16)? as usize, u32_at(btf, 20)? as usize);
+        let types = header_len + type_off;
+        let strings = btf
+            .get(header_len + str_off..header_len + str_off + str_len)
+            .context("BTF strings cut short")?;
+        let mut records = Vec::new();
+        let mut at = types;
+        while at < types + type_len {
+            records.push(at);
+            let info = u32_at(btf, at + 4)?;
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            at +=
+                12 + extra_bytes(kind, vlen).with_context(|| format!("unknown BTF kind {kind}"))?;
+        }
+        Ok(Types {
+            btf,
+            strings,
+            records,
+        })
+    }
+
+    fn string(&self, offset: u32) -> &[u8] {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    }
+
+    /// (kind, name offset) of the record at `at`.
+    fn kind_and_name(&self, at: usize) -> Result<(u32, u32)> {
+        Ok((
+            (u32_at(self.btf, at + 4)? >> 24) & 0x1f,
+            u32_at(self.btf, at)?,
+        ))
+    }
+
+    /// The members of the struct or union whose record is at `at`.
+    fn members(&self, at: usize) -> Result<Vec<Member>> {
+        let info = u32_at(self.btf, at + 4)?;
+        let kind_flag = info >> 31 != 0;
+        (0..(info & 0xffff) as usize)
+            .map(|index| {
+                let record = at + 12 + index * 12;
+                let offset = u32_at(self.btf, record + 8)?;
+                // With the kind flag, the low 24 bits are the bit offset.
+                let bits = if kind_flag {
+                    offset & 0xff_ffff
+                } else {
+                    offset
+                };
+                Ok(Member {
+                    name_off: u32_at(self.btf, record)?,
+                    type_id: u32_at(self.btf, record + 4)?,
+                    offset: bits / 8,
+                })
+            })
+            .collect()
+    }
+
+    /// Byte offset of `member` in the struct or union at `at`, looking into its anonymous
+    /// struct and union members too (the kernel groups fields in them: `mm_struct`'s are all
+    /// in one).
+    fn offset_in(&self, at: usize, member: &str) -> Result<Option<u32>> {
+        for field in self.members(at)? {
+            if field.name_off != 0 {
+                if self.string(field.name_off) == member.as_bytes() {
+                    return Ok(Some(field.offset));
+                }
+                continue;
+            }
+            let Some(&inner) = self.records.get((field.type_id as usize).wrapping_sub(1)) else {
+                continue;
+            };
+            if matches!(self.kind_and_name(inner)?.0, KIND_STRUCT | KIND_UNION)
+                && let Some(offset) = self.offset_in(inner, member)?
+            {
+                return Ok(Some(field.offset + offset));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn u32_at(btf: &[u8], at: usize) -> Result<u32> {
+    let bytes = btf.get(at..at + 4).context("BTF cut short")?;
+    Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+}
 
 /// Byte offset of member `member` in the struct named `name`, from the BTF blob `btf`.
 pub fn member_offset(btf: &[u8], name: &str, member: &str) -> Result<u32> {
-    let u32_at = |at: usize| -> Result<u32> {
-        let bytes = btf.get(at..at + 4).context("BTF cut short")?;
-        Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
-    };
-    if btf.len() < 24 || u16::from_le_bytes([btf[0], btf[1]]) != MAGIC {
-        bail!("not little-endian BTF");
-    }
-    let header_len = u32_at(4)? as usize;
-    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
-    let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
-    let types = header_len + type_off;
-    let strings = btf
-        .get(header_len + str_off..header_len + str_off + str_len)
-        .context("BTF strings cut short")?;
-    let string = |offset: u32| -> &[u8] {
-        let rest = strings.get(offset as usize..).unwrap_or_default();
-        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
-    };
-    let mut at = types;
-    while at < types + type_len {
-        let (name_off, info) = (u32_at(at)?, u32_at(at + 4)?);
-        let kind = (info >> 24) & 0x1f;
-        let vlen = (info & 0xffff) as usize;
-        let kind_flag = info >> 31 != 0;
-        let body = at + 12;
-        if kind == KIND_STRUCT && string(name_off) == name.as_bytes() {
-            for index in 0..vlen {
-                let record = body + index * 12;
-                if string(u32_at(record)?) == member.as_bytes() {
-                    let offset = u32_at(record + 8)?;
-                    // With the kind flag, the low 24 bits are the bit offset.
-                    let bits = if kind_flag {
-                        offset & 0xff_ffff
-                    } else {
-                        offset
-                    };
-                    return Ok(bits / 8);
-                }
-            }
-            bail!("{name} has no member {member}");
+    let types = Types::parse(btf)?;
+    for &at in &types.records {
+        let (kind, name_off) = types.kind_and_name(at)?;
+        if kind == KIND_STRUCT && types.string(name_off) == name.as_bytes() {
+            return types
+                .offset_in(at, member)?
+                .with_context(|| format!("{name} has no member {member}"));
         }
-        at = body + extra_bytes(kind, vlen).with_context(|| format!("unknown BTF kind {kind}"))?;
     }
     bail!("no struct {name}")
 }
@@ -68,31 +145,41 @@ fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
     })
 }
 
+fn vmlinux_btf() -> Option<Vec<u8>> {
+    std::fs::read("/sys/kernel/btf/vmlinux").ok()
+}
+
 /// The offset of `task_struct.blocked` on this kernel; None without BTF (the probes then
 /// always send the hold signal, which a thread blocking it does not take).
 pub fn task_blocked_offset() -> Option<u32> {
-    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    member_offset(&btf, "task_struct", "blocked").ok()
+    member_offset(&vmlinux_btf()?, "task_struct", "blocked").ok()
+}
+
+/// Where a task's `argc` is found: the offsets of `task_struct.mm` and `mm_struct.start_stack`
+/// (the address of `argc` on the main thread's stack, set at each exec: `/proc/PID/stat`'s
+/// `startstack`). None without BTF: the probes then copy `--stack-bytes` on every thread.
+pub fn start_stack_offsets() -> Option<StartStackOffsets> {
+    let btf = vmlinux_btf()?;
+    Some(StartStackOffsets {
+        task_mm: member_offset(&btf, "task_struct", "mm").ok()?,
+        mm_start_stack: member_offset(&btf, "mm_struct", "start_stack").ok()?,
+    })
+}
+
+/// See [`start_stack_offsets`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartStackOffsets {
+    pub task_mm: u32,
+    pub mm_start_stack: u32,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn finds_a_member_of_a_struct_in_handmade_btf() {
-        // Types: 1 = int, 2 = struct point { int x; int y; } (y at bit 32).
-        let strings = b"\0int\0point\0x\0y\0";
-        let mut types = Vec::new();
-        let put = |types: &mut Vec<u8>, words: &[u32]| {
-            for word in words {
-                types.extend_from_slice(&word.to_le_bytes());
-            }
-        };
-        put(&mut types, &[1, 1 << 24, 4, 32]); // "int", kind 1, size 4, encoding
-        put(&mut types, &[5, (4 << 24) | 2, 8]); // "point", struct, 2 members, size 8
-        put(&mut types, &[11, 1, 0]); // x: int at bit 0
-        put(&mut types, &[13, 1, 32]); // y: int at bit 32
+    /// A BTF blob of `types` (records) and `strings`.
+    fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let types: Vec<u8> = types.iter().flat_map(|word| word.to_le_bytes()).collect();
         let mut btf = Vec::new();
         btf.extend_from_slice(&MAGIC.to_le_bytes());
         btf.extend_from_slice(&[1, 0]); // version, flags
@@ -107,6 +194,31 @@ mod tests {
         }
         btf.extend_from_slice(&types);
         btf.extend_from_slice(strings);
+        btf
+    }
+
+    #[test]
+    fn finds_a_member_of_a_struct_in_handmade_btf() {
+        // Types: 1 = int, 2 = struct point { int x; int y; } (y at bit 32).
+        let strings = b"\0int\0point\0x\0y\0";
+        let btf = blob(
+            &[
+                1,
+                1 << 24,
+                4,
+                32, // "int", kind 1, size 4, encoding
+                5,
+                (4 << 24) | 2,
+                8, // "point", struct, 2 members, size 8
+                11,
+                1,
+                0, // x: int at bit 0
+                13,
+                1,
+                32, // y: int at bit 32
+            ],
+            strings,
+        );
         assert_eq!(member_offset(&btf, "point", "y").unwrap(), 4);
         assert_eq!(member_offset(&btf, "point", "x").unwrap(), 0);
         assert!(member_offset(&btf, "point", "z").is_err());
@@ -115,9 +227,69 @@ mod tests {
     }
 
     #[test]
+    fn finds_a_member_inside_anonymous_structs_and_unions() {
+        // 1 = int; 2 = union { int u; }; 3 = struct { int a; int b; union 2; } (anonymous,
+        // the union at byte 8); 4 = struct mm { int first; struct 3; } (struct 3 at byte 8).
+        let strings = b"\0int\0u\0a\0b\0mm\0first\0";
+        let btf = blob(
+            &[
+                1,
+                1 << 24,
+                4,
+                32, // int
+                0,
+                (5 << 24) | 1,
+                4,
+                5,
+                1,
+                0, // union { int u; }
+                0,
+                (4 << 24) | 3,
+                12,
+                7,
+                1,
+                0,
+                9,
+                1,
+                32,
+                0,
+                2,
+                64, // struct { a; b; union }
+                11,
+                (4 << 24) | 2,
+                20,
+                14,
+                1,
+                0,
+                0,
+                3,
+                64, // struct mm { first; struct }
+            ],
+            strings,
+        );
+        assert_eq!(member_offset(&btf, "mm", "first").unwrap(), 0);
+        assert_eq!(member_offset(&btf, "mm", "a").unwrap(), 8);
+        assert_eq!(member_offset(&btf, "mm", "b").unwrap(), 12);
+        assert_eq!(member_offset(&btf, "mm", "u").unwrap(), 16);
+        assert!(member_offset(&btf, "mm", "c").is_err());
+    }
+
+    #[test]
     fn this_kernel_says_where_a_tasks_blocked_signals_are() {
         let offset = task_blocked_offset().expect("this kernel has BTF (CI's does)");
         // Deep in task_struct, 8-aligned (a sigset_t of one u64 on x86-64).
         assert!(offset > 512 && offset.is_multiple_of(8), "{offset}");
+    }
+
+    #[test]
+    fn this_kernel_says_where_a_tasks_start_stack_is() {
+        let offsets = start_stack_offsets().expect("this kernel has BTF (CI's does)");
+        // Pointers and unsigned longs: 8-aligned. start_stack follows the code, data and brk
+        // bounds in mm_struct's anonymous struct, past its first cache lines.
+        assert!(offsets.task_mm.is_multiple_of(8), "{offsets:?}");
+        assert!(
+            offsets.mm_start_stack > 64 && offsets.mm_start_stack.is_multiple_of(8),
+            "{offsets:?}"
+        );
     }
 }

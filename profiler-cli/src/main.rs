@@ -29,7 +29,6 @@ mod kernel_btf;
 mod launch;
 mod leak_scan;
 mod live;
-mod main_stack;
 mod meta;
 mod multi_link;
 mod operators;

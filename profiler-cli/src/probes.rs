@@ -18,7 +18,6 @@ use profiler_common::{
 use profiler_core::report::LostCounts;
 
 use crate::{
-    main_stack::MainStack,
     multi_link::{self, MultiObject, MultiProgram},
     options::{SessionOptions, Unwind},
     probe_site::ProbeSite,
@@ -115,7 +114,7 @@ impl Probes {
         };
         let stack_depth = config.stack_depth;
         let task_blocked_offset = crate::kernel_btf::task_blocked_offset().unwrap_or(0);
-        let main_stack = MainStack::of(tgid);
+        let start_stack = crate::kernel_btf::start_stack_offsets().unwrap_or_default();
         let tid_slots = tid_slots();
         // aya creates the maps (the ring, the in-flight table, .rodata with the globals);
         // the programs are loaded for uprobe_multi by `multi_link` against those maps.
@@ -127,8 +126,12 @@ impl Probes {
             .override_global(config::STACK_DEPTH, &stack_depth, true)
             .override_global(config::UNWIND_MODE, &config.unwind_mode, true)
             .override_global(config::STACK_BYTES, &config.stack_bytes, true)
-            .override_global(config::MAIN_STACK_TOP, &main_stack.top, true)
-            .override_global(config::MAIN_STACK_ARGV0, &main_stack.argv0, true)
+            .override_global(config::TASK_MM_OFFSET, &start_stack.task_mm, true)
+            .override_global(
+                config::MM_START_STACK_OFFSET,
+                &start_stack.mm_start_stack,
+                true,
+            )
             .override_global(config::TID_SLOTS, &tid_slots, true)
             .map_max_entries(RING_MAP, config.ring_bytes)
             .map_max_entries(CALLS_BY_TID_MAP, tid_slots)

@@ -282,11 +282,12 @@ fn finish_session(
     if crate::timings::enabled() && unwound.stacks > 0 {
         eprintln!(
             "unwinding: {} stacks, {} joined their thread's last walk, {} frames unwound \
-             ({:.1} per stack)",
+             ({:.1} per stack), {:.0} bytes of stack per snapshot",
             unwound.stacks,
             unwound.joined,
             unwound.frames_unwound,
-            unwound.frames_unwound as f64 / unwound.stacks as f64
+            unwound.frames_unwound as f64 / unwound.stacks as f64,
+            unwound.snapshot_bytes as f64 / unwound.stacks as f64
         );
     }
     reported

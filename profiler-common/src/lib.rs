@@ -274,15 +274,14 @@ pub mod config {
     /// Name of the global holding the bytes of user stack to copy in DWARF mode (a multiple of
     /// 8, at most `MAX_STACK_BYTES`).
     pub const STACK_BYTES: &str = "STACK_BYTES";
-    /// Name of the global holding the address of `argc` on the target's main-thread stack
-    /// (`/proc/PID/stat`'s `startstack`; 0: unknown). Nothing a frame needs lies above it, so
-    /// a DWARF-mode copy that starts below it stops there.
-    pub const MAIN_STACK_TOP: &str = "MAIN_STACK_TOP";
-    /// Name of the global holding `argv[0]` (`/proc/PID/stat`'s `arg_start`): the word after
-    /// `argc`. A probe bounds its copy at [`MAIN_STACK_TOP`] only while that word still holds
-    /// it, so a process that has exec'd another program (a new stack) is never bounded by
-    /// its old one.
-    pub const MAIN_STACK_ARGV0: &str = "MAIN_STACK_ARGV0";
+    /// Name of the global holding the byte offset of `task_struct.mm` on the running kernel
+    /// (from its BTF; 0 with [`MM_START_STACK_OFFSET`] 0: unknown).
+    pub const TASK_MM_OFFSET: &str = "TASK_MM_OFFSET";
+    /// Name of the global holding the byte offset of `mm_struct.start_stack`: the address of
+    /// `argc` on the main thread's stack, set by each exec (`/proc/PID/stat`'s `startstack`;
+    /// 0: unknown). Nothing a frame needs lies above it, so a DWARF-mode copy that starts
+    /// below it stops there.
+    pub const MM_START_STACK_OFFSET: &str = "MM_START_STACK_OFFSET";
     /// Name of the global holding the byte offset of `task_struct.blocked` on the running
     /// kernel (from its BTF; 0: unknown): a thread blocking [`super::HOLD_SIGNAL`] is held
     /// with [`super::HOLD_SIGNAL_BLOCKED`] instead.

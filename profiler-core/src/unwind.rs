@@ -174,6 +174,8 @@ pub struct UnwindStats {
     pub joined: u64,
     /// Frames unwound (the frames taken from a joined walk are not).
     pub frames_unwound: u64,
+    /// Bytes of stack the snapshots carried, in all (what the probes copied).
+    pub snapshot_bytes: u64,
 }
 
 /// What became of one snapshot.
@@ -266,6 +268,7 @@ impl StackUnwinder {
             self.walk(snapshot, thread, source, frames)
         };
         self.stats.stacks += 1;
+        self.stats.snapshot_bytes += snapshot.stack.len() as u64;
         match outcome {
             Outcome::Complete => self.stats.complete += 1,
             Outcome::CutByDepth => self.stats.cut_by_depth += 1,

@@ -808,3 +808,41 @@ fn children_forked_while_threads_allocate_can_allocate() {
         }
     }
 }
+
+/// The probes copy a main thread's stack only up to its `argc`, above which lie the
+/// arguments and the environment, never a frame; an exec'd program is bounded by its own
+/// `argc` (the kernel's `mm->start_stack`, which each exec sets), not copied `--stack-bytes`
+/// deep into a 12 KB environment.
+#[test]
+fn an_execd_programs_stack_copies_stop_at_its_argc() {
+    let Some(env) = privileged("an_execd_programs_stack_copies_stop_at_its_argc") else {
+        return;
+    };
+    let tree = compile_c(env.dir.path(), "tree", Build::NoFramePointers);
+    let output = env.dir.path().join("out");
+    let padding = "x".repeat(12_000);
+    let finished = crate::support::memprof_run_with(
+        Capture::Uprobes,
+        &[("MEMPROF_TIMINGS", "1"), ("TEST_PADDING", &padding)],
+        &output,
+        &tree,
+        &["chain", "1"],
+    );
+    assert!(finished.status.success(), "{}", finished.stderr);
+    // The collector's line for the last image (its 6 allocations):
+    // "unwinding: 6 stacks, ..., N bytes of stack per snapshot".
+    let line = finished
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("unwinding: "))
+        .unwrap_or_else(|| panic!("no unwinding line: {}", finished.stderr));
+    assert!(line.starts_with("unwinding: 6 stacks,"), "{line}");
+    let per_snapshot: f64 = line
+        .rsplit(", ")
+        .next()
+        .and_then(|last| last.strip_suffix(" bytes of stack per snapshot"))
+        .and_then(|bytes| bytes.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes per snapshot in {line}"));
+    // main's frames and the loader's start: a few hundred bytes; unbounded, 8 KiB each.
+    assert!(per_snapshot < 1024.0, "{line}");
+}

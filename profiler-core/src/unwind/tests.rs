@@ -168,6 +168,7 @@ fn unwinds_own_stack_through_the_calling_functions_to_the_root() {
             stacks: 1,
             complete: 1,
             frames_unwound: frames.len() as u64,
+            snapshot_bytes: captured.stack.len() as u64,
             ..UnwindStats::default()
         }
     );
