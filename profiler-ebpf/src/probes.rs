@@ -354,8 +354,9 @@ fn main_stack_room(sp: u64) -> u64 {
 }
 
 /// DWARF mode: the user registers and a copy of the user stack from `sp` upward, for the
-/// collector to unwind. Copies page by page and stops at the first unreadable page (the top of
-/// the stack) or at `STACK_BYTES`. Returns the bytes of the record body used.
+/// collector to unwind. Copies up to `STACK_BYTES` (or the main thread's `argc`) in one read;
+/// if some page of that is unreadable (the top of a thread's stack), page by page up to the
+/// first unreadable one. Returns the bytes of the record body used.
 #[inline(always)]
 fn snapshot<C: EbpfContext>(ctx: &C, record: &mut EventRecord, header: &mut EventHeader) -> usize {
     let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
@@ -367,35 +368,24 @@ fn snapshot<C: EbpfContext>(ctx: &C, record: &mut EventRecord, header: &mut Even
     let bounded = room < configured;
     let limit = (if bounded { room } else { configured }) & !7;
     let stack = record.body.as_mut_ptr().cast::<u8>();
-    let mut copied: u64 = 0;
-    let mut addr = sp;
-    // A copy of `limit` bytes spans at most limit / PAGE + 1 pages.
-    for _ in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {
-        if copied >= limit {
-            break;
-        }
-        let in_page = PAGE - (addr & (PAGE - 1));
-        let left = limit - copied;
-        let chunk = if left < in_page { left } else { in_page };
-        // The masks restate bounds that hold anyway (copied < limit <= MAX_STACK_BYTES, chunk
-        // <= PAGE) in a form the verifier can check against the buffer's slack.
-        let offset =
-            (STACK_SNAPSHOT_SIZE as u64 + (copied & (MAX_STACK_BYTES as u64 - 1))) as usize;
-        let chunk = chunk & (2 * PAGE - 1);
-        if chunk > PAGE {
-            break;
-        }
-        // SAFETY: offset + chunk stays inside the body (MAX_STACK_BYTES + a page of slack);
-        // the helper copes with any user address.
-        let failed = unsafe {
-            probe_read_user_raw(stack.add(offset).cast(), chunk as u32, addr as *const _)
-        } != 0;
-        if failed {
-            break;
-        }
-        copied += chunk;
-        addr += chunk;
-    }
+    // Each read costs ~150 ns on top of its bytes (the probe's run time): one read where the
+    // whole copy is readable, which is every copy bounded by `argc` and most others.
+    // SAFETY: `limit` <= MAX_STACK_BYTES bytes from STACK_SNAPSHOT_SIZE stay inside the body
+    // (the mask restates that bound for the verifier); the helper copes with any user address.
+    let whole = limit > 0
+        && limit <= MAX_STACK_BYTES as u64
+        && unsafe {
+            probe_read_user_raw(
+                stack.add(STACK_SNAPSHOT_SIZE).cast(),
+                (limit & (2 * MAX_STACK_BYTES as u64 - 1)) as u32,
+                sp as *const _,
+            )
+        } == 0;
+    let copied = if whole {
+        limit
+    } else {
+        copy_pages(stack, sp, limit)
+    };
     if copied == 0 {
         bump(counter::STACK_ERRORS);
     }
@@ -427,6 +417,42 @@ fn snapshot<C: EbpfContext>(ctx: &C, record: &mut EventRecord, header: &mut Even
         copied as usize
     };
     STACK_SNAPSHOT_SIZE + used
+}
+
+/// Copies `limit` bytes of user stack from `sp` to the snapshot's bytes in `stack` (the record
+/// body) page by page, stopping at the first unreadable page; returns the bytes copied.
+#[inline(always)]
+fn copy_pages(stack: *mut u8, sp: u64, limit: u64) -> u64 {
+    let mut copied: u64 = 0;
+    let mut addr = sp;
+    // A copy of `limit` bytes spans at most limit / PAGE + 1 pages.
+    for _ in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {
+        if copied >= limit {
+            break;
+        }
+        let in_page = PAGE - (addr & (PAGE - 1));
+        let left = limit - copied;
+        let chunk = if left < in_page { left } else { in_page };
+        // The masks restate bounds that hold anyway (copied < limit <= MAX_STACK_BYTES, chunk
+        // <= PAGE) in a form the verifier can check against the buffer's slack.
+        let offset =
+            (STACK_SNAPSHOT_SIZE as u64 + (copied & (MAX_STACK_BYTES as u64 - 1))) as usize;
+        let chunk = chunk & (2 * PAGE - 1);
+        if chunk > PAGE {
+            break;
+        }
+        // SAFETY: offset + chunk stays inside the body (MAX_STACK_BYTES + a page of slack);
+        // the helper copes with any user address.
+        let failed = unsafe {
+            probe_read_user_raw(stack.add(offset).cast(), chunk as u32, addr as *const _)
+        } != 0;
+        if failed {
+            break;
+        }
+        copied += chunk;
+        addr += chunk;
+    }
+    copied
 }
 
 /// Reports an allocation call when its outermost instance returns.
