@@ -84,6 +84,7 @@ impl EventSource {
                 }
                 // No lock to free: the kernel's ring has none.
                 collected.apply_process_events(events, |_| {});
+                collected.publish_stack_tops();
             }
             EventSource::Shared(ring) => {
                 // Taken before the drain: every record written before them is applied first.

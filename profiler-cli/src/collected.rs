@@ -72,6 +72,8 @@ pub struct Collected {
     /// `run` following the tree: the other processes' collectors, fed with the records
     /// written by other pids.
     pub followed: Option<Box<Followed>>,
+    /// The probes' table of thread stack tops (the uprobes path), filled from the walks.
+    pub stack_tops: Option<crate::stack_tops::StackTops>,
     /// Forks, execs and exits the tracer saw, applied after each drain.
     process_events: Option<Arc<ProcessEvents>>,
     /// Every process image of the tree, for the report (set at the end of the session).
@@ -108,6 +110,7 @@ impl Collected {
             target_pid: 0,
             allocator_files: Vec::new(),
             followed: None,
+            stack_tops: None,
             process_events: None,
             processes: Vec::new(),
             live: None,
@@ -458,6 +461,23 @@ impl Collected {
         self.target_pid = pid;
         self.modules = TargetModules::new(pid);
         self.recorder.unwinder.set_max_depth(max_depth as usize);
+    }
+
+    /// Tells the probes where the stacks of the threads walked since the last call end, for
+    /// this process and every followed one.
+    pub fn publish_stack_tops(&mut self) {
+        let Some(tops) = &mut self.stack_tops else {
+            return;
+        };
+        let learned = self.recorder.unwinder.take_new_stack_tops();
+        if !learned.is_empty() {
+            tops.publish(self.target_pid, &learned);
+        }
+        if let Some(followed) = &mut self.followed {
+            for (pid, learned) in followed.take_new_stack_tops() {
+                tops.publish(pid, &learned);
+            }
+        }
     }
 
     /// Tells the recorder which files hold the allocator, to flag the calls it makes for

@@ -49,6 +49,7 @@ mod rss;
 mod run_cmd;
 mod seize;
 mod session;
+mod stack_tops;
 mod target_modules;
 mod targets;
 mod thread_group;

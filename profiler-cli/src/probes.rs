@@ -13,7 +13,7 @@ use aya::{
 };
 use profiler_common::{
     CALLS_BY_TID_MAP, CONTROL_MAP, COUNTERS_MAP, EventKind, FOLLOWED_MAP, MAX_TID_SLOTS, RING_MAP,
-    config, counter,
+    STACK_TOPS_MAP, config, counter,
 };
 use profiler_core::report::LostCounts;
 
@@ -135,6 +135,7 @@ impl Probes {
             .override_global(config::TID_SLOTS, &tid_slots, true)
             .map_max_entries(RING_MAP, config.ring_bytes)
             .map_max_entries(CALLS_BY_TID_MAP, tid_slots)
+            .map_max_entries(STACK_TOPS_MAP, tid_slots)
             .load(PROGRAMS)
             .map_err(|error| anyhow!("cannot load the eBPF programs: {error}{}", btf_hint()))?;
         let object = MultiObject::new(PROGRAMS, &ebpf)?;
@@ -304,6 +305,15 @@ impl Probes {
             .take_map(RING_MAP)
             .ok_or_else(|| anyhow!("ring buffer map missing"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The table of thread stack tops, for the collector to fill as it learns them.
+    pub fn take_stack_tops(&mut self) -> Result<crate::stack_tops::StackTops> {
+        let map = self
+            .ebpf
+            .take_map(STACK_TOPS_MAP)
+            .ok_or_else(|| anyhow!("stack tops map missing"))?;
+        crate::stack_tops::StackTops::new(map)
     }
 
     /// The loss counters, for the collector to read while and after the probes run.

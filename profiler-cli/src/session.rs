@@ -313,6 +313,7 @@ pub fn probe_capture(
     let ring = probes.take_ring()?;
     let mut collected = Collected::new(mode);
     collected.count_losses_with(LossSource::Probes(probes.take_loss_counters()?));
+    collected.stack_tops = Some(probes.take_stack_tops()?);
     collected.release_holds_with(backpressure.clone());
     collected.unwind_for(pid, options.stacks.max_depth);
     collected.allocator_code(pid, &sites);

@@ -315,6 +315,31 @@ pub const CALLS_BY_TID_MAP: &str = "CALLS_BY_TID";
 /// `/proc/sys/kernel/pid_max` up to this; a thread with a larger id keeps its call in a hash
 /// map instead.
 pub const MAX_TID_SLOTS: u32 = 1 << 17;
+/// Name of the array of thread stack tops by thread id (as many slots as
+/// [`CALLS_BY_TID_MAP`]), which memprof fills from its walks: each value is three words,
+/// [`StackTop`].
+pub const STACK_TOPS_MAP: &str = "STACK_TOPS";
+
+/// Where a thread's stack ends, learned by memprof from a walk of it that reached its root:
+/// `top` is just above the highest word the walk read, and `canary` that word's value. A probe
+/// copies a snapshot of this thread only up to `top` while the word below `top` still holds
+/// `canary` (the thread's root frames are where they were), else `--stack-bytes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct StackTop {
+    /// The thread's pid_tgid (a slot left by a thread of another process is not taken).
+    pub id: u64,
+    pub top: u64,
+    pub canary: u64,
+}
+
+impl StackTop {
+    /// As the map holds it.
+    pub fn to_words(self) -> [u64; 3] {
+        [self.id, self.top, self.canary]
+    }
+}
+
 /// Name of the control array: slot 0 set to 1 stops every probe from starting a call.
 pub const CONTROL_MAP: &str = "CONTROL";
 /// Name of the map of the other processes of a followed tree (`run`), by tgid.

@@ -18,6 +18,7 @@
 
 mod image;
 mod kept_walks;
+mod stack_tops;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,8 @@ pub use image::{ImageError, ModuleImage};
 
 use crate::event::Snapshot;
 use kept_walks::{BpUse, Ending, KeptWalks, Registers, Walk};
+pub use stack_tops::LearnedTop;
+use stack_tops::StackTops;
 
 type Policy = MustNotAllocateDuringUnwind;
 type RuleCache = CacheX86_64<Policy>;
@@ -209,6 +212,8 @@ pub struct StackUnwinder {
     /// What each pc's rule does with `%rbp`, learned under the module set of `bp_uses_epoch`.
     bp_uses: crate::fasthash::FastHashMap<u64, BpUse>,
     bp_uses_epoch: u64,
+    /// Where each thread's stack ends, from its walks that reached the root.
+    stack_tops: StackTops,
     pub stats: UnwindStats,
 }
 
@@ -239,6 +244,7 @@ impl StackUnwinder {
             fresh: Walk::default(),
             bp_uses: Default::default(),
             bp_uses_epoch: 0,
+            stack_tops: StackTops::default(),
             stats: UnwindStats::default(),
         }
     }
@@ -249,6 +255,12 @@ impl StackUnwinder {
 
     pub fn max_depth(&self) -> usize {
         self.max_depth
+    }
+
+    /// The threads whose stack top walks showed (or showed moved) since the last call, for
+    /// the probes to bound their copies (see `unwind/stack_tops.rs`).
+    pub fn take_new_stack_tops(&mut self) -> Vec<LearnedTop> {
+        self.stack_tops.take_new()
     }
 
     /// Replaces `frames` with the return addresses of `snapshot`, a stack of `thread`,
@@ -310,6 +322,9 @@ impl StackUnwinder {
         let mut regs = UnwindRegsX86_64::new(snapshot.ip, snapshot.sp, snapshot.bp);
         let mut pc = snapshot.ip;
         frames.push(pc);
+        // The highest word this walk read and whether it unwound the root frame itself.
+        let mut highest: Option<(u64, u64)> = None;
+        let mut root_unwound = false;
         let ending = loop {
             let here = Registers {
                 pc,
@@ -352,6 +367,7 @@ impl StackUnwinder {
             fresh.enter(here);
             // A return address is looked up at `pc - 1`, inside its call instruction.
             let Some(address) = FrameAddress::from_return_address(pc) else {
+                root_unwound = true;
                 break Ending::Root;
             };
             if self.modules.find(pc - 1).is_none() {
@@ -362,10 +378,17 @@ impl StackUnwinder {
                 address,
                 &mut regs,
                 self.caches.at(pc - 1),
-                &mut |addr| fresh.read(addr, read_word).ok_or(()),
+                &mut |addr| {
+                    let word = fresh.read(addr, read_word).ok_or(())?;
+                    if highest.is_none_or(|(at, _)| addr > at) {
+                        highest = Some((addr, word));
+                    }
+                    Ok(word)
+                },
             );
             match next {
                 Ok(None) | Err(FrameError::ReturnAddressIsNull) | Ok(Some(0)) => {
+                    root_unwound = true;
                     break Ending::Root;
                 }
                 Ok(Some(return_address)) => {
@@ -391,6 +414,10 @@ impl StackUnwinder {
         fresh.end(ending);
         if self.modules.epoch == start_epoch {
             self.kept.keep(thread, &mut self.fresh);
+        }
+        // A walk that took its root frames from the kept one read nothing new up there.
+        if root_unwound && let Some((at, word)) = highest {
+            self.stack_tops.saw(thread, at, word);
         }
         outcome(ending, snapshot)
     }

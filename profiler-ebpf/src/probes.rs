@@ -19,7 +19,7 @@ use profiler_common::{
     DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EventHeader, EventKind, EventRecord, FLAG_REALLOC_ENTRY,
     FLAG_STACK_MISSING, FLAG_STACK_SNAPSHOT, FLAG_STACK_TRUNCATED, HOLD_SIGNAL,
     HOLD_SIGNAL_BLOCKED, MAX_STACK_BYTES, MAX_STACK_DEPTH, SNAPSHOT_CUT, STACK_SNAPSHOT_SIZE,
-    StackSnapshot, counter, unwind_mode,
+    StackSnapshot, StackTop, counter, unwind_mode,
 };
 
 const PAGE: u64 = 4096;
@@ -71,6 +71,11 @@ static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1 << 14, 0);
 /// lookup and delete, each under a bucket lock, were 9% of redis's time under `attach`.
 #[map]
 static CALLS_BY_TID: Array<InFlight> = Array::with_max_entries(1, 0);
+
+/// Where each thread's stack ends, by thread id (see [`thread_stack_room`]); sized like
+/// [`CALLS_BY_TID`] at load time, filled by memprof.
+#[map]
+static STACK_TOPS: Array<StackTop> = Array::with_max_entries(1, 0);
 
 /// Calls in flight of threads whose id has no slot in [`CALLS_BY_TID`], by pid_tgid.
 #[map]
@@ -224,7 +229,7 @@ fn emit<C: EbpfContext>(ctx: &C, id: u64, mut header: EventHeader, with_stack: b
     let mut body_bytes = 0usize;
     if with_stack && depth > 0 {
         if mode == unwind_mode::DWARF {
-            body_bytes = snapshot(ctx, record, &mut header);
+            body_bytes = snapshot(ctx, id, record, &mut header);
         } else {
             body_bytes = frames(ctx, record, &mut header, depth);
         }
@@ -353,18 +358,57 @@ fn main_stack_room(sp: u64) -> u64 {
     (top + 16 - sp + 7) & !7
 }
 
+/// Bytes from `sp` to the top of this thread's stack as memprof learned it from a walk that
+/// reached the thread's root ([`StackTop`]), when `sp` is within a copy's reach below it and
+/// the word below the top still holds what that walk read there; else `u64::MAX`. A
+/// thread's stack (other than the main one, bounded at `argc`) is otherwise copied
+/// `--stack-bytes` deep, past its root frames into the thread's descriptor and TLS: 8 KiB
+/// per allocation where the frames take a few hundred bytes.
+#[inline(always)]
+fn thread_stack_room(id: u64, sp: u64) -> u64 {
+    let tid = id as u32;
+    // SAFETY: a volatile read of a loader-set global.
+    if tid >= unsafe { read_volatile(&TID_SLOTS) } {
+        return u64::MAX;
+    }
+    let Some(known) = STACK_TOPS.get(tid) else {
+        return u64::MAX;
+    };
+    let known = *known;
+    if known.id != id
+        || known.top < 8
+        || sp > known.top - 8
+        || known.top - sp >= MAX_STACK_BYTES as u64
+    {
+        return u64::MAX;
+    }
+    // SAFETY: the helper copes with any user address.
+    match unsafe { bpf_probe_read_user((known.top - 8) as *const u64) } {
+        Ok(word) if word == known.canary => (known.top - sp + 7) & !7,
+        _ => u64::MAX,
+    }
+}
+
 /// DWARF mode: the user registers and a copy of the user stack from `sp` upward, for the
 /// collector to unwind. Copies up to `STACK_BYTES` (or the main thread's `argc`) in one read;
 /// if some page of that is unreadable (the top of a thread's stack), page by page up to the
 /// first unreadable one. Returns the bytes of the record body used.
 #[inline(always)]
-fn snapshot<C: EbpfContext>(ctx: &C, record: &mut EventRecord, header: &mut EventHeader) -> usize {
+fn snapshot<C: EbpfContext>(
+    ctx: &C,
+    id: u64,
+    record: &mut EventRecord,
+    header: &mut EventHeader,
+) -> usize {
     let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
     // SAFETY: uprobe programs get the user registers as their context.
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     // SAFETY: volatile read of a loader-set global.
     let configured = (unsafe { read_volatile(&STACK_BYTES) } as u64).min(MAX_STACK_BYTES as u64);
-    let room = main_stack_room(sp);
+    let room = match main_stack_room(sp) {
+        u64::MAX => thread_stack_room(id, sp),
+        room => room,
+    };
     let bounded = room < configured;
     let limit = (if bounded { room } else { configured }) & !7;
     let stack = record.body.as_mut_ptr().cast::<u8>();

@@ -234,6 +234,16 @@ impl Followed {
     }
 
     /// A record written by process `pid` (not the launched one).
+    /// The stack tops each live image's walks learned since the last call, by pid.
+    pub fn take_new_stack_tops(
+        &mut self,
+    ) -> impl Iterator<Item = (u32, Vec<profiler_core::unwind::LearnedTop>)> + '_ {
+        self.live.iter_mut().filter_map(|(&pid, image)| {
+            let learned = image.collected.recorder.unwinder.take_new_stack_tops();
+            (!learned.is_empty()).then_some((pid, learned))
+        })
+    }
+
     pub fn record(&mut self, pid: u32, bytes: &[u8]) {
         match self.live.get_mut(&pid) {
             Some(image) => image.collected.record(bytes),

@@ -147,6 +147,46 @@ fn check_threads(test: &str, build: Build, capture: Capture) {
     assert_section_total(&report, "leaks", 8, 128 + 4 * dtv);
 }
 
+/// A thread's stack copies stop just above its root frames once memprof has walked it to its
+/// root (the probes' stack tops), not `--stack-bytes` deep into the thread's descriptor: the
+/// same exact counts and stacks, a fraction of the bytes.
+#[test]
+fn thread_stack_copies_stop_above_their_root() {
+    let Some(env) = privileged("thread_stack_copies_stop_above_their_root") else {
+        return;
+    };
+    let target = compile_c(env.dir.path(), "threads", Build::NoFramePointers);
+    let output = env.dir.path().join("out");
+    let churn: u64 = 50_000;
+    let finished = crate::support::memprof_run_with(
+        Capture::Uprobes,
+        &[("MEMPROF_TIMINGS", "1")],
+        &output,
+        &target,
+        &[&churn.to_string()],
+    );
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let report = finished.report(&output);
+    assert_nothing_lost(&report);
+    assert_function(&report, "malloc", 4 * (churn + 1), 4 * (churn + 1) * 32);
+    assert_num(&report, "summary.frees", 4 * churn);
+    assert_sites(&report, "leaks", Name::Exact("thread_leak"), 4, 128);
+    assert_chain(
+        &report,
+        "leaks",
+        &["thread_leak", "thread_main", "start_thread"],
+    );
+    assert_num(&report, "lost.stack_errors", 0);
+    assert_no_truncated_stack(&report, "leaks");
+    // A stack per malloc, and for libc's calloc and mmap calls.
+    let (stacks, per_snapshot) = crate::support::unwinding_line(&finished.stderr);
+    assert!(stacks > 4 * (churn + 1), "{}", finished.stderr);
+    // thread_main's frames and libc's thread start take a few hundred bytes; a copy to
+    // `--stack-bytes` or the end of the thread's mapping, 5-8 KiB. The first copies of each
+    // thread, before memprof has walked it, are whole: the mean allows for them.
+    assert!(per_snapshot < 2048.0, "{per_snapshot} bytes per snapshot");
+}
+
 fn check_ctor(test: &str, build: Build, capture: Capture) {
     let Some(env) = privileged(test) else { return };
     let target = compile_c(env.dir.path(), "ctor", build);

@@ -829,20 +829,9 @@ fn an_execd_programs_stack_copies_stop_at_its_argc() {
         &["chain", "1"],
     );
     assert!(finished.status.success(), "{}", finished.stderr);
-    // The collector's line for the last image (its 6 allocations):
-    // "unwinding: 6 stacks, ..., N bytes of stack per snapshot".
-    let line = finished
-        .stderr
-        .lines()
-        .find(|line| line.starts_with("unwinding: "))
-        .unwrap_or_else(|| panic!("no unwinding line: {}", finished.stderr));
-    assert!(line.starts_with("unwinding: 6 stacks,"), "{line}");
-    let per_snapshot: f64 = line
-        .rsplit(", ")
-        .next()
-        .and_then(|last| last.strip_suffix(" bytes of stack per snapshot"))
-        .and_then(|bytes| bytes.parse().ok())
-        .unwrap_or_else(|| panic!("no bytes per snapshot in {line}"));
+    // The collector's figures are the last image's (its 6 allocations).
+    let (stacks, per_snapshot) = crate::support::unwinding_line(&finished.stderr);
+    assert_eq!(stacks, 6, "{}", finished.stderr);
     // main's frames and the loader's start: a few hundred bytes; unbounded, 8 KiB each.
-    assert!(per_snapshot < 1024.0, "{line}");
+    assert!(per_snapshot < 1024.0, "{per_snapshot} bytes per snapshot");
 }

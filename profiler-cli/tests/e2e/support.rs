@@ -466,3 +466,25 @@ pub fn marker_line(source: &str, name: &str) -> u32 {
     assert_eq!(matches.len(), 1, "marker @{name} in {}", path.display());
     matches[0] as u32
 }
+
+/// The launched process's stacks unwound and bytes of stack copied per snapshot, from the
+/// line `MEMPROF_TIMINGS=1` makes memprof print: "unwinding: N stacks, ..., B bytes of stack
+/// per snapshot".
+pub fn unwinding_line(stderr: &str) -> (u64, f64) {
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("unwinding: "))
+        .unwrap_or_else(|| panic!("no unwinding line: {stderr}"));
+    let stacks = line["unwinding: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|stacks| stacks.parse().ok())
+        .unwrap_or_else(|| panic!("no stack count in {line}"));
+    let per_snapshot = line
+        .rsplit(", ")
+        .next()
+        .and_then(|last| last.strip_suffix(" bytes of stack per snapshot"))
+        .and_then(|bytes| bytes.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes per snapshot in {line}"));
+    (stacks, per_snapshot)
+}

@@ -181,6 +181,44 @@ fn unwinds_own_stack_through_the_calling_functions_to_the_root() {
     assert_eq!(source.asked, asked);
 }
 
+/// A walk that reached its thread's root tells where the thread's stack ends: just above the
+/// highest word it read, with that word's value. A copy that far unwinds to the same root;
+/// a walk that took its root frames from the thread's previous walk tells nothing new.
+#[test]
+fn a_walk_to_the_root_learns_where_its_threads_stack_ends() {
+    let captured = outer_caller(WHOLE_STACK);
+    let mut unwinder = StackUnwinder::new(127);
+    let mut source = SelfMaps::default();
+    let mut frames = Vec::new();
+    let outcome = unwinder.unwind(&captured.snapshot(), THREAD, &mut source, &mut frames);
+    assert_eq!(outcome, Outcome::Complete);
+    let learned = unwinder.take_new_stack_tops();
+    assert_eq!(learned.len(), 1, "{learned:?}");
+    let top = learned[0];
+    assert_eq!(top.thread, THREAD);
+    let end = captured.sp + captured.stack.len() as u64;
+    assert!(top.top > captured.sp && top.top <= end, "{top:?}");
+    let below = (top.top - 8 - captured.sp) as usize;
+    let word = u64::from_le_bytes(captured.stack[below..below + 8].try_into().unwrap());
+    assert_eq!(word, top.canary);
+
+    // The same stack copied only up to the top: the same frames, to the root.
+    let bounded = Captured {
+        stack: captured.stack[..(top.top - captured.sp) as usize].to_vec(),
+        cut: false,
+        ..captured
+    };
+    let mut fresh = StackUnwinder::new(127);
+    let mut again = Vec::new();
+    let outcome = fresh.unwind(&bounded.snapshot(), THREAD, &mut source, &mut again);
+    assert_eq!((outcome, &again), (Outcome::Complete, &frames));
+    assert_eq!(fresh.take_new_stack_tops(), learned);
+
+    // Joined whole to the walk before: nothing new.
+    unwinder.unwind(&captured.snapshot(), THREAD, &mut source, &mut again);
+    assert!(unwinder.take_new_stack_tops().is_empty());
+}
+
 #[test]
 fn a_short_copy_cuts_the_stack_and_says_so() {
     let captured = outer_caller(64);
