@@ -405,9 +405,11 @@ fn snapshot<C: EbpfContext>(
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     // SAFETY: volatile read of a loader-set global.
     let configured = (unsafe { read_volatile(&STACK_BYTES) } as u64).min(MAX_STACK_BYTES as u64);
-    let room = match main_stack_room(sp) {
-        u64::MAX => thread_stack_room(id, sp),
-        room => room,
+    // The main thread's id is its process's (pid_tgid's halves are equal).
+    let room = if id as u32 == (id >> 32) as u32 {
+        main_stack_room(sp)
+    } else {
+        thread_stack_room(id, sp)
     };
     let bounded = room < configured;
     let limit = (if bounded { room } else { configured }) & !7;
