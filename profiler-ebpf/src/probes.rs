@@ -328,9 +328,9 @@ fn frames<C: EbpfContext>(
 /// Bytes from `sp` to just above `argc` when `sp` is on the main thread's stack within a
 /// copy's reach, else `u64::MAX`. Above `argc` lie only argv, the environment and the auxiliary
 /// vector (kilobytes of strings: 7 KiB in a typical shell), which no frame reads, so the
-/// main thread's copies stop there. `argc`'s address is the kernel's `mm->start_stack`, set by
-/// each exec, read through kernel reads: a user-memory read costs ~100 ns more per call here
-/// (the probe's own run time, `kernel.bpf_stats_enabled`).
+/// main thread's copies stop there. `argc`'s address is the kernel's `mm->start_stack`, read
+/// from the current task: each exec sets it, so an exec'd program and every process of a
+/// followed tree is bounded by its own.
 #[inline(always)]
 fn main_stack_room(sp: u64) -> u64 {
     // SAFETY: volatile reads of loader-set globals.
