@@ -94,6 +94,16 @@ impl<'a> Types<'a> {
     /// struct and union members too (the kernel groups fields in them: `mm_struct`'s are all
     /// in one).
     fn offset_in(&self, at: usize, member: &str) -> Result<Option<u32>> {
+        self.offset_within(at, member, 0)
+    }
+
+    /// [`Self::offset_in`], `depth` anonymous members down; a blob nesting them deeper than
+    /// the kernel does (or in a cycle) is not followed further.
+    fn offset_within(&self, at: usize, member: &str, depth: u32) -> Result<Option<u32>> {
+        const MAX_DEPTH: u32 = 8;
+        if depth > MAX_DEPTH {
+            return Ok(None);
+        }
         for field in self.members(at)? {
             if field.name_off != 0 {
                 if self.string(field.name_off) == member.as_bytes() {
@@ -105,7 +115,7 @@ impl<'a> Types<'a> {
                 continue;
             };
             if matches!(self.kind_and_name(inner)?.0, KIND_STRUCT | KIND_UNION)
-                && let Some(offset) = self.offset_in(inner, member)?
+                && let Some(offset) = self.offset_within(inner, member, depth + 1)?
             {
                 return Ok(Some(field.offset + offset));
             }
@@ -272,6 +282,32 @@ mod tests {
         assert_eq!(member_offset(&btf, "mm", "b").unwrap(), 12);
         assert_eq!(member_offset(&btf, "mm", "u").unwrap(), 16);
         assert!(member_offset(&btf, "mm", "c").is_err());
+    }
+
+    #[test]
+    fn an_anonymous_member_cycle_ends_the_search() {
+        // 1 = int; 2 = struct loop { int a; struct 2; } (itself, anonymous, at byte 4).
+        let strings = b"\0int\0loop\0a\0";
+        let btf = blob(
+            &[
+                1,
+                1 << 24,
+                4,
+                32, // int
+                5,
+                (4 << 24) | 2,
+                8,
+                10,
+                1,
+                0,
+                0,
+                2,
+                32, // struct loop { a; struct loop; }
+            ],
+            strings,
+        );
+        assert_eq!(member_offset(&btf, "loop", "a").unwrap(), 0);
+        assert!(member_offset(&btf, "loop", "b").is_err());
     }
 
     #[test]
