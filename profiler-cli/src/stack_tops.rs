@@ -19,7 +19,8 @@ impl StackTops {
         })
     }
 
-    /// Tells the probes where the stacks of `pid`'s threads in `learned` end. A thread whose
+    /// Tells the probes where the stacks of `pid`'s threads in `learned` end (a top of 0:
+    /// nowhere known, copy whole). A thread whose
     /// id has no slot keeps full copies; a failed update only leaves the copies as they were.
     pub fn publish(&mut self, pid: u32, learned: &[LearnedTop]) {
         for top in learned {

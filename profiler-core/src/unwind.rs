@@ -419,6 +419,9 @@ impl StackUnwinder {
         if root_unwound && let Some((at, word)) = highest {
             self.stack_tops.saw(thread, at, word);
         }
+        if ran_past_an_uncut_copy(ending, snapshot) {
+            self.stack_tops.forget(thread);
+        }
         outcome(ending, snapshot)
     }
 }
@@ -458,6 +461,15 @@ fn bp_use(
     } else {
         BpUse::Reads
     }
+}
+
+/// Whether the walk needed a word above the end of `snapshot`'s bytes though the copy was not
+/// cut at the byte limit: a probe bounded it too low (see `unwind/stack_tops.rs`), or it
+/// stopped at an unreadable page.
+fn ran_past_an_uncut_copy(ending: Ending, snapshot: &Snapshot<'_>) -> bool {
+    let stack_end = snapshot.sp.saturating_add(snapshot.stack.len() as u64);
+    matches!(ending, Ending::Error(FrameError::CouldNotReadStack(addr))
+        if !snapshot.cut && addr >= stack_end)
 }
 
 /// What `ending` means for `snapshot`: a read past the end of a cut copy is a cut stack.

@@ -50,7 +50,21 @@ impl StackTops {
         });
     }
 
-    /// The tops learned or changed since the last call.
+    /// A walk of `thread` needed a word above the end of its copy, which the copy did not say
+    /// was cut: the probe bounded it at a top that was too low (a thread whose first walk
+    /// ended at another root, a coroutine's). The thread's copies go whole again (a top of 0)
+    /// until a walk reaches its root once more.
+    pub fn forget(&mut self, thread: u32) {
+        if self.known.remove(&thread).is_some() {
+            self.new.push(LearnedTop {
+                thread,
+                top: 0,
+                canary: 0,
+            });
+        }
+    }
+
+    /// The tops learned, changed or forgotten (a top of 0) since the last call.
     pub fn take_new(&mut self) -> Vec<LearnedTop> {
         std::mem::take(&mut self.new)
     }
@@ -93,5 +107,19 @@ mod tests {
                 canary: 42
             }]
         );
+        // Forgotten once, then learned again.
+        tops.forget(7);
+        tops.forget(7);
+        tops.forget(9);
+        assert_eq!(
+            tops.take_new(),
+            [LearnedTop {
+                thread: 7,
+                top: 0,
+                canary: 0
+            }]
+        );
+        tops.saw(7, 0x3000, 42);
+        assert_eq!(tops.take_new().len(), 1);
     }
 }

@@ -217,6 +217,27 @@ fn a_walk_to_the_root_learns_where_its_threads_stack_ends() {
     // Joined whole to the walk before: nothing new.
     unwinder.unwind(&captured.snapshot(), THREAD, &mut source, &mut again);
     assert!(unwinder.take_new_stack_tops().is_empty());
+
+    // A copy that ends below the highest word, though not cut at the byte limit (a top set
+    // too low): the walk fails, and the thread's top is forgotten (sent as 0).
+    let too_short = Captured {
+        stack: captured.stack[..(top.top - 8 - captured.sp) as usize].to_vec(),
+        cut: false,
+        ..captured
+    };
+    let outcome = unwinder.unwind(&too_short.snapshot(), THREAD, &mut source, &mut again);
+    assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+    assert_eq!(
+        unwinder.take_new_stack_tops(),
+        [LearnedTop {
+            thread: THREAD,
+            top: 0,
+            canary: 0
+        }]
+    );
+    // The whole copy again: learned again.
+    unwinder.unwind(&captured.snapshot(), THREAD, &mut source, &mut again);
+    assert_eq!(unwinder.take_new_stack_tops(), learned);
 }
 
 #[test]
