@@ -233,7 +233,6 @@ impl Followed {
         Some(warning)
     }
 
-    /// A record written by process `pid` (not the launched one).
     /// The stack tops each live image's walks learned since the last call, by pid.
     pub fn take_new_stack_tops(
         &mut self,
@@ -244,6 +243,7 @@ impl Followed {
         })
     }
 
+    /// A record written by process `pid` (not the launched one).
     pub fn record(&mut self, pid: u32, bytes: &[u8]) {
         match self.live.get_mut(&pid) {
             Some(image) => image.collected.record(bytes),
