@@ -172,7 +172,7 @@ pub struct FragmentationSnapshot {
 
 /// Computes a snapshot from (address, requested size) pairs (about `count` of them); `glibc`
 /// tells which blocks glibc mmapped (its threshold at the time of the snapshot). The
-/// footprints are held once and sorted by address ([`Footprints`]): the ranges are their runs
+/// footprints are held once, packed, and sorted by address: the ranges are their runs
 /// of one window.
 pub fn snapshot(
     blocks: impl IntoIterator<Item = (u64, u64)>,
@@ -365,13 +365,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A range's start, end, blocks, used, free and largest free bytes.
+    type Figures = (u64, u64, u64, u64, u64, u64);
+
     /// The snapshot as computed before footprints were packed: pairs, sorted, cut into runs
     /// of one window. The packed form must give the same figures.
-    fn by_pairs(
-        blocks: &[(u64, u64)],
-        allocator: Allocator,
-        glibc: &GlibcMmap,
-    ) -> Vec<(u64, u64, u64, u64, u64, u64, u64)> {
+    fn by_pairs(blocks: &[(u64, u64)], allocator: Allocator, glibc: &GlibcMmap) -> Vec<Figures> {
         let header = allocator.header_bytes();
         let mut footprints: Vec<(u64, u64)> = blocks
             .iter()
@@ -395,12 +394,12 @@ mod tests {
                     used += end.saturating_sub(start.max(reached));
                     reached = reached.max(end);
                 }
-                (first, reached, run.len() as u64, used, free, largest, 0)
+                (first, reached, run.len() as u64, used, free, largest)
             })
             .collect()
     }
 
-    fn figures(snapshot: &FragmentationSnapshot) -> Vec<(u64, u64, u64, u64, u64, u64, u64)> {
+    fn figures(snapshot: &FragmentationSnapshot) -> Vec<Figures> {
         let hex = |text: &str| u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap();
         snapshot
             .largest_ranges
@@ -414,7 +413,6 @@ mod tests {
                     r.used_bytes,
                     r.free_bytes,
                     r.largest_free_bytes,
-                    0,
                 )
             })
             .collect()
