@@ -122,6 +122,19 @@ impl<'a> Types<'a> {
         }
         Ok(None)
     }
+
+    /// Byte offset of member `member` in the struct named `name`.
+    fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
+        for &at in &self.records {
+            let (kind, name_off) = self.kind_and_name(at)?;
+            if kind == KIND_STRUCT && self.string(name_off) == name.as_bytes() {
+                return self
+                    .offset_in(at, member)?
+                    .with_context(|| format!("{name} has no member {member}"));
+            }
+        }
+        bail!("no struct {name}")
+    }
 }
 
 fn u32_at(btf: &[u8], at: usize) -> Result<u32> {
@@ -130,17 +143,9 @@ fn u32_at(btf: &[u8], at: usize) -> Result<u32> {
 }
 
 /// Byte offset of member `member` in the struct named `name`, from the BTF blob `btf`.
-pub fn member_offset(btf: &[u8], name: &str, member: &str) -> Result<u32> {
-    let types = Types::parse(btf)?;
-    for &at in &types.records {
-        let (kind, name_off) = types.kind_and_name(at)?;
-        if kind == KIND_STRUCT && types.string(name_off) == name.as_bytes() {
-            return types
-                .offset_in(at, member)?
-                .with_context(|| format!("{name} has no member {member}"));
-        }
-    }
-    bail!("no struct {name}")
+#[cfg(test)]
+fn member_offset(btf: &[u8], name: &str, member: &str) -> Result<u32> {
+    Types::parse(btf)?.member_offset(name, member)
 }
 
 /// Bytes following a type record's 12-byte common part, by kind.
@@ -155,32 +160,46 @@ fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
     })
 }
 
-fn vmlinux_btf() -> Option<Vec<u8>> {
-    std::fs::read("/sys/kernel/btf/vmlinux").ok()
-}
-
-/// The offset of `task_struct.blocked` on this kernel; None without BTF (the probes then
-/// always send the hold signal, which a thread blocking it does not take).
-pub fn task_blocked_offset() -> Option<u32> {
-    member_offset(&vmlinux_btf()?, "task_struct", "blocked").ok()
-}
-
-/// Where a task's `argc` is found: the offsets of `task_struct.mm` and `mm_struct.start_stack`
-/// (the address of `argc` on the main thread's stack, set at each exec: `/proc/PID/stat`'s
-/// `startstack`). None without BTF: the probes then copy `--stack-bytes` on every thread.
-pub fn start_stack_offsets() -> Option<StartStackOffsets> {
-    let btf = vmlinux_btf()?;
-    Some(StartStackOffsets {
-        task_mm: member_offset(&btf, "task_struct", "mm").ok()?,
-        mm_start_stack: member_offset(&btf, "mm_struct", "start_stack").ok()?,
-    })
-}
-
-/// See [`start_stack_offsets`].
+/// Where the probes find what they read in the kernel's structures, on this kernel. A field
+/// whose offset is unknown (no BTF) is 0, and the probe goes without it: a thread blocking
+/// the hold signal is sent it anyway (and does not take it), and stack copies are not
+/// bounded at `argc`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StartStackOffsets {
+pub struct KernelOffsets {
+    /// `task_struct.blocked`, the thread's blocked-signal mask.
+    pub task_blocked: u32,
+    /// `task_struct.mm`.
     pub task_mm: u32,
+    /// `mm_struct.start_stack`: the address of `argc` on the main thread's stack, set at each
+    /// exec (`/proc/PID/stat`'s `startstack`).
     pub mm_start_stack: u32,
+}
+
+impl KernelOffsets {
+    /// This kernel's, from `/sys/kernel/btf/vmlinux` (read and parsed once).
+    pub fn of_running_kernel() -> KernelOffsets {
+        std::fs::read("/sys/kernel/btf/vmlinux")
+            .ok()
+            .and_then(|btf| KernelOffsets::from_btf(&btf).ok())
+            .unwrap_or_default()
+    }
+
+    fn from_btf(btf: &[u8]) -> Result<KernelOffsets> {
+        let types = Types::parse(btf)?;
+        let offset = |name: &str, member: &str| types.member_offset(name, member).ok();
+        let (task_mm, mm_start_stack) = match (
+            offset("task_struct", "mm"),
+            offset("mm_struct", "start_stack"),
+        ) {
+            (Some(task_mm), Some(mm_start_stack)) => (task_mm, mm_start_stack),
+            _ => (0, 0),
+        };
+        Ok(KernelOffsets {
+            task_blocked: offset("task_struct", "blocked").unwrap_or(0),
+            task_mm,
+            mm_start_stack,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -311,15 +330,16 @@ mod tests {
     }
 
     #[test]
-    fn this_kernel_says_where_a_tasks_blocked_signals_are() {
-        let offset = task_blocked_offset().expect("this kernel has BTF (CI's does)");
+    fn this_kernel_says_where_the_probes_fields_are() {
+        let btf =
+            std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF (CI's does)");
+        let offsets = KernelOffsets::from_btf(&btf).unwrap();
+        assert_eq!(offsets, KernelOffsets::of_running_kernel());
         // Deep in task_struct, 8-aligned (a sigset_t of one u64 on x86-64).
-        assert!(offset > 512 && offset.is_multiple_of(8), "{offset}");
-    }
-
-    #[test]
-    fn this_kernel_says_where_a_tasks_start_stack_is() {
-        let offsets = start_stack_offsets().expect("this kernel has BTF (CI's does)");
+        assert!(
+            offsets.task_blocked > 512 && offsets.task_blocked.is_multiple_of(8),
+            "{offsets:?}"
+        );
         // Pointers and unsigned longs: 8-aligned. start_stack follows the code, data and brk
         // bounds in mm_struct's anonymous struct, past its first cache lines.
         assert!(offsets.task_mm.is_multiple_of(8), "{offsets:?}");

@@ -113,8 +113,7 @@ impl Probes {
             0
         };
         let stack_depth = config.stack_depth;
-        let task_blocked_offset = crate::kernel_btf::task_blocked_offset().unwrap_or(0);
-        let start_stack = crate::kernel_btf::start_stack_offsets().unwrap_or_default();
+        let offsets = crate::kernel_btf::KernelOffsets::of_running_kernel();
         let tid_slots = tid_slots();
         // aya creates the maps (the ring, the in-flight table, .rodata with the globals);
         // the programs are loaded for uprobe_multi by `multi_link` against those maps.
@@ -122,16 +121,12 @@ impl Probes {
             .override_global(config::TARGET_TGID, &tgid, true)
             .override_global(config::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(config::HOLD_BYTES, &hold_bytes, true)
-            .override_global(config::TASK_BLOCKED_OFFSET, &task_blocked_offset, true)
+            .override_global(config::TASK_BLOCKED_OFFSET, &offsets.task_blocked, true)
             .override_global(config::STACK_DEPTH, &stack_depth, true)
             .override_global(config::UNWIND_MODE, &config.unwind_mode, true)
             .override_global(config::STACK_BYTES, &config.stack_bytes, true)
-            .override_global(config::TASK_MM_OFFSET, &start_stack.task_mm, true)
-            .override_global(
-                config::MM_START_STACK_OFFSET,
-                &start_stack.mm_start_stack,
-                true,
-            )
+            .override_global(config::TASK_MM_OFFSET, &offsets.task_mm, true)
+            .override_global(config::MM_START_STACK_OFFSET, &offsets.mm_start_stack, true)
             .override_global(config::TID_SLOTS, &tid_slots, true)
             .map_max_entries(RING_MAP, config.ring_bytes)
             .map_max_entries(CALLS_BY_TID_MAP, tid_slots)
