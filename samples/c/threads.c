@@ -1,7 +1,8 @@
 /* threads.c -- allocations from 4 threads.
  *
  * Build: gcc -O2 -g -fno-builtin -pthread [-fno-omit-frame-pointer | -fomit-frame-pointer] threads.c
- * Usage: threads [CHURN]   (CHURN malloc/free pairs per thread, default 499)
+ * Usage: threads [CHURN [PAUSE_MS]]   (CHURN malloc/free pairs per thread, default 499;
+ *        PAUSE_MS: each thread sleeps that long after its first pair, default 0)
  *
  * Each thread: 499 x (malloc(32); free) in thread_churn, then 1 x malloc(32) in thread_leak.
  * Expected from the program's own calls, exact:
@@ -21,18 +22,22 @@
  * With CHURN = N: malloc 4 * (N + 1) calls, frees 4 * N, the rest as above. */
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "common.h"
 
 #define THREADS 4
 
 static long churn = 499;
+static long pause_ms = 0;
 
 NOIPA void thread_churn(void) {
     for (long i = 0; i < churn; i++) {
         void *p = malloc(32);
         sink = p;
         free(p);
+        if (i == 0 && pause_ms > 0)
+            usleep(pause_ms * 1000);
     }
 }
 
@@ -49,6 +54,8 @@ int main(int argc, char **argv) {
     pthread_t threads[THREADS];
     if (argc > 1)
         churn = atol(argv[1]);
+    if (argc > 2)
+        pause_ms = atol(argv[2]);
     for (int i = 0; i < THREADS; i++)
         if (pthread_create(&threads[i], NULL, thread_main, NULL) != 0)
             return 1;
