@@ -392,6 +392,14 @@ impl Collected {
         Ok(())
     }
 
+    /// Records the frames `symbolizer` named for the report, so that a replay of the
+    /// recording names them the same way without the target's files.
+    pub fn record_symbols(&mut self, symbolizer: &profiler_core::symbolize::Symbolizer) {
+        if let Some(sink) = self.recording.as_mut() {
+            sink.symbols(&symbolizer.recorded());
+        }
+    }
+
     /// Writes the recording's trailer; `announce` prints where the recording is.
     pub fn finish_recording(&mut self, meta: &Meta<'_>, announce: bool) {
         if let Some(sink) = self.recording.take() {

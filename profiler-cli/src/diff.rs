@@ -23,7 +23,6 @@ use profiler_core::{
     render::FlameKind,
     report::Report,
     session_end::build_report,
-    symbolize::Symbolizer,
 };
 
 /// What `memprof diff` compares and where it writes.
@@ -69,7 +68,7 @@ fn load(path: &Path) -> Result<(PathBuf, Report)> {
         path.to_owned()
     };
     let replayed = crate::report_cmd::load(&file)?;
-    let mut symbolizer = Symbolizer::new(&replayed.maps);
+    let mut symbolizer = replayed.symbolizer();
     let report = build_report(&replayed.view(), &mut symbolizer, &replayed.meta);
     Ok((file, report))
 }

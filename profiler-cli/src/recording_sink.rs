@@ -100,6 +100,13 @@ impl RecordingSink {
         });
     }
 
+    /// The frames the session's report named (see [`Collected::record_symbols`]).
+    ///
+    /// [`Collected::record_symbols`]: crate::collected::Collected::record_symbols
+    pub fn symbols(&mut self, symbols: &profiler_core::symbolize::RecordedSymbols) {
+        self.with_writer(|writer| writer.symbols(symbols));
+    }
+
     pub fn rss(&mut self, ts_ns: u64, bytes: u64) {
         self.with_writer(|writer| {
             writer.rss(ts_ns, bytes);

@@ -18,7 +18,6 @@ use profiler_core::{
     recording::{Reader, write_synthetic_churn},
     render::{FlameKind, write_flamegraph, write_folded, write_json, write_text},
     session_end::{build_report, write_pprof_file},
-    symbolize::Symbolizer,
 };
 
 use crate::report_writer;
@@ -49,7 +48,7 @@ pub fn report(
     if ops.is_some() {
         replayed.ops = ops;
     }
-    let mut symbolizer = Symbolizer::new(&replayed.maps);
+    let mut symbolizer = replayed.symbolizer();
     let session = replayed.view();
     let meta = &replayed.meta;
     let build_id = |path: &Path| replayed.build_id(path);
@@ -57,7 +56,7 @@ pub fn report(
         report_writer::finish_report(
             &session,
             replayed.malformed,
-            symbolizer,
+            &mut symbolizer,
             meta,
             build_id,
             output,
@@ -125,8 +124,11 @@ pub fn load(file: &Path) -> Result<Replayed> {
             replayed.events
         );
     }
-    for replaced in &replayed.replaced {
-        eprintln!("memprof: warning: {replaced}");
+    // A recording that carries its frames' names does not need the files.
+    if replayed.symbols.is_none() {
+        for replaced in &replayed.replaced {
+            eprintln!("memprof: warning: {replaced}");
+        }
     }
     Ok(replayed)
 }

@@ -80,7 +80,7 @@ pub fn report(dir: &Path, output: &Path, top: usize) -> Result<i32> {
     report_writer::finish_report(
         &session,
         replayed.malformed,
-        Symbolizer::new(&replayed.maps),
+        &mut replayed.symbolizer(),
         &replayed.meta,
         |path| replayed.build_id(path),
         output,
@@ -199,7 +199,7 @@ fn replay_image(
     }
     let replayed = report_cmd::load(&recording_of(&dir.join(relative)))?;
     let image_dir = out.subdir("processes")?.subdir(&name)?;
-    let mut symbolizer = Symbolizer::new(&replayed.maps);
+    let mut symbolizer = replayed.symbolizer();
     if let Some(previous) = previous {
         symbolizer = symbolizer.with_modules_of(previous);
     }

@@ -53,7 +53,7 @@ pub fn write_image(
 pub fn finish_report(
     session: &SessionView<'_>,
     malformed: u64,
-    mut symbolizer: Symbolizer,
+    symbolizer: &mut Symbolizer,
     report_meta: &ReportMeta,
     build_id: impl FnMut(&std::path::Path) -> Option<String>,
     output: &std::path::Path,
@@ -61,7 +61,7 @@ pub fn finish_report(
 ) -> Result<()> {
     let started = Instant::now();
     let dir = OutputDir::open(output)?;
-    let outputs = write_all(&dir, session, &mut symbolizer, report_meta, build_id)
+    let outputs = write_all(&dir, session, symbolizer, report_meta, build_id)
         .with_context(|| format!("cannot write the report into {}", output.display()))?;
 
     // The files are written; a closed stderr (`memprof ... 2>&1 | head`) must not turn the
@@ -69,7 +69,7 @@ pub fn finish_report(
     let _ = print_summary(
         &outputs.report,
         malformed,
-        &symbolizer,
+        symbolizer,
         &outputs.files,
         top,
         started,

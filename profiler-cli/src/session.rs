@@ -271,12 +271,13 @@ fn finish_session(
     let reported = report_writer::finish_report(
         &collected.view(),
         collected.malformed,
-        symbolizer,
+        &mut symbolizer,
         &meta.report_meta(),
         |path| crate::build_ids::build_id_of_path(&mut build_ids, maps, path, meta.pid),
         &options.output,
         options.top,
     );
+    collected.record_symbols(&symbolizer);
     collected.finish_recording(meta, true);
     let unwound = collected.recorder.unwinder.stats;
     if crate::timings::enabled() && unwound.stacks > 0 {

@@ -10,6 +10,7 @@ use crate::recorder::Recorder;
 use crate::recording::{MappingRecord, ReadError, Reader, Replay, build_id, process_maps, replay};
 use crate::report::{LostCounts, ReportMeta};
 use crate::session_end::SessionView;
+use crate::symbolize::{RecordedSymbols, Symbolizer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
@@ -75,6 +76,8 @@ pub struct Replayed {
     pub leak_check: Option<crate::leak_check::LeakCheck>,
     /// Operations the target performed, as the live session knew them.
     pub ops: Option<u64>,
+    /// The frames the live session's report named, if the recording carries them.
+    pub symbols: Option<RecordedSymbols>,
 }
 
 impl Replayed {
@@ -90,6 +93,16 @@ impl Replayed {
             capture: self.capture.as_ref(),
             leak_check: self.leak_check.as_ref(),
             ops: self.ops,
+        }
+    }
+
+    /// A symbolizer for the report: it names the frames the recording carries as the live
+    /// session did, and opens the recorded files (by [`Replayed::maps`]) only for others.
+    pub fn symbolizer(&self) -> Symbolizer {
+        let symbolizer = Symbolizer::new(&self.maps);
+        match &self.symbols {
+            Some(symbols) => symbolizer.with_recorded(symbols),
+            None => symbolizer,
         }
     }
 
@@ -150,6 +163,7 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
         leak_check: replay.leak_check.clone(),
         ops,
         early_end: replay.early_end,
+        symbols: replay.symbols,
         replaced,
         recorder,
     })

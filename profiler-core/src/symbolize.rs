@@ -12,8 +12,12 @@
 
 mod debug_file;
 mod module;
+mod recorded;
 
 pub use debug_file::DEFAULT_DEBUG_ROOT;
+pub use recorded::{
+    RecordedAddress, RecordedFrame, RecordedModule, RecordedSymbols, RecordedSymbolsError,
+};
 
 use crate::fasthash::FastHashMap;
 use crate::maps::{Mapping, ProcessMaps};
@@ -77,6 +81,8 @@ pub struct Symbolizer {
     pid: Option<u32>,
     debug_root: PathBuf,
     modules: HashMap<PathBuf, Result<Module, ModuleError>>,
+    /// The modules a recording's symbols came from ([`Symbolizer::with_recorded`]).
+    recorded_modules: Vec<ModuleInfo>,
     frames: FastHashMap<u64, Vec<Frame>>,
 }
 
@@ -88,6 +94,7 @@ impl Symbolizer {
             pid: None,
             debug_root: PathBuf::from(DEFAULT_DEBUG_ROOT),
             modules: HashMap::new(),
+            recorded_modules: Vec::new(),
             frames: FastHashMap::default(),
         }
     }
@@ -120,6 +127,25 @@ impl Symbolizer {
             }
         }
         self
+    }
+
+    /// Answers the addresses `symbols` holds as the session that recorded them did, without
+    /// opening a file; other addresses are resolved as usual. The report lists the recorded
+    /// modules among those opened.
+    pub fn with_recorded(mut self, symbols: &RecordedSymbols) -> Self {
+        self.frames.extend(symbols.frames());
+        self.recorded_modules = symbols.modules().collect();
+        self
+    }
+
+    /// Every address resolved so far with its frames, and the modules opened: what a
+    /// recording carries so that its replay names frames the same way.
+    pub fn recorded(&self) -> RecordedSymbols {
+        let frames = self
+            .frames
+            .iter()
+            .map(|(&address, frames)| (address, frames.as_slice()));
+        RecordedSymbols::collect(frames, &self.modules())
     }
 
     /// Where separate debug files are looked for (default [`DEFAULT_DEBUG_ROOT`]).
@@ -156,15 +182,17 @@ impl Symbolizer {
             .filter_map(|module| module.as_ref().err())
     }
 
-    /// The modules opened so far, by path.
+    /// The modules opened so far, and those of recorded symbols, by path.
     pub fn modules(&self) -> Vec<ModuleInfo> {
         let mut modules: Vec<ModuleInfo> = self
             .modules
             .values()
             .filter_map(|module| module.as_ref().ok())
             .map(|module| module.info.clone())
+            .chain(self.recorded_modules.iter().cloned())
             .collect();
         modules.sort_by(|a, b| a.path.cmp(&b.path));
+        modules.dedup_by(|a, b| a.path == b.path);
         modules
     }
 

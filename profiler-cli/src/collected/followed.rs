@@ -533,6 +533,7 @@ fn write_ended(
         Ok(report) => (ProcessLeak::top(&report.leaks, PROCESS_TOP_LEAKS), None),
         Err(error) => (Vec::new(), Some(format!("pid {}: {error:#}", image.pid))),
     };
+    image.collected.record_symbols(&symbolizer);
     image.collected.finish_recording(&meta, false);
     let stats = image.collected.recorder.heap.stats();
     let secs = |ns: u64| ns.saturating_sub(session_start_ns) as f64 / 1e9;

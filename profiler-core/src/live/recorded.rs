@@ -86,7 +86,8 @@ pub fn recorded_snapshots<R: Read>(mut reader: Reader<R>) -> Result<Recorded, Re
             Record::Lost(lost) => {
                 facts.lost_events = lost.by_kind.iter().sum::<u64>() + lost.inflight_full;
             }
-            Record::LeakCheck(_) => {}
+            // Sites are named as the snapshots are taken, before the recorded frames come.
+            Record::LeakCheck(_) | Record::Symbols(_) => {}
             Record::Trailer(trailer) => {
                 last_ts = last_ts.max(trailer.end_monotonic_ns);
                 let lost = &trailer.lost;

@@ -14,6 +14,9 @@ pub const TAG_LOST: u8 = 0x40;
 /// Non-event tags from here on (high nibble 5-15) are record types added after version 2:
 /// each is a varint length and that many bytes, so a reader that does not know one skips it.
 pub const FIRST_SKIPPABLE_TAG: u8 = 0x50;
+/// The frames the session's report named ([`RecordedSymbols`](crate::symbolize::RecordedSymbols)
+/// as JSON), before the trailer.
+pub const TAG_SYMBOLS: u8 = 0x60;
 
 /// The low nibble of an event tag holds its kind when below this; this value (version 2 on)
 /// says the kind follows the tag as a varint instead, which leaves room for any number of

@@ -33,7 +33,8 @@
 //! | `0x30` | trailer | length + JSON [`Trailer`] |
 //! | `0x40` | loss counters so far | length + JSON [`LostRecord`] (when they changed) |
 //! | `0x50` | leak check | length + JSON summary, block count, then address delta and class per block (`leak_record.rs`) |
-//! | `0x60`-`0xf0` | a record type added later | length + body: a reader that does not know it skips it |
+//! | `0x60` | symbols | length + JSON [`RecordedSymbols`](crate::symbolize::RecordedSymbols): the frames the live report named, before the trailer |
+//! | `0x70`-`0xf0` | a record type added later | length + body: a reader that does not know it skips it |
 //! | `0xK1`-`0xKf` | event | see below |
 //!
 //! A reader skips events of kinds it does not know (every event has the layout below) and

@@ -4,7 +4,8 @@
 //! on bad input (the fuzz test in `tests.rs` holds it to that).
 
 use super::codec::{
-    Cursor, DeltaState, FIRST_SKIPPABLE_TAG, TAG_LOST, TAG_MAPS, TAG_RSS, TAG_STACK, TAG_TRAILER,
+    Cursor, DeltaState, FIRST_SKIPPABLE_TAG, TAG_LOST, TAG_MAPS, TAG_RSS, TAG_STACK, TAG_SYMBOLS,
+    TAG_TRAILER,
 };
 use super::{
     FIRST_FORMAT_VERSION, FORMAT_VERSION, Header, LostRecord, MAGIC, MAX_CHUNK_BYTES,
@@ -33,6 +34,8 @@ pub enum Record<'a> {
     Lost(LostRecord),
     /// The leak check the live session ran on the target.
     LeakCheck(Box<crate::leak_check::LeakCheck>),
+    /// The frames the live session's report named.
+    Symbols(Box<crate::symbolize::RecordedSymbols>),
     /// The end of the session; always the last record.
     Trailer(Box<Trailer>),
 }
@@ -338,6 +341,15 @@ impl<R: Read> Reader<R> {
             }
             super::leak_record::TAG_LEAK_CHECK if self.version >= 2 => {
                 Record::LeakCheck(Box::new(super::leak_record::decode(cursor.blob()?)?))
+            }
+            TAG_SYMBOLS if self.version >= 2 => {
+                let symbols: crate::symbolize::RecordedSymbols =
+                    serde_json::from_slice(cursor.blob()?)
+                        .map_err(|_| "symbols record is not valid")?;
+                symbols
+                    .check()
+                    .map_err(|_| "symbols record names a string or frame it does not hold")?;
+                Record::Symbols(Box::new(symbols))
             }
             FIRST_SKIPPABLE_TAG.. if self.version >= 2 => {
                 cursor.blob()?;

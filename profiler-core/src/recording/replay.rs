@@ -29,6 +29,8 @@ pub struct Replay {
     pub skipped: u64,
     /// The leak check the live session ran, if it did.
     pub leak_check: Option<crate::leak_check::LeakCheck>,
+    /// The frames the live session's report named, if it recorded them.
+    pub symbols: Option<crate::symbolize::RecordedSymbols>,
 }
 
 /// Applies every event of `reader` to `recorder` (a fresh one), interning each stack definition as it comes
@@ -50,6 +52,7 @@ pub fn replay<R: Read>(
         events: 0,
         skipped: 0,
         leak_check: None,
+        symbols: None,
     };
     let mut ahead = ReadAhead::default();
     loop {
@@ -85,6 +88,7 @@ pub fn replay<R: Read>(
             }
             Record::Lost(lost) => replay.lost = Some(lost),
             Record::LeakCheck(check) => replay.leak_check = Some(*check),
+            Record::Symbols(symbols) => replay.symbols = Some(*symbols),
             Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
     }

@@ -745,3 +745,56 @@ fn frees_name_recent_blocks_by_distance_and_older_ones_by_delta() {
         "{error}"
     );
 }
+
+/// A small [`RecordedSymbols`]: one address with an inlined frame, one without.
+fn recorded_symbols() -> crate::symbolize::RecordedSymbols {
+    use crate::symbolize::{Frame, ModuleInfo, RecordedSymbols};
+    let frame = |function: &str, line, inlined| Frame {
+        address: 0x7000_1234,
+        module: "libgone.so".to_owned(),
+        module_offset: 0x1234,
+        function: Some(function.to_owned()),
+        file: Some("gone.c".to_owned()),
+        line: Some(line),
+        inlined,
+    };
+    let inlined = [frame("inner", 3, true), frame("outer", 9, false)];
+    let module = ModuleInfo {
+        path: "/gone/libgone.so".into(),
+        build_id: Some("ab12".to_owned()),
+        debug_file: None,
+    };
+    RecordedSymbols::collect([(0x7000_1234, &inlined[..])], &[module])
+}
+
+#[test]
+fn recorded_symbols_round_trip_and_a_dangling_one_is_an_error() {
+    let symbols = recorded_symbols();
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    writer.symbols(&symbols).unwrap();
+    let bytes = writer.finish(&trailer()).unwrap();
+    let (replayed, _) = replay_bytes(&bytes);
+    assert_eq!(replayed.symbols.as_ref(), Some(&symbols));
+    assert_eq!(replayed.skipped, 0);
+
+    // A frame naming a string past the recorded ones is corruption, not a panic later.
+    let mut dangling = symbols.clone();
+    dangling.addresses[0].frames[1].function = Some(99);
+    let mut records = Vec::new();
+    codec::put_blob(
+        &mut records,
+        codec::TAG_SYMBOLS,
+        &serde_json::to_vec(&dangling).unwrap(),
+    );
+    let error = replay(
+        Reader::new(&handmade(FORMAT_VERSION, &records)[..]).unwrap(),
+        &mut Recorder::new(Mode::Run),
+    )
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("symbols record names a string or frame it does not hold"),
+        "{error}"
+    );
+}

@@ -1,7 +1,7 @@
 //! Writes a recording as the session goes: records are encoded into a buffer, and each full
 //! (or old enough) buffer is compressed and written as one chunk with a single `write()`.
 
-use super::codec::{self, DeltaState, TAG_LOST, TAG_MAPS, TAG_TRAILER};
+use super::codec::{self, DeltaState, TAG_LOST, TAG_MAPS, TAG_SYMBOLS, TAG_TRAILER};
 use super::{
     CHUNK_EVENTS, CHUNK_INTERVAL, FORMAT_VERSION, Header, LostRecord, MAGIC, MappingRecord, Trailer,
 };
@@ -125,6 +125,15 @@ impl<W: Write> Writer<W> {
     pub fn leak_check(&mut self, check: &crate::leak_check::LeakCheck) {
         self.started();
         super::leak_record::put(&mut self.records, check);
+    }
+
+    /// Adds the frames the session's report named (once, after the session's last event), so
+    /// that a replay names them the same way without the target's files.
+    pub fn symbols(&mut self, symbols: &crate::symbolize::RecordedSymbols) -> io::Result<()> {
+        self.started();
+        let json = serde_json::to_vec(symbols)?;
+        codec::put_blob(&mut self.records, TAG_SYMBOLS, &json);
+        Ok(())
     }
 
     /// Whether the next event fills the pending chunk (it is written after that event).

@@ -61,3 +61,85 @@ fn unreadable_module_is_reported_once() {
         errors[0]
     );
 }
+
+/// Frames of `libgone.so` (mapped at 0x10000, a file that does not exist) as a recording
+/// carries them.
+fn gone_frames() -> Vec<(u64, Vec<Frame>)> {
+    let frame = |address: u64, function: &str, line, inlined| Frame {
+        address,
+        module: "libgone.so".to_owned(),
+        module_offset: address - 0x10000,
+        function: Some(function.to_owned()),
+        file: Some("gone.c".to_owned()),
+        line: Some(line),
+        inlined,
+    };
+    vec![
+        (
+            0x10100,
+            vec![
+                frame(0x10100, "inner", 3, true),
+                frame(0x10100, "outer", 9, false),
+            ],
+        ),
+        (0x10180, vec![frame(0x10180, "outer", 12, false)]),
+    ]
+}
+
+#[test]
+fn recorded_symbols_answer_without_opening_a_file() {
+    let maps = ProcessMaps::parse("10000-20000 r-xp 0 00:00 1 /nonexistent/libgone.so\n").unwrap();
+    let frames = gone_frames();
+    let module = ModuleInfo {
+        path: "/nonexistent/libgone.so".into(),
+        build_id: Some("ab12".to_owned()),
+        debug_file: None,
+    };
+    let symbols = RecordedSymbols::collect(
+        frames
+            .iter()
+            .map(|(address, frames)| (*address, frames.as_slice())),
+        std::slice::from_ref(&module),
+    );
+    // Each string once.
+    assert_eq!(symbols.strings, ["libgone.so", "inner", "gone.c", "outer"]);
+    let read: RecordedSymbols =
+        serde_json::from_slice(&serde_json::to_vec(&symbols).unwrap()).unwrap();
+    assert_eq!(read, symbols);
+    read.check().unwrap();
+
+    let mut symbolizer = Symbolizer::new(&maps).with_recorded(&read);
+    for (address, expected) in &frames {
+        assert_eq!(symbolizer.frames(*address), &expected[..]);
+    }
+    assert_eq!(symbolizer.module_errors().count(), 0, "no file was opened");
+    assert_eq!(symbolizer.modules(), [module]);
+    // What it records again is what it was given.
+    assert_eq!(symbolizer.recorded(), read);
+    // Another address is looked up in the file, as without a record.
+    assert_eq!(symbolizer.symbolize(0x10200).function, None);
+    assert_eq!(symbolizer.module_errors().count(), 1);
+}
+
+#[test]
+fn recorded_symbols_that_name_no_frame_or_a_missing_string_are_refused() {
+    let frames = gone_frames();
+    let symbols = RecordedSymbols::collect(
+        frames
+            .iter()
+            .map(|(address, frames)| (*address, frames.as_slice())),
+        &[],
+    );
+    let mut no_frame = symbols.clone();
+    no_frame.addresses[1].frames.clear();
+    assert_eq!(
+        no_frame.check(),
+        Err(RecordedSymbolsError::NoFrame(0x10180))
+    );
+    let mut missing = symbols;
+    missing.addresses[0].frames[0].file = Some(4);
+    assert_eq!(
+        missing.check(),
+        Err(RecordedSymbolsError::NoSuchString(4, 4))
+    );
+}
