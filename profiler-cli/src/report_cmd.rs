@@ -1,9 +1,10 @@
 //! `memprof report FILE`: replays a recording through the same recorder, report and renderers
 //! a live session uses (profiler-core's `offline` and `session`), and writes the same files.
 //!
-//! Symbolization uses the recorded maps: each module is opened by its path and checked
-//! against its recorded build-id; a module that changed since (rebuilt, upgraded) is not
-//! trusted, and its frames are shown as `module+offset`.
+//! Frames are named as the live session named them, from the recording. A recording without
+//! them (cut short) is symbolized from the recorded maps: each module is opened by its path
+//! and checked against its recorded build-id; a module that changed since (rebuilt,
+//! upgraded) is not trusted, and its frames are shown as `module+offset`.
 
 use std::{
     fs::File,

@@ -1,9 +1,10 @@
 //! Rebuilds a session from a recording (`memprof report`): the replayed [`Recorder`] plus
 //! what the report needs beyond the events (maps, clocks, the trailer's exit and counters).
 //!
-//! Symbols come from the files named in the recorded maps. A file is trusted only when it
-//! still has the recorded build-id; otherwise its mappings are marked replaced and the
-//! symbolizer shows their frames as `module+offset`, never opening them.
+//! Frames are named as the live session named them when the recording carries its names
+//! ([`Replayed::symbolizer`]); others from the files named in the recorded maps. A file is
+//! trusted only when it still has the recorded build-id; otherwise its mappings are marked
+//! replaced and the symbolizer shows their frames as `module+offset`, never opening them.
 
 use crate::maps::ProcessMaps;
 use crate::recorder::Recorder;
@@ -23,7 +24,8 @@ pub enum ModuleFiles {
     /// A recorded file whose path on this machine holds the recorded build-id.
     Host,
     /// None: every recorded file is treated as missing, so the report is the same on any
-    /// machine (frames are `module+offset`). For reproducible output such as golden tests.
+    /// machine (frames the recording does not name are `module+offset`). For reproducible
+    /// output such as golden tests.
     Absent,
 }
 

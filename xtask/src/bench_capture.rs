@@ -105,7 +105,7 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
                 };
                 let run = run_once(binary, workload, runner, &out)?;
                 println!(
-                    "  round {round}/{runs} {:<8} {:<16} {:>8.3} s{}{}",
+                    "  round {round}/{runs} {:<8} {:<16} {:>8.3} s{}{}{}",
                     workload.name,
                     runner.label(),
                     run.secs,
@@ -114,6 +114,10 @@ pub fn run(runs: u32, baseline: Option<&Path>) -> Result<()> {
                     run.footprint.as_ref().map_or(String::new(), |f| format!(
                         "  peak RSS {} MiB",
                         f.total_mib()
+                    )),
+                    run.report.as_ref().map_or(String::new(), |r| format!(
+                        "  (its report: {} MiB, {:.2} s)",
+                        r.peak_mib, r.secs
                     ))
                 );
                 seconds[w][r].push(run.secs);
