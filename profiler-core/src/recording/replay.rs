@@ -88,7 +88,10 @@ pub fn replay<R: Read>(
             }
             Record::Lost(lost) => replay.lost = Some(lost),
             Record::LeakCheck(check) => replay.leak_check = Some(*check),
-            Record::Symbols(symbols) => replay.symbols = Some(*symbols),
+            Record::Symbols(part) => replay
+                .symbols
+                .get_or_insert_with(Default::default)
+                .merge(*part),
             Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
     }

@@ -798,3 +798,53 @@ fn recorded_symbols_round_trip_and_a_dangling_one_is_an_error() {
         "{error}"
     );
 }
+
+/// A program with more frames than one record holds: the symbols go in several records, and
+/// the replay puts them back together.
+#[test]
+fn many_recorded_symbols_take_several_records_and_come_back_whole() {
+    use crate::symbolize::{Frame, ModuleInfo, RecordedSymbols};
+    let count = 2 * super::writer::SYMBOLS_PER_RECORD as u64 + 5;
+    let frames: Vec<(u64, Vec<Frame>)> = (0..count)
+        .map(|i| {
+            let address = 0x7000_0000 + i * 16;
+            let frame = Frame {
+                address,
+                module: format!("lib{}.so", i % 3),
+                module_offset: i * 16,
+                function: Some(format!("function_{}", i / 7)),
+                file: (i % 2 == 0).then(|| "even.c".to_owned()),
+                line: Some(i as u32),
+                inlined: false,
+            };
+            (address, vec![frame])
+        })
+        .collect();
+    let module = ModuleInfo {
+        path: "/lib/lib0.so".into(),
+        build_id: None,
+        debug_file: None,
+    };
+    let symbols = RecordedSymbols::collect(
+        frames
+            .iter()
+            .map(|(address, frames)| (*address, frames.as_slice())),
+        std::slice::from_ref(&module),
+    );
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    writer.symbols(&symbols).unwrap();
+    let bytes = writer.finish(&trailer()).unwrap();
+    let mut reader = Reader::new(&bytes[..]).unwrap();
+    let mut records = 0;
+    while let Some(record) = reader.next().unwrap() {
+        records += usize::from(matches!(record, Record::Symbols(_)));
+    }
+    assert_eq!(records, 3);
+    let (replayed, _) = replay_bytes(&bytes);
+    let replayed = replayed.symbols.unwrap();
+    replayed.check().unwrap();
+    let mut back: Vec<(u64, Vec<Frame>)> = replayed.frames().collect();
+    back.sort_by_key(|(address, _)| *address);
+    assert_eq!(back, frames);
+    assert_eq!(replayed.modules().collect::<Vec<_>>(), [module]);
+}

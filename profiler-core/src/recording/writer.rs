@@ -17,6 +17,9 @@ use std::time::Instant;
 const ZSTD_LEVEL: i32 = 1;
 /// A chunk is also written once its records take this many bytes (large maps updates).
 const CHUNK_BYTES: usize = 4 << 20;
+/// Addresses per symbols record: a few hundred KiB of JSON (an address with its frames takes
+/// 20-200 bytes), so no record comes near [`MAX_CHUNK_BYTES`](super::MAX_CHUNK_BYTES).
+pub const SYMBOLS_PER_RECORD: usize = 4096;
 
 pub struct Writer<W: Write> {
     out: W,
@@ -128,11 +131,17 @@ impl<W: Write> Writer<W> {
     }
 
     /// Adds the frames the session's report named (once, after the session's last event), so
-    /// that a replay names them the same way without the target's files.
+    /// that a replay names them the same way without the target's files: in records of
+    /// [`SYMBOLS_PER_RECORD`] addresses, in chunks of their own once they fill one.
     pub fn symbols(&mut self, symbols: &crate::symbolize::RecordedSymbols) -> io::Result<()> {
         self.started();
-        let json = serde_json::to_vec(symbols)?;
-        codec::put_blob(&mut self.records, TAG_SYMBOLS, &json);
+        for part in symbols.parts(SYMBOLS_PER_RECORD) {
+            let json = serde_json::to_vec(&part)?;
+            codec::put_blob(&mut self.records, TAG_SYMBOLS, &json);
+            if self.records.len() >= CHUNK_BYTES {
+                self.flush_chunk()?;
+            }
+        }
         Ok(())
     }
 

@@ -157,6 +157,65 @@ impl RecordedSymbols {
         })
     }
 
+    /// `self` cut into records of at most `addresses` addresses each, each with the strings
+    /// it names (the modules go with the first): a record stays well under the chunk size a
+    /// reader accepts however many frames a program has.
+    pub fn parts(&self, addresses: usize) -> Vec<RecordedSymbols> {
+        let mut parts: Vec<RecordedSymbols> = self
+            .addresses
+            .chunks(addresses.max(1))
+            .map(|chunk| {
+                let mut strings = Strings::default();
+                let mut string = |index: u32| strings.index(&self.strings[index as usize]);
+                let addresses = chunk
+                    .iter()
+                    .map(|recorded| RecordedAddress {
+                        address: recorded.address,
+                        frames: recorded
+                            .frames
+                            .iter()
+                            .map(|frame| RecordedFrame {
+                                module: string(frame.module),
+                                function: frame.function.map(&mut string),
+                                file: frame.file.map(&mut string),
+                                ..frame.clone()
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                RecordedSymbols {
+                    modules: Vec::new(),
+                    strings: strings.list,
+                    addresses,
+                }
+            })
+            .collect();
+        match parts.first_mut() {
+            Some(first) => first.modules = self.modules.clone(),
+            None => parts.push(RecordedSymbols {
+                modules: self.modules.clone(),
+                ..RecordedSymbols::default()
+            }),
+        }
+        parts
+    }
+
+    /// Adds the addresses, strings and modules of `part` (one of [`RecordedSymbols::parts`]).
+    pub fn merge(&mut self, part: RecordedSymbols) {
+        let offset = self.strings.len() as u32;
+        self.strings.extend(part.strings);
+        self.addresses
+            .extend(part.addresses.into_iter().map(|mut recorded| {
+                for frame in &mut recorded.frames {
+                    frame.module += offset;
+                    frame.function = frame.function.map(|index| index + offset);
+                    frame.file = frame.file.map(|index| index + offset);
+                }
+                recorded
+            }));
+        self.modules.extend(part.modules);
+    }
+
     /// The modules, as the report lists them.
     pub fn modules(&self) -> impl Iterator<Item = ModuleInfo> + '_ {
         self.modules.iter().map(|module| ModuleInfo {
