@@ -42,9 +42,14 @@ pub fn view(file: &std::path::Path) -> Result<i32> {
     };
     let context = || format!("cannot read {}", file.display());
     eprintln!("memprof: replaying {}", file.display());
-    let source = std::fs::File::open(&file).with_context(context)?;
-    let reader = profiler_core::recording::Reader::new(source).with_context(context)?;
-    let recorded = profiler_core::live::recorded_snapshots(reader).with_context(context)?;
+    let open = || -> Result<_> {
+        let source = std::fs::File::open(&file).with_context(context)?;
+        profiler_core::recording::Reader::new(source).with_context(context)
+    };
+    // Sites are named as the live session named them, when the recording says.
+    let symbols = open()?.closing_symbols();
+    let recorded =
+        profiler_core::live::recorded_snapshots(open()?, symbols).with_context(context)?;
     let info = SessionInfo {
         command: recorded.header.command.join(" "),
         pid: recorded.header.pid,

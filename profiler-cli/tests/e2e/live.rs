@@ -147,7 +147,9 @@ fn live_view_shows_the_leak_and_q_leaves_it() {
     assert_eq!(printed, "slow_leak: start\nslow_leak: done\n");
     drop(tmux);
 
-    // `memprof view` over the recording: the end first, then back in time.
+    // `memprof view` over the recording: the end first, then back in time. The program is
+    // gone: its sites are named from the recording.
+    std::fs::remove_file(&target).unwrap();
     let tmux = Tmux::start(
         format!("memprof-view-{}", std::process::id()),
         80,

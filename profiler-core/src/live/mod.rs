@@ -18,7 +18,7 @@ use crate::maps::ProcessMaps;
 use crate::recorder::Recorder;
 use crate::report::{StackFrame, site_frame};
 use crate::stacks::StackId;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{RecordedSymbols, Symbolizer};
 
 mod recorded;
 #[cfg(test)]
@@ -47,6 +47,8 @@ pub struct SymbolNamer {
     symbolizer: Symbolizer,
     /// The live process whose files are read (`None`: a recording's, read by path).
     pid: Option<u32>,
+    /// The frames a recording names, answered before any file is read.
+    recorded: Option<RecordedSymbols>,
     mappings: usize,
 }
 
@@ -55,15 +57,22 @@ impl SymbolNamer {
         Self {
             symbolizer: Symbolizer::for_process(maps, pid),
             pid: Some(pid),
+            recorded: None,
             mappings: maps.iter().count(),
         }
     }
 
-    /// Over a recording's maps: the files are read by path (the process is gone).
-    pub fn offline(maps: &ProcessMaps) -> Self {
+    /// Over a recording's maps: the frames it names (`recorded`) as named there, others from
+    /// the files, read by path (the process is gone).
+    pub fn offline(maps: &ProcessMaps, recorded: Option<RecordedSymbols>) -> Self {
+        let symbolizer = Symbolizer::new(maps);
         Self {
-            symbolizer: Symbolizer::new(maps),
+            symbolizer: match &recorded {
+                Some(symbols) => symbolizer.with_recorded(symbols),
+                None => symbolizer,
+            },
             pid: None,
+            recorded,
             mappings: maps.iter().count(),
         }
     }
@@ -83,10 +92,13 @@ impl SymbolNamer {
             return false;
         }
         let previous = std::mem::replace(&mut self.symbolizer, Symbolizer::new(maps));
-        let fresh = match self.pid {
+        let mut fresh = match self.pid {
             Some(pid) => Symbolizer::for_process(maps, pid),
             None => Symbolizer::new(maps),
         };
+        if let Some(symbols) = &self.recorded {
+            fresh = fresh.with_recorded(symbols);
+        }
         self.symbolizer = fresh.with_modules_of(previous);
         self.mappings = mappings;
         true

@@ -7,6 +7,7 @@ use std::io::Read;
 use super::{Allocator, LiveModel, SessionFacts, Snapshot, SymbolNamer};
 use crate::recorder::Recorder;
 use crate::recording::{Header, ReadError, Reader, Record, intern_recorded_stack, process_maps};
+use crate::symbolize::RecordedSymbols;
 
 /// Time between two snapshots of a recording, until there are too many.
 pub const RECORDED_INTERVAL_NS: u64 = 250_000_000;
@@ -23,14 +24,19 @@ pub struct Recorded {
 }
 
 /// Replays `reader`, taking a snapshot at each multiple of the interval from the start (of
-/// the state before the first event past it); idle stretches take no snapshot.
-pub fn recorded_snapshots<R: Read>(mut reader: Reader<R>) -> Result<Recorded, ReadError> {
+/// the state before the first event past it); idle stretches take no snapshot. Sites are
+/// named with the frames the recording closes with (`symbols`,
+/// [`Reader::closing_symbols`]) where it has them.
+pub fn recorded_snapshots<R: Read>(
+    mut reader: Reader<R>,
+    symbols: Option<RecordedSymbols>,
+) -> Result<Recorded, ReadError> {
     let header = reader.header().clone();
     let start = header.start_monotonic_ns;
     let mut recorder = Recorder::new(header.mode);
     let mut model = LiveModel::new(start);
     let mut maps = header.maps.clone();
-    let mut namer = SymbolNamer::offline(&process_maps(&maps));
+    let mut namer = SymbolNamer::offline(&process_maps(&maps), symbols);
     let mut facts = SessionFacts {
         allocator: header.allocator,
         ..SessionFacts::default()
@@ -86,7 +92,7 @@ pub fn recorded_snapshots<R: Read>(mut reader: Reader<R>) -> Result<Recorded, Re
             Record::Lost(lost) => {
                 facts.lost_events = lost.by_kind.iter().sum::<u64>() + lost.inflight_full;
             }
-            // Sites are named as the snapshots are taken, before the recorded frames come.
+            // The namer has the recorded frames from the start.
             Record::LeakCheck(_) | Record::Symbols(_) => {}
             Record::Trailer(trailer) => {
                 last_ts = last_ts.max(trailer.end_monotonic_ns);

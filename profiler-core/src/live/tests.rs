@@ -425,7 +425,7 @@ fn a_recording_replays_into_snapshots_ending_at_its_final_state() {
     let (bytes, live) =
         crate::recording::write_synthetic_churn(Vec::new(), 1_000_000).expect("write");
     let reader = crate::recording::Reader::new(&bytes[..]).expect("header");
-    let recorded = recorded_snapshots(reader).expect("replay");
+    let recorded = recorded_snapshots(reader, None).expect("replay");
     assert!(recorded.early_end.is_none());
     let snapshots = &recorded.snapshots;
     assert!(snapshots.len() > 2, "{} snapshots", snapshots.len());

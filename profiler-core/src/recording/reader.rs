@@ -14,7 +14,7 @@ use super::{
 use crate::event::Event;
 use crate::stacks::StackId;
 use profiler_common::EventKind;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 /// One record of a recording.
 #[derive(Clone, Debug, PartialEq)]
@@ -427,6 +427,60 @@ fn truncated(what: &'static str, needed: u64, available: usize) -> ReadErrorKind
         what,
         needed,
         available: available as u64,
+    }
+}
+
+impl<R: Read + Seek> Reader<R> {
+    /// The symbols records that close a complete recording, read without decoding the events
+    /// before them: the chunks are walked by their lengths, and only the last ones, which the
+    /// writer gives to the symbols alone, are decompressed. For a view that names sites as its
+    /// replay goes, before the replay reaches them. None when the file has none, or its
+    /// chunks cannot be walked (the replay says why).
+    pub fn closing_symbols(mut self) -> Option<crate::symbolize::RecordedSymbols> {
+        let mut chunks = Vec::new();
+        let mut offset = self.offset;
+        loop {
+            self.source.seek(SeekFrom::Start(offset)).ok()?;
+            let mut prefix = [0u8; 12];
+            match read_full(&mut self.source, &mut prefix).ok()? {
+                0 => break,
+                12 => {}
+                _ => return None,
+            }
+            chunks.push(offset);
+            let compressed_len = u32::from_le_bytes(prefix[0..4].try_into().expect("4 bytes"));
+            offset += 12 + u64::from(compressed_len);
+        }
+        let mut parts = Vec::new();
+        for (from_end, &chunk) in chunks.iter().rev().enumerate() {
+            self.source.seek(SeekFrom::Start(chunk)).ok()?;
+            self.offset = chunk;
+            self.trailer_seen = false;
+            if !self.next_chunk().ok()? {
+                return None;
+            }
+            let first = self.records.first().copied();
+            if from_end == 0 && first == Some(TAG_TRAILER) {
+                continue;
+            }
+            if first != Some(TAG_SYMBOLS) {
+                break;
+            }
+            let mut in_chunk = Vec::new();
+            while self.pos < self.records.len() {
+                match self.decode().ok()? {
+                    Decoded::Other(Record::Symbols(part)) => in_chunk.push(*part),
+                    _ => return None,
+                }
+            }
+            parts.push(in_chunk);
+        }
+        // Chunks were read from the end: put the parts back in file order.
+        let mut symbols: Option<crate::symbolize::RecordedSymbols> = None;
+        for part in parts.into_iter().rev().flatten() {
+            symbols.get_or_insert_with(Default::default).merge(part);
+        }
+        symbols
     }
 }
 

@@ -847,4 +847,44 @@ fn many_recorded_symbols_take_several_records_and_come_back_whole() {
     back.sort_by_key(|(address, _)| *address);
     assert_eq!(back, frames);
     assert_eq!(replayed.modules().collect::<Vec<_>>(), [module]);
+    let closing = Reader::new(std::io::Cursor::new(&bytes))
+        .unwrap()
+        .closing_symbols()
+        .expect("the symbols");
+    let mut back: Vec<(u64, Vec<Frame>)> = closing.frames().collect();
+    back.sort_by_key(|(address, _)| *address);
+    assert_eq!(back, frames);
+}
+
+/// `Reader::closing_symbols`: the symbols of a whole recording without replaying it; none
+/// from a recording without them.
+#[test]
+fn closing_symbols_are_found_without_decoding_the_events() {
+    let frames_of = |symbols: &crate::symbolize::RecordedSymbols| {
+        let mut frames: Vec<_> = symbols.frames().collect();
+        frames.sort_by_key(|(address, _)| *address);
+        frames
+    };
+    let symbols = recorded_symbols();
+    let malloc = Event::of(EventKind::Malloc)
+        .tid(1)
+        .at(6_000_000)
+        .addr(0x1000)
+        .size(32);
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    writer.event(&malloc, None, None).unwrap();
+    writer.symbols(&symbols).unwrap();
+    let bytes = writer.finish(&trailer()).unwrap();
+    let found = Reader::new(std::io::Cursor::new(&bytes))
+        .unwrap()
+        .closing_symbols()
+        .expect("the symbols");
+    assert_eq!(frames_of(&found), frames_of(&symbols));
+    assert_eq!(found.modules, symbols.modules);
+
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    writer.event(&malloc, None, None).unwrap();
+    let bytes = writer.finish(&trailer()).unwrap();
+    let reader = Reader::new(std::io::Cursor::new(&bytes)).unwrap();
+    assert_eq!(reader.closing_symbols(), None);
 }

@@ -132,8 +132,11 @@ impl<W: Write> Writer<W> {
 
     /// Adds the frames the session's report named (once, after the session's last event), so
     /// that a replay names them the same way without the target's files: in records of
-    /// [`SYMBOLS_PER_RECORD`] addresses, in chunks of their own once they fill one.
+    /// `SYMBOLS_PER_RECORD` addresses, in chunks that hold nothing else.
     pub fn symbols(&mut self, symbols: &crate::symbolize::RecordedSymbols) -> io::Result<()> {
+        // In chunks of their own, which a view finds without decoding the events
+        // (`Reader::closing_symbols`).
+        self.flush_chunk()?;
         self.started();
         for part in symbols.parts(SYMBOLS_PER_RECORD) {
             let json = serde_json::to_vec(&part)?;
