@@ -514,6 +514,14 @@ fn handmade(version: u32, records: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// Why the replay of a handmade recording of `records` fails.
+fn replay_error(records: &[u8]) -> String {
+    let bytes = handmade(FORMAT_VERSION, records);
+    let reader = Reader::new(&bytes[..]).unwrap();
+    let error = replay(reader, &mut Recorder::new(Mode::Run)).unwrap_err();
+    error.to_string()
+}
+
 fn replay_bytes(bytes: &[u8]) -> (Replay, Recorder) {
     let mut recorder = Recorder::new(Mode::Run);
     let replay = replay(Reader::new(bytes).unwrap(), &mut recorder).unwrap();
@@ -733,15 +741,9 @@ fn frees_name_recent_blocks_by_distance_and_older_ones_by_delta() {
     codec::put_event(&mut records, &mut state, &malloc, None);
     // A free whose distance is 2, with one block created so far.
     records.extend([EventKind::Free as u8, 0, 2]);
-    let error = replay(
-        Reader::new(&handmade(FORMAT_VERSION, &records)[..]).unwrap(),
-        &mut Recorder::new(Mode::Run),
-    )
-    .unwrap_err();
+    let error = replay_error(&records);
     assert!(
-        error
-            .to_string()
-            .contains("further back than any recent one"),
+        error.contains("further back than any recent one"),
         "{error}"
     );
 }
@@ -786,15 +788,9 @@ fn recorded_symbols_round_trip_and_a_dangling_one_is_an_error() {
         codec::TAG_SYMBOLS,
         &serde_json::to_vec(&dangling).unwrap(),
     );
-    let error = replay(
-        Reader::new(&handmade(FORMAT_VERSION, &records)[..]).unwrap(),
-        &mut Recorder::new(Mode::Run),
-    )
-    .unwrap_err();
+    let error = replay_error(&records);
     assert!(
-        error
-            .to_string()
-            .contains("symbols record names a string or frame it does not hold"),
+        error.contains("symbols record names a string or frame it does not hold"),
         "{error}"
     );
 }
@@ -825,12 +821,7 @@ fn many_recorded_symbols_take_several_records_and_come_back_whole() {
         build_id: None,
         debug_file: None,
     };
-    let symbols = RecordedSymbols::collect(
-        frames
-            .iter()
-            .map(|(address, frames)| (*address, frames.as_slice())),
-        std::slice::from_ref(&module),
-    );
+    let symbols = RecordedSymbols::of(&frames, std::slice::from_ref(&module));
     let mut writer = Writer::create(Vec::new(), &header()).unwrap();
     writer.symbols(&symbols).unwrap();
     let bytes = writer.finish(&trailer()).unwrap();

@@ -112,6 +112,15 @@ impl RecordedSymbols {
         }
     }
 
+    /// [`RecordedSymbols::collect`] of frames held by address.
+    #[cfg(test)]
+    pub(crate) fn of(frames: &[(u64, Vec<Frame>)], modules: &[ModuleInfo]) -> RecordedSymbols {
+        let frames = frames
+            .iter()
+            .map(|(address, frames)| (*address, frames.as_slice()));
+        RecordedSymbols::collect(frames, modules)
+    }
+
     /// Checks that every address has a frame and every string index is in range (a
     /// recording is untrusted input).
     pub fn check(&self) -> Result<(), RecordedSymbolsError> {

@@ -95,12 +95,7 @@ fn recorded_symbols_answer_without_opening_a_file() {
         build_id: Some("ab12".to_owned()),
         debug_file: None,
     };
-    let symbols = RecordedSymbols::collect(
-        frames
-            .iter()
-            .map(|(address, frames)| (*address, frames.as_slice())),
-        std::slice::from_ref(&module),
-    );
+    let symbols = RecordedSymbols::of(&frames, std::slice::from_ref(&module));
     // Each string once.
     assert_eq!(symbols.strings, ["libgone.so", "inner", "gone.c", "outer"]);
     let read: RecordedSymbols =
@@ -124,12 +119,7 @@ fn recorded_symbols_answer_without_opening_a_file() {
 #[test]
 fn recorded_symbols_that_name_no_frame_or_a_missing_string_are_refused() {
     let frames = gone_frames();
-    let symbols = RecordedSymbols::collect(
-        frames
-            .iter()
-            .map(|(address, frames)| (*address, frames.as_slice())),
-        &[],
-    );
+    let symbols = RecordedSymbols::of(&frames, &[]);
     let mut no_frame = symbols.clone();
     no_frame.addresses[1].frames.clear();
     assert_eq!(
