@@ -20,7 +20,7 @@ use anyhow::{Result, bail};
 use profiler_core::{
     diff::{DiffReport, write_diff_flamegraph, write_diff_table},
     output_dir::OutputDir,
-    render::FlameKind,
+    render::{FlameKind, Printable},
     report::Report,
     session_end::build_report,
 };
@@ -48,9 +48,12 @@ pub fn diff(args: &DiffOptions) -> Result<i32> {
         out.write_all(b"\n")
     })?;
     let svg = dir.write_atomically("diff.svg", |out| write_diff_flamegraph(&a, &b, kind, out))?;
-    let mut stdout = std::io::stdout().lock();
+    // The recordings' names are untrusted text for a terminal.
+    let mut stdout = Printable::new(std::io::stdout().lock());
     // A closed stdout (`memprof diff ... | head`) is not a failure: the files are written.
-    let _ = write_diff_table(&report, args.top, &mut stdout).and_then(|()| stdout.flush());
+    let _ = write_diff_table(&report, args.top, &mut stdout)
+        .and_then(|()| stdout.finish())
+        .and_then(|mut out| out.flush());
     eprintln!("diff:       {}", json.display());
     eprintln!("flamegraph: {}", svg.display());
     Ok(0)

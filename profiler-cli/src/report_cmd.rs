@@ -17,7 +17,7 @@ use profiler_core::{
     offline::{ModuleFiles, Replayed},
     output_dir::{OutputDir, create_file},
     recording::{Reader, write_synthetic_churn},
-    render::{FlameKind, write_flamegraph, write_folded, write_json, write_text},
+    render::{FlameKind, Printable, write_flamegraph, write_folded, write_json, write_text},
     session_end::{build_report, write_pprof_file},
 };
 
@@ -127,9 +127,12 @@ pub fn load(file: &Path) -> Result<Replayed> {
     }
     // A recording that carries its frames' names does not need the files.
     if replayed.symbols.is_none() {
+        // Recorded paths: untrusted text for a terminal.
+        let mut stderr = Printable::new(std::io::stderr().lock());
         for replaced in &replayed.replaced {
-            eprintln!("memprof: warning: {replaced}");
+            let _ = writeln!(stderr, "memprof: warning: {replaced}");
         }
+        let _ = stderr.finish();
     }
     Ok(replayed)
 }

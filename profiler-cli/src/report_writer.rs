@@ -5,7 +5,7 @@ use std::{io::Write as _, time::Instant};
 use anyhow::{Context as _, Result};
 use profiler_core::{
     output_dir::OutputDir,
-    render::write_text,
+    render::{Printable, write_text},
     report::ReportMeta,
     session_end::{SessionView, write_all},
     symbolize::Symbolizer,
@@ -86,7 +86,8 @@ fn print_summary(
     top: usize,
     started: Instant,
 ) -> std::io::Result<()> {
-    let mut stderr = std::io::stderr().lock();
+    // Names, paths and warnings may come from a recording: untrusted text for a terminal.
+    let mut stderr = Printable::new(std::io::stderr().lock());
     write_text(report, &mut stderr, top)?;
     if malformed > 0 {
         writeln!(stderr, "warning: {malformed} records could not be decoded")?;
@@ -117,7 +118,7 @@ fn print_summary(
         writeln!(stderr, "report written in {:?}", started.elapsed())?;
         writeln!(stderr, "memprof itself: {}", own_usage())?;
     }
-    Ok(())
+    stderr.finish().map(drop)
 }
 
 /// memprof's own CPU time and peak resident set so far (the target's are not in them).

@@ -9,6 +9,7 @@ mod html;
 mod markup;
 mod numbers;
 pub mod pprof;
+mod printable;
 mod text;
 mod text_analyses;
 
@@ -20,6 +21,7 @@ pub use flame::{
 pub use html::write_html;
 pub use markup::escape;
 pub use numbers::{human_bytes, percent, short_bytes, thousands};
+pub use printable::Printable;
 pub use text::write_text;
 
 /// The report as pretty-printed JSON (the schema is [`Report`]'s serde form), newline-ended.

@@ -140,6 +140,22 @@ fn text_names_the_executable_under_the_command_line() {
     assert!(!render_text(&self::report(), 2).contains("executable"));
 }
 
+/// A recording is untrusted: names that carry terminal controls are printed without them.
+#[test]
+fn text_prints_no_control_character_a_recording_carried() {
+    let mut report = report();
+    report.target.command = vec!["./leaky\x1b]0;owned\x07".into()];
+    report.leaks[0].stack[0].function = Some("make_list\x1b[2J\u{9b}31m".into());
+    let text = render_text(&report, 2);
+    assert!(text.contains("./leaky?]0;owned?"), "{text}");
+    assert!(text.contains("make_list?[2J?31m"), "{text}");
+    assert!(
+        !text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+    );
+}
+
 #[test]
 fn text_says_how_an_attached_target_ended_and_only_that() {
     let mut report = report();

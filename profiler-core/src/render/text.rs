@@ -11,6 +11,9 @@ const FRAMES_SHOWN: usize = 6;
 
 /// Writes the summary, the top `top` leak and mapping sites, and any double frees.
 pub fn write_text(report: &Report, out: &mut impl Write, top: usize) -> io::Result<()> {
+    // The report's names may come from a recording: untrusted text for a terminal.
+    let mut printable = super::Printable::new(out);
+    let out = &mut printable;
     write_header(report, out)?;
     write_lost(report, out)?;
     write_heap(report, out)?;
@@ -21,7 +24,8 @@ pub fn write_text(report: &Report, out: &mut impl Write, top: usize) -> io::Resu
     write_mmap(report, out, top)?;
     write_double_frees(report, out, top)?;
     super::text_analyses::write_analyses(report, out)?;
-    write_processes(report, out, top)
+    write_processes(report, out, top)?;
+    printable.finish().map(drop)
 }
 
 /// One line per process image of a followed tree, then the largest leak sites across them.
