@@ -50,5 +50,6 @@ pub mod report;
 pub mod session_end;
 pub mod sites;
 pub mod stacks;
+mod string_table;
 pub mod symbolize;
 pub mod unwind;

@@ -6,6 +6,7 @@
 //! return addresses; each carries its lines innermost first (several for inlined frames).
 
 use crate::sites::SiteCounts;
+use crate::string_table::StringTable;
 use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 use std::collections::HashMap;
@@ -224,7 +225,7 @@ pub fn write_pprof<'a>(
         mapping,
         location: builder.locations,
         function: builder.functions,
-        string_table: builder.strings,
+        string_table: builder.strings.into_list(),
         time_nanos: i64::try_from(meta.time_nanos).unwrap_or(0),
         duration_nanos: i64::try_from(meta.duration_nanos).unwrap_or(0),
         period_type: Some(proto::ValueType {
@@ -242,8 +243,7 @@ pub fn write_pprof<'a>(
 /// Interns strings, functions, locations and the mappings they use.
 #[derive(Default)]
 struct Builder {
-    strings: Vec<String>,
-    string_ids: HashMap<String, i64>,
+    strings: StringTable,
     functions: Vec<proto::Function>,
     function_ids: HashMap<(i64, i64), u64>,
     locations: Vec<proto::Location>,
@@ -254,13 +254,7 @@ struct Builder {
 
 impl Builder {
     fn string(&mut self, text: &str) -> i64 {
-        if let Some(&id) = self.string_ids.get(text) {
-            return id;
-        }
-        let id = self.strings.len() as i64;
-        self.strings.push(text.to_owned());
-        self.string_ids.insert(text.to_owned(), id);
-        id
+        self.strings.position(text) as i64
     }
 
     fn function(&mut self, name: &str, file: Option<&str>) -> u64 {

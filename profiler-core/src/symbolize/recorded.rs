@@ -8,8 +8,8 @@
 //! line).
 
 use super::{Frame, ModuleInfo};
+use crate::string_table::StringTable;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// Every address a symbolizer resolved, with its frames, and the modules it opened.
@@ -76,7 +76,9 @@ impl RecordedSymbols {
         frames: impl IntoIterator<Item = (u64, &'a [Frame])>,
         modules: &[ModuleInfo],
     ) -> RecordedSymbols {
-        let mut strings = Strings::default();
+        let mut strings = StringTable::default();
+        // Positions fit: a record's strings come from one session's frames.
+        let mut index = |text: &str| strings.position(text) as u32;
         let mut addresses: Vec<RecordedAddress> = frames
             .into_iter()
             .map(|(address, frames)| RecordedAddress {
@@ -84,10 +86,10 @@ impl RecordedSymbols {
                 frames: frames
                     .iter()
                     .map(|frame| RecordedFrame {
-                        module: strings.index(&frame.module),
+                        module: index(&frame.module),
                         module_offset: frame.module_offset,
-                        function: frame.function.as_deref().map(|s| strings.index(s)),
-                        file: frame.file.as_deref().map(|s| strings.index(s)),
+                        function: frame.function.as_deref().map(&mut index),
+                        file: frame.file.as_deref().map(&mut index),
                         line: frame.line,
                         inlined: frame.inlined,
                     })
@@ -107,7 +109,7 @@ impl RecordedSymbols {
                         .map(|path| path.to_string_lossy().into_owned()),
                 })
                 .collect(),
-            strings: strings.list,
+            strings: strings.into_list(),
             addresses,
         }
     }
@@ -174,8 +176,9 @@ impl RecordedSymbols {
             .addresses
             .chunks(addresses.max(1))
             .map(|chunk| {
-                let mut strings = Strings::default();
-                let mut string = |index: u32| strings.index(&self.strings[index as usize]);
+                let mut strings = StringTable::default();
+                let mut string =
+                    |index: u32| strings.position(&self.strings[index as usize]) as u32;
                 let addresses = chunk
                     .iter()
                     .map(|recorded| RecordedAddress {
@@ -194,7 +197,7 @@ impl RecordedSymbols {
                     .collect();
                 RecordedSymbols {
                     modules: Vec::new(),
-                    strings: strings.list,
+                    strings: strings.into_list(),
                     addresses,
                 }
             })
@@ -232,24 +235,5 @@ impl RecordedSymbols {
             build_id: module.build_id.clone(),
             debug_file: module.debug_file.as_ref().map(PathBuf::from),
         })
-    }
-}
-
-/// Strings in the order first seen, each once.
-#[derive(Default)]
-struct Strings {
-    list: Vec<String>,
-    index: HashMap<String, u32>,
-}
-
-impl Strings {
-    fn index(&mut self, string: &str) -> u32 {
-        if let Some(&index) = self.index.get(string) {
-            return index;
-        }
-        let index = self.list.len() as u32;
-        self.list.push(string.to_owned());
-        self.index.insert(string.to_owned(), index);
-        index
     }
 }
