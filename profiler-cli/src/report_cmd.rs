@@ -125,15 +125,12 @@ pub fn load(file: &Path) -> Result<Replayed> {
             replayed.events
         );
     }
-    // A recording that carries its frames' names does not need the files.
-    if replayed.symbols.is_none() {
-        // Recorded paths: untrusted text for a terminal.
-        let mut stderr = Printable::new(std::io::stderr().lock());
-        for replaced in &replayed.replaced {
-            let _ = writeln!(stderr, "memprof: warning: {replaced}");
-        }
-        let _ = stderr.finish();
+    // Recorded paths: untrusted text for a terminal.
+    let mut stderr = Printable::new(std::io::stderr().lock());
+    for replaced in &replayed.replaced {
+        let _ = writeln!(stderr, "memprof: warning: {replaced}");
     }
+    let _ = stderr.finish();
     Ok(replayed)
 }
 

@@ -2,13 +2,16 @@
 //! what the report needs beyond the events (maps, clocks, the trailer's exit and counters).
 //!
 //! Frames are named as the live session named them when the recording carries its names
-//! ([`Replayed::symbolizer`]); others from the files named in the recorded maps. A file is
-//! trusted only when it still has the recorded build-id; otherwise its mappings are marked
-//! replaced and the symbolizer shows their frames as `module+offset`, never opening them.
+//! ([`Replayed::symbolizer`]), and then no file of this machine is read. A recording without
+//! them (cut short) is symbolized from the files named in its maps. A file is trusted only
+//! when it still has the recorded build-id; otherwise its mappings are marked replaced and
+//! the symbolizer shows their frames as `module+offset`, never opening them.
 
 use crate::maps::ProcessMaps;
 use crate::recorder::Recorder;
-use crate::recording::{MappingRecord, ReadError, Reader, Replay, build_id, process_maps, replay};
+use crate::recording::{
+    MappingRecord, ReadError, Reader, Replay, build_id, every_file_untrusted, process_maps, replay,
+};
 use crate::report::{LostCounts, ReportMeta};
 use crate::session_end::SessionView;
 use crate::symbolize::{RecordedSymbols, Symbolizer};
@@ -99,7 +102,8 @@ impl Replayed {
     }
 
     /// A symbolizer for the report: it names the frames the recording carries as the live
-    /// session did, and opens the recorded files (by [`Replayed::maps`]) only for others.
+    /// session did; when the recording carries none, it opens the trusted recorded files
+    /// ([`Replayed::maps`]).
     pub fn symbolizer(&self) -> Symbolizer {
         let symbolizer = Symbolizer::new(&self.maps);
         match &self.symbols {
@@ -128,15 +132,14 @@ pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, 
     let printed_ops = replay.trailer.as_ref().and_then(|t| t.ops);
     let ops = printed_ops.or(replay.header.ops);
     let (maps, replaced) = match files {
+        // The recording names the frames its report shows: no file of this machine is read.
+        _ if replay.symbols.is_some() => (every_file_untrusted(&replay.maps), Vec::new()),
         ModuleFiles::Host => checked_maps(&replay.maps, build_id),
-        ModuleFiles::Absent => {
-            let (mut maps, replaced) = checked_maps(&replay.maps, |_| None);
-            // Files recorded without a build-id cannot be checked: not trusted either.
-            for mapping in &mut maps {
-                mapping.deleted = true;
-            }
-            (maps, replaced)
-        }
+        // Files recorded without a build-id cannot be checked: not trusted either.
+        ModuleFiles::Absent => (
+            every_file_untrusted(&replay.maps),
+            checked_maps(&replay.maps, |_| None).1,
+        ),
     };
     let trailer = replay.trailer.as_ref();
     let mut warnings = trailer.map(|t| t.warnings.clone()).unwrap_or_default();
@@ -253,6 +256,49 @@ mod tests {
         assert_eq!(replaced[0].found.as_deref(), Some(real.as_str()));
         let rebuilt = process_maps(&maps);
         assert!(rebuilt.find(0x1800).unwrap().deleted);
+    }
+
+    /// A recording that names its frames is reported without reading any file it names: none
+    /// is checked (so none is called replaced), and none is opened for a frame.
+    #[test]
+    fn a_recording_with_its_symbols_reads_no_file() {
+        use crate::recording::{Header, Writer, synthetic_header};
+        use crate::symbolize::{Frame, RecordedSymbols};
+        let exe = std::env::current_exe().unwrap();
+        let header = Header {
+            maps: vec![record(&exe, Some("00ff"))],
+            ..synthetic_header()
+        };
+        let frame = Frame {
+            address: 0x1100,
+            module: "recorded".into(),
+            module_offset: 0x100,
+            function: Some("recorded_function".into()),
+            file: None,
+            line: None,
+            inlined: false,
+        };
+        let symbols = RecordedSymbols::of(&[(0x1100, vec![frame.clone()])], &[]);
+        let mut writer = Writer::create(Vec::new(), &header).unwrap();
+        writer.symbols(&symbols).unwrap();
+        let trailer = crate::recording::Trailer {
+            end_monotonic_ns: header.start_monotonic_ns,
+            exit: None,
+            lost: Default::default(),
+            malformed: 0,
+            probes: Vec::new(),
+            peak_rss_bytes: None,
+            warnings: Vec::new(),
+            ops: None,
+            held: None,
+        };
+        let bytes = writer.finish(&trailer).unwrap();
+        let replayed = load(Reader::new(&bytes[..]).unwrap(), ModuleFiles::Host).unwrap();
+        assert!(replayed.replaced.is_empty(), "{:?}", replayed.replaced);
+        assert!(replayed.maps.iter().all(|mapping| mapping.deleted));
+        let mut symbolizer = replayed.symbolizer();
+        assert_eq!(symbolizer.frames(0x1100), [frame]);
+        assert_eq!(symbolizer.symbolize(0x1200).function, None);
     }
 
     #[test]

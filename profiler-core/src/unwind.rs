@@ -419,7 +419,9 @@ impl StackUnwinder {
         if root_unwound && let Some((at, word)) = highest {
             self.stack_tops.saw(thread, at, word);
         }
-        if ran_past_an_uncut_copy(ending, snapshot) {
+        // A walk that needed a word above a copy not cut at the byte limit: a probe bounded
+        // it too low (see `unwind/stack_tops.rs`), or it stopped at an unreadable page.
+        if !snapshot.cut && read_past_the_copy(ending, snapshot) {
             self.stack_tops.forget(thread);
         }
         outcome(ending, snapshot)
@@ -463,22 +465,18 @@ fn bp_use(
     }
 }
 
-/// Whether the walk needed a word above the end of `snapshot`'s bytes though the copy was not
-/// cut at the byte limit: a probe bounded it too low (see `unwind/stack_tops.rs`), or it
-/// stopped at an unreadable page.
-fn ran_past_an_uncut_copy(ending: Ending, snapshot: &Snapshot<'_>) -> bool {
+/// Whether the walk ended needing a word above the end of `snapshot`'s bytes.
+fn read_past_the_copy(ending: Ending, snapshot: &Snapshot<'_>) -> bool {
     let stack_end = snapshot.sp.saturating_add(snapshot.stack.len() as u64);
-    matches!(ending, Ending::Error(FrameError::CouldNotReadStack(addr))
-        if !snapshot.cut && addr >= stack_end)
+    matches!(ending, Ending::Error(FrameError::CouldNotReadStack(addr)) if addr >= stack_end)
 }
 
 /// What `ending` means for `snapshot`: a read past the end of a cut copy is a cut stack.
 fn outcome(ending: Ending, snapshot: &Snapshot<'_>) -> Outcome {
-    let stack_end = snapshot.sp.saturating_add(snapshot.stack.len() as u64);
     match ending {
         Ending::Root => Outcome::Complete,
         Ending::Deeper => Outcome::CutByDepth,
-        Ending::Error(FrameError::CouldNotReadStack(addr)) if snapshot.cut && addr >= stack_end => {
+        Ending::Error(_) if snapshot.cut && read_past_the_copy(ending, snapshot) => {
             Outcome::CutByBytes
         }
         Ending::Error(error) => Outcome::Failed(error),

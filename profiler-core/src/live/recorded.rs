@@ -6,7 +6,10 @@ use std::io::Read;
 
 use super::{Allocator, LiveModel, SessionFacts, Snapshot, SymbolNamer};
 use crate::recorder::Recorder;
-use crate::recording::{Header, ReadError, Reader, Record, intern_recorded_stack, process_maps};
+use crate::recording::{
+    Header, MappingRecord, ReadError, Reader, Record, every_file_untrusted, intern_recorded_stack,
+    process_maps,
+};
 use crate::symbolize::RecordedSymbols;
 
 /// Time between two snapshots of a recording, until there are too many.
@@ -36,7 +39,13 @@ pub fn recorded_snapshots<R: Read>(
     let mut recorder = Recorder::new(header.mode);
     let mut model = LiveModel::new(start);
     let mut maps = header.maps.clone();
-    let mut namer = SymbolNamer::offline(&process_maps(&maps), symbols);
+    // A recording that names its frames is shown without reading a file of this machine.
+    let named = symbols.is_some();
+    let namer_maps = |maps: &[MappingRecord]| match named {
+        true => process_maps(&every_file_untrusted(maps)),
+        false => process_maps(maps),
+    };
+    let mut namer = SymbolNamer::offline(&namer_maps(&maps), symbols);
     let mut facts = SessionFacts {
         allocator: header.allocator,
         ..SessionFacts::default()
@@ -81,7 +90,7 @@ pub fn recorded_snapshots<R: Read>(
             }
             Record::Maps(more) => {
                 maps.extend(more);
-                if namer.update(&process_maps(&maps)) {
+                if namer.update(&namer_maps(&maps)) {
                     model.forget_names();
                 }
             }
