@@ -198,7 +198,7 @@ fn report_meta(replay: &Replay) -> ReportMeta {
 
 /// The recorded maps, with every mapping of a file whose build-id (as `current` reads it
 /// now) is not the recorded one marked deleted, and those files listed once each.
-fn checked_maps(
+pub(crate) fn checked_maps(
     recorded: &[MappingRecord],
     mut current: impl FnMut(&Path) -> Option<String>,
 ) -> (Vec<MappingRecord>, Vec<ReplacedModule>) {

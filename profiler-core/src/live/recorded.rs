@@ -5,10 +5,11 @@
 use std::io::Read;
 
 use super::{Allocator, LiveModel, SessionFacts, Snapshot, SymbolNamer};
+use crate::offline::checked_maps;
 use crate::recorder::Recorder;
 use crate::recording::{
-    Header, MappingRecord, ReadError, Reader, Record, every_file_untrusted, intern_recorded_stack,
-    process_maps,
+    Header, MappingRecord, ReadError, Reader, Record, build_id, every_file_untrusted,
+    intern_recorded_stack, process_maps,
 };
 use crate::symbolize::RecordedSymbols;
 
@@ -39,11 +40,13 @@ pub fn recorded_snapshots<R: Read>(
     let mut recorder = Recorder::new(header.mode);
     let mut model = LiveModel::new(start);
     let mut maps = header.maps.clone();
-    // A recording that names its frames is shown without reading a file of this machine.
+    // A recording that names its frames is shown without reading a file of this machine;
+    // one that does not, from the files that still have their recorded build-ids (as
+    // `memprof report` does).
     let named = symbols.is_some();
     let namer_maps = |maps: &[MappingRecord]| match named {
         true => process_maps(&every_file_untrusted(maps)),
-        false => process_maps(maps),
+        false => process_maps(&checked_maps(maps, build_id).0),
     };
     let mut namer = SymbolNamer::offline(&namer_maps(&maps), symbols);
     let mut facts = SessionFacts {
