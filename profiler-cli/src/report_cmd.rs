@@ -176,17 +176,7 @@ mod tests {
             };
             writer.event(&malloc, None, None).unwrap();
         }
-        let trailer = Trailer {
-            end_monotonic_ns: start + 10_000,
-            exit: None,
-            lost: Default::default(),
-            malformed: 0,
-            probes: Vec::new(),
-            peak_rss_bytes: None,
-            warnings: Vec::new(),
-            ops: None,
-            held: None,
-        };
+        let trailer = Trailer::ended_at(start + 10_000);
         writer.finish(&trailer).unwrap();
     }
 

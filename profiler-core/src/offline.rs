@@ -281,17 +281,7 @@ mod tests {
         let symbols = RecordedSymbols::of(&[(0x1100, vec![frame.clone()])], &[]);
         let mut writer = Writer::create(Vec::new(), &header).unwrap();
         writer.symbols(&symbols).unwrap();
-        let trailer = crate::recording::Trailer {
-            end_monotonic_ns: header.start_monotonic_ns,
-            exit: None,
-            lost: Default::default(),
-            malformed: 0,
-            probes: Vec::new(),
-            peak_rss_bytes: None,
-            warnings: Vec::new(),
-            ops: None,
-            held: None,
-        };
+        let trailer = crate::recording::Trailer::ended_at(header.start_monotonic_ns);
         let bytes = writer.finish(&trailer).unwrap();
         let replayed = load(Reader::new(&bytes[..]).unwrap(), ModuleFiles::Host).unwrap();
         assert!(replayed.replaced.is_empty(), "{:?}", replayed.replaced);
@@ -429,17 +419,7 @@ mod tests {
             writer
                 .event(&event, Some(crate::stacks::StackId(0)), Some((&stack[..], false)))
                 .unwrap();
-            let trailer = Trailer {
-                end_monotonic_ns: 20,
-                exit: None,
-                lost: Default::default(),
-                malformed: 0,
-                probes: Vec::new(),
-                peak_rss_bytes: None,
-                warnings: Vec::new(),
-                ops: None,
-                held: None,
-            };
+            let trailer = Trailer::ended_at(20);
             let bytes = writer.finish(&trailer).unwrap();
             let replayed = load(crate::recording::Reader::new(&bytes[..]).unwrap(), ModuleFiles::Host).unwrap();
             let mut symbolizer = crate::symbolize::Symbolizer::new(&replayed.maps);

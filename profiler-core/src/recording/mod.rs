@@ -266,6 +266,24 @@ pub struct Trailer {
     pub held: Option<crate::report::Held>,
 }
 
+impl Trailer {
+    /// The trailer of a session that ended at `end_monotonic_ns` with nothing else to say:
+    /// no exit status, nothing lost, no probes, no warnings.
+    pub fn ended_at(end_monotonic_ns: u64) -> Trailer {
+        Trailer {
+            end_monotonic_ns,
+            exit: None,
+            lost: LostRecord::default(),
+            malformed: 0,
+            probes: Vec::new(),
+            peak_rss_bytes: None,
+            warnings: Vec::new(),
+            ops: None,
+            held: None,
+        }
+    }
+}
+
 /// [`LostCounts`] in a serializable form.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostRecord {

@@ -102,16 +102,6 @@ pub fn write_synthetic_churn<W: Write>(out: W, events: u64) -> io::Result<(W, Re
             .expect("synthetic records are well formed");
         writer.ingested(&ingested, &recorder.stacks)?;
     }
-    let trailer = Trailer {
-        end_monotonic_ns: ts,
-        exit: None,
-        lost: Default::default(),
-        malformed: 0,
-        probes: Vec::new(),
-        peak_rss_bytes: None,
-        warnings: Vec::new(),
-        ops: None,
-        held: None,
-    };
+    let trailer = Trailer::ended_at(ts);
     Ok((writer.finish(&trailer)?, recorder))
 }
