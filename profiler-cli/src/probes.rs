@@ -15,6 +15,7 @@ use profiler_common::{
     CALLS_BY_TID_MAP, CONTROL_MAP, COUNTERS_MAP, EventKind, FOLLOWED_MAP, MAX_TID_SLOTS, RING_MAP,
     STACK_TOPS_MAP, config, counter,
 };
+use profiler_core::heap::Mode;
 use profiler_core::report::LostCounts;
 
 use crate::{
@@ -41,11 +42,13 @@ pub struct ProbeConfig {
     pub stack_bytes: u32,
     /// Ask the tracer to hold a thread that allocates while half the ring is queued (run).
     pub hold_threads: bool,
+    /// free and operator delete report their caller (`run`: see `config::FREE_CALLERS`).
+    pub free_callers: bool,
 }
 
 impl ProbeConfig {
-    /// The probes a session with `options` needs; `hold_threads` as above.
-    pub fn for_session(options: &SessionOptions, hold_threads: bool) -> ProbeConfig {
+    /// The probes a session in `mode` with `options` needs; `hold_threads` as above.
+    pub fn for_session(options: &SessionOptions, mode: Mode, hold_threads: bool) -> ProbeConfig {
         ProbeConfig {
             ring_bytes: options.probe_ring_bytes(),
             stack_depth: options.stacks.max_depth,
@@ -55,6 +58,7 @@ impl ProbeConfig {
             },
             stack_bytes: options.stacks.stack_bytes,
             hold_threads,
+            free_callers: mode == Mode::Run,
         }
     }
 }
@@ -115,6 +119,7 @@ impl Probes {
         let stack_depth = config.stack_depth;
         let offsets = crate::kernel_btf::KernelOffsets::of_running_kernel();
         let tid_slots = tid_slots();
+        let free_callers = u32::from(config.free_callers);
         // aya creates the maps (the ring, the in-flight table, .rodata with the globals);
         // the programs are loaded for uprobe_multi by `multi_link` against those maps.
         let ebpf = EbpfLoader::new()
@@ -128,6 +133,7 @@ impl Probes {
             .override_global(config::TASK_MM_OFFSET, &offsets.task_mm, true)
             .override_global(config::MM_START_STACK_OFFSET, &offsets.mm_start_stack, true)
             .override_global(config::TID_SLOTS, &tid_slots, true)
+            .override_global(config::FREE_CALLERS, &free_callers, true)
             .map_max_entries(RING_MAP, config.ring_bytes)
             .map_max_entries(CALLS_BY_TID_MAP, tid_slots)
             .map_max_entries(STACK_TOPS_MAP, tid_slots)

@@ -306,7 +306,7 @@ pub fn probe_capture(
 ) -> Result<Capture> {
     let order = order()?;
     let (sites, warnings) = order.probe_plan()?;
-    let mut probes = Probes::load(pid, ProbeConfig::for_session(options, hold_threads))?;
+    let mut probes = Probes::load(pid, ProbeConfig::for_session(options, mode, hold_threads))?;
     probes.attach(pid, &sites)?;
     if hold_threads && let Some((object, offset)) = order.dlclose_entry() {
         probes.hold_at_dlclose(pid, object, offset)?;

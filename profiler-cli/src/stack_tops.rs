@@ -23,9 +23,7 @@ impl StackTops {
     /// nowhere known, copy whole). A thread whose
     /// id has no slot keeps full copies; a failed update only leaves the copies as they were.
     pub fn publish(&mut self, pid: u32, learned: &[LearnedTop]) {
-        // A main thread's copies stop at its `argc` (its id is its process's): the probes never
-        // read its top.
-        for top in learned.iter().filter(|top| top.thread != pid) {
+        for top in learned {
             let value = StackTop {
                 id: u64::from(pid) << 32 | u64::from(top.thread),
                 top: top.top,

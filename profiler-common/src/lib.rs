@@ -286,6 +286,11 @@ pub mod config {
     /// kernel (from its BTF; 0: unknown): a thread blocking [`super::HOLD_SIGNAL`] is held
     /// with [`super::HOLD_SIGNAL_BLOCKED`] instead.
     pub const TASK_BLOCKED_OFFSET: &str = "TASK_BLOCKED_OFFSET";
+    /// Name of the global saying whether free and operator delete report their caller (1) or
+    /// not (0): only `run` needs it, for the second free of a double free and to tell the
+    /// allocator's own frees of blocks no longer live from the program's (in `attach` both
+    /// are unknown frees anyway). munmap reports its caller always.
+    pub const FREE_CALLERS: &str = "FREE_CALLERS";
     /// Name of the global holding the number of slots of [`super::CALLS_BY_TID_MAP`]: a thread
     /// whose id is below it keeps its call in flight in the slot of that index.
     pub const TID_SLOTS: &str = "TID_SLOTS";

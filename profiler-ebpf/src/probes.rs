@@ -45,6 +45,8 @@ static TASK_MM_OFFSET: u32 = 0;
 static MM_START_STACK_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TID_SLOTS: u32 = 0;
+#[unsafe(no_mangle)]
+static FREE_CALLERS: u32 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -359,40 +361,64 @@ fn main_stack_room(sp: u64) -> u64 {
 }
 
 /// Bytes from `sp` to the top of this thread's stack as memprof learned it from a walk that
-/// reached the thread's root ([`StackTop`]), when `sp` is within a copy's reach below it and
-/// the word below the top still holds what that walk read there; else `u64::MAX`. A
-/// thread's stack (other than the main one, bounded at `argc`) is otherwise copied
-/// `--stack-bytes` deep, past its root frames into the thread's descriptor and TLS: 8 KiB
-/// per allocation where the frames take a few hundred bytes.
+/// reached the thread's root ([`StackTop`]), and the word that walk read just below the top,
+/// when `sp` is within a copy's reach below it. A thread's stack (the main thread's too) is
+/// otherwise copied to its bound: `--stack-bytes` deep, past the root frames into the
+/// thread's descriptor and TLS (8 KiB per allocation where the frames take a few hundred
+/// bytes), or up to `argc` on the main thread (two kernel reads per copy).
 #[inline(always)]
-fn thread_stack_room(id: u64, sp: u64) -> u64 {
+fn learned_room(id: u64, sp: u64) -> Option<(u64, u64)> {
     let tid = id as u32;
     // SAFETY: a volatile read of a loader-set global.
     if tid >= unsafe { read_volatile(&TID_SLOTS) } {
-        return u64::MAX;
+        return None;
     }
-    let Some(known) = STACK_TOPS.get(tid) else {
-        return u64::MAX;
-    };
-    let known = *known;
+    let known = *STACK_TOPS.get(tid)?;
     if known.id != id
         || known.top < 8
         || sp > known.top - 8
         || known.top - sp >= MAX_STACK_BYTES as u64
     {
-        return u64::MAX;
+        return None;
     }
-    // SAFETY: the helper copes with any user address.
-    match unsafe { bpf_probe_read_user((known.top - 8) as *const u64) } {
-        Ok(word) if word == known.canary => (known.top - sp + 7) & !7,
-        _ => u64::MAX,
-    }
+    Some((known.top - sp, known.canary))
+}
+
+/// Copies `limit` bytes of user stack from `sp` to the snapshot's bytes in `stack` (the record
+/// body) in one read; false if some page of it is unreadable. Each read costs the probe ~150
+/// ns on top of its bytes, so a copy takes one where it can.
+#[inline(always)]
+fn copy_whole(stack: *mut u8, sp: u64, limit: u64) -> bool {
+    // SAFETY: `limit` <= MAX_STACK_BYTES bytes from STACK_SNAPSHOT_SIZE stay inside the body
+    // (the mask restates that bound for the verifier); the helper copes with any user address.
+    limit > 0
+        && limit <= MAX_STACK_BYTES as u64
+        && unsafe {
+            probe_read_user_raw(
+                stack.add(STACK_SNAPSHOT_SIZE).cast(),
+                (limit & (2 * MAX_STACK_BYTES as u64 - 1)) as u32,
+                sp as *const _,
+            )
+        } == 0
+}
+
+/// The copied word `offset` bytes above `sp` (less than MAX_STACK_BYTES - 8).
+#[inline(always)]
+fn copied_word(stack: *const u8, offset: u64) -> u64 {
+    let at = STACK_SNAPSHOT_SIZE + (offset & (MAX_STACK_BYTES as u64 - 1)) as usize;
+    // SAFETY: `at` + 8 stays inside the body (MAX_STACK_BYTES + slack after the snapshot
+    // header); the read need not be aligned.
+    unsafe { stack.add(at).cast::<u64>().read_unaligned() }
 }
 
 /// DWARF mode: the user registers and a copy of the user stack from `sp` upward, for the
-/// collector to unwind. Copies up to `STACK_BYTES` (or the main thread's `argc`) in one read;
-/// if some page of that is unreadable (the top of a thread's stack), page by page up to the
-/// first unreadable one. Returns the bytes of the record body used.
+/// collector to unwind. A copy stops at the thread's learned top when the word below it
+/// still holds what the walk read there (checked in the copied bytes, so it costs no read of
+/// its own: a thread with another stack under the same id, or one running elsewhere, a
+/// coroutine's stack or an alternate signal stack, fails it and is copied again to its
+/// bound); otherwise at `argc` on the main thread, else `STACK_BYTES`, in one read; if some
+/// page of that is unreadable (the top of a thread's stack), page by page up to the first
+/// unreadable one. Returns the bytes of the record body used.
 #[inline(always)]
 fn snapshot<C: EbpfContext>(
     ctx: &C,
@@ -405,33 +431,35 @@ fn snapshot<C: EbpfContext>(
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     // SAFETY: volatile read of a loader-set global.
     let configured = (unsafe { read_volatile(&STACK_BYTES) } as u64).min(MAX_STACK_BYTES as u64);
-    // The main thread's id is its process's (pid_tgid's halves are equal).
-    let room = if id as u32 == (id >> 32) as u32 {
-        main_stack_room(sp)
-    } else {
-        thread_stack_room(id, sp)
-    };
-    let bounded = room < configured;
-    let limit = (if bounded { room } else { configured }) & !7;
     let stack = record.body.as_mut_ptr().cast::<u8>();
-    // Each read costs ~150 ns on top of its bytes (the probe's run time): one read where the
-    // whole copy is readable, which is every copy bounded by `argc` and most others.
-    // SAFETY: `limit` <= MAX_STACK_BYTES bytes from STACK_SNAPSHOT_SIZE stay inside the body
-    // (the mask restates that bound for the verifier); the helper copes with any user address.
-    let whole = limit > 0
-        && limit <= MAX_STACK_BYTES as u64
-        && unsafe {
-            probe_read_user_raw(
-                stack.add(STACK_SNAPSHOT_SIZE).cast(),
-                (limit & (2 * MAX_STACK_BYTES as u64 - 1)) as u32,
-                sp as *const _,
-            )
-        } == 0;
-    let copied = if whole {
-        limit
-    } else {
-        copy_pages(stack, sp, limit)
-    };
+    let mut copied = 0;
+    let mut bounded = false;
+    if let Some((room, canary)) = learned_room(id, sp)
+        && room <= configured
+    {
+        // The top is 8 above the canary's word, which the copy rounded to words holds.
+        let limit = (room + 7) & !7;
+        if copy_whole(stack, sp, limit) && copied_word(stack, room - 8) == canary {
+            copied = limit;
+            bounded = true;
+        }
+    }
+    let mut limit = copied;
+    if !bounded {
+        // The main thread's id is its process's (pid_tgid's halves are equal).
+        let room = if id as u32 == (id >> 32) as u32 {
+            main_stack_room(sp)
+        } else {
+            u64::MAX
+        };
+        bounded = room < configured;
+        limit = (if bounded { room } else { configured }) & !7;
+        copied = if copy_whole(stack, sp, limit) {
+            limit
+        } else {
+            copy_pages(stack, sp, limit)
+        };
+    }
     if copied == 0 {
         bump(counter::STACK_ERRORS);
     }
@@ -676,9 +704,12 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Reports a call that needs no result: free, operator delete and munmap. `aux` carries the caller's return
-/// address, still at the top of the stack (the probe runs before anything moves `%rsp`): the
-/// collector tells the allocator's own frees (thread exit flushing its cache) from the program's.
+/// Reports a call that needs no result: free, operator delete and munmap. `aux` carries the
+/// caller's return address, still at the top of the stack (the probe runs before anything
+/// moves `%rsp`): the collector tells the allocator's own calls (thread exit flushing its
+/// cache) from the program's. The read costs a free ~150 ns, almost half its probe's run
+/// time (redis under `attach`): free and operator delete skip it where the caller is not
+/// wanted (`FREE_CALLERS`).
 #[inline(always)]
 fn release(ctx: &ProbeContext, kind: EventKind, addr: u64, size: u64) {
     if addr == 0 {
@@ -688,10 +719,16 @@ fn release(ctx: &ProbeContext, kind: EventKind, addr: u64, size: u64) {
     if nested(id) || stopped() {
         return;
     }
-    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
-    // SAFETY: uprobe programs get the user registers as their context; the read copes with
-    // any user address (0 if unreadable).
-    let caller = unsafe { bpf_probe_read_user((*regs).rsp as *const u64) }.unwrap_or(0);
+    // SAFETY: a volatile read of a loader-set global.
+    let wanted = kind == EventKind::Munmap || unsafe { read_volatile(&FREE_CALLERS) } != 0;
+    let caller = if wanted {
+        let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+        // SAFETY: uprobe programs get the user registers as their context; the read copes
+        // with any user address (0 if unreadable).
+        unsafe { bpf_probe_read_user((*regs).rsp as *const u64) }.unwrap_or(0)
+    } else {
+        0
+    };
     let header = EventHeader {
         kind: kind as u32,
         addr,
