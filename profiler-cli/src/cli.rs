@@ -302,8 +302,8 @@ pub struct CaptureArgs {
     /// Do not record the session.
     #[arg(long)]
     pub no_recording: bool,
-    /// Ring buffer size in MiB (a power of two) [default: 32 for the in-process capture, 64
-    /// for the probes]. In `run`, threads that allocate while it is full (half full, with
+    /// Ring buffer size in MiB (a power of two) [default: 32 for the in-process capture; for
+    /// the probes 16 when threads are held (`run`, `attach --hold`), 64 otherwise]. In `run`, threads that allocate while it is full (half full, with
     /// probes) wait for memprof to drain it; in `attach`, larger rings lose fewer events.
     #[arg(long, value_name = "MIB")]
     pub ring_mib: Option<u32>,

@@ -29,17 +29,30 @@ pub struct SessionOptions {
     pub live: bool,
 }
 
-/// The probes' ring by default: in `attach`, a larger ring loses fewer events.
-const PROBE_RING_BYTES: u32 = 64 << 20;
+/// The probes' ring by default when a full ring loses events (`attach` without `--hold`):
+/// a larger ring loses fewer.
+const LOSSY_PROBE_RING_BYTES: u32 = 64 << 20;
+/// The probes' ring by default when a full ring holds the allocating threads (`run`,
+/// `attach --hold`): the collector keeps up, and the kernel maps the ring's pages twice into
+/// memprof, so its resident size grows by twice the ring. Against 64 MiB (one run, two rounds):
+/// memprof's peak RSS on churn 184 -> 86 MiB, sqlite3 186 -> 88 MiB (10.6 -> 9.4 s), python3
+/// 298 -> 202 MiB (heaptrack's: 109, 179, 233), no hold on those nor on redis under
+/// redis-benchmark (8 MiB held python3 6 times).
+const HELD_PROBE_RING_BYTES: u32 = 16 << 20;
 /// The in-process capture's ring by default: its producers wait when it is full and the
 /// collector keeps up, and its pages count in memprof's memory as much as the target's (the
 /// bench's workloads: memprof's peak RSS 32 MiB lower, no time measurably added against 64).
 const SHARED_RING_BYTES: u32 = 32 << 20;
 
 impl SessionOptions {
-    /// The size of the probes' ring.
-    pub fn probe_ring_bytes(&self) -> u32 {
-        self.ring_bytes.unwrap_or(PROBE_RING_BYTES)
+    /// The size of the probes' ring; `hold_threads`: a full ring holds the threads that
+    /// allocate instead of losing their events.
+    pub fn probe_ring_bytes(&self, hold_threads: bool) -> u32 {
+        self.ring_bytes.unwrap_or(if hold_threads {
+            HELD_PROBE_RING_BYTES
+        } else {
+            LOSSY_PROBE_RING_BYTES
+        })
     }
 
     /// The size of the ring shared with the in-process capture.

@@ -50,7 +50,7 @@ impl ProbeConfig {
     /// The probes a session in `mode` with `options` needs; `hold_threads` as above.
     pub fn for_session(options: &SessionOptions, mode: Mode, hold_threads: bool) -> ProbeConfig {
         ProbeConfig {
-            ring_bytes: options.probe_ring_bytes(),
+            ring_bytes: options.probe_ring_bytes(hold_threads),
             stack_depth: options.stacks.max_depth,
             unwind_mode: match options.stacks.unwind {
                 Unwind::FramePointers => profiler_common::unwind_mode::FRAME_POINTERS,

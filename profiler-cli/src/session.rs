@@ -324,7 +324,7 @@ pub fn probe_capture(
     collected.refresh_maps(pid);
     Ok(Capture {
         collected,
-        source: EventSource::kernel(ring, options.probe_ring_bytes())?,
+        source: EventSource::kernel(ring, options.probe_ring_bytes(hold_threads))?,
         sites,
         probes: Some(Arc::new(Mutex::new(probes))),
     })
