@@ -458,4 +458,27 @@ mod tests {
         );
         assert_eq!(duration(None).unwrap(), None);
     }
+
+    /// The session options `memprof ARGS` gives.
+    fn session_options(args: &[&str]) -> SessionOptions {
+        let capture = match Cli::try_parse_from(args).unwrap().command {
+            Command::Run { capture, .. } => capture,
+            other => panic!("not a run: {other:?}"),
+        };
+        capture.into_options().unwrap()
+    }
+
+    /// A ring that holds threads when full gets 16 MiB of probes' ring by default, one that
+    /// loses events 64; `--ring-mib` sets every ring.
+    #[test]
+    fn ring_sizes_follow_what_a_full_ring_does() {
+        let defaults = session_options(&["memprof", "run", "--", "true"]);
+        assert_eq!(defaults.probe_ring_bytes(true), 16 << 20);
+        assert_eq!(defaults.probe_ring_bytes(false), 64 << 20);
+        assert_eq!(defaults.shared_ring_bytes(), 32 << 20);
+        let set = session_options(&["memprof", "run", "--ring-mib", "4", "--", "true"]);
+        assert_eq!(set.probe_ring_bytes(true), 4 << 20);
+        assert_eq!(set.probe_ring_bytes(false), 4 << 20);
+        assert_eq!(set.shared_ring_bytes(), 4 << 20);
+    }
 }
