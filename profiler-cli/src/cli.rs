@@ -303,8 +303,9 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub no_recording: bool,
     /// Ring buffer size in MiB (a power of two) [default: 32 for the in-process capture; for
-    /// the probes 16 when threads are held (`run`, `attach --hold`), 64 otherwise]. In `run`, threads that allocate while it is full (half full, with
-    /// probes) wait for memprof to drain it; in `attach`, larger rings lose fewer events.
+    /// the probes 16 when threads are held (`run`, `attach --hold`), 64 otherwise]. In `run`,
+    /// threads that allocate while it is full (half full, with probes) wait for memprof to
+    /// drain it; in `attach`, larger rings lose fewer events.
     #[arg(long, value_name = "MIB")]
     pub ring_mib: Option<u32>,
     /// Leak sites printed in the terminal summary.

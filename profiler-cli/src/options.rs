@@ -34,10 +34,10 @@ pub struct SessionOptions {
 const LOSSY_PROBE_RING_BYTES: u32 = 64 << 20;
 /// The probes' ring by default when a full ring holds the allocating threads (`run`,
 /// `attach --hold`): the collector keeps up, and the kernel maps the ring's pages twice into
-/// memprof, so its resident size grows by twice the ring. Against 64 MiB (one run, two rounds):
-/// memprof's peak RSS on churn 184 -> 86 MiB, sqlite3 186 -> 88 MiB (10.6 -> 9.4 s), python3
-/// 298 -> 202 MiB (heaptrack's: 109, 179, 233), no hold on those nor on redis under
-/// redis-benchmark (8 MiB held python3 6 times).
+/// memprof, so its resident size grows by twice the ring. Against 64 MiB (interleaved, two
+/// rounds, python3 one): memprof's peak RSS on churn 184 -> 86 MiB, sqlite3 186 -> 88 MiB
+/// (10.6 -> 9.4 s), python3 298 -> 202 MiB (heaptrack's: 109, 179, 233), no hold on those
+/// nor on redis under redis-benchmark (8 MiB held python3 6 times).
 const HELD_PROBE_RING_BYTES: u32 = 16 << 20;
 /// The in-process capture's ring by default: its producers wait when it is full and the
 /// collector keeps up, and its pages count in memprof's memory as much as the target's (the

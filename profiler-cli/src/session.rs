@@ -306,7 +306,9 @@ pub fn probe_capture(
 ) -> Result<Capture> {
     let order = order()?;
     let (sites, warnings) = order.probe_plan()?;
-    let mut probes = Probes::load(pid, ProbeConfig::for_session(options, mode, hold_threads))?;
+    let config = ProbeConfig::for_session(options, mode, hold_threads);
+    let ring_bytes = config.ring_bytes;
+    let mut probes = Probes::load(pid, config)?;
     probes.attach(pid, &sites)?;
     if hold_threads && let Some((object, offset)) = order.dlclose_entry() {
         probes.hold_at_dlclose(pid, object, offset)?;
@@ -324,7 +326,7 @@ pub fn probe_capture(
     collected.refresh_maps(pid);
     Ok(Capture {
         collected,
-        source: EventSource::kernel(ring, options.probe_ring_bytes(hold_threads))?,
+        source: EventSource::kernel(ring, ring_bytes)?,
         sites,
         probes: Some(Arc::new(Mutex::new(probes))),
     })
