@@ -121,7 +121,7 @@ impl Replayed {
 /// Replays `reader` into a fresh recorder and rebuilds the rest of the session. A recording
 /// that stops early is replayed up to where it stops ([`Replayed::early_end`]); corruption is
 /// an error.
-pub fn load<R: Read>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, ReadError> {
+pub fn load<R: Read + Send>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, ReadError> {
     let mut recorder = Recorder::new(reader.header().mode);
     let replay = replay(reader, &mut recorder)?;
     // Every event is applied and the leak check came recorded: the reports need only the

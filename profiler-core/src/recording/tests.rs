@@ -885,3 +885,38 @@ fn closing_symbols_are_found_without_decoding_the_events() {
     let reader = Reader::new(std::io::Cursor::new(&bytes)).unwrap();
     assert_eq!(reader.closing_symbols(), None);
 }
+
+/// The replay reads on a thread of its own, batches ahead: corruption found chunks after the
+/// first batches is still the replay's error, with the events before it applied.
+#[test]
+fn corruption_far_into_a_recording_ends_the_replay_with_its_error() {
+    let (mut bytes, _) = write_synthetic_churn(Vec::new(), 3 * u64::from(CHUNK_EVENTS)).unwrap();
+    let boundaries = chunk_boundaries(&bytes);
+    // A byte of the third event chunk's compressed data: its checksum no longer matches.
+    bytes[boundaries[2] as usize + 20] ^= 0xff;
+    let mut recorder = Recorder::new(Mode::Run);
+    let error = replay(Reader::new(&bytes[..]).unwrap(), &mut recorder).unwrap_err();
+    assert_eq!(error.offset, boundaries[2]);
+    assert!(error.to_string().contains("checksum"), "{error}");
+    assert_eq!(recorder.events(), 2 * u64::from(CHUNK_EVENTS));
+}
+
+/// A recording the recorder rejects (a stack defined twice) while the reading thread still has
+/// batches to send: the error comes back and the reading thread ends instead of waiting for a
+/// recorder that stopped listening.
+#[test]
+fn a_replay_that_stops_early_leaves_no_reader_waiting() {
+    let mut records = Vec::new();
+    let mut state = codec::DeltaState::new(FORMAT_VERSION, header().start_monotonic_ns);
+    codec::put_stack(&mut records, &[0x40_1000], false);
+    codec::put_stack(&mut records, &[0x40_1000], false);
+    for i in 0..20_000u64 {
+        let event = Event::of(EventKind::Malloc)
+            .at(6_000_000 + i * 1000)
+            .addr(0x1000 + i * 64)
+            .size(48);
+        codec::put_event(&mut records, &mut state, &event, None);
+    }
+    let error = replay_error(&records);
+    assert!(error.contains("stack 1 repeats stack 0"), "{error}");
+}
