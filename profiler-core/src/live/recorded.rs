@@ -8,7 +8,7 @@ use super::{Allocator, LiveModel, SessionFacts, Snapshot, SymbolNamer};
 use crate::offline::checked_maps;
 use crate::recorder::Recorder;
 use crate::recording::{
-    Header, MappingRecord, ReadError, Reader, Record, build_id, every_file_untrusted,
+    Header, MappingRecord, ReadError, Reader, Record, build_id, each_record, every_file_untrusted,
     intern_recorded_stack, process_maps,
 };
 use crate::symbolize::RecordedSymbols;
@@ -31,8 +31,8 @@ pub struct Recorded {
 /// the state before the first event past it); idle stretches take no snapshot. Sites are
 /// named with the frames the recording closes with (`symbols`,
 /// [`Reader::closing_symbols`]) where it has them.
-pub fn recorded_snapshots<R: Read>(
-    mut reader: Reader<R>,
+pub fn recorded_snapshots<R: Read + Send>(
+    reader: Reader<R>,
     symbols: Option<RecordedSymbols>,
 ) -> Result<Recorded, ReadError> {
     let header = reader.header().clone();
@@ -57,18 +57,7 @@ pub fn recorded_snapshots<R: Read>(
     let mut next = start + interval;
     let mut snapshots: Vec<Snapshot> = Vec::new();
     let mut last_ts = start;
-    let mut early_end = None;
-    loop {
-        let offset = reader.offset();
-        let record = match reader.next() {
-            Ok(Some(record)) => record,
-            Ok(None) => break,
-            Err(error) if error.is_early_end() => {
-                early_end = Some(error);
-                break;
-            }
-            Err(error) => return Err(error),
-        };
+    let ended = each_record(reader, |record, offset| {
         match record {
             Record::Event { event, stack } => {
                 if event.ts_ns >= next {
@@ -117,7 +106,13 @@ pub fn recorded_snapshots<R: Read>(
                 }
             }
         }
-    }
+        Ok(())
+    })?;
+    let early_end = match ended.read {
+        Ok(()) => None,
+        Err(error) if error.is_early_end() => Some(error),
+        Err(error) => return Err(error),
+    };
     snapshots.push(model.snapshot(&recorder, &mut namer, last_ts, facts));
     Ok(Recorded {
         header,

@@ -71,6 +71,7 @@
 mod buildid;
 pub(crate) mod codec;
 mod leak_record;
+mod read_thread;
 mod reader;
 mod recent;
 mod replay;
@@ -88,6 +89,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use buildid::{build_id, build_id_of, hex};
+pub(crate) use read_thread::each_record;
 pub use reader::{ReadError, ReadErrorKind, Reader, Record};
 pub(crate) use replay::intern_recorded_stack;
 pub use replay::{Replay, replay};

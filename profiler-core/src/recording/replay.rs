@@ -1,5 +1,6 @@
 //! Replays a recording through a [`Recorder`]: the offline twin of a live session.
 
+use super::read_thread::each_record;
 use super::reader::{ReadError, ReadErrorKind, Reader, Record};
 use super::{Header, LostRecord, MappingRecord, Trailer};
 use crate::event::Event;
@@ -7,8 +8,6 @@ use crate::recorder::Recorder;
 use crate::stacks::StackId;
 use std::collections::VecDeque;
 use std::io::Read;
-use std::ops::Range;
-use std::sync::mpsc::{self, Receiver, SyncSender};
 
 /// What a replay found besides the heap (which is in the recorder).
 #[derive(Debug)]
@@ -37,11 +36,8 @@ pub struct Replay {
 
 /// Applies every event of `reader` to `recorder` (a fresh one), interning each stack definition as it comes
 /// (in recording order, so the ids match the recorded ones). A recording that stops early is
-/// not an error: [`Replay::early_end`] says where. Corruption is.
-///
-/// The recording is read and decoded on a thread of its own, a few batches ahead of the
-/// recorder ([`read_batches`]): decompressing and decoding were a third of `memprof report`'s
-/// time, and the recorder, waiting on memory for most events, leaves the other core idle.
+/// not an error: [`Replay::early_end`] says where. Corruption is. The file is read and
+/// decoded on a thread of its own (`read_thread.rs`).
 pub fn replay<R: Read + Send>(
     reader: Reader<R>,
     recorder: &mut Recorder,
@@ -60,167 +56,43 @@ pub fn replay<R: Read + Send>(
         leak_check: None,
         symbols: None,
     };
-    std::thread::scope(|scope| {
-        let (full, batches) = mpsc::sync_channel(BATCHES_IN_FLIGHT);
-        let (emptied, returned) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("memprof-read".into())
-            .spawn_scoped(scope, move || read_batches(reader, &full, &returned))
-            .map_err(|error| ReadError {
-                offset: 0,
-                kind: ReadErrorKind::Io(error),
-            })?;
-        let mut ahead = ReadAhead::default();
-        // Dropping `batches` on any return below ends the reading thread's next send.
-        for message in batches {
-            let mut batch = match message {
-                Message::Batch(batch) => batch,
-                Message::End { read, skipped } => {
-                    ahead.apply_all(recorder, &mut replay);
-                    replay.skipped = skipped;
-                    match read {
-                        Ok(()) => {}
-                        Err(error) if error.is_early_end() => replay.early_end = Some(error),
-                        Err(error) => return Err(error),
-                    }
-                    break;
-                }
-            };
-            for item in batch.items.drain(..) {
-                let record = match item {
-                    Item::Event(event, stack) => {
-                        ahead.push(event, stack, recorder, &mut replay);
-                        continue;
-                    }
-                    Item::Stack {
-                        frames,
-                        truncated,
-                        offset,
-                    } => {
-                        ahead.apply_all(recorder, &mut replay);
-                        intern_recorded_stack(recorder, &batch.frames[frames], truncated, offset)?;
-                        continue;
-                    }
-                    Item::Other(record) => record,
-                };
-                // Everything else takes effect in order, after the events before it.
-                ahead.apply_all(recorder, &mut replay);
-                match record {
-                    Record::Event { .. } | Record::Stack { .. } => {
-                        unreachable!("events and stacks are items of their own")
-                    }
-                    Record::Maps(maps) => replay.maps.extend(maps),
-                    Record::Rss { ts_ns, bytes } => {
-                        recorder.analyses.observe_rss(ts_ns, bytes);
-                        replay.rss_samples += 1;
-                        replay.last_ts_ns = replay.last_ts_ns.max(ts_ns);
-                    }
-                    Record::Lost(lost) => replay.lost = Some(lost),
-                    Record::LeakCheck(check) => replay.leak_check = Some(*check),
-                    Record::Symbols(part) => replay
-                        .symbols
-                        .get_or_insert_with(Default::default)
-                        .merge(*part),
-                    Record::Trailer(trailer) => replay.trailer = Some(*trailer),
-                }
-            }
-            batch.frames.clear();
-            // The reading thread may be gone already (it sent its end).
-            let _ = emptied.send(batch);
+    let mut ahead = ReadAhead::default();
+    let ended = each_record(reader, |record, offset| {
+        if let Record::Event { event, stack } = record {
+            ahead.push(*event, stack, recorder, &mut replay);
+            return Ok(());
         }
+        // Everything else takes effect in order, after the events before it.
         ahead.apply_all(recorder, &mut replay);
-        Ok(replay)
-    })
-}
-
-/// Batches decoded ahead of the recorder: enough to cover a slow chunk, few enough to stay in
-/// the caches.
-const BATCHES_IN_FLIGHT: usize = 4;
-/// Records per batch.
-const BATCH_RECORDS: usize = 2048;
-
-/// What the reading thread hands the recorder, in recording order.
-enum Message {
-    Batch(Batch),
-    /// The last message: how reading ended (at the end of the file, or why not) and how many
-    /// records of a newer memprof were skipped.
-    End {
-        read: Result<(), ReadError>,
-        skipped: u64,
-    },
-}
-
-/// Decoded records, owned (the reader's records borrow its buffers).
-#[derive(Default)]
-struct Batch {
-    items: Vec<Item>,
-    /// The frames of the batch's stack definitions, one after another.
-    frames: Vec<u64>,
-}
-
-enum Item {
-    Event(Event, Option<StackId>),
-    Stack {
-        /// Where its frames are in [`Batch::frames`].
-        frames: Range<usize>,
-        truncated: bool,
-        /// Where in the file it was read, for an error about it.
-        offset: u64,
-    },
-    /// Any other record (none of these borrows).
-    Other(Record<'static>),
-}
-
-/// The reading thread: decodes `reader` into batches sent to `full`, reusing the batches the
-/// recorder has emptied (`returned`), until the end of the recording, an error, or a recorder
-/// that stopped listening.
-fn read_batches<R: Read>(
-    mut reader: Reader<R>,
-    full: &SyncSender<Message>,
-    returned: &Receiver<Batch>,
-) {
-    let mut batch = Batch::default();
-    let read = loop {
-        let offset = reader.offset();
-        let record = match reader.next() {
-            Ok(Some(record)) => record,
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(error),
-        };
-        let item = match record {
-            Record::Event { event, stack } => Item::Event(*event, stack),
+        match record {
+            Record::Event { .. } => unreachable!("handled above"),
             Record::Stack { frames, truncated } => {
-                let start = batch.frames.len();
-                batch.frames.extend_from_slice(frames);
-                Item::Stack {
-                    frames: start..batch.frames.len(),
-                    truncated,
-                    offset,
-                }
+                intern_recorded_stack(recorder, frames, truncated, offset)?;
             }
-            Record::Maps(maps) => Item::Other(Record::Maps(maps)),
-            Record::Rss { ts_ns, bytes } => Item::Other(Record::Rss { ts_ns, bytes }),
-            Record::Lost(lost) => Item::Other(Record::Lost(lost)),
-            Record::LeakCheck(check) => Item::Other(Record::LeakCheck(check)),
-            Record::Symbols(part) => Item::Other(Record::Symbols(part)),
-            Record::Trailer(trailer) => Item::Other(Record::Trailer(trailer)),
-        };
-        batch.items.push(item);
-        if batch.items.len() == BATCH_RECORDS {
-            let next = returned.try_recv().unwrap_or_default();
-            if full
-                .send(Message::Batch(std::mem::replace(&mut batch, next)))
-                .is_err()
-            {
-                return;
+            Record::Maps(maps) => replay.maps.extend(maps),
+            Record::Rss { ts_ns, bytes } => {
+                recorder.analyses.observe_rss(ts_ns, bytes);
+                replay.rss_samples += 1;
+                replay.last_ts_ns = replay.last_ts_ns.max(ts_ns);
             }
+            Record::Lost(lost) => replay.lost = Some(lost),
+            Record::LeakCheck(check) => replay.leak_check = Some(*check),
+            Record::Symbols(part) => replay
+                .symbols
+                .get_or_insert_with(Default::default)
+                .merge(*part),
+            Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
-    };
-    if !batch.items.is_empty() && full.send(Message::Batch(batch)).is_err() {
-        return;
+        Ok(())
+    })?;
+    ahead.apply_all(recorder, &mut replay);
+    replay.skipped = ended.skipped;
+    match ended.read {
+        Ok(()) => {}
+        Err(error) if error.is_early_end() => replay.early_end = Some(error),
+        Err(error) => return Err(error),
     }
-    let skipped = reader.skipped_records();
-    let _ = full.send(Message::End { read, skipped });
+    Ok(replay)
 }
 
 /// Events read but not applied yet: each event's heap entry is prefetched as it is read and
