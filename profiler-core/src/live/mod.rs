@@ -325,6 +325,9 @@ pub struct LiveModel {
     start_ns: u64,
     names: HashMap<StackId, SiteNames>,
     threads: ThreadTallies,
+    /// Live blocks by size class (see [`size_class`]), followed as records arrive: a
+    /// snapshot never walks the heap.
+    live_by_class: [LiveTally; SIZE_CLASSES],
     history: Vec<HistoryPoint>,
     /// Live bytes per stack at past moments, oldest first (for the sites' rates).
     rate_samples: VecDeque<(u64, Vec<u64>)>,
@@ -338,6 +341,7 @@ impl LiveModel {
             start_ns,
             names: HashMap::new(),
             threads: ThreadTallies::default(),
+            live_by_class: [LiveTally::default(); SIZE_CLASSES],
             history: Vec::new(),
             rate_samples: VecDeque::new(),
             last_snapshot: None,
@@ -353,8 +357,16 @@ impl LiveModel {
     /// Follows one applied record.
     #[inline]
     pub fn observe(&mut self, effect: &Effect) {
+        self.threads.observe(effect);
         if let Some((_, block)) = &effect.created {
-            self.threads.allocated(block);
+            let class = &mut self.live_by_class[size_class(block.size)];
+            class.blocks += 1;
+            class.bytes += block.size;
+        }
+        for (_, block) in effect.released.iter().chain(&effect.overwritten) {
+            let class = &mut self.live_by_class[size_class(block.size)];
+            class.blocks -= 1;
+            class.bytes -= block.size;
         }
     }
 
@@ -431,13 +443,12 @@ impl LiveModel {
         });
 
         let mut sizes = size_rows(recorder, facts.allocator.unwrap_or(Allocator::Unknown));
-        for (_, block) in recorder.heap.blocks() {
-            let size = &mut sizes[size_class(block.size)];
-            size.live_blocks += 1;
-            size.live_bytes += block.size;
+        for (row, live) in sizes.iter_mut().zip(&self.live_by_class) {
+            row.live_blocks = live.blocks;
+            row.live_bytes = live.bytes;
         }
         sizes.retain(|row| row.allocations > 0 || row.live_blocks > 0);
-        let (threads, thread_sites) = self.threads.rows(recorder, now_ns);
+        let (threads, thread_sites) = self.threads.rows(now_ns);
 
         Snapshot {
             elapsed_secs: secs(now_ns),
@@ -552,8 +563,18 @@ impl LiveModel {
 }
 
 /// Every power-of-two class, with what was requested in it so far and what `allocator` gave.
+/// Size classes: 0-1 bytes, then each power of two up to 2^64 (see [`size_class`]).
+const SIZE_CLASSES: usize = 65;
+
+/// Live blocks of one size class.
+#[derive(Clone, Copy, Debug, Default)]
+struct LiveTally {
+    blocks: u64,
+    bytes: u64,
+}
+
 fn size_rows(recorder: &Recorder, allocator: Allocator) -> Vec<SizeRow> {
-    let mut rows: Vec<SizeRow> = (0..65)
+    let mut rows: Vec<SizeRow> = (0..SIZE_CLASSES)
         .map(|class| {
             let (low, high) = class_bounds(class);
             SizeRow {

@@ -447,3 +447,124 @@ fn a_recording_replays_into_snapshots_ending_at_its_final_state() {
     assert_eq!(last.sites.len(), live.sites.iter().count());
     assert!(last.facts.ended);
 }
+
+/// A call of the property test below: malloc or realloc (of the block at `old`, when live)
+/// into slot `slot` by `tid` at `site`, or a free of the block in slot `slot`. Few slots, so
+/// that addresses are handed out again, freed twice and overwritten.
+#[derive(Clone, Debug)]
+enum Call {
+    Malloc {
+        slot: u64,
+        size: u64,
+        tid: u32,
+        site: u64,
+    },
+    Realloc {
+        old: u64,
+        slot: u64,
+        size: u64,
+        tid: u32,
+        site: u64,
+    },
+    Free {
+        slot: u64,
+    },
+}
+
+fn call() -> impl proptest::strategy::Strategy<Value = Call> {
+    use proptest::prelude::*;
+    let size = prop_oneof![1u64..64, 64u64..5000, Just(0u64)];
+    prop_oneof![
+        (0u64..24, size.clone(), 1u32..4, 1u64..5).prop_map(|(slot, size, tid, site)| {
+            Call::Malloc {
+                slot,
+                size,
+                tid,
+                site,
+            }
+        }),
+        (0u64..24, 0u64..24, size, 1u32..4, 1u64..5).prop_map(|(old, slot, size, tid, site)| {
+            Call::Realloc {
+                old,
+                slot,
+                size,
+                tid,
+                site,
+            }
+        }),
+        (0u64..24).prop_map(|slot| Call::Free { slot }),
+    ]
+}
+
+proptest::proptest! {
+    /// A snapshot reads the live blocks per size class and per (thread, site) from counts
+    /// kept as records arrive: they must be what grouping the heap's blocks gives.
+    #[test]
+    fn counted_live_blocks_are_the_heaps(calls in proptest::collection::vec(call(), 1..300)) {
+        let mut h = Harness::new();
+        let addr = |slot: u64| 0x10_0000 + slot * 0x1000;
+        for (i, call) in calls.iter().enumerate() {
+            let ts = i as u64 * 1000;
+            match *call {
+                Call::Malloc { slot, size, tid, site } => h.malloc(tid, addr(slot), size, ts, site),
+                Call::Realloc { old, slot, size, tid, site } => {
+                    let event = Event {
+                        kind: EventKind::Realloc,
+                        tid,
+                        ts_ns: ts,
+                        addr: addr(slot),
+                        size,
+                        old_addr: addr(old),
+                        aux: 0,
+                        flags: 0,
+                    };
+                    let stack = Some(h.recorder.stacks.intern(&[site, 0x10], false));
+                    let effect = h.recorder.apply(&event, stack);
+                    h.model.observe(&effect);
+                }
+                Call::Free { slot } => h.free(addr(slot), ts),
+            }
+        }
+        let snapshot = h.snapshot(SEC);
+        let mut by_class: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+        let mut by_thread_site: BTreeMap<(u32, u32), (u64, u64)> = BTreeMap::new();
+        for (_, block) in h.recorder.heap.blocks() {
+            let class = by_class.entry(size_class(block.size)).or_default();
+            class.0 += 1;
+            class.1 += block.size;
+            let stack = block.stack.map_or(u32::MAX, |id| id.0);
+            let share = by_thread_site.entry((block.tid, stack)).or_default();
+            share.0 += 1;
+            share.1 += block.size;
+        }
+        let counted: BTreeMap<usize, (u64, u64)> = snapshot
+            .sizes
+            .iter()
+            .filter(|row| row.live_blocks > 0)
+            .map(|row| (size_class(row.high), (row.live_blocks, row.live_bytes)))
+            .collect();
+        proptest::prop_assert_eq!(counted, by_class);
+        let threads: BTreeMap<u32, (u64, u64)> = snapshot
+            .threads
+            .iter()
+            .filter(|row| row.live_blocks > 0)
+            .map(|row| (row.tid, (row.live_blocks, row.live_bytes)))
+            .collect();
+        let mut expected_threads: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for (&(tid, _), &(blocks, bytes)) in &by_thread_site {
+            let row = expected_threads.entry(tid).or_default();
+            row.0 += blocks;
+            row.1 += bytes;
+        }
+        proptest::prop_assert_eq!(threads, expected_threads);
+        if snapshot.threads.len() > 1 {
+            let shares: BTreeMap<(u32, u32), (u64, u64)> = snapshot
+                .thread_sites
+                .iter()
+                .filter(|share| share.live_blocks > 0)
+                .map(|share| ((share.tid, share.stack.0), (share.live_blocks, share.live_bytes)))
+                .collect();
+            proptest::prop_assert_eq!(shares, by_thread_site);
+        }
+    }
+}
