@@ -448,3 +448,33 @@ fn t_shows_one_threads_sites_then_the_next_then_all() {
     press(&mut app, KeyCode::Char('4'));
     assert!(contains(&body(&app), "*4243"));
 }
+
+/// Counts of millions and billions keep every digit: their columns widen (python3's
+/// 1,030,355 live blocks of 17-32 B read ",030,355" in a column of 8).
+#[test]
+fn counts_too_wide_for_their_column_widen_it() {
+    let mut many = snapshot();
+    many.sizes[0].live_blocks = 1_030_355;
+    many.sizes[0].allocations = 3_133_757_000;
+    many.sites[0].live_blocks = 12_345_678;
+    many.sites[0].allocations = 1_234_567_890;
+    many.threads[0].live_blocks = 98_765_432_100;
+    let mut app = App {
+        snapshot: Some(Arc::new(many)),
+        ..App::default()
+    };
+    for (key, numbers) in [
+        ('1', ["12,345,678", "1,234,567,890"]),
+        ('3', ["1,030,355", "3,133,757,000"]),
+        ('4', ["98,765,432,100", "100"]),
+    ] {
+        press(&mut app, KeyCode::Char(key));
+        let lines = body(&app);
+        for number in numbers {
+            let whole = lines.iter().any(|line| {
+                line.split_whitespace().any(|word| word.trim_start_matches('>') == number)
+            });
+            assert!(whole, "view {key} lacks {number}:\n{}", show(&lines));
+        }
+    }
+}
