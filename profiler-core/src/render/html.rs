@@ -718,11 +718,14 @@ fn lifetime_table(buckets: &[LifetimeBucket]) -> String {
 }
 
 fn snapshot_html(snapshot: &FragmentationSnapshot) -> String {
+    let ranges = match snapshot.ranges {
+        1 => "1 address range".to_string(),
+        n => format!("{} address ranges", thousands(n as u64)),
+    };
     let mut html = format!(
-        "<p>{} used and {} free in gaps, in {} address ranges; {} blocks mmapped on their own.</p>\n",
+        "<p>{} used and {} free in gaps, in {ranges}; {} blocks mmapped on their own.</p>\n",
         human_bytes(snapshot.used_bytes),
         human_bytes(snapshot.free_bytes),
-        thousands(snapshot.ranges as u64),
         thousands(snapshot.mmapped_blocks)
     );
     if snapshot.largest_ranges.is_empty() {

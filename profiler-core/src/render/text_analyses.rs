@@ -165,11 +165,14 @@ fn write_fragmentation(analyses: &AnalysesReport, out: &mut impl Write) -> io::R
         let Some(largest) = snapshot.largest_ranges.first() else {
             continue;
         };
+        let ranges = match snapshot.ranges {
+            1 => "1 range".to_string(),
+            n => format!("{n} ranges"),
+        };
         lines.push(format!(
-            "  {when}: {} free in gaps between {} of live blocks in {} ranges; largest range {}..{} fragmentation {}",
+            "  {when}: {} free in gaps between {} of live blocks in {ranges}; largest range {}..{} fragmentation {}",
             short_bytes(snapshot.free_bytes),
             short_bytes(snapshot.used_bytes),
-            snapshot.ranges,
             largest.start,
             largest.end,
             percent(largest.fragmentation)
