@@ -472,7 +472,8 @@ fn counts_too_wide_for_their_column_widen_it() {
         let lines = body(&app);
         for number in numbers {
             let whole = lines.iter().any(|line| {
-                line.split_whitespace().any(|word| word.trim_start_matches('>') == number)
+                line.split_whitespace()
+                    .any(|word| word.trim_start_matches('>') == number)
             });
             assert!(whole, "view {key} lacks {number}:\n{}", show(&lines));
         }
