@@ -91,7 +91,7 @@ use std::time::Duration;
 pub use buildid::{build_id, build_id_of, hex};
 pub(crate) use read_thread::each_record;
 pub use reader::{ReadError, ReadErrorKind, Reader, Record};
-pub(crate) use replay::intern_recorded_stack;
+pub(crate) use replay::{ReadAhead, intern_recorded_stack};
 pub use replay::{Replay, replay};
 pub use synthetic::{synthetic_header, write_synthetic_churn};
 pub use writer::Writer;

@@ -59,11 +59,13 @@ pub fn replay<R: Read + Send>(
     let mut ahead = ReadAhead::default();
     let ended = each_record(reader, |record, offset| {
         if let Record::Event { event, stack } = record {
-            ahead.push(*event, stack, recorder, &mut replay);
+            ahead.push(*event, stack, recorder, |r, e, s| {
+                apply(r, &mut replay, e, s)
+            });
             return Ok(());
         }
         // Everything else takes effect in order, after the events before it.
-        ahead.apply_all(recorder, &mut replay);
+        ahead.apply_all(recorder, |r, e, s| apply(r, &mut replay, e, s));
         match record {
             Record::Event { .. } => unreachable!("handled above"),
             Record::Stack { frames, truncated } => {
@@ -85,7 +87,7 @@ pub fn replay<R: Read + Send>(
         }
         Ok(())
     })?;
-    ahead.apply_all(recorder, &mut replay);
+    ahead.apply_all(recorder, |r, e, s| apply(r, &mut replay, e, s));
     replay.skipped = ended.skipped;
     match ended.read {
         Ok(()) => {}
@@ -100,7 +102,7 @@ pub fn replay<R: Read + Send>(
 /// collector does with its ring). On python3's recording (21.8 million events, 4.7 million
 /// addresses) nearly every lookup otherwise waited on memory.
 #[derive(Default)]
-struct ReadAhead {
+pub(crate) struct ReadAhead {
     events: VecDeque<(Event, Option<StackId>)>,
 }
 
@@ -108,26 +110,33 @@ struct ReadAhead {
 const READ_AHEAD: usize = 16;
 
 impl ReadAhead {
+    /// Takes `event`, prefetching its heap entry, and hands the event taken
+    /// [`READ_AHEAD`] events before it to `apply`.
     #[inline]
-    fn push(
+    pub(crate) fn push(
         &mut self,
         event: Event,
         stack: Option<StackId>,
         recorder: &mut Recorder,
-        replay: &mut Replay,
+        mut apply: impl FnMut(&mut Recorder, &Event, Option<StackId>),
     ) {
         recorder.prefetch(event.addr, event.old_addr);
         if self.events.len() == READ_AHEAD
             && let Some((event, stack)) = self.events.pop_front()
         {
-            apply(recorder, replay, &event, stack);
+            apply(recorder, &event, stack);
         }
         self.events.push_back((event, stack));
     }
 
-    fn apply_all(&mut self, recorder: &mut Recorder, replay: &mut Replay) {
+    /// Hands every event taken and not applied yet to `apply`, in order.
+    pub(crate) fn apply_all(
+        &mut self,
+        recorder: &mut Recorder,
+        mut apply: impl FnMut(&mut Recorder, &Event, Option<StackId>),
+    ) {
         for (event, stack) in self.events.drain(..) {
-            apply(recorder, replay, &event, stack);
+            apply(recorder, &event, stack);
         }
     }
 }
