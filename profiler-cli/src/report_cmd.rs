@@ -68,8 +68,12 @@ pub fn report(
     let report = build_report(&session, &mut symbolizer, meta);
     if format == Format::Text {
         let mut stdout = std::io::stdout().lock();
-        write_text(&report, &mut stdout, top)?;
-        stdout.flush()?;
+        // A reader that stops early (`memprof report --format text ... | head`) has what it
+        // wanted: not a failure.
+        match write_text(&report, &mut stdout, top).and_then(|()| stdout.flush()) {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+            written => written?,
+        }
         return Ok(0);
     }
     let dir = OutputDir::open(output)?;
@@ -104,7 +108,7 @@ pub fn report(
         Format::All | Format::Text => unreachable!("handled above"),
     }
     for path in written {
-        eprintln!("wrote {}", path.display());
+        stderr_line!("wrote {}", path.display());
     }
     Ok(0)
 }
@@ -119,7 +123,7 @@ pub fn load(file: &Path) -> Result<Replayed> {
     let replayed = profiler_core::offline::load(reader, ModuleFiles::Host)
         .with_context(|| format!("cannot read {}", file.display()))?;
     if let Some(end) = &replayed.early_end {
-        eprintln!(
+        stderr_line!(
             "memprof: warning: {}: {end}; the report covers the {} events before it",
             file.display(),
             replayed.events

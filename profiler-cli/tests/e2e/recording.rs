@@ -206,3 +206,31 @@ fn report_formats_and_bad_files() {
     );
     assert_eq!(finished.stderr.lines().count(), 1, "{}", finished.stderr);
 }
+
+/// `memprof report --format text FILE | head -1`: a reader that closes the pipe early is no
+/// error (it was "memprof: error: Broken pipe (os error 32)" and exit 1).
+#[test]
+fn a_text_report_whose_reader_is_gone_is_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("synthetic.mprof");
+    let status = Command::new(memprof())
+        .args(["synthesize-recording", "--events", "100000"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = Command::new(memprof())
+        .args(["report", "--format", "text"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The read end closes before memprof has replayed anything: its first write meets a
+    // pipe with no reader.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
