@@ -94,7 +94,7 @@ pub async fn attach(attach: AttachOptions) -> Result<i32> {
     // Handlers first: whoever reads "attached" may send SIGINT at once.
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminations = signal(SignalKind::terminate())?;
-    eprintln!(
+    stderr_line!(
         "memprof: attached to {pid} ({}); Ctrl-C to stop",
         exe.display()
     );
@@ -150,7 +150,7 @@ pub async fn attach(attach: AttachOptions) -> Result<i32> {
         Err(error) => return Err(session.salvage(error)),
     };
     if reason == Stop::TargetExited {
-        eprintln!("memprof: process {pid} exited");
+        stderr_line!("memprof: process {pid} exited");
     }
     // It exited, but only its parent learns how.
     let exit = (reason == Stop::TargetExited).then_some(ExitStatus {

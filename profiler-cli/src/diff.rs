@@ -54,8 +54,8 @@ pub fn diff(args: &DiffOptions) -> Result<i32> {
     let _ = write_diff_table(&report, args.top, &mut stdout)
         .and_then(|()| stdout.finish())
         .and_then(|mut out| out.flush());
-    eprintln!("diff:       {}", json.display());
-    eprintln!("flamegraph: {}", svg.display());
+    stderr_line!("diff:       {}", json.display());
+    stderr_line!("flamegraph: {}", svg.display());
     Ok(0)
 }
 

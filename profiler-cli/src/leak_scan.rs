@@ -132,7 +132,7 @@ pub fn check(
     let mut memory = ProcessMemory::new(pid);
     let result = leak_check::classify(&blocks, &roots, &registers, &segments, &mut memory);
     if crate::timings::enabled() {
-        eprintln!(
+        stderr_line!(
             "leak check: {} blocks, {} root ranges; prepared in {prepared:?}, classified in {:?}",
             blocks.len(),
             roots.len(),

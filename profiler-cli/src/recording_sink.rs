@@ -216,14 +216,14 @@ impl RecordingSink {
     pub fn close(self, trailer: &Trailer, announce: bool) {
         let path = self.path.clone();
         match self.finish(trailer) {
-            Ok((_, 0)) if announce => eprintln!("recording:  {} (0 events)", path.display()),
-            Ok((bytes, events)) if announce => eprintln!(
+            Ok((_, 0)) if announce => stderr_line!("recording:  {} (0 events)", path.display()),
+            Ok((bytes, events)) if announce => stderr_line!(
                 "recording:  {} ({events} events, {:.1} bytes/event)",
                 path.display(),
                 bytes as f64 / events as f64
             ),
             Ok(_) => {}
-            Err(error) => eprintln!("memprof: warning: recording incomplete: {error}"),
+            Err(error) => stderr_line!("memprof: warning: recording incomplete: {error}"),
         }
     }
 }

@@ -144,7 +144,7 @@ impl Session {
         let pid = self.start.pid;
         let stopped = collect::collect(&mut self.source, &mut self.collected, pid, stop).await;
         if let Some(path) = &self.target_output {
-            eprintln!("memprof: the program's output is in {}", path.display());
+            stderr_line!("memprof: the program's output is in {}", path.display());
         }
         self.end_ns = Some(monotonic_ns());
         stopped
@@ -178,7 +178,7 @@ impl Session {
         );
         let meta = self.start.ended(None, end_ns, &self.sites, counters);
         if let Err(error) = finish_session(&mut self.collected, &meta, &self.options) {
-            eprintln!("memprof: error: {error:#}");
+            stderr_line!("memprof: error: {error:#}");
         }
         error
     }
@@ -281,7 +281,7 @@ fn finish_session(
     collected.finish_recording(meta, true);
     let unwound = collected.recorder.unwinder.stats;
     if crate::timings::enabled() && unwound.stacks > 0 {
-        eprintln!(
+        stderr_line!(
             "unwinding: {} stacks, {} joined their thread's last walk, {} frames unwound \
              ({:.1} per stack), {:.0} bytes of stack per snapshot",
             unwound.stacks,

@@ -96,7 +96,7 @@ pub fn compare(options: &CompareOptions) -> Result<i32> {
                 allocator_dir.subdir(&format!("run-{round}"))?
             };
             let output = run_dir.path().to_owned();
-            eprintln!("memprof compare: {name} (run {round} of {})", options.runs);
+            stderr_line!("memprof compare: {name} (run {round} of {})", options.runs);
             let spec = workload::RunSpec {
                 label: name,
                 library: column.library.as_deref(),
@@ -127,7 +127,8 @@ pub fn compare(options: &CompareOptions) -> Result<i32> {
     }
 
     let table = render::table(&columns);
-    print!("{table}");
+    // The files below are written even when stdout's reader is gone.
+    let _ = write!(std::io::stdout(), "{table}");
     let json = serde_json::json!({
         "command": options.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
         "load": options.load,
@@ -139,8 +140,8 @@ pub fn compare(options: &CompareOptions) -> Result<i32> {
         dir.write_atomically("compare.json", |out| out.write_all(json_text.as_bytes()))?;
     let svg_text = render::svg(&columns);
     let svg_path = dir.write_atomically("compare.svg", |out| out.write_all(svg_text.as_bytes()))?;
-    eprintln!("comparison: {}", json_path.display());
-    eprintln!("chart:      {}", svg_path.display());
+    stderr_line!("comparison: {}", json_path.display());
+    stderr_line!("chart:      {}", svg_path.display());
     Ok(if columns.iter().all(|c| c.figures().is_some()) {
         0
     } else {

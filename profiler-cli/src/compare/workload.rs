@@ -3,7 +3,7 @@
 //! optional load command driven against it.
 use std::{
     ffi::OsString,
-    io::{BufRead as _, BufReader, Read},
+    io::{BufRead as _, BufReader, Read, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
@@ -188,7 +188,9 @@ fn echo_lines(pipe: impl Read + Send + 'static, label: String) -> Receiver<Strin
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
-            println!("[{label}] {line}");
+            // Echoed while the line is still read for the ops count, even when stdout's
+            // reader is gone.
+            let _ = writeln!(std::io::stdout(), "[{label}] {line}");
             if tx.send(line).is_err() {
                 break;
             }

@@ -41,7 +41,7 @@ pub fn view(file: &std::path::Path) -> Result<i32> {
         false => file.to_path_buf(),
     };
     let context = || format!("cannot read {}", file.display());
-    eprintln!("memprof: replaying {}", file.display());
+    stderr_line!("memprof: replaying {}", file.display());
     let open = || -> Result<_> {
         let source = std::fs::File::open(&file).with_context(context)?;
         profiler_core::recording::Reader::new(source).with_context(context)
@@ -60,7 +60,7 @@ pub fn view(file: &std::path::Path) -> Result<i32> {
     let snapshots = recorded.snapshots.into_iter().map(Arc::new).collect();
     ui::browse(&info, snapshots);
     if let Some(end) = recorded.early_end {
-        eprintln!(
+        stderr_line!(
             "memprof: warning: {}: {end}; the view stops there",
             file.display()
         );
@@ -251,7 +251,7 @@ impl LiveFeed {
             if crate::timings::enabled() {
                 let ui_secs = self.shared.ui_cpu_ns.load(Ordering::Acquire) as f64 / 1e9;
                 let building = self.building.saturating_sub(self.naming);
-                eprintln!(
+                stderr_line!(
                     "memprof: live view: {} snapshots built in {:.3} s (and {:.3} s naming \
                      stacks, which the report reuses); its thread used {:.3} s of CPU",
                     self.snapshots,

@@ -356,6 +356,43 @@ fn attach_reads_the_files_mapped_not_what_the_targets_namespace_shows() {
     waiter.finish();
 }
 
+/// `memprof attach PID 2>&1 | head -1`: stderr's reader is gone once it has the "attached"
+/// line. memprof's later lines are lost, not its session: it panicked on the "process exited"
+/// line (exit 101) before writing the report.
+#[test]
+fn attach_whose_stderr_reader_is_gone_still_writes_its_report() {
+    use std::io::{BufRead, BufReader};
+    let Some(env) = privileged("attach_whose_stderr_reader_is_gone_still_writes_its_report") else {
+        return;
+    };
+    let mut waiter = Waiter::start(env.dir.path(), Build::FramePointers);
+    let output = env.dir.path().join("out");
+    let mut profiler = Command::new(memprof())
+        .arg("attach")
+        .arg(waiter.child.id().to_string())
+        .arg("--output")
+        .arg(&output)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start memprof attach");
+    let mut stderr = BufReader::new(profiler.stderr.take().expect("piped stderr"));
+    let mut first = String::new();
+    stderr.read_line(&mut first).expect("read memprof's stderr");
+    assert!(first.contains("attached"), "{first}");
+    drop(stderr);
+    waiter.allocate();
+    drop(waiter.stdin.take());
+    let status = wait_deadline(
+        &mut profiler,
+        DEADLINE,
+        "memprof attach as its target exits",
+    );
+    assert!(status.success(), "memprof attach: {status}");
+    assert_waiter_window(&read_report(&output));
+}
+
 fn read_report(output: &std::path::Path) -> Value {
     let path = output.join("report.json");
     let text = std::fs::read_to_string(&path)
