@@ -93,9 +93,9 @@ impl Drop for Waiter {
     }
 }
 
-/// Starts `memprof attach PID --output OUT [EXTRA...]` and waits for its "attached" line.
-fn attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> (Child, Receiver<String>) {
-    let mut child = Command::new(memprof())
+/// Starts `memprof attach PID --output OUT [EXTRA...]`, its stderr piped.
+fn spawn_attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new(memprof())
         .arg("attach")
         .arg(pid.to_string())
         .arg("--output")
@@ -105,7 +105,12 @@ fn attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> (Child, Receive
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start memprof attach");
+        .expect("start memprof attach")
+}
+
+/// Starts `memprof attach PID --output OUT [EXTRA...]` and waits for its "attached" line.
+fn attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> (Child, Receiver<String>) {
+    let mut child = spawn_attach(pid, output, extra);
     let stderr = line_channel(child.stderr.take().expect("piped stderr"));
     wait_for_line(&stderr, "attached", "memprof attach");
     (child, stderr)
@@ -367,16 +372,7 @@ fn attach_whose_stderr_reader_is_gone_still_writes_its_report() {
     };
     let mut waiter = Waiter::start(env.dir.path(), Build::FramePointers);
     let output = env.dir.path().join("out");
-    let mut profiler = Command::new(memprof())
-        .arg("attach")
-        .arg(waiter.child.id().to_string())
-        .arg("--output")
-        .arg(&output)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start memprof attach");
+    let mut profiler = spawn_attach(waiter.child.id(), &output, &[]);
     let mut stderr = BufReader::new(profiler.stderr.take().expect("piped stderr"));
     let mut first = String::new();
     stderr.read_line(&mut first).expect("read memprof's stderr");

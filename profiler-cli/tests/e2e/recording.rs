@@ -16,6 +16,19 @@ fn report_json(dir: &Path) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// `DIR/synthetic.mprof`: memprof's deterministic churn recording of 100,000 events (no root
+/// needed).
+fn synthetic_recording(dir: &Path) -> std::path::PathBuf {
+    let file = dir.join("synthetic.mprof");
+    let status = Command::new(memprof())
+        .args(["synthesize-recording", "--events", "100000"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    file
+}
+
 fn memprof_report(args: &[&str], file: &Path, output: &Path) -> crate::support::Finished {
     let mut cmd = Command::new(memprof());
     cmd.arg("report")
@@ -159,13 +172,7 @@ fn a_killed_memprof_leaves_a_readable_recording() {
 fn report_formats_and_bad_files() {
     // No probes here: a synthetic recording, so no root needed.
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("synthetic.mprof");
-    let status = Command::new(memprof())
-        .args(["synthesize-recording", "--events", "100000"])
-        .arg(&file)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let file = synthetic_recording(dir.path());
     let out = dir.path().join("pprof");
     let finished = memprof_report(&["--format", "pprof"], &file, &out);
     assert!(finished.status.success(), "{}", finished.stderr);
@@ -212,13 +219,7 @@ fn report_formats_and_bad_files() {
 #[test]
 fn a_text_report_whose_reader_is_gone_is_no_error() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("synthetic.mprof");
-    let status = Command::new(memprof())
-        .args(["synthesize-recording", "--events", "100000"])
-        .arg(&file)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let file = synthetic_recording(dir.path());
     let mut child = Command::new(memprof())
         .args(["report", "--format", "text"])
         .arg(&file)
