@@ -14,6 +14,7 @@
 //! ring. `report_writer` turns the result into the terminal summary and the files. With
 //! `--live`, `live` shows the session on a full-screen terminal view fed by `collect`'s loop
 //! (and `memprof view` shows a recording there).
+
 /// `eprintln!` that cannot panic: a stderr whose reader is gone (`memprof attach PID 2>&1 |
 /// head`) loses the line; `eprintln!` would panic and lose the session's report with it.
 macro_rules! stderr_line {

@@ -83,6 +83,15 @@ pub struct Effect {
     pub new_peak: bool,
 }
 
+impl Effect {
+    /// The blocks the event ended (overwritten, then released), borrowed: copying them into a
+    /// temporary array costs more than everything the analyses do with them.
+    #[inline]
+    pub fn ended(&self) -> impl Iterator<Item = &(u64, Block)> {
+        self.overwritten.iter().chain(&self.released)
+    }
+}
+
 /// A free of a pointer that had already been freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DoubleFree {

@@ -71,11 +71,7 @@ impl SiteStats {
     /// Follows one applied event. `stack` is the event's stack; the blocks in `effect` carry
     /// their own (a free releases a block allocated elsewhere).
     pub fn observe(&mut self, _event: &Event, _stack: Option<StackId>, effect: &Effect) {
-        // Borrowed, not copied: see `analysis::ended_blocks`.
-        if let Some((_, block)) = &effect.overwritten {
-            self.release(block);
-        }
-        if let Some((_, block)) = &effect.released {
+        for (_, block) in effect.ended() {
             self.release(block);
         }
         if let Some((_, block)) = &effect.created {

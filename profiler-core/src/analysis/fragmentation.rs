@@ -66,7 +66,7 @@ impl Analysis for PeakBlocks {
             return;
         }
         let Some(peak) = self.peak_ts_ns else { return };
-        for (addr, block) in super::ended_blocks(effect) {
+        for (addr, block) in effect.ended() {
             if self.live_at_peak(*addr, block.ts_ns)
                 && (self.released.len() as u64) < self.peak_blocks
             {

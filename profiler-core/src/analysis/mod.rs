@@ -148,7 +148,7 @@ impl Analyses {
     /// Follows one applied event.
     pub fn observe(&mut self, event: &Event, effect: &Effect) {
         self.last_ns = self.last_ns.max(event.ts_ns);
-        for (_, block) in ended_blocks(effect) {
+        for (_, block) in effect.ended() {
             self.live_bytes -= block.size;
             self.live_blocks -= 1;
         }
@@ -232,12 +232,6 @@ fn overhead(points: &[TimelinePoint]) -> Vec<OverheadPoint> {
             })
         })
         .collect()
-}
-
-/// The blocks an event ended (overwritten, then released), borrowed: copying the effect's
-/// blocks into a temporary array costs more than everything the analyses do with them.
-fn ended_blocks(effect: &Effect) -> impl Iterator<Item = &(u64, crate::heap::Block)> {
-    effect.overwritten.iter().chain(&effect.released)
 }
 
 fn per_operation(heap: &HeapState, ops: u64) -> PerOperation {

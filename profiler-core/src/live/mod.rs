@@ -363,7 +363,7 @@ impl LiveModel {
             class.blocks += 1;
             class.bytes += block.size;
         }
-        for (_, block) in effect.released.iter().chain(&effect.overwritten) {
+        for (_, block) in effect.ended() {
             let class = &mut self.live_by_class[size_class(block.size)];
             class.blocks -= 1;
             class.bytes -= block.size;
@@ -562,7 +562,6 @@ impl LiveModel {
     }
 }
 
-/// Every power-of-two class, with what was requested in it so far and what `allocator` gave.
 /// Size classes: 0-1 bytes, then each power of two up to 2^64 (see [`size_class`]).
 const SIZE_CLASSES: usize = 65;
 
@@ -573,6 +572,7 @@ struct LiveTally {
     bytes: u64,
 }
 
+/// Every power-of-two class, with what was requested in it so far and what `allocator` gave.
 fn size_rows(recorder: &Recorder, allocator: Allocator) -> Vec<SizeRow> {
     let mut rows: Vec<SizeRow> = (0..SIZE_CLASSES)
         .map(|class| {

@@ -74,7 +74,7 @@ impl ThreadTallies {
             change.live_bytes = change.live_bytes.wrapping_add(block.size);
             change.live_blocks = change.live_blocks.wrapping_add(1);
         }
-        for (_, block) in effect.released.iter().chain(&effect.overwritten) {
+        for (_, block) in effect.ended() {
             let change = self.change(block);
             change.live_bytes = change.live_bytes.wrapping_sub(block.size);
             change.live_blocks = change.live_blocks.wrapping_sub(1);

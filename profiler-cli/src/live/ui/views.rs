@@ -1,9 +1,7 @@
 //! The live view's five views, each a table over the snapshot: Sites, Growing, Sizes,
 //! Threads, Lifetimes.
 use profiler_core::analysis::allocator::Allocator;
-use profiler_core::live::{
-    SiteRow, SiteSort, SizeRow, Snapshot, ThreadRow, growth_rows, site_rows,
-};
+use profiler_core::live::{SiteRow, SiteSort, Snapshot, growth_rows, site_rows};
 use profiler_core::render::{short_bytes, thousands};
 use ratatui::{
     Frame,
@@ -37,10 +35,18 @@ pub(super) fn table<'a>(
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-/// A column `width` wide, or as wide as its widest cell (`lengths`, in characters): a table
-/// must not cut the digits off a count of millions.
-fn fitted(width: u16, lengths: impl Iterator<Item = usize>) -> Constraint {
-    let widest = lengths.max().unwrap_or(0);
+/// A column of counts (`count` of each row, written with thousands separators) `width` wide,
+/// or as wide as its widest count: a table must not cut the digits off a count of millions.
+fn count_column<'a, T: 'a>(
+    rows: impl IntoIterator<Item = &'a T>,
+    count: impl Fn(&T) -> u64,
+    width: u16,
+) -> Constraint {
+    let widest = rows
+        .into_iter()
+        .map(|row| thousands(count(row)).len())
+        .max()
+        .unwrap_or(0);
     Constraint::Length(width.max(u16::try_from(widest).unwrap_or(u16::MAX)))
 }
 
@@ -76,11 +82,8 @@ pub(super) fn render_sites(frame: &mut Frame, area: Rect, app: &App, s: &Snapsho
         mark(SiteSort::Growth, "growth"),
         "function".to_string(),
     ];
-    let count_width = |count: fn(&SiteRow) -> u64, width| {
-        fitted(width, rows.iter().map(|row| thousands(count(row)).len()))
-    };
-    let blocks_width = count_width(|row| row.live_blocks, 9);
-    let allocs_width = count_width(|row| row.allocations, 9);
+    let blocks_width = count_column(rows.iter().copied(), |row| row.live_blocks, 9);
+    let allocs_width = count_column(rows.iter().copied(), |row| row.allocations, 9);
     let rows: Vec<Row> = rows
         .into_iter()
         .map(|row: &SiteRow| {
@@ -211,13 +214,10 @@ pub(super) fn render_sizes(frame: &mut Frame, area: Rect, app: &App, s: &Snapsho
     ]
     .map(String::from)
     .to_vec();
-    let count_width = |count: fn(&SizeRow) -> u64, width| {
-        fitted(width, s.sizes.iter().map(|row| thousands(count(row)).len()))
-    };
     let widths = vec![
         Constraint::Length(17),
-        count_width(|row| row.allocations, 10),
-        count_width(|row| row.live_blocks, 8),
+        count_column(&s.sizes, |row| row.allocations, 10),
+        count_column(&s.sizes, |row| row.live_blocks, 8),
         Constraint::Length(10),
         Constraint::Length(6),
         Constraint::Min(10),
@@ -265,17 +265,11 @@ pub(super) fn render_threads(frame: &mut Frame, area: Rect, app: &App, s: &Snaps
     let header = ["tid", "live▼", "blocks", "allocs", "allocs/s"]
         .map(String::from)
         .to_vec();
-    let count_width = |count: fn(&ThreadRow) -> u64, width| {
-        fitted(
-            width,
-            s.threads.iter().map(|row| thousands(count(row)).len()),
-        )
-    };
     let widths = vec![
         Constraint::Length(9),
         Constraint::Length(11),
-        count_width(|row| row.live_blocks, 10),
-        count_width(|row| row.allocations, 12),
+        count_column(&s.threads, |row| row.live_blocks, 10),
+        count_column(&s.threads, |row| row.allocations, 12),
         Constraint::Length(12),
     ];
     table(
