@@ -402,7 +402,8 @@ impl Collected {
 
     /// Writes the recording's trailer; `announce` prints where the recording is.
     pub fn finish_recording(&mut self, meta: &Meta<'_>, announce: bool) {
-        if let Some(sink) = self.recording.take() {
+        if let Some(mut sink) = self.recording.take() {
+            sink.live_blocks(&self.recorder.heap);
             let trailer = profiler_core::recording::Trailer {
                 end_monotonic_ns: meta.end_ns,
                 exit: meta.exit,
@@ -538,7 +539,7 @@ impl Collected {
                 if let Some(sink) = &mut self.recording {
                     let unwind_errors = self.recorder.unwinder.stats.errors;
                     let counters = &self.loss_counters;
-                    sink.ingested(&ingested, &self.recorder.stacks, || {
+                    sink.ingested(&ingested, &self.recorder, || {
                         losses(counters, unwind_errors)
                     });
                 }

@@ -12,11 +12,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use profiler_core::{
+    heap::HeapState,
     maps::ProcessMaps,
-    recorder::Ingested,
+    recorder::{Ingested, Recorder},
     recording::{MappingRecord, Trailer, Writer},
     report::{Capture, LostCounts},
-    stacks::StackTable,
 };
 
 use crate::{
@@ -57,7 +57,7 @@ impl RecordingSink {
     pub fn ingested(
         &mut self,
         ingested: &Ingested,
-        stacks: &StackTable,
+        recorder: &Recorder,
         lost: impl FnOnce() -> Option<LostCounts>,
     ) {
         self.with_writer(|writer| {
@@ -66,8 +66,13 @@ impl RecordingSink {
             {
                 writer.lost(&(&lost).into())?;
             }
-            writer.ingested(ingested, stacks)
+            writer.ingested(ingested, recorder)
         });
+    }
+
+    /// The blocks live at the end, after the last event (see [`Writer::live_blocks`]).
+    pub fn live_blocks(&mut self, heap: &HeapState) {
+        self.with_writer(|writer| writer.live_blocks(heap));
     }
 
     /// Records the mappings of `maps` not recorded yet, with their build-ids.

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use profiler_core::{
     offline::{ModuleFiles, Replayed},
     output_dir::{OutputDir, create_file},
-    recording::{Reader, write_synthetic_churn},
+    recording::{ReadError, Reader, write_synthetic_churn},
     render::{FlameKind, Printable, write_flamegraph, write_folded, write_json, write_text},
     session_end::{build_report, write_pprof_file},
 };
@@ -120,7 +120,9 @@ pub fn load(file: &Path) -> Result<Replayed> {
     // Unbuffered: the reader reads each chunk whole into its own buffer, so a BufReader
     // would only copy every chunk once more.
     let reader = Reader::new(source).with_context(|| format!("cannot read {}", file.display()))?;
-    let replayed = profiler_core::offline::load(reader, ModuleFiles::Host)
+    // Opened again only when the first reading cannot stand alone (see `offline::load`).
+    let reopen = || Reader::new(File::open(file).map_err(ReadError::opening)?);
+    let replayed = profiler_core::offline::load(reader, reopen, ModuleFiles::Host)
         .with_context(|| format!("cannot read {}", file.display()))?;
     if let Some(end) = &replayed.early_end {
         stderr_line!(

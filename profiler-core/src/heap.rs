@@ -8,7 +8,8 @@
 use crate::event::Event;
 use crate::fasthash::FastHashMap;
 use crate::stacks::StackId;
-use block_table::{BlockTable, Remembered};
+use block_store::BlockStore;
+use block_table::Remembered;
 use profiler_common::{
     EventKind, FLAG_ALLOCATOR_INTERNAL, FLAG_INHERITED_AT_FORK, FLAG_REALLOC_ENTRY,
     FLAG_RELEASED_BY_EXEC, KIND_SLOTS,
@@ -20,7 +21,12 @@ use std::collections::BTreeMap;
 
 mod address_table;
 mod block_infos;
+pub(crate) mod block_ring;
+pub(crate) mod block_store;
 mod block_table;
+
+pub use block_ring::Lookup;
+pub use block_store::RecordedLookups;
 
 /// What mmap returns on failure: `(void *)-1`.
 pub const MAP_FAILED: u64 = u64::MAX;
@@ -228,8 +234,9 @@ impl Default for HeapStats {
 pub struct HeapState {
     mode: Mode,
     stats: HeapStats,
-    /// Live blocks and freed ones (until their address is handed out again), by address.
-    blocks: BlockTable,
+    /// Live blocks and freed ones (until their address is handed out again), by address; or,
+    /// replaying a recording, the answers it recorded (`block_store.rs`).
+    blocks: BlockStore,
     double_free_records: Vec<DoubleFree>,
     /// Non-overlapping live regions by start address.
     regions: BTreeMap<u64, Region>,
@@ -260,11 +267,48 @@ impl HeapState {
         Self {
             mode,
             stats: HeapStats::default(),
-            blocks: BlockTable::default(),
+            blocks: BlockStore::default(),
             double_free_records: Vec::new(),
             regions: BTreeMap::new(),
             reallocs_in_flight: FastHashMap::default(),
         }
+    }
+
+    /// A heap that looks its blocks up in the answers a recording carries
+    /// ([`HeapState::apply_recorded`]) instead of a table of every address, and takes the
+    /// blocks live at the end from it ([`HeapState::end_recorded`]).
+    pub fn answered(mode: Mode) -> Self {
+        Self {
+            blocks: BlockStore::answered(),
+            ..Self::new(mode)
+        }
+    }
+
+    /// Takes the blocks live at the end of an [`answered`](HeapState::answered) heap's
+    /// recording, which must be the blocks its events left live: as many, as many bytes.
+    pub fn end_recorded(&mut self, live: &[(u64, Block)]) -> Result<(), String> {
+        let bytes: u64 = live.iter().map(|(_, block)| block.size).sum();
+        let counted = (self.stats.live_blocks, self.stats.live_bytes);
+        if (live.len() as u64, bytes) != counted {
+            return Err(format!(
+                "the recording ends with {} live blocks of {bytes} bytes, its events leave {} of {}",
+                live.len(),
+                counted.0,
+                counted.1
+            ));
+        }
+        let table = self.blocks.table_mut();
+        for (addr, block) in live {
+            if table.insert_live(*addr, block).is_some() {
+                return Err(format!("the recording's live blocks name {addr:#x} twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lookups the last event made and what they found (a heap with a table).
+    pub fn tape(&self) -> Option<&block_store::Tape> {
+        self.blocks.tape()
     }
 
     pub fn mode(&self) -> Mode {
@@ -277,26 +321,32 @@ impl HeapState {
 
     /// Live malloc-family blocks by address, in no particular order.
     pub fn blocks(&self) -> impl Iterator<Item = (u64, Block)> + '_ {
-        self.blocks.iter().filter_map(|(addr, held)| match held {
-            Remembered::Live(block) => Some((addr, block)),
-            Remembered::Freed(_) => None,
-        })
+        self.blocks
+            .table()
+            .iter()
+            .filter_map(|(addr, held)| match held {
+                Remembered::Live(block) => Some((addr, block)),
+                Remembered::Freed(_) => None,
+            })
     }
 
     /// Every address the allocator handed a block out at, as far as the heap remembers: the
     /// live blocks and every freed one not handed out again (so in Run mode, every address a
     /// block ever had). In no particular order.
     pub fn block_addresses(&self) -> impl Iterator<Item = u64> + '_ {
-        self.blocks.iter().map(|(addr, _)| addr)
+        self.blocks.table().iter().map(|(addr, _)| addr)
     }
 
     /// Blocks freed while observed whose address was not handed out again, as (address,
     /// size), in no particular order.
     pub fn freed_blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.blocks.iter().filter_map(|(addr, held)| match held {
-            Remembered::Freed(freed) => Some((addr, freed.size)),
-            Remembered::Live(_) => None,
-        })
+        self.blocks
+            .table()
+            .iter()
+            .filter_map(|(addr, held)| match held {
+                Remembered::Freed(freed) => Some((addr, freed.size)),
+                Remembered::Live(_) => None,
+            })
     }
 
     /// Forgets the freed blocks (keeping the live ones), once no event will follow and the
@@ -306,12 +356,12 @@ impl HeapState {
     /// [`HeapState::block_addresses`] and [`HeapState::freed_blocks`] then hold the live ones
     /// only, and a free of a forgotten block would count as unknown.
     pub fn forget_freed(&mut self) {
-        self.blocks.retain_live();
+        self.blocks.table_mut().retain_live();
     }
 
     /// `addr` is a live malloc-family block.
     pub fn is_live(&self, addr: u64) -> bool {
-        self.blocks.is_live(addr)
+        self.blocks.table().is_live(addr)
     }
 
     /// Live mmap regions by start address, ascending.
@@ -327,12 +377,25 @@ impl HeapState {
     /// A hint that an event about `addr` comes soon: its entry is brought into the cache.
     #[inline]
     pub fn prefetch(&self, addr: u64) {
-        self.blocks.prefetch(addr);
+        self.blocks.table().prefetch(addr);
     }
 
     /// Applies one event and says what it did to the blocks. `stack` is where the call was
     /// made (ignored by free and munmap, which create nothing that a report attributes).
     pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {
+        self.apply_recorded(event, stack, &RecordedLookups::default())
+    }
+
+    /// [`HeapState::apply`], with the answers a recording gave for the event's lookups (an
+    /// [`answered`](HeapState::answered) heap; a heap with a table ignores them).
+    #[inline]
+    pub fn apply_recorded(
+        &mut self,
+        event: &Event,
+        stack: Option<StackId>,
+        answers: &RecordedLookups,
+    ) -> Effect {
+        self.blocks.begin_event(answers);
         if event.flags & FLAG_REALLOC_ENTRY != 0 {
             self.realloc_entry(event);
             return Effect::default();
@@ -393,8 +456,7 @@ impl HeapState {
             stack,
         };
         // Replaces what a Run-mode free left there: the address is no longer a freed block.
-        let replaced = self.blocks.insert_live(event.addr, &block);
-        if let Some(Remembered::Live(missed)) = replaced {
+        if let Some(missed) = self.blocks.insert_live(event.addr, &block) {
             self.stats.live_blocks -= 1;
             self.stats.live_bytes -= missed.size;
             // Another thread's realloc released it before its own record was written (the
@@ -433,10 +495,13 @@ impl HeapState {
             ts_ns: event.ts_ns,
             stack,
         };
-        let replaced = self.blocks.insert_live(event.addr, &block);
-        if let Some(Remembered::Live(_)) = replaced {
-            // Never happens: the parent's heap holds each address once.
-            return;
+        if let Some(missed) = self.blocks.insert_live(event.addr, &block) {
+            // The parent's heap holds each address once, so only a block of this process
+            // replaced without a free can be here: forgotten, as in `allocate`.
+            self.stats.live_blocks -= 1;
+            self.stats.live_bytes -= missed.size;
+            self.stats.overwritten_blocks += 1;
+            effect.overwritten = Some((event.addr, missed));
         }
         effect.created = Some((event.addr, block));
         self.stats.live_blocks += 1;
@@ -479,7 +544,9 @@ impl HeapState {
 
     /// A realloc of a live block starts ([`FLAG_REALLOC_ENTRY`]): not a call, no change.
     fn realloc_entry(&mut self, event: &Event) {
-        if self.is_live(event.old_addr) && self.reallocs_in_flight.len() < MAX_REALLOCS_IN_FLIGHT {
+        if self.blocks.query_live(event.old_addr)
+            && self.reallocs_in_flight.len() < MAX_REALLOCS_IN_FLIGHT
+        {
             self.reallocs_in_flight.insert(
                 event.tid,
                 ReallocInFlight {

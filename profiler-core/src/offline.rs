@@ -11,6 +11,7 @@ use crate::maps::ProcessMaps;
 use crate::recorder::Recorder;
 use crate::recording::{
     MappingRecord, ReadError, Reader, Replay, build_id, every_file_untrusted, process_maps, replay,
+    replay_answered,
 };
 use crate::report::{LostCounts, ReportMeta};
 use crate::session_end::SessionView;
@@ -120,10 +121,23 @@ impl Replayed {
 
 /// Replays `reader` into a fresh recorder and rebuilds the rest of the session. A recording
 /// that stops early is replayed up to where it stops ([`Replayed::early_end`]); corruption is
-/// an error.
-pub fn load<R: Read + Send>(reader: Reader<R>, files: ModuleFiles) -> Result<Replayed, ReadError> {
-    let mut recorder = Recorder::new(reader.header().mode);
-    let replay = replay(reader, &mut recorder)?;
+/// an error. The heap answers its lookups from the recording when it can
+/// ([`replay_answered`]); otherwise `reopen` gives the recording again, from its start, for a
+/// replay with a table of every address.
+pub fn load<R: Read + Send>(
+    reader: Reader<R>,
+    reopen: impl FnOnce() -> Result<Reader<R>, ReadError>,
+    files: ModuleFiles,
+) -> Result<Replayed, ReadError> {
+    let mode = reader.header().mode;
+    let mut recorder = Recorder::new(mode);
+    let replay = match replay_answered(reader, &mut recorder)? {
+        Some(replay) => replay,
+        None => {
+            recorder = Recorder::new(mode);
+            replay(reopen()?, &mut recorder)?
+        }
+    };
     // Every event is applied and the leak check came recorded: the reports need only the
     // live blocks.
     recorder.heap.forget_freed();
@@ -283,7 +297,8 @@ mod tests {
         writer.symbols(&symbols).unwrap();
         let trailer = crate::recording::Trailer::ended_at(header.start_monotonic_ns);
         let bytes = writer.finish(&trailer).unwrap();
-        let replayed = load(Reader::new(&bytes[..]).unwrap(), ModuleFiles::Host).unwrap();
+        let open = || Reader::new(&bytes[..]);
+        let replayed = load(open().unwrap(), open, ModuleFiles::Host).unwrap();
         assert!(replayed.replaced.is_empty(), "{:?}", replayed.replaced);
         assert!(replayed.maps.iter().all(|mapping| mapping.deleted));
         let mut symbolizer = replayed.symbolizer();
@@ -421,7 +436,8 @@ mod tests {
                 .unwrap();
             let trailer = Trailer::ended_at(20);
             let bytes = writer.finish(&trailer).unwrap();
-            let replayed = load(crate::recording::Reader::new(&bytes[..]).unwrap(), ModuleFiles::Host).unwrap();
+            let open = || crate::recording::Reader::new(&bytes[..]);
+            let replayed = load(open().unwrap(), open, ModuleFiles::Host).unwrap();
             let mut symbolizer = crate::symbolize::Symbolizer::new(&replayed.maps);
             let report = crate::session_end::build_report(&replayed.view(), &mut symbolizer, &replayed.meta);
             proptest::prop_assert_eq!(report.summary.live_blocks, 1);

@@ -9,7 +9,7 @@
 use crate::allocator_code::AllocatorCode;
 use crate::analysis::Analyses;
 use crate::event::{DecodeError, Event, RecordStack, decode};
-use crate::heap::{Effect, HeapState, Mode};
+use crate::heap::{Effect, HeapState, Mode, RecordedLookups};
 use crate::sites::SiteStats;
 use crate::stacks::{StackId, StackNumbers, StackTable};
 use crate::unwind::{ModuleSource, NoModuleSource, StackUnwinder};
@@ -131,7 +131,19 @@ impl Recorder {
     /// replay's loop, so that the effect is not copied out of a call it is never used after.
     #[inline]
     pub fn apply(&mut self, event: &Event, stack: Option<StackId>) -> Effect {
-        let effect = self.heap.apply(event, stack);
+        self.apply_recorded(event, stack, &RecordedLookups::default())
+    }
+
+    /// [`Recorder::apply`] with the answers a recording gave for the event's heap lookups
+    /// ([`HeapState::apply_recorded`]).
+    #[inline]
+    pub fn apply_recorded(
+        &mut self,
+        event: &Event,
+        stack: Option<StackId>,
+        answers: &RecordedLookups,
+    ) -> Effect {
+        let effect = self.heap.apply_recorded(event, stack, answers);
         self.sites.observe(event, stack, &effect);
         self.analyses.observe(event, &effect);
         self.events += 1;

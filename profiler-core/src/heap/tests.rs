@@ -1038,3 +1038,131 @@ fn a_forked_child_starts_with_its_parents_blocks_without_calls() {
     assert_eq!(heap.regions().count(), 0);
     assert_eq!(stats.peak_live_bytes, 174);
 }
+
+/// Events for the answered heap: few addresses (double frees, overwrites, reallocs in place)
+/// among many (blocks that leave the ring), three threads, realloc entries, the allocator's
+/// own frees, a fork's inherited blocks and an exec's releases.
+fn answered_event() -> impl Strategy<Value = Event> {
+    let addr = prop_oneof![3 => 1..8u64, 1 => 8..160u64].prop_map(|slot| 0x1000 + slot * 0x40);
+    let kind = prop_oneof![
+        4 => Just(EventKind::Malloc),
+        1 => Just(EventKind::Calloc),
+        2 => Just(EventKind::Realloc),
+        4 => Just(EventKind::Free),
+    ];
+    let flags = prop_oneof![
+        12 => Just(0),
+        2 => Just(FLAG_REALLOC_ENTRY),
+        1 => Just(FLAG_ALLOCATOR_INTERNAL),
+        1 => Just(FLAG_INHERITED_AT_FORK),
+        1 => Just(FLAG_RELEASED_BY_EXEC),
+    ];
+    (kind, addr.clone(), addr, 0..100u64, 1..4u32, flags).prop_map(
+        |(kind, addr, old, size, tid, flags)| {
+            let mut event = Event::of(kind).addr(addr).size(size).tid(tid);
+            event.flags = flags;
+            match kind {
+                EventKind::Free => event.size(0),
+                EventKind::Realloc => event.old(if size % 7 == 0 { 0 } else { old }),
+                _ if flags == FLAG_REALLOC_ENTRY => event.old(old),
+                _ => event,
+            }
+        },
+    )
+}
+
+/// Applies `events` to a heap with a table, and to an answered heap with the answers its
+/// writer's ring could not infer; both must see the same effects, totals and live blocks.
+/// Returns how many answers were recorded.
+fn answered_heap_sees_what_the_table_saw(
+    mode: Mode,
+    events: &[Event],
+) -> Result<usize, TestCaseError> {
+    let mut table = HeapState::new(mode);
+    let mut answered = HeapState::answered(mode);
+    let mut ring = block_ring::BlockRing::default();
+    let mut recorded = 0;
+    for (i, event) in events.iter().enumerate() {
+        let event = event.at(i as u64 * 1000);
+        let stack = Some(StackId(i as u32 % 5));
+        let effect = table.apply(&event, stack);
+        let answers =
+            block_store::recorded_answers(&mut ring, table.tape().expect("a table's tape"));
+        recorded += answers.iter().flatten().count();
+        prop_assert_eq!(
+            answered.apply_recorded(&event, stack, &answers),
+            effect,
+            "event {}",
+            i
+        );
+    }
+    prop_assert_eq!(answered.stats(), table.stats());
+    prop_assert_eq!(answered.double_frees(), table.double_frees());
+    let sorted = |heap: &HeapState| {
+        let mut blocks: Vec<_> = heap.blocks().collect();
+        blocks.sort_by_key(|(addr, _)| *addr);
+        blocks
+    };
+    let live = sorted(&table);
+    prop_assert_eq!(answered.blocks().count(), 0, "no table before the end");
+    answered.end_recorded(&live).map_err(TestCaseError::fail)?;
+    prop_assert_eq!(sorted(&answered), live);
+    Ok(recorded)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn an_answered_heap_matches_the_table_in_run_mode(
+        events in proptest::collection::vec(answered_event(), 0..300)
+    ) {
+        answered_heap_sees_what_the_table_saw(Mode::Run, &events)?;
+    }
+
+    #[test]
+    fn an_answered_heap_matches_the_table_in_attach_mode(
+        events in proptest::collection::vec(answered_event(), 0..300)
+    ) {
+        answered_heap_sees_what_the_table_saw(Mode::Attach, &events)?;
+    }
+}
+
+#[test]
+fn recent_blocks_need_no_answers_and_old_or_odd_ones_do() {
+    let mut events = Vec::new();
+    // A malloc and its free, a realloc of a recent block, in place and moved.
+    events.extend([malloc(0x10, 8, 0), free(0x10, 0), malloc(0x20, 8, 0)]);
+    events.extend([realloc(0x20, 0x20, 16, 0), realloc(0x20, 0x30, 32, 0)]);
+    let recorded = answered_heap_sees_what_the_table_saw(Mode::Run, &events).unwrap();
+    assert_eq!(recorded, 0, "the ring infers every lookup of recent blocks");
+    // A block 100 allocations old and a double free of it are answered; a free of a block
+    // never seen is what the ring infers (nothing there).
+    let mut events: Vec<Event> = (0..100).map(|i| malloc(0x1000 + i * 16, 8, 0)).collect();
+    events.extend([free(0x1000, 0), free(0x1000, 0), free(0x9999_0000, 0)]);
+    let recorded = answered_heap_sees_what_the_table_saw(Mode::Run, &events).unwrap();
+    assert_eq!(recorded, 2);
+}
+
+#[test]
+fn live_blocks_at_the_end_must_be_those_the_events_left() {
+    let mut heap = HeapState::answered(Mode::Run);
+    heap.apply(&malloc(0x10, 8, 0), None);
+    heap.apply(&malloc(0x20, 8, 0), None);
+    let block = Block {
+        size: 8,
+        kind: EventKind::Malloc,
+        tid: 7,
+        ts_ns: 0,
+        stack: None,
+    };
+    let error = heap.end_recorded(&[]).unwrap_err();
+    assert!(
+        error.contains("0 live blocks of 0 bytes, its events leave 2 of 16"),
+        "{error}"
+    );
+    let error = heap
+        .end_recorded(&[(0x10, block), (0x10, block)])
+        .unwrap_err();
+    assert!(error.contains("name 0x10 twice"), "{error}");
+}

@@ -63,7 +63,7 @@ pub fn recorded_snapshots<R: Read + Send>(
     };
     let mut ahead = ReadAhead::default();
     let ended = each_record(reader, |record, offset| {
-        if let Record::Event { event, stack } = record {
+        if let Record::Event { event, stack, .. } = record {
             ahead.push(*event, stack, &mut recorder, |recorder, event, stack| {
                 timeline.event(recorder, &mut namer, &facts, event, stack);
             });
@@ -91,8 +91,9 @@ pub fn recorded_snapshots<R: Read + Send>(
             Record::Lost(lost) => {
                 facts.lost_events = lost.by_kind.iter().sum::<u64>() + lost.inflight_full;
             }
-            // The namer has the recorded frames from the start.
-            Record::LeakCheck(_) | Record::Symbols(_) => {}
+            // The namer has the recorded frames from the start; the view keeps a table of the
+            // blocks.
+            Record::LeakCheck(_) | Record::Symbols(_) | Record::LiveBlocks(_) => {}
             Record::Trailer(trailer) => {
                 timeline.last_ts = timeline.last_ts.max(trailer.end_monotonic_ns);
                 let lost = &trailer.lost;

@@ -3,6 +3,8 @@
 
 use super::recent::RecentBlocks;
 use crate::event::{CLOCK_TICK_NS, Event};
+use crate::fasthash::FastHashMap;
+use crate::heap::{Block, Lookup, RecordedLookups};
 use crate::stacks::StackId;
 use profiler_common::EventKind;
 
@@ -14,6 +16,8 @@ pub const TAG_LOST: u8 = 0x40;
 /// Non-event tags from here on (high nibble 5-15) are record types added after version 2:
 /// each is a varint length and that many bytes, so a reader that does not know one skips it.
 pub const FIRST_SKIPPABLE_TAG: u8 = 0x50;
+/// The blocks live at the end, before the trailer (version 4 on; see [`put_block`]).
+pub const TAG_LIVE_BLOCKS: u8 = 0x70;
 /// The frames the session's report named ([`RecordedSymbols`](crate::symbolize::RecordedSymbols)
 /// as JSON), before the trailer.
 pub const TAG_SYMBOLS: u8 = 0x60;
@@ -35,6 +39,41 @@ const MAX_FRAMES: u64 = 1024;
 const EXTRA_OLD_ADDR: u8 = 1 << 0;
 const EXTRA_AUX: u8 = 1 << 1;
 const EXTRA_FLAGS: u8 = 1 << 2;
+/// Version 4 on: the answers of the event's heap lookups that the reader's ring cannot infer
+/// (`heap/block_store.rs`) follow the flags.
+const EXTRA_LOOKUPS: u8 = 1 << 3;
+
+/// Codes of a recorded lookup answer.
+const FOUND_ABSENT: u64 = 0;
+const FOUND_LIVE: u64 = 1;
+const FOUND_FREED: u64 = 2;
+
+/// What blocks have in common, which a recording defines once and names by number: the
+/// first use of an info carries it, later ones its number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockInfo {
+    pub size: u64,
+    pub kind: EventKind,
+    pub tid: u32,
+    pub stack: Option<StackId>,
+}
+
+impl BlockInfo {
+    fn of(block: &Block) -> BlockInfo {
+        BlockInfo {
+            size: block.size,
+            kind: block.kind,
+            tid: block.tid,
+            stack: block.stack,
+        }
+    }
+}
+
+/// The writer's numbers of the infos it defined.
+#[derive(Debug, Default)]
+pub struct InfoNumbers {
+    numbers: FastHashMap<BlockInfo, u64>,
+}
 
 /// What each side remembers between records: deltas are taken from it.
 #[derive(Clone, Debug)]
@@ -47,12 +86,16 @@ pub struct DeltaState {
     /// their distance in `created` or `released` when they can. Before: nanoseconds and
     /// address deltas only.
     compact: bool,
+    /// Version 4 on: events may carry lookup answers ([`put_lookups`]).
+    lookups: bool,
     /// Addresses of the last events with a size (the blocks they created), which an event
     /// without one (a free) names.
     created: RecentBlocks,
     /// Addresses of the last events without a size (the blocks they released), which an
     /// allocation handed the same address again (a free list's head) names.
     released: RecentBlocks,
+    /// The reader's block infos, by number (the writer's are in [`InfoNumbers`]).
+    infos: Vec<BlockInfo>,
 }
 
 impl DeltaState {
@@ -63,8 +106,10 @@ impl DeltaState {
             ts_ticks: 0,
             addr: 0,
             compact: version >= 3,
+            lookups: version >= 4,
             created: RecentBlocks::default(),
             released: RecentBlocks::default(),
+            infos: Vec::new(),
         };
         state.ts_ticks = state.ticks(start_ns);
         state
@@ -129,8 +174,73 @@ pub fn put_delta(out: &mut Vec<u8>, value: u64, base: u64) {
 
 /// Appends one event record.
 #[inline]
+#[cfg(test)]
 pub fn put_event(out: &mut Vec<u8>, state: &mut DeltaState, event: &Event, stack: Option<StackId>) {
-    put_event_of_kind(out, state, event.kind as u8, event, stack);
+    put_event_of_kind(out, state, event.kind as u8, event, stack, &[]);
+}
+
+/// Appends one event record with its encoded lookup answers (`lookups`, from
+/// [`put_lookups`]; empty when the ring infers them all).
+#[inline]
+pub fn put_answered_event(
+    out: &mut Vec<u8>,
+    state: &mut DeltaState,
+    event: &Event,
+    stack: Option<StackId>,
+    lookups: &[u8],
+) {
+    put_event_of_kind(out, state, event.kind as u8, event, stack, lookups);
+}
+
+/// Encodes the answers of `answers` that are recorded, for an event at `ts_ns`: a mask of
+/// which lookups they answer, then each answer (nothing when none is recorded).
+pub fn put_lookups(
+    out: &mut Vec<u8>,
+    infos: &mut InfoNumbers,
+    answers: &RecordedLookups,
+    ts_ns: u64,
+) {
+    let mask = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, answer)| answer.is_some())
+        .fold(0u8, |mask, (i, _)| mask | 1 << i);
+    if mask == 0 {
+        return;
+    }
+    out.push(mask);
+    for answer in answers.iter().flatten() {
+        match answer {
+            Lookup::Absent => put_varint(out, FOUND_ABSENT),
+            Lookup::Live(block) => {
+                put_varint(out, FOUND_LIVE);
+                put_block(out, infos, block, ts_ns);
+            }
+            Lookup::Freed { size, stack } => {
+                put_varint(out, FOUND_FREED);
+                put_varint(out, *size);
+                put_varint(out, stack.map_or(0, |id| u64::from(id.0) + 1));
+            }
+        }
+    }
+}
+
+/// A block: its info's number + 1, or 0 and the info (size, kind, tid, stack id + 1 or 0),
+/// then its allocation time in ticks, zigzag from `base_ns`'s.
+pub fn put_block(out: &mut Vec<u8>, infos: &mut InfoNumbers, block: &Block, base_ns: u64) {
+    let info = BlockInfo::of(block);
+    let next = infos.numbers.len() as u64;
+    let number = *infos.numbers.entry(info).or_insert(next);
+    if number == next {
+        put_varint(out, 0);
+        put_varint(out, info.size);
+        put_varint(out, info.kind as u64);
+        put_varint(out, u64::from(info.tid));
+        put_varint(out, info.stack.map_or(0, |id| u64::from(id.0) + 1));
+    } else {
+        put_varint(out, number + 1);
+    }
+    put_delta(out, block.ts_ns / CLOCK_TICK_NS, base_ns / CLOCK_TICK_NS);
 }
 
 /// Appends one event record of kind `kind` (any number, for tests of kinds a later memprof
@@ -141,9 +251,13 @@ pub fn put_event_of_kind(
     kind: u8,
     event: &Event,
     stack: Option<StackId>,
+    lookups: &[u8],
 ) {
     let mut tag = kind.min(KIND_ESCAPE);
     let mut extras = 0u8;
+    if !lookups.is_empty() {
+        extras |= EXTRA_LOOKUPS;
+    }
     if event.old_addr != 0 {
         extras |= EXTRA_OLD_ADDR;
     }
@@ -189,6 +303,7 @@ pub fn put_event_of_kind(
         if event.flags != 0 {
             put_varint(out, u64::from(event.flags));
         }
+        out.extend_from_slice(lookups);
     }
     if let Some(id) = stack {
         put_varint(out, u64::from(id.0));
@@ -364,6 +479,7 @@ impl<'a> Cursor<'a> {
         state: &mut DeltaState,
         stacks: u32,
         out: &mut Event,
+        lookups: &mut RecordedLookups,
     ) -> DecodeResult<Option<StackId>> {
         if tag & EVENT_TID != 0 {
             state.tid = self.u32("thread id above 32 bits")?;
@@ -375,7 +491,12 @@ impl<'a> Cursor<'a> {
         let (mut old_addr, mut aux, mut flags) = (0, 0, 0);
         if tag & EVENT_EXTRAS != 0 {
             let extras = self.byte()?;
-            if extras & !(EXTRA_OLD_ADDR | EXTRA_AUX | EXTRA_FLAGS) != 0 {
+            let known = if state.lookups {
+                EXTRA_OLD_ADDR | EXTRA_AUX | EXTRA_FLAGS | EXTRA_LOOKUPS
+            } else {
+                EXTRA_OLD_ADDR | EXTRA_AUX | EXTRA_FLAGS
+            };
+            if extras & !known != 0 {
                 return Err("unknown event extras bits");
             }
             if extras & EXTRA_OLD_ADDR != 0 {
@@ -386,6 +507,10 @@ impl<'a> Cursor<'a> {
             }
             if extras & EXTRA_FLAGS != 0 {
                 flags = self.u32("event flags above 32 bits")?;
+            }
+            if extras & EXTRA_LOOKUPS != 0 {
+                let ts_ns = state.nanoseconds(state.ts_ticks);
+                self.lookups(state, ts_ns, lookups)?;
             }
         }
         let stack = if tag & EVENT_STACK != 0 {
@@ -426,6 +551,77 @@ impl<'a> Cursor<'a> {
         };
         push_to.push(addr);
         Ok(addr)
+    }
+
+    /// The recorded answers of an event at `ts_ns` (see [`put_lookups`]).
+    fn lookups(
+        &mut self,
+        state: &mut DeltaState,
+        ts_ns: u64,
+        out: &mut RecordedLookups,
+    ) -> DecodeResult<()> {
+        let mask = self.byte()?;
+        if mask == 0 || u32::from(mask) >> out.len() != 0 {
+            return Err("lookup answers for lookups no event makes");
+        }
+        for (i, answer) in out.iter_mut().enumerate() {
+            if mask & 1 << i == 0 {
+                continue;
+            }
+            *answer = Some(match self.varint()? {
+                FOUND_ABSENT => Lookup::Absent,
+                FOUND_LIVE => Lookup::Live(self.block(state, ts_ns)?),
+                FOUND_FREED => Lookup::Freed {
+                    size: self.varint()?,
+                    stack: self.stack_ref()?,
+                },
+                _ => return Err("unknown lookup answer"),
+            });
+        }
+        Ok(())
+    }
+
+    /// A block (see [`put_block`]) whose time is relative to `base_ns`.
+    pub fn block(&mut self, state: &mut DeltaState, base_ns: u64) -> DecodeResult<Block> {
+        let info = match self.varint()? {
+            0 => {
+                let size = self.varint()?;
+                let kind = u32::try_from(self.varint()?)
+                    .ok()
+                    .and_then(EventKind::from_u32)
+                    .ok_or("block of an unknown kind")?;
+                let tid = self.u32("thread id above 32 bits")?;
+                let stack = self.stack_ref()?;
+                let info = BlockInfo {
+                    size,
+                    kind,
+                    tid,
+                    stack,
+                };
+                state.infos.push(info);
+                info
+            }
+            number => *usize::try_from(number - 1)
+                .ok()
+                .and_then(|at| state.infos.get(at))
+                .ok_or("block of an info not defined before it")?,
+        };
+        let ticks = self.delta(base_ns / CLOCK_TICK_NS)?;
+        Ok(Block {
+            size: info.size,
+            kind: info.kind,
+            tid: info.tid,
+            ts_ns: ticks.wrapping_mul(CLOCK_TICK_NS),
+            stack: info.stack,
+        })
+    }
+
+    /// A stack id + 1, or 0 for none.
+    fn stack_ref(&mut self) -> DecodeResult<Option<StackId>> {
+        Ok(match self.u32("stack id above 32 bits")? {
+            0 => None,
+            id => Some(StackId(id - 1)),
+        })
     }
 
     /// Decodes a stack definition's body into `frames`; returns `truncated`.

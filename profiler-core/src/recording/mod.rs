@@ -1,7 +1,7 @@
 //! Recordings: everything a session saw, in a file that `memprof report` replays offline
 //! through the same [`Recorder`](crate::recorder::Recorder) a live session uses.
 //!
-//! # Format (version 3)
+//! # Format (version 4)
 //!
 //! ```text
 //! magic      8 bytes   "MPROF\r\n\x1a" (a text-mode copy or a truncated header breaks it)
@@ -34,7 +34,8 @@
 //! | `0x40` | loss counters so far | length + JSON [`LostRecord`] (when they changed) |
 //! | `0x50` | leak check | length + JSON summary, block count, then address delta and class per block (`leak_record.rs`) |
 //! | `0x60` | symbols | length + JSON [`RecordedSymbols`](crate::symbolize::RecordedSymbols): the frames the live report named, before the trailer |
-//! | `0x70`-`0xf0` | a record type added later | length + body: a reader that does not know it skips it |
+//! | `0x70` | live blocks at the end (version 4) | length + count, then by address: address delta, block (below); before the trailer, in as many records as needed |
+//! | `0x80`-`0xf0` | a record type added later | length + body: a reader that does not know it skips it |
 //! | `0xK1`-`0xKf` | event | see below |
 //!
 //! A reader skips events of kinds it does not know (every event has the layout below) and
@@ -42,15 +43,27 @@
 //! still replays, without what it added.
 //!
 //! Event tag bits: 4 = thread changed (tid follows), 5 = has a stack (id follows last),
-//! 6 = extras byte follows (bit 0 old_addr, bit 1 aux, bit 2 flags), 7 = size is not zero.
+//! 6 = extras byte follows (bit 0 old_addr, bit 1 aux, bit 2 flags, bit 3 lookup answers), 7 =
+//! size is not zero.
 //! The body, optional parts in brackets:
 //!
 //! ```text
 //! [kind, when the nibble is 15] [tid] ts delta (zigzag, from the previous event or RSS
 //! sample), recent (from version 3), addr delta (zigzag, from the previous event) unless
 //! `recent` named the address,
-//! [size], [extras, [old_addr - addr zigzag], [aux], [flags]], [stack id]
+//! [size], [extras, [old_addr - addr zigzag], [aux], [flags], [answers]], [stack id]
 //! ```
+//!
+//! Version 4 records what the live heap's table answered for the event's lookups of blocks
+//! (at most two: a realloc releases one block and creates another) whenever a ring of the
+//! last 64 blocks created, kept alike by the writer and the reader, would not infer it
+//! (`heap/block_store.rs`): a mask byte of the lookups answered, then per answer 0 (nothing
+//! live there), 1 and a block (live), or 2, size and stack id + 1 (a freed block: a double
+//! free). A block is its info's number + 1, or 0 and the info (size, kind, tid, stack id + 1),
+//! then its allocation time in ticks, zigzag from the event's. With those answers and the
+//! live blocks at the end, `memprof report` replays a recording without a table of every
+//! address. A recording without the live-blocks records (cut, or written without answers)
+//! is replayed with the table.
 //!
 //! Times are in microseconds ([`CLOCK_TICK_NS`](crate::event::CLOCK_TICK_NS): events are
 //! timed to it from the moment they are decoded, so a live report and a replay agree). An
@@ -73,7 +86,7 @@ pub(crate) mod codec;
 mod leak_record;
 mod read_thread;
 mod reader;
-mod recent;
+pub(crate) mod recent;
 mod replay;
 mod synthetic;
 mod writer;
@@ -92,14 +105,14 @@ pub use buildid::{build_id, build_id_of, hex};
 pub(crate) use read_thread::each_record;
 pub use reader::{ReadError, ReadErrorKind, Reader, Record};
 pub(crate) use replay::{ReadAhead, intern_recorded_stack};
-pub use replay::{Replay, replay};
+pub use replay::{Replay, replay, replay_answered};
 pub use synthetic::{synthetic_header, write_synthetic_churn};
 pub use writer::Writer;
 
 /// First bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"MPROF\r\n\x1a";
 /// The version written; bumped on any incompatible change of the layout above.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest version still read (versions 1 and 2 differ only in their event tags, times and
 /// addresses: see above).
 pub const FIRST_FORMAT_VERSION: u32 = 1;

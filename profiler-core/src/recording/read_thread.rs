@@ -5,6 +5,7 @@
 
 use super::reader::{ReadError, ReadErrorKind, Reader, Record};
 use crate::event::Event;
+use crate::heap::RecordedLookups;
 use crate::stacks::StackId;
 use std::io::Read;
 use std::ops::Range;
@@ -50,11 +51,12 @@ pub(crate) fn each_record<R: Read + Send>(
             };
             for item in batch.items.drain(..) {
                 match item {
-                    Item::Event(event, stack, offset) => {
+                    Item::Event(event, stack, lookups, offset) => {
                         each(
                             Record::Event {
                                 event: &event,
                                 stack,
+                                lookups: &lookups,
                             },
                             offset,
                         )?;
@@ -100,7 +102,7 @@ struct Batch {
 
 /// A record and the offset of its chunk in the file.
 enum Item {
-    Event(Event, Option<StackId>, u64),
+    Event(Event, Option<StackId>, RecordedLookups, u64),
     Stack {
         /// Where its frames are in [`Batch::frames`].
         frames: Range<usize>,
@@ -128,7 +130,11 @@ fn read_batches<R: Read>(
             Err(error) => break Err(error),
         };
         let item = match record {
-            Record::Event { event, stack } => Item::Event(*event, stack, offset),
+            Record::Event {
+                event,
+                stack,
+                lookups,
+            } => Item::Event(*event, stack, *lookups, offset),
             Record::Stack { frames, truncated } => {
                 let start = batch.frames.len();
                 batch.frames.extend_from_slice(frames);
@@ -144,6 +150,7 @@ fn read_batches<R: Read>(
             Record::LeakCheck(check) => Item::Other(Record::LeakCheck(check), offset),
             Record::Symbols(part) => Item::Other(Record::Symbols(part), offset),
             Record::Trailer(trailer) => Item::Other(Record::Trailer(trailer), offset),
+            Record::LiveBlocks(blocks) => Item::Other(Record::LiveBlocks(blocks), offset),
         };
         batch.items.push(item);
         if batch.items.len() == BATCH_RECORDS {

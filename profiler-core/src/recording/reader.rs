@@ -4,14 +4,15 @@
 //! on bad input (the fuzz test in `tests.rs` holds it to that).
 
 use super::codec::{
-    Cursor, DeltaState, FIRST_SKIPPABLE_TAG, TAG_LOST, TAG_MAPS, TAG_RSS, TAG_STACK, TAG_SYMBOLS,
-    TAG_TRAILER,
+    Cursor, DeltaState, FIRST_SKIPPABLE_TAG, TAG_LIVE_BLOCKS, TAG_LOST, TAG_MAPS, TAG_RSS,
+    TAG_STACK, TAG_SYMBOLS, TAG_TRAILER,
 };
 use super::{
     FIRST_FORMAT_VERSION, FORMAT_VERSION, Header, LostRecord, MAGIC, MAX_CHUNK_BYTES,
     MappingRecord, Trailer,
 };
 use crate::event::Event;
+use crate::heap::{Block, RecordedLookups};
 use crate::stacks::StackId;
 use profiler_common::EventKind;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -23,6 +24,8 @@ pub enum Record<'a> {
     Event {
         event: &'a Event,
         stack: Option<StackId>,
+        /// The answers of the heap's lookups for it that the recording carries (version 4).
+        lookups: &'a RecordedLookups,
     },
     /// The definition of the next stack id, before its first use.
     Stack { frames: &'a [u64], truncated: bool },
@@ -36,6 +39,9 @@ pub enum Record<'a> {
     LeakCheck(Box<crate::leak_check::LeakCheck>),
     /// The frames the live session's report named.
     Symbols(Box<crate::symbolize::RecordedSymbols>),
+    /// Some of the blocks live at the end, by address (version 4; the records of them come
+    /// one after another, before the trailer).
+    LiveBlocks(Vec<(u64, Block)>),
     /// The end of the session; always the last record.
     Trailer(Box<Trailer>),
 }
@@ -84,6 +90,14 @@ pub enum ReadErrorKind {
 }
 
 impl ReadError {
+    /// The file could not be opened.
+    pub fn opening(error: io::Error) -> ReadError {
+        ReadError {
+            offset: 0,
+            kind: ReadErrorKind::Io(error),
+        }
+    }
+
     /// The file is fine up to where it stops: everything before `offset` was read and can
     /// be reported, with a warning.
     pub fn is_early_end(&self) -> bool {
@@ -126,8 +140,10 @@ pub struct Reader<R: Read> {
     decompressor: zstd::bulk::Decompressor<'static>,
     state: DeltaState,
     stacks: u32,
-    /// The last event decoded: records borrow it rather than carry a copy.
+    /// The last event decoded, and its recorded lookup answers: records borrow them rather
+    /// than carry a copy.
     event: Event,
+    lookups: RecordedLookups,
     frames: Vec<u64>,
     done: bool,
     trailer_seen: bool,
@@ -197,6 +213,7 @@ impl<R: Read> Reader<R> {
                 aux: 0,
                 flags: 0,
             },
+            lookups: RecordedLookups::default(),
             frames: Vec::new(),
             done: false,
             trailer_seen: false,
@@ -244,6 +261,7 @@ impl<R: Read> Reader<R> {
                 Ok(Decoded::Event { stack }) => Ok(Some(Record::Event {
                     event: &self.event,
                     stack,
+                    lookups: &self.lookups,
                 })),
                 Ok(Decoded::Stack { truncated }) => Ok(Some(Record::Stack {
                     frames: &self.frames,
@@ -293,7 +311,15 @@ impl<R: Read> Reader<R> {
             None if self.version >= 2 => EventKind::Malloc,
             None => return Err("unknown event kind"),
         };
-        let stack = cursor.event(tag, kind, &mut self.state, self.stacks, &mut self.event)?;
+        self.lookups = RecordedLookups::default();
+        let stack = cursor.event(
+            tag,
+            kind,
+            &mut self.state,
+            self.stacks,
+            &mut self.event,
+            &mut self.lookups,
+        )?;
         self.pos = cursor.pos;
         self.records_in_chunk += 1;
         Ok(match known {
@@ -350,6 +376,29 @@ impl<R: Read> Reader<R> {
                     .check()
                     .map_err(|_| "symbols record names a string or frame it does not hold")?;
                 Record::Symbols(Box::new(symbols))
+            }
+            TAG_LIVE_BLOCKS if self.version >= 4 => {
+                let mut body = Cursor {
+                    bytes: cursor.blob()?,
+                    pos: 0,
+                };
+                let base_ns = self.state.nanoseconds(self.state.ts_ticks);
+                let count = body.varint()?;
+                // Each block takes at least three bytes: a corrupt count cannot make this
+                // allocate much.
+                if count > body.bytes.len() as u64 / 3 {
+                    return Err("live blocks record holds fewer blocks than it says");
+                }
+                let mut blocks = Vec::with_capacity(count as usize);
+                let mut addr = 0;
+                for _ in 0..count {
+                    addr = body.delta(addr)?;
+                    blocks.push((addr, body.block(&mut self.state, base_ns)?));
+                }
+                if body.pos != body.bytes.len() {
+                    return Err("live blocks record longer than its blocks");
+                }
+                Record::LiveBlocks(blocks)
             }
             FIRST_SKIPPABLE_TAG.. if self.version >= 2 => {
                 cursor.blob()?;

@@ -4,6 +4,7 @@ use super::read_thread::each_record;
 use super::reader::{ReadError, ReadErrorKind, Reader, Record};
 use super::{Header, LostRecord, MappingRecord, Trailer};
 use crate::event::Event;
+use crate::heap::{Block, HeapState, RecordedLookups};
 use crate::recorder::Recorder;
 use crate::stacks::StackId;
 use std::collections::VecDeque;
@@ -37,11 +38,67 @@ pub struct Replay {
 /// Applies every event of `reader` to `recorder` (a fresh one), interning each stack definition as it comes
 /// (in recording order, so the ids match the recorded ones). A recording that stops early is
 /// not an error: [`Replay::early_end`] says where. Corruption is. The file is read and
-/// decoded on a thread of its own (`read_thread.rs`).
+/// decoded on a thread of its own (`read_thread.rs`). The heap keeps a table of every
+/// address; see [`replay_answered`] for a replay without one.
 pub fn replay<R: Read + Send>(
     reader: Reader<R>,
     recorder: &mut Recorder,
 ) -> Result<Replay, ReadError> {
+    let mut ahead = ReadAhead::default();
+    let (replay, _) = replay_with(reader, recorder, |recorder, replay, step| match step {
+        Step::Event(event, stack, _) => {
+            ahead.push(*event, stack, recorder, |r, e, s| apply(r, replay, e, s));
+        }
+        Step::Flush => ahead.apply_all(recorder, |r, e, s| apply(r, replay, e, s)),
+    })?;
+    Ok(replay)
+}
+
+/// [`replay`] with a heap that answers its lookups from the recording
+/// ([`HeapState::answered`]): memory for the blocks live at the end, not for every address
+/// the program used. `None` when the recording cannot be replayed so (an older memprof's, or
+/// one that stops before the blocks live at its end): replay it with [`replay`] then.
+pub fn replay_answered<R: Read + Send>(
+    reader: Reader<R>,
+    recorder: &mut Recorder,
+) -> Result<Option<Replay>, ReadError> {
+    if reader.version() < 4 {
+        return Ok(None);
+    }
+    recorder.heap = HeapState::answered(reader.header().mode);
+    let (replay, live) = replay_with(reader, recorder, |recorder, replay, step| {
+        if let Step::Event(event, stack, lookups) = step {
+            recorder.apply_recorded(event, stack, lookups);
+            replay.last_ts_ns = replay.last_ts_ns.max(event.ts_ns);
+            replay.events += 1;
+        }
+    })?;
+    let complete = replay.trailer.is_some() && replay.early_end.is_none();
+    match live {
+        Some(live) if complete && recorder.heap.end_recorded(&live).is_ok() => Ok(Some(replay)),
+        _ => Ok(None),
+    }
+}
+
+/// The blocks a recording says are live at its end, by address.
+type LiveAtEnd = Vec<(u64, Block)>;
+
+/// What [`replay_with`] hands its caller.
+enum Step<'a> {
+    /// An event, its stack and its recorded lookup answers.
+    Event(&'a Event, Option<StackId>, &'a RecordedLookups),
+    /// Every event handed over must take effect now (another record follows).
+    Flush,
+}
+
+/// Reads `reader` through: events go to `step` (with the replay so far), every other record
+/// takes effect here once `step` has applied the events before it ([`Step::Flush`]). Returns
+/// the replay and the blocks live at the end, if the recording has them.
+fn replay_with<R: Read + Send>(
+    reader: Reader<R>,
+    recorder: &mut Recorder,
+    mut step: impl FnMut(&mut Recorder, &mut Replay, Step<'_>),
+) -> Result<(Replay, Option<LiveAtEnd>), ReadError> {
     let header = reader.header().clone();
     let mut replay = Replay {
         maps: header.maps.clone(),
@@ -56,16 +113,19 @@ pub fn replay<R: Read + Send>(
         leak_check: None,
         symbols: None,
     };
-    let mut ahead = ReadAhead::default();
+    let mut live: Option<LiveAtEnd> = None;
     let ended = each_record(reader, |record, offset| {
-        if let Record::Event { event, stack } = record {
-            ahead.push(*event, stack, recorder, |r, e, s| {
-                apply(r, &mut replay, e, s)
-            });
+        if let Record::Event {
+            event: recorded,
+            stack,
+            lookups,
+        } = record
+        {
+            step(recorder, &mut replay, Step::Event(recorded, stack, lookups));
             return Ok(());
         }
         // Everything else takes effect in order, after the events before it.
-        ahead.apply_all(recorder, |r, e, s| apply(r, &mut replay, e, s));
+        step(recorder, &mut replay, Step::Flush);
         match record {
             Record::Event { .. } => unreachable!("handled above"),
             Record::Stack { frames, truncated } => {
@@ -83,18 +143,19 @@ pub fn replay<R: Read + Send>(
                 .symbols
                 .get_or_insert_with(Default::default)
                 .merge(*part),
+            Record::LiveBlocks(blocks) => live.get_or_insert_with(Vec::new).extend(blocks),
             Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
         Ok(())
     })?;
-    ahead.apply_all(recorder, |r, e, s| apply(r, &mut replay, e, s));
+    step(recorder, &mut replay, Step::Flush);
     replay.skipped = ended.skipped;
     match ended.read {
         Ok(()) => {}
         Err(error) if error.is_early_end() => replay.early_end = Some(error),
         Err(error) => return Err(error),
     }
-    Ok(replay)
+    Ok((replay, live))
 }
 
 /// Events read but not applied yet: each event's heap entry is prefetched as it is read and

@@ -100,8 +100,9 @@ pub fn write_synthetic_churn<W: Write>(out: W, events: u64) -> io::Result<(W, Re
         let ingested = recorder
             .ingest(&record)
             .expect("synthetic records are well formed");
-        writer.ingested(&ingested, &recorder.stacks)?;
+        writer.ingested(&ingested, &recorder)?;
     }
+    writer.live_blocks(&recorder.heap)?;
     let trailer = Trailer::ended_at(ts);
     Ok((writer.finish(&trailer)?, recorder))
 }

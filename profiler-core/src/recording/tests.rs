@@ -5,6 +5,9 @@ use crate::stacks::StackId;
 use profiler_common::{EventKind, FLAG_STACK_TRUNCATED};
 use proptest::prelude::*;
 
+/// Events written without their lookups carry no answers.
+const NO_ANSWERS: crate::heap::RecordedLookups = [None, None];
+
 fn header() -> Header {
     Header {
         memprof_version: "0.1.0".into(),
@@ -153,6 +156,7 @@ fn round_trips_every_record_and_field() {
             .addr(0x1000)
             .size(32),
         stack: Some(StackId(0)),
+        lookups: &NO_ANSWERS,
     });
     expect(Record::Rss {
         ts_ns: 6_500_000,
@@ -172,6 +176,7 @@ fn round_trips_every_record_and_field() {
     expect(Record::Event {
         event: &realloc,
         stack: Some(StackId(1)),
+        lookups: &NO_ANSWERS,
     });
     let Some(Record::Maps(maps)) = reader.next().unwrap() else {
         panic!("maps record expected")
@@ -188,10 +193,12 @@ fn round_trips_every_record_and_field() {
     expect(Record::Event {
         event: &memalign,
         stack: Some(StackId(0)),
+        lookups: &NO_ANSWERS,
     });
     expect(Record::Event {
         event: &Event::of(EventKind::Free).tid(1).at(7_001_000).addr(0x2000),
         stack: None,
+        lookups: &NO_ANSWERS,
     });
     expect(Record::Trailer(Box::new(trailer())));
     assert!(reader.next().unwrap().is_none());
@@ -241,8 +248,8 @@ fn a_recording_cut_between_chunks_ends_early_without_a_trailer() {
     let boundaries = chunk_boundaries(&bytes);
     assert_eq!(
         boundaries.len(),
-        4 + 1,
-        "header end + 3 event chunks + trailer chunk"
+        5 + 1,
+        "header end + 3 event chunks + the live blocks' chunk + trailer chunk"
     );
     // Cut right after the second event chunk: two chunks replay, then "no trailer".
     let cut = &bytes[..boundaries[2] as usize];
@@ -343,7 +350,7 @@ fn corruption_is_one_error_with_its_offset() {
     let (_, error) = read_all(&version);
     assert_eq!(
         error.unwrap().to_string(),
-        "recording format version 9 is not supported (this memprof reads versions 1 to 3) (at byte 8)"
+        "recording format version 9 is not supported (this memprof reads versions 1 to 4) (at byte 8)"
     );
 }
 
@@ -398,7 +405,7 @@ fn fuzz_input() -> Vec<u8> {
         record.clear();
         crate::event::encode(&header, &[0x40_1000 + i % 7, 0x40_2000], &mut record);
         let ingested = recorder.ingest(&record).unwrap();
-        writer.ingested(&ingested, &recorder.stacks).unwrap();
+        writer.ingested(&ingested, &recorder).unwrap();
         if i % 60 == 59 {
             writer
                 .lost(&LostRecord {
@@ -553,7 +560,7 @@ fn kinds_and_record_types_a_newer_memprof_added_are_skipped_and_counted() {
         .tid(0)
         .at(6_500_000)
         .addr(0x9000);
-    codec::put_event_of_kind(&mut records, &mut state, 40, &unknown, None);
+    codec::put_event_of_kind(&mut records, &mut state, 40, &unknown, None, &[]);
     codec::put_blob(&mut records, 0xe0, b"new");
     codec::put_event(
         &mut records,
@@ -732,7 +739,8 @@ fn frees_name_recent_blocks_by_distance_and_older_ones_by_delta() {
             reader.next().unwrap().unwrap(),
             Record::Event {
                 event: want,
-                stack: None
+                stack: None,
+                lookups: &NO_ANSWERS,
             }
         );
     }
@@ -919,4 +927,153 @@ fn a_replay_that_stops_early_leaves_no_reader_waiting() {
     }
     let error = replay_error(&records);
     assert!(error.contains("stack 1 repeats stack 0"), "{error}");
+}
+
+/// A recording of `events` as a live session writes it: ingested by a recorder with a table,
+/// each event with its lookups, the live blocks at the end, the trailer.
+fn answered_recording(mode: Mode, events: &[profiler_common::EventHeader]) -> (Vec<u8>, Recorder) {
+    let mut writer = Writer::create(Vec::new(), &Header { mode, ..header() }).unwrap();
+    let mut recorder = Recorder::new(mode);
+    let mut record = Vec::new();
+    for (i, header) in events.iter().enumerate() {
+        let depth = if header.size > 0 { 1 + i as u64 % 3 } else { 0 };
+        let frames: Vec<u64> = (0..depth)
+            .map(|level| 0x40_1000 + level * 0x100 + i as u64 % 4)
+            .collect();
+        let header = profiler_common::EventHeader {
+            ts_ns: 1_000_000 + i as u64 * 3_000,
+            stack_depth: depth as u32,
+            ..*header
+        };
+        record.clear();
+        crate::event::encode(&header, &frames, &mut record);
+        let ingested = recorder.ingest(&record).unwrap();
+        writer.ingested(&ingested, &recorder).unwrap();
+        if i % 97 == 96 {
+            writer.flush_chunk().unwrap();
+        }
+    }
+    writer.live_blocks(&recorder.heap).unwrap();
+    (writer.finish(&trailer()).unwrap(), recorder)
+}
+
+/// Everything a report reads from a replayed recorder, comparable.
+fn replayed_state(recorder: &Recorder) -> String {
+    let mut blocks: Vec<_> = recorder.heap.blocks().collect();
+    blocks.sort_by_key(|(addr, _)| *addr);
+    let input = crate::analysis::AnalysisInput {
+        heap: &recorder.heap,
+        sites: &recorder.sites,
+        start_ns: 0,
+        end_ns: 10_000_000,
+        allocator: crate::analysis::allocator::Allocator::Glibc,
+    };
+    let analyses = serde_json::to_string(&recorder.analyses.report(&input, Some(3))).unwrap();
+    let sites: Vec<_> = recorder.sites.iter().collect();
+    format!(
+        "{:?}\n{:?}\n{blocks:?}\n{sites:?}\n{analyses}",
+        recorder.heap.stats(),
+        recorder.heap.double_frees()
+    )
+}
+
+fn header_event() -> impl Strategy<Value = profiler_common::EventHeader> {
+    use profiler_common::{FLAG_ALLOCATOR_INTERNAL, FLAG_REALLOC_ENTRY};
+    let addr = prop_oneof![3 => 1..8u64, 1 => 8..200u64].prop_map(|slot| 0x1000 + slot * 0x40);
+    let kind = prop_oneof![
+        4 => Just(EventKind::Malloc),
+        2 => Just(EventKind::Realloc),
+        4 => Just(EventKind::Free),
+        1 => Just(EventKind::Mmap),
+        1 => Just(EventKind::Munmap),
+    ];
+    let flags = prop_oneof![8 => Just(0), 1 => Just(FLAG_REALLOC_ENTRY), 1 => Just(FLAG_ALLOCATOR_INTERNAL)];
+    (kind, addr.clone(), addr, 0..300u64, 1..4u32, flags).prop_map(
+        |(kind, addr, old_addr, size, tid, flags)| {
+            let mut header = profiler_common::EventHeader {
+                kind: kind as u32,
+                tid,
+                addr,
+                size,
+                flags,
+                ..Default::default()
+            };
+            match kind {
+                EventKind::Free => header.size = 0,
+                EventKind::Realloc => header.old_addr = old_addr,
+                EventKind::Mmap | EventKind::Munmap => {
+                    header.addr = 0x7f00_0000_0000 + addr * 0x100;
+                    header.flags = 0;
+                }
+                _ if flags == FLAG_REALLOC_ENTRY => header.old_addr = old_addr,
+                _ => {}
+            }
+            header
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A replay that answers the heap's lookups from the recording rebuilds what one with a
+    /// table of every address does, and what the live recorder had.
+    #[test]
+    fn an_answered_replay_rebuilds_what_the_table_does(
+        run in any::<bool>(),
+        events in proptest::collection::vec(header_event(), 0..400),
+    ) {
+        let mode = if run { Mode::Run } else { Mode::Attach };
+        let (bytes, live) = answered_recording(mode, &events);
+        let mut table = Recorder::new(mode);
+        replay(Reader::new(&bytes[..]).unwrap(), &mut table).unwrap();
+        let mut answered = Recorder::new(mode);
+        let replayed = replay_answered(Reader::new(&bytes[..]).unwrap(), &mut answered).unwrap();
+        prop_assert!(replayed.is_some(), "a complete recording replays answered");
+        prop_assert!(answered.heap.tape().is_none());
+        table.heap.forget_freed();
+        prop_assert_eq!(replayed_state(&answered), replayed_state(&table));
+        let mut live = live;
+        live.heap.forget_freed();
+        prop_assert_eq!(replayed_state(&answered), replayed_state(&live));
+    }
+}
+
+#[test]
+fn recordings_that_cannot_stand_alone_are_replayed_with_a_table() {
+    let malloc = profiler_common::EventHeader {
+        kind: EventKind::Malloc as u32,
+        tid: 1,
+        addr: 0x1000,
+        size: 8,
+        ..Default::default()
+    };
+    let (bytes, _) = answered_recording(Mode::Run, &[malloc; 3]);
+    let answered = |bytes: &[u8]| {
+        let mut recorder = Recorder::new(Mode::Run);
+        replay_answered(Reader::new(bytes).unwrap(), &mut recorder)
+            .unwrap()
+            .is_some()
+    };
+    assert!(answered(&bytes));
+    // Cut before its last chunk (the trailer).
+    let boundaries = chunk_boundaries(&bytes);
+    let cut = &bytes[..boundaries[boundaries.len() - 2] as usize];
+    assert!(!answered(cut));
+    // Events written without their lookups: no live blocks.
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    let event = Event::of(EventKind::Malloc)
+        .tid(1)
+        .at(6_000_000)
+        .addr(0x1000)
+        .size(8);
+    writer.event(&event, None, None).unwrap();
+    let mut recorder = Recorder::new(Mode::Run);
+    recorder.apply(&event, None);
+    writer.live_blocks(&recorder.heap).unwrap();
+    let bytes = writer.finish(&trailer()).unwrap();
+    assert!(!answered(&bytes));
+    let mut table = Recorder::new(Mode::Run);
+    replay(Reader::new(&bytes[..]).unwrap(), &mut table).unwrap();
+    assert_eq!(table.heap.stats().live_blocks, 1);
 }

@@ -1,13 +1,18 @@
 //! Writes a recording as the session goes: records are encoded into a buffer, and each full
 //! (or old enough) buffer is compressed and written as one chunk with a single `write()`.
 
-use super::codec::{self, DeltaState, TAG_LOST, TAG_MAPS, TAG_SYMBOLS, TAG_TRAILER};
+use super::codec::{
+    self, DeltaState, InfoNumbers, TAG_LIVE_BLOCKS, TAG_LOST, TAG_MAPS, TAG_SYMBOLS, TAG_TRAILER,
+};
 use super::{
     CHUNK_EVENTS, CHUNK_INTERVAL, FORMAT_VERSION, Header, LostRecord, MAGIC, MappingRecord, Trailer,
 };
 use crate::event::Event;
-use crate::recorder::Ingested;
-use crate::stacks::{StackId, StackTable};
+use crate::heap::HeapState;
+use crate::heap::block_ring::BlockRing;
+use crate::heap::block_store::recorded_answers;
+use crate::recorder::{Ingested, Recorder};
+use crate::stacks::StackId;
 use std::io::{self, Write};
 use std::time::Instant;
 
@@ -20,6 +25,9 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// Addresses per symbols record: a few hundred KiB of JSON (an address with its frames takes
 /// 20-200 bytes), so no record comes near [`MAX_CHUNK_BYTES`](super::MAX_CHUNK_BYTES).
 pub const SYMBOLS_PER_RECORD: usize = 4096;
+/// Live blocks per record of the blocks live at the end: a few hundred KiB at most (a block
+/// takes 3-30 bytes).
+pub const LIVE_BLOCKS_PER_RECORD: usize = 1 << 14;
 
 pub struct Writer<W: Write> {
     out: W,
@@ -36,6 +44,15 @@ pub struct Writer<W: Write> {
     events: u64,
     /// The loss counters last recorded (none yet: all zero).
     lost: LostRecord,
+    /// The last blocks created, as a replay's ring will hold them when it reads the next
+    /// event (`heap/block_store.rs`).
+    ring: BlockRing,
+    infos: InfoNumbers,
+    /// The encoded lookup answers of the event being added.
+    lookups: Vec<u8>,
+    /// Every event so far came with its heap's lookups ([`Writer::ingested`]): only then are
+    /// the live blocks recorded at the end, which tells a replay it may trust the answers.
+    answered: bool,
 }
 
 impl<W: Write> Writer<W> {
@@ -60,12 +77,28 @@ impl<W: Write> Writer<W> {
             bytes_written: prefix.len() as u64,
             events: 0,
             lost: LostRecord::default(),
+            ring: BlockRing::default(),
+            infos: InfoNumbers::default(),
+            lookups: Vec::new(),
+            answered: true,
         })
     }
 
-    /// Adds one event. `new_stack` holds the frames and truncation of `stack` when this event
-    /// is its first use (the recorder just interned it).
+    /// Adds one event without the answers of its heap lookups (tests, synthetic recordings):
+    /// a replay of the file then keeps a table of every address. `new_stack` holds the
+    /// frames and truncation of `stack` when this event is its first use.
     pub fn event(
+        &mut self,
+        event: &Event,
+        stack: Option<StackId>,
+        new_stack: Option<(&[u64], bool)>,
+    ) -> io::Result<()> {
+        self.answered = false;
+        self.lookups.clear();
+        self.add_event(event, stack, new_stack)
+    }
+
+    fn add_event(
         &mut self,
         event: &Event,
         stack: Option<StackId>,
@@ -75,7 +108,13 @@ impl<W: Write> Writer<W> {
         if let Some((frames, truncated)) = new_stack {
             codec::put_stack(&mut self.records, frames, truncated);
         }
-        codec::put_event(&mut self.records, &mut self.state, event, stack);
+        codec::put_answered_event(
+            &mut self.records,
+            &mut self.state,
+            event,
+            stack,
+            &self.lookups,
+        );
         self.events += 1;
         self.events_in_chunk += 1;
         if self.events_in_chunk >= CHUNK_EVENTS || self.records.len() >= CHUNK_BYTES {
@@ -84,14 +123,64 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    /// Adds what the live recorder just ingested (with the stack's definition when the
-    /// recorder interned it for this record).
-    pub fn ingested(&mut self, ingested: &Ingested, stacks: &StackTable) -> io::Result<()> {
+    /// Adds what `recorder` just ingested (with the stack's definition when the recorder
+    /// interned it for this record), and the answers of the heap's lookups for it that a
+    /// replay's ring will not infer.
+    pub fn ingested(&mut self, ingested: &Ingested, recorder: &Recorder) -> io::Result<()> {
+        let stacks = &recorder.stacks;
         let new_stack = match ingested.stack {
             Some(id) if ingested.new_stack => Some((stacks.get(id), stacks.is_truncated(id))),
             _ => None,
         };
-        self.event(&ingested.event, ingested.stack, new_stack)
+        self.lookups.clear();
+        match recorder.heap.tape() {
+            Some(tape) => {
+                let answers = recorded_answers(&mut self.ring, tape);
+                codec::put_lookups(
+                    &mut self.lookups,
+                    &mut self.infos,
+                    &answers,
+                    ingested.event.ts_ns,
+                );
+            }
+            None => self.answered = false,
+        }
+        self.add_event(&ingested.event, ingested.stack, new_stack)
+    }
+
+    /// Adds the blocks `heap` holds live, after the session's last event, if every event
+    /// came with its lookups: a replay that trusted their answers takes its live blocks at
+    /// the end from here. In records of at most `LIVE_BLOCKS_PER_RECORD` (at least one):
+    /// count, then by address: address delta, block.
+    pub fn live_blocks(&mut self, heap: &HeapState) -> io::Result<()> {
+        if !self.answered {
+            return Ok(());
+        }
+        let mut blocks: Vec<_> = heap.blocks().collect();
+        blocks.sort_unstable_by_key(|(addr, _)| *addr);
+        let base_ns = self.state.nanoseconds(self.state.ts_ticks);
+        self.started();
+        let mut body = Vec::new();
+        let mut start = 0;
+        loop {
+            let part = &blocks[start..(start + LIVE_BLOCKS_PER_RECORD).min(blocks.len())];
+            body.clear();
+            codec::put_varint(&mut body, part.len() as u64);
+            let mut previous = 0;
+            for (addr, block) in part {
+                codec::put_delta(&mut body, *addr, previous);
+                codec::put_block(&mut body, &mut self.infos, block, base_ns);
+                previous = *addr;
+            }
+            codec::put_blob(&mut self.records, TAG_LIVE_BLOCKS, &body);
+            if self.records.len() >= CHUNK_BYTES {
+                self.flush_chunk()?;
+            }
+            start += part.len();
+            if start == blocks.len() {
+                return Ok(());
+            }
+        }
     }
 
     /// Adds mappings seen after the header's snapshot.

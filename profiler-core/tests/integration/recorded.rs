@@ -62,9 +62,11 @@ fn golden_dir(name: &str) -> PathBuf {
 
 fn load(name: &str) -> Replayed {
     let path = data_dir().join(format!("{name}.mprof"));
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let reader = Reader::new(std::io::BufReader::new(file)).unwrap();
-    let replayed = offline::load(reader, ModuleFiles::Absent).unwrap();
+    let open = || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Reader::new(std::io::BufReader::new(file))
+    };
+    let replayed = offline::load(open().unwrap(), open, ModuleFiles::Absent).unwrap();
     assert!(replayed.early_end.is_none(), "{name}: recording is cut");
     replayed
 }
