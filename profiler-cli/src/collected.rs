@@ -396,6 +396,8 @@ impl Collected {
     /// recording names them the same way without the target's files.
     pub fn record_symbols(&mut self, symbolizer: &profiler_core::symbolize::Symbolizer) {
         if let Some(sink) = self.recording.as_mut() {
+            // The heap is final: its live blocks go before the symbols, which close the file.
+            sink.live_blocks(&self.recorder.heap);
             sink.symbols(&symbolizer.recorded());
         }
     }

@@ -176,7 +176,7 @@ const SORTED_AT_ONCE: usize = 1 << 20;
 /// Computes a snapshot from (address, requested size) pairs, which `blocks` gives as many
 /// times as needed; `glibc` tells which blocks glibc mmapped (its threshold at the time of
 /// the snapshot). Ranges never cross a window, so the footprints are counted by window, then
-/// packed and sorted a few windows at a time ([`SORTED_AT_ONCE`]): the ranges are their runs
+/// packed and sorted a few windows at a time (`SORTED_AT_ONCE`): the ranges are their runs
 /// of one window.
 pub fn snapshot<I: Iterator<Item = (u64, u64)>>(
     blocks: impl Fn() -> I,

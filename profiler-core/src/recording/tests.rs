@@ -887,6 +887,42 @@ fn closing_symbols_are_found_without_decoding_the_events() {
     assert_eq!(frames_of(&found), frames_of(&symbols));
     assert_eq!(found.modules, symbols.modules);
 
+    // As a session writes them: the live blocks, then the symbols (a later call of
+    // `live_blocks` writes nothing), and the file still closes with them.
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    let mut recorder = Recorder::new(Mode::Run);
+    let mut record = Vec::new();
+    crate::event::encode(
+        &profiler_common::EventHeader {
+            kind: EventKind::Malloc as u32,
+            tid: 1,
+            ts_ns: 6_000_000,
+            addr: 0x1000,
+            size: 32,
+            ..Default::default()
+        },
+        &[],
+        &mut record,
+    );
+    let ingested = recorder.ingest(&record).unwrap();
+    writer.ingested(&ingested, &recorder).unwrap();
+    writer.live_blocks(&recorder.heap).unwrap();
+    writer.symbols(&symbols).unwrap();
+    writer.live_blocks(&recorder.heap).unwrap();
+    let bytes = writer.finish(&trailer()).unwrap();
+    let found = Reader::new(std::io::Cursor::new(&bytes))
+        .unwrap()
+        .closing_symbols()
+        .expect("the symbols after the live blocks");
+    assert_eq!(frames_of(&found), frames_of(&symbols));
+    let mut answered = Recorder::new(Mode::Run);
+    assert!(
+        replay_answered(Reader::new(&bytes[..]).unwrap(), &mut answered)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(answered.heap.blocks().count(), 1);
+
     let mut writer = Writer::create(Vec::new(), &header()).unwrap();
     writer.event(&malloc, None, None).unwrap();
     let bytes = writer.finish(&trailer()).unwrap();

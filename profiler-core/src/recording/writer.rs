@@ -53,6 +53,8 @@ pub struct Writer<W: Write> {
     /// Every event so far came with its heap's lookups ([`Writer::ingested`]): only then are
     /// the live blocks recorded at the end, which tells a replay it may trust the answers.
     answered: bool,
+    /// The live blocks are recorded (once).
+    live_blocks_written: bool,
 }
 
 impl<W: Write> Writer<W> {
@@ -81,6 +83,7 @@ impl<W: Write> Writer<W> {
             infos: InfoNumbers::default(),
             lookups: Vec::new(),
             answered: true,
+            live_blocks_written: false,
         })
     }
 
@@ -152,10 +155,13 @@ impl<W: Write> Writer<W> {
     /// came with its lookups: a replay that trusted their answers takes its live blocks at
     /// the end from here. In records of at most `LIVE_BLOCKS_PER_RECORD` (at least one):
     /// count, then by address: address delta, block.
+    /// Only the first call writes: the session writes them before its symbols (which must
+    /// close the file, see `Reader::closing_symbols`), or at its end when it has none.
     pub fn live_blocks(&mut self, heap: &HeapState) -> io::Result<()> {
-        if !self.answered {
+        if !self.answered || self.live_blocks_written {
             return Ok(());
         }
+        self.live_blocks_written = true;
         let mut blocks: Vec<_> = heap.blocks().collect();
         blocks.sort_unstable_by_key(|(addr, _)| *addr);
         let base_ns = self.state.nanoseconds(self.state.ts_ticks);
