@@ -70,7 +70,7 @@ impl EventSource {
                 // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
                 let ring = ring.get_mut();
-                loop {
+                let requests = loop {
                     let requests = collected.drain_requests();
                     for _ in 0..*max_queued {
                         let Some(item) = ring.next() else { break };
@@ -79,17 +79,18 @@ impl EventSource {
                     // An exec or exit stop asked for meanwhile may follow records this pass
                     // did not read: the target is stopped now, one more pass reads them all.
                     if collected.drain_requests() == requests {
-                        break;
+                        break requests;
                     }
-                }
+                };
                 // No lock to free: the kernel's ring has none.
                 collected.apply_process_events(events, |_| {});
                 collected.publish_stack_tops();
+                collected.ring_drained(requests, || {});
             }
             EventSource::Shared(ring) => {
                 // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
-                loop {
+                let requests = loop {
                     let requests = collected.drain_requests();
                     let malformed = ring.drain(|drained| match drained {
                         Drained::Ahead {
@@ -102,21 +103,19 @@ impl EventSource {
                     collected.malformed += malformed;
                     // As above: one more pass after a request made during this one.
                     if collected.drain_requests() == requests {
-                        break;
+                        break requests;
                     }
-                }
+                };
                 // A process that exec'd or died may have lost a thread inside a write, holding
                 // the ring's lock: it is freed if that process holds it.
                 collected.apply_process_events(events, |pid| ring.release_lock_of(pid));
                 let root = collected.followed.as_ref().map(|followed| followed.root);
-                collected.ring_drained(|| match root {
+                collected.ring_drained(requests, || match root {
                     Some(pid) => ring.release_lock_of(pid),
                     None => ring.release_lock_of(0),
                 });
-                return;
             }
         }
-        collected.ring_drained(|| {});
     }
 
     /// Holds of the target's threads so far.

@@ -242,14 +242,19 @@ impl Collected {
             .unwrap_or_default()
     }
 
-    /// The collector read the ring to its end. If the target exec'd meanwhile, every record of
-    /// the old image has now been applied: its heap ends here, and `after_exec` runs before
-    /// the target is let go.
-    pub fn ring_drained(&mut self, after_exec: impl FnOnce()) {
+    /// The collector read the ring to its end, in a last pass that started with the tracer's
+    /// requests `answered` ([`Collected::drain_requests`]). If the target exec'd before that
+    /// pass, every record of the old image has now been applied: its heap ends here, and
+    /// `after_exec` runs before the target is let go; likewise the exit's leak check. A
+    /// request made since waits for the next drain: the records the target wrote between the
+    /// pass and its stop were not read (bash's last ones before it exec'd landed in the new
+    /// program's heap, one `run` in 14).
+    pub fn ring_drained(&mut self, answered: (bool, bool), after_exec: impl FnOnce()) {
         let Some(backpressure) = self.backpressure.clone() else {
             return;
         };
-        if backpressure.take_exec() {
+        let (exec, exit_check) = answered;
+        if exec && backpressure.take_exec() {
             self.end_image();
             // Following the tree, the image that ended gets its own files.
             if let Some(mut followed) = self.followed.take() {
@@ -258,7 +263,7 @@ impl Collected {
             }
             after_exec();
         }
-        if let Some(threads) = backpressure.take_exit_check() {
+        if exit_check && let Some(threads) = backpressure.take_exit_check() {
             self.check_leaks(&threads);
         }
         backpressure.ring_drained();
