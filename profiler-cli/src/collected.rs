@@ -397,12 +397,23 @@ impl Collected {
         Ok(())
     }
 
+    /// Records the end of the heap once no event follows: the report's fragmentation at the
+    /// peak (`report`, when one was written) and the live blocks, before the symbols, which
+    /// close the file. `memprof report` then replays the recording without a table of every
+    /// address (`Writer::heap_end`).
+    pub fn record_heap_end(&mut self, report: Option<&profiler_core::report::Report>) {
+        let at_peak = report
+            .and_then(|report| report.analyses.as_ref())
+            .map(|analyses| &analyses.fragmentation.at_peak);
+        if let Some(sink) = self.recording.as_mut() {
+            sink.heap_end(&self.recorder.heap, at_peak);
+        }
+    }
+
     /// Records the frames `symbolizer` named for the report, so that a replay of the
     /// recording names them the same way without the target's files.
     pub fn record_symbols(&mut self, symbolizer: &profiler_core::symbolize::Symbolizer) {
         if let Some(sink) = self.recording.as_mut() {
-            // The heap is final: its live blocks go before the symbols, which close the file.
-            sink.live_blocks(&self.recorder.heap);
             sink.symbols(&symbolizer.recorded());
         }
     }
@@ -410,7 +421,8 @@ impl Collected {
     /// Writes the recording's trailer; `announce` prints where the recording is.
     pub fn finish_recording(&mut self, meta: &Meta<'_>, announce: bool) {
         if let Some(mut sink) = self.recording.take() {
-            sink.live_blocks(&self.recorder.heap);
+            // Written already when a report was (`record_heap_end`).
+            sink.heap_end(&self.recorder.heap, None);
             let trailer = profiler_core::recording::Trailer {
                 end_monotonic_ns: meta.end_ns,
                 exit: meta.exit,

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use profiler_core::{
+    analysis::FragmentationSnapshot,
     heap::HeapState,
     maps::ProcessMaps,
     recorder::{Ingested, Recorder},
@@ -70,9 +71,9 @@ impl RecordingSink {
         });
     }
 
-    /// The blocks live at the end, after the last event (see [`Writer::live_blocks`]).
-    pub fn live_blocks(&mut self, heap: &HeapState) {
-        self.with_writer(|writer| writer.live_blocks(heap));
+    /// The end of the heap, after the last event (see [`Writer::heap_end`]).
+    pub fn heap_end(&mut self, heap: &HeapState, at_peak: Option<&Option<FragmentationSnapshot>>) {
+        self.with_writer(|writer| writer.heap_end(heap, at_peak));
     }
 
     /// Records the mappings of `maps` not recorded yet, with their build-ids.

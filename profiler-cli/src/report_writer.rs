@@ -49,7 +49,7 @@ pub fn write_image(
 
 /// Builds, writes and summarizes the report of `session`: the end of a live session, and of
 /// `memprof report` replaying a recording (offline.rs). `build_id` names the build-id of a
-/// mapped file for `profile.pb.gz`.
+/// mapped file for `profile.pb.gz`. Returns the report (a live session records parts of it).
 pub fn finish_report(
     session: &SessionView<'_>,
     malformed: u64,
@@ -58,7 +58,7 @@ pub fn finish_report(
     build_id: impl FnMut(&std::path::Path) -> Option<String>,
     output: &std::path::Path,
     top: usize,
-) -> Result<()> {
+) -> Result<profiler_core::report::Report> {
     let started = Instant::now();
     let dir = OutputDir::open(output)?;
     let outputs = write_all(&dir, session, symbolizer, report_meta, build_id)
@@ -75,7 +75,7 @@ pub fn finish_report(
         started,
     );
     let _ = writeln!(std::io::stderr(), "pprof:      {}", outputs.pprof.display());
-    Ok(())
+    Ok(outputs.report)
 }
 
 fn print_summary(

@@ -277,6 +277,7 @@ fn finish_session(
         &options.output,
         options.top,
     );
+    collected.record_heap_end(reported.as_ref().ok());
     collected.record_symbols(&symbolizer);
     collected.finish_recording(meta, true);
     let unwound = collected.recorder.unwinder.stats;
@@ -291,7 +292,7 @@ fn finish_session(
             unwound.snapshot_bytes as f64 / unwound.stacks as f64
         );
     }
-    reported
+    reported.map(|_| ())
 }
 
 /// The uprobes capture path on `pid`: finds where each allocation function is served

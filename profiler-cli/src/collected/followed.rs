@@ -529,10 +529,11 @@ fn write_ended(
         &options.output,
         symbolizer,
     );
-    let (top_leaks, warning) = match written {
+    let (top_leaks, warning) = match &written {
         Ok(report) => (ProcessLeak::top(&report.leaks, PROCESS_TOP_LEAKS), None),
         Err(error) => (Vec::new(), Some(format!("pid {}: {error:#}", image.pid))),
     };
+    image.collected.record_heap_end(written.as_ref().ok());
     image.collected.record_symbols(&symbolizer);
     image.collected.finish_recording(&meta, false);
     let stats = image.collected.recorder.heap.stats();

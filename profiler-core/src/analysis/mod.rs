@@ -40,7 +40,7 @@ use sizes::Sizes;
 use std::collections::{BTreeMap, BTreeSet};
 use timeline::{Timeline, TimelinePoint};
 
-pub use fragmentation::{FragmentationReport, OverheadPoint};
+pub use fragmentation::{FragmentationReport, FragmentationSnapshot, OverheadPoint};
 pub use growth::{GrowingSite, LeaksReport, LiveAtEnd, OldBlock};
 pub use lifetimes::{LifetimeBucket, LifetimesReport, PoolCandidate, SiteLifetime, SizeCount};
 pub use reallocs::{ChainReport, OddFreeReport, ReallocsReport};
@@ -115,6 +115,10 @@ pub struct Analyses {
     lifetimes: Lifetimes,
     sizes: Sizes,
     peak_blocks: PeakBlocks,
+    /// The fragmentation at the peak as the live session reported it: a replay that answers
+    /// from a recording takes it from there and keeps no blocks of the peak (`peak_given`).
+    recorded_peak: Option<Option<FragmentationSnapshot>>,
+    peak_given: bool,
     reallocs: Reallocs,
     /// Live malloc-family bytes and blocks now.
     live_bytes: u64,
@@ -145,6 +149,18 @@ impl Analyses {
         &self.sizes
     }
 
+    /// The fragmentation at the peak will come from the recording being replayed
+    /// ([`Analyses::take_recorded_peak`]): the blocks live at the peak are not kept.
+    pub fn expect_recorded_peak(&mut self) {
+        self.peak_given = true;
+    }
+
+    /// The fragmentation at the peak as the recording gives it (see
+    /// [`Analyses::expect_recorded_peak`]).
+    pub fn take_recorded_peak(&mut self, at_peak: Option<FragmentationSnapshot>) {
+        self.recorded_peak = Some(at_peak);
+    }
+
     /// Follows one applied event.
     pub fn observe(&mut self, event: &Event, effect: &Effect) {
         self.last_ns = self.last_ns.max(event.ts_ns);
@@ -173,7 +189,9 @@ impl Analyses {
         self.timeline.observe(&seen);
         self.growth.observe(&seen);
         self.lifetimes.observe(&seen);
-        self.peak_blocks.observe(&seen);
+        if !self.peak_given {
+            self.peak_blocks.observe(&seen);
+        }
         self.reallocs.observe(&seen);
         self.sizes.observe(&seen);
     }
@@ -199,7 +217,10 @@ impl Analyses {
         let snapshots = self.peak_blocks.report(&input);
         let fragmentation = FragmentationReport {
             allocator: input.allocator,
-            at_peak: snapshots.at_peak,
+            at_peak: match &self.recorded_peak {
+                Some(at_peak) => at_peak.clone(),
+                None => snapshots.at_peak,
+            },
             at_end: snapshots.at_end,
             overhead: overhead(&timeline.points),
         };
@@ -249,6 +270,28 @@ fn per_operation(heap: &HeapState, ops: u64) -> PerOperation {
         bytes_per_op: per(stats.bytes_allocated),
         frees_per_op: per(stats.frees),
     }
+}
+
+/// The fragmentation at the peak of `recorder`'s heap, as its report would give it with
+/// `allocator` serving: what a writer without a report (a synthetic recording, a test)
+/// records at the heap's end.
+pub fn fragmentation_at_peak(
+    recorder: &Recorder,
+    allocator: Allocator,
+) -> Option<FragmentationSnapshot> {
+    let analyses = &recorder.analyses;
+    let input = AnalysisInput {
+        heap: &recorder.heap,
+        sites: &recorder.sites,
+        start_ns: 0,
+        end_ns: analyses.last_ns,
+        allocator,
+    };
+    let end = SessionEnd {
+        input,
+        glibc: &analyses.glibc,
+    };
+    analyses.peak_blocks.report(&end).at_peak
 }
 
 /// Session facts the analyses need that are not in the events.

@@ -93,7 +93,10 @@ pub fn recorded_snapshots<R: Read + Send>(
             }
             // The namer has the recorded frames from the start; the view keeps a table of the
             // blocks.
-            Record::LeakCheck(_) | Record::Symbols(_) | Record::LiveBlocks(_) => {}
+            Record::LeakCheck(_)
+            | Record::Symbols(_)
+            | Record::LiveBlocks(_)
+            | Record::PeakFragmentation(_) => {}
             Record::Trailer(trailer) => {
                 timeline.last_ts = timeline.last_ts.max(trailer.end_monotonic_ns);
                 let lost = &trailer.lost;

@@ -18,6 +18,9 @@ pub const TAG_LOST: u8 = 0x40;
 pub const FIRST_SKIPPABLE_TAG: u8 = 0x50;
 /// The blocks live at the end, before the trailer (version 4 on; see [`put_block`]).
 pub const TAG_LIVE_BLOCKS: u8 = 0x70;
+/// The fragmentation at the peak the session's report gave (version 4 on), before the live
+/// blocks: JSON `Option<FragmentationSnapshot>`.
+pub const TAG_PEAK_FRAGMENTATION: u8 = 0x80;
 /// The frames the session's report named ([`RecordedSymbols`](crate::symbolize::RecordedSymbols)
 /// as JSON), before the trailer.
 pub const TAG_SYMBOLS: u8 = 0x60;

@@ -35,7 +35,8 @@
 //! | `0x50` | leak check | length + JSON summary, block count, then address delta and class per block (`leak_record.rs`) |
 //! | `0x60` | symbols | length + JSON [`RecordedSymbols`](crate::symbolize::RecordedSymbols): the frames the live report named, before the trailer |
 //! | `0x70` | live blocks at the end (version 4) | length + count, then by address: address delta, block (below); before the trailer, in as many records as needed |
-//! | `0x80`-`0xf0` | a record type added later | length + body: a reader that does not know it skips it |
+//! | `0x80` | fragmentation at the peak (version 4) | length + JSON `Option<FragmentationSnapshot>` as the session's report gave it, before the live blocks |
+//! | `0x90`-`0xf0` | a record type added later | length + body: a reader that does not know it skips it |
 //! | `0xK1`-`0xKf` | event | see below |
 //!
 //! A reader skips events of kinds it does not know (every event has the layout below) and
@@ -62,7 +63,8 @@
 //! free). A block is its info's number + 1, or 0 and the info (size, kind, tid, stack id + 1),
 //! then its allocation time in ticks, zigzag from the event's. With those answers and the
 //! live blocks at the end, `memprof report` replays a recording without a table of every
-//! address. A recording without the live-blocks records (cut, or written without answers)
+//! address, and with the fragmentation at the peak recorded, without the blocks of the peak.
+//! A recording without those end records (cut, written without answers, or without a report)
 //! is replayed with the table.
 //!
 //! Times are in microseconds ([`CLOCK_TICK_NS`](crate::event::CLOCK_TICK_NS): events are

@@ -151,6 +151,9 @@ fn read_batches<R: Read>(
             Record::Symbols(part) => Item::Other(Record::Symbols(part), offset),
             Record::Trailer(trailer) => Item::Other(Record::Trailer(trailer), offset),
             Record::LiveBlocks(blocks) => Item::Other(Record::LiveBlocks(blocks), offset),
+            Record::PeakFragmentation(at_peak) => {
+                Item::Other(Record::PeakFragmentation(at_peak), offset)
+            }
         };
         batch.items.push(item);
         if batch.items.len() == BATCH_RECORDS {

@@ -4,8 +4,8 @@
 //! on bad input (the fuzz test in `tests.rs` holds it to that).
 
 use super::codec::{
-    Cursor, DeltaState, FIRST_SKIPPABLE_TAG, TAG_LIVE_BLOCKS, TAG_LOST, TAG_MAPS, TAG_RSS,
-    TAG_STACK, TAG_SYMBOLS, TAG_TRAILER,
+    Cursor, DeltaState, FIRST_SKIPPABLE_TAG, TAG_LIVE_BLOCKS, TAG_LOST, TAG_MAPS,
+    TAG_PEAK_FRAGMENTATION, TAG_RSS, TAG_STACK, TAG_SYMBOLS, TAG_TRAILER,
 };
 use super::{
     FIRST_FORMAT_VERSION, FORMAT_VERSION, Header, LostRecord, MAGIC, MAX_CHUNK_BYTES,
@@ -42,6 +42,9 @@ pub enum Record<'a> {
     /// Some of the blocks live at the end, by address (version 4; the records of them come
     /// one after another, before the trailer).
     LiveBlocks(Vec<(u64, Block)>),
+    /// The fragmentation at the peak as the session's report gave it (version 4, before the
+    /// live blocks).
+    PeakFragmentation(Box<Option<crate::analysis::FragmentationSnapshot>>),
     /// The end of the session; always the last record.
     Trailer(Box<Trailer>),
 }
@@ -376,6 +379,11 @@ impl<R: Read> Reader<R> {
                     .check()
                     .map_err(|_| "symbols record names a string or frame it does not hold")?;
                 Record::Symbols(Box::new(symbols))
+            }
+            TAG_PEAK_FRAGMENTATION if self.version >= 4 => {
+                let at_peak = serde_json::from_slice(cursor.blob()?)
+                    .map_err(|_| "peak fragmentation record is not valid")?;
+                Record::PeakFragmentation(Box::new(at_peak))
             }
             TAG_LIVE_BLOCKS if self.version >= 4 => {
                 let mut body = Cursor {

@@ -3,6 +3,7 @@
 use super::read_thread::each_record;
 use super::reader::{ReadError, ReadErrorKind, Reader, Record};
 use super::{Header, LostRecord, MappingRecord, Trailer};
+use crate::analysis::FragmentationSnapshot;
 use crate::event::Event;
 use crate::heap::{Block, HeapState, RecordedLookups};
 use crate::recorder::Recorder;
@@ -55,9 +56,10 @@ pub fn replay<R: Read + Send>(
 }
 
 /// [`replay`] with a heap that answers its lookups from the recording
-/// ([`HeapState::answered`]): memory for the blocks live at the end, not for every address
-/// the program used. `None` when the recording cannot be replayed so (an older memprof's, or
-/// one that stops before the blocks live at its end): replay it with [`replay`] then.
+/// ([`HeapState::answered`]), and the fragmentation at the peak as the session's report gave
+/// it: memory for the blocks live at the end, not for every address the program used nor
+/// for those live at the peak. `None` when the recording cannot be replayed so (an older
+/// memprof's, or one that stops before the end of its heap): replay it with [`replay`] then.
 pub fn replay_answered<R: Read + Send>(
     reader: Reader<R>,
     recorder: &mut Recorder,
@@ -66,7 +68,8 @@ pub fn replay_answered<R: Read + Send>(
         return Ok(None);
     }
     recorder.heap = HeapState::answered(reader.header().mode);
-    let (replay, live) = replay_with(reader, recorder, |recorder, replay, step| {
+    recorder.analyses.expect_recorded_peak();
+    let (replay, end) = replay_with(reader, recorder, |recorder, replay, step| {
         if let Step::Event(event, stack, lookups) = step {
             recorder.apply_recorded(event, stack, lookups);
             replay.last_ts_ns = replay.last_ts_ns.max(event.ts_ns);
@@ -74,14 +77,26 @@ pub fn replay_answered<R: Read + Send>(
         }
     })?;
     let complete = replay.trailer.is_some() && replay.early_end.is_none();
-    match live {
-        Some(live) if complete && recorder.heap.end_recorded(&live).is_ok() => Ok(Some(replay)),
+    match end {
+        HeapEnd {
+            live: Some(live),
+            at_peak: Some(at_peak),
+        } if complete && recorder.heap.end_recorded(&live).is_ok() => {
+            recorder.analyses.take_recorded_peak(at_peak);
+            Ok(Some(replay))
+        }
         _ => Ok(None),
     }
 }
 
-/// The blocks a recording says are live at its end, by address.
-type LiveAtEnd = Vec<(u64, Block)>;
+/// The end of the heap, as a recording gives it (format 4).
+#[derive(Default)]
+struct HeapEnd {
+    /// The blocks live at the end, by address.
+    live: Option<Vec<(u64, Block)>>,
+    /// The fragmentation at the peak the session's report gave.
+    at_peak: Option<Option<FragmentationSnapshot>>,
+}
 
 /// What [`replay_with`] hands its caller.
 enum Step<'a> {
@@ -98,7 +113,7 @@ fn replay_with<R: Read + Send>(
     reader: Reader<R>,
     recorder: &mut Recorder,
     mut step: impl FnMut(&mut Recorder, &mut Replay, Step<'_>),
-) -> Result<(Replay, Option<LiveAtEnd>), ReadError> {
+) -> Result<(Replay, HeapEnd), ReadError> {
     let header = reader.header().clone();
     let mut replay = Replay {
         maps: header.maps.clone(),
@@ -113,7 +128,7 @@ fn replay_with<R: Read + Send>(
         leak_check: None,
         symbols: None,
     };
-    let mut live: Option<LiveAtEnd> = None;
+    let mut end = HeapEnd::default();
     let ended = each_record(reader, |record, offset| {
         if let Record::Event {
             event: recorded,
@@ -143,7 +158,8 @@ fn replay_with<R: Read + Send>(
                 .symbols
                 .get_or_insert_with(Default::default)
                 .merge(*part),
-            Record::LiveBlocks(blocks) => live.get_or_insert_with(Vec::new).extend(blocks),
+            Record::LiveBlocks(blocks) => end.live.get_or_insert_with(Vec::new).extend(blocks),
+            Record::PeakFragmentation(at_peak) => end.at_peak = Some(*at_peak),
             Record::Trailer(trailer) => replay.trailer = Some(*trailer),
         }
         Ok(())
@@ -155,7 +171,7 @@ fn replay_with<R: Read + Send>(
         Err(error) if error.is_early_end() => replay.early_end = Some(error),
         Err(error) => return Err(error),
     }
-    Ok((replay, live))
+    Ok((replay, end))
 }
 
 /// Events read but not applied yet: each event's heap entry is prefetched as it is read and

@@ -3,6 +3,7 @@
 //! [`Recorder`] and the [`Writer`] exactly as a session would.
 
 use super::{Header, Trailer, Writer};
+use crate::analysis::allocator::Allocator;
 use crate::event::encode;
 use crate::heap::Mode;
 use crate::recorder::Recorder;
@@ -102,7 +103,8 @@ pub fn write_synthetic_churn<W: Write>(out: W, events: u64) -> io::Result<(W, Re
             .expect("synthetic records are well formed");
         writer.ingested(&ingested, &recorder)?;
     }
-    writer.live_blocks(&recorder.heap)?;
+    let at_peak = crate::analysis::fragmentation_at_peak(&recorder, Allocator::Unknown);
+    writer.heap_end(&recorder.heap, Some(&at_peak))?;
     let trailer = Trailer::ended_at(ts);
     Ok((writer.finish(&trailer)?, recorder))
 }

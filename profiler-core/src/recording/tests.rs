@@ -906,9 +906,9 @@ fn closing_symbols_are_found_without_decoding_the_events() {
     );
     let ingested = recorder.ingest(&record).unwrap();
     writer.ingested(&ingested, &recorder).unwrap();
-    writer.live_blocks(&recorder.heap).unwrap();
+    writer.heap_end(&recorder.heap, Some(&None)).unwrap();
     writer.symbols(&symbols).unwrap();
-    writer.live_blocks(&recorder.heap).unwrap();
+    writer.heap_end(&recorder.heap, Some(&None)).unwrap();
     let bytes = writer.finish(&trailer()).unwrap();
     let found = Reader::new(std::io::Cursor::new(&bytes))
         .unwrap()
@@ -989,7 +989,11 @@ fn answered_recording(mode: Mode, events: &[profiler_common::EventHeader]) -> (V
             writer.flush_chunk().unwrap();
         }
     }
-    writer.live_blocks(&recorder.heap).unwrap();
+    let at_peak = crate::analysis::fragmentation_at_peak(
+        &recorder,
+        crate::analysis::allocator::Allocator::Glibc,
+    );
+    writer.heap_end(&recorder.heap, Some(&at_peak)).unwrap();
     (writer.finish(&trailer()).unwrap(), recorder)
 }
 
@@ -1096,6 +1100,15 @@ fn recordings_that_cannot_stand_alone_are_replayed_with_a_table() {
     let boundaries = chunk_boundaries(&bytes);
     let cut = &bytes[..boundaries[boundaries.len() - 2] as usize];
     assert!(!answered(cut));
+    // The live blocks without the report's fragmentation at the peak (no report was written).
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    let mut recorder = Recorder::new(Mode::Run);
+    let mut record = Vec::new();
+    crate::event::encode(&malloc, &[], &mut record);
+    let ingested = recorder.ingest(&record).unwrap();
+    writer.ingested(&ingested, &recorder).unwrap();
+    writer.heap_end(&recorder.heap, None).unwrap();
+    assert!(!answered(&writer.finish(&trailer()).unwrap()));
     // Events written without their lookups: no live blocks.
     let mut writer = Writer::create(Vec::new(), &header()).unwrap();
     let event = Event::of(EventKind::Malloc)
@@ -1106,7 +1119,7 @@ fn recordings_that_cannot_stand_alone_are_replayed_with_a_table() {
     writer.event(&event, None, None).unwrap();
     let mut recorder = Recorder::new(Mode::Run);
     recorder.apply(&event, None);
-    writer.live_blocks(&recorder.heap).unwrap();
+    writer.heap_end(&recorder.heap, Some(&None)).unwrap();
     let bytes = writer.finish(&trailer()).unwrap();
     assert!(!answered(&bytes));
     let mut table = Recorder::new(Mode::Run);

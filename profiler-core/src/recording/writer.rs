@@ -2,11 +2,13 @@
 //! (or old enough) buffer is compressed and written as one chunk with a single `write()`.
 
 use super::codec::{
-    self, DeltaState, InfoNumbers, TAG_LIVE_BLOCKS, TAG_LOST, TAG_MAPS, TAG_SYMBOLS, TAG_TRAILER,
+    self, DeltaState, InfoNumbers, TAG_LIVE_BLOCKS, TAG_LOST, TAG_MAPS, TAG_PEAK_FRAGMENTATION,
+    TAG_SYMBOLS, TAG_TRAILER,
 };
 use super::{
     CHUNK_EVENTS, CHUNK_INTERVAL, FORMAT_VERSION, Header, LostRecord, MAGIC, MappingRecord, Trailer,
 };
+use crate::analysis::FragmentationSnapshot;
 use crate::event::Event;
 use crate::heap::HeapState;
 use crate::heap::block_ring::BlockRing;
@@ -53,8 +55,8 @@ pub struct Writer<W: Write> {
     /// Every event so far came with its heap's lookups ([`Writer::ingested`]): only then are
     /// the live blocks recorded at the end, which tells a replay it may trust the answers.
     answered: bool,
-    /// The live blocks are recorded (once).
-    live_blocks_written: bool,
+    /// The heap's end is recorded (once).
+    heap_end_written: bool,
 }
 
 impl<W: Write> Writer<W> {
@@ -83,7 +85,7 @@ impl<W: Write> Writer<W> {
             infos: InfoNumbers::default(),
             lookups: Vec::new(),
             answered: true,
-            live_blocks_written: false,
+            heap_end_written: false,
         })
     }
 
@@ -151,21 +153,30 @@ impl<W: Write> Writer<W> {
         self.add_event(&ingested.event, ingested.stack, new_stack)
     }
 
-    /// Adds the blocks `heap` holds live, after the session's last event, if every event
-    /// came with its lookups: a replay that trusted their answers takes its live blocks at
-    /// the end from here. In records of at most `LIVE_BLOCKS_PER_RECORD` (at least one):
-    /// count, then by address: address delta, block.
-    /// Only the first call writes: the session writes them before its symbols (which must
+    /// Adds the end of the heap after the session's last event, if every event came with its
+    /// lookups: the fragmentation at the peak as the session's report gave it (`at_peak`;
+    /// `None` when there was no report), then the blocks `heap` holds live. A replay that
+    /// trusted the answers takes both from here. The live blocks come in records of at most
+    /// `LIVE_BLOCKS_PER_RECORD` (at least one): count, then by address: address delta, block.
+    /// Only the first call writes: the session writes this before its symbols (which must
     /// close the file, see `Reader::closing_symbols`), or at its end when it has none.
-    pub fn live_blocks(&mut self, heap: &HeapState) -> io::Result<()> {
-        if !self.answered || self.live_blocks_written {
+    pub fn heap_end(
+        &mut self,
+        heap: &HeapState,
+        at_peak: Option<&Option<FragmentationSnapshot>>,
+    ) -> io::Result<()> {
+        if !self.answered || self.heap_end_written {
             return Ok(());
         }
-        self.live_blocks_written = true;
+        self.heap_end_written = true;
+        self.started();
+        if let Some(at_peak) = at_peak {
+            let json = serde_json::to_vec(at_peak)?;
+            codec::put_blob(&mut self.records, TAG_PEAK_FRAGMENTATION, &json);
+        }
         let mut blocks: Vec<_> = heap.blocks().collect();
         blocks.sort_unstable_by_key(|(addr, _)| *addr);
         let base_ns = self.state.nanoseconds(self.state.ts_ticks);
-        self.started();
         let mut body = Vec::new();
         let mut start = 0;
         loop {
