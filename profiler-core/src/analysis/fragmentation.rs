@@ -19,7 +19,6 @@ use super::packed_blocks::PackedBlocks;
 use super::{Analysis, Observed, SessionEnd};
 use crate::fasthash::FastHashSet;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Most blocks remembered as created in the peak's tick after it (see
 /// [`PeakBlocks::created_in_peak_tick`]).
@@ -90,13 +89,16 @@ impl Analysis for PeakBlocks {
                 .map(|(addr, block)| (addr, block.size, block.ts_ns))
         };
         // Streamed, not collected: at the end of a long session these are millions of blocks.
+        let live = input.heap.stats().live_blocks as usize;
         Snapshots {
             at_peak: self.peak_ts_ns().map(|_| {
-                let blocks = || self.at_peak(live_now());
-                snapshot(blocks, input.allocator, self.glibc_at_peak())
+                let count = live + self.released.len();
+                let blocks = self.at_peak(live_now());
+                snapshot(blocks, count, input.allocator, self.glibc_at_peak())
             }),
             at_end: snapshot(
-                || live_now().map(|(addr, size, _)| (addr, size)),
+                live_now().map(|(addr, size, _)| (addr, size)),
+                live,
                 input.allocator,
                 input.glibc,
             ),
@@ -168,78 +170,42 @@ pub struct FragmentationSnapshot {
     pub largest_ranges: Vec<RangeFragmentation>,
 }
 
-/// Footprints sorted at once, at most (more only when one window holds more): python3's peak
-/// held 4.5 million blocks, 36 MiB of packed footprints sorted at once, most of what
-/// `memprof report` held.
-const SORTED_AT_ONCE: usize = 1 << 20;
-
-/// Computes a snapshot from (address, requested size) pairs, which `blocks` gives as many
-/// times as needed; `glibc` tells which blocks glibc mmapped (its threshold at the time of
-/// the snapshot). Ranges never cross a window, so the footprints are counted by window, then
-/// packed and sorted a few windows at a time (`SORTED_AT_ONCE`): the ranges are their runs
+/// Computes a snapshot from (address, requested size) pairs (about `count` of them); `glibc`
+/// tells which blocks glibc mmapped (its threshold at the time of the snapshot). The
+/// footprints are held once, packed, and sorted by address: the ranges are their runs
 /// of one window.
-pub fn snapshot<I: Iterator<Item = (u64, u64)>>(
-    blocks: impl Fn() -> I,
+pub fn snapshot(
+    blocks: impl IntoIterator<Item = (u64, u64)>,
+    count: usize,
     allocator: Allocator,
     glibc: &GlibcMmap,
-) -> FragmentationSnapshot {
-    snapshot_sorting(blocks, allocator, glibc, SORTED_AT_ONCE)
-}
-
-/// [`snapshot`], sorting at most `at_once` footprints at a time (or one window's).
-fn snapshot_sorting<I: Iterator<Item = (u64, u64)>>(
-    blocks: impl Fn() -> I,
-    allocator: Allocator,
-    glibc: &GlibcMmap,
-    at_once: usize,
 ) -> FragmentationSnapshot {
     let header = allocator.header_bytes();
-    // None for a block glibc mmapped: its own mapping, in no range.
-    let footprint = |(addr, size): (u64, u64)| {
-        if allocator == Allocator::Glibc && glibc.is_mmapped(size) {
-            return None;
+    let mut mmapped_blocks = 0;
+    let mut footprints = Footprints::with_capacity(count);
+    for (addr, size) in blocks {
+        let mmapped = allocator == Allocator::Glibc && glibc.is_mmapped(size);
+        if mmapped {
+            mmapped_blocks += 1;
+            continue;
         }
         let usable = allocator.usable_size(size, false).unwrap_or(size);
-        Some((addr.saturating_sub(header), addr.saturating_add(usable)))
-    };
-    let mut mmapped_blocks = 0;
-    let mut per_window: BTreeMap<u64, usize> = BTreeMap::new();
-    for block in blocks() {
-        match footprint(block) {
-            Some((start, _)) => *per_window.entry(start >> RANGE_SHIFT).or_default() += 1,
-            None => mmapped_blocks += 1,
-        }
+        let start = addr.saturating_sub(header);
+        let end = addr.saturating_add(usable);
+        footprints.push(start, end);
     }
     let mut computed: Vec<RangeFragmentation> = Vec::new();
-    let mut windows = per_window.into_iter().peekable();
-    while let Some((first, mut count)) = windows.next() {
-        let mut last = first;
-        while let Some(&(next, more)) = windows.peek()
-            && count + more <= at_once
-        {
-            (last, count) = (next, count + more);
-            windows.next();
-        }
-        let mut footprints = Footprints::with_capacity(count);
-        for (start, end) in blocks().filter_map(footprint) {
-            if (first..=last).contains(&(start >> RANGE_SHIFT)) {
-                footprints.push(start, end);
+    let mut range: Option<RangeSum> = None;
+    for (start, end) in footprints.sorted() {
+        match &mut range {
+            Some(sum) if sum.first >> RANGE_SHIFT == start >> RANGE_SHIFT => sum.add(start, end),
+            _ => {
+                computed.extend(range.take().map(RangeSum::finish));
+                range = Some(RangeSum::new(start, end));
             }
         }
-        let mut range: Option<RangeSum> = None;
-        for (start, end) in footprints.sorted() {
-            match &mut range {
-                Some(sum) if sum.first >> RANGE_SHIFT == start >> RANGE_SHIFT => {
-                    sum.add(start, end)
-                }
-                _ => {
-                    computed.extend(range.take().map(RangeSum::finish));
-                    range = Some(RangeSum::new(start, end));
-                }
-            }
-        }
-        computed.extend(range.map(RangeSum::finish));
     }
+    computed.extend(range.map(RangeSum::finish));
     let used_bytes = computed.iter().map(|r| r.used_bytes).sum();
     let free_bytes = computed.iter().map(|r| r.free_bytes).sum();
     let ranges = computed.len();
@@ -468,12 +434,10 @@ mod tests {
         fn packed_footprints_give_the_figures_pairs_give(
             blocks in prop::collection::vec(block(), 1..300),
             glibc in any::<bool>(),
-            at_once in prop_oneof![Just(1usize), 1usize..200, Just(SORTED_AT_ONCE)],
         ) {
             let allocator = if glibc { Allocator::Glibc } else { Allocator::Jemalloc };
             let threshold = GlibcMmap::default();
-            let snapshot =
-                snapshot_sorting(|| blocks.iter().copied(), allocator, &threshold, at_once);
+            let snapshot = snapshot(blocks.iter().copied(), blocks.len(), allocator, &threshold);
             let mut expected = by_pairs(&blocks, allocator, &threshold);
             prop_assert_eq!(snapshot.ranges, expected.len());
             let total = |i: usize| expected.iter().map(|r| [r.3, r.4][i]).sum::<u64>();

@@ -1126,3 +1126,35 @@ fn recordings_that_cannot_stand_alone_are_replayed_with_a_table() {
     replay(Reader::new(&bytes[..]).unwrap(), &mut table).unwrap();
     assert_eq!(table.heap.stats().live_blocks, 1);
 }
+
+/// The fragmentation at the peak goes through JSON: its ratios must read back to the same
+/// f64 (python3's report differed in the last digit of one before `float_roundtrip`).
+#[test]
+fn the_recorded_peak_fragmentation_reads_back_exactly() {
+    use crate::analysis::fragmentation::RangeFragmentation;
+    let range = |fragmentation: f64| RangeFragmentation {
+        start: "0x1000".into(),
+        end: "0x2000".into(),
+        blocks: 3,
+        used_bytes: 100,
+        free_bytes: 20,
+        largest_free_bytes: 4,
+        fragmentation,
+    };
+    let at_peak = Some(crate::analysis::FragmentationSnapshot {
+        ranges: 2,
+        used_bytes: 200,
+        free_bytes: 40,
+        mmapped_blocks: 1,
+        largest_ranges: vec![range(0.968_854_064_642_507_3), range(1.0 - 1.0 / 3.0)],
+    });
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
+    let recorder = Recorder::new(Mode::Run);
+    writer.heap_end(&recorder.heap, Some(&at_peak)).unwrap();
+    let bytes = writer.finish(&trailer()).unwrap();
+    let mut reader = Reader::new(&bytes[..]).unwrap();
+    assert_eq!(
+        reader.next().unwrap().unwrap(),
+        Record::PeakFragmentation(Box::new(at_peak))
+    );
+}
