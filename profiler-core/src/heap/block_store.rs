@@ -36,21 +36,42 @@ pub enum LookupOp {
     Query,
 }
 
-/// The lookups of the last event applied, in order.
-#[derive(Clone, Copy, Debug, Default)]
+/// The lookups of the last event applied, in order: the first `len` entries (the others are
+/// stale). Starting an event only resets `len`: the collector does it for every event.
+#[derive(Clone, Copy, Debug)]
 pub struct Tape {
-    entries: [Option<TapeEntry>; LOOKUPS_PER_EVENT],
+    entries: [TapeEntry; LOOKUPS_PER_EVENT],
+    len: usize,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        let unused = TapeEntry {
+            addr: 0,
+            op: LookupOp::Query,
+            found: Lookup::Absent,
+        };
+        Tape {
+            entries: [unused; LOOKUPS_PER_EVENT],
+            len: 0,
+        }
+    }
 }
 
 impl Tape {
-    pub fn entries(&self) -> impl Iterator<Item = &TapeEntry> {
-        self.entries.iter().flatten()
+    pub fn entries(&self) -> &[TapeEntry] {
+        &self.entries[..self.len]
     }
 
     #[inline]
     fn note(&mut self, entry: TapeEntry) {
-        if let Some(free) = self.entries.iter_mut().find(|slot| slot.is_none()) {
-            *free = Some(entry);
+        debug_assert!(
+            self.len < LOOKUPS_PER_EVENT,
+            "an event looks up at most two blocks"
+        );
+        if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = entry;
+            self.len += 1;
         }
     }
 }
@@ -131,7 +152,7 @@ impl BlockStore {
     #[inline]
     pub fn begin_event(&mut self, answers: &RecordedLookups) {
         match self {
-            BlockStore::Table { tape, .. } => *tape = Tape::default(),
+            BlockStore::Table { tape, .. } => tape.len = 0,
             BlockStore::Answered(answered) => {
                 answered.answers = *answers;
                 answered.made = 0;
@@ -228,7 +249,7 @@ impl BlockStore {
 /// them it could not infer: those the recording must carry.
 pub fn recorded_answers(ring: &mut BlockRing, tape: &Tape) -> RecordedLookups {
     let mut answers = RecordedLookups::default();
-    for (entry, answer) in tape.entries().zip(&mut answers) {
+    for (entry, answer) in tape.entries().iter().zip(&mut answers) {
         if ring.infer(entry.addr) != entry.found {
             *answer = Some(entry.found);
         }

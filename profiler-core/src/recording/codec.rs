@@ -54,16 +54,16 @@ const FOUND_FREED: u64 = 2;
 /// What blocks have in common, which a recording defines once and names by number: the
 /// first use of an info carries it, later ones its number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BlockInfo {
+pub struct RecordedInfo {
     pub size: u64,
     pub kind: EventKind,
     pub tid: u32,
     pub stack: Option<StackId>,
 }
 
-impl BlockInfo {
-    fn of(block: &Block) -> BlockInfo {
-        BlockInfo {
+impl RecordedInfo {
+    fn of(block: &Block) -> RecordedInfo {
+        RecordedInfo {
             size: block.size,
             kind: block.kind,
             tid: block.tid,
@@ -78,7 +78,7 @@ impl BlockInfo {
 #[derive(Debug, Default)]
 pub struct InfoNumbers {
     packed: FastHashMap<(u64, u64), u64>,
-    whole: FastHashMap<BlockInfo, u64>,
+    whole: FastHashMap<RecordedInfo, u64>,
 }
 
 /// Bits of a packed key's first word holding the size; the kind sits above them.
@@ -87,7 +87,7 @@ const PACKED_SIZE_BITS: u32 = 56;
 impl InfoNumbers {
     /// The number of `info`, and whether this is its first use (it was just given one).
     #[inline]
-    fn number(&mut self, info: &BlockInfo) -> (u64, bool) {
+    fn number(&mut self, info: &RecordedInfo) -> (u64, bool) {
         let next = (self.packed.len() + self.whole.len()) as u64;
         // The stack id + 1 in 32 bits (0: none).
         let stack = match info.stack {
@@ -128,7 +128,7 @@ pub struct DeltaState {
     /// allocation handed the same address again (a free list's head) names.
     released: RecentBlocks,
     /// The reader's block infos, by number (the writer's are in [`InfoNumbers`]).
-    infos: Vec<BlockInfo>,
+    infos: Vec<RecordedInfo>,
 }
 
 impl DeltaState {
@@ -261,7 +261,7 @@ pub fn put_lookups(
 /// A block: its info's number + 1, or 0 and the info (size, kind, tid, stack id + 1 or 0),
 /// then its allocation time in ticks, zigzag from `base_ns`'s.
 pub fn put_block(out: &mut Vec<u8>, infos: &mut InfoNumbers, block: &Block, base_ns: u64) {
-    let info = BlockInfo::of(block);
+    let info = RecordedInfo::of(block);
     let (number, first) = infos.number(&info);
     if first {
         put_varint(out, 0);
@@ -624,7 +624,7 @@ impl<'a> Cursor<'a> {
                     .ok_or("block of an unknown kind")?;
                 let tid = self.u32("thread id above 32 bits")?;
                 let stack = self.stack_ref()?;
-                let info = BlockInfo {
+                let info = RecordedInfo {
                     size,
                     kind,
                     tid,
@@ -689,7 +689,7 @@ mod tests {
     #[test]
     fn info_numbers_tell_every_field_apart_even_at_the_edges() {
         let mut numbers = InfoNumbers::default();
-        let info = |size, kind, tid, stack: Option<u32>| BlockInfo {
+        let info = |size, kind, tid, stack: Option<u32>| RecordedInfo {
             size,
             kind,
             tid,
