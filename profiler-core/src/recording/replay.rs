@@ -45,12 +45,16 @@ pub fn replay<R: Read + Send>(
     reader: Reader<R>,
     recorder: &mut Recorder,
 ) -> Result<Replay, ReadError> {
+    // The table answers every lookup: the recorded answers are not needed.
+    let none = RecordedLookups::default();
     let mut ahead = ReadAhead::default();
     let (replay, _) = replay_with(reader, recorder, |recorder, replay, step| match step {
         Step::Event(event, stack, _) => {
-            ahead.push(*event, stack, recorder, |r, e, s| apply(r, replay, e, s));
+            ahead.push(*event, stack, recorder, |r, e, s| {
+                apply(r, replay, e, s, &none)
+            });
         }
-        Step::Flush => ahead.apply_all(recorder, |r, e, s| apply(r, replay, e, s)),
+        Step::Flush => ahead.apply_all(recorder, |r, e, s| apply(r, replay, e, s, &none)),
     })?;
     Ok(replay)
 }
@@ -71,9 +75,7 @@ pub fn replay_answered<R: Read + Send>(
     recorder.analyses.expect_recorded_peak();
     let (replay, end) = replay_with(reader, recorder, |recorder, replay, step| {
         if let Step::Event(event, stack, lookups) = step {
-            recorder.apply_recorded(event, stack, lookups);
-            replay.last_ts_ns = replay.last_ts_ns.max(event.ts_ns);
-            replay.events += 1;
+            apply(recorder, replay, event, stack, lookups);
         }
     })?;
     let complete = replay.trailer.is_some() && replay.early_end.is_none();
@@ -219,8 +221,14 @@ impl ReadAhead {
 }
 
 #[inline]
-fn apply(recorder: &mut Recorder, replay: &mut Replay, event: &Event, stack: Option<StackId>) {
-    recorder.apply(event, stack);
+fn apply(
+    recorder: &mut Recorder,
+    replay: &mut Replay,
+    event: &Event,
+    stack: Option<StackId>,
+    lookups: &RecordedLookups,
+) {
+    recorder.apply_recorded(event, stack, lookups);
     replay.last_ts_ns = replay.last_ts_ns.max(event.ts_ns);
     replay.events += 1;
 }
