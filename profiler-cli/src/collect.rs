@@ -3,7 +3,7 @@
 use std::{
     future::Future,
     io::{IsTerminal as _, Write as _},
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -16,6 +16,7 @@ use tokio::{
 
 use crate::{
     collected::Collected,
+    collector_priority::CollectorPriority,
     preload_capture::{Drained, SharedRing},
 };
 
@@ -42,14 +43,20 @@ pub enum EventSource {
         /// target writing as fast as memprof reads cannot keep it in the drain, deaf to its
         /// stop; being FIFO, those records include every one queued when the drain began.
         max_queued: usize,
+        /// Whether the collector yields the CPU to the target while it keeps up (`attach`
+        /// without holds, where nothing else makes the target wait for memprof).
+        yields: bool,
+        /// The collector's priority while it yields (during `collect`).
+        priority: Option<CollectorPriority>,
     },
     /// The ring shared with the in-process capture library, polled.
     Shared(SharedRing),
 }
 
 impl EventSource {
-    /// The probes' ring of `ring_bytes`, registered for readiness.
-    pub fn kernel(ring: RingBuf<MapData>, ring_bytes: u32) -> Result<EventSource> {
+    /// The probes' ring of `ring_bytes`, registered for readiness; the collector `yields` the
+    /// CPU to the target while it keeps up.
+    pub fn kernel(ring: RingBuf<MapData>, ring_bytes: u32, yields: bool) -> Result<EventSource> {
         // SAFETY: the ring owns its descriptor and keeps it open for as long as the AsyncFd
         // holds it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -60,20 +67,52 @@ impl EventSource {
         Ok(EventSource::Kernel {
             ring,
             max_queued: ring_bytes as usize / smallest_record,
+            yields,
+            priority: None,
         })
+    }
+
+    /// Collection starts: a collector that yields goes to idle priority.
+    fn start_yielding(&mut self) -> Result<()> {
+        if let EventSource::Kernel {
+            ring,
+            yields: true,
+            priority,
+            ..
+        } = self
+        {
+            *priority = CollectorPriority::yield_to_target(ring.get_ref().as_fd())?;
+        }
+        Ok(())
+    }
+
+    /// Collection ended: the last drains and the report run at normal priority.
+    fn stop_yielding(&mut self) {
+        if let EventSource::Kernel { priority, .. } = self {
+            *priority = None;
+        }
     }
 
     /// Reads what is queued now into `collected`.
     pub fn drain(&mut self, collected: &mut Collected) {
         match self {
-            EventSource::Kernel { ring, max_queued } => {
+            EventSource::Kernel {
+                ring,
+                max_queued,
+                priority,
+                ..
+            } => {
                 // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
                 let ring = ring.get_mut();
+                let mut emptied = false;
                 let requests = loop {
                     let requests = collected.drain_requests();
                     for _ in 0..*max_queued {
-                        let Some(item) = ring.next() else { break };
+                        let Some(item) = ring.next() else {
+                            emptied = true;
+                            break;
+                        };
                         collected.record_from_thread(&item);
                     }
                     // An exec or exit stop asked for meanwhile may follow records this pass
@@ -86,6 +125,11 @@ impl EventSource {
                 collected.apply_process_events(events, |_| {});
                 collected.publish_stack_tops();
                 collected.ring_drained(requests, || {});
+                if let Some(priority) = priority
+                    && emptied
+                {
+                    priority.caught_up();
+                }
             }
             EventSource::Shared(ring) => {
                 // Taken before the drain: every record written before them is applied first.
@@ -155,6 +199,7 @@ pub async fn collect(
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut status = StatusLine::new();
     collected.refresh_maps(pid);
+    source.start_yielding()?;
     tokio::pin!(stop);
     let drain_wanted = collected.drain_wanted();
     tokio::pin!(drain_wanted);
@@ -167,7 +212,10 @@ pub async fn collect(
                 drain_wanted.set(collected.drain_wanted());
             }
             ready = source.ready() => {
-                ready?;
+                if let Err(error) = ready {
+                    source.stop_yielding();
+                    return Err(error);
+                }
                 source.drain(collected);
             }
             _ = drain_tick.tick() => {
@@ -183,6 +231,7 @@ pub async fn collect(
             }
         }
     };
+    source.stop_yielding();
     status.clear();
     // The view closes as collection ends: the report is written as without it.
     if let Some(live) = &mut collected.live {

@@ -32,6 +32,7 @@ mod cli;
 mod clock;
 mod collect;
 mod collected;
+mod collector_priority;
 mod compare;
 mod diff;
 mod elf;

@@ -1,0 +1,214 @@
+//! `attach` without holds: the collector yields the CPU to the target. Its thread runs at idle
+//! priority (`SCHED_IDLE`: it gets a CPU no runnable thread of normal priority wants), so
+//! the program profiled, a server under load, does not share its CPUs with memprof's
+//! unwinding. Nothing holds the target there, so a collector that fell behind would lose
+//! records once the ring is full: a watcher thread of normal priority waits on the ring's
+//! wakeups, which the probes force only once more than a quarter of it is queued, and
+//! raises the collector back to normal priority until a drain finds the ring empty.
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use anyhow::{Context as _, Result};
+
+/// How long the watcher waits for a wakeup before it looks whether the session ended.
+const WATCH_TIMEOUT_MS: i32 = 20;
+
+/// The collector thread's priority while it collects.
+pub struct CollectorPriority {
+    /// The collector thread's id.
+    collector: libc::pid_t,
+    /// Whether the watcher raised the collector (held while a policy is set, so that a raise
+    /// and a drop back cannot cross).
+    raised: Arc<Mutex<bool>>,
+    stop: Arc<AtomicBool>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl CollectorPriority {
+    /// Puts the calling thread, the collector, at idle priority and starts watching `ring`
+    /// (the probes' ring, whose forced wakeups say it is filling). `None` where the policy
+    /// cannot be set both ways (the collector would stay idle as the ring fills).
+    pub fn yield_to_target(ring: BorrowedFd<'_>) -> Result<Option<CollectorPriority>> {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let collector = unsafe { libc::gettid() };
+        if set_policy(collector, libc::SCHED_IDLE).is_err()
+            || set_policy(collector, libc::SCHED_OTHER).is_err()
+        {
+            return Ok(None);
+        }
+        let wakeups = Wakeups::on(ring)?;
+        set_policy(collector, libc::SCHED_IDLE).context("cannot lower the collector")?;
+        let raised = Arc::new(Mutex::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = std::thread::Builder::new()
+            .name("memprof-ring-watch".into())
+            .spawn({
+                let (raised, stop) = (raised.clone(), stop.clone());
+                move || watch(&wakeups, collector, &raised, &stop)
+            })
+            .context("cannot start the ring's watcher")?;
+        Ok(Some(CollectorPriority {
+            collector,
+            raised,
+            stop,
+            watcher: Some(watcher),
+        }))
+    }
+
+    /// A drain found the ring empty: the collector caught up and yields again.
+    pub fn caught_up(&self) {
+        let mut raised = self.raised.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *raised && set_policy(self.collector, libc::SCHED_IDLE).is_ok() {
+            *raised = false;
+        }
+    }
+
+    /// Whether the watcher raised the collector and no drain has caught up since.
+    #[cfg(test)]
+    fn raised(&self) -> bool {
+        *self.raised.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for CollectorPriority {
+    /// Collection ended: the last drain and the report run at normal priority.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+        let _ = set_policy(self.collector, libc::SCHED_OTHER);
+    }
+}
+
+/// Raises `collector` at each of the ring's wakeups until `stop`.
+fn watch(wakeups: &Wakeups, collector: libc::pid_t, raised: &Mutex<bool>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        if !wakeups.wait(WATCH_TIMEOUT_MS) {
+            continue;
+        }
+        let mut raised = raised.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !*raised && set_policy(collector, libc::SCHED_OTHER).is_ok() {
+            *raised = true;
+        }
+    }
+}
+
+/// An edge-triggered epoll on a duplicate of the ring's descriptor: it reports the wakeups the
+/// producers ask for, not that records are queued (they always are, under load).
+struct Wakeups {
+    epoll: OwnedFd,
+    _ring: OwnedFd,
+}
+
+impl Wakeups {
+    fn on(ring: BorrowedFd<'_>) -> Result<Wakeups> {
+        let ring = ring
+            .try_clone_to_owned()
+            .context("cannot duplicate the ring's descriptor")?;
+        // SAFETY: epoll_create1 has no memory arguments; a non-negative result is ours.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error()).context("epoll_create1");
+        }
+        // SAFETY: just returned by the kernel and owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open; `event` is a valid epoll_event for the call.
+        let added = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                ring.as_raw_fd(),
+                &mut event,
+            )
+        };
+        if added < 0 {
+            return Err(io::Error::last_os_error()).context("cannot watch the ring");
+        }
+        Ok(Wakeups { epoll, _ring: ring })
+    }
+
+    /// Whether a wakeup came within `timeout_ms`.
+    fn wait(&self, timeout_ms: i32) -> bool {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: the epoll descriptor is open and `event` has room for the one event asked.
+        let ready = unsafe { libc::epoll_wait(self.epoll.as_fd().as_raw_fd(), &mut event, 1, timeout_ms) };
+        ready > 0
+    }
+}
+
+/// Sets `thread`'s scheduling policy (priority 0, the only one of these two policies).
+fn set_policy(thread: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call.
+    match unsafe { libc::sched_setscheduler(thread, policy, &param) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's policy.
+    fn policy() -> libc::c_int {
+        // SAFETY: sched_getscheduler has no memory arguments; 0 is the calling thread.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    /// A pipe stands for the ring: writing to it is a wakeup.
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both were just returned by the kernel and are owned by nothing else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn wait_until(what: impl Fn() -> bool) -> bool {
+        (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            what()
+        })
+    }
+
+    #[test]
+    fn the_collector_idles_is_raised_by_a_wakeup_and_idles_again_once_caught_up() {
+        // On a thread of its own: the policy is the thread's, and the test harness's other
+        // threads keep theirs.
+        std::thread::spawn(|| {
+            let (ring, writer) = pipe();
+            let priority = CollectorPriority::yield_to_target(ring.as_fd())
+                .unwrap()
+                .expect("a thread may lower itself and, as root or within RLIMIT_NICE, back");
+            assert_eq!(policy(), libc::SCHED_IDLE);
+            assert!(!priority.raised());
+            // SAFETY: writes one byte from a valid buffer to an open pipe.
+            assert_eq!(unsafe { libc::write(writer.as_raw_fd(), [1u8].as_ptr().cast(), 1) }, 1);
+            assert!(wait_until(|| priority.raised()), "the wakeup raised the collector");
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            priority.caught_up();
+            assert!(!priority.raised());
+            assert_eq!(policy(), libc::SCHED_IDLE);
+            // Still readable, but no new wakeup: edge-triggered, it stays idle.
+            std::thread::sleep(std::time::Duration::from_millis(3 * WATCH_TIMEOUT_MS as u64));
+            assert!(!priority.raised());
+            drop(priority);
+            assert_eq!(policy(), libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
+    }
+}
