@@ -64,7 +64,10 @@ impl CollectorPriority {
 
     /// A drain found the ring empty: the collector caught up and yields again.
     pub fn caught_up(&self) {
-        let mut raised = self.raised.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut raised = self
+            .raised
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *raised && set_policy(self.collector, libc::SCHED_IDLE).is_ok() {
             *raised = false;
         }
@@ -73,7 +76,10 @@ impl CollectorPriority {
     /// Whether the watcher raised the collector and no drain has caught up since.
     #[cfg(test)]
     fn raised(&self) -> bool {
-        *self.raised.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .raised
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -94,7 +100,9 @@ fn watch(wakeups: &Wakeups, collector: libc::pid_t, raised: &Mutex<bool>, stop: 
         if !wakeups.wait(WATCH_TIMEOUT_MS) {
             continue;
         }
-        let mut raised = raised.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut raised = raised
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if !*raised && set_policy(collector, libc::SCHED_OTHER).is_ok() {
             *raised = true;
         }
@@ -143,7 +151,8 @@ impl Wakeups {
     fn wait(&self, timeout_ms: i32) -> bool {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: the epoll descriptor is open and `event` has room for the one event asked.
-        let ready = unsafe { libc::epoll_wait(self.epoll.as_fd().as_raw_fd(), &mut event, 1, timeout_ms) };
+        let ready =
+            unsafe { libc::epoll_wait(self.epoll.as_fd().as_raw_fd(), &mut event, 1, timeout_ms) };
         ready > 0
     }
 }
@@ -196,14 +205,22 @@ mod tests {
             assert_eq!(policy(), libc::SCHED_IDLE);
             assert!(!priority.raised());
             // SAFETY: writes one byte from a valid buffer to an open pipe.
-            assert_eq!(unsafe { libc::write(writer.as_raw_fd(), [1u8].as_ptr().cast(), 1) }, 1);
-            assert!(wait_until(|| priority.raised()), "the wakeup raised the collector");
+            assert_eq!(
+                unsafe { libc::write(writer.as_raw_fd(), [1u8].as_ptr().cast(), 1) },
+                1
+            );
+            assert!(
+                wait_until(|| priority.raised()),
+                "the wakeup raised the collector"
+            );
             assert_eq!(policy(), libc::SCHED_OTHER);
             priority.caught_up();
             assert!(!priority.raised());
             assert_eq!(policy(), libc::SCHED_IDLE);
             // Still readable, but no new wakeup: edge-triggered, it stays idle.
-            std::thread::sleep(std::time::Duration::from_millis(3 * WATCH_TIMEOUT_MS as u64));
+            std::thread::sleep(std::time::Duration::from_millis(
+                3 * WATCH_TIMEOUT_MS as u64,
+            ));
             assert!(!priority.raised());
             drop(priority);
             assert_eq!(policy(), libc::SCHED_OTHER);
