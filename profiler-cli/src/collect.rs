@@ -125,10 +125,8 @@ impl EventSource {
                 collected.apply_process_events(events, |_| {});
                 collected.publish_stack_tops();
                 collected.ring_drained(requests, || {});
-                if let Some(priority) = priority
-                    && emptied
-                {
-                    priority.caught_up();
+                if let Some(priority) = priority {
+                    priority.drained(emptied);
                 }
             }
             EventSource::Shared(ring) => {

@@ -4,21 +4,28 @@
 //! unwinding. Nothing holds the target there, so a collector that fell behind would lose
 //! records once the ring is full: a watcher thread of normal priority waits on the ring's
 //! wakeups, which the probes force only once more than a quarter of it is queued, and
-//! raises the collector back to normal priority until a drain finds the ring empty.
+//! raises the collector back to normal priority until a drain finds the ring empty. It does
+//! the same when no drain ended for [`STARVED_AFTER_NS`] (CPUs kept busy by the target), so
+//! that the stop, `--duration`, the status line and the live view still answer within it.
 use std::{
     io,
     os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
 
 use anyhow::{Context as _, Result};
 
-/// How long the watcher waits for a wakeup before it looks whether the session ended.
+use crate::clock::monotonic_ns;
+
+/// How long the watcher waits for a wakeup before it looks whether the session ended or the
+/// collector starves.
 const WATCH_TIMEOUT_MS: i32 = 20;
+/// A collector that ended no drain for this long is raised: it starves.
+pub const STARVED_AFTER_NS: u64 = 100_000_000;
 
 /// The collector thread's priority while it collects.
 pub struct CollectorPriority {
@@ -27,6 +34,8 @@ pub struct CollectorPriority {
     /// Whether the watcher raised the collector (held while a policy is set, so that a raise
     /// and a drop back cannot cross).
     raised: Arc<Mutex<bool>>,
+    /// When the last drain ended (monotonic ns).
+    drained_ns: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
 }
@@ -46,24 +55,31 @@ impl CollectorPriority {
         let wakeups = Wakeups::on(ring)?;
         set_policy(collector, libc::SCHED_IDLE).context("cannot lower the collector")?;
         let raised = Arc::new(Mutex::new(false));
+        let drained_ns = Arc::new(AtomicU64::new(monotonic_ns()));
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = std::thread::Builder::new()
             .name("memprof-ring-watch".into())
             .spawn({
-                let (raised, stop) = (raised.clone(), stop.clone());
-                move || watch(&wakeups, collector, &raised, &stop)
+                let (raised, drained_ns, stop) = (raised.clone(), drained_ns.clone(), stop.clone());
+                move || watch(&wakeups, collector, &raised, &drained_ns, &stop)
             })
             .context("cannot start the ring's watcher")?;
         Ok(Some(CollectorPriority {
             collector,
             raised,
+            drained_ns,
             stop,
             watcher: Some(watcher),
         }))
     }
 
-    /// A drain found the ring empty: the collector caught up and yields again.
-    pub fn caught_up(&self) {
+    /// A drain ended; one that found the ring `emptied` caught up, and the collector yields
+    /// again.
+    pub fn drained(&self, emptied: bool) {
+        self.drained_ns.store(monotonic_ns(), Ordering::Relaxed);
+        if !emptied {
+            return;
+        }
         let mut raised = self
             .raised
             .lock()
@@ -94,10 +110,20 @@ impl Drop for CollectorPriority {
     }
 }
 
-/// Raises `collector` at each of the ring's wakeups until `stop`.
-fn watch(wakeups: &Wakeups, collector: libc::pid_t, raised: &Mutex<bool>, stop: &AtomicBool) {
+/// Raises `collector` at each of the ring's wakeups, and when it ended no drain for
+/// [`STARVED_AFTER_NS`] (`drained_ns`), until `stop`.
+fn watch(
+    wakeups: &Wakeups,
+    collector: libc::pid_t,
+    raised: &Mutex<bool>,
+    drained_ns: &AtomicU64,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Relaxed) {
-        if !wakeups.wait(WATCH_TIMEOUT_MS) {
+        let woken = wakeups.wait(WATCH_TIMEOUT_MS);
+        let starved =
+            monotonic_ns().saturating_sub(drained_ns.load(Ordering::Relaxed)) > STARVED_AFTER_NS;
+        if !woken && !starved {
             continue;
         }
         let mut raised = raised
@@ -194,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn the_collector_idles_is_raised_by_a_wakeup_and_idles_again_once_caught_up() {
+    fn the_collector_idles_and_is_raised_by_a_wakeup_or_a_drought_until_it_catches_up() {
         // On a thread of its own: the policy is the thread's, and the test harness's other
         // threads keep theirs.
         std::thread::spawn(|| {
@@ -214,14 +240,28 @@ mod tests {
                 "the wakeup raised the collector"
             );
             assert_eq!(policy(), libc::SCHED_OTHER);
-            priority.caught_up();
+            // A drain that did not empty the ring keeps it raised.
+            priority.drained(false);
+            assert!(priority.raised());
+            priority.drained(true);
             assert!(!priority.raised());
             assert_eq!(policy(), libc::SCHED_IDLE);
-            // Still readable, but no new wakeup: edge-triggered, it stays idle.
-            std::thread::sleep(std::time::Duration::from_millis(
-                3 * WATCH_TIMEOUT_MS as u64,
-            ));
+            // Still readable, but no new wakeup: edge-triggered, it stays idle while drains
+            // keep ending.
+            for _ in 0..3 {
+                std::thread::sleep(std::time::Duration::from_millis(WATCH_TIMEOUT_MS as u64));
+                priority.drained(true);
+            }
             assert!(!priority.raised());
+            // No drain ends for longer than the bound: it starves, and is raised.
+            let quiet = std::time::Instant::now();
+            priority.drained(true);
+            assert!(
+                wait_until(|| priority.raised()),
+                "a starving collector was raised"
+            );
+            assert!(quiet.elapsed().as_nanos() as u64 > STARVED_AFTER_NS);
+            assert_eq!(policy(), libc::SCHED_OTHER);
             drop(priority);
             assert_eq!(policy(), libc::SCHED_OTHER);
         })

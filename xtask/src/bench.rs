@@ -221,7 +221,7 @@ fn report_secs(stderr: &str) -> Option<f64> {
 }
 
 /// summary.lost_events of a report, None when it cannot be read.
-fn lost_events(report: &Path) -> Option<u64> {
+pub fn lost_events(report: &Path) -> Option<u64> {
     let text = fs::read_to_string(report).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["summary"]["lost_events"].as_u64()

@@ -70,8 +70,17 @@ pub fn run(memprof: &Path, baseline: Option<&Path>, scratch: &Path, runs: u32) -
                 _ => memprof,
             };
             let rate = run_once(binary, &server, setup, &out)?;
+            // What memprof lost (attach has no holds): a cheaper window that loses records
+            // is not cheaper.
+            let lost = match setup {
+                Setup::Bare | Setup::Heaptrack => String::new(),
+                _ => match crate::bench::lost_events(&out.join("report.json")) {
+                    Some(lost) => format!("  lost {lost} events"),
+                    None => "  lost events unknown (no report)".into(),
+                },
+            };
             println!(
-                "  round {round}/{runs} redis    {:<20} {rate:>10.0} req/s",
+                "  round {round}/{runs} redis    {:<20} {rate:>10.0} req/s{lost}",
                 setup.label()
             );
             rates[s].push(rate);
