@@ -41,7 +41,7 @@ impl RecordingSink {
     /// Creates the file and writes the header (whose maps are marked written).
     pub fn create(path: &Path, header: &profiler_core::recording::Header) -> Result<RecordingSink> {
         let file = profiler_core::output_dir::create_file(path)?;
-        let writer = Writer::create_compressing_apart(file, header)
+        let writer = Writer::create(file, header)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let written = header.maps.iter().map(key).collect();
         Ok(RecordingSink {

@@ -84,7 +84,6 @@
 //! interns them in that order gets the same [`StackId`](crate::stacks::StackId)s.
 
 mod buildid;
-mod chunk_out;
 pub(crate) mod codec;
 mod leak_record;
 mod read_thread;

@@ -64,10 +64,7 @@ fn trailer() -> Trailer {
 
 /// Every record kind and every optional field, including values at the edges of their types.
 fn write_sample() -> Vec<u8> {
-    write_sample_with(Writer::create(Vec::new(), &header()).unwrap())
-}
-
-fn write_sample_with(mut writer: Writer<Vec<u8>>) -> Vec<u8> {
+    let mut writer = Writer::create(Vec::new(), &header()).unwrap();
     writer
         .event(
             &Event::of(EventKind::Malloc)
@@ -117,73 +114,6 @@ fn write_sample_with(mut writer: Writer<Vec<u8>>) -> Vec<u8> {
         )
         .unwrap();
     writer.finish(&trailer()).unwrap()
-}
-
-#[test]
-fn chunks_compressed_on_a_thread_of_their_own_make_the_same_file() {
-    let apart = Writer::create_compressing_apart(Vec::new(), &header()).unwrap();
-    assert_eq!(write_sample_with(apart), write_sample());
-}
-
-/// An output that takes `room` bytes, then fails as a full disk does.
-struct FullDisk {
-    written: Vec<u8>,
-    room: usize,
-}
-
-impl std::io::Write for FullDisk {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if self.written.len() + bytes.len() > self.room {
-            return Err(std::io::Error::from_raw_os_error(libc_enospc()));
-        }
-        self.written.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// ENOSPC on Linux.
-fn libc_enospc() -> i32 {
-    28
-}
-
-#[test]
-fn a_write_error_on_the_compressing_thread_reaches_the_writer() {
-    // Room for the header and a few chunks.
-    let header_bytes = Writer::create(Vec::new(), &header())
-        .unwrap()
-        .bytes_written();
-    let disk = FullDisk {
-        written: Vec::new(),
-        room: header_bytes as usize + 100,
-    };
-    let mut writer = Writer::create_compressing_apart(disk, &header()).unwrap();
-    let mut first_error = None;
-    for i in 0..64u64 {
-        let event = Event::of(EventKind::Malloc)
-            .tid(1)
-            .at(6_000_000 + i)
-            .addr(0x1000 + i * 4096)
-            .size(100 + i);
-        writer.event(&event, None, None).unwrap();
-        // One chunk per event: the thread soon finds the disk full, and a later chunk
-        // handed over (or the end) says so.
-        if let Err(error) = writer.flush_chunk() {
-            first_error = Some(error);
-            break;
-        }
-    }
-    let error = match first_error {
-        Some(error) => error,
-        None => writer
-            .finish(&trailer())
-            .err()
-            .expect("the full disk is an error"),
-    };
-    assert_eq!(error.raw_os_error(), Some(libc_enospc()), "{error}");
 }
 
 fn lost_so_far() -> LostRecord {
