@@ -54,9 +54,8 @@ pub enum EventSource {
 }
 
 impl EventSource {
-    /// The probes' ring of `ring_bytes`, registered for readiness; the collector `yields` the
-    /// CPU to the target while it keeps up.
-    pub fn kernel(ring: RingBuf<MapData>, ring_bytes: u32, yields: bool) -> Result<EventSource> {
+    /// The probes' ring of `ring_bytes`, registered for readiness.
+    pub fn kernel(ring: RingBuf<MapData>, ring_bytes: u32) -> Result<EventSource> {
         // SAFETY: the ring owns its descriptor and keeps it open for as long as the AsyncFd
         // holds it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -67,9 +66,18 @@ impl EventSource {
         Ok(EventSource::Kernel {
             ring,
             max_queued: ring_bytes as usize / smallest_record,
-            yields,
+            yields: false,
             priority: None,
         })
+    }
+
+    /// The collector will yield the CPU to the target while it keeps up (see
+    /// `collector_priority.rs`): for `attach` without holds or a followed tree, where no
+    /// thread memprof starts during collection (they inherit its policy) waits on it.
+    pub fn yield_to_target(&mut self) {
+        if let EventSource::Kernel { yields, .. } = self {
+            *yields = true;
+        }
     }
 
     /// Collection starts: a collector that yields goes to idle priority.

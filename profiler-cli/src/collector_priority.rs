@@ -53,7 +53,6 @@ impl CollectorPriority {
             return Ok(None);
         }
         let wakeups = Wakeups::on(ring)?;
-        set_policy(collector, libc::SCHED_IDLE).context("cannot lower the collector")?;
         let raised = Arc::new(Mutex::new(false));
         let drained_ns = Arc::new(AtomicU64::new(monotonic_ns()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -64,13 +63,18 @@ impl CollectorPriority {
                 move || watch(&wakeups, collector, &raised, &drained_ns, &stop)
             })
             .context("cannot start the ring's watcher")?;
-        Ok(Some(CollectorPriority {
+        let priority = CollectorPriority {
             collector,
             raised,
             drained_ns,
             stop,
             watcher: Some(watcher),
-        }))
+        };
+        // After the watcher started: a thread inherits its creator's policy. Dropped (the
+        // watcher stopped) if this fails.
+        Ok(set_policy(collector, libc::SCHED_IDLE)
+            .is_ok()
+            .then_some(priority))
     }
 
     /// A drain ended; one that found the ring `emptied` caught up, and the collector yields
@@ -203,6 +207,16 @@ mod tests {
         unsafe { libc::sched_getscheduler(0) }
     }
 
+    /// The policy of this process's thread named `name` (as `/proc` shortens it).
+    fn thread_policy(name: &str) -> Option<libc::c_int> {
+        std::fs::read_dir("/proc/self/task").ok()?.find_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            // The fields after the name start at the 3rd; the policy is the 41st.
+            (comm == name).then(|| rest.split(' ').nth(41 - 3)?.parse().ok())?
+        })
+    }
+
     /// A pipe stands for the ring: writing to it is a wakeup.
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
@@ -229,6 +243,11 @@ mod tests {
                 .unwrap()
                 .expect("a thread may lower itself and, as root or within RLIMIT_NICE, back");
             assert_eq!(policy(), libc::SCHED_IDLE);
+            assert_eq!(
+                thread_policy("memprof-ring-wa"),
+                Some(libc::SCHED_OTHER),
+                "the watcher keeps normal priority"
+            );
             assert!(!priority.raised());
             // SAFETY: writes one byte from a valid buffer to an open pipe.
             assert_eq!(

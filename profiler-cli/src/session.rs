@@ -327,7 +327,7 @@ pub fn probe_capture(
     collected.refresh_maps(pid);
     Ok(Capture {
         collected,
-        source: EventSource::kernel(ring, ring_bytes, !hold_threads)?,
+        source: EventSource::kernel(ring, ring_bytes)?,
         sites,
         probes: Some(Arc::new(Mutex::new(probes))),
     })
