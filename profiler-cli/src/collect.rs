@@ -80,7 +80,7 @@ impl EventSource {
         }
     }
 
-    /// Collection starts: a collector that yields goes to idle priority.
+    /// Collection starts: a collector that yields drains at idle priority from now on.
     fn start_yielding(&mut self) -> Result<()> {
         if let EventSource::Kernel {
             ring,
@@ -96,8 +96,19 @@ impl EventSource {
 
     /// Collection ended: the last drains and the report run at normal priority.
     fn stop_yielding(&mut self) {
-        if let EventSource::Kernel { priority, .. } = self {
-            *priority = None;
+        if let EventSource::Kernel { priority, .. } = self
+            && let Some(ended) = priority.take()
+        {
+            let stats = ended.stats();
+            if crate::timings::enabled() {
+                stderr_line!(
+                    "collector: {} drains at idle priority; raised {} times for a ring a \
+                     quarter full, {} for a starving drain",
+                    stats.idle_drains,
+                    stats.raised_filling,
+                    stats.raised_starving
+                );
+            }
         }
     }
 
@@ -110,6 +121,9 @@ impl EventSource {
                 priority,
                 ..
             } => {
+                if let Some(priority) = priority {
+                    priority.drain_starts();
+                }
                 // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
                 let ring = ring.get_mut();
@@ -134,7 +148,7 @@ impl EventSource {
                 collected.publish_stack_tops();
                 collected.ring_drained(requests, || {});
                 if let Some(priority) = priority {
-                    priority.drained(emptied);
+                    priority.drain_ended(emptied);
                 }
             }
             EventSource::Shared(ring) => {

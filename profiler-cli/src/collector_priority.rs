@@ -1,12 +1,13 @@
-//! `attach` without holds: the collector yields the CPU to the target. Its thread runs at idle
-//! priority (`SCHED_IDLE`: it gets a CPU no runnable thread of normal priority wants), so
-//! the program profiled, a server under load, does not share its CPUs with memprof's
-//! unwinding. Nothing holds the target there, so a collector that fell behind would lose
-//! records once the ring is full: a watcher thread of normal priority waits on the ring's
-//! wakeups, which the probes force only once more than a quarter of it is queued, and
-//! raises the collector back to normal priority until a drain finds the ring empty. It does
-//! the same when no drain ended for [`STARVED_AFTER_NS`] (CPUs kept busy by the target), so
-//! that the stop, `--duration`, the status line and the live view still answer within it.
+//! `attach` without holds: the collector yields the CPU to the target. Its drains (the
+//! unwinding, the heap, the recording: nearly all of its work) run at idle priority
+//! (`SCHED_IDLE`: on a CPU no runnable thread of normal priority wants), so the program
+//! profiled, a server under load, does not share its CPUs with them; between drains the thread
+//! is back at normal priority, so the stop, `--duration`, the status line and the live view
+//! answer as before. Nothing holds the target there, so a collector that fell behind would
+//! lose records once the ring is full: a watcher thread of normal priority waits on the
+//! ring's wakeups, which the probes force only once more than a quarter of it is queued, and
+//! raises the collector's drains to normal priority until one finds the ring empty. It does
+//! the same to a drain that has run for [`STARVED_AFTER_NS`] (CPUs kept busy by the target).
 use std::{
     io,
     os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
@@ -22,28 +23,46 @@ use anyhow::{Context as _, Result};
 use crate::clock::monotonic_ns;
 
 /// How long the watcher waits for a wakeup before it looks whether the session ended or the
-/// collector starves.
+/// drain starves.
 const WATCH_TIMEOUT_MS: i32 = 20;
-/// A collector that ended no drain for this long is raised: it starves.
+/// A drain that has run this long at idle priority is raised: it starves.
 pub const STARVED_AFTER_NS: u64 = 100_000_000;
+
+/// What the collector's priority did over a session (`MEMPROF_TIMINGS=1` prints it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PriorityStats {
+    /// Drains run at idle priority.
+    pub idle_drains: u64,
+    /// Raises for a ring a quarter full.
+    pub raised_filling: u64,
+    /// Raises of a drain that starved.
+    pub raised_starving: u64,
+}
 
 /// The collector thread's priority while it collects.
 pub struct CollectorPriority {
     /// The collector thread's id.
     collector: libc::pid_t,
-    /// Whether the watcher raised the collector (held while a policy is set, so that a raise
-    /// and a drop back cannot cross).
-    raised: Arc<Mutex<bool>>,
-    /// When the last drain ended (monotonic ns).
-    drained_ns: Arc<AtomicU64>,
+    /// Shared with the watcher: held while a policy is set, so a raise and a drop back
+    /// cannot cross.
+    state: Arc<Mutex<State>>,
+    /// When the drain in progress started (monotonic ns), 0 between drains.
+    drain_started_ns: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
 }
 
+#[derive(Default)]
+struct State {
+    /// The watcher raised the drains; until one empties the ring they run at normal priority.
+    raised: bool,
+    stats: PriorityStats,
+}
+
 impl CollectorPriority {
-    /// Puts the calling thread, the collector, at idle priority and starts watching `ring`
-    /// (the probes' ring, whose forced wakeups say it is filling). `None` where the policy
-    /// cannot be set both ways (the collector would stay idle as the ring fills).
+    /// Makes the calling thread, the collector, drain at idle priority from now on, and starts
+    /// watching `ring` (the probes' ring, whose forced wakeups say it is filling). `None`
+    /// where the policy cannot be set both ways (a drain would stay idle as the ring fills).
     pub fn yield_to_target(ring: BorrowedFd<'_>) -> Result<Option<CollectorPriority>> {
         // SAFETY: gettid has no arguments and cannot fail.
         let collector = unsafe { libc::gettid() };
@@ -53,58 +72,67 @@ impl CollectorPriority {
             return Ok(None);
         }
         let wakeups = Wakeups::on(ring)?;
-        let raised = Arc::new(Mutex::new(false));
-        let drained_ns = Arc::new(AtomicU64::new(monotonic_ns()));
+        let state = Arc::new(Mutex::new(State::default()));
+        let drain_started_ns = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = std::thread::Builder::new()
             .name("memprof-ring-watch".into())
             .spawn({
-                let (raised, drained_ns, stop) = (raised.clone(), drained_ns.clone(), stop.clone());
-                move || watch(&wakeups, collector, &raised, &drained_ns, &stop)
+                let (state, started, stop) =
+                    (state.clone(), drain_started_ns.clone(), stop.clone());
+                move || watch(&wakeups, collector, &state, &started, &stop)
             })
             .context("cannot start the ring's watcher")?;
-        let priority = CollectorPriority {
+        Ok(Some(CollectorPriority {
             collector,
-            raised,
-            drained_ns,
+            state,
+            drain_started_ns,
             stop,
             watcher: Some(watcher),
-        };
-        // After the watcher started: a thread inherits its creator's policy. Dropped (the
-        // watcher stopped) if this fails.
-        Ok(set_policy(collector, libc::SCHED_IDLE)
-            .is_ok()
-            .then_some(priority))
+        }))
     }
 
-    /// A drain ended; one that found the ring `emptied` caught up, and the collector yields
-    /// again.
-    pub fn drained(&self, emptied: bool) {
-        self.drained_ns.store(monotonic_ns(), Ordering::Relaxed);
-        if !emptied {
-            return;
-        }
-        let mut raised = self
-            .raised
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *raised && set_policy(self.collector, libc::SCHED_IDLE).is_ok() {
-            *raised = false;
+    /// A drain starts: at idle priority, unless the watcher raised the drains.
+    pub fn drain_starts(&self) {
+        let mut state = self.lock();
+        self.drain_started_ns
+            .store(monotonic_ns().max(1), Ordering::Relaxed);
+        if !state.raised && set_policy(self.collector, libc::SCHED_IDLE).is_ok() {
+            state.stats.idle_drains += 1;
         }
     }
 
-    /// Whether the watcher raised the collector and no drain has caught up since.
+    /// A drain ended, having found the ring `emptied` or not: back to normal priority until
+    /// the next, and a drain that caught up ends the raise.
+    pub fn drain_ended(&self, emptied: bool) {
+        let mut state = self.lock();
+        self.drain_started_ns.store(0, Ordering::Relaxed);
+        if emptied {
+            state.raised = false;
+        }
+        let _ = set_policy(self.collector, libc::SCHED_OTHER);
+    }
+
+    /// What the priority did so far.
+    pub fn stats(&self) -> PriorityStats {
+        self.lock().stats
+    }
+
+    /// Whether the watcher raised the drains and none caught up since.
     #[cfg(test)]
     fn raised(&self) -> bool {
-        *self
-            .raised
+        self.lock().raised
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Drop for CollectorPriority {
-    /// Collection ended: the last drain and the report run at normal priority.
+    /// Collection ended: the watcher stops, and the thread stays at normal priority.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(watcher) = self.watcher.take() {
@@ -114,27 +142,32 @@ impl Drop for CollectorPriority {
     }
 }
 
-/// Raises `collector` at each of the ring's wakeups, and when it ended no drain for
-/// [`STARVED_AFTER_NS`] (`drained_ns`), until `stop`.
+/// Raises `collector`'s drains at each of the ring's wakeups, and a drain that has run for
+/// [`STARVED_AFTER_NS`] (since `drain_started_ns`), until `stop`.
 fn watch(
     wakeups: &Wakeups,
     collector: libc::pid_t,
-    raised: &Mutex<bool>,
-    drained_ns: &AtomicU64,
+    state: &Mutex<State>,
+    drain_started_ns: &AtomicU64,
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Relaxed) {
         let woken = wakeups.wait(WATCH_TIMEOUT_MS);
-        let starved =
-            monotonic_ns().saturating_sub(drained_ns.load(Ordering::Relaxed)) > STARVED_AFTER_NS;
+        let started = drain_started_ns.load(Ordering::Relaxed);
+        let starved = started != 0 && monotonic_ns().saturating_sub(started) > STARVED_AFTER_NS;
         if !woken && !starved {
             continue;
         }
-        let mut raised = raised
+        let mut state = state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !*raised && set_policy(collector, libc::SCHED_OTHER).is_ok() {
-            *raised = true;
+        if state.raised || set_policy(collector, libc::SCHED_OTHER).is_err() {
+            continue;
+        }
+        state.raised = true;
+        match woken {
+            true => state.stats.raised_filling += 1,
+            false => state.stats.raised_starving += 1,
         }
     }
 }
@@ -234,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn the_collector_idles_and_is_raised_by_a_wakeup_or_a_drought_until_it_catches_up() {
+    fn drains_idle_until_a_wakeup_or_a_starving_drain_raises_them_and_one_catches_up() {
         // On a thread of its own: the policy is the thread's, and the test harness's other
         // threads keep theirs.
         std::thread::spawn(|| {
@@ -242,13 +275,17 @@ mod tests {
             let priority = CollectorPriority::yield_to_target(ring.as_fd())
                 .unwrap()
                 .expect("a thread may lower itself and, as root or within RLIMIT_NICE, back");
-            assert_eq!(policy(), libc::SCHED_IDLE);
+            // Between drains: normal priority, as is the watcher.
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            // The watcher names itself once it runs.
+            assert!(wait_until(|| thread_policy("memprof-ring-wa").is_some()));
             assert_eq!(
                 thread_policy("memprof-ring-wa"),
                 Some(libc::SCHED_OTHER),
                 "the watcher keeps normal priority"
             );
-            assert!(!priority.raised());
+            priority.drain_starts();
+            assert_eq!(policy(), libc::SCHED_IDLE);
             // SAFETY: writes one byte from a valid buffer to an open pipe.
             assert_eq!(
                 unsafe { libc::write(writer.as_raw_fd(), [1u8].as_ptr().cast(), 1) },
@@ -256,31 +293,42 @@ mod tests {
             );
             assert!(
                 wait_until(|| priority.raised()),
-                "the wakeup raised the collector"
+                "the wakeup raised the drain"
             );
             assert_eq!(policy(), libc::SCHED_OTHER);
-            // A drain that did not empty the ring keeps it raised.
-            priority.drained(false);
-            assert!(priority.raised());
-            priority.drained(true);
+            // A drain that did not empty the ring keeps the drains raised.
+            priority.drain_ended(false);
+            priority.drain_starts();
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            priority.drain_ended(true);
             assert!(!priority.raised());
-            assert_eq!(policy(), libc::SCHED_IDLE);
-            // Still readable, but no new wakeup: edge-triggered, it stays idle while drains
-            // keep ending.
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            // Still readable, but no new wakeup (edge-triggered): short drains stay idle.
             for _ in 0..3 {
+                priority.drain_starts();
+                assert_eq!(policy(), libc::SCHED_IDLE);
                 std::thread::sleep(std::time::Duration::from_millis(WATCH_TIMEOUT_MS as u64));
-                priority.drained(true);
+                priority.drain_ended(true);
             }
             assert!(!priority.raised());
-            // No drain ends for longer than the bound: it starves, and is raised.
-            let quiet = std::time::Instant::now();
-            priority.drained(true);
+            // A drain that runs past the bound starves, and is raised.
+            let started = std::time::Instant::now();
+            priority.drain_starts();
             assert!(
                 wait_until(|| priority.raised()),
-                "a starving collector was raised"
+                "a starving drain was raised"
             );
-            assert!(quiet.elapsed().as_nanos() as u64 > STARVED_AFTER_NS);
+            assert!(started.elapsed().as_nanos() as u64 > STARVED_AFTER_NS);
             assert_eq!(policy(), libc::SCHED_OTHER);
+            priority.drain_ended(true);
+            assert_eq!(
+                priority.stats(),
+                PriorityStats {
+                    idle_drains: 5,
+                    raised_filling: 1,
+                    raised_starving: 1,
+                }
+            );
             drop(priority);
             assert_eq!(policy(), libc::SCHED_OTHER);
         })

@@ -133,3 +133,65 @@ fn recorded_symbols_that_name_no_frame_or_a_missing_string_are_refused() {
         Err(RecordedSymbolsError::NoSuchString(4, 4))
     );
 }
+
+/// A C file compiled with zlib-compressed DWARF (`-gz=zlib`, as Debian's debug files come),
+/// and the virtual address of its function `leaf`.
+fn compressed_dwarf_object(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let source = dir.join("compressed.c");
+    std::fs::write(
+        &source,
+        "int leaf(int x) {\n  return x * 3 + 1;\n}\nint main(void) { return leaf(2); }\n",
+    )
+    .unwrap();
+    let binary = dir.join("compressed");
+    let status = std::process::Command::new("gcc")
+        .args(["-g", "-O0", "-gz=zlib", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("gcc runs (setup installs it)");
+    assert!(status.success(), "gcc -gz=zlib: {status}");
+    let bytes = std::fs::read(&binary).unwrap();
+    let file = object::File::parse(&*bytes).unwrap();
+    let info = file.section_by_name(".debug_info").expect("built with -g");
+    assert_eq!(
+        info.compressed_data().unwrap().format,
+        object::CompressionFormat::Zlib,
+        "gcc compressed the DWARF"
+    );
+    let leaf = file
+        .symbols()
+        .find(|symbol| symbol.name() == Ok("leaf"))
+        .expect("leaf in the symbol table");
+    (binary, leaf.address())
+}
+
+#[test]
+fn compressed_dwarf_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (binary, leaf) = compressed_dwarf_object(dir.path());
+    let bytes: std::sync::Arc<[u8]> = std::fs::read(&binary).unwrap().into();
+    let module = module::Module::parse(bytes, &binary, dir.path()).unwrap();
+    let base = Frame {
+        address: leaf,
+        module: "compressed".into(),
+        module_offset: 0,
+        function: None,
+        file: None,
+        line: None,
+        inlined: false,
+    };
+    // Past the prologue: the body's line, 2.
+    let frames = module.describe(leaf + 8, &base);
+    let frame = frames.last().expect("one frame");
+    assert_eq!(frame.function.as_deref(), Some("leaf"));
+    assert!(
+        frame
+            .file
+            .as_deref()
+            .is_some_and(|file| file.ends_with("compressed.c")),
+        "{frames:?}"
+    );
+    assert_eq!(frame.line, Some(2), "{frames:?}");
+}
