@@ -80,7 +80,7 @@ impl EventSource {
         }
     }
 
-    /// Collection starts: a collector that yields drains at idle priority from now on.
+    /// Collection starts: a collector that yields goes to idle priority.
     fn start_yielding(&mut self) -> Result<()> {
         if let EventSource::Kernel {
             ring,
@@ -103,7 +103,7 @@ impl EventSource {
             if crate::timings::enabled() {
                 stderr_line!(
                     "collector: {} drains at idle priority; raised {} times for a ring a \
-                     quarter full, {} for a starving drain",
+                     quarter full, {} for a starving collector",
                     stats.idle_drains,
                     stats.raised_filling,
                     stats.raised_starving

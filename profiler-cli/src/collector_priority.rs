@@ -1,13 +1,15 @@
-//! `attach` without holds: the collector yields the CPU to the target. Its drains (the
-//! unwinding, the heap, the recording: nearly all of its work) run at idle priority
-//! (`SCHED_IDLE`: on a CPU no runnable thread of normal priority wants), so the program
-//! profiled, a server under load, does not share its CPUs with them; between drains the thread
-//! is back at normal priority, so the stop, `--duration`, the status line and the live view
-//! answer as before. Nothing holds the target there, so a collector that fell behind would
-//! lose records once the ring is full: a watcher thread of normal priority waits on the
-//! ring's wakeups, which the probes force only once more than a quarter of it is queued, and
-//! raises the collector's drains to normal priority until one finds the ring empty. It does
-//! the same to a drain that has run for [`STARVED_AFTER_NS`] (CPUs kept busy by the target).
+//! `attach` without holds: the collector yields the CPU to the target. Its thread runs at idle
+//! priority (`SCHED_IDLE`: on a CPU no runnable thread of normal priority wants), so the
+//! program profiled, a server under load, does not share its CPUs with memprof's unwinding.
+//! Nothing holds the target there, so a collector that fell behind would lose records once
+//! the ring is full: a watcher thread of normal priority waits on the ring's wakeups, which
+//! the probes force only once more than a quarter of it is queued, and raises the collector
+//! back to normal priority. It does the same when no drain ended for [`STARVED_AFTER_NS`]
+//! (CPUs kept busy by the target). A raise lasts [`RAISED_FOR_NS`] at least, and until a
+//! drain finds the ring empty: the loop around the drains (the stop, `--duration`, the status
+//! line, the live view) then runs at normal priority too, where a thread lowered again at
+//! once crawled through it on a busy CPU (`attach --duration 1` beside a CPU-bound target
+//! ran past two minutes).
 use std::{
     io,
     os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
@@ -23,19 +25,21 @@ use anyhow::{Context as _, Result};
 use crate::clock::monotonic_ns;
 
 /// How long the watcher waits for a wakeup before it looks whether the session ended or the
-/// drain starves.
+/// collector starves.
 const WATCH_TIMEOUT_MS: i32 = 20;
-/// A drain that has run this long at idle priority is raised: it starves.
+/// A collector that ended no drain for this long is raised: it starves.
 pub const STARVED_AFTER_NS: u64 = 100_000_000;
+/// The shortest raise.
+pub const RAISED_FOR_NS: u64 = 1_000_000_000;
 
 /// What the collector's priority did over a session (`MEMPROF_TIMINGS=1` prints it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PriorityStats {
-    /// Drains run at idle priority.
+    /// Drains that began at idle priority.
     pub idle_drains: u64,
     /// Raises for a ring a quarter full.
     pub raised_filling: u64,
-    /// Raises of a drain that starved.
+    /// Raises of a starving collector.
     pub raised_starving: u64,
 }
 
@@ -43,26 +47,26 @@ pub struct PriorityStats {
 pub struct CollectorPriority {
     /// The collector thread's id.
     collector: libc::pid_t,
-    /// Shared with the watcher: held while a policy is set, so a raise and a drop back
+    /// Shared with the watcher: held while a policy is set, so that a raise and a drop back
     /// cannot cross.
     state: Arc<Mutex<State>>,
-    /// When the drain in progress started (monotonic ns), 0 between drains.
-    drain_started_ns: Arc<AtomicU64>,
+    /// When the last drain ended (monotonic ns).
+    drained_ns: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
 }
 
 #[derive(Default)]
 struct State {
-    /// The watcher raised the drains; until one empties the ring they run at normal priority.
-    raised: bool,
+    /// When the watcher raised the collector (monotonic ns), while it is raised.
+    raised_at: Option<u64>,
     stats: PriorityStats,
 }
 
 impl CollectorPriority {
-    /// Makes the calling thread, the collector, drain at idle priority from now on, and starts
-    /// watching `ring` (the probes' ring, whose forced wakeups say it is filling). `None`
-    /// where the policy cannot be set both ways (a drain would stay idle as the ring fills).
+    /// Puts the calling thread, the collector, at idle priority and starts watching `ring`
+    /// (the probes' ring, whose forced wakeups say it is filling). `None` where the policy
+    /// cannot be set both ways (the collector would stay idle as the ring fills).
     pub fn yield_to_target(ring: BorrowedFd<'_>) -> Result<Option<CollectorPriority>> {
         // SAFETY: gettid has no arguments and cannot fail.
         let collector = unsafe { libc::gettid() };
@@ -73,44 +77,54 @@ impl CollectorPriority {
         }
         let wakeups = Wakeups::on(ring)?;
         let state = Arc::new(Mutex::new(State::default()));
-        let drain_started_ns = Arc::new(AtomicU64::new(0));
+        let drained_ns = Arc::new(AtomicU64::new(monotonic_ns()));
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = std::thread::Builder::new()
             .name("memprof-ring-watch".into())
             .spawn({
-                let (state, started, stop) =
-                    (state.clone(), drain_started_ns.clone(), stop.clone());
-                move || watch(&wakeups, collector, &state, &started, &stop)
+                let (state, drained_ns, stop) = (state.clone(), drained_ns.clone(), stop.clone());
+                move || watch(&wakeups, collector, &state, &drained_ns, &stop)
             })
             .context("cannot start the ring's watcher")?;
-        Ok(Some(CollectorPriority {
+        let priority = CollectorPriority {
             collector,
             state,
-            drain_started_ns,
+            drained_ns,
             stop,
             watcher: Some(watcher),
-        }))
+        };
+        // After the watcher started: a thread inherits its creator's policy. Dropped (the
+        // watcher stopped) if this fails.
+        Ok(set_policy(collector, libc::SCHED_IDLE)
+            .is_ok()
+            .then_some(priority))
     }
 
-    /// A drain starts: at idle priority, unless the watcher raised the drains.
+    /// A drain starts.
     pub fn drain_starts(&self) {
         let mut state = self.lock();
-        self.drain_started_ns
-            .store(monotonic_ns().max(1), Ordering::Relaxed);
-        if !state.raised && set_policy(self.collector, libc::SCHED_IDLE).is_ok() {
+        if state.raised_at.is_none() {
             state.stats.idle_drains += 1;
         }
     }
 
-    /// A drain ended, having found the ring `emptied` or not: back to normal priority until
-    /// the next, and a drain that caught up ends the raise.
+    /// A drain ended; one that found the ring `emptied` caught up, and the collector yields
+    /// again once its raise is [`RAISED_FOR_NS`] old.
     pub fn drain_ended(&self, emptied: bool) {
-        let mut state = self.lock();
-        self.drain_started_ns.store(0, Ordering::Relaxed);
-        if emptied {
-            state.raised = false;
+        let now = monotonic_ns();
+        self.drained_ns.store(now, Ordering::Relaxed);
+        if !emptied {
+            return;
         }
-        let _ = set_policy(self.collector, libc::SCHED_OTHER);
+        let mut state = self.lock();
+        let Some(raised_at) = state.raised_at else {
+            return;
+        };
+        if now.saturating_sub(raised_at) >= RAISED_FOR_NS
+            && set_policy(self.collector, libc::SCHED_IDLE).is_ok()
+        {
+            state.raised_at = None;
+        }
     }
 
     /// What the priority did so far.
@@ -118,10 +132,10 @@ impl CollectorPriority {
         self.lock().stats
     }
 
-    /// Whether the watcher raised the drains and none caught up since.
+    /// Whether the watcher raised the collector and it has not yielded again since.
     #[cfg(test)]
     fn raised(&self) -> bool {
-        self.lock().raised
+        self.lock().raised_at.is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -132,7 +146,7 @@ impl CollectorPriority {
 }
 
 impl Drop for CollectorPriority {
-    /// Collection ended: the watcher stops, and the thread stays at normal priority.
+    /// Collection ended: the last drains and the report run at normal priority.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(watcher) = self.watcher.take() {
@@ -142,29 +156,29 @@ impl Drop for CollectorPriority {
     }
 }
 
-/// Raises `collector`'s drains at each of the ring's wakeups, and a drain that has run for
-/// [`STARVED_AFTER_NS`] (since `drain_started_ns`), until `stop`.
+/// Raises `collector` at each of the ring's wakeups, and when it ended no drain for
+/// [`STARVED_AFTER_NS`] (`drained_ns`), until `stop`.
 fn watch(
     wakeups: &Wakeups,
     collector: libc::pid_t,
     state: &Mutex<State>,
-    drain_started_ns: &AtomicU64,
+    drained_ns: &AtomicU64,
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Relaxed) {
         let woken = wakeups.wait(WATCH_TIMEOUT_MS);
-        let started = drain_started_ns.load(Ordering::Relaxed);
-        let starved = started != 0 && monotonic_ns().saturating_sub(started) > STARVED_AFTER_NS;
+        let now = monotonic_ns();
+        let starved = now.saturating_sub(drained_ns.load(Ordering::Relaxed)) > STARVED_AFTER_NS;
         if !woken && !starved {
             continue;
         }
         let mut state = state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if state.raised || set_policy(collector, libc::SCHED_OTHER).is_err() {
+        if state.raised_at.is_some() || set_policy(collector, libc::SCHED_OTHER).is_err() {
             continue;
         }
-        state.raised = true;
+        state.raised_at = Some(now);
         match woken {
             true => state.stats.raised_filling += 1,
             false => state.stats.raised_starving += 1,
@@ -267,7 +281,7 @@ mod tests {
     }
 
     #[test]
-    fn drains_idle_until_a_wakeup_or_a_starving_drain_raises_them_and_one_catches_up() {
+    fn the_collector_idles_until_a_wakeup_or_a_drought_raises_it_for_a_while() {
         // On a thread of its own: the policy is the thread's, and the test harness's other
         // threads keep theirs.
         std::thread::spawn(|| {
@@ -275,8 +289,7 @@ mod tests {
             let priority = CollectorPriority::yield_to_target(ring.as_fd())
                 .unwrap()
                 .expect("a thread may lower itself and, as root or within RLIMIT_NICE, back");
-            // Between drains: normal priority, as is the watcher.
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert_eq!(policy(), libc::SCHED_IDLE);
             // The watcher names itself once it runs.
             assert!(wait_until(|| thread_policy("memprof-ring-wa").is_some()));
             assert_eq!(
@@ -285,46 +298,50 @@ mod tests {
                 "the watcher keeps normal priority"
             );
             priority.drain_starts();
-            assert_eq!(policy(), libc::SCHED_IDLE);
+            priority.drain_ended(true);
+            assert!(!priority.raised());
             // SAFETY: writes one byte from a valid buffer to an open pipe.
             assert_eq!(
                 unsafe { libc::write(writer.as_raw_fd(), [1u8].as_ptr().cast(), 1) },
                 1
             );
+            let raised = std::time::Instant::now();
             assert!(
                 wait_until(|| priority.raised()),
-                "the wakeup raised the drain"
+                "the wakeup raised the collector"
             );
             assert_eq!(policy(), libc::SCHED_OTHER);
-            // A drain that did not empty the ring keeps the drains raised.
+            // Raised drains, emptying the ring or not, keep it raised for the shortest raise.
+            priority.drain_starts();
             priority.drain_ended(false);
             priority.drain_starts();
+            priority.drain_ended(true);
+            assert!(priority.raised());
             assert_eq!(policy(), libc::SCHED_OTHER);
+            // Then a drain that empties the ring lowers it; one that did not, not. Drains go
+            // on meanwhile (no drought), and the pipe stays readable without a new wakeup
+            // (edge-triggered).
+            while (raised.elapsed().as_nanos() as u64) < RAISED_FOR_NS + 50_000_000 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                priority.drain_ended(false);
+            }
+            assert!(priority.raised());
             priority.drain_ended(true);
             assert!(!priority.raised());
-            assert_eq!(policy(), libc::SCHED_OTHER);
-            // Still readable, but no new wakeup (edge-triggered): short drains stay idle.
-            for _ in 0..3 {
-                priority.drain_starts();
-                assert_eq!(policy(), libc::SCHED_IDLE);
-                std::thread::sleep(std::time::Duration::from_millis(WATCH_TIMEOUT_MS as u64));
-                priority.drain_ended(true);
-            }
-            assert!(!priority.raised());
-            // A drain that runs past the bound starves, and is raised.
-            let started = std::time::Instant::now();
-            priority.drain_starts();
+            assert_eq!(policy(), libc::SCHED_IDLE);
+            // No drain ends for longer than the bound: it starves, and is raised.
+            let quiet = std::time::Instant::now();
+            priority.drain_ended(true);
             assert!(
                 wait_until(|| priority.raised()),
-                "a starving drain was raised"
+                "a starving collector was raised"
             );
-            assert!(started.elapsed().as_nanos() as u64 > STARVED_AFTER_NS);
+            assert!(quiet.elapsed().as_nanos() as u64 > STARVED_AFTER_NS);
             assert_eq!(policy(), libc::SCHED_OTHER);
-            priority.drain_ended(true);
             assert_eq!(
                 priority.stats(),
                 PriorityStats {
-                    idle_drains: 5,
+                    idle_drains: 1,
                     raised_filling: 1,
                     raised_starving: 1,
                 }

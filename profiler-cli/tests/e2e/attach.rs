@@ -396,6 +396,17 @@ fn read_report(output: &std::path::Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"))
 }
 
+/// A child killed when the test ends, failed or not: a CPU-bound target left running slows
+/// every test and benchmark after it.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An attach window opens and closes at one instant for every probe: a program that frees
 /// each block right after allocating it shows at most the one block allocated before the
 /// window and freed in it (an unknown free at its start) and the one allocated in it and freed
@@ -407,22 +418,23 @@ fn an_attach_window_pairs_its_first_and_last_calls() {
         return;
     };
     let target = compile_c(env.dir.path(), "churn", Build::FramePointers);
-    let mut churn = Command::new(&target)
-        .arg("100000000000")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start churn");
+    let churn = KilledOnDrop(
+        Command::new(&target)
+            .arg("100000000000")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start churn"),
+    );
     let output = env.dir.path().join("out");
     let finished = crate::support::run_to_end({
         let mut cmd = Command::new(memprof());
         cmd.arg("attach")
-            .arg(churn.id().to_string())
+            .arg(churn.0.id().to_string())
             .args(["--duration", "1", "--output"])
             .arg(&output);
         cmd
     });
-    let _ = churn.kill();
-    let _ = churn.wait();
+    drop(churn);
     assert!(finished.status.success(), "{finished:?}");
     let report = read_report(&output);
     assert_nothing_lost(&report);
@@ -453,15 +465,18 @@ fn a_window_ends_while_the_target_outruns_the_collector() {
         return;
     };
     let target = compile_c(env.dir.path(), "churn", Build::FramePointers);
-    let mut churn = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(&target)
-        .arg("100000000000")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start churn under taskset");
+    let churn = KilledOnDrop(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&target)
+            .arg("100000000000")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start churn under taskset"),
+    );
+    let churn_pid = churn.0.id();
     // taskset execs churn: attach to churn, not to taskset before its exec.
-    let exe = format!("/proc/{}/exe", churn.id());
+    let exe = format!("/proc/{churn_pid}/exe");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::fs::read_link(&exe).ok().as_deref() != Some(target.as_path()) {
         assert!(
@@ -476,13 +491,12 @@ fn a_window_ends_while_the_target_outruns_the_collector() {
         cmd.args(["-c", "0"])
             .arg(memprof())
             .arg("attach")
-            .arg(churn.id().to_string())
+            .arg(churn_pid.to_string())
             .args(["--duration", "1", "--output"])
             .arg(&output);
         cmd
     });
-    let _ = churn.kill();
-    let _ = churn.wait();
+    drop(churn);
     assert!(finished.status.success(), "{finished:?}");
     let report = read_report(&output);
     assert!(
