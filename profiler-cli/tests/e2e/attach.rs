@@ -95,12 +95,23 @@ impl Drop for Waiter {
 
 /// Starts `memprof attach PID --output OUT [EXTRA...]`, its stderr piped.
 fn spawn_attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> Child {
+    spawn_attach_with(pid, output, extra, &[])
+}
+
+/// [`spawn_attach`] with memprof's environment variables `vars` set.
+fn spawn_attach_with(
+    pid: u32,
+    output: &std::path::Path,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> Child {
     Command::new(memprof())
         .arg("attach")
         .arg(pid.to_string())
         .arg("--output")
         .arg(output)
         .args(extra)
+        .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -110,7 +121,17 @@ fn spawn_attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> Child {
 
 /// Starts `memprof attach PID --output OUT [EXTRA...]` and waits for its "attached" line.
 fn attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> (Child, Receiver<String>) {
-    let mut child = spawn_attach(pid, output, extra);
+    attach_with(pid, output, extra, &[])
+}
+
+/// [`attach`] with memprof's environment variables `vars` set.
+fn attach_with(
+    pid: u32,
+    output: &std::path::Path,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> (Child, Receiver<String>) {
+    let mut child = spawn_attach_with(pid, output, extra, vars);
     let stderr = line_channel(child.stderr.take().expect("piped stderr"));
     wait_for_line(&stderr, "attached", "memprof attach");
     (child, stderr)
@@ -564,20 +585,8 @@ fn an_attach_window_drains_at_idle_priority_unless_it_holds() {
     for extra in [&[][..], &["--hold"][..]] {
         let mut waiter = Waiter::start(env.dir.path(), Build::FramePointers);
         let output = env.dir.path().join(format!("out{}", extra.len()));
-        let mut profiler = Command::new(memprof())
-            .arg("attach")
-            .arg(waiter.child.id().to_string())
-            .arg("--output")
-            .arg(&output)
-            .args(extra)
-            .env("MEMPROF_TIMINGS", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start memprof attach");
-        let stderr = line_channel(profiler.stderr.take().expect("piped stderr"));
-        wait_for_line(&stderr, "attached", "memprof attach");
+        let vars = [("MEMPROF_TIMINGS", "1")];
+        let (mut profiler, stderr) = attach_with(waiter.child.id(), &output, extra, &vars);
         waiter.allocate();
         // A few drain ticks (10 ms apart) after the waiter's calls.
         std::thread::sleep(Duration::from_millis(200));
