@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::support::{
-    Build, Capture, DEADLINE, compile_c, line_channel, memprof, on_both_paths, privileged,
-    profile_output_on, rest_of, run_to_end, wait_deadline, wait_for_line,
+    Build, Capture, DEADLINE, KilledOnDrop, compile_c, line_channel, memprof, on_both_paths,
+    privileged, profile_output_on, rest_of, run_to_end, wait_deadline, wait_for_line,
 };
 
 const MIB: u64 = 1 << 20;
@@ -222,12 +222,14 @@ fn analyses_attach_finds_the_growing_cache() {
         return;
     };
     let target = compile_c(env.dir.path(), "analyses", Build::FramePointers);
-    let mut cache = Command::new(&target)
-        .arg("cache")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the cache");
+    let mut cache = KilledOnDrop(
+        Command::new(&target)
+            .arg("cache")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the cache"),
+    );
     let stdout = line_channel(cache.stdout.take().expect("piped stdout"));
     wait_for_line(&stdout, "ready", "analyses cache");
     let output = env.dir.path().join("out");

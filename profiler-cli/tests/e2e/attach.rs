@@ -12,8 +12,8 @@ use crate::report::{
     Name, assert_function, assert_nothing_lost, assert_num, assert_section_total, assert_sites,
 };
 use crate::support::{
-    Build, DEADLINE, compile_c, line_channel, memprof, privileged, rest_of, wait_deadline,
-    wait_for_line,
+    Build, DEADLINE, KilledOnDrop, compile_c, line_channel, memprof, privileged, rest_of,
+    wait_deadline, wait_for_line,
 };
 
 /// The waiter, started and past its "ready" line: it has allocated nothing yet.
@@ -415,17 +415,6 @@ fn read_report(output: &std::path::Path) -> Value {
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("no {} after detach: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("report.json is not JSON: {e}"))
-}
-
-/// A child killed when the test ends, failed or not: a CPU-bound target left running slows
-/// every test and benchmark after it.
-struct KilledOnDrop(Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// An attach window opens and closes at one instant for every probe: a program that frees

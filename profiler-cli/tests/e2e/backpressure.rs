@@ -2,7 +2,9 @@
 //! threads until the collector catches up instead of dropping events, so every figure stays
 //! exact. (Without the holds, churn under a 1 MiB ring lost 143,649 of 1.6 M events in 4 s.)
 use crate::report::{Name, assert_function, assert_nothing_lost, assert_num, assert_sites};
-use crate::support::{Build, Capture, compile_c, memprof, on_both_paths, privileged, run_to_end};
+use crate::support::{
+    Build, Capture, KilledOnDrop, compile_c, memprof, on_both_paths, privileged, run_to_end,
+};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -123,13 +125,15 @@ fn thread_states(pid: u32) -> Vec<(u32, char)> {
 
 /// Two threads of allocbench replacing blocks without pause, for far longer than a test, once
 /// both have started; and its pid.
-fn busy_target(dir: &Path) -> (std::process::Child, u32) {
+fn busy_target(dir: &Path) -> (KilledOnDrop, u32) {
     let target = compile_c(dir, "allocbench", Build::FramePointers);
-    let busy = Command::new(&target)
-        .args(["mt", "100000000000"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let busy = KilledOnDrop(
+        Command::new(&target)
+            .args(["mt", "100000000000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let pid = busy.id();
     while thread_states(pid).len() < 3 {
         std::thread::sleep(std::time::Duration::from_millis(10));

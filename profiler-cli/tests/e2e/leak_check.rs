@@ -10,8 +10,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::support::{
-    Build, Capture, DEADLINE, compile_c, compile_cpp, compile_rust_bin, line_channel, memprof,
-    on_both_paths, privileged, profile_on, run_to_end, wait_deadline, wait_for_line,
+    Build, Capture, DEADLINE, KilledOnDrop, compile_c, compile_cpp, compile_rust_bin, line_channel,
+    memprof, on_both_paths, privileged, profile_on, run_to_end, wait_deadline, wait_for_line,
 };
 
 /// The classes in report order, as (blocks, bytes), for leak_classes.c (see its header).
@@ -527,12 +527,15 @@ fn attach_leak_check_of_a_process_another_tracer_holds_says_why() {
         return;
     };
     let binary = compile_c(p.dir.path(), "leak_classes", Build::NoFramePointers);
-    let mut target = Command::new(&binary)
-        .arg("wait")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start leak_classes");
+    // Killed when the test ends, the tracer first (dropped in reverse order).
+    let mut target = KilledOnDrop(
+        Command::new(&binary)
+            .arg("wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start leak_classes"),
+    );
     let stdout = line_channel(target.stdout.take().expect("piped stdout"));
     wait_for_line(&stdout, "ready", "leak_classes");
     let seize = format!(
@@ -543,11 +546,13 @@ fn attach_leak_check_of_a_process_another_tracer_holds_says_why() {
          time.sleep(600)\n",
         target.id()
     );
-    let mut tracer = Command::new("python3")
-        .args(["-c", &seize])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start python3");
+    let mut tracer = KilledOnDrop(
+        Command::new("python3")
+            .args(["-c", &seize])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3"),
+    );
     let tracer_out = line_channel(tracer.stdout.take().expect("piped stdout"));
     wait_for_line(&tracer_out, "seized", "python3 tracer");
 

@@ -488,3 +488,28 @@ pub fn unwinding_line(stderr: &str) -> (u64, f64) {
         .unwrap_or_else(|| panic!("no bytes per snapshot in {line}"));
     (stacks, per_snapshot)
 }
+
+/// A child killed when the test ends, failed or not: a target left running (a CPU-bound one
+/// above all) slows every test after it, and the machine after the run.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KilledOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KilledOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
