@@ -3,7 +3,7 @@
 use std::{
     future::Future,
     io::{IsTerminal as _, Write as _},
-    os::fd::{AsFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -16,7 +16,6 @@ use tokio::{
 
 use crate::{
     collected::Collected,
-    collector_priority::CollectorPriority,
     preload_capture::{Drained, SharedRing},
 };
 
@@ -43,11 +42,6 @@ pub enum EventSource {
         /// target writing as fast as memprof reads cannot keep it in the drain, deaf to its
         /// stop; being FIFO, those records include every one queued when the drain began.
         max_queued: usize,
-        /// Whether the collector yields the CPU to the target while it keeps up (`attach`
-        /// without holds, where nothing else makes the target wait for memprof).
-        yields: bool,
-        /// The collector's priority while it yields (during `collect`).
-        priority: Option<CollectorPriority>,
     },
     /// The ring shared with the in-process capture library, polled.
     Shared(SharedRing),
@@ -66,75 +60,20 @@ impl EventSource {
         Ok(EventSource::Kernel {
             ring,
             max_queued: ring_bytes as usize / smallest_record,
-            yields: false,
-            priority: None,
         })
-    }
-
-    /// The collector will yield the CPU to the target while it keeps up (see
-    /// `collector_priority.rs`): for `attach` without holds or a followed tree, where no
-    /// thread memprof starts during collection (they inherit its policy) waits on it.
-    pub fn yield_to_target(&mut self) {
-        if let EventSource::Kernel { yields, .. } = self {
-            *yields = true;
-        }
-    }
-
-    /// Collection starts: a collector that yields goes to idle priority.
-    fn start_yielding(&mut self) -> Result<()> {
-        if let EventSource::Kernel {
-            ring,
-            yields: true,
-            priority,
-            ..
-        } = self
-        {
-            *priority = CollectorPriority::yield_to_target(ring.get_ref().as_fd())?;
-        }
-        Ok(())
-    }
-
-    /// Collection ended: the last drains and the report run at normal priority.
-    fn stop_yielding(&mut self) {
-        if let EventSource::Kernel { priority, .. } = self
-            && let Some(ended) = priority.take()
-        {
-            let stats = ended.stats();
-            if crate::timings::enabled() {
-                stderr_line!(
-                    "collector: {} drains at idle priority; raised {} times for a ring a \
-                     quarter full, {} for a starving collector",
-                    stats.idle_drains,
-                    stats.raised_filling,
-                    stats.raised_starving
-                );
-            }
-        }
     }
 
     /// Reads what is queued now into `collected`.
     pub fn drain(&mut self, collected: &mut Collected) {
         match self {
-            EventSource::Kernel {
-                ring,
-                max_queued,
-                priority,
-                ..
-            } => {
-                if let Some(priority) = priority {
-                    priority.drain_starts();
-                }
+            EventSource::Kernel { ring, max_queued } => {
                 // Taken before the drain: every record written before them is applied first.
                 let events = collected.take_process_events();
                 let ring = ring.get_mut();
-                let mut emptied = false;
                 let requests = loop {
                     let requests = collected.drain_requests();
                     for _ in 0..*max_queued {
-                        let Some(item) = ring.next() else {
-                            emptied = true;
-                            break;
-                        };
+                        let Some(item) = ring.next() else { break };
                         collected.record_from_thread(&item);
                     }
                     // An exec or exit stop asked for meanwhile may follow records this pass
@@ -147,9 +86,6 @@ impl EventSource {
                 collected.apply_process_events(events, |_| {});
                 collected.publish_stack_tops();
                 collected.ring_drained(requests, || {});
-                if let Some(priority) = priority {
-                    priority.drain_ended(emptied);
-                }
             }
             EventSource::Shared(ring) => {
                 // Taken before the drain: every record written before them is applied first.
@@ -219,7 +155,6 @@ pub async fn collect(
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut status = StatusLine::new();
     collected.refresh_maps(pid);
-    source.start_yielding()?;
     tokio::pin!(stop);
     let drain_wanted = collected.drain_wanted();
     tokio::pin!(drain_wanted);
@@ -232,10 +167,7 @@ pub async fn collect(
                 drain_wanted.set(collected.drain_wanted());
             }
             ready = source.ready() => {
-                if let Err(error) = ready {
-                    source.stop_yielding();
-                    return Err(error);
-                }
+                ready?;
                 source.drain(collected);
             }
             _ = drain_tick.tick() => {
@@ -251,7 +183,6 @@ pub async fn collect(
             }
         }
     };
-    source.stop_yielding();
     status.clear();
     // The view closes as collection ends: the report is written as without it.
     if let Some(live) = &mut collected.live {

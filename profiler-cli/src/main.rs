@@ -32,7 +32,6 @@ mod cli;
 mod clock;
 mod collect;
 mod collected;
-mod collector_priority;
 mod compare;
 mod diff;
 mod elf;
