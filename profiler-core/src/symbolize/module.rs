@@ -235,25 +235,69 @@ fn load_dwarf(
     addr2line::Context::from_dwarf(dwarf).ok()
 }
 
+/// Most bytes a section is inflated straight into (see [`inflated`]); a larger one goes
+/// through object's decompression, which reserves its buffer fallibly.
+const INFLATED_DIRECTLY_MAX: u64 = 256 << 20;
+/// Deflate's largest expansion: a stream of N bytes inflates to at most ~1032 N.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
 /// A compressed section's bytes. zlib's (what Debian's debug files use) are inflated straight
 /// into the buffer the DWARF reader shares: object's own decompression returns a `Vec` that
-/// an `Arc<[u8]>` would copy (12 MiB for libc6-dbg's DWARF). `None` if the section does not
-/// inflate to the size it announces.
+/// an `Arc<[u8]>` would copy (12 MiB for libc6-dbg's DWARF). The size is the file's word, and
+/// the file may be the target's: a size deflate cannot reach from the section's bytes is
+/// refused, and a large one gets object's fallible buffer, so a lying file is an
+/// unsymbolized module, never memprof aborting on an allocation. `None` if the section does
+/// not decompress to the size it announces.
 fn inflated(section: &object::Section<'_, '_>) -> Option<Arc<[u8]>> {
     let compressed = section.compressed_data().ok()?;
-    if compressed.format != object::CompressionFormat::Zlib {
+    let direct = compressed.uncompressed_size <= INFLATED_DIRECTLY_MAX;
+    if compressed.format != object::CompressionFormat::Zlib || !direct {
         return section
             .uncompressed_data()
             .ok()
             .map(|data| Arc::from(&*data));
     }
-    let size = usize::try_from(compressed.uncompressed_size).ok()?;
+    inflate_zlib(compressed.data, compressed.uncompressed_size)
+}
+
+/// The zlib stream `data`, inflated into a shared buffer of exactly `size` bytes.
+fn inflate_zlib(data: &[u8], size: u64) -> Option<Arc<[u8]>> {
+    if size > (data.len() as u64).saturating_mul(DEFLATE_MAX_RATIO) {
+        return None;
+    }
+    let size = usize::try_from(size).ok()?;
     // SAFETY: zeroed bytes are valid `u8`s.
-    let mut data: Arc<[u8]> = unsafe { Arc::<[u8]>::new_zeroed_slice(size).assume_init() };
-    let out = Arc::get_mut(&mut data)?;
+    let mut inflated: Arc<[u8]> = unsafe { Arc::<[u8]>::new_zeroed_slice(size).assume_init() };
+    let out = Arc::get_mut(&mut inflated)?;
     let mut inflate = flate2::Decompress::new(true);
     let status = inflate
-        .decompress(compressed.data, out, flate2::FlushDecompress::Finish)
+        .decompress(data, out, flate2::FlushDecompress::Finish)
         .ok()?;
-    (status == flate2::Status::StreamEnd && inflate.total_out() == size as u64).then_some(data)
+    (status == flate2::Status::StreamEnd && inflate.total_out() == size as u64).then_some(inflated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn zlib(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_zlib_section_inflates_only_to_the_size_it_truly_has() {
+        let bytes = vec![7u8; 100_000];
+        let stream = zlib(&bytes);
+        assert_eq!(inflate_zlib(&stream, 100_000).as_deref(), Some(&bytes[..]));
+        // Announced shorter or longer than the stream: refused, not cut or padded.
+        assert_eq!(inflate_zlib(&stream, 99_999), None);
+        assert_eq!(inflate_zlib(&stream, 100_001), None);
+        // A size deflate cannot reach from these bytes is refused before any allocation
+        // (a file claiming a terabyte would otherwise abort memprof).
+        assert_eq!(inflate_zlib(&stream, 1 << 40), None);
+        assert_eq!(inflate_zlib(&[], 1), None);
+    }
 }
