@@ -76,6 +76,9 @@ pub async fn attach(attach: AttachOptions) -> Result<i32> {
             return Err(error);
         }
     };
+    if !hold && !children {
+        capture.source.yield_to_target();
+    }
     capture.collected.capture = Some(profiler_core::report::Capture {
         path: "uprobes".into(),
         reason: "attach: eBPF uprobes, nothing is injected into a running process".into(),

@@ -16,6 +16,7 @@ use tokio::{
 
 use crate::{
     collected::Collected,
+    idle_drains::IdleDrains,
     preload_capture::{Drained, SharedRing},
 };
 
@@ -42,6 +43,11 @@ pub enum EventSource {
         /// target writing as fast as memprof reads cannot keep it in the drain, deaf to its
         /// stop; being FIFO, those records include every one queued when the drain began.
         max_queued: usize,
+        /// Whether the drains yield the CPU to the target (`attach` without holds, where
+        /// nothing makes the target wait for memprof).
+        yields: bool,
+        /// The drains at idle priority, during `collect` (boxed: the variant stays small).
+        idle: Option<Box<IdleDrains>>,
     },
     /// The ring shared with the in-process capture library, polled.
     Shared(SharedRing),
@@ -60,32 +66,83 @@ impl EventSource {
         Ok(EventSource::Kernel {
             ring,
             max_queued: ring_bytes as usize / smallest_record,
+            yields: false,
+            idle: None,
         })
+    }
+
+    /// The drains will yield the CPU to the target (see `idle_drains.rs`): for `attach`
+    /// without holds or a followed tree.
+    pub fn yield_to_target(&mut self) {
+        if let EventSource::Kernel { yields, .. } = self {
+            *yields = true;
+        }
+    }
+
+    /// Collection starts: the drains of a source that yields go to idle priority.
+    fn start_yielding(&mut self) -> Result<()> {
+        if let EventSource::Kernel {
+            yields: true, idle, ..
+        } = self
+        {
+            *idle = IdleDrains::start()?.map(Box::new);
+        }
+        Ok(())
+    }
+
+    /// Collection ended: the last drains and the report run at normal priority.
+    fn stop_yielding(&mut self) {
+        if let EventSource::Kernel { idle, .. } = self
+            && let Some(ended) = idle.take()
+            && crate::timings::enabled()
+        {
+            let stats = ended.stats();
+            stderr_line!(
+                "collector: {} drains at idle priority, {} raised starving, {} at normal \
+                 priority after a raise",
+                stats.idle_drains,
+                stats.raised_drains,
+                stats.normal_drains
+            );
+        }
     }
 
     /// Reads what is queued now into `collected`.
     pub fn drain(&mut self, collected: &mut Collected) {
         match self {
-            EventSource::Kernel { ring, max_queued } => {
-                // Taken before the drain: every record written before them is applied first.
-                let events = collected.take_process_events();
-                let ring = ring.get_mut();
-                let requests = loop {
-                    let requests = collected.drain_requests();
-                    for _ in 0..*max_queued {
-                        let Some(item) = ring.next() else { break };
-                        collected.record_from_thread(&item);
-                    }
-                    // An exec or exit stop asked for meanwhile may follow records this pass
-                    // did not read: the target is stopped now, one more pass reads them all.
-                    if collected.drain_requests() == requests {
-                        break requests;
-                    }
+            EventSource::Kernel {
+                ring,
+                max_queued,
+                idle,
+                ..
+            } => {
+                let mut drain = || {
+                    // Taken before the drain: every record written before them is applied
+                    // first.
+                    let events = collected.take_process_events();
+                    let ring = ring.get_mut();
+                    let requests = loop {
+                        let requests = collected.drain_requests();
+                        for _ in 0..*max_queued {
+                            let Some(item) = ring.next() else { break };
+                            collected.record_from_thread(&item);
+                        }
+                        // An exec or exit stop asked for meanwhile may follow records this
+                        // pass did not read: the target is stopped now, one more pass reads
+                        // them all.
+                        if collected.drain_requests() == requests {
+                            break requests;
+                        }
+                    };
+                    // No lock to free: the kernel's ring has none.
+                    collected.apply_process_events(events, |_| {});
+                    collected.publish_stack_tops();
+                    collected.ring_drained(requests, || {});
                 };
-                // No lock to free: the kernel's ring has none.
-                collected.apply_process_events(events, |_| {});
-                collected.publish_stack_tops();
-                collected.ring_drained(requests, || {});
+                match idle {
+                    Some(idle) => idle.drain(drain),
+                    None => drain(),
+                }
             }
             EventSource::Shared(ring) => {
                 // Taken before the drain: every record written before them is applied first.
@@ -155,6 +212,7 @@ pub async fn collect(
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut status = StatusLine::new();
     collected.refresh_maps(pid);
+    source.start_yielding()?;
     tokio::pin!(stop);
     let drain_wanted = collected.drain_wanted();
     tokio::pin!(drain_wanted);
@@ -167,7 +225,10 @@ pub async fn collect(
                 drain_wanted.set(collected.drain_wanted());
             }
             ready = source.ready() => {
-                ready?;
+                if let Err(error) = ready {
+                    source.stop_yielding();
+                    return Err(error);
+                }
                 source.drain(collected);
             }
             _ = drain_tick.tick() => {
@@ -183,6 +244,7 @@ pub async fn collect(
             }
         }
     };
+    source.stop_yielding();
     status.clear();
     // The view closes as collection ends: the report is written as without it.
     if let Some(live) = &mut collected.live {

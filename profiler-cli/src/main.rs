@@ -35,6 +35,7 @@ mod collected;
 mod compare;
 mod diff;
 mod elf;
+mod idle_drains;
 mod kernel_btf;
 mod launch;
 mod leak_scan;

@@ -95,12 +95,23 @@ impl Drop for Waiter {
 
 /// Starts `memprof attach PID --output OUT [EXTRA...]`, its stderr piped.
 fn spawn_attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> Child {
+    spawn_attach_with(pid, output, extra, &[])
+}
+
+/// [`spawn_attach`] with memprof's environment variables `vars` set.
+fn spawn_attach_with(
+    pid: u32,
+    output: &std::path::Path,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> Child {
     Command::new(memprof())
         .arg("attach")
         .arg(pid.to_string())
         .arg("--output")
         .arg(output)
         .args(extra)
+        .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -110,7 +121,17 @@ fn spawn_attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> Child {
 
 /// Starts `memprof attach PID --output OUT [EXTRA...]` and waits for its "attached" line.
 fn attach(pid: u32, output: &std::path::Path, extra: &[&str]) -> (Child, Receiver<String>) {
-    let mut child = spawn_attach(pid, output, extra);
+    attach_with(pid, output, extra, &[])
+}
+
+/// [`attach`] with memprof's environment variables `vars` set.
+fn attach_with(
+    pid: u32,
+    output: &std::path::Path,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> (Child, Receiver<String>) {
+    let mut child = spawn_attach_with(pid, output, extra, vars);
     let stderr = line_channel(child.stderr.take().expect("piped stderr"));
     wait_for_line(&stderr, "attached", "memprof attach");
     (child, stderr)
@@ -540,4 +561,52 @@ fn attach_hold_does_not_freeze_a_target_taking_many_signals() {
     drop(stdin);
     let status = wait_deadline(&mut target, DEADLINE, "signal_storm");
     assert!(status.success(), "signal_storm: {status}");
+}
+
+/// Plain `attach` drains at idle priority (the target comes first), `attach --hold`, whose
+/// target waits for memprof, at normal priority: `MEMPROF_TIMINGS=1` says how many drains ran
+/// idle. Either way the window is whole.
+#[test]
+fn an_attach_window_drains_at_idle_priority_unless_it_holds() {
+    let Some(env) = privileged("an_attach_window_drains_at_idle_priority_unless_it_holds") else {
+        return;
+    };
+    for extra in [&[][..], &["--hold"][..]] {
+        let mut waiter = Waiter::start(env.dir.path(), Build::FramePointers);
+        let output = env.dir.path().join(format!("out{}", extra.len()));
+        let vars = [("MEMPROF_TIMINGS", "1")];
+        let (mut profiler, stderr) = attach_with(waiter.child.id(), &output, extra, &vars);
+        waiter.allocate();
+        // A few drain ticks (10 ms apart) after the waiter's calls.
+        std::thread::sleep(Duration::from_millis(200));
+        let pid = Pid::from_raw(i32::try_from(profiler.id()).expect("pid fits i32"));
+        kill(pid, Signal::SIGINT).expect("SIGINT memprof");
+        let status = wait_deadline(&mut profiler, DEADLINE, "memprof attach after SIGINT");
+        let printed = rest_of(&stderr);
+        assert!(status.success(), "{status}; stderr:\n{printed}");
+        assert_waiter_window(&read_report(&output));
+        // "collector: I drains at idle priority, R raised starving, N at normal ...": a
+        // drain raised on a busy machine went to idle priority too.
+        let lowered = printed
+            .lines()
+            .find_map(|line| line.strip_prefix("collector: "))
+            .map(|rest| {
+                let numbers: Vec<u64> = rest
+                    .split(' ')
+                    .filter_map(|word| word.parse().ok())
+                    .collect();
+                numbers[0] + numbers[1]
+            });
+        match extra {
+            [] => assert!(
+                lowered.is_some_and(|drains| drains > 0),
+                "plain attach drains at idle priority:\n{printed}"
+            ),
+            _ => assert_eq!(
+                lowered, None,
+                "--hold drains at normal priority:\n{printed}"
+            ),
+        }
+        waiter.finish();
+    }
 }
