@@ -22,6 +22,10 @@ use crate::{
 
 /// How often the ring is drained when no record asked for a wakeup.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest drain of a collector that yields (see `EventSource::drain`).
+const DRAIN_SLICE: Duration = Duration::from_millis(50);
+/// How many records such a drain reads between looks at the clock.
+const SLICE_CHECK_RECORDS: usize = 256;
 /// How often the status line and the maps are refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -116,14 +120,25 @@ impl EventSource {
                 idle,
                 ..
             } => {
+                // A drain at idle priority that starved comes back with a backlog, which a
+                // target on the same CPU may keep full: it ends after a slice, so that the loop
+                // sees the stop (`--duration`) on time. The drains after collection read all.
+                let sliced = idle.is_some();
                 let mut drain = || {
+                    let started = Instant::now();
                     // Taken before the drain: every record written before them is applied
                     // first.
                     let events = collected.take_process_events();
                     let ring = ring.get_mut();
                     let requests = loop {
                         let requests = collected.drain_requests();
-                        for _ in 0..*max_queued {
+                        for read in 0..*max_queued {
+                            if sliced
+                                && read % SLICE_CHECK_RECORDS == SLICE_CHECK_RECORDS - 1
+                                && started.elapsed() >= DRAIN_SLICE
+                            {
+                                break;
+                            }
                             let Some(item) = ring.next() else { break };
                             collected.record_from_thread(&item);
                         }
