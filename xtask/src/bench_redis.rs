@@ -2,7 +2,8 @@
 //! (SET, GET, LPUSH, LRANGE_100), bare, under `memprof run` on each capture path, under
 //! heaptrack, and with `memprof attach` (probes) on the bare server, in interleaved rounds;
 //! with `--baseline`, also that build's `memprof attach` in the same rounds. The figure is the
-//! server's throughput: requests per second over the four tests.
+//! server's throughput: requests per second over the four tests. `attach --max-depth 0` runs
+//! too: the probes without stacks, the floor that the stacks' cost sits on.
 //!
 //! Debian's redis-tools ships the server as `redis-check-rdb`, which serves when its argv[0]
 //! says `redis-server`: the bench runs it through a symlink of that name.
@@ -30,6 +31,8 @@ enum Setup {
     Run(&'static str),
     Heaptrack,
     Attach,
+    /// `memprof attach --max-depth 0`: the probes' traps and header records, no stacks.
+    AttachNoStacks,
     /// `memprof attach` with the `--baseline` build.
     BaselineAttach,
 }
@@ -41,17 +44,19 @@ impl Setup {
             Setup::Run(path) => format!("memprof run {path}"),
             Setup::Heaptrack => "heaptrack".into(),
             Setup::Attach => "memprof attach".into(),
+            Setup::AttachNoStacks => "attach, no stacks".into(),
             Setup::BaselineAttach => "baseline attach".into(),
         }
     }
 }
 
-const SETUPS: [Setup; 5] = [
+const SETUPS: [Setup; 6] = [
     Setup::Bare,
     Setup::Run("uprobes"),
     Setup::Run("preload"),
     Setup::Heaptrack,
     Setup::Attach,
+    Setup::AttachNoStacks,
 ];
 
 pub fn run(memprof: &Path, baseline: Option<&Path>, scratch: &Path, runs: u32) -> Result<()> {
@@ -130,7 +135,9 @@ fn run_once(memprof: &Path, server: &Path, setup: Setup, out: &Path) -> Result<f
         "no",
     ];
     let mut cmd = match setup {
-        Setup::Bare | Setup::Attach | Setup::BaselineAttach => exec::command(server),
+        Setup::Bare | Setup::Attach | Setup::AttachNoStacks | Setup::BaselineAttach => {
+            exec::command(server)
+        }
         Setup::Run(path) => {
             let mut cmd = exec::command(memprof);
             cmd.args(["run", "--capture", path, "--output"])
@@ -170,7 +177,8 @@ fn run_once(memprof: &Path, server: &Path, setup: Setup, out: &Path) -> Result<f
 fn measure(memprof: &Path, setup: Setup, out: &Path, server: &mut Child) -> Result<f64> {
     wait_until_serving(server)?;
     let attached = match setup {
-        Setup::Attach | Setup::BaselineAttach => Some(attach(memprof, server.id(), out)?),
+        Setup::Attach | Setup::BaselineAttach => Some(attach(memprof, server.id(), out, &[])?),
+        Setup::AttachNoStacks => Some(attach(memprof, server.id(), out, &["--max-depth", "0"])?),
         _ => None,
     };
     let rate = benchmark();
@@ -206,13 +214,14 @@ fn wait_until_serving(server: &mut Child) -> Result<()> {
     }
 }
 
-/// `memprof attach PID`, returned once it says it is attached.
-fn attach(memprof: &Path, pid: u32, out: &Path) -> Result<Child> {
+/// `memprof attach PID [EXTRA...]`, returned once it says it is attached.
+fn attach(memprof: &Path, pid: u32, out: &Path, extra: &[&str]) -> Result<Child> {
     let mut cmd = exec::command(memprof);
     cmd.arg("attach")
         .arg(pid.to_string())
         .arg("--output")
         .arg(out)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
