@@ -45,7 +45,8 @@ pub enum EventSource {
         ring: AsyncFd<RingBuf<MapData>>,
         /// The most records the ring can hold at once: one drain reads no more, so that a
         /// target writing as fast as memprof reads cannot keep it in the drain, deaf to its
-        /// stop; being FIFO, those records include every one queued when the drain began.
+        /// stop; being FIFO, those records include every one queued when the drain began
+        /// (not so for the 50 ms slices of a collector that yields, during `collect`).
         max_queued: usize,
         /// Whether the drains yield the CPU to the target (`attach` without holds, where
         /// nothing makes the target wait for memprof).
