@@ -67,14 +67,11 @@ impl IdleDrains {
     /// Drains of the calling thread, the collector, will run at idle priority. `None` where the
     /// policy cannot be set both ways (a drain lowered could not be raised).
     pub fn start() -> Result<Option<IdleDrains>> {
-        // SAFETY: gettid has no arguments and cannot fail.
-        let collector = unsafe { libc::gettid() };
-        if set_policy(collector, libc::SCHED_IDLE).is_err()
-            || set_policy(collector, libc::SCHED_OTHER).is_err()
-        {
-            let _ = set_policy(collector, libc::SCHED_OTHER);
+        if !can_leave_idle_priority() {
             return Ok(None);
         }
+        // SAFETY: gettid has no arguments and cannot fail.
+        let collector = unsafe { libc::gettid() };
         let shared = Arc::new(Shared::default());
         // Started at normal priority, which it keeps.
         let watcher = std::thread::Builder::new()
@@ -161,6 +158,21 @@ fn watch(collector: libc::pid_t, shared: &Shared) {
     }
 }
 
+/// Whether a thread of this process may go back from `SCHED_IDLE` to `SCHED_OTHER`: root or
+/// `CAP_SYS_NICE` may, a thread limited by an `RLIMIT_NICE` below 20 may not (memprof may run
+/// with `CAP_BPF` and `CAP_PERFMON` only). Tried on a thread of its own, which ends either
+/// way: tried on the collector, a refusal would leave it idle for the whole session.
+fn can_leave_idle_priority() -> bool {
+    std::thread::spawn(|| {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let thread = unsafe { libc::gettid() };
+        set_policy(thread, libc::SCHED_IDLE).is_ok()
+            && set_policy(thread, libc::SCHED_OTHER).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 /// Sets `thread`'s scheduling policy (priority 0, the only one of both policies).
 fn set_policy(thread: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
@@ -197,6 +209,28 @@ mod tests {
         })
         .join()
         .expect("the test's thread");
+    }
+
+    /// Root may leave idle priority; an unprivileged process (`RLIMIT_NICE` 0, no
+    /// `CAP_SYS_NICE`) may not, and then drains stay at normal priority.
+    #[test]
+    fn leaving_idle_priority_is_tried_on_a_thread_of_its_own() {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid rlimit to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut limit) }, 0);
+        if root || limit.rlim_cur >= 20 {
+            assert!(can_leave_idle_priority());
+        } else {
+            assert!(!can_leave_idle_priority());
+            assert!(IdleDrains::start().expect("no watcher to start").is_none());
+        }
+        // The calling thread is untouched either way.
+        assert_eq!(policy(), libc::SCHED_OTHER);
     }
 
     #[test]
