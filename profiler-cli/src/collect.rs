@@ -84,15 +84,21 @@ impl EventSource {
         }
     }
 
-    /// Collection starts: the drains of a source that yields go to idle priority.
-    fn start_yielding(&mut self) -> Result<()> {
+    /// Collection starts: the drains of a source that yields go to idle priority. Without
+    /// their watcher (no thread to be had) they stay at normal priority: the session goes on.
+    fn start_yielding(&mut self) {
         if let EventSource::Kernel {
             yields: true, idle, ..
         } = self
         {
-            *idle = IdleDrains::start()?.map(Box::new);
+            *idle = match IdleDrains::start() {
+                Ok(started) => started.map(Box::new),
+                Err(error) => {
+                    stderr_line!("memprof: draining at normal priority: {error:#}");
+                    None
+                }
+            };
         }
-        Ok(())
     }
 
     /// Collection ended: the last drains and the report run at normal priority.
@@ -228,7 +234,7 @@ pub async fn collect(
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut status = StatusLine::new();
     collected.refresh_maps(pid);
-    source.start_yielding()?;
+    source.start_yielding();
     tokio::pin!(stop);
     let drain_wanted = collected.drain_wanted();
     tokio::pin!(drain_wanted);
