@@ -53,6 +53,7 @@ mod probes;
 mod process_events;
 mod prologue;
 mod recording_sink;
+mod release_memory;
 mod report_cmd;
 mod report_tree;
 mod report_writer;
