@@ -60,7 +60,7 @@ fn set_errno(value: c_int) {
 
 /// Records an allocation call that returned `addr`, with the caller's stack.
 #[inline(never)]
-fn allocation(
+pub(crate) fn allocation(
     kind: EventKind,
     addr: u64,
     size: u64,
@@ -143,7 +143,7 @@ fn allocation(
 
 /// Records a release (`free`, `munmap`) at its entry.
 #[inline(never)]
-fn release(kind: EventKind, addr: u64, size: u64, entry_sp: usize) {
+pub(crate) fn release(kind: EventKind, addr: u64, size: u64, entry_sp: usize) {
     let Some(ring) = ring::ring() else { return };
     let saved = errno();
     let header = EventHeader {
@@ -206,13 +206,35 @@ fn hooked_realloc<T: Copy>(
 /// with `record` once it returned; a call nested in another hook (the library's own, the
 /// allocator's, a signal handler's) is part of that call and only forwarded.
 #[inline(always)]
-fn hooked<T: Copy>(forward: impl FnOnce() -> T, record: impl FnOnce(T)) -> T {
+pub(crate) fn hooked<T: Copy>(forward: impl FnOnce() -> T, record: impl FnOnce(T)) -> T {
     let Some(_entered) = Entered::try_enter() else {
         return forward();
     };
     let result = forward();
     record(result);
     result
+}
+
+/// The allocation functions exported here: a call of one through a PLT reaches its hook.
+const EXPORTS: [&[u8]; 13] = [
+    b"malloc",
+    b"calloc",
+    b"realloc",
+    b"reallocarray",
+    b"posix_memalign",
+    b"aligned_alloc",
+    b"memalign",
+    b"valloc",
+    b"pvalloc",
+    b"free",
+    b"mmap",
+    b"munmap",
+    b"mremap",
+];
+
+/// Whether `symbol` is one of the allocation functions this library exports and records.
+pub(crate) fn exports(symbol: &[u8]) -> bool {
+    EXPORTS.contains(&symbol)
 }
 
 /// `count * size`, or u64::MAX when it overflows (as the probes compute it).

@@ -1,8 +1,8 @@
 //! `libmemprof_capture.so`: the in-process capture path of `memprof run --capture preload`.
 //!
 //! memprof puts this library first in the target's `LD_PRELOAD`, so ld.so binds the program's
-//! (and every library's) calls of the malloc family, `free` and `mmap`/`munmap`/`mremap` here.
-//! Each hook forwards the call to the next definition (libc's, or an allocator preloaded after
+//! (and every library's) calls of the malloc family, `free`, `mmap`/`munmap`/`mremap` and the
+//! C++ operators here. Each hook forwards the call to the next definition (libc's, or an allocator preloaded after
 //! this library) and writes the same record an eBPF probe would write into a ring shared with
 //! memprof (`profiler_common::shared_ring`): the collector, heap state, analyses and
 //! recordings consume both paths alike. The cost is a function call, a clock read, a stack
@@ -15,6 +15,9 @@
 //!   pointers with `--unwind fp`); `last_walk`: the walk before, which the next one joins
 //!   where they share a frame; `walkers`: each thread's own walker (rule cache and walk
 //!   before), pooled between threads; `fork_safe`: the lock its tables sit behind.
+//! - `operators`: the C++ operators, passed on where they reach a hooked function and
+//!   recorded where an allocator serves them with its own code; `plt`: where an operator's
+//!   tail jumps lead, a PLT entry named by its relocation.
 //! - `real`: the next definitions, found with `dlsym(RTLD_NEXT)` on first use; allocations
 //!   `dlsym` itself makes meanwhile come from a small static arena.
 //! - `thread`: per-thread state (a reentrancy guard, the thread id, the stack's bounds).
@@ -35,6 +38,8 @@ mod arena;
 mod fork_safe;
 mod hooks;
 mod last_walk;
+mod operators;
+mod plt;
 mod real;
 mod ring;
 mod stack_numbers;

@@ -2,9 +2,10 @@
 //!
 //! `auto` takes the in-process path (several times cheaper) whenever a preloaded library sees
 //! every call the probes would: the program is dynamically linked, its malloc comes from a
-//! shared library (a definition in the executable itself wins over any preload), the serving
-//! allocator does not implement C++ `operator new`/`delete` with its own code (the library
-//! interposes the C functions only). Otherwise it takes the probes, and says which condition sent it there.
+//! shared library (a definition in the executable itself wins over any preload). C++
+//! operators an allocator serves with its own code are interposed too
+//! (`profiler-capture/src/operators.rs`). Otherwise it takes the probes, and says which
+//! condition sent it there.
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
@@ -115,18 +116,6 @@ fn preload_incomplete(program: &Path, env: &[(String, String)]) -> Option<String
             "the executable defines {} itself, and a definition in the executable comes before \
              any preloaded one",
             site.symbol
-        ));
-    }
-    if let Some(site) = sites.iter().find(|site| {
-        matches!(
-            site.kind,
-            EventKind::OperatorNew | EventKind::OperatorDelete
-        )
-    }) {
-        return Some(format!(
-            "{} serves C++ operator new/delete with its own code, which the preloaded library \
-             does not intercept",
-            site.module.display()
         ));
     }
     None

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use nix::sys::signal::{Signal, kill};
+use profiler_common::EventKind;
 use profiler_common::shared_ring::{STACKS_EH_FRAME, STACKS_FRAME_POINTERS, STACKS_NONE};
 use profiler_core::{
     heap::Mode,
@@ -268,13 +269,20 @@ fn preload_capture(
     collected.release_holds_with(backpressure.clone());
     // Where the library's calls go: the definitions the probes would have been put on, named
     // in the report as the functions' providers (the size-class analysis and `compare` read
-    // the allocator from them).
+    // the allocator from them), with the C++ operators the library records itself (those an
+    // allocator serves with its own code: the same the probes would watch).
     let providers: Vec<_> = LookupOrder::for_new_process(pid, child_environment)
         .and_then(|order| order.probe_plan())
         .map(|(sites, _)| {
             sites
                 .into_iter()
-                .filter(|site| site.kind.symbol() == site.symbol)
+                .filter(|site| {
+                    site.kind.symbol() == site.symbol
+                        || matches!(
+                            site.kind,
+                            EventKind::OperatorNew | EventKind::OperatorDelete
+                        )
+                })
                 .collect()
         })
         .unwrap_or_default();
