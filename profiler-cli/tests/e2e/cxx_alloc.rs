@@ -93,6 +93,28 @@ fn workload(report: &Value, preload: Option<&Path>, namespace: &str) -> Workload
     figures
 }
 
+/// `memprof run [--capture CAPTURE] --output OUTPUT [--env LD_PRELOAD=PRELOAD] -- TARGET`, to
+/// its end.
+fn run_under(
+    target: &Path,
+    output: &Path,
+    preload: Option<&Path>,
+    capture: Option<&str>,
+) -> crate::support::Finished {
+    let mut cmd = Command::new(memprof());
+    cmd.arg("run");
+    if let Some(capture) = capture {
+        cmd.args(["--capture", capture]);
+    }
+    cmd.arg("--output").arg(output);
+    if let Some(library) = preload {
+        cmd.arg("--env")
+            .arg(format!("LD_PRELOAD={}", library.display()));
+    }
+    cmd.arg("--").arg(target);
+    run_to_end(cmd)
+}
+
 /// Runs `target` under every allocator on both capture paths; checks its figures and which
 /// operators were probed (uprobes) or recorded by the library (preload).
 fn check_everywhere(test: &str, sample: &str, namespace: &str, expected: &Workload) {
@@ -106,15 +128,7 @@ fn check_everywhere(test: &str, sample: &str, namespace: &str, expected: &Worklo
     {
         let output = env.dir.path().join(format!("{name}-{capture}"));
         let name = format!("{name} ({capture})");
-        let mut cmd = Command::new(memprof());
-        cmd.args(["run", "--capture", capture, "--output"])
-            .arg(&output);
-        if let Some(library) = &preload {
-            cmd.arg("--env")
-                .arg(format!("LD_PRELOAD={}", library.display()));
-        }
-        cmd.arg("--").arg(&target);
-        let finished = run_to_end(cmd);
+        let finished = run_under(&target, &output, preload.as_deref(), Some(capture));
         assert!(finished.status.success(), "{name}: {finished:?}");
         let report = finished.report(&output);
         assert_eq!(report["target"]["capture"]["path"], capture, "{name}");
@@ -249,14 +263,7 @@ fn bad_alloc_thrown_by_an_allocators_own_new_reaches_the_programs_handler() {
             continue;
         }
         let output = env.dir.path().join(name);
-        let mut cmd = Command::new(memprof());
-        cmd.arg("run").arg("--output").arg(&output);
-        if let Some(library) = &preload {
-            cmd.arg("--env")
-                .arg(format!("LD_PRELOAD={}", library.display()));
-        }
-        cmd.arg("--").arg(&target);
-        let finished = run_to_end(cmd);
+        let finished = run_under(&target, &output, preload.as_deref(), None);
         assert!(finished.status.success(), "{name}: {finished:?}");
         assert!(
             finished.stdout.contains("caught 3, nothrow null"),
