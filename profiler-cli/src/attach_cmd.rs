@@ -93,7 +93,7 @@ pub async fn attach(attach: AttachOptions) -> Result<i32> {
         start_ns: monotonic_ns(),
         lineage: None,
     };
-    let throwing_new = throwing_new_note(&capture.sites);
+    let throwing_new = crate::operators::throwing_new_note(&capture.sites);
     let mut session = Session::start(capture, start, options, backpressure, process_events)?;
     // Handlers first: whoever reads "attached" may send SIGINT at once.
     let mut interrupts = signal(SignalKind::interrupt())?;
@@ -265,21 +265,6 @@ fn parse_cmdline(raw: &[u8]) -> Option<Vec<String>> {
     )
 }
 
-/// A warning when a return probe sits on an allocator's own throwing `operator new`: a
-/// `std::bad_alloc` it throws unwinds into the uretprobe's trampoline, where the C++ unwinder
-/// finds no frame and calls `std::terminate` (ARCHITECTURE.md, known limits).
-fn throwing_new_note(sites: &[crate::probe_site::ProbeSite]) -> Option<String> {
-    let site = sites.iter().find(|site| {
-        site.kind == profiler_common::EventKind::OperatorNew && !site.symbol.contains("nothrow")
-    })?;
-    Some(format!(
-        "memprof: note: {} serves C++ operator new itself: while memprof is attached, a \
-         std::bad_alloc it throws ends the program in std::terminate (the return probe stands \
-         in the unwinder's way)",
-        site.module.display()
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,39 +296,5 @@ mod tests {
         assert_eq!(LeaderState::parse(zombie), Some(LeaderState::Exited));
         assert_eq!(LeaderState::parse(running), Some(LeaderState::Other));
         assert_eq!(LeaderState::parse(""), None);
-    }
-
-    #[test]
-    fn a_throwing_operator_new_under_a_return_probe_is_named() {
-        use crate::probe_site::ProbeSite;
-        use crate::prologue::Placement;
-        use profiler_common::EventKind;
-        let site = |kind: EventKind, symbol: &'static str, module: &str| ProbeSite {
-            kind,
-            symbol,
-            aliases: Vec::new(),
-            path: module.into(),
-            module: module.into(),
-            file_offset: 0,
-            placement: Placement {
-                offset: 0,
-                single_step: false,
-            },
-            function_len: 16,
-        };
-        let libc = site(EventKind::Malloc, "malloc", "/lib/libc.so.6");
-        assert_eq!(throwing_new_note(std::slice::from_ref(&libc)), None);
-        let nothrow = site(
-            EventKind::OperatorNew,
-            "_ZnwmRKSt9nothrow_t",
-            "/lib/libjemalloc.so.2",
-        );
-        assert_eq!(throwing_new_note(&[libc.clone(), nothrow.clone()]), None);
-        let throwing = site(EventKind::OperatorNew, "_Znwm", "/lib/libjemalloc.so.2");
-        let note = throwing_new_note(&[libc, nothrow, throwing]).expect("a note");
-        assert!(
-            note.contains("/lib/libjemalloc.so.2 serves C++ operator new"),
-            "{note}"
-        );
     }
 }

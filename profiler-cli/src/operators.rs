@@ -270,6 +270,21 @@ fn branches(code: &[u8], ip: u64) -> Vec<Jump> {
         .collect()
 }
 
+/// A warning when a return probe sits on an allocator's own throwing `operator new`: a
+/// `std::bad_alloc` it throws unwinds into the uretprobe's trampoline, where the C++ unwinder
+/// finds no frame and calls `std::terminate` (ARCHITECTURE.md, known limits).
+pub fn throwing_new_note(sites: &[ProbeSite]) -> Option<String> {
+    let site = sites
+        .iter()
+        .find(|site| site.kind == EventKind::OperatorNew && !site.symbol.contains("nothrow"))?;
+    Some(format!(
+        "memprof: note: {} serves C++ operator new itself: while the probes are on, a \
+         std::bad_alloc it throws ends the program in std::terminate (the return probe stands \
+         in the unwinder's way)",
+        site.module.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +315,38 @@ mod tests {
         assert_eq!(
             branches(&code, 0x100),
             vec![Jump::Direct(0x105), Jump::Direct(0x109)]
+        );
+    }
+
+    #[test]
+    fn a_throwing_operator_new_under_a_return_probe_is_named() {
+        use crate::prologue::Placement;
+        let site = |kind: EventKind, symbol: &'static str, module: &str| ProbeSite {
+            kind,
+            symbol,
+            aliases: Vec::new(),
+            path: module.into(),
+            module: module.into(),
+            file_offset: 0,
+            placement: Placement {
+                offset: 0,
+                single_step: false,
+            },
+            function_len: 16,
+        };
+        let libc = site(EventKind::Malloc, "malloc", "/lib/libc.so.6");
+        assert_eq!(throwing_new_note(std::slice::from_ref(&libc)), None);
+        let nothrow = site(
+            EventKind::OperatorNew,
+            "_ZnwmRKSt9nothrow_t",
+            "/lib/libjemalloc.so.2",
+        );
+        assert_eq!(throwing_new_note(&[libc.clone(), nothrow.clone()]), None);
+        let throwing = site(EventKind::OperatorNew, "_Znwm", "/lib/libjemalloc.so.2");
+        let note = throwing_new_note(&[libc, nothrow, throwing]).expect("a note");
+        assert!(
+            note.contains("/lib/libjemalloc.so.2 serves C++ operator new"),
+            "{note}"
         );
     }
 }

@@ -161,6 +161,11 @@ pub async fn run_command(run: RunOptions) -> Result<i32> {
         }
     };
     let mut capture = capture;
+    if capture.probes.is_some()
+        && let Some(note) = crate::operators::throwing_new_note(&capture.sites)
+    {
+        stderr_line!("{note}");
+    }
     capture.collected.capture = Some(report_capture);
     capture.collected.watch_exit_maps(exit_maps);
     let start = SessionStart {
