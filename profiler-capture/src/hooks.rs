@@ -215,28 +215,6 @@ pub(crate) fn hooked<T: Copy>(forward: impl FnOnce() -> T, record: impl FnOnce(T
     result
 }
 
-/// The allocation functions exported here: a call of one through a PLT reaches its hook.
-const EXPORTS: [&[u8]; 13] = [
-    b"malloc",
-    b"calloc",
-    b"realloc",
-    b"reallocarray",
-    b"posix_memalign",
-    b"aligned_alloc",
-    b"memalign",
-    b"valloc",
-    b"pvalloc",
-    b"free",
-    b"mmap",
-    b"munmap",
-    b"mremap",
-];
-
-/// Whether `symbol` is one of the allocation functions this library exports and records.
-pub(crate) fn exports(symbol: &[u8]) -> bool {
-    EXPORTS.contains(&symbol)
-}
-
 /// `count * size`, or u64::MAX when it overflows (as the probes compute it).
 fn array_bytes(count: size_t, size: size_t) -> u64 {
     (count as u64).saturating_mul(size as u64)

@@ -136,7 +136,7 @@ fn served(operator: &Operator, next: usize) -> Served {
     };
     match plt::follow_tail_jumps(next) {
         plt::Lands::At(address) if Some(address) == function => Served::Recorded(kind),
-        plt::Lands::Plt(symbol) if hooks::exports(symbol) => Served::PassedOn,
+        plt::Lands::Plt(symbol) if real::records(symbol) => Served::PassedOn,
         _ => Served::Recorded(own_kind(operator)),
     }
 }

@@ -50,6 +50,29 @@ static MUNMAP: Slot = Slot::new();
 static MREMAP: Slot = Slot::new();
 static DLCLOSE: Slot = Slot::new();
 
+/// The allocation functions the hooks record, each with the slot of its next definition.
+static FORWARDED: [(&Slot, &CStr); 13] = [
+    (&MALLOC, c"malloc"),
+    (&FREE, c"free"),
+    (&CALLOC, c"calloc"),
+    (&REALLOC, c"realloc"),
+    (&REALLOCARRAY, c"reallocarray"),
+    (&POSIX_MEMALIGN, c"posix_memalign"),
+    (&ALIGNED_ALLOC, c"aligned_alloc"),
+    (&MEMALIGN, c"memalign"),
+    (&VALLOC, c"valloc"),
+    (&PVALLOC, c"pvalloc"),
+    (&MMAP, c"mmap"),
+    (&MUNMAP, c"munmap"),
+    (&MREMAP, c"mremap"),
+];
+
+/// Whether `symbol` is an allocation function this library exports and records: a call of it
+/// through a PLT reaches its hook.
+pub fn records(symbol: &[u8]) -> bool {
+    FORWARDED.iter().any(|(_, name)| name.to_bytes() == symbol)
+}
+
 const UNRESOLVED: u8 = 0;
 const RESOLVING: u8 = 1;
 const RESOLVED: u8 = 2;
@@ -70,23 +93,7 @@ fn resolve_slow() -> bool {
     match STATE.compare_exchange(UNRESOLVED, RESOLVING, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
             RESOLVER.store(crate::thread::id_for_bootstrap(), Ordering::Relaxed);
-            let table: [(&Slot, &CStr); 14] = [
-                (&MALLOC, c"malloc"),
-                (&FREE, c"free"),
-                (&CALLOC, c"calloc"),
-                (&REALLOC, c"realloc"),
-                (&REALLOCARRAY, c"reallocarray"),
-                (&POSIX_MEMALIGN, c"posix_memalign"),
-                (&ALIGNED_ALLOC, c"aligned_alloc"),
-                (&MEMALIGN, c"memalign"),
-                (&VALLOC, c"valloc"),
-                (&PVALLOC, c"pvalloc"),
-                (&MMAP, c"mmap"),
-                (&MUNMAP, c"munmap"),
-                (&MREMAP, c"mremap"),
-                (&DLCLOSE, c"dlclose"),
-            ];
-            for (slot, name) in table {
+            for (slot, name) in FORWARDED.iter().chain([&(&DLCLOSE, c"dlclose")]) {
                 // SAFETY: RTLD_NEXT with a NUL-terminated name.
                 let address = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
                 slot.0.store(address as usize, Ordering::Release);
@@ -191,5 +198,23 @@ impl Bootstrap {
     pub fn owns(&self, p: *mut c_void) -> bool {
         let base = self.bytes.get() as usize;
         (base..base + BOOTSTRAP_BYTES).contains(&(p as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::records;
+
+    #[test]
+    fn only_the_recorded_allocation_functions_count_as_recorded() {
+        for name in [
+            "malloc", "free", "calloc", "realloc", "mmap", "munmap", "mremap",
+        ] {
+            assert!(records(name.as_bytes()), "{name}");
+        }
+        // dlclose is hooked but records no call; the others are not hooked.
+        for name in ["dlclose", "sdallocx", "je_free", "_ZdlPv", ""] {
+            assert!(!records(name.as_bytes()), "{name}");
+        }
     }
 }
